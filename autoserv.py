@@ -1,0 +1,3085 @@
+#!/usr/bin/env python3
+"""autoserv: machine control for kernel and system test labs.
+
+    python3 autoserv.py [options] CONTROL_FILE [ARGS...]
+    python3 autoserv.py -m host1,host2 job.control
+
+A control file is Python (Python 2 forms of the original are translated) that
+drives machines through the objects it is given: ``hosts.SSHHost(name)``,
+``host.run(cmd)``, ``send_file``/``get_file``, ``reboot``, ``parallel_simple``...
+See README.md for the whole API.  One file, standard library only.
+
+Sections (``grep -n '^# .*####' autoserv.py`` prints them):
+    constants, exceptions, helpers, local execution, results and status log,
+    hosts (base, local), SSH, file transfer, parallel, later pieces,
+    control files, CLI.
+"""
+
+__version__ = "0.1.0"
+
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+__all__ = [
+    "AutoservError", "AutoservRunError", "CmdError", "AutoservTimeoutError",
+    "AutoservHostError", "AutoservSSHError", "AutoservSSHConnectTimeout",
+    "AutoservSSHTimeout", "AutoservSSHConnectionRefused", "AutoservSSHUnknownHost",
+    "AutoservSSHPermissionDenied", "AutoservSshPermissionDeniedError",
+    "AutoservSSHHostKeyError", "AutoservSSHConnectionLost", "AutoservUsageError",
+    "AutoservFileTransferError", "AutoservSubcommandError", "AutoservRebootError",
+    "AutoservInstallError", "AutoservVirtError", "AutoservNotImplementedError",
+    "CmdResult", "Host", "SiteHost", "RemoteHost", "SSHHost", "LocalHost",
+    "create_host", "run", "sh_escape", "sh_quote", "get_tmp_dir",
+    "subcommand", "parallel", "parallel_simple",
+]
+
+
+# Constants ####################################################################
+
+DEFAULT_CONNECT_TIMEOUT = 10
+DEFAULT_ALIVE_INTERVAL = 5
+DEFAULT_ALIVE_COUNT = 3
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+KILL_GRACE = 2.0            # seconds between TERM and KILL, locally and remotely
+READ_SIZE = 1 << 20
+HOST_KEY_POLICIES = ("strict", "accept-new", "ephemeral")
+TRANSFER_BACKENDS = ("tar", "rsync", "scp")
+STATUS_CODES = ("START", "INFO", "GOOD", "WARN", "FAIL", "ERROR", "ABORT",
+                "TEST_NA", "NOSTATUS", "ALERT", "RUNNING")
+FAILING_CODES = ("FAIL", "ERROR", "ABORT")
+
+
+# Exceptions ###################################################################
+# Every class keeps the arguments its constructor took in self.args, so that
+# pickling (parallel() sends exceptions between processes) rebuilds it whole.
+
+class AutoservError(Exception):
+    """Base of every deliberate autoserv error."""
+
+
+class AutoservUsageError(AutoservError):
+    """Bad command line, bad control file, bad argument: the user's to fix."""
+
+
+class AutoservNotImplementedError(AutoservError):
+    """A piece of the API that this version does not have yet."""
+
+
+class AutoservRunError(AutoservError):
+    """A command ended with a non-zero status (or was killed)."""
+
+    def __init__(self, description, result=None):
+        super().__init__(description, result)
+        self.description = description
+        self.result = result
+
+    def __str__(self):
+        text = self.description
+        r = self.result
+        if r is not None:
+            where = f"{r.hostname}: " if r.hostname else ""
+            text = f"{where}{text}\n  command: {r.command}\n  {r.status_text()}"
+            for name, stream in (("stderr", r.stderr), ("stdout", r.stdout)):
+                tail = _last_lines(stream, 10)
+                if tail:
+                    text += f"\n  last lines of {name}:\n" + "\n".join(
+                        "    " + line for line in tail)
+        return text
+
+
+CmdError = AutoservRunError
+
+
+class AutoservTimeoutError(AutoservRunError):
+    """A command ran past its timeout; it was killed, remotely as well."""
+
+
+class AutoservFileTransferError(AutoservError):
+    """A file could not be sent or fetched; the message names it and why."""
+
+
+class AutoservHostError(AutoservError):
+    """Something is wrong with a host rather than with a command."""
+
+    def __init__(self, hostname, message, detail=""):
+        super().__init__(hostname, message, detail)
+        self.hostname = hostname
+        self.message = message
+        self.detail = detail
+
+    def __str__(self):
+        text = f"{self.hostname}: {self.message}" if self.hostname else self.message
+        if self.detail:
+            text += f" ({self.detail})"
+        return text
+
+
+class AutoservSSHError(AutoservHostError):
+    """The ssh transport failed; the command's own status is unknown."""
+
+
+class AutoservSSHConnectTimeout(AutoservSSHError):
+    """No answer from the host within ConnectTimeout (or no route)."""
+
+
+AutoservSSHTimeout = AutoservSSHConnectTimeout
+
+
+class AutoservSSHConnectionRefused(AutoservSSHError):
+    """Nothing listens on the ssh port."""
+
+
+class AutoservSSHUnknownHost(AutoservSSHError):
+    """The host name does not resolve."""
+
+
+class AutoservSSHPermissionDenied(AutoservSSHError):
+    """Authentication failed (no usable key; BatchMode never prompts)."""
+
+
+AutoservSshPermissionDeniedError = AutoservSSHPermissionDenied
+
+
+class AutoservSSHHostKeyError(AutoservSSHError):
+    """The host key is unknown (strict) or changed (strict, accept-new)."""
+
+
+class AutoservSSHConnectionLost(AutoservSSHError):
+    """The connection died after the command started."""
+
+
+class AutoservRebootError(AutoservHostError):
+    """A reboot, shutdown or boot did not happen as asked."""
+
+
+class AutoservInstallError(AutoservError):
+    """An installable could not be fetched or installed."""
+
+
+class AutoservVirtError(AutoservError):
+    """Hypervisor or guest trouble."""
+
+
+class AutoservSubcommandError(AutoservError):
+    """One or more parallel tasks failed; names every one of them."""
+
+    def __init__(self, failures):
+        super().__init__(failures)
+        self.failures = failures          # list of (name, text)
+
+    def __str__(self):
+        parts = [f"{len(self.failures)} task(s) failed:"]
+        for name, text in self.failures:
+            parts.append(f"--- {name}:\n{text.rstrip()}")
+        return "\n".join(parts)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived; unwinds like KeyboardInterrupt."""
+
+
+# Helpers ######################################################################
+
+def sh_escape(command):
+    """Escape a string for use inside double quotes in a POSIX shell."""
+    command = command.replace("\\", "\\\\")
+    command = command.replace("$", r"\$")
+    command = command.replace('"', r"\"")
+    command = command.replace("`", r"\`")
+    return command
+
+
+def sh_quote(word):
+    """Quote one word for a POSIX shell (shlex.quote)."""
+    return shlex.quote(word)
+
+
+def _last_lines(text, count):
+    if not text:
+        return []
+    return text.rstrip("\n").split("\n")[-count:]
+
+
+def _decode(data):
+    return data.decode("utf-8", "replace")
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
+
+
+def _neutralise(text):
+    """Make control sequences visible instead of letting them act on a terminal."""
+    return _CONTROL_CHARS.sub(lambda m: "^" + chr((ord(m.group()) + 64) % 128)
+                              if ord(m.group()) < 128 else "?", text)
+
+
+def _monotonic_deadline(timeout):
+    return None if timeout is None else time.monotonic() + float(timeout)
+
+
+def _remaining(deadline):
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class _Log:
+    """The debug log: timestamped lines, raw bytes kept, one write() each on
+    an O_APPEND file, so forked children may share it."""
+
+    def __init__(self):
+        self.fd = None
+        self.echo = False       # -v: also to stderr
+
+    def open(self, path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def write(self, message, host=None):
+        if isinstance(message, str):
+            message = message.encode("utf-8", "surrogateescape")
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        head = f"{stamp}.{int(now * 1000) % 1000:03d} [{os.getpid()}]"
+        if host:
+            head += f" {host}:"
+        lines = message.split(b"\n")
+        data = b"".join(head.encode() + b" " + line + b"\n" for line in lines)
+        if self.fd is not None:
+            try:
+                os.write(self.fd, data)
+            except OSError:
+                pass
+        if self.echo:
+            sys.stderr.write(_neutralise(_decode(data)).replace("^J", "\n"))
+            sys.stderr.flush()
+
+
+LOG = _Log()
+
+
+class _Tee:
+    """Writes a live stream to a user's file object, decoding incrementally and
+    neutralising escapes when the target is a terminal."""
+
+    def __init__(self, target, prefix=""):
+        import codecs
+        self.target = target
+        self.prefix = prefix
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.at_line_start = True
+        try:
+            self.tty = target.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+
+    def feed(self, data, final=False):
+        text = self.decoder.decode(data, final)
+        if not text:
+            return
+        if self.tty:
+            text = "\n".join(_neutralise(part) for part in text.split("\n"))
+        if self.prefix:
+            out = []
+            for piece in text.splitlines(True):
+                if self.at_line_start:
+                    out.append(self.prefix)
+                out.append(piece)
+                self.at_line_start = piece.endswith("\n")
+            text = "".join(out)
+        try:
+            self.target.write(text)
+            self.target.flush()
+        except (OSError, ValueError):
+            pass
+
+
+# Local execution ##############################################################
+
+class CmdResult:
+    """What a command did.  Inert data: judging it is run()'s job."""
+
+    def __init__(self, command="", stdout="", stderr="", exit_status=None,
+                 duration=0.0, aborted=0, timed_out=False, hostname=None,
+                 truncated=False, output_files=None):
+        self.command = command
+        self.stdout = stdout
+        self.stderr = stderr
+        self.exit_status = exit_status
+        self.duration = duration
+        self.aborted = aborted
+        self.timed_out = timed_out
+        self.hostname = hostname
+        self.truncated = truncated
+        self.output_files = output_files or {}
+
+    @property
+    def ok(self):
+        return self.exit_status == 0 and not self.aborted and not self.timed_out
+
+    def status_text(self):
+        if self.timed_out:
+            return f"timed out after {self.duration:.1f} s"
+        if self.aborted:
+            return f"killed by signal {self.aborted} ({_signame(self.aborted)})"
+        return f"exit status {self.exit_status}"
+
+    def __repr__(self):
+        return (f"CmdResult(command={self.command!r}, exit_status={self.exit_status!r}, "
+                f"aborted={self.aborted!r}, duration={self.duration:.3f})")
+
+    def __str__(self):
+        def block(name, text):
+            return f"{name}:\n{text}" if text else f"{name}: (empty)"
+        lines = [f"* Command: {self.command}"]
+        if self.hostname:
+            lines.append(f"Host: {self.hostname}")
+        lines += [f"Exit status: {self.exit_status}",
+                  f"Duration: {self.duration:.6f}",
+                  f"Aborted: {self.aborted}"]
+        if self.timed_out:
+            lines.append("Timed out: True")
+        if self.truncated:
+            lines.append("Truncated: True (whole streams in %s)"
+                         % ", ".join(self.output_files.values()))
+        lines += ["", block("stdout", self.stdout), block("stderr", self.stderr)]
+        return "\n".join(lines)
+
+
+def _signame(num):
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return "unknown"
+
+
+class _Capture:
+    """One output stream: all of it up to a cap in memory; past the cap the
+    head and the tail in memory and the whole stream in a file under debug/."""
+
+    def __init__(self, cap, name, label):
+        self.cap = cap
+        self.name = name
+        self.label = label
+        self.buf = bytearray()
+        self.tail = None
+        self.file = None
+        self.path = None
+        self.total = 0
+
+    def add(self, data):
+        self.total += len(data)
+        if self.file is None:
+            self.buf += data
+            if len(self.buf) > self.cap:
+                self._spill()
+        else:
+            self.file.write(data)
+            self.tail += data
+            if len(self.tail) > self.cap:
+                del self.tail[:len(self.tail) - self.cap // 2]
+
+    def _spill(self):
+        directory = _output_dir()
+        fd, self.path = tempfile.mkstemp(prefix=f"output-{self.name}-", suffix=".log",
+                                         dir=directory)
+        self.file = os.fdopen(fd, "wb")
+        self.file.write(self.buf)
+        half = self.cap // 2
+        self.tail = bytearray(self.buf[-half:])
+        del self.buf[half:]
+        LOG.write(f"{self.label}: {self.name} passed {self.cap} bytes; "
+                  f"the whole stream goes to {self.path}")
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+    def value(self):
+        if self.file is None:
+            return bytes(self.buf)
+        kept = len(self.buf) + len(self.tail)
+        note = (f"\n[... autoserv: {self.total - kept} bytes left out here; "
+                f"whole stream in {self.path} ...]\n").encode()
+        return bytes(self.buf) + note + bytes(self.tail)
+
+
+def _output_dir():
+    job = _JOB
+    if job is not None and os.path.isdir(job.debugdir):
+        return job.debugdir
+    return tempfile.gettempdir()
+
+
+class _MarkerFilter:
+    """Takes the remote wrapper's marker lines out of a stderr stream.
+
+    A marker is ``\\x1e<token> s <pgid>\\n`` (started) or ``\\x1e<token> e
+    <status>\\n`` (ended); the token is random per host object, so command
+    output cannot forge one.  Bytes that might begin a marker are held back
+    until it is clear whether they do."""
+
+    def __init__(self, token):
+        self.prefix = b"\x1e" + token.encode() + b" "
+        self.pending = b""
+        self.pgid = None
+        self.status = None
+
+    def feed(self, data):
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        if b"\x1e" not in data:
+            return data
+        out = []
+        prefix = self.prefix
+        while data:
+            i = data.find(b"\x1e")
+            if i < 0:
+                out.append(data)
+                break
+            out.append(data[:i])
+            rest = data[i:]
+            if len(rest) < len(prefix):
+                if prefix.startswith(rest):
+                    self.pending = rest
+                    break
+            elif rest.startswith(prefix):
+                j = rest.find(b"\n")
+                if j < 0 and len(rest) < len(prefix) + 32:
+                    self.pending = rest
+                    break
+                if j > 0 and self._marker(rest[len(prefix):j]):
+                    data = rest[j + 1:]
+                    continue
+            out.append(rest[:1])
+            data = rest[1:]
+        return b"".join(out)
+
+    def _marker(self, body):
+        parts = body.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            return False
+        if parts[0] == b"s":
+            self.pgid = int(parts[1])
+        elif parts[0] == b"e":
+            self.status = int(parts[1])
+        else:
+            return False
+        return True
+
+    def flush(self):
+        data, self.pending = self.pending, b""
+        return data
+
+
+class _Execution:
+    """Runs one argv with one selector loop and one monotonic deadline.
+
+    Local commands run in a new session and are killed as a process group.
+    Remote ones (``remote=True``) keep ssh's stdin open for the command's whole
+    life: closing it is how the remote wrapper learns to kill its process group
+    (on timeout, interrupt, or a dropped link)."""
+
+    def __init__(self, argv, label, stdin=None, timeout=None, stdout_tee=None,
+                 stderr_tee=None, max_output=DEFAULT_MAX_OUTPUT, remote=False,
+                 marker=None, env=None, cwd=None, log_output=True):
+        self.argv = argv
+        self.label = label
+        self.stdin_data = _stdin_bytes(stdin)
+        self.timeout = timeout
+        self.remote = remote
+        self.marker = marker
+        self.env = env
+        self.cwd = cwd
+        self.log_output = log_output
+        self.tees = {1: _Tee(stdout_tee) if stdout_tee is not None else None,
+                     2: _Tee(stderr_tee) if stderr_tee is not None else None}
+        self.captures = {1: _Capture(max_output, "stdout", label),
+                         2: _Capture(max_output, "stderr", label)}
+        self.logged = {1: 0, 2: 0}
+        self.max_output = max_output
+        self.timed_out = False
+        self.returncode = None
+        self.duration = 0.0
+
+    def start(self):
+        need_stdin = self.remote or self.stdin_data is not None
+        self.t0 = time.monotonic()
+        self.proc = _popen(self.argv, stdin=PIPE if need_stdin else DEVNULL,
+                           stdout=PIPE, stderr=PIPE, env=self.env, cwd=self.cwd)
+        self.deadline = _monotonic_deadline(self.timeout)
+
+    def wait(self):
+        """Drains until both streams end and the process exits (or the
+        deadline passes); returns nothing, fills the fields."""
+        import selectors
+        proc = self.proc
+        sel = selectors.DefaultSelector()
+        self.sel = sel
+        fds = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
+        for fd in fds:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        pending = memoryview(self.stdin_data or b"")
+        stdin_fd = None
+        if proc.stdin is not None:
+            stdin_fd = proc.stdin.fileno()
+            if pending:
+                os.set_blocking(stdin_fd, False)
+                sel.register(stdin_fd, selectors.EVENT_WRITE)
+            elif not self.remote:
+                self._close_stdin()
+        open_streams = set(fds)
+        try:
+            while open_streams:
+                wait_for = _remaining(self.deadline)
+                if wait_for == 0.0:
+                    self.timed_out = True
+                    break
+                events = sel.select(wait_for)
+                for key, _ in events:
+                    fd = key.fd
+                    if fd == stdin_fd:
+                        try:
+                            n = os.write(fd, pending[:READ_SIZE])
+                            pending = pending[n:]
+                        except (BrokenPipeError, OSError):
+                            pending = pending[:0]
+                        if not pending:
+                            sel.unregister(fd)
+                            if not self.remote:
+                                self._close_stdin()
+                        continue
+                    try:
+                        data = os.read(fd, READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        self._take(fds[fd], data)
+                    else:
+                        sel.unregister(fd)
+                        open_streams.discard(fd)
+            if not self.timed_out:
+                try:
+                    self.returncode = proc.wait(_remaining(self.deadline))
+                except _subprocess().TimeoutExpired:
+                    self.timed_out = True
+            if self.timed_out:
+                self._kill()
+        except BaseException:
+            self._kill(grace=0.5)
+            raise
+        finally:
+            self._finish()
+
+    def _take(self, stream, data):
+        if stream == 2 and self.marker is not None:
+            data = self.marker.feed(data)
+            if not data:
+                return
+        self.captures[stream].add(data)
+        tee = self.tees[stream]
+        if tee is not None:
+            tee.feed(data)
+        if self.log_output and self.logged[stream] < self.max_output:
+            self.logged[stream] += len(data)
+            name = "stdout" if stream == 1 else "stderr"
+            LOG.write(data.rstrip(b"\n"), f"{self.label} {name}|")
+
+    def _close_stdin(self):
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.closed:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def _kill(self, grace=None):
+        """Ends the command: remote commands by closing ssh's stdin (the wrapper
+        then kills its group, TERM then KILL), then the local process group."""
+        proc = self.proc
+        grace = KILL_GRACE if grace is None else grace
+        if self.remote and proc.poll() is None:
+            self._close_stdin()
+            if self._drain_until_exit(KILL_GRACE + 3.0):
+                return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if proc.poll() is not None:
+                break
+            _killpg(proc.pid, sig)
+            if sig == signal.SIGTERM:
+                _killpg(proc.pid, signal.SIGCONT)
+            self._drain_until_exit(wait)
+        else:
+            proc.poll()
+        # The leader is gone; kill whatever else is left in its group.
+        _killpg(proc.pid, signal.SIGKILL)
+
+    def _drain_until_exit(self, seconds):
+        end = time.monotonic() + seconds
+        while self.proc.poll() is None and time.monotonic() < end:
+            for key, _ in self.sel.select(0.05):
+                if key.events & 1:
+                    try:
+                        data = os.read(key.fd, READ_SIZE)
+                    except (BlockingIOError, OSError):
+                        continue
+                    if data:
+                        stream = 1 if key.fd == self.proc.stdout.fileno() else 2
+                        self._take(stream, data)
+                    else:
+                        self.sel.unregister(key.fd)
+                else:
+                    self.sel.unregister(key.fd)
+        return self.proc.poll() is not None
+
+    def _finish(self):
+        self.duration = time.monotonic() - self.t0
+        self.sel.close()
+        if self.marker is not None:
+            rest = self.marker.flush()
+            if rest:
+                self.captures[2].add(rest)
+        for tee in self.tees.values():
+            if tee is not None:
+                tee.feed(b"", final=True)
+        self._close_stdin()
+        for f in (self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        for c in self.captures.values():
+            c.close()
+        if self.returncode is None:
+            self.returncode = self.proc.poll()
+            if self.returncode is None:
+                try:
+                    self.returncode = self.proc.wait(5)
+                except _subprocess().TimeoutExpired:
+                    pass
+
+    def result(self, command, hostname=None):
+        out, err = self.captures[1], self.captures[2]
+        files = {c.name: c.path for c in (out, err) if c.path}
+        return CmdResult(command=command, stdout=_decode(out.value()),
+                         stderr=_decode(err.value()), duration=self.duration,
+                         timed_out=self.timed_out, hostname=hostname,
+                         truncated=bool(files), output_files=files)
+
+
+PIPE = -1
+DEVNULL = -3
+
+
+def _subprocess():
+    import subprocess
+    return subprocess
+
+
+def _popen(argv, **kw):
+    """Every child starts in its own session (a terminal's Ctrl-C reaches only
+    autoserv, which then ends its children in order, and no child can read
+    the terminal) with close_fds."""
+    sp = _subprocess()
+    kw.setdefault("close_fds", True)
+    return sp.Popen(argv, start_new_session=True, **kw)
+
+
+def _stdin_bytes(stdin):
+    if stdin is None:
+        return None
+    if isinstance(stdin, str):
+        return stdin.encode("utf-8", "surrogateescape")
+    if isinstance(stdin, (bytes, bytearray, memoryview)):
+        return bytes(stdin)
+    if hasattr(stdin, "read"):
+        data = stdin.read()
+        return data.encode() if isinstance(data, str) else data
+    raise AutoservUsageError(f"stdin must be str, bytes or a file object, not {type(stdin).__name__}")
+
+
+def _killpg(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _login_shell():
+    try:
+        import pwd
+        shell = pwd.getpwuid(os.getuid()).pw_shell
+    except (KeyError, ImportError):
+        shell = ""
+    if not shell or not os.access(shell, os.X_OK) or shell.endswith(("/nologin", "/false")):
+        shell = "/bin/sh"
+    return shell
+
+
+def _judge(result, ignore_status, what="command"):
+    if result.timed_out:
+        raise AutoservTimeoutError(f"{what} timed out", result)
+    if not ignore_status and (result.exit_status != 0 or result.aborted):
+        raise AutoservRunError(f"{what} failed: {result.status_text()}", result)
+    return result
+
+
+def run(command, timeout=None, ignore_status=False, stdin=None, stdout_tee=None,
+        stderr_tee=None, args=(), max_output=DEFAULT_MAX_OUTPUT, **_ignored):
+    """Runs a command on the machine autoserv runs on (the login shell's -c)."""
+    return LocalHost().run(command, timeout=timeout, ignore_status=ignore_status,
+                           stdin=stdin, stdout_tee=stdout_tee, stderr_tee=stderr_tee,
+                           args=args, max_output=max_output)
+
+
+def _with_args(command, args):
+    if isinstance(args, str):
+        args = (args,)
+    if args:
+        command = command + " " + " ".join(shlex.quote(str(a)) for a in args)
+    return command
+
+# Results and status log ######################################################
+
+def _status_line(code, subdir, operation, message, indent=0, when=None):
+    when = time.time() if when is None else when
+    fields = [code, subdir or "----", operation or "----",
+              f"timestamp={int(when)}",
+              "localtime=" + time.strftime("%b %d %H:%M:%S", time.localtime(when))]
+    message = str(message or "").replace("\t", "  ")
+    lines = message.split("\n")
+    fields.append(lines[0])
+    text = "\t" * indent + "\t".join(fields) + "\n"
+    for extra in lines[1:]:
+        text += "\t" * indent + "  " + extra + "\n"
+    return text
+
+
+def parse_status_log(text):
+    """Parses an autotest status log into dicts (code, subdir, operation,
+    fields, message, indent).  Raises ValueError on a malformed line."""
+    entries = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        stripped = line.lstrip("\t")
+        indent = len(line) - len(stripped)
+        if stripped.startswith("  "):
+            if not entries:
+                raise ValueError(f"line {number}: continuation before any entry")
+            entries[-1]["message"] += "\n" + stripped[2:]
+            continue
+        parts = stripped.split("\t")
+        code = parts[0]
+        base = code[4:] if code.startswith("END ") else code
+        if base not in STATUS_CODES or len(parts) < 5:
+            raise ValueError(f"line {number}: not a status line: {line!r}")
+        fields = {}
+        for part in parts[3:-1]:
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"line {number}: bad field {part!r}")
+            fields[key] = value
+        entries.append({"code": code, "subdir": parts[1], "operation": parts[2],
+                        "fields": fields, "message": parts[-1], "indent": indent})
+    return entries
+
+
+class StatusLog:
+    """status.log writer: each entry one write() on an O_APPEND file."""
+
+    def __init__(self, path):
+        self.path = path
+        self.indent = 0
+        self.worst = None
+
+    def record(self, code, subdir=None, operation=None, message="", indent=None):
+        base = code[4:] if code.startswith("END ") else code
+        if base not in STATUS_CODES:
+            raise AutoservUsageError(f"unknown status code {code!r}; use one of "
+                                     + ", ".join(STATUS_CODES))
+        if code.startswith("END "):
+            self.indent = max(0, self.indent - 1)
+        level = self.indent if indent is None else indent
+        if base in FAILING_CODES and not code.startswith("END "):
+            self.worst = base
+        data = _status_line(code, subdir, operation, message, level).encode(
+            "utf-8", "surrogateescape")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        if code == "START":
+            self.indent += 1
+        LOG.write(data.rstrip(b"\n"), "status")
+
+
+def _write_atomic(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _claim_results_dir(path, overwrite):
+    """Claims a results dir with an atomic mkdir.  With no path, the default
+    name with a suffix when two runs start in the same second."""
+    if path is None:
+        base = "results." + time.strftime("%Y-%m-%d-%H.%M.%S")
+        for n in range(1000):
+            candidate = base if n == 0 else f"{base}.{n}"
+            try:
+                os.mkdir(candidate)
+                return os.path.abspath(candidate)
+            except FileExistsError:
+                continue
+        raise AutoservUsageError(f"could not claim a results dir named {base}*")
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise AutoservUsageError(f"results dir {path}: parent directory {parent} "
+                                 "does not exist; create it or pick another -r")
+    try:
+        os.mkdir(path)
+        return path
+    except FileExistsError:
+        pass
+    if not os.path.isdir(path):
+        raise AutoservUsageError(f"results dir {path} exists and is not a directory")
+    if os.listdir(path) and not overwrite:
+        raise AutoservUsageError(f"results dir {path} is not empty; pass --overwrite "
+                                 "or choose another -r")
+    for name in ("status.log", "summary.json", "keyval", "control.srv", "junit.xml"):
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(os.path.join(path, "debug"), ignore_errors=True)
+    return path
+
+
+_JOB = None
+
+
+class ServerJob:
+    """The running job: results dir, status log, cleanups.  A control file
+    sees it as ``job``."""
+
+    def __init__(self, resultdir, control=None, machines=(), args=(), user=None,
+                 label=None, options=None):
+        global _JOB
+        self.resultdir = resultdir
+        self.debugdir = os.path.join(resultdir, "debug")
+        os.makedirs(self.debugdir, exist_ok=True)
+        self.control = control
+        self.machines = list(machines)
+        self.args = list(args)
+        self.user = user or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+        self.label = label or ""
+        self.options = options
+        self.run_id = os.urandom(6).hex()
+        self.status = StatusLog(os.path.join(resultdir, "status.log"))
+        self.started = time.time()
+        self.host_outcomes = {}
+        self.hosts = []
+        self._cleanups = []
+        self._pid = os.getpid()
+        LOG.open(os.path.join(self.debugdir, "autoserv.log"))
+        _JOB = self
+        self.write_keyval()
+        self.write_summary("RUNNING")
+
+    # the original's API
+    def record(self, status_code, subdir=None, operation=None, status=""):
+        self.status.record(status_code, subdir, operation, status)
+
+    def write_keyval(self, extra=None):
+        values = {"user": self.user, "label": self.label,
+                  "hostnames": ",".join(self.machines),
+                  "autoserv_version": __version__,
+                  "job_started": int(self.started), "run_id": self.run_id}
+        if extra:
+            values.update(extra)
+        path = os.path.join(self.resultdir, "keyval")
+        old = ""
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                old = "".join(line for line in f
+                              if line.split("=", 1)[0] not in values)
+        _write_atomic(path, old + "".join(f"{k}={v}\n" for k, v in values.items()))
+
+    def note_host(self, host):
+        self.hosts.append(host)
+        self.host_outcomes.setdefault(host.hostname, {"outcome": "GOOD",
+                                                      "duration": 0.0, "error": ""})
+
+    def set_host_outcome(self, name, outcome, duration=None, error=""):
+        entry = self.host_outcomes.setdefault(name, {"outcome": outcome,
+                                                     "duration": 0.0, "error": ""})
+        entry["outcome"] = outcome
+        if duration is not None:
+            entry["duration"] = round(duration, 3)
+        if error:
+            entry["error"] = error
+
+    def write_summary(self, outcome, error=""):
+        now = time.time()
+        data = {"job": {"outcome": outcome, "started": self.started,
+                        "duration": round(now - self.started, 3), "error": error,
+                        "control": self.control, "machines": self.machines,
+                        "user": self.user, "label": self.label,
+                        "run_id": self.run_id, "version": __version__},
+                "hosts": self.host_outcomes}
+        _write_atomic(os.path.join(self.resultdir, "summary.json"),
+                      json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def write_junit(self, path, outcome, error=""):
+        from xml.sax.saxutils import escape, quoteattr
+        cases = []
+        failures = 0
+        for name, info in sorted(self.host_outcomes.items()):
+            body = ""
+            if info["outcome"] != "GOOD":
+                failures += 1
+                body = (f"<failure message={quoteattr(info['outcome'])}>"
+                        f"{escape(info['error'])}</failure>")
+            cases.append(f'  <testcase classname="autoserv" name={quoteattr(name)} '
+                         f'time="{info["duration"]}">{body}</testcase>')
+        if not cases:
+            body = ""
+            if outcome != "GOOD":
+                failures = 1
+                body = f"<failure message={quoteattr(outcome)}>{escape(error)}</failure>"
+            cases.append(f'  <testcase classname="autoserv" name="job">{body}</testcase>')
+        xml = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+               f'<testsuite name="autoserv" tests="{len(cases)}" failures="{failures}" '
+               f'time="{time.time() - self.started:.3f}">\n' + "\n".join(cases)
+               + "\n</testsuite>\n")
+        _write_atomic(path, xml)
+
+    def add_cleanup(self, func):
+        self._cleanups.append(func)
+
+    def cleanup(self):
+        """Closes every host (remote temp dirs, ssh masters) and runs the other
+        cleanups, newest first.  Only the process that made the job does it."""
+        if os.getpid() != self._pid:
+            return
+        for func in reversed(self._cleanups):
+            try:
+                func()
+            except Exception as e:   # keep cleaning up
+                LOG.write(f"cleanup {func!r} failed: {e}")
+        self._cleanups = []
+        _close_all_hosts()
+        _cleanup_local_tmp()
+
+# Hosts: base and local ########################################################
+
+_HOSTS = []             # every host made in this process tree, for cleanup
+_LOCAL_TMP = []         # (pid, path) of local temp dirs
+
+
+def get_tmp_dir():
+    """A local temp dir (0700), removed when the job ends."""
+    path = tempfile.mkdtemp(prefix="autoserv-")
+    _LOCAL_TMP.append((os.getpid(), path))
+    return path
+
+
+def _cleanup_local_tmp():
+    me = os.getpid()
+    for pid, path in list(_LOCAL_TMP):
+        if pid == me:
+            shutil.rmtree(path, ignore_errors=True)
+            _LOCAL_TMP.remove((pid, path))
+
+
+def _close_all_hosts():
+    for host in reversed(list(_HOSTS)):
+        try:
+            host.close()
+        except Exception as e:
+            LOG.write(f"closing failed: {e}", getattr(host, "hostname", None))
+    _remove_ctrl_dir()
+
+
+class Host:
+    """The API every kind of host has.  Subclasses give run() and transfers."""
+
+    hostname = None
+    power = None
+    console = None
+
+    def __init__(self, *args, **kwargs):
+        self._tmp_dirs = []
+        self._owner = os.getpid()
+        _HOSTS.append(self)
+        if _JOB is not None and self.hostname:
+            _JOB.note_host(self)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.hostname}>"
+
+    def __str__(self):
+        return str(self.hostname)
+
+    def __reduce__(self):
+        # Hosts cross process boundaries (parallel) by being rebuilt from
+        # their constructor arguments, never with live connections.
+        return (_rebuild_host, (type(self), self._init_args, self._init_kwargs))
+
+    def run(self, command, timeout=None, ignore_status=False, stdin=None,
+            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
+            max_output=DEFAULT_MAX_OUTPUT):
+        raise NotImplementedError
+
+    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
+                  backend=None):
+        raise NotImplementedError
+
+    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
+                 preserve_symlinks=False, backend=None):
+        raise NotImplementedError
+
+    def get_tmp_dir(self):
+        raise NotImplementedError
+
+    def _value(self, command):
+        return self.run(command, timeout=60).stdout.strip()
+
+    def get_num_cpu(self):
+        out = self._value("getconf _NPROCESSORS_ONLN 2>/dev/null || "
+                          "grep -c ^processor /proc/cpuinfo")
+        return int(out)
+
+    def get_boot_id(self, timeout=60, connect_timeout=None):
+        return self.run("cat /proc/sys/kernel/random/boot_id", timeout=timeout,
+                        connect_timeout=connect_timeout).stdout.strip()
+
+    def get_kernel_ver(self):
+        return self._value("uname -r")
+
+    def get_arch(self):
+        return self._value("uname -m")
+
+    def is_up(self):
+        raise NotImplementedError
+
+    def wait_up(self, timeout=None):
+        raise NotImplementedError
+
+    def wait_down(self, timeout=None, old_boot_id=None):
+        raise NotImplementedError
+
+    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
+               fastsync=False, reboot_cmd=None):
+        raise AutoservNotImplementedError(
+            f"{self.hostname}: reboot() is not in this version of autoserv yet")
+
+    def _power(self):
+        if self.power is None:
+            raise AutoservHostError(self.hostname, "no power controller attached",
+                                    "pass power= or set host.power")
+        return self.power
+
+    def hardreset(self, timeout=None, wait=True):
+        return self._power().cycle()
+
+    def power_on(self):
+        return self._power().on()
+
+    def power_off(self):
+        return self._power().off()
+
+    def power_cycle(self):
+        return self._power().cycle()
+
+    def install(self, installable, **kwargs):
+        return installable.install(self, **kwargs)
+
+    @property
+    def bootloader(self):
+        raise AutoservNotImplementedError(
+            f"{self.hostname}: the bootloader wrapper is not in this version of autoserv yet")
+
+    def close(self):
+        pass
+
+
+def _rebuild_host(cls, args, kwargs):
+    return cls(*args, **kwargs)
+
+
+class SiteHost(Host):
+    """Site-specific methods for every host class.  ``site_autoserv.py`` may
+    define a SiteHost mixin; load_site() splices it in here."""
+
+
+_REGISTRY = {"host": {}, "power": {}, "console": {}}
+
+
+def register_host_class(name, cls):
+    _REGISTRY["host"][name] = cls
+
+
+def register_power(name, cls):
+    _REGISTRY["power"][name] = cls
+
+
+def register_console(name, cls):
+    _REGISTRY["console"][name] = cls
+
+
+def load_site(search=None):
+    """Imports site_autoserv.py (AUTOSERV_SITE, the working directory, or next
+    to autoserv.py) once and splices its SiteHost mixin into every host class."""
+    import importlib.util
+    if "site_autoserv" in sys.modules:
+        return sys.modules["site_autoserv"]
+    candidates = [os.environ.get("AUTOSERV_SITE")] if os.environ.get("AUTOSERV_SITE") \
+        else (search or [os.path.join(os.getcwd(), "site_autoserv.py"),
+                         os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "site_autoserv.py")])
+    for path in candidates:
+        if path and os.path.isfile(path):
+            spec = importlib.util.spec_from_file_location("site_autoserv", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["site_autoserv"] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules["site_autoserv"]
+                raise AutoservUsageError(f"{path}: site file failed to load: {e}")
+            mixin = getattr(module, "SiteHost", None)
+            if isinstance(mixin, type) and mixin is not SiteHost:
+                SiteHost.__bases__ = (mixin, Host) if Host not in mixin.__mro__ \
+                    else (mixin,)
+            LOG.write(f"site file {path} loaded")
+            return module
+    if os.environ.get("AUTOSERV_SITE"):
+        raise AutoservUsageError(f"AUTOSERV_SITE={os.environ['AUTOSERV_SITE']}: "
+                                 "no such file")
+    return None
+
+
+class LocalHost(SiteHost):
+    """The machine autoserv runs on.  No wait_down; reboot only with
+    allow_local_reboot=True."""
+
+    def __init__(self, hostname=None, allow_local_reboot=False):
+        self._init_args, self._init_kwargs = (), {"allow_local_reboot": allow_local_reboot}
+        self.hostname = hostname or "localhost"
+        self.allow_local_reboot = allow_local_reboot
+        super().__init__()
+
+    def run(self, command, timeout=None, ignore_status=False, stdin=None,
+            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
+            max_output=DEFAULT_MAX_OUTPUT):
+        command = _with_args(command, args)
+        LOG.write(f"run: {command}", self.hostname)
+        ex = _Execution([_login_shell(), "-c", command], self.hostname, stdin=stdin,
+                        timeout=timeout, stdout_tee=stdout_tee, stderr_tee=stderr_tee,
+                        max_output=max_output)
+        ex.start()
+        ex.wait()
+        result = ex.result(command, self.hostname)
+        rc = ex.returncode
+        if rc is not None and rc < 0:
+            result.aborted = -rc
+            result.exit_status = 128 - rc
+        else:
+            result.exit_status = rc
+        LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
+        return _judge(result, ignore_status)
+
+    def get_tmp_dir(self):
+        return get_tmp_dir()
+
+    def is_up(self):
+        return True
+
+    def wait_up(self, timeout=None):
+        return True
+
+    def wait_down(self, timeout=None, old_boot_id=None):
+        raise AutoservUsageError("LocalHost has no wait_down(): autoserv runs on it")
+
+    def reboot(self, *args, **kwargs):
+        if not self.allow_local_reboot:
+            raise AutoservUsageError("refusing to reboot the machine autoserv runs on; "
+                                     "use LocalHost(allow_local_reboot=True) if you mean it")
+        return super().reboot(*args, **kwargs)
+
+    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
+                  backend=None):
+        _local_copy(source, dest, delete_dest, True, preserve_symlinks, self.hostname)
+
+    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
+                 preserve_symlinks=False, backend=None):
+        _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks,
+                    self.hostname)
+
+
+class RemoteHost(SiteHost):
+    """A host reached over a network."""
+
+
+# File transfer ################################################################
+# Every backend stages into a temp dir beside the destination and renames
+# into place, so an interrupted file never replaces the old one.  Placement
+# follows rsync: a file onto a missing path becomes that path; a directory
+# (no trailing slash) goes inside dest; "dir/" means its contents; several
+# sources, a trailing slash on dest or an existing dest dir mean "into".
+
+# $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step (tar|prep|install),
+# $5 staging (install), $6 keep perms.  Exits 1 with a message on failure.
+_PLACE_SH = (
+    'd=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6; '
+    'case $d in */) [ "$mode" = auto ] && mode=into ;; esac; '
+    'case $d in /) ;; *) d=${d%/} ;; esac; [ -n "$d" ] || d=.; '
+    'if [ "$mode" = auto ]; then if [ -d "$d" ]; then mode=into; else mode=as; fi; fi; '
+    'if [ "$mode" = as ]; then p=$(dirname -- "$d"); else mkdir -p -- "$d" || exit 1; p=$d; fi; '
+    'if [ "$step" != install ]; then t=$(umask 077; mktemp -d "$p/.autoserv-XXXXXX") || exit 1; fi; '
+    'if [ "$step" = prep ]; then printf "%s\\n" "$t"; exit 0; fi; '
+    'trap \'rm -rf -- "$t"\' EXIT; trap "exit 1" HUP INT TERM PIPE; '
+    'if [ "$step" = tar ]; then if [ "$keep" = 1 ]; then tar -xopf - -C "$t" || exit 1; '
+    'else tar -xof - -C "$t" || exit 1; fi; fi; '
+    'cd "$t" || exit 1; '
+    'if [ "$del" = 1 ] && [ "$mode" = contents ]; then '
+    'for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do b=${e##*/}; '
+    'if { [ -e "$e" ] || [ -L "$e" ]; } && ! { [ -e "$b" ] || [ -L "$b" ]; }; then rm -rf -- "$e" || exit 1; fi; '
+    'done; fi; '
+    'for e in * .[!.]* ..?*; do [ -e "$e" ] || [ -L "$e" ] || continue; '
+    'if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi; '
+    'if [ "$del" = 1 ] && { [ -e "$x" ] || [ -L "$x" ]; }; then rm -rf -- "$x" || exit 1; fi; '
+    'if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then '
+    '( cd "$e" && find . -mindepth 1 -type d -exec sh -c \'for a; do [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done\' "$x" {} + '
+    '&& find . ! -type d -exec sh -c \'for a; do mv -f -- "$a" "$0/$a" || exit 1; done\' "$x" {} + ) || exit 1; '
+    'else if [ -d "$x" ] && [ ! -L "$x" ]; then echo "autoserv: $x is a directory" >&2; exit 1; fi; '
+    'mv -f -- "$e" "$x" || exit 1; fi; done'
+)
+
+
+def _sources(source):
+    if isinstance(source, (str, bytes, os.PathLike)):
+        source = [source]
+    out = [os.fsdecode(s) for s in source]
+    if not out:
+        raise AutoservUsageError("no source files given")
+    return out
+
+
+def _mode_for(sources, contents_flags, dir_flags):
+    """auto: a single file, placed as dest or inside an existing dest dir;
+    into: dest is a directory (made if missing); contents: "dir/" -> dest."""
+    if len(sources) == 1 and contents_flags[0]:
+        return "contents"
+    if len(sources) > 1 or dir_flags[0]:
+        return "into"
+    return "auto"
+
+
+def _transfer_error(host, what, paths, text, rc):
+    low = text.lower()
+    reasons = [("no space left", "no space left on the device"),
+               ("disk quota", "disk quota exceeded"),
+               ("permission denied", "permission denied"),
+               ("read-only file system", "read-only file system"),
+               ("no such file", "no such file or directory"),
+               ("not a directory", "not a directory"),
+               ("is a directory", "a directory is in the way")]
+    reason = next((r for key, r in reasons if key in low), f"exit status {rc}")
+    detail = "; ".join(l.strip() for l in text.strip().splitlines()[-4:])
+    names = ", ".join(repr(p) for p in paths)
+    return AutoservFileTransferError(
+        f"{host}: {what} {names} failed: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def _pipeline(first, second, timeout, label):
+    """first | second with stderr of each in a temp file; one deadline; both
+    process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2)."""
+    sp = _subprocess()
+    errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
+    try:
+        p2 = _popen(second, stdin=p1.stdout, stdout=DEVNULL, stderr=errs[1])
+    except BaseException:
+        _killpg(p1.pid, signal.SIGKILL)
+        p1.wait()
+        raise
+    p1.stdout.close()
+    deadline = _monotonic_deadline(timeout)
+    procs = [p1, p2]
+    try:
+        for p in procs:
+            p.wait(_remaining(deadline))
+    except sp.TimeoutExpired:
+        for p in procs:
+            _killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(KILL_GRACE)
+            except sp.TimeoutExpired:
+                _killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        raise AutoservTimeoutError(f"{label}: transfer timed out after {timeout} s")
+    except BaseException:
+        for p in procs:
+            _killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        raise
+    texts = []
+    for f in errs:
+        f.seek(0)
+        texts.append(_decode(f.read()))
+        f.close()
+    return p1.returncode, p2.returncode, texts[0], texts[1]
+
+
+def _tar_member_args(sources, contents_flags):
+    """GNU tar arguments (-C dir ./name ...) that put each source at the top
+    of the archive (or, for "dir/", its contents)."""
+    args = []
+    for src, contents in zip(sources, contents_flags):
+        path = os.path.abspath(src.rstrip("/") or "/")
+        if contents:
+            args += ["-C", path, "."]
+        else:
+            args += ["-C", os.path.dirname(path) or "/", "./" + os.path.basename(path)]
+    return args
+
+
+def _check_local_sources(sources, host):
+    for s in sources:
+        if not os.path.lexists(s.rstrip("/") or "/"):
+            raise AutoservFileTransferError(
+                f"{host}: send_file: local source {s!r} does not exist")
+
+
+def _fix_tree(root, preserve_symlinks, what):
+    """Refuses what a target must not be able to do to us: symlinks when they
+    were not asked for, and symlinks that point out of the fetched tree."""
+    root_real = os.path.realpath(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                continue
+            target = os.path.realpath(path)
+            inside = target == root_real or target.startswith(root_real + os.sep)
+            if not preserve_symlinks or not inside:
+                raise AutoservFileTransferError(
+                    f"{what}: refusing symlink {os.path.relpath(path, root)!r} -> "
+                    f"{os.readlink(path)!r}: it points out of the fetched tree")
+
+
+def _place_local(staging, dest, mode, delete):
+    """Moves staged entries into place, the same way _PLACE_SH does remotely."""
+    if dest.endswith("/") and mode == "auto":
+        mode = "into"
+    dest = dest.rstrip("/") or "/"
+    if mode == "auto":
+        mode = "into" if os.path.isdir(dest) else "as"
+    if mode != "as":
+        os.makedirs(dest, exist_ok=True)
+    entries = os.listdir(staging)
+    if delete and mode == "contents":
+        for name in os.listdir(dest):
+            if name not in entries:
+                _remove_any(os.path.join(dest, name))
+    for name in entries:
+        src = os.path.join(staging, name)
+        target = dest if mode == "as" else os.path.join(dest, name)
+        if delete:
+            _remove_any(target)
+        if _real_dir(src) and _real_dir(target):
+            _merge_dirs(src, target)
+        else:
+            if _real_dir(target):
+                raise AutoservFileTransferError(f"{target}: a directory is in the way")
+            os.replace(src, target)
+
+
+def _real_dir(path):
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def _remove_any(path):
+    if _real_dir(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _merge_dirs(src, dest):
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out = os.path.normpath(os.path.join(dest, rel))
+        for name in list(dirnames):
+            s, t = os.path.join(dirpath, name), os.path.join(out, name)
+            if os.path.islink(s) or not _real_dir(t):
+                if os.path.lexists(t) and not os.path.islink(s):
+                    raise AutoservFileTransferError(f"{t}: a file is in the way")
+                os.replace(s, t)
+                dirnames.remove(name)
+        for name in filenames:
+            t = os.path.join(out, name)
+            if _real_dir(t):
+                raise AutoservFileTransferError(f"{t}: a directory is in the way")
+            os.replace(os.path.join(dirpath, name), t)
+
+
+def _staging_parent(dest, mode):
+    base = dest.rstrip("/") or "/"
+    if mode in ("into", "contents") or dest.endswith("/") or os.path.isdir(base):
+        os.makedirs(base, exist_ok=True)
+        return base
+    parent = os.path.dirname(os.path.abspath(base))
+    if not os.path.isdir(parent):
+        raise AutoservFileTransferError(f"{dest}: its directory {parent} does not exist")
+    return parent
+
+
+def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, label):
+    sources = _sources(source)
+    contents = [s.endswith("/") and len(s) > 1 for s in sources]
+    for s in sources:
+        if not os.path.lexists(s.rstrip("/") or "/"):
+            raise AutoservFileTransferError(f"{label}: source {s!r} does not exist")
+    mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+    staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+    try:
+        copy = shutil.copy2 if preserve_perm else shutil.copyfile
+        for src, is_contents in zip(sources, contents):
+            path = src.rstrip("/") or "/"
+            items = [(os.path.join(path, n), os.path.join(staging, n))
+                     for n in os.listdir(path)] if is_contents else \
+                [(path, os.path.join(staging, os.path.basename(path)))]
+            for s, t in items:
+                if os.path.isdir(s) and not (preserve_symlinks and os.path.islink(s)):
+                    shutil.copytree(s, t, symlinks=preserve_symlinks, copy_function=copy)
+                elif os.path.islink(s) and preserve_symlinks:
+                    os.symlink(os.readlink(s), t)
+                else:
+                    copy(s, t)
+        _place_local(staging, dest, mode, delete_dest)
+    except OSError as e:
+        raise AutoservFileTransferError(f"{label}: copying {sources} to {dest!r} failed: {e}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class _SSHTransfer:
+    """send_file/get_file for SSHHost: the three backends."""
+
+    def _remote_tools(self):
+        if self._tools is None:
+            out = self.run("for t in tar rsync; do command -v $t >/dev/null 2>&1 && "
+                           "echo $t; done; true", timeout=60).stdout.split()
+            self._tools = set(out)
+        return self._tools
+
+    def _pick_backend(self, backend, delete_dest):
+        if backend is not None:
+            if backend not in TRANSFER_BACKENDS:
+                raise AutoservUsageError(f"transfer backend {backend!r}: use one of "
+                                         + ", ".join(TRANSFER_BACKENDS))
+            return backend
+        tools = self._remote_tools()
+        if delete_dest and "rsync" in tools and shutil.which("rsync"):
+            return "rsync"
+        if "tar" in tools and shutil.which("tar"):
+            return "tar"
+        if "rsync" in tools and shutil.which("rsync"):
+            return "rsync"
+        return "scp"
+
+    def _raw_ssh(self, script, *args):
+        """ssh argv running an sh script directly (no wrapper): for streams
+        whose size is not known up front.  The script never exits 255."""
+        self._ensure_master()
+        return self.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
+                                                     (script, "autoserv") + args)]
+
+    def _rsync_ssh(self):
+        self._ensure_master()
+        return " ".join(shlex.quote(a) for a in self.ssh_argv()[:-1])
+
+    def _remote_spec(self, path):
+        host = self.hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{path}"
+
+    def _raise_transfer(self, what, paths, text, rc):
+        if rc == 255:
+            raise self._transport_error(text, started=True, rc=rc)
+        raise _transfer_error(self.hostname, what, paths, text, rc)
+
+    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
+                  backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        _check_local_sources(sources, self.hostname)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        if backend == "tar":
+            tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
+                + _tar_member_args(sources, contents)
+            remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
+                                   "tar", "", "1")
+            rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.hostname)
+            if rc2 != 0:
+                self._raise_transfer("send_file", sources, e2 + e1, rc2)
+            if rc1 != 0:
+                raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
+        elif backend == "rsync":
+            argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._rsync_ssh()]
+            argv += ["-l"] if preserve_symlinks else ["-L"]
+            if delete_dest:
+                argv.append("--delete")
+            rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
+            self._run_local(argv + sources + [self._remote_spec(rsync_dest)],
+                            "send_file", sources, timeout)
+        else:
+            staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep"),
+                               timeout=60).stdout.strip()
+            try:
+                items = _expand_contents(sources, contents)
+                argv = ["scp", "-r", "-p", "-q"] + self.ssh_argv()[1:-1]
+                self._run_local(argv + items + [self._remote_spec(staging + "/")],
+                                "send_file", sources, timeout)
+                self.run(_raw_place_command(dest, mode, delete_dest, "install", staging),
+                         timeout=300)
+            except AutoservRunError as e:
+                self.run(f"rm -rf -- {shlex.quote(staging)}", ignore_status=True, timeout=60)
+                raise _transfer_error(self.hostname, "send_file", sources,
+                                      e.result.stderr if e.result else str(e), 1)
+        LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
+
+    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
+                 preserve_symlinks=False, backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        dirs = [False] * len(sources)
+        if len(sources) == 1 and not contents[0]:
+            dirs = [self.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
+                             timeout=60).exit_status == 0]
+        mode = _mode_for(sources, contents, dirs)
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+        try:
+            if backend == "tar":
+                parts = []
+                for src, is_contents in zip(sources, contents):
+                    path = src.rstrip("/") or "/"
+                    where, name = (path, ".") if is_contents else \
+                        (os.path.dirname(path) or "/", "./" + os.path.basename(path))
+                    parts.append(f"cd {shlex.quote(where)} && tar -c{'' if preserve_symlinks else 'h'}f - "
+                                 f"-- {shlex.quote(name)} || exit 1")
+                remote = self._raw_ssh("; ".join(parts))
+                local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
+                local.append("-p" if preserve_perm else "--no-same-permissions")
+                rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.hostname)
+                if rc1 != 0:
+                    self._raise_transfer("get_file", sources, e1, rc1)
+                if rc2 != 0:
+                    raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
+            else:
+                items = [self._remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
+                         for s, c in zip(sources, contents)]
+                if backend == "rsync":
+                    argv = ["rsync", "-rltD", "--protect-args", "-e", self._rsync_ssh()]
+                    argv += ["-l"] if preserve_symlinks else ["-L"]
+                    if preserve_perm:
+                        argv.append("-p")
+                else:
+                    argv = ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) \
+                        + self.ssh_argv()[1:-1]
+                self._run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
+            _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
+            _place_local(staging, dest, mode, delete_dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
+
+    def _run_local(self, argv, what, paths, timeout):
+        LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
+        ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
+        ex.start()
+        ex.wait()
+        if ex.timed_out:
+            raise AutoservTimeoutError(f"{what} timed out", ex.result(" ".join(argv), self.hostname))
+        if ex.returncode != 0:
+            text = _decode(ex.captures[2].value())
+            if ex.returncode == 255 or "connection unexpectedly closed" in text \
+                    or "Connection closed" in text:
+                raise self._transport_error(text, started=True, rc=ex.returncode)
+            raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
+
+
+def _raw_place_command(dest, mode, delete, step, staging=""):
+    return "sh -c " + " ".join(shlex.quote(w) for w in (
+        _PLACE_SH, "autoserv", dest, mode, "1" if delete else "0", step, staging, "1"))
+
+
+def _expand_contents(sources, contents):
+    items = []
+    for s, c in zip(sources, contents):
+        if c:
+            path = s.rstrip("/")
+            items += [os.path.join(path, n) for n in sorted(os.listdir(path))]
+        else:
+            items.append(s.rstrip("/") or "/")
+    return items
+
+
+
+# SSH ##########################################################################
+
+_SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
+                 "ssh_options": (), "host_key_policy": "accept-new",
+                 "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                 "alive_interval": DEFAULT_ALIVE_INTERVAL,
+                 "alive_count": DEFAULT_ALIVE_COUNT}
+
+
+def set_ssh_defaults(**kwargs):
+    """Defaults for every SSHHost made after this (the CLI sets them)."""
+    for key, value in kwargs.items():
+        if key not in _SSH_DEFAULTS:
+            raise AutoservUsageError(f"unknown ssh default {key!r}")
+        _SSH_DEFAULTS[key] = value
+
+
+_CTRL = {"dir": None, "pid": None}
+
+
+def _ctrl_dir():
+    """A private 0700 dir with a short path for control sockets and per-job
+    known_hosts files (a socket path has about 90 usable bytes)."""
+    if _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"]):
+        base = tempfile.gettempdir()
+        if len(base) > 40 or not os.access(base, os.W_OK):
+            base = "/tmp"
+        _CTRL["dir"] = tempfile.mkdtemp(prefix="as-", dir=base)
+        _CTRL["pid"] = os.getpid()
+    return _CTRL["dir"]
+
+
+def _remove_ctrl_dir():
+    if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
+        shutil.rmtree(_CTRL["dir"], ignore_errors=True)
+        _CTRL["dir"] = None
+
+
+def parse_machine(spec):
+    """``[user@]host[:port]`` -> (user, host, port); raises on nonsense."""
+    text = str(spec).strip()
+    user = port = None
+    if "@" in text:
+        user, _, text = text.rpartition("@")
+    if text.startswith("["):                       # [v6addr]:port
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host = text
+    if not host or host.startswith("-") or any(c.isspace() for c in host) \
+            or (user is not None and (not user or user.startswith("-"))):
+        raise AutoservUsageError(f"machine {spec!r} is not [user@]host[:port]")
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise AutoservUsageError(f"machine {spec!r}: port {port!r} is not 1-65535")
+        port = int(port)
+    return user, host, port
+
+
+# The remote wrapper, POSIX sh (dash, bash, busybox ash), one line so any login
+# shell passes it through.  $1 token, $2 stdin length, $3 command, $4 run id.
+# Stdin's first $2 bytes are staged in an unlinked temp file (only when there
+# are any) and the command runs under the login shell in its own session, as
+# its own job.  A separate watcher job waits for EOF on ssh's stdin, which
+# comes on timeout (autoserv closes it) or when the link drops, and tells the
+# wrapper (USR1) to kill the command's process group: TERM, CONT, KILL at 2 s.
+# Markers on stderr (stripped by _MarkerFilter) give the group id and the real
+# exit status, so a remote 'exit 255' is not mistaken for a transport failure.
+_WRAPPER = (
+    "exec 3<&0 5</dev/null; t=$1 n=$2 c=$3; AUTOSERV_RUN_ID=$4; export AUTOSERV_RUN_ID; "
+    "k=; trap 'k=1' USR1; s=; command -v setsid >/dev/null 2>&1 && s=setsid; "
+    "if [ \"$n\" -gt 0 ]; then i=$(umask 077; mktemp /tmp/autoserv-in-XXXXXX) && "
+    "head -c \"$n\" <&3 >\"$i\" && exec 5<\"$i\"; r=$?; rm -f \"$i\"; "
+    "if [ $r != 0 ]; then echo 'autoserv: cannot stage stdin on the target' >&2; "
+    "printf '\\036%s e 125\\n' \"$t\" >&2; exit 125; fi; fi; "
+    "$s \"${SHELL:-/bin/sh}\" -c \"$c\" <&5 3<&- 5<&- & p=$!; exec 5<&-; "
+    "{ while read -r _; do :; done; kill -USR1 $$; } <&3 >/dev/null 2>&1 & w=$!; "
+    "exec 3<&-; printf '\\036%s s %s\\n' \"$t\" \"$p\" >&2; "
+    "while :; do wait \"$p\"; r=$?; [ -z \"$k\" ] && break; k=; "
+    "kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
+    "kill -CONT -$p 2>/dev/null; "
+    "(sleep 2; kill -KILL -$p || kill -KILL $p) >/dev/null 2>&1 & done; "
+    "kill $w 2>/dev/null; printf '\\036%s e %s\\n' \"$t\" \"$r\" >&2; exit \"$r\""
+)
+
+_SSH_ERRORS = [
+    (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
+                r"|No \S+ host key is known|host key for .* has changed"),
+     "AutoservSSHHostKeyError", "host key verification failed"),
+    (re.compile(r"Could not resolve hostname|Name or service not known"
+                r"|Temporary failure in name resolution|No address associated"),
+     "AutoservSSHUnknownHost", "host name does not resolve"),
+    (re.compile(r"Connection refused"), "AutoservSSHConnectionRefused",
+     "connection refused"),
+    (re.compile(r"Permission denied|Too many authentication failures"
+                r"|Authentication failed"),
+     "AutoservSSHPermissionDenied", "authentication failed"),
+    (re.compile(r"timed out|No route to host|Network is unreachable"),
+     "AutoservSSHConnectTimeout", "connection timed out"),
+    (re.compile(r"not responding|Broken pipe|Connection reset|closed by remote host"
+                r"|Connection closed|read header failed|client_loop|mux_client"),
+     "AutoservSSHConnectionLost", "connection lost"),
+]
+
+
+def _ssh_lines(text):
+    """The lines of a stderr stream that ssh itself wrote."""
+    keep = []
+    for line in text.splitlines():
+        if (line.startswith(("ssh:", "ssh_", "kex_", "mux_", "Control", "@", "Host key",
+                             "Offending", "The fingerprint", "SHA256:", "Timeout,",
+                             "client_loop", "Connection ", "Permission denied",
+                             "No ", "Add correct", "Please contact",
+                             "It is also possible", "Someone could"))
+                or "port" in line and ("Connection" in line or "connect to host" in line)):
+            keep.append(line.strip())
+    return keep
+
+
+class SSHHost(RemoteHost, _SSHTransfer):
+    """A machine reached with the system ssh (config, ProxyJump, aliases
+    behave as in plain ssh), one ControlMaster per host and job."""
+
+    _counter = 0
+
+    def __init__(self, hostname, user=None, port=None, password=None, *,
+                 identity=None, ssh_config=None, ssh_options=None,
+                 host_key_policy=None, known_hosts=None, connect_timeout=None,
+                 alive_interval=None, alive_count=None, power=None, **kwargs):
+        self._init_args = (hostname,)
+        self._init_kwargs = dict(user=user, port=port, identity=identity,
+                                 ssh_config=ssh_config, ssh_options=ssh_options,
+                                 host_key_policy=host_key_policy,
+                                 known_hosts=known_hosts, connect_timeout=connect_timeout,
+                                 alive_interval=alive_interval, alive_count=alive_count)
+        spec_user, host, spec_port = parse_machine(hostname)
+        d = _SSH_DEFAULTS
+        self.hostname = host
+        self.user = user or spec_user or d["user"]
+        self.port = int(port or spec_port or d["port"] or 0) or None
+        self.identity = identity or d["identity"]
+        self.ssh_config = ssh_config or d["ssh_config"]
+        self.ssh_options = list(ssh_options if ssh_options is not None else d["ssh_options"])
+        self.host_key_policy = host_key_policy or d["host_key_policy"]
+        if self.host_key_policy not in HOST_KEY_POLICIES:
+            raise AutoservUsageError(f"host key policy {self.host_key_policy!r}: use one of "
+                                     + ", ".join(HOST_KEY_POLICIES))
+        self.known_hosts = known_hosts or d["known_hosts"]
+        self.connect_timeout = connect_timeout or d["connect_timeout"]
+        self.alive_interval = alive_interval or d["alive_interval"]
+        self.alive_count = alive_count or d["alive_count"]
+        self.power = power
+        SSHHost._counter += 1
+        self._index = SSHHost._counter
+        self._token = os.urandom(8).hex()
+        self._master = None
+        self._master_pid_owner = None
+        self._ctrl_path = None
+        self._resolved = None
+        self._tools = None
+        self._password = password
+        super().__init__()
+
+    # ssh command lines
+    def _options(self, connect_timeout=None):
+        ct = connect_timeout or self.connect_timeout
+        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(max(1, round(ct)))}",
+                "-o", f"ServerAliveInterval={self.alive_interval}",
+                "-o", f"ServerAliveCountMax={self.alive_count}",
+                "-o", "ForwardAgent=no", "-o", "ForwardX11=no",
+                "-o", "LogLevel=ERROR"]
+        if self.host_key_policy == "strict":
+            opts += ["-o", "StrictHostKeyChecking=yes"]
+        else:
+            opts += ["-o", "StrictHostKeyChecking=accept-new"]
+        known = self._known_hosts_file()
+        if known:
+            opts += ["-o", f"UserKnownHostsFile={known}"]
+        if self.ssh_config:
+            opts += ["-F", self.ssh_config]
+        if self.identity:
+            opts += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
+        if self.user:
+            opts += ["-l", self.user]
+        if self.port:
+            opts += ["-p", str(self.port)]
+        for opt in self.ssh_options:
+            opts += ["-o", opt]
+        return opts
+
+    def _known_hosts_file(self):
+        if self.host_key_policy == "ephemeral":
+            path = os.path.join(_ctrl_dir(), f"kh-{os.getpid()}-{self._index}")
+        else:
+            path = self.known_hosts
+        if path and not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        return path
+
+    def ssh_argv(self, connect_timeout=None, master=True):
+        """The ssh command line for this host (without the remote command)."""
+        argv = ["ssh"] + self._options(connect_timeout)
+        if master and self._ctrl_path:
+            argv += ["-o", f"ControlPath={self._ctrl_path}", "-o", "ControlMaster=no"]
+        return argv + [self.hostname]
+
+    # the master connection
+    def _master_alive(self):
+        path = self._ctrl_path
+        if not path:
+            return False
+        if self._master is not None and self._master_pid_owner == os.getpid() \
+                and self._master.poll() is not None:
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def _ensure_master(self, connect_timeout=None):
+        if self._master_alive():
+            return
+        path = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self._index}")
+        lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._ctrl_path = path
+            if self._master_alive():
+                return
+            self._start_master(path, connect_timeout)
+        finally:
+            os.close(lock)
+
+    def _start_master(self, path, connect_timeout, retried=False):
+        self._stop_master()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        errlog = path + ".err"
+        argv = (["ssh"] + self._options(connect_timeout)
+                + ["-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                   "-o", "ControlPersist=no", "-N", self.hostname])
+        LOG.write("starting ssh master: " + " ".join(shlex.quote(a) for a in argv),
+                  self.hostname)
+        with open(errlog, "wb") as err:
+            proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err)
+        self._master, self._master_pid_owner = proc, os.getpid()
+        ct = connect_timeout or self.connect_timeout
+        deadline = time.monotonic() + ct + 5
+        delay = 0.002
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if os.path.exists(path) and self._master_alive():
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+        alive = proc.poll() is None
+        self._stop_master()
+        with open(errlog, "rb") as f:
+            text = _decode(f.read())
+        os.unlink(errlog)
+        if not alive:
+            error = self._transport_error(text, started=False)
+        else:
+            error = AutoservSSHConnectTimeout(self.hostname, "connection timed out",
+                                              f"no ssh session within {ct + 5:.0f} s")
+        if (isinstance(error, AutoservSSHHostKeyError)
+                and self.host_key_policy == "ephemeral" and not retried):
+            LOG.write(f"host key changed on ephemeral host; accepting the new key. "
+                      f"{error.detail}", self.hostname)
+            os.unlink(self._known_hosts_file())
+            return self._start_master(path, connect_timeout, retried=True)
+        raise error
+
+    def _stop_master(self):
+        proc = self._master
+        self._master = None
+        if proc is None or self._master_pid_owner != os.getpid():
+            return
+        if proc.poll() is None and self._ctrl_path and os.path.exists(self._ctrl_path):
+            sp = _subprocess()
+            try:
+                sp.run(["ssh", "-o", f"ControlPath={self._ctrl_path}", "-O", "exit",
+                        self.hostname], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL,
+                       timeout=5, start_new_session=True)
+            except sp.TimeoutExpired:
+                pass
+        for sig, wait in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            if sig is not None:
+                _killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                break
+            except _subprocess().TimeoutExpired:
+                continue
+
+    def _transport_error(self, stderr_text, started, rc=None):
+        lines = _ssh_lines(stderr_text)
+        joined = "\n".join(lines)
+        for pattern, cls_name, message in _SSH_ERRORS:
+            if pattern.search(joined):
+                cls = globals()[cls_name]
+                break
+        else:
+            cls, message = AutoservSSHError, "ssh failed"
+        if started and cls not in (AutoservSSHHostKeyError,):
+            cls, message = AutoservSSHConnectionLost, "connection lost"
+        detail = "; ".join(l for l in lines if not l.startswith("@"))[:600] or \
+            f"ssh exited with status {rc}"
+        if cls is AutoservSSHHostKeyError:
+            detail = self._key_change_detail(stderr_text) or detail
+        return cls(self.hostname, message, detail)
+
+    def _key_change_detail(self, text):
+        new = re.search(r"(SHA256:[A-Za-z0-9+/=]+)", text)
+        offending = re.search(r"Offending \S+ key in (\S+):(\d+)", text)
+        if not new:
+            return None
+        old = "unknown"
+        if offending:
+            try:
+                with open(offending.group(1), encoding="utf-8", errors="replace") as f:
+                    line = f.read().splitlines()[int(offending.group(2)) - 1]
+                fields = line.split()
+                key = " ".join(fields[1:3]) if not fields[0].startswith("ssh-") and \
+                    not fields[0].startswith("ecdsa") else " ".join(fields[0:2])
+                out = _subprocess().run(["ssh-keygen", "-l", "-f", "-"], input=key.encode(),
+                                        capture_output=True, timeout=10)
+                old = _decode(out.stdout).split()[1] if out.stdout else "unknown"
+            except (OSError, IndexError, ValueError, _subprocess().TimeoutExpired):
+                pass
+        return (f"host key changed: known {old}, offered {new.group(1)}"
+                + (f" (known_hosts {offending.group(1)}:{offending.group(2)})"
+                   if offending else ""))
+
+    def _remote_command(self, command, stdin_len):
+        run_id = _JOB.run_id if _JOB is not None else "norun"
+        return "exec sh -c " + " ".join(shlex.quote(w) for w in (
+            _WRAPPER, "autoserv", self._token, str(stdin_len), command, run_id))
+
+    # running commands
+    def run(self, command, timeout=None, ignore_status=False, stdin=None,
+            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
+            max_output=DEFAULT_MAX_OUTPUT):
+        command = _with_args(command, args)
+        data = _stdin_bytes(stdin)
+        for attempt in (1, 2):
+            self._ensure_master(connect_timeout)
+            argv = self.ssh_argv(connect_timeout) + [
+                self._remote_command(command, len(data or b""))]
+            LOG.write(f"run: {command}", self.hostname)
+            marker = _MarkerFilter(self._token)
+            ex = _Execution(argv, self.hostname, stdin=data, timeout=timeout,
+                            stdout_tee=stdout_tee, stderr_tee=stderr_tee,
+                            max_output=max_output, remote=True, marker=marker)
+            ex.start()
+            ex.wait()
+            result = ex.result(command, self.hostname)
+            if marker.status is not None:
+                status = marker.status
+                result.exit_status = status
+                if 128 < status <= 128 + 64:
+                    result.aborted = status - 128
+                break
+            if ex.timed_out:
+                break
+            error = self._transport_error(result.stderr, marker.pgid is not None,
+                                          ex.returncode)
+            # A master that died between the check and the command: one retry.
+            if attempt == 1 and marker.pgid is None and not self._master_alive() \
+                    and isinstance(error, (AutoservSSHConnectionLost,)):
+                LOG.write("ssh master went away; reconnecting once", self.hostname)
+                continue
+            LOG.write(f"transport failure: {error}", self.hostname)
+            error.result = result
+            raise error
+        LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
+        return _judge(result, ignore_status)
+
+    def is_up(self, timeout=None):
+        t = timeout or self.connect_timeout
+        try:
+            self.run("true", timeout=t + 1, connect_timeout=t)
+            return True
+        except AutoservError:
+            return False
+
+    def resolve(self):
+        """(hostname, port, user, proxied) as ssh itself would use them."""
+        if self._resolved is None:
+            argv = ["ssh", "-G"] + self._options() + [self.hostname]
+            out = _subprocess().run(argv, stdin=DEVNULL, capture_output=True, timeout=10)
+            conf = {}
+            for line in _decode(out.stdout).splitlines():
+                key, _, value = line.partition(" ")
+                conf.setdefault(key.lower(), value)
+            proxied = conf.get("proxycommand", "none") != "none" or \
+                conf.get("proxyjump", "none") != "none"
+            self._resolved = (conf.get("hostname", self.hostname),
+                              int(conf.get("port", 22)), conf.get("user"), proxied)
+        return self._resolved
+
+    def _banner(self, timeout):
+        host, port, _, proxied = self.resolve()
+        if proxied:
+            return None
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                return s.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    def wait_up(self, timeout=None):
+        """True once the host answers ssh (within timeout; None waits on)."""
+        deadline = _monotonic_deadline(timeout)
+        while True:
+            left = _remaining(deadline)
+            banner = self._banner(min(1.0, left) if left is not None else 1.0)
+            if banner is not False:
+                step = self.connect_timeout if left is None else max(1, min(left, self.connect_timeout))
+                if self.is_up(step):
+                    return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05 if banner is False else 0.5)
+
+    def wait_down(self, timeout=None, old_boot_id=None):
+        """True once the host stops answering or its boot id changes."""
+        deadline = _monotonic_deadline(timeout)
+        while True:
+            left = _remaining(deadline)
+            step = 5 if left is None else max(1, min(5, left))
+            try:
+                boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
+                if old_boot_id and boot_id and boot_id != old_boot_id:
+                    return True
+            except AutoservError:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+    def get_tmp_dir(self):
+        """A new 0700 dir on the host, removed when the job ends."""
+        path = self.run("umask 077; mktemp -d /tmp/autoserv-XXXXXX", timeout=60).stdout.strip()
+        if not re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", path):
+            raise AutoservHostError(self.hostname, "mktemp gave an unexpected path", path)
+        self._tmp_dirs.append((os.getpid(), path))
+        return path
+
+    def _remove_tmp_dirs(self):
+        mine = [p for pid, p in self._tmp_dirs if pid == os.getpid()
+                and re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", p)]
+        self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p not in mine]
+        if mine:
+            self.run("rm -rf -- " + " ".join(shlex.quote(p) for p in mine),
+                     timeout=60, ignore_status=True, connect_timeout=5)
+
+    def close(self):
+        """Removes this host's remote temp dirs and ends its ssh master."""
+        try:
+            self._remove_tmp_dirs()
+        except AutoservError as e:
+            LOG.write(f"could not remove temp dirs: {e}", self.hostname)
+        self._stop_master()
+        if self._ctrl_path and self._master_pid_owner == os.getpid():
+            for suffix in ("", ".lock"):
+                try:
+                    os.unlink(self._ctrl_path + suffix)
+                except OSError:
+                    pass
+
+# Parallel #####################################################################
+# Each task runs in its own forked process (explicit fork: control-file
+# functions and closures cannot be pickled, so spawn/forkserver and Pool are
+# out).  The parent starts no threads; it drains every child's result pipe and
+# output pipes in one selector loop, so results of any size come back without
+# the wait-then-read deadlock.
+
+def _safe_name(value):
+    name = str(value).replace("/", "_").replace("\0", "_").strip()
+    if name in ("", ".", ".."):
+        name = "_" + name
+    return name[:200]
+
+
+class subcommand:
+    """One task: func(*args), optionally in its own results subdir."""
+
+    def __init__(self, func, args=(), subdir=None):
+        self.func = func
+        self.args = list(args)
+        self.subdir = subdir
+        self.name = subdir or getattr(func, "__name__", "task")
+        self.pid = None
+        self.result = None
+        self.error = None            # (exception or None, traceback text)
+        self.started = self.duration = None
+
+    def __repr__(self):
+        return f"<subcommand {self.name} pid={self.pid}>"
+
+    def _child(self, result_w, out_w, err_w):
+        import pickle
+        import traceback
+        code = 0
+        try:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if out_w is not None:
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+            if self.subdir:
+                os.chdir(self.subdir)
+                if _JOB is not None:
+                    _JOB.status = StatusLog(os.path.join(self.subdir, "status.log"))
+            try:
+                payload = ("ok", self.func(*self.args))
+            except BaseException as e:
+                code = 1
+                text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+                payload = ("err", e, text)
+                if isinstance(e, (KeyboardInterrupt, _Terminated)):
+                    code = 130 if isinstance(e, KeyboardInterrupt) else 143
+            try:
+                data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as e:
+                if payload[0] == "ok":
+                    text = f"the task's result cannot be pickled: {e}"
+                else:
+                    text = payload[2]
+                data = pickle.dumps(("err", None, text))
+                code = 1
+            _close_all_hosts()
+            _cleanup_local_tmp()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(result_w, view[:READ_SIZE]):]
+        except BaseException:
+            code = code or 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(code)
+
+    def fork_start(self, prefix_output=True):
+        if self.subdir:
+            self.subdir = os.path.abspath(self.subdir)
+            os.makedirs(os.path.join(self.subdir, "debug"), exist_ok=True)
+        result_r, result_w = os.pipe()
+        out = os.pipe() if prefix_output else (None, None)
+        err = os.pipe() if prefix_output else (None, None)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        self.started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os.close(result_r)
+            for r in (out[0], err[0]):
+                if r is not None:
+                    os.close(r)
+            self._child(result_w, out[1], err[1])
+        self.pid = pid
+        os.close(result_w)
+        for w in (out[1], err[1]):
+            if w is not None:
+                os.close(w)
+        self.fds = {result_r: "result"}
+        if prefix_output:
+            self.fds[out[0]] = "stdout"
+            self.fds[err[0]] = "stderr"
+        self.chunks = []
+        self.files = {}
+        self.tees = {}
+        for stream, target in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+            if self.subdir and prefix_output:
+                self.files[stream] = open(os.path.join(self.subdir, "debug", stream), "ab")
+            if prefix_output:
+                self.tees[stream] = _Tee(target, prefix=f"{self.name} : ")
+        return pid
+
+    def _take(self, fd, data):
+        kind = self.fds[fd]
+        if kind == "result":
+            self.chunks.append(data)
+            return
+        f = self.files.get(kind)
+        if f is not None:
+            f.write(data)
+            f.flush()
+        self.tees[kind].feed(data)
+
+    def _finish(self, status):
+        import pickle
+        self.duration = time.monotonic() - self.started
+        for f in self.files.values():
+            f.close()
+        for tee in self.tees.values():
+            tee.feed(b"", final=True)
+        data = b"".join(self.chunks)
+        self.chunks = []
+        if not data:
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+            self.error = (None, f"task {self.name} died without a result"
+                          + (f" (signal {sig}, {_signame(sig)})" if sig else
+                             f" (exit status {os.waitstatus_to_exitcode(status)})"))
+            return
+        try:
+            payload = pickle.loads(data)
+        except Exception as e:
+            self.error = (None, f"task {self.name}: its result could not be read back: {e}")
+            return
+        if payload[0] == "ok":
+            self.result = payload[1]
+        else:
+            self.error = (payload[1], payload[2])
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _tasks_outcome(tasks):
+    return [t.error[0] if t.error and t.error[0] is not None
+            else AutoservSubcommandError([(t.name, t.error[1])]) if t.error
+            else t.result for t in tasks]
+
+
+def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
+             prefix_output=None):
+    """Runs every subcommand at once (at most max_parallel, -j, at a time), each
+    to its end or the timeout; then raises AutoservSubcommandError naming every
+    failed task, or with return_results gives a list of results/exceptions."""
+    import selectors
+    tasks = list(tasklist)
+    if not tasks:
+        return [] if return_results else None
+    if max_parallel is None:
+        max_parallel = _PARALLEL["max"]
+    if prefix_output is None:
+        prefix_output = any(t.subdir for t in tasks)
+    deadline = _monotonic_deadline(timeout)
+    sel = selectors.DefaultSelector()
+    waiting = list(tasks)
+    running = {}
+    timed_out = False
+    record = _JOB.status.record if _JOB is not None else None
+    try:
+        while waiting or running:
+            while waiting and (not max_parallel or len(running) < max_parallel):
+                task = waiting.pop(0)
+                if record:
+                    record("START", task.subdir and os.path.basename(task.subdir),
+                           "parallel", f"task {task.name}")
+                task.fork_start(prefix_output)
+                running[task.pid] = task
+                for fd in task.fds:
+                    sel.register(fd, selectors.EVENT_READ, task)
+            left = _remaining(deadline)
+            if left == 0.0:
+                timed_out = True
+                break
+            for key, _ in sel.select(0.2 if left is None else min(0.2, left)):
+                data = os.read(key.fd, READ_SIZE)
+                if data:
+                    key.data._take(key.fd, data)
+                else:
+                    sel.unregister(key.fd)
+                    os.close(key.fd)
+                    del key.data.fds[key.fd]
+            for pid, task in list(running.items()):
+                if task.fds:
+                    continue
+                _, status = os.waitpid(pid, 0)
+                task._finish(status)
+                del running[pid]
+                if record:
+                    _record_task_end(record, task)
+    except BaseException:
+        _stop_tasks(running, sel)
+        raise
+    if timed_out:
+        _stop_tasks(running, sel, reason=f"timed out after {timeout} s")
+        for task in running.values():
+            if record:
+                _record_task_end(record, task)
+        for task in waiting:
+            task.error = (None, f"task {task.name} never started: parallel() timed out")
+    sel.close()
+    for task in tasks:
+        if task.subdir and _JOB is not None:
+            _JOB.set_host_outcome(os.path.basename(task.subdir),
+                                  "FAIL" if task.error else "GOOD", task.duration or 0.0,
+                                  _last_line(task.error[1]) if task.error else "")
+    if return_results:
+        return _tasks_outcome(tasks)
+    failures = [(t.name, t.error[1]) for t in tasks if t.error]
+    if failures:
+        raise AutoservSubcommandError(failures)
+    return None
+
+
+def _last_line(text):
+    lines = [l for l in str(text).strip().splitlines() if l.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _record_task_end(record, task):
+    sub = task.subdir and os.path.basename(task.subdir)
+    if task.error:
+        record("FAIL", sub, "parallel", _last_line(task.error[1]))
+        record("END FAIL", sub, "parallel")
+    else:
+        record("END GOOD", sub, "parallel")
+
+
+def _stop_tasks(running, sel, reason=None, grace=8.0):
+    """TERM every running child (each then ends its ssh and remote commands),
+    KILL what is left after the grace, reap them all: no zombies."""
+    for pid in running:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + grace
+    while running and time.monotonic() < end:
+        for key, _ in sel.select(0.1):
+            try:
+                data = os.read(key.fd, READ_SIZE)
+            except OSError:
+                data = b""
+            if data:
+                key.data._take(key.fd, data)
+            else:
+                sel.unregister(key.fd)
+                os.close(key.fd)
+                del key.data.fds[key.fd]
+        for pid, task in list(running.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                _drain_task(task, sel)
+                task._finish(status)
+                if reason and not task.error:
+                    task.error = (None, f"task {task.name} {reason}")
+                elif reason:
+                    task.error = (task.error[0], f"task {task.name} {reason}\n{task.error[1]}")
+                running.pop(pid)
+    for pid, task in list(running.items()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        _drain_task(task, sel)
+        task._finish(status)
+        task.error = (None, f"task {task.name} {reason or 'was stopped'} (killed)")
+        running.pop(pid)
+
+
+def _drain_task(task, sel):
+    for fd in list(task.fds):
+        try:
+            sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        try:
+            while True:
+                data = os.read(fd, READ_SIZE)
+                if not data:
+                    break
+                task._take(fd, data)
+        except OSError:
+            pass
+        os.close(fd)
+        del task.fds[fd]
+
+
+_PARALLEL = {"max": None}
+
+
+def parallel_simple(function, arglist, log=True, timeout=None, return_results=False):
+    """function(arg) for every arg at once; with log, each in its own results
+    subdir named after the argument (a host: its host name)."""
+    arglist = list(arglist)
+    if not arglist:
+        return [] if return_results else None
+    tasks = []
+    seen = set()
+    for arg in arglist:
+        subdir = None
+        if log:
+            subdir = _safe_name(getattr(arg, "hostname", None) or arg)
+            base, n = subdir, 1
+            while subdir in seen:
+                n += 1
+                subdir = f"{base}.{n}"
+            seen.add(subdir)
+        tasks.append(subcommand(function, [arg], subdir))
+    return parallel(tasks, timeout=timeout, return_results=return_results,
+                    prefix_output=True)
+
+
+# Later pieces #################################################################
+# Installables, kernels, KVM, consoles and the autotest client come in later
+# versions; until then their names exist and say so clearly when used.
+
+class _NotYet:
+    _what = "this feature"
+
+    def __init__(self, *args, **kwargs):
+        raise AutoservNotImplementedError(
+            f"{type(self).__name__}: {self._what} is not in autoserv {__version__} yet")
+
+
+class DEBKernel(_NotYet):
+    _what = ".deb kernel installation"
+
+
+class RPMKernel(_NotYet):
+    _what = ".rpm kernel installation"
+
+
+class KVM(_NotYet):
+    _what = "the KVM hypervisor wrapper"
+
+
+class KVMGuest(_NotYet):
+    _what = "KVM guests"
+
+
+class Guest(SSHHost):
+    """A virtual machine reached over ssh (see KVMGuest)."""
+
+
+class ConmuxSSHHost(_NotYet):
+    _what = "conmux console support"
+
+
+class Autotest(_NotYet):
+    _what = "the autotest client"
+
+
+class CommandPower:
+    """A power controller made of local shell commands (on=, off=, cycle=)."""
+
+    def __init__(self, on=None, off=None, cycle=None, timeout=120):
+        self.commands = {"on": on, "off": off, "cycle": cycle}
+        self.timeout = timeout
+
+    def _do(self, what):
+        command = self.commands[what]
+        if command is None:
+            if what == "cycle" and self.commands["on"] and self.commands["off"]:
+                self._do("off")
+                return self._do("on")
+            raise AutoservUsageError(f"CommandPower has no {what}= command")
+        return LocalHost().run(command, timeout=self.timeout)
+
+    def on(self):
+        return self._do("on")
+
+    def off(self):
+        return self._do("off")
+
+    def cycle(self):
+        return self._do("cycle")
+
+
+def create_host(spec, **kwargs):
+    """Builds a host from ``[user@]host[:port]``; ``localhost`` with no user or
+    port is the LocalHost; a site file may register other classes by name
+    (``kind=``)."""
+    kind = kwargs.pop("kind", None)
+    if kind:
+        cls = _REGISTRY["host"].get(kind)
+        if cls is None:
+            raise AutoservUsageError(f"no host class registered as {kind!r}")
+        return cls(spec, **kwargs)
+    if spec in ("localhost", "local") and not kwargs:
+        return LocalHost()
+    return SSHHost(spec, **kwargs)
+
+
+# Control files ################################################################
+
+_SPAN = re.compile(r"#|(?<![\w])[rRbBuUfF]{0,2}('''|\"\"\"|'|\")")
+_OCTAL = re.compile(r"(?<![\w.])0+([0-7]+)(?![\w.])")
+_LONG = re.compile(r"(?<![\w.])(0[xX][0-9a-fA-F]+|\d+)[lL](?!\w)")
+
+
+def _code_spans(src):
+    """(start, end) of the parts of src that are code (not strings, comments)."""
+    spans = []
+    pos = 0
+    while True:
+        m = _SPAN.search(src, pos)
+        if not m:
+            spans.append((pos, len(src)))
+            return spans
+        spans.append((pos, m.start()))
+        if m.group() == "#":
+            end = src.find("\n", m.start())
+            pos = len(src) if end < 0 else end
+            continue
+        quote = m.group(1)
+        i = m.end()
+        while i < len(src):
+            ch = src[i]
+            if ch == "\\":
+                i += 2
+                continue
+            if src.startswith(quote, i):
+                i += len(quote)
+                break
+            if ch == "\n" and len(quote) == 1:
+                break
+            i += 1
+        pos = i
+
+
+def _fix_literals(src):
+    out = []
+    last = 0
+    for start, end in _code_spans(src):
+        out.append(src[last:start])
+        code = src[start:end]
+        code = _OCTAL.sub(lambda m: "0o" + m.group(1), code)
+        code = _LONG.sub(lambda m: m.group(1), code)
+        out.append(code.replace("<>", "!="))
+        last = end
+    out.append(src[last:])
+    return "".join(out)
+
+
+def translate_legacy(src):
+    """Python 2 control-file forms -> Python 3, keeping every line where it
+    was: print and exec statements, ``print >>f``, ``except E, e``, ``raise E,
+    msg``, ``0644``, ``10L``, ``<>``.  (``raise "msg"`` is done on the AST.)"""
+    import tokenize
+    src = _fix_literals(src)
+    try:
+        toks = list(tokenize.generate_tokens(io.StringIO(src).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return src
+    lines = src.splitlines(True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+
+    def off(pos):
+        return offsets[pos[0] - 1] + pos[1]
+
+    T = tokenize
+    sig = [t for t in toks if t.type not in (T.NL, T.COMMENT)]
+    edits = []          # (start, end, text)
+    starts = {T.NEWLINE, T.INDENT, T.DEDENT}
+
+    def stmt_end(i):
+        depth = 0
+        j = i
+        while j < len(sig):
+            t = sig[j]
+            if t.type == T.OP and t.string in "([{":
+                depth += 1
+            elif t.type == T.OP and t.string in ")]}":
+                depth -= 1
+            elif depth == 0 and (t.type in (T.NEWLINE, T.ENDMARKER)
+                                 or (t.type == T.OP and t.string == ";")):
+                return j
+            j += 1
+        return j
+
+    def match_paren(i):
+        depth = 0
+        for j in range(i, len(sig)):
+            s = sig[j].string if sig[j].type == T.OP else ""
+            if s in ("(", "[", "{"):
+                depth += 1
+            elif s in (")", "]", "}"):
+                depth -= 1
+                if depth == 0:
+                    return j
+        return len(sig) - 1
+
+    def top_commas(i, j):
+        depth, found = 0, []
+        for k in range(i, j):
+            s = sig[k].string if sig[k].type == T.OP else ""
+            if s in ("(", "[", "{"):
+                depth += 1
+            elif s in (")", "]", "}"):
+                depth -= 1
+            elif s == "," and depth == 0:
+                found.append(k)
+        return found
+
+    for i, tok in enumerate(sig):
+        prev = sig[i - 1] if i else None
+        at_start = prev is None or prev.type in starts or (
+            prev.type == T.OP and prev.string in (";", ":"))
+        if not at_start or tok.type != T.NAME:
+            continue
+        nxt = sig[i + 1] if i + 1 < len(sig) else None
+        end = stmt_end(i)
+        last = sig[end - 1]
+        if tok.string in ("print", "exec"):
+            if nxt is None or (nxt.type == T.OP and nxt.string in ("=", ".", ",", ")", "+=")):
+                continue
+            if nxt.type == T.OP and nxt.string == "(" and match_paren(i + 1) == end - 1:
+                continue      # already a call
+            if end == i + 1:
+                edits.append((off(tok.end), off(tok.end), "()"))
+                continue
+            if tok.string == "exec":
+                ins = [k for k in range(i + 1, end) if sig[k].type == T.NAME
+                       and sig[k].string == "in"]
+                edits.append((off(tok.start), off(nxt.start), "exec("))
+                if ins:
+                    edits.append((off(sig[ins[0]].start), off(sig[ins[0]].end), ","))
+                edits.append((off(last.end), off(last.end), ")"))
+                continue
+            tail = ""
+            first = i + 1
+            if nxt.type == T.OP and nxt.string == ">>":
+                commas = top_commas(i + 2, end)
+                dest_end = commas[0] if commas else end
+                dest = src[off(sig[i + 2].start):off(sig[dest_end - 1].end)]
+                tail = f"file={dest}"
+                first = dest_end + 1 if commas else end
+            trailing = sig[end - 1].type == T.OP and sig[end - 1].string == "," \
+                and end - 1 >= first
+            if trailing:
+                tail = ", ".join(x for x in ('end=" "', tail) if x)
+                edits.append((off(sig[end - 1].start), off(sig[end - 1].end), ""))
+                last_arg = sig[end - 2] if end - 2 >= first else None
+            else:
+                last_arg = sig[end - 1] if end - 1 >= first else None
+            if first < end and last_arg is not None:
+                edits.append((off(tok.start), off(sig[first].start), "print("))
+                edits.append((off(last_arg.end), off(last_arg.end),
+                              (", " + tail if tail else "") + ")"))
+            else:
+                edits.append((off(tok.start), off(last.end), f"print({tail})"))
+        elif tok.string == "except":
+            colon = next((k for k in range(i + 1, end) if sig[k].type == T.OP
+                          and sig[k].string == ":"), None)
+            if colon is None:
+                continue
+            commas = top_commas(i + 1, colon)
+            if len(commas) == 1 and colon - commas[0] == 2 and sig[colon - 1].type == T.NAME:
+                edits.append((off(sig[commas[0]].start), off(sig[commas[0]].end), " as"))
+        elif tok.string == "raise":
+            commas = top_commas(i + 1, end)
+            if len(commas) == 1:
+                edits.append((off(sig[commas[0]].start), off(sig[commas[0]].end), "("))
+                edits.append((off(last.end), off(last.end), ")"))
+    for start, stop, text in sorted(edits, reverse=True):
+        src = src[:start] + text + src[stop:]
+    return src
+
+
+def _legacy_exception(value):
+    """``raise "message"`` (Python 2) raises AutoservError("message")."""
+    if isinstance(value, BaseException) or (isinstance(value, type)
+                                            and issubclass(value, BaseException)):
+        return value
+    return AutoservError(str(value))
+
+
+def compile_control(src, filename):
+    """Translates legacy forms and compiles; SyntaxError keeps the original
+    file's line numbers."""
+    import ast
+    text = translate_legacy(src)
+    tree = ast.parse(text, filename)
+
+    class _Raises(ast.NodeTransformer):
+        def visit_Raise(self, node):
+            self.generic_visit(node)
+            if node.exc is not None and not (isinstance(node.exc, ast.Call)
+                                             and isinstance(node.exc.func, ast.Name)
+                                             and node.exc.func.id.endswith(("Error", "Exception"))):
+                call = ast.Call(func=ast.Name(id="_autoserv_legacy_exception", ctx=ast.Load()),
+                                args=[node.exc], keywords=[])
+                node.exc = ast.copy_location(call, node.exc)
+            return node
+
+    tree = ast.fix_missing_locations(_Raises().visit(tree))
+    return compile(tree, filename, "exec", dont_inherit=True)
+
+
+def _group(name, **members):
+    import types
+    module = types.ModuleType(name)
+    module.__dict__.update(members)
+    return module
+
+
+def _exceptions():
+    return {n: v for n, v in globals().items() if isinstance(v, type)
+            and issubclass(v, AutoservError)}
+
+
+def _groups():
+    g = globals()
+    host_names = ("Host", "SiteHost", "RemoteHost", "SSHHost", "ConmuxSSHHost", "Guest",
+                  "KVMGuest", "LocalHost", "create_host", "CmdResult")
+    return {
+        "hosts": _group("hosts", **{n: g[n] for n in host_names}),
+        "autotest": _group("autotest", Autotest=Autotest),
+        "kvm": _group("kvm", KVM=KVM),
+        "deb_kernel": _group("deb_kernel", DEBKernel=DEBKernel),
+        "rpm_kernel": _group("rpm_kernel", RPMKernel=RPMKernel),
+        "power": _group("power", CommandPower=CommandPower),
+        "errors": _group("errors", **_exceptions()),
+    }
+
+
+def control_namespace(job=None, machines=(), args=(), filename="<control>"):
+    import builtins
+    ns = {"__name__": "__main__", "__file__": filename, "__builtins__": builtins,
+          "os": os, "sys": sys, "time": time, "job": job,
+          "machines": list(machines), "args": list(args),
+          "parallel": parallel, "parallel_simple": parallel_simple,
+          "subcommand": subcommand, "run": run, "get_tmp_dir": get_tmp_dir,
+          "sh_escape": sh_escape, "sh_quote": sh_quote,
+          "_autoserv_legacy_exception": _legacy_exception}
+    ns.update(_groups())
+    ns.update(_exceptions())
+    return ns
+
+# CLI ##########################################################################
+
+def _parser():
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise AutoservUsageError(f"{message} (see --help)")
+
+    p = Parser(prog="autoserv", description="Machine control for kernel and system "
+               "test labs: runs CONTROL_FILE (Python) against the machines.",
+               epilog="Exit status: 0 ok, 1 an exception escaped the control file, "
+               "2 usage or syntax error, 3 a test recorded FAIL/ERROR/ABORT, "
+               "130/143 interrupted.")
+    a = p.add_argument
+    a("control", nargs="?", metavar="CONTROL_FILE")
+    a("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    a("-m", "--machines", action="append", default=[], metavar="LIST",
+      help="machines, comma or space separated, each [user@]host[:port]")
+    a("-M", "--machines-file", metavar="F", help="machines, one a line")
+    a("-r", "--results", metavar="DIR", help="results dir (default results.<date>)")
+    a("--overwrite", action="store_true", help="reuse a non-empty results dir")
+    a("-a", "--args", dest="extra_args", action="append", default=[], metavar="STR",
+      help="split like a shell and appended to args")
+    a("-c", "--client", action="store_true",
+      help="CONTROL_FILE is a client-side (autotest) control file")
+    a("-b", "--reboot", action="store_true", help="reboot every machine after the job")
+    a("-u", "--user", help="recorded in keyval")
+    a("-l", "--label", help="recorded in keyval")
+    a("--ssh-user", help="default ssh user")
+    a("--ssh-port", type=int, help="default ssh port")
+    a("--ssh-option", action="append", default=[], metavar="OPT",
+      help="extra ssh -o option (repeatable)")
+    a("--ssh-config", metavar="F", help="ssh config file (ssh -F)")
+    a("-i", "--identity", metavar="F", help="ssh identity file")
+    a("--host-key-policy", choices=HOST_KEY_POLICIES, default="accept-new")
+    a("--known-hosts", metavar="F", help="known_hosts file for accept-new/strict")
+    a("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S")
+    a("-j", "--max-parallel", type=int, metavar="N",
+      help="cap on concurrent subcommands in parallel*()")
+    a("--junit", metavar="F", help="also write a JUnit XML summary")
+    a("--check", action="store_true", help="compile the control file and exit")
+    a("--client-harness", action="store_true", help=argparse.SUPPRESS)
+    a("--continue", dest="cont", action="store_true", help=argparse.SUPPRESS)
+    a("-v", "--verbose", action="store_true", help="echo the debug log")
+    a("-q", "--quiet", action="store_true", help="say nothing but errors")
+    a("--version", action="version", version=f"autoserv {__version__}")
+    return p
+
+
+def _split_machines(values, source):
+    machines = []
+    for value in values:
+        for name in re.split(r"\s*,\s*|\s+", value.strip()):
+            if not name:
+                if value.strip():
+                    raise AutoservUsageError(f"{source}: empty machine name in {value!r}")
+                raise AutoservUsageError(f"{source}: no machine names given")
+            parse_machine(name)
+            if name not in machines:
+                machines.append(name)
+    return machines
+
+
+def _read_machines_file(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [l.split("#", 1)[0].strip() for l in f]
+    except OSError as e:
+        raise AutoservUsageError(f"machines file {path}: {e.strerror}")
+    return _split_machines([l for l in lines if l], f"machines file {path}") \
+        if any(lines) else []
+
+
+def _read_control(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise AutoservUsageError(f"control file {path}: no such file")
+    except IsADirectoryError:
+        raise AutoservUsageError(f"control file {path}: is a directory")
+    except OSError as e:
+        raise AutoservUsageError(f"control file {path}: cannot read it ({e.strerror})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _compile_or_usage(src, path):
+    try:
+        return compile_control(src, path)
+    except SyntaxError as e:
+        raise AutoservUsageError(f"{path}:{e.lineno}: syntax error: {e.msg}")
+    except ValueError as e:       # e.g. null bytes
+        raise AutoservUsageError(f"{path}: cannot compile: {e}")
+
+
+def _report(exc, control_path):
+    """Text for an exception that escaped the control file: where in the
+    control file first, then what."""
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if f.filename == control_path]
+    where = f"{control_path}:{mine[-1].lineno}: " if mine else ""
+    name = type(exc).__name__
+    if isinstance(exc, AutoservError):
+        return f"{where}{name}: {exc}"
+    lines = ["Traceback (control file frames):"]
+    lines += traceback.format_list(mine)
+    lines.append(f"{where}{name}: {exc}")
+    return "".join(l if l.endswith("\n") else l + "\n" for l in lines).rstrip("\n")
+
+
+def _say(message, quiet=False):
+    if not quiet:
+        print(f"autoserv: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    """The command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except _Terminated:
+        return 143
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv):
+    try:
+        opts = _parser().parse_args(argv)
+        if opts.client_harness:
+            raise AutoservUsageError("--client-harness: the autotest client harness is "
+                                     f"not in autoserv {__version__} yet")
+        if opts.client:
+            raise AutoservUsageError("-c/--client: client control files need the autotest "
+                                     f"client, which is not in autoserv {__version__} yet")
+        if opts.control is None:
+            raise AutoservUsageError("no CONTROL_FILE given (see --help)")
+        control_path = os.path.abspath(opts.control)
+        source = _read_control(control_path)
+        code = _compile_or_usage(source, control_path)
+        machines = _split_machines(opts.machines, "-m") if opts.machines else []
+        if opts.machines_file:
+            for m in _read_machines_file(os.path.abspath(opts.machines_file)):
+                if m not in machines:
+                    machines.append(m)
+        args = list(opts.args)
+        for extra in opts.extra_args:
+            try:
+                args += shlex.split(extra)
+            except ValueError as e:
+                raise AutoservUsageError(f"-a {extra!r}: {e}")
+        if opts.max_parallel is not None and opts.max_parallel < 1:
+            raise AutoservUsageError("-j/--max-parallel must be 1 or more")
+        for flag, value in (("--ssh-config", opts.ssh_config), ("-i", opts.identity)):
+            if value and not os.path.isfile(value):
+                raise AutoservUsageError(f"{flag} {value}: no such file")
+        if opts.check:
+            if not opts.quiet:
+                print(f"{opts.control}: ok")
+            return 0
+        absolute = lambda p: os.path.abspath(p) if p else None  # noqa: E731
+        set_ssh_defaults(user=opts.ssh_user, port=opts.ssh_port,
+                         ssh_options=tuple(opts.ssh_option),
+                         ssh_config=absolute(opts.ssh_config),
+                         identity=absolute(opts.identity),
+                         host_key_policy=opts.host_key_policy,
+                         known_hosts=absolute(opts.known_hosts),
+                         connect_timeout=opts.connect_timeout)
+        junit = absolute(opts.junit)
+        resultdir = _claim_results_dir(opts.results, opts.overwrite)
+    except AutoservUsageError as e:
+        _say(f"error: {e}")
+        return 2
+    _PARALLEL["max"] = opts.max_parallel
+    LOG.echo = opts.verbose
+    return _run_job(opts, control_path, source, code, machines, args, resultdir, junit)
+
+
+def _run_job(opts, control_path, source, code, machines, args, resultdir, junit):
+    import traceback
+    job = ServerJob(resultdir, control=control_path, machines=machines, args=args,
+                    user=opts.user, label=opts.label, options=opts)
+    with open(os.path.join(resultdir, "control.srv"), "w", encoding="utf-8") as f:
+        f.write(source)
+    LOG.write(f"autoserv {__version__} (python {sys.version.split()[0]}): "
+              f"{control_path} machines={machines} args={args}")
+    if not opts.quiet:
+        _say(f"results in {resultdir}")
+    cwd = os.getcwd()
+    status, outcome, error = 0, "GOOD", ""
+    job.record("START", None, "autoserv", f"control file {os.path.basename(control_path)}")
+    try:
+        try:
+            os.chdir(resultdir)
+            load_site([os.path.join(cwd, "site_autoserv.py"),
+                       os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "site_autoserv.py")])
+            namespace = control_namespace(job, machines, args, control_path)
+            exec(code, namespace)
+            if opts.reboot:
+                for name in machines:
+                    create_host(name).reboot()
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                status, outcome, error = 1, "FAIL", f"control file exited with {e.code}"
+        except KeyboardInterrupt:
+            status, outcome, error = 130, "ABORT", "interrupted (SIGINT)"
+        except _Terminated:
+            status, outcome, error = 143, "ABORT", "terminated (SIGTERM)"
+        except BaseException as e:
+            status, outcome = 1, "FAIL"
+            error = _report(e, control_path)
+            LOG.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+            for host_name in _hosts_in(e):
+                job.set_host_outcome(host_name, "FAIL", error=_last_line(str(e)))
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            job.cleanup()
+    finally:
+        os.chdir(cwd)
+    if status == 0 and job.status.worst in FAILING_CODES:
+        status, outcome = 3, "FAIL"
+        error = f"a test recorded {job.status.worst}"
+    if error:
+        job.record("ABORT" if status in (130, 143) else "FAIL", None, "autoserv",
+                   _last_line(error))
+    job.record(f"END {outcome}", None, "autoserv")
+    job.write_summary(outcome, error)
+    if junit:
+        job.write_junit(junit, outcome, error)
+    job.write_keyval({"job_finished": int(time.time()), "exit_status": status})
+    LOG.write(f"job ended: {outcome}, exit status {status}")
+    LOG.close()
+    if error:
+        _say(f"error: {error}" if status == 1 else error)
+    return status
+
+
+def _hosts_in(exc):
+    names = []
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        for attr in ("hostname",):
+            value = getattr(e, attr, None)
+            if isinstance(value, str) and value:
+                names.append(value)
+        result = getattr(e, "result", None)
+        if result is not None and getattr(result, "hostname", None):
+            names.append(result.hostname)
+        stack += [e.__cause__, e.__context__]
+    return list(dict.fromkeys(names))
+
+
+hosts = _group("hosts", Host=Host, SiteHost=SiteHost, RemoteHost=RemoteHost,
+               SSHHost=SSHHost, ConmuxSSHHost=ConmuxSSHHost, Guest=Guest,
+               KVMGuest=KVMGuest, LocalHost=LocalHost, create_host=create_host,
+               CmdResult=CmdResult)
+
+
+if __name__ == "__main__":
+    # One copy: a control file's `import autoserv` gets this running module.
+    sys.modules.setdefault("autoserv", sys.modules[__name__])
+    sys.exit(main())

@@ -1,0 +1,801 @@
+#!/usr/bin/env python3
+"""autoserv's tests: real processes, a real sshd on 127.0.0.1, real network
+namespaces.  Run:  python3 test_autoserv.py   (or: python3 -m pytest test_autoserv.py)
+
+Tiers (classes): pure units; local processes; CLI; a private sshd on loopback;
+faults through a relay and network namespaces.  A tier whose tool is missing is
+skipped with the reason here, and fails under CI=true.
+"""
+
+import contextlib
+import ctypes
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import autoserv  # noqa: E402
+
+AUTOSERV = os.path.join(HERE, "autoserv.py")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _subreaper():
+    """Orphans of the processes we start get reparented to us, so we reap
+    them and can see any that are left (PID 1 here reaps lazily)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)          # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+_subreaper()
+
+
+def need(*tools):
+    """Skip (fail in CI) when a system tool is missing."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        message = "missing tool(s): " + ", ".join(missing)
+        if IN_CI:
+            raise AssertionError(message + " (CI installs them: see .ci/run)")
+        raise unittest.SkipTest(message)
+
+
+def need_root():
+    if os.geteuid() != 0:
+        if IN_CI:
+            raise AssertionError("these tests need root (network namespaces)")
+        raise unittest.SkipTest("needs root")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout, interval=0.05, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout} s")
+
+
+def processes_with(text):
+    """PIDs whose command line or environment holds text (ours excluded)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        for name in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb") as f:
+                    if text.encode() in f.read().replace(b"\0", b" "):
+                        found.append(int(pid))
+                        break
+            except OSError:
+                pass
+    return found
+
+
+def our_children():
+    """Live (non-zombie) child processes of this test process."""
+    kids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid():
+            kids.append((int(pid), fields[0], stat.split("(", 1)[1].rsplit(")", 1)[0]))
+    return kids
+
+
+def reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def run_cli(*args, cwd=None, timeout=120, env=None, input=None):
+    return subprocess.run([sys.executable, AUTOSERV, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL if input is None else None,
+                          input=input)
+
+
+class Sshd:
+    """A private sshd on 127.0.0.1: own host key, own authorized key, own
+    config, clean remote HOME; stopped by PID."""
+
+    def __init__(self, host_key=None, port=None, extra=""):
+        need("sshd", "ssh", "ssh-keygen")
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix="as-sshd-")
+        self.home = os.path.join(self.dir, "home")
+        os.mkdir(self.home)
+        self.port = port or free_port()
+        self.host_key = host_key or self.keygen("host_key")
+        self.client_key = self.keygen("client_key")
+        shutil.copy(self.client_key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        self.known_hosts = os.path.join(self.dir, "known_hosts")
+        self.conf = os.path.join(self.dir, "sshd_config")
+        with open(self.conf, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                ListenAddress 127.0.0.1
+                Port {self.port}
+                HostKey {self.host_key}
+                PidFile {self.dir}/sshd.pid
+                AuthorizedKeysFile {self.dir}/authorized_keys
+                UsePAM no
+                StrictModes no
+                PermitRootLogin prohibit-password
+                PasswordAuthentication no
+                KbdInteractiveAuthentication no
+                MaxStartups 200
+                MaxSessions 200
+                SetEnv HOME={self.home}
+                Subsystem sftp /usr/lib/openssh/sftp-server
+                """) + extra)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", self.conf],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.dir, "sshd.log"), "wb"))
+        wait_for(self._listening, 10, what=f"sshd on port {self.port}")
+        self.ssh_config = os.path.join(self.dir, "ssh_config")
+        self.write_ssh_config()
+
+    def keygen(self, name):
+        path = os.path.join(self.dir, name)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path],
+                       check=True, stdin=subprocess.DEVNULL)
+        return path
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            with open(os.path.join(self.dir, "sshd.log")) as f:
+                raise AssertionError("sshd died: " + f.read())
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    def write_ssh_config(self, aliases=("testhost", "192.168.1.1", "192.168.1.2")):
+        """An ssh config in which the seed's addresses and an alias all lead
+        here (control files that name other addresses are redirected)."""
+        blocks = []
+        for alias in aliases:
+            blocks.append(textwrap.dedent(f"""\
+                Host {alias}
+                    HostName 127.0.0.1
+                    Port {self.port}
+                    User root
+                    IdentityFile {self.client_key}
+                    IdentitiesOnly yes
+                    UserKnownHostsFile {self.known_hosts}
+                    KexAlgorithms curve25519-sha256
+                """))
+        with open(self.ssh_config, "w") as f:
+            f.write("\n".join(blocks))
+
+    def host(self, name="testhost", **kw):
+        kw.setdefault("ssh_config", self.ssh_config)
+        kw.setdefault("alive_interval", 1)
+        kw.setdefault("alive_count", 3)
+        kw.setdefault("connect_timeout", 5)
+        return autoserv.SSHHost(name, **kw)
+
+    def cli_opts(self):
+        return ["--ssh-config", self.ssh_config]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SshdTestCase(unittest.TestCase):
+    """Shares one sshd per class."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sshd = Sshd()
+
+    @classmethod
+    def tearDownClass(cls):
+        autoserv._close_all_hosts()
+        cls.sshd.stop()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-test-")
+
+    def tearDown(self):
+        autoserv._close_all_hosts()
+        del autoserv._HOSTS[:]
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        reap()
+
+
+
+def comm_pids(name, env_text=None):
+    """PIDs of processes whose comm is name (and whose environment holds
+    env_text, when given)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            if env_text:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if env_text.encode() not in f.read():
+                        continue
+        except OSError:
+            continue
+        found.append(int(pid))
+    return found
+
+
+def max_rss_of(code, timeout=300):
+    """Runs python code in a child; returns (its stdout, its peak RSS in MB)."""
+    prog = ("import resource, sys; sys.path.insert(0, %r)\n" % HERE) + code + \
+        "\nprint('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
+                         timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(out.stderr[-3000:])
+    rss = int(re.search(r"RSS (\d+)", out.stdout).group(1)) / 1024
+    return out.stdout, rss
+
+
+AWKWARD = ["", "sp ace", "q'uote", 'd"q', "$(touch P)", "`touch B`", "back\\slash",
+           "new\nline", "star*", "~root", "-n", "tab\there", "\\$HOME", "a;b|c&d"]
+
+
+# Units ########################################################################
+
+class TestQuoting(unittest.TestCase):
+    def test_sh_escape_keeps_the_originals_meaning_inside_double_quotes(self):
+        for word in AWKWARD + ["plain", "x\\y$z`w\"v"]:
+            with self.subTest(word=word):
+                out = subprocess.run(["sh", "-c", 'printf %s "' + autoserv.sh_escape(word) + '"'],
+                                     capture_output=True, text=True).stdout
+                self.assertEqual(out, word)
+
+    def test_sh_quote_is_shlex_quote(self):
+        self.assertEqual(autoserv.sh_quote("a b"), "'a b'")
+
+    def test_args_are_appended_as_quoted_words(self):
+        self.assertEqual(autoserv._with_args("echo", ["a b", "$x"]), "echo 'a b' '$x'")
+
+    def test_parse_machine_forms(self):
+        P = autoserv.parse_machine
+        self.assertEqual(P("host"), (None, "host", None))
+        self.assertEqual(P("me@host:2222"), ("me", "host", 2222))
+        self.assertEqual(P("[::1]:22"), (None, "::1", 22))
+        for bad in ["", "-oProxyCommand=x", "h:0", "h:99999", "h:abc", "@h", "a b"]:
+            with self.subTest(bad=bad), self.assertRaises(autoserv.AutoservUsageError):
+                P(bad)
+
+    def test_marker_filter_removes_markers_split_across_reads(self):
+        f = autoserv._MarkerFilter("abc")
+        stream = b"err1\n\x1eabc s 42\npartial\x1eabc e 7\n\x1enot-a-marker\n"
+        out = b"".join(f.feed(stream[i:i + 1]) for i in range(len(stream))) + f.flush()
+        self.assertEqual(out, b"err1\npartial\x1enot-a-marker\n")
+        self.assertEqual((f.pgid, f.status), (42, 7))
+
+    def test_neutralise_makes_escapes_visible(self):
+        self.assertEqual(autoserv._neutralise("a\x1b[31mb\x07"), "a^[[31mb^G")
+
+
+class TestLegacySyntax(unittest.TestCase):
+    CASES = [
+        ('print "a", b\n', 'print("a", b)\n'),
+        ("print\n", "print()\n"),
+        ('print >>sys.stderr, "x", y,\n', 'print("x", y, end=" ", file=sys.stderr)\n'),
+        ("x = 0644\n", "x = 0o644\n"),
+        ('s = "0644"\n', 's = "0644"\n'),
+        ("try:\n  pass\nexcept (A, B), e:\n  pass\n", "try:\n  pass\nexcept (A, B) as e:\n  pass\n"),
+        ('exec "x=1" in d\n', 'exec("x=1" , d)\n'),
+        ('print("already")\n', 'print("already")\n'),
+        ("if a <> b: print a\n", "if a != b: print(a)\n"),
+        ("n = 10L\n", "n = 10\n"),
+    ]
+
+    def test_translation_table(self):
+        for before, after in self.CASES:
+            with self.subTest(before=before):
+                self.assertEqual(autoserv.translate_legacy(before), after)
+
+    def test_line_numbers_stay_those_of_the_original(self):
+        src = 'print "one"\nx = 1\n\nraise "three"\n'
+        ns = autoserv.control_namespace()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(autoserv.compile_control(src, "ctl"), ns)
+        except autoserv.AutoservError as e:
+            tb, exc = e.__traceback__, e
+        else:
+            self.fail("raise 'three' did not raise")
+        while tb.tb_next:
+            tb = tb.tb_next
+        self.assertEqual(tb.tb_lineno, 4)
+        self.assertEqual(str(exc), "three")
+
+    def test_print_to_file_and_bare_print_really_print(self):
+        src = 'import sys\nprint >>sys.stdout, "to", "file"\nprint\nprint "x" % ()\n'
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(autoserv.compile_control(src, "ctl"), autoserv.control_namespace())
+        self.assertEqual(out.getvalue(), "to file\n\nx\n")
+
+    def test_seed_examples_all_compile(self):
+        seed = os.path.join(HERE, "..", "shared", "seed", "examples")
+        if not os.path.isdir(seed):
+            self.skipTest("no shared/seed beside the checkout")
+        for name in sorted(os.listdir(seed)):
+            if name.endswith(".control"):
+                with self.subTest(name=name), open(os.path.join(seed, name)) as f:
+                    autoserv.compile_control(f.read(), name)
+
+
+class TestStatusLog(unittest.TestCase):
+    def test_lines_have_the_autotest_layout_and_parse_back(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        log = autoserv.StatusLog(os.path.join(d, "status.log"))
+        log.record("START", None, "job")
+        log.record("GOOD", "sub", "op", "tab\there\nsecond line")
+        log.record("END GOOD", None, "job")
+        text = open(os.path.join(d, "status.log")).read()
+        lines = text.splitlines()
+        self.assertTrue(lines[0].startswith("START\t----\tjob\ttimestamp="))
+        self.assertTrue(lines[1].startswith("\tGOOD\tsub\top\ttimestamp="))
+        self.assertIn("tab  here", lines[1])
+        self.assertEqual(lines[2], "\t  second line")
+        self.assertTrue(lines[3].startswith("END GOOD\t----\tjob"))
+        entries = autoserv.parse_status_log(text)
+        self.assertEqual([e["code"] for e in entries], ["START", "GOOD", "END GOOD"])
+        self.assertEqual(entries[1]["message"], "tab  here\nsecond line")
+        self.assertRegex(entries[1]["fields"]["localtime"], r"^\w{3} \d\d \d\d:\d\d:\d\d$")
+
+    def test_unknown_code_is_refused(self):
+        log = autoserv.StatusLog(os.devnull)
+        with self.assertRaises(autoserv.AutoservUsageError):
+            log.record("PASSED")
+
+
+class TestExceptions(unittest.TestCase):
+    def test_every_exception_survives_pickling(self):
+        result = autoserv.CmdResult("cmd", "out", "err", 3, 1.5, hostname="h")
+        made = []
+        for name, cls in autoserv._exceptions().items():
+            if issubclass(cls, autoserv.AutoservRunError):
+                made.append(cls("it failed", result))
+            elif issubclass(cls, autoserv.AutoservHostError):
+                made.append(cls("h", "broke", "detail"))
+            elif cls is autoserv.AutoservSubcommandError:
+                made.append(cls([("t1", "Traceback...\nValueError: x")]))
+            else:
+                made.append(cls("message"))
+        for exc in made:
+            with self.subTest(cls=type(exc).__name__):
+                back = pickle.loads(pickle.dumps(exc))
+                self.assertIs(type(back), type(exc))
+                self.assertEqual(str(back), str(exc))
+
+    def test_run_error_shows_host_command_status_and_stderr_tail(self):
+        r = autoserv.CmdResult("make", "", "line1\nfatal: broken\n", 2, 0.1, hostname="h1")
+        text = str(autoserv.AutoservRunError("command failed", r))
+        for part in ("h1", "make", "exit status 2", "fatal: broken"):
+            self.assertIn(part, text)
+
+    def test_aliases(self):
+        self.assertIs(autoserv.CmdError, autoserv.AutoservRunError)
+        self.assertIs(autoserv.AutoservSSHTimeout, autoserv.AutoservSSHConnectTimeout)
+        self.assertIs(autoserv.AutoservSshPermissionDeniedError,
+                      autoserv.AutoservSSHPermissionDenied)
+        self.assertTrue(issubclass(autoserv.AutoservTimeoutError, autoserv.AutoservRunError))
+        self.assertTrue(issubclass(autoserv.AutoservSSHConnectionLost, autoserv.AutoservHostError))
+
+
+class TestStdlibOnly(unittest.TestCase):
+    def test_autoserv_imports_nothing_outside_the_standard_library(self):
+        import ast
+        tree = ast.parse(open(AUTOSERV).read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+        stdlib = getattr(sys, "stdlib_module_names", None)
+        if stdlib is None:
+            self.skipTest("needs Python 3.10+ to list the standard library")
+        self.assertEqual(sorted(n for n in names if n not in stdlib), [])
+
+
+# Local processes ##############################################################
+
+class TestLocalRun(unittest.TestCase):
+    def setUp(self):
+        self.host = autoserv.LocalHost()
+
+    def test_result_fields_and_autotest_layout(self):
+        r = self.host.run("echo out; echo err >&2")
+        self.assertEqual((r.stdout, r.stderr, r.exit_status, r.aborted), ("out\n", "err\n", 0, 0))
+        text = str(r)
+        for part in ("* Command: echo out", "Exit status: 0", "Duration:", "Aborted: 0"):
+            self.assertIn(part, text)
+        self.assertFalse(hasattr(type(r), "__bool__"))
+
+    def test_nonzero_exit_raises_with_result_unless_ignored(self):
+        with self.assertRaises(autoserv.AutoservRunError) as cm:
+            self.host.run("echo oops >&2; exit 4")
+        self.assertEqual(cm.exception.result.exit_status, 4)
+        self.assertEqual(self.host.run("exit 4", ignore_status=True).exit_status, 4)
+
+    def test_signal_death_is_reported_as_aborted(self):
+        r = self.host.run("kill -9 $$", ignore_status=True)
+        self.assertEqual(r.aborted, 9)
+
+    def test_timeout_kills_the_whole_local_process_group(self):
+        tag = "4242.5"
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
+            self.host.run(f"sh -c 'sleep {tag} & sleep {tag}'; echo never", timeout=2)
+        self.assertLess(time.monotonic() - t0, 12)
+        self.assertTrue(cm.exception.result.timed_out)
+        wait_for(lambda: not processes_with(f"sleep {tag}"), 5, what="sleeps gone")
+
+    def test_timeout_kills_commands_that_ignore_term_or_are_stopped(self):
+        for cmd in ("trap '' TERM; sleep 4243.1", "kill -STOP $$; sleep 4243.2"):
+            with self.subTest(cmd=cmd):
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservTimeoutError):
+                    self.host.run(cmd, timeout=1)
+                self.assertLess(time.monotonic() - t0, 11)
+        wait_for(lambda: not processes_with("sleep 4243."), 5, what="commands gone")
+
+    def test_timeout_keeps_the_partial_output(self):
+        with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
+            self.host.run("echo started; sleep 30", timeout=1)
+        self.assertEqual(cm.exception.result.stdout, "started\n")
+
+    def test_stdin_is_dev_null_unless_given(self):
+        self.assertEqual(self.host.run("cat").stdout, "")
+        self.assertEqual(self.host.run("cat", stdin=b"\x00\xffdata").stdout, "\x00\ufffddata")
+
+    def test_undecodable_bytes_never_raise_and_tees_see_live_text(self):
+        tee = io.StringIO()
+        r = self.host.run(r"printf 'a\377\376\000b\342\202'; printf '\254z'", stdout_tee=tee)
+        self.assertEqual(r.stdout, "a\ufffd\ufffd\x00b\u20acz")
+        self.assertEqual(tee.getvalue(), r.stdout)
+
+    def test_escapes_are_neutralised_on_a_terminal_tee(self):
+        class Tty(io.StringIO):
+            def isatty(self):
+                return True
+        tee = Tty()
+        r = self.host.run(r"printf 'red\033[31mtext\n'", stdout_tee=tee)
+        self.assertEqual(r.stdout, "red\x1b[31mtext\n")
+        self.assertEqual(tee.getvalue(), "red^[[31mtext\n")
+
+    def test_huge_output_keeps_head_and_tail_and_the_whole_stream_on_disk(self):
+        r = self.host.run("head -c 3000000 /dev/zero | tr '\\0' a; echo END",
+                          max_output=1000000)
+        self.assertTrue(r.truncated)
+        self.assertTrue(r.stdout.startswith("a" * 1000))
+        self.assertTrue(r.stdout.endswith("aEND\n"))
+        path = r.output_files["stdout"]
+        self.addCleanup(os.unlink, path)
+        self.assertEqual(os.path.getsize(path), 3000004)
+
+    def test_flood_on_both_streams_has_flat_memory_and_no_deadlock(self):
+        code = textwrap.dedent("""\
+            import autoserv, os
+            n = int(os.environ['N'])
+            r = autoserv.LocalHost().run(
+                f"head -c {n} /dev/zero & head -c {n} /dev/zero >&2; wait",
+                max_output=4 << 20)
+            assert r.truncated and len(r.stdout) < (8 << 20), len(r.stdout)
+            for p in r.output_files.values():
+                assert os.path.getsize(p) == n, p
+                os.unlink(p)
+            """)
+        sizes = {}
+        for mb in (32, 256):
+            os.environ["N"] = str(mb << 20)
+            try:
+                sizes[mb] = max_rss_of(code)[1]
+            finally:
+                del os.environ["N"]
+        self.assertLess(sizes[256], 100)
+        self.assertLess(sizes[256] - sizes[32], 15, sizes)
+
+    def test_more_than_1024_open_fds_do_not_break_the_loop(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard < 1200:
+            self.skipTest("fd limit too low")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        try:
+            self.assertEqual(self.host.run("echo ok").stdout, "ok\n")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def test_local_copy_follows_rsync_placement(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        src = os.path.join(d, "src")
+        os.makedirs(os.path.join(src, "sub"))
+        open(os.path.join(src, "sub", "f"), "w").write("x")
+        open(os.path.join(src, ".hidden"), "w").write("h")
+        self.host.send_file(src, os.path.join(d, "a"))          # dir goes inside
+        self.assertTrue(os.path.isfile(os.path.join(d, "a", "src", "sub", "f")))
+        self.host.send_file(src + "/", os.path.join(d, "b"))    # contents
+        self.assertTrue(os.path.isfile(os.path.join(d, "b", ".hidden")))
+        self.host.send_file(os.path.join(src, ".hidden"), os.path.join(d, "c"))
+        self.assertEqual(open(os.path.join(d, "c")).read(), "h")
+
+
+# CLI ##########################################################################
+
+class TestCLI(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-cli-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def control(self, text, name="job.control"):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text))
+        return path
+
+    def results(self, name="res"):
+        return os.path.join(self.tmp, name)
+
+    def test_local_example_runs_with_no_set_up(self):
+        out = run_cli(os.path.join(HERE, "examples", "local-uname.control"), cwd=self.tmp)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Linux", out.stdout)
+        res = [d for d in os.listdir(self.tmp) if d.startswith("results.")]
+        self.assertEqual(len(res), 1)
+        rd = os.path.join(self.tmp, res[0])
+        for name in ("control.srv", "keyval", "status.log", "summary.json",
+                     "debug/autoserv.log", "greeting.txt"):
+            self.assertTrue(os.path.exists(os.path.join(rd, name)), name)
+        summary = json.load(open(os.path.join(rd, "summary.json")))
+        self.assertEqual(summary["job"]["outcome"], "GOOD")
+        log = open(os.path.join(rd, "debug", "autoserv.log"), "rb").read()
+        self.assertIn(b"run: uname -a", log)
+        self.assertRegex(log, rb"exit status 0 in \d+\.\d+s")
+
+    def test_exit_codes(self):
+        cases = {
+            0: "x = 1\n",
+            1: "hosts.LocalHost().run('exit 3')\n",
+            3: "job.record('FAIL', None, 'mytest', 'it broke')\n",
+        }
+        for code, text in cases.items():
+            with self.subTest(code=code):
+                out = run_cli("-r", self.results(f"r{code}"), self.control(text, f"c{code}"))
+                self.assertEqual(out.returncode, code, out.stderr)
+        out = run_cli("--no-such-option", self.control("x=1\n"))
+        self.assertEqual(out.returncode, 2)
+
+    def test_signals_give_130_and_143_with_abort_recorded(self):
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            with self.subTest(sig=sig):
+                res = self.results(f"sig{code}")
+                ctl = self.control("run('sleep 4244.%d')\n" % code, f"s{code}")
+                p = subprocess.Popen([sys.executable, AUTOSERV, "-r", res, ctl],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                wait_for(lambda: processes_with("sleep 4244.%d" % code), 20, what="sleep started")
+                p.send_signal(sig)
+                p.communicate(timeout=20)
+                self.assertEqual(p.returncode, code)
+                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                self.assertIn("ABORT", [e["code"] for e in entries])
+                wait_for(lambda: not processes_with("sleep 4244.%d" % code), 5, what="sleep gone")
+
+    def test_bad_input_gives_one_line_and_no_traceback(self):
+        empty_parent = os.path.join(self.tmp, "no", "such", "dir")
+        good = self.control("x = 1\n")
+        full = self.results("full")
+        os.mkdir(full)
+        open(os.path.join(full, "keep"), "w").write("precious")
+        cases = [
+            (["--bogus", good], "bogus"),
+            ([os.path.join(self.tmp, "missing.control")], "no such file"),
+            ([self.control("x = (\n\ny = 2\n", "syn.control")], "syn.control:"),
+            (["-m", "a,,b", good], "empty machine name"),
+            (["--machines=-oProxyCommand=evil", good], "is not [user@]host[:port]"),
+            (["-r", empty_parent, good], "does not exist"),
+            (["-r", full, good], "not empty"),
+            ([], "no CONTROL_FILE"),
+        ]
+        for args, text in cases:
+            with self.subTest(args=args):
+                out = run_cli(*args, cwd=self.tmp)
+                self.assertEqual(out.returncode, 2, out.stderr)
+                self.assertIn(text, out.stderr)
+                self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+                self.assertNotIn("Traceback", out.stderr)
+        self.assertEqual(os.listdir(full), ["keep"])
+        self.assertFalse([d for d in os.listdir(self.tmp) if d.startswith("results.")])
+
+    def test_syntax_error_names_file_and_original_line(self):
+        path = self.control('print "legacy is fine"\nx = 1\ny = = 2\n', "bad.control")
+        out = run_cli("--check", path)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("bad.control:3: syntax error", out.stderr)
+
+    def test_missing_local_file_to_send_is_one_line_exit_1(self):
+        ctl = self.control("hosts.LocalHost().send_file('/no/such/file', '/tmp/x')\n")
+        out = run_cli("-r", self.results(), ctl)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("job.control:1:", out.stderr)
+        self.assertIn("/no/such/file", out.stderr)
+        self.assertNotIn("Traceback", out.stderr)
+
+    def test_python_errors_show_control_file_frames_first(self):
+        ctl = self.control("def f():\n    return 1 / 0\nf()\n")
+        out = run_cli("-r", self.results(), ctl)
+        self.assertEqual(out.returncode, 1)
+        self.assertRegex(out.stderr, r"job.control\", line 3.*\n.*\n.*job.control\", line 2")
+        self.assertIn("ZeroDivisionError", out.stderr)
+        self.assertNotIn("autoserv.py", out.stderr)
+
+    def test_overwrite_and_two_runs_in_the_same_second(self):
+        ctl = self.control("x = 1\n")
+        full = self.results("full")
+        os.mkdir(full)
+        open(os.path.join(full, "status.log"), "w").write("old\n")
+        self.assertEqual(run_cli("--overwrite", "-r", full, ctl).returncode, 0)
+        self.assertNotIn("old", open(os.path.join(full, "status.log")).read())
+        procs = [subprocess.Popen([sys.executable, AUTOSERV, ctl], cwd=self.tmp,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for _ in range(3)]
+        for p in procs:
+            self.assertEqual(p.wait(60), 0)
+        self.assertEqual(len([d for d in os.listdir(self.tmp) if d.startswith("results.")]), 3)
+
+    def test_namespace_args_machines_and_import_gives_the_running_module(self):
+        ctl = self.control("""\
+            import autoserv, sys
+            assert autoserv is sys.modules['autoserv']
+            assert autoserv.SSHHost is hosts.SSHHost
+            assert autoserv.CmdResult is hosts.CmdResult
+            print("ARGS", args, "MACHINES", machines)
+            for name in ('os', 'sys', 'time', 'autotest', 'kvm', 'deb_kernel', 'rpm_kernel',
+                         'power', 'errors', 'parallel', 'parallel_simple', 'subcommand',
+                         'run', 'get_tmp_dir', 'sh_escape', 'sh_quote', 'job',
+                         'AutoservRunError', 'AutoservSSHConnectionLost'):
+                assert name in dir(), name
+            print("CWD", os.getcwd())
+            """)
+        res = self.results()
+        out = run_cli("-r", res, "-m", "a, b,a", "-a", "x 'y z'", ctl, "tail")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("ARGS ['tail', 'x', 'y z'] MACHINES ['a', 'b']", out.stdout)
+        self.assertIn(f"CWD {res}", out.stdout)
+
+    def test_keyval_junit_and_version(self):
+        ctl = self.control("x = 1\n")
+        res = self.results()
+        junit = os.path.join(self.tmp, "j.xml")
+        out = run_cli("-r", res, "-u", "alice", "-l", "nightly", "--junit", junit, ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        keyval = open(os.path.join(res, "keyval")).read()
+        self.assertIn("user=alice\n", keyval)
+        self.assertIn("label=nightly\n", keyval)
+        import xml.etree.ElementTree as ET
+        self.assertEqual(ET.parse(junit).getroot().get("failures"), "0")
+        self.assertEqual(run_cli("--version").stdout.strip(), f"autoserv {autoserv.__version__}")
+
+    def test_sigkill_mid_run_leaves_parseable_status_and_whole_summary(self):
+        ctl = self.control("""\
+            i = 0
+            while True:
+                i += 1
+                job.record('INFO', None, 'loop', 'line %d\\nwith a continuation' % i)
+                job.write_summary('RUNNING')
+            """)
+        res = self.results()
+        p = subprocess.Popen([sys.executable, AUTOSERV, "-r", res, ctl],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: os.path.exists(os.path.join(res, "status.log"))
+                 and os.path.getsize(os.path.join(res, "status.log")) > 20000, 30,
+                 what="status lines")
+        p.kill()
+        p.wait()
+        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        self.assertGreater(len(entries), 50)
+        json.load(open(os.path.join(res, "summary.json")))
+
+    def test_background_run_from_an_interactive_shell_is_never_stopped(self):
+        import pty
+        ctl = self.control("run('cat'); print('DONE-OK')\n")
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execvp("bash", ["bash", "--norc", "-i"])
+        try:
+            cmd = (f"{sys.executable} {AUTOSERV} -r {self.results()} {ctl} "
+                   f"> {self.tmp}/out 2>&1 & wait $!; echo E''XIT=$?\n")
+            os.write(fd, cmd.encode())
+            buf = b""
+            end = time.monotonic() + 60
+            while b"EXIT=" not in buf and time.monotonic() < end:
+                import select
+                if select.select([fd], [], [], 0.5)[0]:
+                    try:
+                        buf += os.read(fd, 4096)
+                    except OSError:
+                        break
+            self.assertIn(b"EXIT=0", buf)
+            self.assertIn("DONE-OK", open(f"{self.tmp}/out").read())
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(fd)
+
+
+def main():
+    """unittest, then the closing line CI reads: N passed, N failed, N skipped.
+    Under CI=true a skipped test counts as failed: a missing tool is a failure."""
+    prog = unittest.main(module=__name__, exit=False, verbosity=1)
+    result = prog.result
+    failed_ids = {t.id() for t, _ in result.failures + result.errors}
+    failed_ids |= {t.id() for t in getattr(result, "unexpectedSuccesses", [])}
+    skipped = len(result.skipped)
+    failed = len(failed_ids)
+    if IN_CI and skipped:
+        for test, reason in result.skipped:
+            print(f"CI: skipped test counts as failed: {test.id()}: {reason}")
+        failed += skipped
+        skipped = 0
+    passed = result.testsRun - len(failed_ids) - len(result.skipped)
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 0 if failed == 0 and result.testsRun else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
