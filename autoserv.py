@@ -1529,10 +1529,35 @@ class _SSHTransfer:
             host = f"[{host}]"
         return f"{host}:{path}"
 
-    def _raise_transfer(self, what, paths, text, rc):
+    def _raise_transfer(self, what, paths, text, rc, dest=None):
         if rc == 255:
             raise self._transport_error(text, started=True, rc=rc)
+        if dest is not None and "no space" not in text.lower():
+            text += self._space_note(dest, paths)
         raise _transfer_error(self.hostname, what, paths, text, rc)
+
+    def _space_note(self, dest, paths):
+        """tar says only "Wrote only N of M bytes" and SFTP only "failure" on a
+        full disk: ask the target's df about the destination's filesystem."""
+        need = 0
+        for p in paths:
+            for dirpath, _, files in os.walk(p) if os.path.isdir(p) else [("", [], [p])]:
+                for name in files:
+                    try:
+                        need += os.lstat(os.path.join(dirpath, name)).st_size
+                    except OSError:
+                        pass
+        probe = ('d=$1; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done; '
+                 'df -Pk -- "$d" | tail -n 1')
+        try:
+            out = self.run("sh -c " + shlex.quote(probe) + " autoserv " + shlex.quote(dest),
+                           timeout=30).stdout.split()
+            free = int(out[3]) * 1024
+        except (AutoservError, IndexError, ValueError):
+            return ""
+        if free < need or free < 65536:
+            return f"\nno space left on the device: {free} bytes free, {need} needed"
+        return ""
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
                   backend=None, timeout=None):
@@ -1551,7 +1576,7 @@ class _SSHTransfer:
                                    "tar", "", "1")
             rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.hostname)
             if rc2 != 0:
-                self._raise_transfer("send_file", sources, e2 + e1, rc2)
+                self._raise_transfer("send_file", sources, e2 + e1, rc2, dest)
             if rc1 != 0:
                 raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
         elif backend == "rsync":
@@ -1561,7 +1586,7 @@ class _SSHTransfer:
                 argv.append("--delete")
             rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
             self._run_local(argv + sources + [self._remote_spec(rsync_dest)],
-                            "send_file", sources, timeout)
+                            "send_file", sources, timeout, dest)
         else:
             staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep"),
                                timeout=60).stdout.strip()
@@ -1569,13 +1594,14 @@ class _SSHTransfer:
                 items = _expand_contents(sources, contents)
                 argv = ["scp", "-r", "-p", "-q"] + self.ssh_argv()[1:-1]
                 self._run_local(argv + items + [self._remote_spec(staging + "/")],
-                                "send_file", sources, timeout)
+                                "send_file", sources, timeout, dest)
                 self.run(_raw_place_command(dest, mode, delete_dest, "install", staging),
                          timeout=300)
             except AutoservRunError as e:
+                self._raise_transfer("send_file", sources,
+                                     e.result.stderr if e.result else str(e), 1, dest)
+            finally:
                 self.run(f"rm -rf -- {shlex.quote(staging)}", ignore_status=True, timeout=60)
-                raise _transfer_error(self.hostname, "send_file", sources,
-                                      e.result.stderr if e.result else str(e), 1)
         LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
     def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
@@ -1627,7 +1653,7 @@ class _SSHTransfer:
             shutil.rmtree(staging, ignore_errors=True)
         LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
-    def _run_local(self, argv, what, paths, timeout):
+    def _run_local(self, argv, what, paths, timeout, dest=None):
         LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
         ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
         ex.start()
@@ -1639,6 +1665,8 @@ class _SSHTransfer:
             if ex.returncode == 255 or "connection unexpectedly closed" in text \
                     or "Connection closed" in text:
                 raise self._transport_error(text, started=True, rc=ex.returncode)
+            if dest is not None and "no space" not in text.lower():
+                text += self._space_note(dest, paths)
             raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
 
 
@@ -1767,21 +1795,16 @@ _SSH_ERRORS = [
 ]
 
 
-def _ssh_lines(text):
-    """The lines of a stderr stream that ssh itself wrote."""
-    keep = []
-    for line in text.splitlines():
-        if (line.startswith(("ssh:", "ssh_", "kex_", "mux_", "Control", "@", "Host key",
-                             "Offending", "The fingerprint", "SHA256:", "Timeout,",
-                             "client_loop", "Connection ", "Permission denied",
-                             "No ", "Add correct", "Please contact",
-                             "It is also possible", "Someone could"))
-                or "port" in line and ("Connection" in line or "connect to host" in line)):
-            keep.append(line.strip())
-    return keep
+def _ssh_lines(text, started):
+    """The lines of a stderr stream that ssh itself wrote: before the command
+    started that is all of it; afterwards the lines that match ssh's errors."""
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("@")]
+    if started:
+        lines = [l for l in lines if any(p.search(l) for p, _, _ in _SSH_ERRORS)]
+    return lines[-6:]
 
 
-class SSHHost(RemoteHost, _SSHTransfer):
+class SSHHost(_SSHTransfer, RemoteHost):
     """A machine reached with the system ssh (config, ProxyJump, aliases
     behave as in plain ssh), one ControlMaster per host and job."""
 
@@ -1965,7 +1988,7 @@ class SSHHost(RemoteHost, _SSHTransfer):
                 continue
 
     def _transport_error(self, stderr_text, started, rc=None):
-        lines = _ssh_lines(stderr_text)
+        lines = _ssh_lines(stderr_text, started)
         joined = "\n".join(lines)
         for pattern, cls_name, message in _SSH_ERRORS:
             if pattern.search(joined):
@@ -1975,8 +1998,7 @@ class SSHHost(RemoteHost, _SSHTransfer):
             cls, message = AutoservSSHError, "ssh failed"
         if started and cls not in (AutoservSSHHostKeyError,):
             cls, message = AutoservSSHConnectionLost, "connection lost"
-        detail = "; ".join(l for l in lines if not l.startswith("@"))[:600] or \
-            f"ssh exited with status {rc}"
+        detail = "; ".join(lines)[:600] or f"ssh exited with status {rc}"
         if cls is AutoservSSHHostKeyError:
             detail = self._key_change_detail(stderr_text) or detail
         return cls(self.hostname, message, detail)

@@ -778,6 +778,546 @@ class TestCLI(unittest.TestCase):
             os.close(fd)
 
 
+# SSH on loopback ###############################################################
+
+class TestSSHRun(SshdTestCase):
+    def test_run_reports_output_status_duration_and_host(self):
+        h = self.sshd.host()
+        r = h.run("echo out; echo err >&2; exit 3", ignore_status=True)
+        self.assertEqual((r.stdout, r.stderr, r.exit_status, r.aborted, r.hostname),
+                         ("out\n", "err\n", 3, 0, "testhost"))
+        self.assertGreater(r.duration, 0)
+        with self.assertRaises(autoserv.AutoservRunError) as cm:
+            h.run("echo boom >&2; exit 2")
+        self.assertIn("boom", str(cm.exception))
+        self.assertIn("testhost", str(cm.exception))
+
+    def test_exit_status_signal_and_transport_failure_are_distinct(self):
+        h = self.sshd.host()
+        for code in (0, 1, 254, 255):
+            with self.subTest(code=code):
+                r = h.run(f"exit {code}", ignore_status=True)
+                self.assertEqual((r.exit_status, r.aborted), (code, 0))
+        r = h.run("kill -9 $$", ignore_status=True)
+        self.assertEqual(r.aborted, 9)
+        dead = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=3)
+        with self.assertRaises(autoserv.AutoservSSHConnectionRefused):
+            dead.run("true")
+
+    def test_arguments_arrive_byte_exact_and_nothing_runs(self):
+        h = self.sshd.host()
+        out = os.path.join(self.tmp, "args")
+        words = AWKWARD + ["*", "-n", "x" * 100000, "\udcff\udcfe", "\\", "'"]
+        h.run(f"cd {self.tmp} && printf '%s\\0' >{out}", args=words)
+        got = open(out, "rb").read().split(b"\0")[:-1]
+        self.assertEqual(got, [os.fsencode(w) for w in words])
+        for name in ("P", "B"):
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, name)))
+            self.assertFalse(os.path.exists(os.path.join(self.sshd.home, name)))
+
+    def test_command_runs_in_the_login_shell_like_plain_ssh(self):
+        h = self.sshd.host()
+        # &> is bash's "both streams"; under dash it would background the echo.
+        f = os.path.join(self.tmp, "both")
+        h.run(f"(echo o; echo e >&2) &> {f}")
+        self.assertEqual(sorted(open(f).read().split()), ["e", "o"])
+
+    def test_stdin_is_dev_null_unless_given_and_tees_are_live(self):
+        h = self.sshd.host()
+        self.assertEqual(h.run("cat").stdout, "")
+        data = bytes(range(256)) * 1000
+        r = h.run("od -An -tx1 | tr -d ' \\n' | head -c 64; echo", stdin=data)
+        self.assertEqual(r.stdout.strip(), data[:32].hex())
+        tee = io.StringIO()
+        h.run("echo live", stdout_tee=tee)
+        self.assertEqual(tee.getvalue(), "live\n")
+
+    def test_markers_never_reach_the_result(self):
+        h = self.sshd.host()
+        r = h.run("printf 'no newline at end' >&2")
+        self.assertEqual(r.stderr, "no newline at end")
+        self.assertNotIn("\x1e", r.stderr)
+
+    def test_timeout_kills_everything_the_command_started_on_the_target(self):
+        h = self.sshd.host()
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
+            h.run("sh -c 'sleep 1000 & sleep 1000'", timeout=5)
+        self.assertLess(time.monotonic() - t0, 15)
+        self.assertTrue(cm.exception.result.timed_out)
+        wait_for(lambda: not [p for p in comm_pids("sleep") if p in
+                              processes_with("sleep 1000")], 10, what="remote sleeps gone")
+
+    def test_timeout_kills_commands_that_ignore_term_or_are_stopped(self):
+        h = self.sshd.host()
+        for cmd in ("trap '' TERM; sleep 4245.1; sleep 4245.1",
+                    "kill -STOP $$; sleep 4245.2"):
+            with self.subTest(cmd=cmd):
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservTimeoutError):
+                    h.run(cmd, timeout=2)
+                self.assertLess(time.monotonic() - t0, 12)
+        wait_for(lambda: not [p for p in comm_pids("sleep") + comm_pids("bash")
+                              if p in processes_with("4245.")], 10, what="remote commands gone")
+
+    def test_undecodable_bytes_and_split_characters(self):
+        h = self.sshd.host()
+        r = h.run(r"printf '\377\376\000\342\202'; sleep 0.2; printf '\254\033[2J'")
+        self.assertEqual(r.stdout, "\ufffd\ufffd\x00\u20ac\x1b[2J")
+
+    def test_flood_on_both_streams_over_ssh_has_flat_memory(self):
+        code = textwrap.dedent(f"""\
+            import autoserv, os
+            n = int(os.environ['N'])
+            h = autoserv.SSHHost('testhost', ssh_config={self.sshd.ssh_config!r})
+            r = h.run(f"head -c {{n}} /dev/zero & head -c {{n}} /dev/zero >&2; wait",
+                      max_output=4 << 20)
+            assert r.truncated, r
+            for p in r.output_files.values():
+                assert os.path.getsize(p) == n, (p, os.path.getsize(p))
+                os.unlink(p)
+            autoserv._close_all_hosts()
+            """)
+        sizes = {}
+        for mb in (32, 256):
+            os.environ["N"] = str(mb << 20)
+            try:
+                sizes[mb] = max_rss_of(code)[1]
+            finally:
+                del os.environ["N"]
+        self.assertLess(sizes[256], 100, sizes)
+        self.assertLess(sizes[256] - sizes[32], 15, sizes)
+
+    def test_twenty_concurrent_commands_share_one_master_then_it_is_killed(self):
+        h = self.sshd.host()
+        h.run("true")
+        results = autoserv.parallel(
+            [autoserv.subcommand(h.run, [f"echo {i}; sleep 0.2"]) for i in range(20)],
+            return_results=True)
+        self.assertEqual([r.stdout for r in results], [f"{i}\n" for i in range(20)])
+        self.assertFalse([r.stderr for r in results if r.stderr])
+        master = h._master
+
+        def killer():
+            time.sleep(1)
+            os.kill(master.pid, signal.SIGKILL)
+        tasks = [autoserv.subcommand(h.run, ["sleep 4246.3"]) for _ in range(3)]
+        tasks.append(autoserv.subcommand(killer, []))
+        results = autoserv.parallel(tasks, return_results=True)
+        for r in results[:3]:
+            self.assertIsInstance(r, autoserv.AutoservSSHConnectionLost, r)
+        master.wait()
+        self.assertEqual(h.run("echo again").stdout, "again\n")
+        wait_for(lambda: not processes_with("sleep 4246.3"), 10, what="remote sleeps gone")
+
+    def test_long_host_name_under_a_deep_tmpdir(self):
+        name = "h" * 60
+        self.sshd.write_ssh_config(("testhost", name))
+        deep = os.path.join(self.tmp, *(["d" * 30] * 4))
+        os.makedirs(deep)
+        code = textwrap.dedent(f"""\
+            import autoserv
+            h = autoserv.SSHHost({name!r}, ssh_config={self.sshd.ssh_config!r})
+            print(h.run('echo ok').stdout.strip(), h._ctrl_path)
+            autoserv._close_all_hosts()
+            """)
+        env = dict(os.environ, TMPDIR=deep)
+        out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r})\n" + code],
+                             capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(out.stdout.startswith("ok "), out.stdout)
+        self.assertLess(len(out.stdout.split()[1]), 60)
+
+    def test_many_open_fds_and_fifty_concurrent_commands(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), max(hard, 2048)))
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        try:
+            h = self.sshd.host()
+            self.assertEqual(h.run("echo ok").stdout, "ok\n")
+            results = autoserv.parallel(
+                [autoserv.subcommand(h.run, [f"echo {i}"]) for i in range(50)],
+                return_results=True)
+            self.assertEqual(sorted(int(r.stdout) for r in results), list(range(50)))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def test_alias_with_its_own_hostname_port_and_user(self):
+        h = self.sshd.host("testhost")
+        argv = h.ssh_argv()
+        self.assertNotIn("-l", argv)
+        self.assertNotIn("-p", argv)
+        self.assertEqual(h.run("whoami").stdout.strip(), "root")
+        explicit = self.sshd.host(f"root@127.0.0.1:{self.sshd.port}",
+                                  known_hosts=self.sshd.known_hosts,
+                                  identity=self.sshd.client_key, ssh_config=os.devnull)
+        argv = explicit.ssh_argv()
+        self.assertEqual(argv[argv.index("-l") + 1], "root")
+        self.assertEqual(argv[argv.index("-p") + 1], str(self.sshd.port))
+        self.assertEqual(explicit.run("echo x").stdout, "x\n")
+        self.assertEqual(h.resolve()[:2], ("127.0.0.1", self.sshd.port))
+
+    def test_host_state_queries(self):
+        h = self.sshd.host()
+        self.assertTrue(h.is_up())
+        self.assertTrue(h.wait_up(timeout=10))
+        self.assertFalse(h.wait_down(timeout=1))
+        self.assertRegex(h.get_boot_id(), r"^[0-9a-f-]{36}$")
+        self.assertEqual(h.get_kernel_ver(), os.uname().release)
+        self.assertEqual(h.get_arch(), os.uname().machine)
+        self.assertEqual(h.get_num_cpu(), os.cpu_count())
+        dead = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=2)
+        t0 = time.monotonic()
+        self.assertFalse(dead.is_up())
+        self.assertFalse(dead.wait_up(timeout=1))
+        self.assertLess(time.monotonic() - t0, 8)
+
+    def test_errors_refused_auth_and_changed_key_each_within_five_seconds(self):
+        refused = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=5)
+        wrong_key = self.sshd.keygen("wrong_key")
+        auth = self.sshd.host(f"127.0.0.1:{self.sshd.port}", identity=wrong_key,
+                              ssh_config=os.devnull, known_hosts=self.sshd.known_hosts)
+        other = Sshd()
+        self.addCleanup(other.stop)
+        with open(self.sshd.known_hosts) as f:
+            known = f.read()
+        changed_kh = os.path.join(self.tmp, "kh_changed")
+        with open(changed_kh, "w") as f:    # our sshd's key, filed under the other's address
+            for line in known.splitlines():
+                if "ssh-ed25519" in line:
+                    f.write(f"[127.0.0.1]:{other.port} " + " ".join(line.split()[1:]) + "\n")
+        changed = autoserv.SSHHost(f"127.0.0.1:{other.port}", identity=other.client_key,
+                                   known_hosts=changed_kh, ssh_config=os.devnull)
+        self.sshd.host().run("true")      # records our key in known_hosts
+        with open(self.sshd.known_hosts) as f:
+            known = f.read()
+        with open(changed_kh, "w") as f:
+            for line in known.splitlines():
+                f.write(f"[127.0.0.1]:{other.port} " + " ".join(line.split()[1:]) + "\n")
+        cases = [(refused, autoserv.AutoservSSHConnectionRefused),
+                 (auth, autoserv.AutoservSSHPermissionDenied),
+                 (changed, autoserv.AutoservSSHHostKeyError)]
+        for host, cls in cases:
+            with self.subTest(cls=cls.__name__):
+                t0 = time.monotonic()
+                with self.assertRaises(cls) as cm:
+                    host.run("true")
+                self.assertLess(time.monotonic() - t0, 5)
+        text = str(cm.exception)
+        self.assertRegex(text, r"known SHA256:\S+, offered SHA256:\S+")
+        fingerprints = re.findall(r"SHA256:[\w+/=]+", text)
+        self.assertNotEqual(fingerprints[0], fingerprints[1])
+
+    def test_first_contact_records_the_key_and_ephemeral_accepts_a_change(self):
+        kh = os.path.join(self.tmp, "kh")
+        h = self.sshd.host(f"127.0.0.1:{self.sshd.port}", identity=self.sshd.client_key,
+                           ssh_config=os.devnull, known_hosts=kh)
+        h.run("true")
+        self.assertEqual(os.stat(kh).st_mode & 0o777, 0o600)
+        self.assertIn("ssh-ed25519", open(kh).read())
+        strict = self.sshd.host(f"127.0.0.1:{self.sshd.port}", identity=self.sshd.client_key,
+                                ssh_config=os.devnull, known_hosts=os.path.join(self.tmp, "empty"),
+                                host_key_policy="strict")
+        with self.assertRaises(autoserv.AutoservSSHHostKeyError):
+            strict.run("true")
+        eph = self.sshd.host(f"127.0.0.1:{self.sshd.port}", identity=self.sshd.client_key,
+                             ssh_config=os.devnull, host_key_policy="ephemeral")
+        eph.run("true")
+        # The VM "regenerates" its key: file a different key for it.
+        with open(eph._known_hosts_file(), "w") as f:
+            f.write(f"[127.0.0.1]:{self.sshd.port} " +
+                    open(self.sshd.keygen("fake") + ".pub").read().split(" ", 1)[0] + " " +
+                    open(self.sshd.dir + "/fake.pub").read().split()[1] + "\n")
+        eph._stop_master()
+        self.assertEqual(eph.run("echo accepted").stdout, "accepted\n")
+        self.assertIn("ssh-ed25519", open(kh).read())
+        self.assertFalse(any("StrictHostKeyChecking=no" in a for a in eph.ssh_argv()))
+
+    def test_remote_temp_dirs_are_private_and_removed_at_close(self):
+        h = self.sshd.host()
+        d = h.get_tmp_dir()
+        self.assertRegex(d, r"^/tmp/autoserv-\w{6}$")
+        self.assertEqual(os.stat(d).st_mode & 0o777, 0o700)
+        h.close()
+        self.assertFalse(os.path.exists(d))
+
+
+def _remote_autoserv_dirs():
+    return {n for n in os.listdir("/tmp") if n.startswith("autoserv-")}
+
+
+def _ctrl_dirs():
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("as-")
+            and len(n) == 11}
+
+
+class TestSSHJobs(SshdTestCase):
+    """Whole runs of the CLI against the sshd."""
+
+    def control(self, text, name="job.control"):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text))
+        return path
+
+    def cli(self, *args, **kw):
+        return run_cli(*self.sshd.cli_opts(), *args, **kw)
+
+    def test_seed_lines_in_python2_syntax_run_unmodified(self):
+        ctl = self.control("""\
+            remote_host= hosts.SSHHost("192.168.1.1")
+            print remote_host.run("uname -a").stdout
+            if not machines:
+                raise "Specify the machines to run on via the -m flag"
+            hosts = [hosts.SSHHost(h) for h in machines]
+            for host in hosts:
+                print host.run("uname -r").stdout,
+            print >>sys.stderr, "to stderr"
+            print "Done."
+            """)
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("-r", res, "-m", "192.168.1.1,testhost", ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Linux", out.stdout)
+        self.assertIn("Done.", out.stdout)
+        self.assertIn("to stderr", out.stderr)
+        out = self.cli("-r", os.path.join(self.tmp, "res2"), ctl)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("Specify the machines to run on via the -m flag", out.stderr)
+        self.assertIn("job.control:4:", out.stderr)
+        log = open(os.path.join(res, "debug", "autoserv.log"), "rb").read()
+        self.assertIn(b"192.168.1.1: run: uname -a", log)
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(summary["hosts"]["192.168.1.1"]["outcome"], "GOOD")
+
+    def test_unreachable_host_is_one_line_exit_1_and_named_in_summary(self):
+        port = free_port()
+        ctl = self.control(f"hosts.SSHHost('127.0.0.1:{port}').run('true')\n")
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("-r", res, ctl)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("AutoservSSHConnectionRefused", out.stderr)
+        self.assertEqual(len(out.stderr.strip().splitlines()), 2, out.stderr)  # results line + error
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(summary["hosts"]["127.0.0.1"]["outcome"], "FAIL")
+        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        self.assertIn("AutoservSSHConnectionRefused", entries[-2]["message"])
+
+    def test_no_remote_temp_dir_or_socket_outlives_any_ending(self):
+        before = _remote_autoserv_dirs()
+        sockets_before = _ctrl_dirs()
+        endings = {
+            "success": ("pass\n", 0),
+            "failure": ("raise ValueError('x')\n", 1),
+            "timeout": ("h.run('sleep 30', timeout=1)\n", 1),
+            "sigint": ("h.run('sleep 4247.1')\n", 130),
+        }
+        for name, (tail, code) in endings.items():
+            with self.subTest(ending=name):
+                ctl = self.control(
+                    "h = hosts.SSHHost('testhost')\n"
+                    "d = h.get_tmp_dir(); h.get_tmp_dir()\n"
+                    "import stat; assert stat.S_IMODE(os.stat(d).st_mode) == 0o700\n"
+                    + tail, f"{name}.control")
+                args = [sys.executable, AUTOSERV, *self.sshd.cli_opts(), "-r",
+                        os.path.join(self.tmp, "r-" + name), ctl]
+                p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                if name == "sigint":
+                    wait_for(lambda: processes_with("sleep 4247.1"), 20, what="sleep")
+                    p.send_signal(signal.SIGINT)
+                p.communicate(timeout=60)
+                self.assertEqual(p.returncode, code)
+                self.assertEqual(_remote_autoserv_dirs() - before, set())
+                self.assertEqual(_ctrl_dirs() - sockets_before, set())
+        wait_for(lambda: not processes_with("sleep 4247.1"), 10, what="remote sleep gone")
+
+
+class TestTransfer(SshdTestCase):
+    BACKENDS = ("tar", "rsync", "scp")
+
+    def make_tree(self, root, names):
+        os.makedirs(root)
+        for i, name in enumerate(names):
+            with open(os.path.join(os.fsencode(root), name), "wb") as f:
+                f.write(b"content %d " % i + name)
+        os.makedirs(os.path.join(root, "sub", "deeper"))
+        with open(os.path.join(root, "sub", "deeper", "f"), "w") as f:
+            f.write("deep")
+        os.symlink("sub/deeper/f", os.path.join(root, "link"))
+
+    def snapshot(self, root):
+        out = {}
+        broot = os.fsencode(root)
+        for dirpath, dirs, files in os.walk(broot):
+            for name in files:
+                p = os.path.join(dirpath, name)
+                rel = os.path.relpath(p, broot)
+                out[rel] = ("L:" + os.fsdecode(os.readlink(p))) if os.path.islink(p) \
+                    else open(p, "rb").read()
+        return out
+
+    NAMES = [n.encode() for n in AWKWARD if n and "\n" not in n] + [
+        b"new\nline", b"-rf", b"--help", b"\xff\xfe-latin", b"n" * 255, b".dot"]
+
+    def test_awkward_names_are_byte_exact_on_every_backend(self):
+        src = os.path.join(self.tmp, "src")
+        self.make_tree(src, self.NAMES)
+        want = self.snapshot(src)
+        h = self.sshd.host()
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend):
+                sent = os.path.join(self.tmp, "sent-" + backend)
+                h.send_file(src + "/", sent, backend=backend)
+                self.assertEqual(self.snapshot(sent), {k: v for k, v in want.items()
+                                                       if k != b"link"} | {
+                    b"link": b"deep"})
+                back = os.path.join(self.tmp, "back-" + backend)
+                h.get_file(sent, back, backend=backend)
+                self.assertEqual(self.snapshot(os.path.join(back, "sent-" + backend)),
+                                 self.snapshot(sent))
+                for name in self.NAMES[:6]:
+                    one = os.path.join(os.fsencode(self.tmp), b"one-" + backend.encode())
+                    os.makedirs(one, exist_ok=True)
+                    h.send_file(os.path.join(os.fsencode(src), name),
+                                os.path.join(one, b"copy-" + name[:200]), backend=backend)
+                    self.assertEqual(open(os.path.join(one, b"copy-" + name[:200]), "rb").read(),
+                                     want[name])
+        self.assertFalse(os.path.exists(os.path.join(self.sshd.home, "P")))
+        self.assertFalse(os.path.exists("P"))
+
+    def test_placement_follows_rsync_on_every_backend(self):
+        src = os.path.join(self.tmp, "tree")
+        os.makedirs(os.path.join(src, "a"))
+        open(os.path.join(src, "a", "x"), "w").write("x")
+        open(os.path.join(src, "f"), "w").write("f")
+        h = self.sshd.host()
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend):
+                base = os.path.join(self.tmp, "p-" + backend)
+                os.mkdir(base)
+                h.send_file(src, os.path.join(base, "new"), backend=backend)
+                self.assertTrue(os.path.isfile(os.path.join(base, "new", "tree", "a", "x")))
+                h.send_file(src + "/", os.path.join(base, "contents"), backend=backend)
+                self.assertTrue(os.path.isfile(os.path.join(base, "contents", "a", "x")))
+                h.send_file(os.path.join(src, "f"), os.path.join(base, "renamed"), backend=backend)
+                self.assertEqual(open(os.path.join(base, "renamed")).read(), "f")
+                h.send_file([os.path.join(src, "f"), os.path.join(src, "a")],
+                            os.path.join(base, "many"), backend=backend)
+                self.assertTrue(os.path.isfile(os.path.join(base, "many", "f")))
+                self.assertTrue(os.path.isfile(os.path.join(base, "many", "a", "x")))
+                open(os.path.join(base, "contents", "extra"), "w").write("old")
+                h.send_file(src + "/", os.path.join(base, "contents"), delete_dest=True,
+                            backend=backend)
+                self.assertFalse(os.path.exists(os.path.join(base, "contents", "extra")))
+                got = os.path.join(base, "got")
+                h.get_file(os.path.join(src, "f"), got, backend=backend)
+                self.assertEqual(open(got).read(), "f")
+                h.get_file(src + "/", os.path.join(base, "gotdir"), backend=backend)
+                self.assertTrue(os.path.isfile(os.path.join(base, "gotdir", "a", "x")))
+                self.assertFalse([n for n in os.listdir(base) if n.startswith(".autoserv-")])
+
+    def test_symlinks_kept_when_asked_and_escaping_links_refused(self):
+        src = os.path.join(self.tmp, "s")
+        os.makedirs(src)
+        open(os.path.join(src, "target"), "w").write("t")
+        os.symlink("target", os.path.join(src, "inside"))
+        h = self.sshd.host()
+        h.get_file(src, os.path.join(self.tmp, "kept"), preserve_symlinks=True)
+        self.assertEqual(os.readlink(os.path.join(self.tmp, "kept", "s", "inside")), "target")
+        os.symlink("/etc/passwd", os.path.join(src, "outside"))
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            h.get_file(src, os.path.join(self.tmp, "evil"), preserve_symlinks=True)
+        self.assertIn("outside", str(cm.exception))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "evil", "s")))
+
+    def test_permissions_follow_preserve_perm(self):
+        f = os.path.join(self.tmp, "script")
+        open(f, "w").write("#!/bin/sh\n")
+        os.chmod(f, 0o751)
+        h = self.sshd.host()
+        h.get_file(f, os.path.join(self.tmp, "kept"))
+        self.assertEqual(os.stat(os.path.join(self.tmp, "kept")).st_mode & 0o777, 0o751)
+        h.send_file(f, os.path.join(self.tmp, "sent"))
+        self.assertEqual(os.stat(os.path.join(self.tmp, "sent")).st_mode & 0o777, 0o751)
+
+    def test_big_file_and_many_small_files_keep_memory_flat(self):
+        code = textwrap.dedent(f"""\
+            import autoserv, os, hashlib
+            size = int(os.environ['MB']) << 20
+            d = {self.tmp!r}
+            src = os.path.join(d, 'big-%d' % size)
+            with open(src, 'wb') as f:
+                for _ in range(size >> 20):
+                    f.write(os.urandom(1 << 20))
+            h = autoserv.SSHHost('testhost', ssh_config={self.sshd.ssh_config!r})
+            dest = src + '.sent'
+            h.send_file(src, dest)
+            back = src + '.back'
+            h.get_file(dest, back)
+            def digest(p):
+                h = hashlib.sha256()
+                with open(p, 'rb') as f:
+                    for block in iter(lambda: f.read(1 << 20), b''):
+                        h.update(block)
+                return h.hexdigest()
+            assert digest(src) == digest(dest) == digest(back)
+            for p in (src, dest, back):
+                os.unlink(p)
+            if os.environ.get('TREE'):
+                tree = os.path.join(d, 'tree')
+                os.makedirs(tree)
+                for i in range(10000):
+                    with open(os.path.join(tree, 'f%05d' % i), 'wb') as f:
+                        f.write(b'%d' % i * 50)
+                h.send_file(tree + '/', tree + '.sent')
+                h.get_file(tree + '.sent/', tree + '.back')
+                names = sorted(os.listdir(tree + '.back'))
+                assert len(names) == 10000, len(names)
+                assert open(os.path.join(tree + '.back', 'f09999'), 'rb').read() == b'9999' * 50
+            autoserv._close_all_hosts()
+            """)
+        rss = {}
+        for mb, tree in ((16, ""), (256, "1")):
+            os.environ["MB"], os.environ["TREE"] = str(mb), tree
+            try:
+                rss[mb] = max_rss_of(code, timeout=600)[1]
+            finally:
+                del os.environ["MB"], os.environ["TREE"]
+        self.assertLess(rss[256], 100, rss)
+        self.assertLess(rss[256] - rss[16], 15, rss)
+
+    def test_disk_full_names_the_file_and_keeps_the_old_one(self):
+        need_root()
+        mnt = os.path.join(self.tmp, "small")
+        os.mkdir(mnt)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt]).returncode:
+            self.skipTest("cannot mount a tmpfs here")
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
+        open(os.path.join(mnt, "data.bin"), "w").write("old contents")
+        big = os.path.join(self.tmp, "data.bin")
+        with open(big, "wb") as f:
+            f.write(os.urandom(3 << 20))
+        h = self.sshd.host()
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend):
+                with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                    h.send_file(big, os.path.join(mnt, "data.bin"), backend=backend)
+                self.assertIn("data.bin", str(cm.exception))
+                self.assertIn("no space", str(cm.exception).lower())
+                self.assertEqual(open(os.path.join(mnt, "data.bin")).read(), "old contents")
+                self.assertEqual(sorted(os.listdir(mnt)), ["data.bin"])
+
+    def test_missing_remote_source_is_a_clear_error(self):
+        h = self.sshd.host()
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            h.get_file("/no/such/file", os.path.join(self.tmp, "x"))
+        self.assertIn("/no/such/file", str(cm.exception))
+        with self.assertRaises(autoserv.AutoservFileTransferError):
+            h.send_file(os.path.join(self.tmp, "nope"), "/tmp/x")
+
+
 def main():
     """unittest, then the closing line CI reads: N passed, N failed, N skipped.
     Under CI=true a skipped test counts as failed: a missing tool is a failure."""
