@@ -256,7 +256,7 @@ class _Log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         head = f"{stamp}.{int(now * 1000) % 1000:03d} [{os.getpid()}]"
         if host:
-            head += f" {host}:"
+            head += f" {host}" if host.endswith("|") else f" {host}:"
         lines = message.split(b"\n")
         data = b"".join(head.encode() + b" " + line + b"\n" for line in lines)
         if self.fd is not None:

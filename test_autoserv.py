@@ -1092,6 +1092,15 @@ class TestSSHJobs(SshdTestCase):
         summary = json.load(open(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["192.168.1.1"]["outcome"], "GOOD")
 
+    def test_raw_bytes_are_kept_in_the_debug_log(self):
+        ctl = self.control(r"""
+            hosts.SSHHost('testhost').run(r"printf 'raw\377\033[31m\n'")
+            """)
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("-r", res, ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(b"stdout| raw\xff\x1b[31m", open(os.path.join(res, "debug", "autoserv.log"), "rb").read())
+
     def test_unreachable_host_is_one_line_exit_1_and_named_in_summary(self):
         port = free_port()
         ctl = self.control(f"hosts.SSHHost('127.0.0.1:{port}').run('true')\n")
@@ -1316,6 +1325,144 @@ class TestTransfer(SshdTestCase):
         self.assertIn("/no/such/file", str(cm.exception))
         with self.assertRaises(autoserv.AutoservFileTransferError):
             h.send_file(os.path.join(self.tmp, "nope"), "/tmp/x")
+
+
+# Faults: network namespaces and a relay ########################################
+
+def sh(*argv, check=True):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if check and out.returncode:
+        raise AssertionError(f"{argv}: {out.stderr.strip()}")
+    return out
+
+
+class Netns:
+    """A network namespace this test made; optionally a veth pair to it from
+    the host with a private /30.  Deleted by close()."""
+    count = 0
+
+    def __init__(self, veth=False):
+        need_root()
+        need("ip")
+        Netns.count += 1
+        self.name = f"as-t{os.getpid() % 10000}-{Netns.count}"
+        self.veth = None
+        sh("ip", "netns", "add", self.name)
+        self.exec("ip", "link", "set", "lo", "up")
+        if veth:
+            n = (os.getpid() + Netns.count) % 60
+            self.host_ip, self.ns_ip = f"10.231.{200 + n // 60}.{n * 4 + 1}", \
+                f"10.231.{200 + n // 60}.{n * 4 + 2}"
+            self.veth = f"as{os.getpid() % 10000}v{Netns.count}"
+            sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", self.veth + "p")
+            sh("ip", "link", "set", self.veth + "p", "netns", self.name)
+            sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.veth)
+            sh("ip", "link", "set", self.veth, "up")
+            self.exec("ip", "addr", "add", f"{self.ns_ip}/30", "dev", self.veth + "p")
+            self.exec("ip", "link", "set", self.veth + "p", "up")
+
+    def exec(self, *argv, check=True):
+        return sh("ip", "netns", "exec", self.name, *argv, check=check)
+
+    def close(self):
+        if self.veth:
+            sh("ip", "link", "del", self.veth, check=False)
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+class Relay:
+    """socat between ssh and the sshd: SIGSTOP it to stall the link."""
+
+    def __init__(self, target_port):
+        need("socat")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
+             f"TCP:127.0.0.1:{target_port}"], start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, 10, what="relay listening")
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def cont(self):
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def close(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+
+class TestFaults(SshdTestCase):
+    def test_unknown_host_name_in_a_namespace_with_no_routes(self):
+        ns = Netns()
+        self.addCleanup(ns.close)
+        ctl = os.path.join(self.tmp, "unknown.control")
+        with open(ctl, "w") as f:
+            f.write("hosts.SSHHost('no-such-host.invalid').run('true')\n")
+        t0 = time.monotonic()
+        out = ns.exec(sys.executable, AUTOSERV, "-r", os.path.join(self.tmp, "r"), ctl,
+                      check=False)
+        self.assertLess(time.monotonic() - t0, 5 + 2)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("AutoservSSHUnknownHost", out.stderr)
+
+    def test_blackholed_host_is_a_connect_timeout_within_its_bound(self):
+        ns = Netns(veth=True)
+        self.addCleanup(ns.close)
+        need("iptables")
+        ns.exec("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP")
+        h = autoserv.SSHHost(ns.ns_ip, connect_timeout=3, ssh_options=["UserKnownHostsFile=/dev/null"])
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservSSHConnectTimeout):
+            h.run("true")
+        self.assertLess(time.monotonic() - t0, 3 + 5)
+
+    def test_link_stall_mid_command_is_connection_lost_and_the_job_dies_later(self):
+        relay = Relay(self.sshd.port)
+        self.addCleanup(relay.close)
+        self.sshd.write_ssh_config(("testhost",))
+        with open(self.sshd.ssh_config, "a") as f:
+            f.write(textwrap.dedent(f"""\
+                Host relayhost
+                    HostName 127.0.0.1
+                    Port {relay.port}
+                    User root
+                    IdentityFile {self.sshd.client_key}
+                    UserKnownHostsFile {self.sshd.known_hosts}
+                """))
+        h = self.sshd.host("relayhost", alive_interval=1, alive_count=3)
+        tmp_dir = h.get_tmp_dir()
+        import threading
+        timer = threading.Timer(1.0, relay.stop)
+        timer.start()
+        t0 = time.monotonic()
+        try:
+            with self.assertRaises(autoserv.AutoservSSHConnectionLost) as cm:
+                h.run("sleep 4248.1; echo finished")
+            took = time.monotonic() - t0
+        finally:
+            timer.join()
+        self.assertLess(took, 1 + 1 * (3 + 1) + 5)
+        self.assertIn("relayhost", str(cm.exception))
+        self.assertTrue(processes_with("sleep 4248.1"))     # still there while stalled
+        relay.cont()
+        wait_for(lambda: not [p for p in comm_pids("sleep") if p in processes_with("4248.1")],
+                 10, what="remote job gone once the link is back")
+        self.assertEqual(h.run("echo back").stdout, "back\n")
+        h.close()
+        self.assertFalse(os.path.exists(tmp_dir))
 
 
 def main():
