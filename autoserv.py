@@ -810,11 +810,15 @@ class StatusLog:
         self.worst = None
 
     def record(self, code, subdir=None, operation=None, message="", indent=None):
+        """Writes one entry.  START nests what follows one level deeper and
+        END closes it; with an explicit indent (parallel tasks, whose entries
+        interleave) the nesting is left alone."""
         base = code[4:] if code.startswith("END ") else code
         if base not in STATUS_CODES:
             raise AutoservUsageError(f"unknown status code {code!r}; use one of "
                                      + ", ".join(STATUS_CODES))
-        if code.startswith("END "):
+        nesting = indent is None
+        if code.startswith("END ") and nesting:
             self.indent = max(0, self.indent - 1)
         level = self.indent if indent is None else indent
         if base in FAILING_CODES and not code.startswith("END "):
@@ -826,7 +830,7 @@ class StatusLog:
             os.write(fd, data)
         finally:
             os.close(fd)
-        if code == "START":
+        if code == "START" and nesting:
             self.indent += 1
         LOG.write(data.rstrip(b"\n"), "status")
 
@@ -1850,12 +1854,11 @@ class SSHHost(_SSHTransfer, RemoteHost):
 
     # ssh command lines
     def _options(self, connect_timeout=None):
+        # ssh takes the first value it sees for an option.  Fixed first (never
+        # a prompt, the host key policy, no forwarding), then the caller's
+        # --ssh-option values, then defaults those may override.
         ct = connect_timeout or self.connect_timeout
-        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(max(1, round(ct)))}",
-                "-o", f"ServerAliveInterval={self.alive_interval}",
-                "-o", f"ServerAliveCountMax={self.alive_count}",
-                "-o", "ForwardAgent=no", "-o", "ForwardX11=no",
-                "-o", "LogLevel=ERROR"]
+        opts = ["-o", "BatchMode=yes", "-o", "ForwardAgent=no", "-o", "ForwardX11=no"]
         if self.host_key_policy == "strict":
             opts += ["-o", "StrictHostKeyChecking=yes"]
         else:
@@ -1863,6 +1866,12 @@ class SSHHost(_SSHTransfer, RemoteHost):
         known = self._known_hosts_file()
         if known:
             opts += ["-o", f"UserKnownHostsFile={known}"]
+        for opt in self.ssh_options:
+            opts += ["-o", opt]
+        opts += ["-o", f"ConnectTimeout={int(max(1, round(ct)))}",
+                 "-o", f"ServerAliveInterval={self.alive_interval}",
+                 "-o", f"ServerAliveCountMax={self.alive_count}",
+                 "-o", "LogLevel=ERROR"]
         if self.ssh_config:
             opts += ["-F", self.ssh_config]
         if self.identity:
@@ -1871,8 +1880,6 @@ class SSHHost(_SSHTransfer, RemoteHost):
             opts += ["-l", self.user]
         if self.port:
             opts += ["-p", str(self.port)]
-        for opt in self.ssh_options:
-            opts += ["-o", opt]
         return opts
 
     def _known_hosts_file(self):
@@ -2193,6 +2200,11 @@ class subcommand:
     def __repr__(self):
         return f"<subcommand {self.name} pid={self.pid}>"
 
+    def _forked(self, readers, result_w, out_w, err_w):
+        for fd in readers:
+            os.close(fd)
+        self._child(result_w, out_w, err_w)
+
     def _child(self, result_w, out_w, err_w):
         import pickle
         import traceback
@@ -2249,13 +2261,14 @@ class subcommand:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         self.started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            os.close(result_r)
-            for r in (out[0], err[0]):
-                if r is not None:
-                    os.close(r)
-            self._child(result_w, out[1], err[1])
+        import multiprocessing
+        readers = [fd for fd in (result_r, out[0], err[0]) if fd is not None]
+        proc = multiprocessing.get_context("fork").Process(
+            target=self._forked, args=(readers, result_w, out[1], err[1]),
+            name=f"autoserv-{self.name}")
+        proc.start()
+        self.process = proc
+        pid = proc.pid
         self.pid = pid
         os.close(result_w)
         for w in (out[1], err[1]):
@@ -2286,8 +2299,10 @@ class subcommand:
             f.flush()
         self.tees[kind].feed(data)
 
-    def _finish(self, status):
+    def _finish(self):
         import pickle
+        self.process.join(5)
+        code = self.process.exitcode
         self.duration = time.monotonic() - self.started
         for f in self.files.values():
             f.close()
@@ -2296,10 +2311,10 @@ class subcommand:
         data = b"".join(self.chunks)
         self.chunks = []
         if not data:
-            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+            sig = -code if code is not None and code < 0 else 0
             self.error = (None, f"task {self.name} died without a result"
                           + (f" (signal {sig}, {_signame(sig)})" if sig else
-                             f" (exit status {os.waitstatus_to_exitcode(status)})"))
+                             f" (exit status {code})"))
             return
         try:
             payload = pickle.loads(data)
@@ -2340,7 +2355,13 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
     waiting = list(tasks)
     running = {}
     timed_out = False
-    record = _JOB.status.record if _JOB is not None else None
+    record = None
+    if _JOB is not None:
+        log, level = _JOB.status, _JOB.status.indent
+
+        def record(code, subdir, operation, message=""):
+            log.record(code, subdir, operation, message,
+                       indent=level + (0 if code.startswith(("START", "END")) else 1))
     try:
         while waiting or running:
             while waiting and (not max_parallel or len(running) < max_parallel):
@@ -2367,8 +2388,7 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
             for pid, task in list(running.items()):
                 if task.fds:
                     continue
-                _, status = os.waitpid(pid, 0)
-                task._finish(status)
+                task._finish()
                 del running[pid]
                 if record:
                     _record_task_end(record, task)
@@ -2432,23 +2452,21 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
                 os.close(key.fd)
                 del key.data.fds[key.fd]
         for pid, task in list(running.items()):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
+            if task.process.exitcode is not None:
                 _drain_task(task, sel)
-                task._finish(status)
-                if reason and not task.error:
-                    task.error = (None, f"task {task.name} {reason}")
-                elif reason:
-                    task.error = (task.error[0], f"task {task.name} {reason}\n{task.error[1]}")
+                task._finish()
+                if reason:
+                    task.error = (None, f"task {task.name} {reason}" + (
+                        f"\n{task.error[1]}" if task.error else ""))
                 running.pop(pid)
     for pid, task in list(running.items()):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _, status = os.waitpid(pid, 0)
+        task.process.join()
         _drain_task(task, sel)
-        task._finish(status)
+        task._finish()
         task.error = (None, f"task {task.name} {reason or 'was stopped'} (killed)")
         running.pop(pid)
 

@@ -1092,6 +1092,17 @@ class TestSSHJobs(SshdTestCase):
         summary = json.load(open(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["192.168.1.1"]["outcome"], "GOOD")
 
+    def test_examples_run_against_an_ssh_host(self):
+        cases = [("uname.control", ["-m", "testhost"], "testhost: Linux"),
+                 ("transfer.control", ["-m", "testhost"], "testhost: round trip intact"),
+                 ("parallel-uname.control", ["-m", "testhost,192.168.1.1"], "192.168.1.1  ok")]
+        for name, args, text in cases:
+            with self.subTest(example=name):
+                out = self.cli("-r", os.path.join(self.tmp, name), *args,
+                               os.path.join(HERE, "examples", name))
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertIn(text, out.stdout)
+
     def test_raw_bytes_are_kept_in_the_debug_log(self):
         ctl = self.control(r"""
             hosts.SSHHost('testhost').run(r"printf 'raw\377\033[31m\n'")
@@ -1463,6 +1474,386 @@ class TestFaults(SshdTestCase):
         self.assertEqual(h.run("echo back").stdout, "back\n")
         h.close()
         self.assertFalse(os.path.exists(tmp_dir))
+
+
+# Parallel #####################################################################
+
+def _unpicklable_failure(i):
+    import threading
+
+    class Bad(Exception):
+        def __init__(self):
+            super().__init__("with a lock")
+            self.lock = threading.Lock()
+    if i == 17:
+        raise Bad()
+    return i * 2
+
+
+class TestParallel(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-par-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def test_one_of_fifty_raising_an_unpicklable_exception_does_not_hang(self):
+        t0 = time.monotonic()
+        results = autoserv.parallel_simple(_unpicklable_failure, range(50), log=False,
+                                           return_results=True)
+        self.assertLess(time.monotonic() - t0, 60)
+        self.assertIsInstance(results[17], autoserv.AutoservSubcommandError)
+        self.assertIn("Bad: with a lock", str(results[17]))
+        self.assertEqual([r for i, r in enumerate(results) if i != 17],
+                         [i * 2 for i in range(50) if i != 17])
+        with self.assertRaises(autoserv.AutoservSubcommandError) as cm:
+            autoserv.parallel_simple(_unpicklable_failure, range(16, 19), log=False)
+        self.assertIn("Bad: with a lock", str(cm.exception))
+        self.assertIn("Traceback", str(cm.exception))
+
+    def test_a_ten_megabyte_result_comes_back_intact(self):
+        blob = os.urandom(10 << 20)
+        results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])],
+                                    return_results=True)
+        self.assertEqual(results[0], blob)
+
+    def test_every_failed_task_is_named(self):
+        def f(x):
+            if x in ("b", "c"):
+                raise ValueError(f"bad {x}")
+            return x
+        with self.assertRaises(autoserv.AutoservSubcommandError) as cm:
+            autoserv.parallel([autoserv.subcommand(f, [x], subdir=None) for x in "abcd"])
+        text = str(cm.exception)
+        self.assertIn("2 task(s) failed", text)
+        self.assertIn("ValueError: bad b", text)
+        self.assertIn("ValueError: bad c", text)
+        self.assertEqual(len(cm.exception.failures), 2)
+
+    def test_timeout_stops_slow_tasks_and_says_so(self):
+        t0 = time.monotonic()
+        results = autoserv.parallel(
+            [autoserv.subcommand(time.sleep, [s]) for s in (0, 600)], timeout=2,
+            return_results=True)
+        self.assertLess(time.monotonic() - t0, 15)
+        self.assertIsNone(results[0])
+        self.assertIn("timed out", str(results[1]))
+        reap()
+        self.assertFalse(our_children())
+
+    def test_max_parallel_caps_concurrency(self):
+        marks = os.path.join(self.tmp, "marks")
+
+        def task(i):
+            with open(marks, "a") as f:
+                f.write(f"+{time.monotonic()}\n")
+            time.sleep(0.3)
+            with open(marks, "a") as f:
+                f.write(f"-{time.monotonic()}\n")
+        autoserv.parallel([autoserv.subcommand(task, [i]) for i in range(6)], max_parallel=2)
+        events = sorted((float(l[1:]), l[0]) for l in open(marks).read().split())
+        level = peak = 0
+        for _, kind in events:
+            level += 1 if kind == "+" else -1
+            peak = max(peak, level)
+        self.assertEqual(peak, 2)
+
+    def test_control_file_functions_and_closures_under_any_start_method(self):
+        ctl = os.path.join(self.tmp, "p.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent("""\
+                import multiprocessing
+                multiprocessing.set_start_method("spawn", force=True)
+                factor = 3
+                def make(n):
+                    def inner(x):
+                        return x * n * factor
+                    return inner
+                print "RESULTS", parallel_simple(make(2), [1, 2, 3], log=False, return_results=True)
+                def f(x):
+                    print "hello from", x
+                    return x
+                parallel_simple(f, ["alpha", "beta"])
+                """))
+        res = os.path.join(self.tmp, "res")
+        out = subprocess.run([sys.executable, "-W", "error", AUTOSERV, "-r", res, ctl],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("RESULTS [6, 12, 18]", out.stdout)
+        self.assertIn("alpha : hello from alpha", out.stdout)
+        self.assertEqual(open(os.path.join(res, "beta", "debug", "stdout")).read(),
+                         "hello from beta\n")
+        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        self.assertIn(("END GOOD", "alpha"), [(e["code"], e["subdir"]) for e in entries])
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(summary["hosts"]["alpha"]["outcome"], "GOOD")
+
+
+class NamespaceHosts:
+    """count hosts, each a network namespace on a private bridge with its own
+    hostname (UTS namespace) and its own sshd, logging in as an unprivileged
+    user.  Only these addresses are ever contacted."""
+    USER = "astest"
+
+    def __init__(self, count):
+        need_root()
+        need("ip", "sshd", "unshare", "useradd")
+        if subprocess.run(["id", self.USER], capture_output=True).returncode:
+            sh("useradd", "-m", "-s", "/bin/sh", self.USER)
+            sh("usermod", "-p", "*", self.USER)
+        self.dir = tempfile.mkdtemp(prefix="as-ns-")
+        os.chmod(self.dir, 0o755)
+        keys = Sshd.__new__(Sshd)
+        keys.dir = self.dir
+        self.host_key = keys.keygen("host_key")
+        self.client_key = keys.keygen("client_key")
+        auth = os.path.join(self.dir, "authorized_keys")
+        shutil.copy(self.client_key + ".pub", auth)
+        os.chmod(auth, 0o644)
+        self.known_hosts = os.path.join(self.dir, "known_hosts")
+        tag = os.getpid() % 10000
+        self.bridge = f"asbr{tag}"
+        self.net = f"10.232.{os.getpid() % 250}"
+        self.names, self.ns, self.procs, self.addrs = [], [], [], []
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.net}.1/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        try:
+            for i in range(count):
+                self._add(i, tag)
+            for i, addr in enumerate(self.addrs):
+                wait_for(lambda: self._listening(i, addr), 15, what=f"sshd in {self.ns[i]}")
+        except BaseException:
+            self.close()
+            raise
+        self.ssh_config = os.path.join(self.dir, "ssh_config")
+        with open(self.ssh_config, "w") as f:
+            for name, addr in zip(self.names, self.addrs):
+                f.write(textwrap.dedent(f"""\
+                    Host {name}
+                        HostName {addr}
+                        User {self.USER}
+                        IdentityFile {self.client_key}
+                        IdentitiesOnly yes
+                        UserKnownHostsFile {self.known_hosts}
+                        KexAlgorithms curve25519-sha256
+                    """))
+
+    def _add(self, i, tag):
+        name = f"nshost{i + 1:02d}"
+        ns = f"as{tag}n{i}"
+        addr = f"{self.net}.{11 + i}"
+        veth = f"as{tag}v{i}"
+        sh("ip", "netns", "add", ns)
+        self.ns.append(ns)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", veth, "master", self.bridge)
+        sh("ip", "link", "set", veth, "up")
+        for cmd in (["ip", "addr", "add", f"{addr}/24", "dev", "eth0"],
+                    ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"]):
+            sh("ip", "netns", "exec", ns, *cmd)
+        conf = os.path.join(self.dir, f"sshd_{i}")
+        with open(conf, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                ListenAddress {addr}:22
+                HostKey {self.host_key}
+                PidFile {self.dir}/sshd_{i}.pid
+                AuthorizedKeysFile {self.dir}/authorized_keys
+                UsePAM no
+                StrictModes no
+                PasswordAuthentication no
+                KbdInteractiveAuthentication no
+                MaxStartups 100
+                MaxSessions 100
+                Subsystem sftp /usr/lib/openssh/sftp-server
+                """))
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
+             f"hostname {name} && exec /usr/sbin/sshd -D -e -f {conf}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(conf + ".log", "wb"))
+        self.procs.append(proc)
+        self.names.append(name)
+        self.addrs.append(addr)
+
+    def _listening(self, i, addr):
+        if self.procs[i].poll() is not None:
+            raise AssertionError("namespace sshd died: " + open(
+                os.path.join(self.dir, f"sshd_{i}.log")).read())
+        try:
+            with socket.create_connection((addr, 22), timeout=1) as s:
+                return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    def link(self, i, state):
+        sh("ip", "netns", "exec", self.ns[i], "ip", "link", "set", "eth0", state)
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for ns in self.ns:
+            sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", self.bridge, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TestFanOut(unittest.TestCase):
+    """parallel_simple across sixteen network-namespace hosts."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hosts = NamespaceHosts(16)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.hosts.close()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-fan-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def cli(self, text, *args, name="fan.control", timeout=120):
+        ctl = os.path.join(self.tmp, name)
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(text))
+        return run_cli("--ssh-config", self.hosts.ssh_config, *args, ctl, timeout=timeout)
+
+    def test_uname_on_sixteen_hosts_gives_sixteen_result_dirs(self):
+        res = os.path.join(self.tmp, "res")
+        junit = os.path.join(self.tmp, "junit.xml")
+        out = self.cli("""\
+            def uname(name):
+                h = hosts.SSHHost(name)
+                print h.run("uname -n; uname -r").stdout
+            parallel_simple(uname, machines)
+            """, "-r", res, "--junit", junit, "-m", ",".join(self.hosts.names))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for name in self.hosts.names:
+            self.assertIn(f"{name} : {name}\n", out.stdout)
+            self.assertIn(os.uname().release, open(os.path.join(res, name, "debug", "stdout")).read())
+            autoserv.parse_status_log(open(os.path.join(res, name, "status.log")).read()
+                                      if os.path.exists(os.path.join(res, name, "status.log")) else "")
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(sorted(summary["hosts"]), sorted(self.hosts.names))
+        self.assertTrue(all(v["outcome"] == "GOOD" for v in summary["hosts"].values()))
+        import xml.etree.ElementTree as ET
+        self.assertEqual(len(ET.parse(junit).getroot()), 16)
+
+    def test_one_host_partitioned_mid_run_the_others_complete(self):
+        res = os.path.join(self.tmp, "res")
+        victim = 5
+        ctl = os.path.join(self.tmp, "part.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent("""\
+                def work(name):
+                    hosts.SSHHost(name).run("sleep 4.2495; uname -r")
+                parallel_simple(work, machines)
+                """))
+        t0 = time.monotonic()
+        p = subprocess.Popen([sys.executable, AUTOSERV, "--ssh-config", self.hosts.ssh_config,
+                              "--ssh-option", "ServerAliveInterval=1",
+                              "--ssh-option", "ServerAliveCountMax=3",
+                              "-r", res, "-m", ",".join(self.hosts.names), ctl],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: len([x for x in comm_pids("sleep")
+                                  if x in processes_with("4.2495")]) >= 16, 30,
+                     what="sixteen remote sleeps")
+            self.hosts.link(victim, "down")
+            _, err = p.communicate(timeout=60)
+        finally:
+            self.hosts.link(victim, "up")
+        took = time.monotonic() - t0
+        self.assertEqual(p.returncode, 1, err)
+        victim_name = self.hosts.names[victim]
+        self.assertIn(f"{victim_name}", err)
+        self.assertIn("AutoservSSHConnectionLost", err)
+        self.assertLess(took, 4.25 + 1 * (3 + 1) + 10 + 5)
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        outcomes = {k: v["outcome"] for k, v in summary["hosts"].items()}
+        self.assertEqual(outcomes.pop(victim_name), "FAIL")
+        self.assertEqual(set(outcomes.values()), {"GOOD"})
+        self.assertEqual(len(outcomes), 15)
+        wait_for(lambda: not [x for x in comm_pids("sleep") if x in processes_with("4.2495")],
+                 15, what="partitioned host's job gone once the link is back")
+
+    def test_seed_parallel_shapes_subcommand_and_exec_global(self):
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("""\
+            class Package:
+                def install(self, host):
+                    host.run("touch /tmp/never-installed")
+            def check_kernel(host, version, package):
+                if host.run("uname -r").stdout.strip() != version:
+                    package.install(host)
+                    host.reboot()
+                return host.hostname
+
+            class FakeKVM:
+                def __init__(self, host):
+                    self.host = host
+                def get(self, source):
+                    self.source = source
+                def install(self, addresses):
+                    self.addresses = addresses
+
+            def install_kvm(kvm_on_host_var_name, host, source, addresses):
+                exec ("global %(var_name)s\\n"
+                      "%(var_name)s= FakeKVM(host)\\n"
+                      "%(var_name)s.get(source)\\n"
+                      "%(var_name)s.install(addresses)\\n" % {"var_name": kvm_on_host_var_name})
+
+            remote_host1= hosts.SSHHost("nshost01")
+            remote_host2= hosts.SSHHost("nshost02")
+            kernel = Package()
+            host1_command= subcommand(check_kernel, [remote_host1, os.uname()[2], kernel])
+            host2_command= subcommand(check_kernel, [remote_host2, os.uname()[2], kernel])
+            parallel([host1_command, host2_command])
+            install_kvm("kvm_on_remote_host1", remote_host1, "/var/local/src/kvm-33.tar.gz",
+                        [{"mac": "02:00:00:00:00:01", "ip" : "10.0.0.1"}])
+            print "KVM", kvm_on_remote_host1.host.hostname, kvm_on_remote_host1.source
+            """, "-r", res)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("KVM nshost01 /var/local/src/kvm-33.tar.gz", out.stdout)
+        self.assertFalse(os.path.exists("/tmp/never-installed"))
+
+    def test_sigint_or_sigterm_stops_every_task_ssh_and_remote_job(self):
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            with self.subTest(sig=sig.name):
+                tag = f"4250.{code}"
+                res = os.path.join(self.tmp, f"res{code}")
+                ctl = os.path.join(self.tmp, "stop.control")
+                with open(ctl, "w") as f:
+                    f.write(f"parallel_simple(lambda n: hosts.SSHHost(n).run('sleep {tag}'),"
+                            " machines)\n")
+                p = subprocess.Popen([sys.executable, AUTOSERV, "--ssh-config",
+                                      self.hosts.ssh_config, "-r", res,
+                                      "-m", ",".join(self.hosts.names[:4]), ctl],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                wait_for(lambda: len([x for x in comm_pids("sleep")
+                                      if x in processes_with(tag)]) == 4, 30, what="remote sleeps")
+                t0 = time.monotonic()
+                p.send_signal(sig)
+                p.communicate(timeout=30)
+                self.assertEqual(p.returncode, code)
+                self.assertLess(time.monotonic() - t0, 10)
+                wait_for(lambda: not [x for x in comm_pids("sleep") if x in processes_with(tag)],
+                         10, what="remote jobs gone")
+                self.assertFalse([x for x in processes_with(res) if x != p.pid])
+                fixtures = {proc.pid for proc in self.hosts.procs}
+
+                def clean():
+                    reap()     # orphans of the remote side are reparented to us
+                    return not [k for k in our_children() if k[0] not in fixtures]
+                wait_for(clean, 10, what="no process of the run left")
+                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                self.assertIn("ABORT", [e["code"] for e in entries])
 
 
 def main():
