@@ -2377,14 +2377,7 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
             if left == 0.0:
                 timed_out = True
                 break
-            for key, _ in sel.select(0.2 if left is None else min(0.2, left)):
-                data = os.read(key.fd, READ_SIZE)
-                if data:
-                    key.data._take(key.fd, data)
-                else:
-                    sel.unregister(key.fd)
-                    os.close(key.fd)
-                    del key.data.fds[key.fd]
+            _pump(sel, 0.2 if left is None else min(0.2, left))
             for pid, task in list(running.items()):
                 if task.fds:
                     continue
@@ -2416,6 +2409,22 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
     return None
 
 
+def _pump(sel, wait):
+    """One round of the parallel selector: hand what the children wrote to
+    their tasks; close the pipes they have closed."""
+    for key, _ in sel.select(wait):
+        try:
+            data = os.read(key.fd, READ_SIZE)
+        except OSError:
+            data = b""
+        if data:
+            key.data._take(key.fd, data)
+        else:
+            sel.unregister(key.fd)
+            os.close(key.fd)
+            del key.data.fds[key.fd]
+
+
 def _last_line(text):
     lines = [l for l in str(text).strip().splitlines() if l.strip()]
     return lines[-1].strip() if lines else ""
@@ -2440,17 +2449,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
             pass
     end = time.monotonic() + grace
     while running and time.monotonic() < end:
-        for key, _ in sel.select(0.1):
-            try:
-                data = os.read(key.fd, READ_SIZE)
-            except OSError:
-                data = b""
-            if data:
-                key.data._take(key.fd, data)
-            else:
-                sel.unregister(key.fd)
-                os.close(key.fd)
-                del key.data.fds[key.fd]
+        _pump(sel, 0.1)
         for pid, task in list(running.items()):
             if task.process.exitcode is not None:
                 _drain_task(task, sel)
@@ -2989,6 +2988,9 @@ def _main(argv):
         if opts.client:
             raise AutoservUsageError("-c/--client: client control files need the autotest "
                                      f"client, which is not in autoserv {__version__} yet")
+        if opts.reboot:
+            raise AutoservUsageError("-b/--reboot needs host.reboot(), which is not in "
+                                     f"autoserv {__version__} yet")
         if opts.control is None:
             raise AutoservUsageError("no CONTROL_FILE given (see --help)")
         control_path = os.path.abspath(opts.control)

@@ -132,7 +132,7 @@ class Sshd:
     """A private sshd on 127.0.0.1: own host key, own authorized key, own
     config, clean remote HOME; stopped by PID."""
 
-    def __init__(self, host_key=None, port=None, extra=""):
+    def __init__(self, host_key=None, port=None, extra="", authorized_key=None):
         need("sshd", "ssh", "ssh-keygen")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix="as-sshd-")
@@ -141,7 +141,8 @@ class Sshd:
         self.port = port or free_port()
         self.host_key = host_key or self.keygen("host_key")
         self.client_key = self.keygen("client_key")
-        shutil.copy(self.client_key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        shutil.copy(authorized_key or self.client_key + ".pub",
+                    os.path.join(self.dir, "authorized_keys"))
         self.known_hosts = os.path.join(self.dir, "known_hosts")
         self.conf = os.path.join(self.dir, "sshd_config")
         with open(self.conf, "w") as f:
@@ -281,6 +282,20 @@ def max_rss_of(code, timeout=300):
         raise AssertionError(out.stderr[-3000:])
     rss = int(re.search(r"RSS (\d+)", out.stdout).group(1)) / 1024
     return out.stdout, rss
+
+
+def assert_flat_memory(test, code, var, value, small=32, big=256):
+    """Runs code with var set for a small and a big size: peak RSS stays under
+    100 MB and grows by less than 15 MB between them."""
+    sizes = {}
+    for mb in (small, big):
+        os.environ[var] = value(mb)
+        try:
+            sizes[mb] = max_rss_of(code, timeout=600)[1]
+        finally:
+            del os.environ[var]
+    test.assertLess(sizes[big], 100, sizes)
+    test.assertLess(sizes[big] - sizes[small], 15, sizes)
 
 
 AWKWARD = ["", "sp ace", "q'uote", 'd"q', "$(touch P)", "`touch B`", "back\\slash",
@@ -538,15 +553,7 @@ class TestLocalRun(unittest.TestCase):
                 assert os.path.getsize(p) == n, p
                 os.unlink(p)
             """)
-        sizes = {}
-        for mb in (32, 256):
-            os.environ["N"] = str(mb << 20)
-            try:
-                sizes[mb] = max_rss_of(code)[1]
-            finally:
-                del os.environ["N"]
-        self.assertLess(sizes[256], 100)
-        self.assertLess(sizes[256] - sizes[32], 15, sizes)
+        assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
 
     def test_more_than_1024_open_fds_do_not_break_the_loop(self):
         import resource
@@ -878,15 +885,7 @@ class TestSSHRun(SshdTestCase):
                 os.unlink(p)
             autoserv._close_all_hosts()
             """)
-        sizes = {}
-        for mb in (32, 256):
-            os.environ["N"] = str(mb << 20)
-            try:
-                sizes[mb] = max_rss_of(code)[1]
-            finally:
-                del os.environ["N"]
-        self.assertLess(sizes[256], 100, sizes)
-        self.assertLess(sizes[256] - sizes[32], 15, sizes)
+        assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
 
     def test_twenty_concurrent_commands_share_one_master_then_it_is_killed(self):
         h = self.sshd.host()
@@ -1102,6 +1101,60 @@ class TestSSHJobs(SshdTestCase):
                                os.path.join(HERE, "examples", name))
                 self.assertEqual(out.returncode, 0, out.stderr)
                 self.assertIn(text, out.stdout)
+
+    def test_site_file_mixin_reaches_every_host_class_and_registers_names(self):
+        site = os.path.join(self.tmp, "site_autoserv.py")
+        with open(site, "w") as f:
+            f.write(textwrap.dedent("""\
+                import autoserv
+
+                class SiteHost:
+                    def flash_bios(self):
+                        return "flashed " + self.run("echo " + self.hostname).stdout.strip()
+
+                class LabHost(autoserv.SSHHost):
+                    lab = True
+
+                autoserv.register_host_class("lab", LabHost)
+                """))
+        ctl = self.control("""\
+            print(hosts.SSHHost("testhost").flash_bios())
+            print(hosts.LocalHost().flash_bios())
+            h = hosts.create_host("testhost", kind="lab")
+            print(type(h).__name__, h.lab, isinstance(h, hosts.SiteHost))
+            """)
+        env = dict(os.environ, AUTOSERV_SITE=site)
+        out = self.cli("-r", os.path.join(self.tmp, "res"), ctl, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("flashed testhost\nflashed localhost\nLabHost True True", out.stdout)
+        env["AUTOSERV_SITE"] = os.path.join(self.tmp, "missing.py")
+        out = self.cli("-r", os.path.join(self.tmp, "res2"), ctl, env=env)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("AUTOSERV_SITE", out.stderr)
+
+    def test_wait_up_notices_a_host_soon_after_sshd_starts(self):
+        port = free_port()
+        h = autoserv.SSHHost("127.0.0.1", port=port, identity=self.sshd.client_key,
+                             known_hosts=os.path.join(self.tmp, "kh"), connect_timeout=5)
+        self.assertFalse(h.wait_up(timeout=1))
+        import threading
+        started = {}
+
+        def start():
+            time.sleep(2)
+            started["sshd"] = Sshd(port=port, authorized_key=self.sshd.client_key + ".pub")
+            started["at"] = time.monotonic()
+        thread = threading.Thread(target=start)
+        thread.start()
+        try:
+            up = h.wait_up(timeout=30)
+            noticed = time.monotonic()
+        finally:
+            thread.join()
+            self.addCleanup(started["sshd"].stop)
+        self.assertTrue(up)
+        self.assertLess(noticed - started["at"], 5)
+        self.assertEqual(h.run("echo up").stdout, "up\n")
 
     def test_raw_bytes_are_kept_in_the_debug_log(self):
         ctl = self.control(r"""
