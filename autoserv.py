@@ -2525,24 +2525,8 @@ class _NotYet:
             f"{type(self).__name__}: {self._what} is not in autoserv {__version__} yet")
 
 
-class DEBKernel(_NotYet):
-    _what = ".deb kernel installation"
-
-
 class RPMKernel(_NotYet):
     _what = ".rpm kernel installation"
-
-
-class KVM(_NotYet):
-    _what = "the KVM hypervisor wrapper"
-
-
-class KVMGuest(_NotYet):
-    _what = "KVM guests"
-
-
-class Guest(SSHHost):
-    """A virtual machine reached over ssh (see KVMGuest)."""
 
 
 class ConmuxSSHHost(_NotYet):
@@ -2551,6 +2535,573 @@ class ConmuxSSHHost(_NotYet):
 
 class Autotest(_NotYet):
     _what = "the autotest client"
+
+
+# Installables and KVM #########################################################
+
+def _looks_like_path(text):
+    return ("\n" not in text and not any(q in text for q in "'\"")
+            and text.startswith(("/", "./", "../", "~")))
+
+
+class InstallableObject:
+    """Something fetched once on the server and installable on many hosts.
+    get(location): a local file or directory, an http/https/ftp URL, a file
+    object, or else the string is the content itself."""
+
+    def __init__(self):
+        self.source_material = None
+
+    def get(self, location):
+        if location is None:
+            raise AutoservUsageError(f"{type(self).__name__}.get(): no location given")
+        if hasattr(location, "read"):
+            data = location.read()
+            self.source_material = self._keep(data.encode() if isinstance(data, str) else data)
+            return self.source_material
+        location = os.fspath(location)
+        if re.match(r"(?i)^(https?|ftp)://", location):
+            self.source_material = self._download(location)
+        elif os.path.exists(os.path.expanduser(location)):
+            self.source_material = os.path.abspath(os.path.expanduser(location))
+        elif _looks_like_path(location):
+            raise AutoservInstallError(f"{type(self).__name__}.get({location!r}): no such "
+                                       "file or directory (a path that does not exist is "
+                                       "not taken as content)")
+        else:
+            self.source_material = self._keep(location.encode("utf-8", "surrogateescape"))
+        LOG.write(f"{type(self).__name__}: got {location!r} -> {self.source_material}")
+        return self.source_material
+
+    @staticmethod
+    def _keep(data, name="content"):
+        path = os.path.join(get_tmp_dir(), name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def _download(self, url):
+        import urllib.request
+        import urllib.error
+        name = os.path.basename(url.split("?", 1)[0].rstrip("/")) or "download"
+        path = os.path.join(get_tmp_dir(), name)
+        LOG.write(f"fetching {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                done, last = 0, time.monotonic()
+                while True:
+                    block = response.read(1 << 20)
+                    if not block:
+                        break
+                    out.write(block)
+                    done += len(block)
+                    if time.monotonic() - last > 2:
+                        last = time.monotonic()
+                        LOG.write(f"fetching {url}: {done}" + (f"/{total}" if total else "")
+                                  + " bytes")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise AutoservInstallError(f"fetching {url} failed: {getattr(e, 'reason', e)}")
+        return path
+
+    def install(self, host, **kwargs):
+        raise NotImplementedError
+
+
+def _ar_members(path):
+    """(name, offset, size) of each member of an ar archive (a .deb)."""
+    members = []
+    with open(path, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise AutoservInstallError(f"{path}: not a .deb (no ar header)")
+        while True:
+            header = f.read(60)
+            if not header:
+                break
+            if len(header) < 60 or header[58:60] != b"`\n":
+                raise AutoservInstallError(f"{path}: truncated or corrupt .deb")
+            name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+            size = int(header[48:58])
+            members.append((name, f.tell(), size))
+            f.seek(size + (size & 1), 1)
+    return members
+
+
+class _Slice(io.RawIOBase):
+    """A read-only window on part of a file."""
+
+    def __init__(self, f, offset, size):
+        self.f, self.left = f, size
+        f.seek(offset)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = self.f.readinto(memoryview(buf)[:min(len(buf), self.left)])
+        self.left -= n
+        return n
+
+
+def _open_tar_member(path, name):
+    import tarfile
+    f = open(path, "rb")
+    for member, offset, size in _ar_members(path):
+        if member == name:
+            stream = io.BufferedReader(_Slice(f, offset, size), 1 << 20)
+            comp = name.rsplit(".", 1)[-1]
+            if comp == "zst":
+                try:
+                    # Standard library from Python 3.14 on; probed, since
+                    # older versions do not list it among their modules.
+                    import importlib
+                    zstd = importlib.import_module("compression.zstd")
+                except ImportError:
+                    f.close()
+                    return None
+                stream = zstd.ZstdFile(stream)
+                return tarfile.open(fileobj=stream, mode="r|"), f
+            mode = {"gz": "r|gz", "xz": "r|xz", "bz2": "r|bz2", "tar": "r|"}.get(comp)
+            if mode is None:
+                f.close()
+                raise AutoservInstallError(f"{path}: unknown compression of {name}")
+            return tarfile.open(fileobj=stream, mode=mode), f
+    f.close()
+    return None
+
+
+class DEBKernel(InstallableObject):
+    """A kernel packaged as .deb.  Names are read from the package itself in
+    pure Python (ar + tar), so the server needs no dpkg."""
+
+    def __init__(self):
+        super().__init__()
+        self._info = None
+
+    def _package(self):
+        if not self.source_material:
+            raise AutoservUsageError("DEBKernel: call get(package) first")
+        return self.source_material
+
+    def _scan(self):
+        if self._info is not None:
+            return self._info
+        path = self._package()
+        members = [m[0] for m in _ar_members(path)]
+        data = next((m for m in members if m.startswith("data.tar")), None)
+        control = next((m for m in members if m.startswith("control.tar")), None)
+        if not data or not control:
+            raise AutoservInstallError(f"{path}: not a .deb (no control/data members)")
+        info = {"package": None, "version": None, "release": None}
+        opened = _open_tar_member(path, control)
+        if opened is None:
+            info.update(self._dpkg_fields(path))
+        else:
+            tar, f = opened
+            with f, tar:
+                for member in tar:
+                    if member.name.lstrip("./") == "control":
+                        text = tar.extractfile(member).read().decode("utf-8", "replace")
+                        fields = dict(re.findall(r"^(\S+):\s*(.*)$", text, re.M))
+                        info["package"] = fields.get("Package")
+                        info["version"] = fields.get("Version")
+                        break
+        opened = _open_tar_member(path, data)
+        if opened is None:        # zstd before Python 3.14: ask dpkg-deb
+            listing = _subprocess().run(["dpkg-deb", "-c", path], capture_output=True,
+                                        text=True).stdout
+            m = re.search(r"\./boot/(?:vmlinuz|vmlinux|bzImage)-(\S+)", listing)
+            info["release"] = m.group(1) if m else None
+        else:
+            tar, f = opened
+            try:
+                with f, tar:
+                    for member in tar:
+                        name = member.name.lstrip(".")
+                        m = re.fullmatch(r"/boot/(?:vmlinuz|vmlinux|bzImage)-(.+)", name)
+                        if m:
+                            info["release"] = m.group(1)
+                            break
+            except (EOFError, OSError, ValueError) as e:
+                raise AutoservInstallError(f"{path}: corrupt package data ({e})")
+        if not info["release"]:
+            raise AutoservInstallError(f"{path}: the package holds no /boot/vmlinuz-*: "
+                                       "not a kernel package")
+        self._info = info
+        return info
+
+    @staticmethod
+    def _dpkg_fields(path):
+        out = _subprocess().run(["dpkg-deb", "-f", path, "Package", "Version"],
+                                capture_output=True, text=True)
+        fields = dict(re.findall(r"^(\S+):\s*(.*)$", out.stdout, re.M))
+        return {"package": fields.get("Package"), "version": fields.get("Version")}
+
+    def get(self, location):
+        self._info = None
+        return super().get(location)
+
+    def get_version(self):
+        """The kernel release uname -r will print once it boots."""
+        return self._scan()["release"]
+
+    def get_package_version(self):
+        return self._scan()["version"]
+
+    def get_package_name(self):
+        return self._scan()["package"]
+
+    def get_image_name(self):
+        return f"/boot/vmlinuz-{self.get_version()}"
+
+    def get_initrd_name(self):
+        return f"/boot/initrd.img-{self.get_version()}"
+
+    def extract(self, host):
+        """Unpacks the package's files into a temp dir on host; returns it.
+        Only the data member travels (the host needs tar, not dpkg)."""
+        path = self._package()
+        self.get_version()
+        data = next(m for m in _ar_members(path) if m[0].startswith("data.tar"))
+        local = os.path.join(get_tmp_dir(), data[0])
+        with open(path, "rb") as src, open(local, "wb") as out:
+            src.seek(data[1])
+            left = data[2]
+            while left:
+                block = src.read(min(left, 1 << 20))
+                if not block:
+                    raise AutoservInstallError(f"{path}: truncated package")
+                out.write(block)
+                left -= len(block)
+        remote = host.get_tmp_dir()
+        host.send_file(local, f"{remote}/{data[0]}")
+        host.run(f"mkdir {remote}/root && tar -xf {remote}/{data[0]} -C {remote}/root "
+                 f"&& rm -f {remote}/{data[0]}", timeout=600)
+        return f"{remote}/root"
+
+    def install(self, host, **bootloader_args):
+        raise AutoservNotImplementedError(
+            f"DEBKernel.install(): installing kernels is not in autoserv {__version__} yet")
+
+
+# QMP client run on the hypervisor (python3): argv = socket, JSON commands.
+_QMP_PY = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(float(sys.argv[2]))
+s.connect(sys.argv[1])
+f = s.makefile("rwb")
+def answer():
+    while True:
+        line = f.readline()
+        if not line:
+            raise SystemExit("qmp: connection closed")
+        msg = json.loads(line)
+        if "return" in msg or "error" in msg:
+            return msg
+json.loads(f.readline())
+for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
+    f.write(cmd.encode() + b"\n"); f.flush()
+    msg = answer()
+    if n:
+        print(json.dumps(msg)); sys.stdout.flush()
+"""
+
+
+class KVM(InstallableObject):
+    """A QEMU/KVM hypervisor bound to one host.  get(source) is optional (a
+    QEMU source tarball or tree); install(addresses) picks the binary, the
+    accelerator and, where the CPU can, the kvm modules."""
+
+    def __init__(self, host):
+        super().__init__()
+        self.host = host
+        self.tree = None
+        self.binary = None
+        self.accel = None
+        self.addresses = []
+        self.in_use = {}
+        self.modules_loaded = []
+        self.installed = False
+        if _JOB is not None:
+            _JOB.add_cleanup(self.uninstall)
+
+    def install(self, addresses, build=True, insert_modules=True):
+        """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
+        (user-mode networking, the guest's ssh forwarded to ip:port)."""
+        checked = []
+        for a in addresses:
+            if not isinstance(a, dict) or "mac" not in a or "ip" not in a:
+                raise AutoservUsageError(f"KVM address {a!r}: needs 'mac' and 'ip' keys")
+            if not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", a["mac"]):
+                raise AutoservUsageError(f"KVM address {a!r}: bad mac")
+            checked.append(dict(a))
+        if not checked:
+            raise AutoservUsageError("KVM.install(): no addresses")
+        self.addresses = checked
+        h = self.host
+        if self.source_material:
+            self.binary = self._build(build)
+        else:
+            found = h.run("command -v qemu-system-x86_64", ignore_status=True, timeout=60)
+            if found.exit_status != 0:
+                raise AutoservVirtError(f"{h.hostname}: no qemu-system-x86_64 on the hypervisor "
+                                        "(install qemu-system-x86, or give KVM.get() a source)")
+            self.binary = found.stdout.strip()
+        flags = h.run("grep -m1 -o -w -E 'vmx|svm' /proc/cpuinfo", ignore_status=True,
+                      timeout=60).stdout.split()
+        vendor = {"vmx": "kvm_intel", "svm": "kvm_amd"}.get(flags[0]) if flags else None
+        if vendor and insert_modules:
+            self._load_modules(vendor)
+        usable = vendor and h.run("test -w /dev/kvm", ignore_status=True,
+                                  timeout=60).exit_status == 0
+        if usable:
+            self.accel = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            self.accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+            why = "the CPU has no vmx/svm flag" if not vendor else "/dev/kvm is not usable"
+            message = f"{h.hostname}: {why}; guests run under TCG (software emulation, slow)"
+            LOG.write(message)
+            if _JOB is not None:
+                _JOB.record("WARN", None, "kvm.install", message)
+        self.installed = True
+        LOG.write(f"KVM on {h.hostname}: {self.binary} {' '.join(self.accel)}, "
+                  f"{len(self.addresses)} address(es)")
+
+    def _build(self, build):
+        h = self.host
+        src = self.source_material
+        tmp = h.get_tmp_dir()
+        if os.path.isdir(src):
+            h.send_file(src.rstrip("/") + "/", tmp + "/src")
+        else:
+            h.send_file(src, tmp + "/source.tar")
+            h.run(f"mkdir {tmp}/src && tar -xf {tmp}/source.tar -C {tmp}/src", timeout=600)
+        top = h.run(f"cd {tmp}/src && set -- *; if [ $# = 1 ] && [ -d \"$1\" ]; "
+                    f"then echo \"$PWD/$1\"; else echo \"$PWD\"; fi", timeout=60).stdout.strip()
+        self.tree = top
+        if build:
+            h.run(f"cd {shlex.quote(top)} && ./configure && make", timeout=3 * 3600)
+        for rel in ("qemu-system-x86_64", "build/qemu-system-x86_64",
+                    "x86_64-softmmu/qemu-system-x86_64"):
+            path = f"{top}/{rel}"
+            if h.run(f"test -x {shlex.quote(path)}", ignore_status=True,
+                     timeout=60).exit_status == 0:
+                return path
+        raise AutoservVirtError(f"{h.hostname}: the KVM source tree has no qemu-system-x86_64 "
+                                "at its top, in build/ or in x86_64-softmmu/"
+                                + ("" if build else " (build=False: was it built?)"))
+
+    def _load_modules(self, vendor):
+        h = self.host
+        can = h.run("test -w /proc/sys/kernel/modules_disabled && "
+                    "[ \"$(cat /proc/sys/kernel/modules_disabled)\" = 0 ]",
+                    ignore_status=True, timeout=60).exit_status == 0
+        if not can:
+            LOG.write(f"{h.hostname}: cannot load kernel modules; leaving kvm as it is")
+            return
+        h.run(f"modprobe -r {vendor} kvm", ignore_status=True, timeout=120)
+        tree = self.tree
+        built = tree and h.run(f"cd {shlex.quote(tree)} && find . -name 'kvm*.ko'",
+                               ignore_status=True, timeout=60).stdout.split()
+        if built:
+            core = [m for m in built if m.endswith("/kvm.ko")]
+            vendor_ko = [m for m in built if vendor.replace("_", "-") in m or vendor in m]
+            h.run(f"cd {shlex.quote(tree)} && insmod {shlex.quote(core[0])} && "
+                  f"insmod {shlex.quote(vendor_ko[0])}", timeout=120)
+        else:
+            h.run(f"modprobe kvm && modprobe {vendor}", timeout=120)
+        self.modules_loaded = [vendor, "kvm"]
+
+    def uninstall(self):
+        """Destroys every guest; unloads the modules if autoserv loaded them."""
+        for guest in list(self.in_use.values()):
+            guest.close()
+        if self.modules_loaded and os.getpid() == getattr(self.host, "_owner", os.getpid()):
+            self.host.run("modprobe -r " + " ".join(self.modules_loaded), ignore_status=True,
+                          timeout=120)
+            self.modules_loaded = []
+
+    def _reserve(self, guest):
+        if not self.installed:
+            raise AutoservVirtError("KVM.install(addresses) must come before a KVMGuest")
+        for i, address in enumerate(self.addresses):
+            if i not in self.in_use:
+                self.in_use[i] = guest
+                return i, address
+        raise AutoservVirtError(f"{self.host.hostname}: no free address for another guest "
+                                f"({len(self.addresses)} given to KVM.install, all in use)")
+
+    def _release(self, guest):
+        for i, g in list(self.in_use.items()):
+            if g is guest:
+                del self.in_use[i]
+
+    def qmp(self, socket_path, *commands, timeout=30):
+        """Sends QMP commands (dicts) through the hypervisor; returns the replies."""
+        argv = " ".join(shlex.quote(a) for a in ["python3", "-c", _QMP_PY, socket_path,
+                                                 str(timeout)] +
+                        [json.dumps(c) for c in commands])
+        out = self.host.run(argv, timeout=timeout + 15, ignore_status=True)
+        if out.exit_status != 0:
+            raise AutoservVirtError(f"{self.host.hostname}: QMP {socket_path}: "
+                                    f"{_last_line(out.stderr) or out.status_text()}")
+        replies = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        for reply in replies:
+            if "error" in reply:
+                raise AutoservVirtError(f"QMP: {reply['error'].get('desc', reply['error'])}")
+        return [r.get("return") for r in replies]
+
+
+class Guest(SSHHost):
+    """A virtual machine reached over ssh; hardreset() asks the hypervisor."""
+
+
+class KVMGuest(Guest):
+    """A QEMU/KVM guest on a KVM hypervisor, driven like any SSH host.
+
+    Takes the first free address, starts qemu detached on the hypervisor (a
+    0700 run dir holding the pidfile, the QMP socket and the serial log), then
+    is an SSHHost for that address, host-key policy ephemeral by default.
+    Destroyed on close() and at job end."""
+
+    def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
+                 boot_timeout=300, **ssh_kwargs):
+        self.kvm = kvm
+        self.boot_timeout = boot_timeout
+        self.qemu_options = qemu_options
+        self.index, self.address = kvm._reserve(self)
+        self.qemu_pid = None
+        self.run_dir = None
+        try:
+            self._start_qemu()
+        except BaseException:
+            kvm._release(self)
+            raise
+        addr = self.address
+        super().__init__(addr["ip"], user=user, port=addr.get("port"),
+                         host_key_policy=host_key_policy, **ssh_kwargs)
+        self._init_args = (addr["ip"],)
+        self._init_kwargs = dict(user=user, port=addr.get("port"),
+                                 host_key_policy=host_key_policy)
+
+    def __reduce__(self):
+        # In another process a guest is a plain ssh host for the same address.
+        return (_rebuild_host, (Guest, self._init_args, self._init_kwargs))
+
+    def _start_qemu(self):
+        kvm, h, a = self.kvm, self.kvm.host, self.address
+        self.run_dir = rd = h.get_tmp_dir()
+        if "port" in a:
+            net = (f"user,id=n0,hostfwd=tcp:{a['ip']}:{int(a['port'])}-:22")
+        else:
+            tap = a.get("tap") or f"ast{os.getpid() % 100000}x{self.index}"
+            bridge = a.get("bridge") or "br0"
+            h.run(f"ip tuntap add dev {tap} mode tap && ip link set {tap} master "
+                  f"{shlex.quote(bridge)} && ip link set {tap} up", timeout=60)
+            self._tap = tap
+            net = f"tap,id=n0,ifname={tap},script=no,downscript=no"
+        fixed = [kvm.binary, *kvm.accel, "-nodefaults", "-no-user-config", "-display", "none",
+                 "-netdev", net, "-device", f"virtio-net-pci,netdev=n0,mac={a['mac']}",
+                 "-device", "virtio-rng-pci",
+                 "-chardev", f"socket,id=ser0,path={rd}/serial.sock,server=on,wait=off,"
+                             f"logfile={rd}/serial.log,logappend=on",
+                 "-serial", "chardev:ser0",
+                 "-qmp", f"unix:{rd}/qmp.sock,server=on,wait=off",
+                 "-pidfile", f"{rd}/qemu.pid", "-daemonize"]
+        # qemu_options is a shell string (the seed builds it with sh_escape
+        # inside double quotes): the hypervisor's shell splits it.
+        command = (f"cd {rd} && " + " ".join(shlex.quote(w) for w in fixed) + " "
+                   + self.qemu_options + f" && cat {rd}/qemu.pid")
+        LOG.write(f"starting guest: {command}", h.hostname)
+        result = h.run(command, timeout=120, ignore_status=True)
+        if result.exit_status != 0:
+            raise AutoservVirtError(f"{h.hostname}: qemu did not start: "
+                                    + (result.stderr.strip() or result.status_text()))
+        self.qemu_pid = int(result.stdout.split()[-1])
+        self.serial_log = f"{rd}/serial.log"
+        self.qmp_socket = f"{rd}/qmp.sock"
+
+    def qemu_alive(self):
+        """True while qemu runs (a zombie is dead: PID 1 may reap it late)."""
+        if self.qemu_pid is None:
+            return False
+        out = self.kvm.host.run(f"cat /proc/{self.qemu_pid}/stat 2>/dev/null", timeout=30,
+                                ignore_status=True).stdout
+        state = out.rsplit(")", 1)[-1].split()[:1]
+        return bool(state) and state[0] not in ("Z", "X")
+
+    def serial_tail(self, lines=20):
+        return self.kvm.host.run(f"tail -n {lines} {self.serial_log} 2>/dev/null",
+                                 timeout=30, ignore_status=True).stdout
+
+    def _dead_error(self):
+        return AutoservVirtError(f"guest {self.hostname}:{self.port}: qemu (pid {self.qemu_pid})"
+                                 " has exited; serial log ends:\n" + self.serial_tail())
+
+    def wait_up(self, timeout=None):
+        """True once the guest answers ssh.  A qemu that exited fails at once
+        (AutoservVirtError with the serial log's tail).  timeout=None waits up
+        to boot_timeout, then fails the same way; a given timeout returns
+        False when it passes, as for any host."""
+        bounded = timeout is None
+        deadline = _monotonic_deadline(self.boot_timeout if bounded else timeout)
+        while True:
+            if not self.qemu_alive():
+                raise self._dead_error()
+            left = _remaining(deadline)
+            if super().wait_up(timeout=min(2.0, left)):
+                return True
+            if time.monotonic() >= deadline:
+                if bounded:
+                    raise AutoservVirtError(
+                        f"guest {self.hostname}:{self.port} did not answer ssh within "
+                        f"{self.boot_timeout} s; serial log ends:\n" + self.serial_tail())
+                return False
+
+    def hardreset(self, timeout=None, wait=True):
+        """A hard reset through QMP system_reset (no shutdown scripts run)."""
+        old = None
+        try:
+            old = self.get_boot_id(timeout=5, connect_timeout=5)
+        except AutoservError:
+            pass
+        self.kvm.qmp(self.qmp_socket, {"execute": "system_reset"})
+        LOG.write("hard reset (QMP system_reset)", self.hostname)
+        self._stop_master()
+        if wait:
+            if not self.wait_up(timeout if timeout is not None else 300):
+                raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
+            if old and self.get_boot_id() == old:
+                raise AutoservRebootError(self.hostname, "boot id unchanged after a hard reset")
+
+    def monitor(self, command):
+        """A human monitor command through QMP (e.g. "info status", "commit")."""
+        return self.kvm.qmp(self.qmp_socket, {"execute": "human-monitor-command",
+                                              "arguments": {"command-line": command}})[-1]
+
+    def close(self):
+        """Stops qemu (QMP quit, then the PID), removes its run dir."""
+        super().close()
+        if self.qemu_pid is None or self._owner != os.getpid():
+            return
+        h = self.kvm.host
+        if self.qemu_alive():
+            try:
+                self.kvm.qmp(self.qmp_socket, {"execute": "quit"}, timeout=10)
+            except AutoservError as e:
+                LOG.write(f"QMP quit failed: {e}", self.hostname)
+            end = time.monotonic() + 10
+            while self.qemu_alive() and time.monotonic() < end:
+                time.sleep(0.1)
+            if self.qemu_alive():
+                h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
+        if getattr(self, "_tap", None):
+            h.run(f"ip link del {self._tap}", ignore_status=True, timeout=30)
+        h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
+        h._tmp_dirs = [(p, d) for p, d in h._tmp_dirs if d != self.run_dir]
+        self.qemu_pid = None
+        self.kvm._release(self)
 
 
 class CommandPower:

@@ -1529,6 +1529,496 @@ class TestFaults(SshdTestCase):
         self.assertFalse(os.path.exists(tmp_dir))
 
 
+# Guest images (QEMU) ##########################################################
+
+CACHE = os.environ.get("AUTOSERV_TEST_CACHE",
+                       os.path.join(os.path.expanduser("~"), ".cache", "autoserv-tests"))
+GUEST_BUILDER_VERSION = "6"
+
+_GUEST_RC = """#!/bin/sh
+mount -t proc proc /proc
+grep -q " /dev " /proc/mounts || mount -t devtmpfs dev /dev
+mount -o remount,rw /
+mount -t sysfs sys /sys
+mkdir -p /dev/pts /tmp /run /var/log /root
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmp /tmp
+for m in $(cat /etc/modules.load); do insmod "/lib/modules/$m" 2>/dev/null; done
+ip link set lo up
+mac=$(cat /sys/class/net/eth0/address 2>/dev/null)
+# User-mode networking's address always; an address chosen by the MAC (the
+# seed's bridged form) beside it.
+ip addr add 10.0.2.15/24 dev eth0
+gw=10.0.2.2
+while read -r m a g; do
+    [ "$m" = "$mac" ] && ip addr add "$a" dev eth0 && gw=$g
+done < /etc/ipmap
+ip link set eth0 up
+ip route add default via "$gw" 2>/dev/null
+hostname guest
+/usr/sbin/dropbear -r /etc/dropbear/host_key -p 22 -E 2>/var/log/dropbear.log
+echo "READY boot_id=$(cat /proc/sys/kernel/random/boot_id)" > /dev/ttyS0
+"""
+
+# MAC -> address, the way the seed's guests chose their IP (its examples use
+# 02:00:00:00:00:01 as 10.0.0.1, and 02:00:00:00:00:NN as 192.168.2.NN).
+_IPMAP = "02:00:00:00:00:01 10.0.0.1/24 10.0.0.254\n" + "".join(
+    "02:00:00:00:00:%02x 192.168.2.%d/24 192.168.2.254\n" % (n, n) for n in range(1, 32))
+
+_GUEST_INITTAB = """::sysinit:/etc/rc
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/umount -a -r
+"""
+
+
+def _ldd_closure(paths):
+    libs = set()
+    for path in paths:
+        out = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            m = re.search(r"(/\S+) \(0x", line)
+            if m:
+                libs.add(m.group(1))
+    return sorted(libs)
+
+
+def _apt_download(name, dest):
+    """The .deb of a Debian package (registry traffic, in the set-up step)."""
+    found = [f for f in os.listdir(dest) if f.startswith(name + "_") and f.endswith(".deb")]
+    if found:
+        return os.path.join(dest, sorted(found)[-1])
+    out = subprocess.run(["apt-get", "download", name], cwd=dest, capture_output=True,
+                         text=True, timeout=600)
+    if out.returncode:
+        subprocess.run(["apt-get", "update"], capture_output=True, timeout=600)
+        out = subprocess.run(["apt-get", "download", name], cwd=dest, capture_output=True,
+                             text=True, timeout=600)
+        if out.returncode:
+            raise AssertionError(f"apt-get download {name}: {out.stderr.strip()}")
+    return _apt_download(name, dest)
+
+
+def cloud_kernel_package():
+    out = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", out)
+    if not m:
+        raise AssertionError("apt-cache knows no linux-image-cloud-amd64 (run apt-get update)")
+    return m.group(1)
+
+
+def guest_image():
+    """Builds (once, cached by package versions) a kernel + initramfs guest:
+    busybox init, dropbear on :22 with a fixed host key and our client key,
+    sftp-server, virtio-net.  Returns a dict of paths."""
+    need("qemu-system-x86_64", "busybox", "dropbear", "dpkg-deb", "apt-get", "depmod",
+         "modprobe", "cpio", "ssh-keygen", "dropbearkey")
+    os.makedirs(CACHE, exist_ok=True)
+    package = cloud_kernel_package()
+    versions = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ",
+                               "busybox-static", "dropbear-bin", "openssh-sftp-server"],
+                              capture_output=True, text=True).stdout.split()
+    key = f"{package}-{'-'.join(versions)}-{GUEST_BUILDER_VERSION}".replace(":", "_")
+    out = os.path.join(CACHE, "guest-" + key)
+    files = {"kernel": os.path.join(out, "vmlinuz"), "initrd": os.path.join(out, "initrd.img"),
+             "key": os.path.join(out, "id_ed25519"), "host_pub": os.path.join(out, "host_key.pub"),
+             "deb": None, "kver": package[len("linux-image-"):], "dir": out}
+    files["deb"] = _apt_download(package, CACHE)
+    if os.path.exists(os.path.join(out, "done")):
+        return files
+    work = tempfile.mkdtemp(prefix="guest-build-", dir=CACHE)
+    try:
+        kroot = os.path.join(work, "kroot")
+        sh("dpkg-deb", "-x", files["deb"], kroot)
+        kver = files["kver"]
+        sh("depmod", "-b", kroot, kver)
+        deps = sh("modprobe", "-a", "-d", kroot, "-S", kver, "--show-depends",
+                  "virtio_pci", "virtio_net", "virtio_rng").stdout
+        modules = []
+        for line in deps.splitlines():
+            if line.startswith("insmod "):
+                path = line.split()[1]
+                if path not in modules:
+                    modules.append(path)
+        root = os.path.join(work, "root")
+        for d in ("bin", "sbin", "etc/dropbear", "lib/modules", "root/.ssh", "proc", "sys",
+                  "dev", "tmp", "usr/sbin", "usr/bin", "usr/lib/openssh", "var/log", "run"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+        applets = sh("busybox", "--list-full").stdout.split()
+        for applet in applets:
+            target = os.path.join(root, applet)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if not os.path.lexists(target):
+                os.symlink("/bin/busybox", target)
+        os.symlink("/bin/busybox", os.path.join(root, "init"))
+        order = []
+        for path in modules:
+            rel = os.path.relpath(path, os.path.join(kroot, "lib", "modules", kver))
+            name = os.path.basename(rel)
+            shutil.copy(path, os.path.join(root, "lib", "modules", name))
+            order.append(name)
+        with open(os.path.join(root, "etc", "modules.load"), "w") as f:
+            f.write("\n".join(order) + "\n")
+        binaries = {"/usr/sbin/dropbear": "usr/sbin/dropbear",
+                    "/usr/lib/openssh/sftp-server": "usr/lib/sftp-server"}
+        for src, dst in binaries.items():
+            shutil.copy(src, os.path.join(root, dst))
+        shutil.copy("/usr/lib/openssh/sftp-server",
+                    os.path.join(root, "usr", "lib", "openssh", "sftp-server"))
+        for lib in _ldd_closure(list(binaries)):
+            dst = os.path.join(root, lib.lstrip("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy(lib, dst)
+        os.makedirs(os.path.join(root, "lib64"), exist_ok=True)
+        shutil.copy("/lib64/ld-linux-x86-64.so.2", os.path.join(root, "lib64"))
+        etc = os.path.join(root, "etc")
+        for name, text in (("rc", _GUEST_RC), ("inittab", _GUEST_INITTAB),
+                           ("passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+                           ("group", "root:x:0:\n"), ("shells", "/bin/sh\n"),
+                           ("ipmap", _IPMAP), ("hosts", "127.0.0.1 localhost guest\n")):
+            with open(os.path.join(etc, name), "w") as f:
+                f.write(text)
+        os.chmod(os.path.join(etc, "rc"), 0o755)
+        sh("dropbearkey", "-t", "ed25519", "-f", os.path.join(etc, "dropbear", "host_key"))
+        pub = sh("dropbearkey", "-y", "-f", os.path.join(etc, "dropbear", "host_key")).stdout
+        host_pub = next(l for l in pub.splitlines() if l.startswith("ssh-ed25519"))
+        os.makedirs(out, exist_ok=True)
+        client = os.path.join(work, "id_ed25519")
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", client)
+        shutil.copy(client + ".pub", os.path.join(root, "root", ".ssh", "authorized_keys"))
+        os.chmod(os.path.join(root, "root", ".ssh"), 0o700)
+        initrd = os.path.join(work, "initrd.img")
+        pack = subprocess.run(f"cd {shlex_quote(root)} && find . | cpio -o -H newc --quiet "
+                              f"| gzip -1 > {shlex_quote(initrd)}", shell=True)
+        if pack.returncode:
+            raise AssertionError("packing the initramfs failed")
+        shutil.copy(os.path.join(kroot, "boot", f"vmlinuz-{kver}"), files["kernel"])
+        shutil.copy(initrd, files["initrd"])
+        shutil.copy(client, files["key"])
+        with open(files["host_pub"], "w") as f:
+            f.write(" ".join(host_pub.split()[:2]) + "\n")
+        open(os.path.join(out, "done"), "w").close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return files
+
+
+_GRUB_CFG = """set default=0
+load_env
+if [ "${next_entry}" ] ; then
+   set default="${next_entry}"
+   set next_entry=
+   save_env next_entry
+elif [ "${saved_entry}" ] ; then
+   set default="${saved_entry}"
+fi
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+menuentry 'Debian GNU/Linux, with Linux KVER' --id debian-KVER {
+    linux /boot/vmlinuz-KVER root=/dev/nvme0n1p1 rw console=ttyS0,115200 panic=1 quiet
+    initrd /boot/initrd.img-KVER
+}
+"""
+
+
+def disk_image():
+    """A raw disk that boots through real GRUB 2 (built with grub-mkimage and
+    mke2fs -d, no loop devices): one ext4 partition holding the guest's root
+    tree, /boot with the kernel and initramfs, grub.cfg in GRUB_DEFAULT=saved
+    shape and a grubenv.  Cached beside the guest image."""
+    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "cpio")
+    img = guest_image()
+    disk = os.path.join(img["dir"], "disk.img")
+    if os.path.exists(disk):
+        return disk
+    work = tempfile.mkdtemp(prefix="disk-build-", dir=CACHE)
+    try:
+        root = os.path.join(work, "root")
+        os.mkdir(root)
+        subprocess.run(f"cd {shlex_quote(root)} && gzip -dc {shlex_quote(img['initrd'])} | "
+                       "cpio -i --quiet --no-absolute-filenames", shell=True, check=True)
+        kver = img["kver"]
+        boot = os.path.join(root, "boot")
+        os.makedirs(os.path.join(boot, "grub"))
+        shutil.copy(img["kernel"], os.path.join(boot, f"vmlinuz-{kver}"))
+        shutil.copy(img["initrd"], os.path.join(boot, f"initrd.img-{kver}"))
+        with open(os.path.join(boot, "grub", "grub.cfg"), "w") as f:
+            f.write(_GRUB_CFG.replace("KVER", kver))
+        shutil.copytree("/usr/lib/grub/i386-pc", os.path.join(boot, "grub", "i386-pc"))
+        sh("grub-editenv", os.path.join(boot, "grub", "grubenv"), "create")
+        import uuid
+        fs_uuid = str(uuid.uuid4())
+        part = os.path.join(work, "part.img")
+        sh("mke2fs", "-q", "-t", "ext4", "-d", root, "-U", fs_uuid, "-L", "root", part, "96M")
+        early = os.path.join(work, "early.cfg")
+        with open(early, "w") as f:
+            f.write(f"search.fs_uuid {fs_uuid} root hd0,msdos1\nset prefix=($root)/boot/grub\n")
+        core = os.path.join(work, "core.img")
+        sh("grub-mkimage", "-O", "i386-pc", "-o", core, "-c", early, "-p", "/boot/grub",
+           "biosdisk", "part_msdos", "ext2", "search_fs_uuid", "normal", "linux",
+           "configfile", "echo", "loadenv", "test", "gzio", "serial", "terminal")
+        raw = os.path.join(work, "disk.img")
+        with open(raw, "wb") as f:
+            f.truncate((1 << 20) + os.path.getsize(part))
+        subprocess.run(["sfdisk", "-q", raw], input="start=2048, type=83, bootable\n",
+                       text=True, check=True, capture_output=True)
+        with open(raw, "r+b") as f, open("/usr/lib/grub/i386-pc/boot.img", "rb") as b, \
+                open(core, "rb") as c, open(part, "rb") as p:
+            f.write(b.read()[:440])
+            core_data = c.read()
+            assert len(core_data) < 2047 * 512, "core.img too big for the gap"
+            f.seek(512)
+            f.write(core_data)
+            f.seek(1 << 20)
+            shutil.copyfileobj(p, f, 1 << 20)
+        os.replace(raw, disk)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return disk
+
+
+def shlex_quote(s):
+    import shlex
+    return shlex.quote(s)
+
+
+def tcg_accel():
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+# KVM guests ###################################################################
+
+def kvm_source_tarball(directory, log):
+    """A tiny synthetic 'QEMU source tree': ./configure and make produce a
+    qemu-system-x86_64 wrapper that logs its use and runs the system qemu;
+    'make install' would leave a marker (it must never run)."""
+    tree = os.path.join(directory, "kvm-33")
+    os.makedirs(tree)
+    with open(os.path.join(tree, "configure"), "w") as f:
+        f.write("#!/bin/sh\necho configured > config.status\n")
+    os.chmod(os.path.join(tree, "configure"), 0o755)
+    with open(os.path.join(tree, "Makefile"), "w") as f:
+        f.write("all: qemu-system-x86_64\n"
+                "qemu-system-x86_64: config.status\n"
+                f"\tprintf '#!/bin/sh\\necho \"$$@\" >> {log}\\n"
+                "exec /usr/bin/qemu-system-x86_64 \"$$@\"\\n' > $@\n"
+                "\tchmod +x $@\n"
+                f"install:\n\ttouch {log}.make-install\n")
+    tarball = os.path.join(directory, "kvm-33.tar.gz")
+    sh("tar", "-czf", tarball, "-C", directory, "kvm-33")
+    return tarball
+
+
+def guest_ports(count):
+    """count consecutive free loopback ports."""
+    for _ in range(50):
+        base = 30000 + int.from_bytes(os.urandom(2), "big") % 20000
+        try:
+            socks = []
+            for i in range(count):
+                s = socket.socket()
+                s.bind(("127.0.0.1", base + i))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port range")
+
+
+class TestKVM(unittest.TestCase):
+    """QEMU guests (TCG here) driven through autoserv's KVM and KVMGuest."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.img = guest_image()
+        cls.disk = disk_image()
+        cls.sshd = Sshd()
+        cls.kernel_opts = '-m 256 -kernel %s -initrd %s -append "%s"' % (
+            cls.img["kernel"], cls.img["initrd"],
+            autoserv.sh_escape("console=ttyS0,115200 panic=1 quiet"))
+        cls.base = guest_ports(2)
+        cls.kvm = autoserv.KVM(autoserv.LocalHost())
+        cls.kvm.install([{"mac": "02:00:00:00:01:%02x" % n, "ip": "127.0.0.1",
+                          "port": cls.base + n} for n in range(2)])
+        cls.guest = autoserv.KVMGuest(cls.kvm, cls.kernel_opts, identity=cls.img["key"],
+                                      connect_timeout=5)
+        assert cls.guest.wait_up(120), "shared guest did not come up"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.guest.close()
+        autoserv._close_all_hosts()
+        cls.sshd.stop()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-kvm-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def qemu_pids(self, text):
+        return [p for p in comm_pids("qemu-system-x86") if p in processes_with(text)]
+
+    def seed(self, name):
+        return open(os.path.join(HERE, "..", "shared", "seed", "examples", name)).read()
+
+    def run_seed(self, text, *args):
+        ctl = os.path.join(self.tmp, "seed.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        return run_cli("--ssh-config", self.sshd.ssh_config, "-i", self.img["key"],
+                       "-r", os.path.join(self.tmp, "res"), *args, ctl, timeout=400)
+
+    def test_guest_runs_commands_and_files_like_any_host(self):
+        g = self.guest
+        self.assertIn("guest", g.run("uname -a").stdout)
+        self.assertEqual(g.run("exit 7", ignore_status=True).exit_status, 7)
+        f = os.path.join(self.tmp, "f")
+        open(f, "w").write("to the guest")
+        d = g.get_tmp_dir()
+        g.send_file(f, d + "/f")
+        g.get_file(d + "/f", os.path.join(self.tmp, "back"))
+        self.assertEqual(open(os.path.join(self.tmp, "back")).read(), "to the guest")
+        with self.assertRaises(autoserv.AutoservTimeoutError):
+            g.run("sleep 60", timeout=2)
+        self.assertEqual(g.run("pgrep -x sleep || echo none").stdout.strip(), "none")
+
+    def test_hardreset_brings_the_guest_back_with_a_new_boot_id(self):
+        before = self.guest.get_boot_id()
+        t0 = time.monotonic()
+        self.guest.hardreset()
+        self.assertLess(time.monotonic() - t0, 120)
+        self.assertNotEqual(self.guest.get_boot_id(), before)
+
+    def test_monitor_answers_through_qmp(self):
+        self.assertIn("running", self.guest.monitor("info status"))
+
+    def test_two_guests_at_once_a_third_has_no_address_and_close_leaves_nothing(self):
+        second = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"])
+        try:
+            self.assertTrue(second.wait_up(120))
+            self.assertNotEqual(second.get_boot_id(), self.guest.get_boot_id())
+            with self.assertRaises(autoserv.AutoservVirtError) as cm:
+                autoserv.KVMGuest(self.kvm, self.kernel_opts)
+            self.assertIn("no free address", str(cm.exception))
+        finally:
+            pid, run_dir = second.qemu_pid, second.run_dir
+            second.close()
+        wait_for(lambda: not comm_pids("qemu-system-x86") or pid not in comm_pids("qemu-system-x86"),
+                 10, what="qemu gone")
+        self.assertFalse(os.path.exists(run_dir))
+        self.assertTrue(self.guest.qemu_alive())
+
+    def test_a_dead_qemu_fails_wait_up_at_once_with_the_serial_log(self):
+        g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"])
+        try:
+            wait_for(lambda: "Linux version" in open(g.serial_log).read() or
+                     "READY" in open(g.serial_log).read(), 60, what="guest booting")
+            os.kill(g.qemu_pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            with self.assertRaises(autoserv.AutoservVirtError) as cm:
+                g.wait_up()
+            self.assertLess(time.monotonic() - t0, 10)
+            self.assertIn("has exited", str(cm.exception))
+            self.assertIn("serial log ends", str(cm.exception))
+        finally:
+            g.close()
+
+    def test_bad_qemu_options_and_missing_disk_surface_qemus_message(self):
+        for opts, text in (("-m 256 -no-such-option", "no-such-option"),
+                           ("-m 256 -hda /no/such/disk.img", "/no/such/disk.img")):
+            with self.subTest(opts=opts), self.assertRaises(autoserv.AutoservVirtError) as cm:
+                autoserv.KVMGuest(self.kvm, opts)
+            self.assertIn(text, str(cm.exception))
+        self.assertEqual(len(self.kvm.in_use), 1)
+
+    def test_source_tree_without_a_binary_is_a_clear_error(self):
+        tree = os.path.join(self.tmp, "empty-tree")
+        os.makedirs(tree)
+        kvm = autoserv.KVM(autoserv.LocalHost())
+        kvm.get(tree)
+        with self.assertRaises(autoserv.AutoservVirtError) as cm:
+            kvm.install([{"mac": "02:00:00:00:00:09", "ip": "127.0.0.1", "port": 1}], build=False)
+        self.assertIn("no qemu-system-x86_64", str(cm.exception))
+
+    def test_seed_kvm_example_with_an_ssh_hypervisor_and_a_source_build(self):
+        log = os.path.join(self.tmp, "wrapper.log")
+        tarball = kvm_source_tarball(self.tmp, log)
+        base = guest_ports(32)
+        text = self.seed("05-kvm-guest.control")
+        text = text.replace("/var/local/src/kvm-33.tar.gz", tarball)
+        text = text.replace('"ip" : "192.168.2.%d" % (num,)}',
+                            '"ip" : "127.0.0.1", "port": %d + num}' % base)
+        text = text.replace("/var/local/vdisk.img", self.disk)
+        out = self.run_seed(text)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Linux guest", out.stdout)
+        self.assertIn(self.disk, open(log).read())         # the built binary was used
+        self.assertFalse(os.path.exists(log + ".make-install"))
+        self.assertFalse(self.qemu_pids(self.disk))
+        status = open(os.path.join(self.tmp, "res", "status.log")).read()
+        self.assertIn("TCG", status)
+
+    def test_seed_kvm_example_with_the_local_machine_as_hypervisor(self):
+        base = guest_ports(32)
+        text = self.seed("05-kvm-guest.control")
+        text = text.replace('hosts.SSHHost("192.168.1.1")', "hosts.LocalHost()")
+        text = text.replace('kvm_on_remote_host.get("/var/local/src/kvm-33.tar.gz")\n', "")
+        text = text.replace('"ip" : "192.168.2.%d" % (num,)}',
+                            '"ip" : "127.0.0.1", "port": %d + num}' % base)
+        text = text.replace("/var/local/vdisk.img", self.disk)
+        out = self.run_seed(text)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Linux guest", out.stdout)
+        self.assertFalse(self.qemu_pids(self.disk))
+
+    def test_seed_bridged_addresses_inside_a_namespace_with_taps(self):
+        ns = Netns()
+        self.addCleanup(ns.close)
+        ns.exec("ip", "link", "add", "br0", "type", "bridge")
+        for addr in ("10.0.0.254/24", "192.168.2.254/24"):
+            ns.exec("ip", "addr", "add", addr, "dev", "br0")
+        ns.exec("ip", "link", "set", "br0", "up")
+        tarball = kvm_source_tarball(self.tmp, os.path.join(self.tmp, "wrapper.log"))
+        text = self.seed("05-kvm-guest.control")
+        text = text.replace('hosts.SSHHost("192.168.1.1")', "hosts.LocalHost()")
+        text = text.replace("/var/local/src/kvm-33.tar.gz", tarball)
+        text = text.replace("/var/local/vdisk.img", self.disk)
+        text += "print g.hostname, g.run('ip -o -4 addr show eth0').stdout\n"
+        ctl = os.path.join(self.tmp, "bridged.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        out = ns.exec(sys.executable, AUTOSERV, "-i", self.img["key"],
+                      "-r", os.path.join(self.tmp, "res"), ctl, check=False)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Linux guest", out.stdout)
+        self.assertIn("192.168.2.1 ", out.stdout)
+        self.assertIn("inet 192.168.2.1/24", out.stdout)
+        self.assertFalse(self.qemu_pids(self.disk))
+        links = ns.exec("ip", "-o", "link").stdout
+        self.assertFalse(re.search(r"^\d+: ast\d+x\d+", links, re.M), links)  # tap gone
+
+    def test_seed_qemu_kernel_example_boots_an_extracted_deb_kernel(self):
+        base = guest_ports(2)
+        text = self.seed("08-qemu-kernel-extract.control")
+        text = text.replace('kvm_on_remote_host.get("/var/local/src/kvm-compiled.tar.gz")\n', "")
+        text = text.replace('"ip" : "10.0.0.1"}', '"ip" : "127.0.0.1", "port": %d}' % base)
+        text = text.replace("/home/foo/linux-2.6.21.3-6_2.6.21.3-6_amd64-noNeedForInitrd.deb",
+                            self.img["deb"])
+        text = text.replace("-hda /var/local/vdisk.img",
+                            f"-drive file={self.disk},if=none,id=d0 -device nvme,drive=d0,serial=d0")
+        text = text.replace("root=/dev/hda1", "root=/dev/nvme0n1p1")
+        out = self.run_seed(text)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Linux guest " + self.img["kver"], out.stdout)
+        self.assertFalse(self.qemu_pids(self.disk))
+
+
 # Parallel #####################################################################
 
 def _unpicklable_failure(i):
@@ -1909,6 +2399,14 @@ class TestFanOut(unittest.TestCase):
                 self.assertIn("ABORT", [e["code"] for e in entries])
 
 
+def build_images():
+    """The set-up step: guest kernel, initramfs and GRUB disk (downloads the
+    kernel package; cached under ~/.cache/autoserv-tests)."""
+    img = guest_image()
+    disk = disk_image()
+    print(f"guest image: {img['dir']}\ndisk image: {disk}")
+
+
 def main():
     """unittest, then the closing line CI reads: N passed, N failed, N skipped.
     Under CI=true a skipped test counts as failed: a missing tool is a failure."""
@@ -1929,4 +2427,7 @@ def main():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--build-images"]:
+        build_images()
+        sys.exit(0)
     sys.exit(main())
