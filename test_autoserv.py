@@ -2003,6 +2003,17 @@ class TestKVM(unittest.TestCase):
         links = ns.exec("ip", "-o", "link").stdout
         self.assertFalse(re.search(r"^\d+: ast\d+x\d+", links, re.M), links)  # tap gone
 
+    def test_kvm_example_runs_with_a_built_disk(self):
+        ctl = os.path.join(HERE, "examples", "kvm-guest.control")
+        out = run_cli("-i", self.img["key"], "-r", os.path.join(self.tmp, "res"), ctl,
+                      self.disk, timeout=400)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Linux guest", out.stdout)
+        ids = re.findall(r"boot id (?:before a hard reset|after): +(\S+)", out.stdout)
+        self.assertEqual(len(ids), 2)
+        self.assertNotEqual(ids[0], ids[1])
+        self.assertIn("VM status: running", out.stdout)
+
     def test_seed_qemu_kernel_example_boots_an_extracted_deb_kernel(self):
         base = guest_ports(2)
         text = self.seed("08-qemu-kernel-extract.control")
