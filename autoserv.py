@@ -1096,7 +1096,10 @@ class Host:
     def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
                fastsync=False, reboot_cmd=None):
         raise AutoservNotImplementedError(
-            f"{self.hostname}: reboot() is not in this version of autoserv yet")
+            f"{self.hostname}: {type(self).__name__} cannot reboot")
+
+    def can_hardreset(self):
+        return self.power is not None
 
     def _power(self):
         if self.power is None:
@@ -2140,6 +2143,99 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 return False
             time.sleep(0.5)
 
+    # rebooting
+    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
+               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+        """Reboots and verifies it: the boot id is read first, the reboot is
+        issued detached (its own connection dying is success), then the host
+        must go down (unreachable, or a new boot id) and come up with a new
+        boot id that stays the same for stable_for seconds.  If it stays down
+        past its phase timeout and a reset path exists, one hard reset.
+        status.log: reboot.start, reboot.verify GOOD or ABORT (with why)."""
+        if label is not None or kernel_args is not None:
+            boot = self.bootloader          # the bootloader wrapper comes later
+            if label is not None:
+                boot.boot_once(label)
+            if kernel_args:
+                boot.add_args(label or boot.get_default(), kernel_args)
+        record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        record("START", None, "reboot", f"{self.hostname}: reboot")
+        try:
+            old = self.get_boot_id(timeout=60)
+            command = reboot_cmd or ("reboot" if fastsync else "sync; reboot")
+            record("INFO", None, "reboot.start", f"{self.hostname}: {command} (boot id {old})")
+            self._issue_reboot(command)
+            if not wait:
+                record("END GOOD", None, "reboot", f"{self.hostname}: not waiting")
+                return
+            down_for = down_timeout or min(300.0, max(10.0, timeout / 4))
+            self._reboot_wait(old, deadline, down_for, record, stable_for=stable_for)
+        except BaseException as e:
+            record("ABORT", None, "reboot.verify", f"{self.hostname}: {e}")
+            record("END ABORT", None, "reboot")
+            raise
+        record("GOOD", None, "reboot.verify",
+               f"{self.hostname}: rebooted in {time.monotonic() - t0:.1f} s")
+        record("END GOOD", None, "reboot")
+
+    def _issue_reboot(self, command):
+        # Detached from the session (no nohup: busybox builds may lack it).
+        detached = ("sh -c " + shlex.quote("trap '' HUP; " + command)
+                    + " </dev/null >/dev/null 2>&1 &")
+        try:
+            self.run(detached, timeout=30, connect_timeout=10)
+        except (AutoservSSHConnectionLost, AutoservTimeoutError) as e:
+            LOG.write(f"the reboot command's connection ended ({e}); that is success",
+                      self.hostname)
+        self._stop_master()
+
+    def _reboot_wait(self, old, deadline, down_for, record, reset_done=False, stable_for=3.0):
+        went_down = self.wait_down(timeout=min(down_for, max(1, deadline - time.monotonic())),
+                                   old_boot_id=old)
+        if not went_down:
+            raise AutoservRebootError(self.hostname, "did not go down",
+                                      f"still up with boot id {old} after {down_for:.0f} s")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.wait_up(timeout=left):
+                if reset_done or not self.can_hardreset():
+                    raise AutoservRebootError(self.hostname, "did not return",
+                                              "no answer within the reboot timeout"
+                                              + ("" if reset_done else "; no reset path"))
+                record("ABORT", None, "reboot.verify",
+                       f"{self.hostname}: did not return; trying one hard reset")
+                self.hardreset(wait=False)
+                self._stop_master()
+                reset_done = True
+                deadline = time.monotonic() + max(120.0, down_for)
+                continue
+            new = self._stable_boot_id(old, deadline, stable_for)
+            if new is not None:
+                if reset_done:
+                    record("WARN", None, "reboot.verify",
+                           f"{self.hostname}: back after a hard reset")
+                return new
+
+    def _stable_boot_id(self, old, deadline, stable_for=3.0):
+        """The boot id once it differs from old and stays the same while the
+        host stays up for stable_for seconds (a machine that reboots twice
+        on its own is not done after the first); None if it went down again."""
+        try:
+            first = self.get_boot_id(timeout=30, connect_timeout=10)
+        except AutoservError:
+            return None
+        if first == old:
+            return None
+        time.sleep(stable_for)
+        try:
+            again = self.get_boot_id(timeout=30, connect_timeout=10)
+        except AutoservError:
+            self._stop_master()
+            return None
+        return first if again == first else None
+
     def get_tmp_dir(self):
         """A new 0700 dir on the host, removed when the job ends."""
         path = self.run("umask 077; mktemp -d /tmp/autoserv-XXXXXX", timeout=60).stdout.strip()
@@ -3058,6 +3154,9 @@ class KVMGuest(Guest):
                         f"guest {self.hostname}:{self.port} did not answer ssh within "
                         f"{self.boot_timeout} s; serial log ends:\n" + self.serial_tail())
                 return False
+
+    def can_hardreset(self):
+        return True
 
     def hardreset(self, timeout=None, wait=True):
         """A hard reset through QMP system_reset (no shutdown scripts run)."""

@@ -2030,6 +2030,122 @@ class TestKVM(unittest.TestCase):
         self.assertFalse(self.qemu_pids(self.disk))
 
 
+class TestReboot(unittest.TestCase):
+    """reboot() on a QEMU guest (never on loopback or namespace hosts: they
+    share this machine's kernel)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.img = guest_image()
+        opts = '-m 256 -kernel %s -initrd %s -append "%s"' % (
+            cls.img["kernel"], cls.img["initrd"],
+            autoserv.sh_escape("console=ttyS0,115200 panic=1 quiet"))
+        cls.kvm = autoserv.KVM(autoserv.LocalHost())
+        cls.kvm.install([{"mac": "02:00:00:00:02:01", "ip": "127.0.0.1",
+                          "port": guest_ports(1)}])
+        cls.guest = autoserv.KVMGuest(cls.kvm, opts, identity=cls.img["key"],
+                                      connect_timeout=3)
+        assert cls.guest.wait_up(120)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.guest.close()
+        autoserv._close_all_hosts()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-reboot-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+        self.job = autoserv.ServerJob(self.tmp)
+        self.addCleanup(self._end_job)
+
+    def _end_job(self):
+        autoserv._JOB = None
+        autoserv.LOG.close()
+
+    def status(self):
+        return autoserv.parse_status_log(open(os.path.join(self.tmp, "status.log")).read())
+
+    def serial_readies(self):
+        return open(self.guest.serial_log).read().count("READY boot_id=")
+
+    def test_a_reboot_faster_than_the_poll_counts_through_the_boot_id(self):
+        before = self.guest.get_boot_id()
+        self.guest.reboot(reboot_cmd="reboot -f", timeout=120)
+        self.assertNotEqual(self.guest.get_boot_id(), before)
+        codes = [(e["code"], e["operation"]) for e in self.status()]
+        self.assertIn(("GOOD", "reboot.verify"), codes)
+
+    def test_a_slow_shutdown_with_sshd_still_up_is_not_rebooted_early(self):
+        before = self.guest.get_boot_id()
+        t0 = time.monotonic()
+        self.guest.reboot(reboot_cmd="sleep 15; reboot -f", timeout=180)
+        self.assertGreaterEqual(time.monotonic() - t0, 15)
+        self.assertNotEqual(self.guest.get_boot_id(), before)
+
+    def test_the_reboot_commands_own_connection_dying_is_success(self):
+        before = self.guest.get_boot_id()
+        t0 = time.monotonic()
+        self.guest.reboot(reboot_cmd="kill -9 $PPID; reboot -f", wait=False)
+        self.assertLess(time.monotonic() - t0, 30)
+        self.assertTrue(self.guest.wait_down(timeout=60, old_boot_id=before))
+        self.assertTrue(self.guest.wait_up(timeout=120))
+        self.assertNotEqual(self.guest.get_boot_id(), before)
+
+    def test_a_machine_that_reboots_twice_is_done_only_when_stable(self):
+        import threading
+        start = self.serial_readies()
+
+        def second_reset():
+            wait_for(lambda: self.serial_readies() >= start + 1, 120, interval=0.05,
+                     what="first boot")
+            self.kvm.qmp(self.guest.qmp_socket, {"execute": "system_reset"})
+        thread = threading.Thread(target=second_reset)
+        thread.start()
+        try:
+            self.guest.reboot(reboot_cmd="reboot -f", timeout=240, stable_for=5)
+        finally:
+            thread.join()
+        self.assertEqual(self.serial_readies(), start + 2)
+        last = open(self.guest.serial_log).read().rsplit("READY boot_id=", 1)[1].split()[0]
+        self.assertEqual(self.guest.get_boot_id(), last)
+
+    def test_a_host_that_never_returns_is_brought_back_by_one_hard_reset(self):
+        before = self.guest.get_boot_id()
+        self.guest.reboot(reboot_cmd="halt -f", timeout=25, down_timeout=10)
+        self.assertNotEqual(self.guest.get_boot_id(), before)
+        entries = [(e["code"], e["operation"]) for e in self.status()]
+        abort = entries.index(("ABORT", "reboot.verify"))
+        self.assertIn(("GOOD", "reboot.verify"), entries[abort:])
+
+    def test_a_host_that_never_returns_without_a_reset_path_is_an_error(self):
+        plain = autoserv.SSHHost("127.0.0.1", port=self.guest.port, identity=self.img["key"],
+                                 host_key_policy="ephemeral", connect_timeout=3)
+        t0 = time.monotonic()
+        try:
+            with self.assertRaises(autoserv.AutoservRebootError) as cm:
+                plain.reboot(reboot_cmd="halt -f", timeout=20, down_timeout=10)
+            self.assertLess(time.monotonic() - t0, 20 + 10)
+            self.assertIn("did not return", str(cm.exception))
+            self.assertIn(("ABORT", "reboot.verify"),
+                          [(e["code"], e["operation"]) for e in self.status()])
+        finally:
+            plain.close()
+            self.guest.hardreset()
+
+    def test_a_missing_qmp_socket_is_a_clear_error(self):
+        sock = self.guest.qmp_socket
+        self.guest.qmp_socket = sock + ".missing"
+        try:
+            t0 = time.monotonic()
+            with self.assertRaises(autoserv.AutoservVirtError) as cm:
+                self.guest.hardreset()
+            self.assertLess(time.monotonic() - t0, 30)
+            self.assertIn("QMP", str(cm.exception))
+        finally:
+            self.guest.qmp_socket = sock
+
+
 # Parallel #####################################################################
 
 def _unpicklable_failure(i):
