@@ -1108,7 +1108,13 @@ class Host:
         return self.power
 
     def hardreset(self, timeout=None, wait=True):
-        return self._power().cycle()
+        """A hard reset through the attached power controller (its reset() if
+        it has one, else a power cycle); with wait, until ssh answers again."""
+        power = self._power()
+        LOG.write(f"hard reset through {power!r}", self.hostname)
+        (getattr(power, "reset", None) or power.cycle)()
+        if wait and not self.wait_up(timeout if timeout is not None else 300):
+            raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
 
     def power_on(self):
         return self._power().on()
@@ -2904,6 +2910,22 @@ for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
 """
 
 
+def qmp(host, socket_path, *commands, timeout=30):
+    """Sends QMP commands (dicts) to a QEMU monitor socket on host (through
+    host.run, so a remote hypervisor works the same); returns the replies."""
+    argv = " ".join(shlex.quote(a) for a in ["python3", "-c", _QMP_PY, socket_path,
+                                             str(timeout)] + [json.dumps(c) for c in commands])
+    out = host.run(argv, timeout=timeout + 15, ignore_status=True)
+    if out.exit_status != 0:
+        raise AutoservVirtError(f"{host.hostname}: QMP {socket_path}: "
+                                f"{_last_line(out.stderr) or out.status_text()}")
+    replies = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    for reply in replies:
+        if "error" in reply:
+            raise AutoservVirtError(f"QMP: {reply['error'].get('desc', reply['error'])}")
+    return [r.get("return") for r in replies]
+
+
 class KVM(InstallableObject):
     """A QEMU/KVM hypervisor bound to one host.  get(source) is optional (a
     QEMU source tarball or tree); install(addresses) picks the binary, the
@@ -3035,18 +3057,7 @@ class KVM(InstallableObject):
 
     def qmp(self, socket_path, *commands, timeout=30):
         """Sends QMP commands (dicts) through the hypervisor; returns the replies."""
-        argv = " ".join(shlex.quote(a) for a in ["python3", "-c", _QMP_PY, socket_path,
-                                                 str(timeout)] +
-                        [json.dumps(c) for c in commands])
-        out = self.host.run(argv, timeout=timeout + 15, ignore_status=True)
-        if out.exit_status != 0:
-            raise AutoservVirtError(f"{self.host.hostname}: QMP {socket_path}: "
-                                    f"{_last_line(out.stderr) or out.status_text()}")
-        replies = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-        for reply in replies:
-            if "error" in reply:
-                raise AutoservVirtError(f"QMP: {reply['error'].get('desc', reply['error'])}")
-        return [r.get("return") for r in replies]
+        return qmp(self.host, socket_path, *commands, timeout=timeout)
 
 
 class Guest(SSHHost):
@@ -3227,6 +3238,98 @@ class CommandPower:
 
     def cycle(self):
         return self._do("cycle")
+
+
+class QMPPower:
+    """A QEMU guest's power through its QMP socket on host: off = stop (frozen),
+    on = reset and run (a fresh boot), cycle = system_reset."""
+
+    def __init__(self, socket_path, host=None):
+        self.socket_path = socket_path
+        self.host = host or LocalHost()
+
+    def _qmp(self, *commands):
+        return qmp(self.host, self.socket_path, *[{"execute": c} for c in commands])
+
+    def on(self):
+        self._qmp("system_reset", "cont")
+
+    def off(self):
+        self._qmp("stop")
+
+    def cycle(self):
+        self._qmp("system_reset", "cont")
+
+    reset = cycle
+
+    def status(self):
+        return "on" if self._qmp("query-status")[0].get("running") else "off"
+
+
+class IPMIPower:
+    """A BMC through ipmitool (lanplus).  The password travels in the
+    environment (-E) or a file (-f), never on a command line, and is never
+    logged.  cipher suite 3 by default: without -C every call takes 10 s."""
+
+    def __init__(self, bmc, user="admin", password=None, password_file=None, port=623,
+                 interface="lanplus", cipher=3, timeout=30):
+        self.bmc, self.user, self.port = bmc, user, int(port)
+        self.interface, self.cipher, self.timeout = interface, cipher, timeout
+        self._password = password
+        self.password_file = password_file
+        if password is None and password_file is None and "IPMI_PASSWORD" not in os.environ:
+            raise AutoservUsageError("IPMIPower: give password=, password_file= or set "
+                                     "IPMI_PASSWORD in the environment")
+
+    def __repr__(self):
+        return f"<IPMIPower {self.user}@{self.bmc}:{self.port}>"
+
+    def _argv(self, *words):
+        argv = ["ipmitool", "-I", self.interface, "-H", self.bmc, "-p", str(self.port),
+                "-U", self.user]
+        if self.cipher is not None:
+            argv += ["-C", str(self.cipher)]
+        argv += ["-f", self.password_file] if self.password_file else ["-E"]
+        return argv + list(words)
+
+    def _ipmitool(self, *words):
+        if shutil.which("ipmitool") is None:
+            raise AutoservHostError(self.bmc, "ipmitool is not installed",
+                                    "install the ipmitool package")
+        env = dict(os.environ)
+        if self._password is not None:
+            env["IPMI_PASSWORD"] = self._password
+        LOG.write("ipmitool " + " ".join(words), f"bmc {self.bmc}")
+        ex = _Execution(self._argv(*words), f"bmc {self.bmc}", timeout=self.timeout, env=env)
+        ex.start()
+        ex.wait()
+        result = ex.result(" ".join(["ipmitool"] + list(words)), self.bmc)
+        if ex.timed_out or ex.returncode != 0:
+            text = _last_line(result.stderr) or result.status_text()
+            if "establish" in text or "password" in text.lower() or "auth" in text.lower():
+                text += " (wrong user or password, or not a BMC there)"
+            raise AutoservHostError(self.bmc, f"IPMI chassis {' '.join(words[2:])} failed", text)
+        return result.stdout.strip()
+
+    def on(self):
+        return self._ipmitool("chassis", "power", "on")
+
+    def off(self):
+        return self._ipmitool("chassis", "power", "off")
+
+    def cycle(self):
+        return self._ipmitool("chassis", "power", "cycle")
+
+    def reset(self):
+        return self._ipmitool("chassis", "power", "reset")
+
+    def status(self):
+        return "on" if self._ipmitool("chassis", "power", "status").endswith("on") else "off"
+
+
+register_power("command", CommandPower)
+register_power("qmp", QMPPower)
+register_power("ipmi", IPMIPower)
 
 
 def create_host(spec, **kwargs):
@@ -3474,7 +3577,8 @@ def _groups():
         "kvm": _group("kvm", KVM=KVM),
         "deb_kernel": _group("deb_kernel", DEBKernel=DEBKernel),
         "rpm_kernel": _group("rpm_kernel", RPMKernel=RPMKernel),
-        "power": _group("power", CommandPower=CommandPower),
+        "power": _group("power", CommandPower=CommandPower, QMPPower=QMPPower,
+                        IPMIPower=IPMIPower),
         "errors": _group("errors", **_exceptions()),
     }
 
