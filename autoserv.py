@@ -2631,10 +2631,6 @@ class RPMKernel(_NotYet):
     _what = ".rpm kernel installation"
 
 
-class ConmuxSSHHost(_NotYet):
-    _what = "conmux console support"
-
-
 class Autotest(_NotYet):
     _what = "the autotest client"
 
@@ -3240,6 +3236,144 @@ class CommandPower:
         return self._do("cycle")
 
 
+def _conmux_client(client, target, stdout):
+    env = dict(os.environ)
+    env.setdefault("LOGNAME", env.get("USER") or "autoserv")   # conmux wants a user
+    return _popen([client, target], stdin=PIPE, stdout=stdout,
+                  stderr=_subprocess().STDOUT, env=env)
+
+
+def _conmux_command(client, target, command, label, confirm=None, timeout=30):
+    """Sends ~$command through a conmux client and waits for conmux's
+    confirmation line (for hardreset: "... hard reset")."""
+    import selectors
+    confirm = confirm or command.replace("hard", "hard ").encode()
+    proc = _conmux_client(client, target, PIPE)
+    seen = b""
+    try:
+        proc.stdin.write(b"~$" + command.encode() + b"\n")
+        proc.stdin.flush()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            end = time.monotonic() + timeout
+            while confirm not in seen and time.monotonic() < end:
+                if sel.select(0.2):
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    seen += chunk
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+        except _subprocess().TimeoutExpired:
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    if confirm not in seen:
+        raise AutoservHostError(label, f"conmux {command} was not confirmed",
+                                _decode(seen[-300:]).strip() or f"no answer from {target}")
+    LOG.write(f"conmux {command} on {target}", label)
+
+
+class ConmuxSSHHost(SSHHost):
+    """An SSH host whose console is behind conmux: hardreset() issues conmux's
+    hardreset command, and the console is captured for the whole job into
+    <results>/<host>/console.log (reboots and panics included).
+
+    server: where the console is, "host:port" (a numeric listener) or a
+    conmux registry host (the console is then server/hostname); attach: the
+    client program (default conmux-console, upstream's console)."""
+
+    def __init__(self, hostname, logfilename=None, server=None, attach=None, **kwargs):
+        client = attach or shutil.which("conmux-console") or shutil.which("console")
+        if not client or not (os.path.isfile(client) or shutil.which(client)):
+            raise AutoservUsageError(f"ConmuxSSHHost({hostname!r}): no conmux client "
+                                     "(conmux-console or console): install conmux")
+        super().__init__(hostname, **kwargs)
+        self._init_kwargs.update(logfilename=logfilename, server=server, attach=attach)
+        self.console_client = client
+        if server and (":" in server or "/" in server):
+            self.console_target = server
+        else:
+            self.console_target = f"{server or 'localhost'}/{self.hostname}"
+        if logfilename is None and _JOB is not None:
+            os.makedirs(os.path.join(_JOB.resultdir, _safe_name(self.hostname)), exist_ok=True)
+            logfilename = os.path.join(_JOB.resultdir, _safe_name(self.hostname), "console.log")
+        self.console_log = logfilename
+        self._console = None
+        if logfilename:
+            self._start_console()
+
+    def _client(self, stdout):
+        return _conmux_client(self.console_client, self.console_target, stdout)
+
+    def _start_console(self):
+        """The capture: a client attached for the job, stdin kept open (the
+        client exits on EOF), output appended to console.log."""
+        with open(self.console_log, "ab") as log:
+            self._console = self._client(log)
+        self._console_owner = os.getpid()
+        LOG.write(f"console {self.console_target} captured in {self.console_log}",
+                  self.hostname)
+
+    def can_hardreset(self):
+        return True
+
+    def hardreset(self, timeout=None, wait=True):
+        """conmux's hardreset command; with wait, until ssh answers again."""
+        old = None
+        try:
+            old = self.get_boot_id(timeout=5, connect_timeout=5)
+        except AutoservError:
+            pass
+        _conmux_command(self.console_client, self.console_target, "hardreset",
+                        self.hostname)
+        LOG.write("hard reset through conmux", self.hostname)
+        self._stop_master()
+        if wait:
+            if not self.wait_down(timeout=60, old_boot_id=old) or not self.wait_up(
+                    timeout if timeout is not None else 300):
+                raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
+
+    def close(self):
+        super().close()
+        proc = self._console
+        if proc is not None and self._console_owner == os.getpid():
+            self._console = None
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(5)
+            except _subprocess().TimeoutExpired:
+                _killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+class ConmuxPower:
+    """Power through a conmux console's hardreset command (cycle and reset)."""
+
+    def __init__(self, target, attach=None):
+        self.target = target
+        self.client = attach or shutil.which("conmux-console") or shutil.which("console")
+        if not self.client:
+            raise AutoservUsageError("ConmuxPower: no conmux client (conmux-console or "
+                                     "console): install conmux")
+
+    def __repr__(self):
+        return f"<ConmuxPower {self.target}>"
+
+    def cycle(self):
+        _conmux_command(self.client, self.target, "hardreset", self.target)
+
+    reset = cycle
+
+
 class QMPPower:
     """A QEMU guest's power through its QMP socket on host: off = stop (frozen),
     on = reset and run (a fresh boot), cycle = system_reset."""
@@ -3330,6 +3464,7 @@ class IPMIPower:
 register_power("command", CommandPower)
 register_power("qmp", QMPPower)
 register_power("ipmi", IPMIPower)
+register_power("conmux", ConmuxPower)
 
 
 def create_host(spec, **kwargs):
@@ -3578,7 +3713,7 @@ def _groups():
         "deb_kernel": _group("deb_kernel", DEBKernel=DEBKernel),
         "rpm_kernel": _group("rpm_kernel", RPMKernel=RPMKernel),
         "power": _group("power", CommandPower=CommandPower, QMPPower=QMPPower,
-                        IPMIPower=IPMIPower),
+                        IPMIPower=IPMIPower, ConmuxPower=ConmuxPower),
         "errors": _group("errors", **_exceptions()),
     }
 

@@ -2030,12 +2030,12 @@ class TestKVM(unittest.TestCase):
         self.assertFalse(self.qemu_pids(self.disk))
 
 
-def start_guest(mac):
+def start_guest(mac, append="console=ttyS0,115200 panic=1 quiet"):
     """A KVM on this machine with one user-mode address and a booted
     initramfs guest on it: (image, kvm, guest)."""
     img = guest_image()
     opts = '-m 256 -kernel %s -initrd %s -append "%s"' % (
-        img["kernel"], img["initrd"], autoserv.sh_escape("console=ttyS0,115200 panic=1 quiet"))
+        img["kernel"], img["initrd"], autoserv.sh_escape(append))
     kvm = autoserv.KVM(autoserv.LocalHost())
     kvm.install([{"mac": mac, "ip": "127.0.0.1", "port": guest_ports(1)}])
     guest = autoserv.KVMGuest(kvm, opts, identity=img["key"], connect_timeout=3)
@@ -2339,6 +2339,98 @@ class TestPower(unittest.TestCase):
         codes = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
             open(os.path.join(res, "status.log")).read())]
         self.assertIn(("GOOD", "reboot.verify"), codes)
+
+
+class TestConmux(unittest.TestCase):
+    """ConmuxSSHHost with Debian's real conmux server in front of a guest's
+    serial console; its hardreset command does a QMP system_reset."""
+
+    @classmethod
+    def setUpClass(cls):
+        need("conmux", "conmux-console", "socat")
+        cls.img, cls.kvm, cls.guest = start_guest("02:00:00:00:04:01",
+                                                  append="console=ttyS0,115200 panic=1")
+        cls.dir = tempfile.mkdtemp(prefix="as-conmux-")
+        chassis = os.path.join(cls.dir, "chassis")
+        with open(chassis, "w") as f:
+            f.write(_CHASSIS_PY % {"python": sys.executable, "sock": cls.guest.qmp_socket,
+                                   "calls": os.path.join(cls.dir, "calls")})
+        serial = os.path.join(cls.guest.run_dir, "serial.sock")
+        scripts = {"bridge": f"while :; do socat - UNIX-CONNECT:{serial}; sleep 0.2; done\n",
+                   "reset": f"exec {chassis} set reset 1\n"}
+        for name, body in scripts.items():
+            with open(os.path.join(cls.dir, name), "w") as f:
+                f.write("#!/bin/sh\n" + body)
+        for name in ("chassis", "bridge", "reset"):
+            os.chmod(os.path.join(cls.dir, name), 0o755)
+        cls.port = free_port()
+        cfg = os.path.join(cls.dir, "guest.cf")
+        with open(cfg, "w") as f:
+            f.write(f"listener {cls.port}\n"
+                    f"application console 'guest console' '{cls.dir}/bridge'\n"
+                    f"command 'hardreset' 'initiated a hard reset' '{cls.dir}/reset'\n"
+                    "help 'hardreset' 'reset the guest through QMP'\n")
+        cls.server = subprocess.Popen(["conmux", cfg], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, 20, what="conmux listening")
+
+    @classmethod
+    def tearDownClass(cls):
+        os.killpg(cls.server.pid, signal.SIGTERM)
+        cls.server.wait(10)
+        cls.guest.close()
+        autoserv._close_all_hosts()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-cmx-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def test_hardreset_through_conmux_and_the_next_boot_is_in_console_log(self):
+        autoserv.ServerJob(self.tmp)
+        try:
+            h = autoserv.ConmuxSSHHost("127.0.0.1", port=self.guest.port,
+                                       server=f"127.0.0.1:{self.port}",
+                                       identity=self.img["key"], host_key_policy="ephemeral",
+                                       connect_timeout=3)
+            before = h.get_boot_id()
+            h.hardreset(timeout=120)
+            after = h.get_boot_id()
+            self.assertNotEqual(after, before)
+            h.close()
+        finally:
+            autoserv._close_all_hosts()
+            autoserv._JOB = None
+            autoserv.LOG.close()
+        log = open(os.path.join(self.tmp, "127.0.0.1", "console.log"), errors="replace").read()
+        self.assertIn("Linux version", log)
+        self.assertIn(f"READY boot_id={after}", log)
+        self.assertNotIn(f"READY boot_id={before}", log)
+        self.assertFalse([p for p in comm_pids("conmux-console")
+                          if p in processes_with(f"127.0.0.1:{self.port}")])
+
+    def test_conmux_power_cycles_through_the_same_command(self):
+        h = autoserv.SSHHost("127.0.0.1", port=self.guest.port, identity=self.img["key"],
+                             host_key_policy="ephemeral", connect_timeout=3,
+                             power=autoserv.ConmuxPower(f"127.0.0.1:{self.port}"))
+        self.addCleanup(h.close)
+        before = h.get_boot_id()
+        h.hardreset(timeout=120)
+        self.assertNotEqual(h.get_boot_id(), before)
+
+    def test_a_missing_conmux_client_is_a_clear_error(self):
+        with self.assertRaises(autoserv.AutoservUsageError) as cm:
+            autoserv.ConmuxSSHHost("somehost", attach="/no/such/conmux-console")
+        self.assertIn("install conmux", str(cm.exception))
 
 
 # Parallel #####################################################################
