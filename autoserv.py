@@ -1109,12 +1109,32 @@ class Host:
 
     def hardreset(self, timeout=None, wait=True):
         """A hard reset through the attached power controller (its reset() if
-        it has one, else a power cycle); with wait, until ssh answers again."""
+        it has one, else a power cycle); with wait, until it is back."""
         power = self._power()
-        LOG.write(f"hard reset through {power!r}", self.hostname)
-        (getattr(power, "reset", None) or power.cycle)()
-        if wait and not self.wait_up(timeout if timeout is not None else 300):
+        self._reset_and_wait(getattr(power, "reset", None) or power.cycle, repr(power),
+                             timeout, wait)
+
+    def _reset_and_wait(self, action, how, timeout=None, wait=True):
+        """Runs a reset action; with wait, until the host is back with a new
+        boot id (or raises AutoservRebootError)."""
+        old = None
+        try:
+            old = self.get_boot_id(timeout=5, connect_timeout=5)
+        except AutoservError:
+            pass
+        action()
+        LOG.write(f"hard reset through {how}", self.hostname)
+        stop = getattr(self, "_stop_master", None)
+        if stop:
+            stop()
+        if not wait:
+            return
+        if old and not self.wait_down(timeout=60, old_boot_id=old):
+            raise AutoservRebootError(self.hostname, "did not go down after a hard reset")
+        if not self.wait_up(timeout if timeout is not None else 300):
             raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
+        if old and self.get_boot_id() == old:
+            raise AutoservRebootError(self.hostname, "boot id unchanged after a hard reset")
 
     def power_on(self):
         return self._power().on()
@@ -3167,19 +3187,8 @@ class KVMGuest(Guest):
 
     def hardreset(self, timeout=None, wait=True):
         """A hard reset through QMP system_reset (no shutdown scripts run)."""
-        old = None
-        try:
-            old = self.get_boot_id(timeout=5, connect_timeout=5)
-        except AutoservError:
-            pass
-        self.kvm.qmp(self.qmp_socket, {"execute": "system_reset"})
-        LOG.write("hard reset (QMP system_reset)", self.hostname)
-        self._stop_master()
-        if wait:
-            if not self.wait_up(timeout if timeout is not None else 300):
-                raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
-            if old and self.get_boot_id() == old:
-                raise AutoservRebootError(self.hostname, "boot id unchanged after a hard reset")
+        self._reset_and_wait(lambda: self.kvm.qmp(self.qmp_socket, {"execute": "system_reset"}),
+                             "QMP system_reset", timeout, wait)
 
     def monitor(self, command):
         """A human monitor command through QMP (e.g. "info status", "commit")."""
@@ -3324,20 +3333,10 @@ class ConmuxSSHHost(SSHHost):
         return True
 
     def hardreset(self, timeout=None, wait=True):
-        """conmux's hardreset command; with wait, until ssh answers again."""
-        old = None
-        try:
-            old = self.get_boot_id(timeout=5, connect_timeout=5)
-        except AutoservError:
-            pass
-        _conmux_command(self.console_client, self.console_target, "hardreset",
-                        self.hostname)
-        LOG.write("hard reset through conmux", self.hostname)
-        self._stop_master()
-        if wait:
-            if not self.wait_down(timeout=60, old_boot_id=old) or not self.wait_up(
-                    timeout if timeout is not None else 300):
-                raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
+        """conmux's hardreset command; with wait, until it is back."""
+        self._reset_and_wait(lambda: _conmux_command(self.console_client, self.console_target,
+                                                     "hardreset", self.hostname),
+                             f"conmux {self.console_target}", timeout, wait)
 
     def close(self):
         super().close()
