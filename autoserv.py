@@ -3460,10 +3460,93 @@ class IPMIPower:
         return "on" if self._ipmitool("chassis", "power", "status").endswith("on") else "off"
 
 
+class RedfishPower:
+    """A BMC through Redfish (urllib + JSON): ComputerSystem.Reset actions.
+    HTTPS is verified against ca_file (or the system store) unless
+    verify=False; the password (argument or password_file) goes only into the
+    Authorization header and is never logged."""
+
+    RESET = {"on": "On", "off": "ForceOff", "cycle": "PowerCycle", "reset": "ForceRestart"}
+
+    def __init__(self, url, user=None, password=None, password_file=None, system=None,
+                 verify=True, ca_file=None, timeout=30):
+        self.url = url.rstrip("/")
+        self.user = user
+        if password is None and password_file:
+            with open(password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        self._password = password
+        self.system = system
+        self.verify, self.ca_file, self.timeout = verify, ca_file, timeout
+
+    def __repr__(self):
+        return f"<RedfishPower {self.url}>"
+
+    def _request(self, path, body=None):
+        import base64
+        import ssl
+        import urllib.error
+        import urllib.request
+        url = path if path.startswith("http") else self.url + path
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                     headers={"Content-Type": "application/json",
+                                              "Accept": "application/json"})
+        if self.user is not None:
+            token = base64.b64encode(f"{self.user}:{self._password or ''}".encode()).decode()
+            req.add_header("Authorization", "Basic " + token)
+        context = None
+        if url.startswith("https:"):
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if not self.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        LOG.write(f"redfish {req.get_method()} {url}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
+                text = resp.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            reason = "authentication failed" if e.code in (401, 403) else e.reason
+            raise AutoservHostError(self.url, f"Redfish {req.get_method()} {path} failed",
+                                    f"HTTP {e.code}: {reason}")
+        except (urllib.error.URLError, OSError) as e:
+            raise AutoservHostError(self.url, f"Redfish {path} unreachable",
+                                    str(getattr(e, "reason", e)))
+        return json.loads(text) if text.strip() else {}
+
+    def _system(self):
+        if self.system is None:
+            members = self._request("/redfish/v1/Systems").get("Members", [])
+            if not members:
+                raise AutoservHostError(self.url, "Redfish lists no systems")
+            self.system = members[0]["@odata.id"]
+        return self.system
+
+    def _reset(self, kind):
+        self._request(f"{self._system()}/Actions/ComputerSystem.Reset",
+                      {"ResetType": self.RESET[kind]})
+
+    def on(self):
+        self._reset("on")
+
+    def off(self):
+        self._reset("off")
+
+    def cycle(self):
+        self._reset("cycle")
+
+    def reset(self):
+        self._reset("reset")
+
+    def status(self):
+        return "on" if self._request(self._system()).get("PowerState") == "On" else "off"
+
+
 register_power("command", CommandPower)
 register_power("qmp", QMPPower)
 register_power("ipmi", IPMIPower)
 register_power("conmux", ConmuxPower)
+register_power("redfish", RedfishPower)
 
 
 def create_host(spec, **kwargs):
@@ -3712,7 +3795,8 @@ def _groups():
         "deb_kernel": _group("deb_kernel", DEBKernel=DEBKernel),
         "rpm_kernel": _group("rpm_kernel", RPMKernel=RPMKernel),
         "power": _group("power", CommandPower=CommandPower, QMPPower=QMPPower,
-                        IPMIPower=IPMIPower, ConmuxPower=ConmuxPower),
+                        IPMIPower=IPMIPower, ConmuxPower=ConmuxPower,
+                        RedfishPower=RedfishPower),
         "errors": _group("errors", **_exceptions()),
     }
 
@@ -3876,9 +3960,6 @@ def _main(argv):
         if opts.client:
             raise AutoservUsageError("-c/--client: client control files need the autotest "
                                      f"client, which is not in autoserv {__version__} yet")
-        if opts.reboot:
-            raise AutoservUsageError("-b/--reboot needs host.reboot(), which is not in "
-                                     f"autoserv {__version__} yet")
         if opts.control is None:
             raise AutoservUsageError("no CONTROL_FILE given (see --help)")
         control_path = os.path.abspath(opts.control)
@@ -3943,9 +4024,9 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit)
                                     "site_autoserv.py")])
             namespace = control_namespace(job, machines, args, control_path)
             exec(code, namespace)
-            if opts.reboot:
-                for name in machines:
-                    create_host(name).reboot()
+            if opts.reboot and machines:
+                job.record("INFO", None, "autoserv", "-b: rebooting every machine")
+                parallel_simple(lambda name: create_host(name).reboot(), machines, log=False)
         except SystemExit as e:
             if e.code not in (None, 0):
                 status, outcome, error = 1, "FAIL", f"control file exited with {e.code}"

@@ -2315,6 +2315,123 @@ class TestPower(unittest.TestCase):
             self.kvm.qmp(self.guest.qmp_socket, {"execute": "cont"})
         self.assertTrue(self.guest.wait_up(120))
 
+    def _redfish_stand_in(self):
+        """A minimal Redfish service over HTTPS (a stand-in: no real emulator
+        installs here without libvirt) whose reset actions drive the guest."""
+        import base64
+        import http.server
+        import ssl
+        import threading
+        need("openssl")
+        cert, key = os.path.join(self.tmp, "cert.pem"), os.path.join(self.tmp, "key.pem")
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+           "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+           "-keyout", key, "-out", cert)
+        test = self
+        auth = "Basic " + base64.b64encode(b"admin:" + self.PASSWORD.encode()).decode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def authorised(self):
+                if self.headers.get("Authorization") != auth:
+                    self.reply(401, {"error": "unauthorised"})
+                    return False
+                return True
+
+            def do_GET(self):
+                if not self.authorised():
+                    return
+                if self.path == "/redfish/v1/Systems":
+                    self.reply(200, {"Members": [{"@odata.id": "/redfish/v1/Systems/guest"}]})
+                elif self.path == "/redfish/v1/Systems/guest":
+                    running = test.kvm.qmp(test.guest.qmp_socket,
+                                           {"execute": "query-status"})[0]["running"]
+                    self.reply(200, {"PowerState": "On" if running else "Off"})
+                else:
+                    self.reply(404, {})
+
+            def do_POST(self):
+                if not self.authorised():
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                test.redfish_calls.append(body["ResetType"])
+                cmds = {"ForceOff": ["stop"], "On": ["system_reset", "cont"],
+                        "PowerCycle": ["system_reset", "cont"],
+                        "ForceRestart": ["system_reset"]}[body["ResetType"]]
+                test.kvm.qmp(test.guest.qmp_socket, *[{"execute": c} for c in cmds])
+                self.reply(204, {})
+
+        self.redfish_calls = []
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+
+        def stop():
+            server.shutdown()
+            server.server_close()
+            thread.join()
+        self.addCleanup(stop)
+        return f"https://127.0.0.1:{server.server_address[1]}", cert
+
+    def test_redfish_power_against_a_stand_in_service_over_https(self):
+        url, cert = self._redfish_stand_in()
+        power = autoserv.RedfishPower(url, user="admin", password=self.PASSWORD, ca_file=cert)
+        self.assertEqual(power.status(), "on")
+        h = self.plain_host(power=power)
+        before = h.get_boot_id()
+        h.hardreset(timeout=120)
+        self.assertNotEqual(h.get_boot_id(), before)
+        self.assertEqual(self.redfish_calls, ["ForceRestart"])
+        unverified = autoserv.RedfishPower(url, user="admin", password=self.PASSWORD)
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            unverified.status()
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", str(cm.exception))
+        insecure = autoserv.RedfishPower(url, user="admin", password=self.PASSWORD,
+                                         verify=False)
+        self.assertEqual(insecure.status(), "on")
+        wrong = autoserv.RedfishPower(url, user="admin", password="nope-4253", ca_file=cert)
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            wrong.cycle()
+        self.assertIn("authentication failed", str(cm.exception))
+        self.assertNotIn("nope-4253", str(cm.exception))
+
+    def test_dash_b_reboots_every_machine_after_the_job(self):
+        config = os.path.join(self.tmp, "ssh_config")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                Host guestbox
+                    HostName 127.0.0.1
+                    Port {self.guest.port}
+                    User root
+                    IdentityFile {self.img['key']}
+                    UserKnownHostsFile {os.path.join(self.tmp, 'kh')}
+                """))
+        ctl = os.path.join(self.tmp, "b.control")
+        with open(ctl, "w") as f:
+            f.write("print hosts.SSHHost(machines[0]).get_boot_id()\n")
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("--ssh-config", config, "-r", res, "-b", "-m", "guestbox", ctl,
+                      timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        before = out.stdout.strip()
+        self.assertNotEqual(self.guest.get_boot_id(), before)
+        codes = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
+            open(os.path.join(res, "status.log")).read())]
+        self.assertIn(("GOOD", "reboot.verify"), codes)
+
     def test_seed_first_example_reboot_and_uname_on_a_guest(self):
         known = os.path.join(self.tmp, "known_hosts")
         config = os.path.join(self.tmp, "ssh_config")
