@@ -1562,6 +1562,17 @@ class _SSHTransfer:
             host = f"[{host}]"
         return f"{host}:{path}"
 
+    def _remove_staging(self, staging):
+        """Removes an scp staging dir; when the link is down (the very error
+        being reported), it is left for close() and never masks that error."""
+        try:
+            self.run(f"rm -rf -- {shlex.quote(staging)}", ignore_status=True, timeout=30,
+                     connect_timeout=5)
+        except AutoservError as e:
+            LOG.write(f"staging {staging} not removed yet ({e}); retried at close",
+                      self.hostname)
+            self._tmp_dirs.append((os.getpid(), staging))
+
     def _raise_transfer(self, what, paths, text, rc, dest=None):
         if rc == 255:
             raise self._transport_error(text, started=True, rc=rc)
@@ -1634,7 +1645,7 @@ class _SSHTransfer:
                 self._raise_transfer("send_file", sources,
                                      e.result.stderr if e.result else str(e), 1, dest)
             finally:
-                self.run(f"rm -rf -- {shlex.quote(staging)}", ignore_status=True, timeout=60)
+                self._remove_staging(staging)
         LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
     def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
@@ -2271,8 +2282,11 @@ class SSHHost(_SSHTransfer, RemoteHost):
         return path
 
     def _remove_tmp_dirs(self):
+        """Removes the dirs this process made: get_tmp_dir()'s and transfer
+        staging dirs (.autoserv-XXXXXX) it could not remove at the time."""
         mine = [p for pid, p in self._tmp_dirs if pid == os.getpid()
-                and re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", p)]
+                and (re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", p)
+                     or re.fullmatch(r"/.*/\.autoserv-[A-Za-z0-9]{6}", p))]
         self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p not in mine]
         if mine:
             self.run("rm -rf -- " + " ".join(shlex.quote(p) for p in mine),

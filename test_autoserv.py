@@ -273,9 +273,12 @@ def comm_pids(name, env_text=None):
 
 
 def max_rss_of(code, timeout=300):
-    """Runs python code in a child; returns (its stdout, its peak RSS in MB)."""
-    prog = ("import resource, sys; sys.path.insert(0, %r)\n" % HERE) + code + \
-        "\nprint('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    """Runs python code in a child; returns (its stdout, its peak RSS in MB).
+    VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child of a
+    big test process would report its parent's peak."""
+    prog = ("import sys; sys.path.insert(0, %r)\n" % HERE) + code + \
+        "\nprint('RSS', [l.split()[1] for l in open('/proc/self/status')" \
+        " if l.startswith('VmHWM:')][0])\n"
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
                          timeout=timeout)
     if out.returncode != 0:
@@ -1469,6 +1472,60 @@ class Relay:
 
 
 class TestFaults(SshdTestCase):
+    def relay_host(self):
+        relay = Relay(self.sshd.port)
+        self.addCleanup(relay.close)
+        self.sshd.write_ssh_config(("testhost",))
+        with open(self.sshd.ssh_config, "a") as f:
+            f.write(textwrap.dedent(f"""\
+                Host relayhost
+                    HostName 127.0.0.1
+                    Port {relay.port}
+                    User root
+                    IdentityFile {self.sshd.client_key}
+                    UserKnownHostsFile {self.sshd.known_hosts}
+                """))
+        return relay, self.sshd.host("relayhost", alive_interval=1, alive_count=3)
+
+    def test_transfer_cut_halfway_keeps_the_old_file_and_a_retry_succeeds(self):
+        relay, h = self.relay_host()
+        big = os.path.join(self.tmp, "big.bin")
+        with open(big, "wb") as f:
+            f.write(os.urandom(48 << 20))
+        dest = os.path.join(self.tmp, "dest")
+        os.mkdir(dest)
+        with open(os.path.join(dest, "big.bin"), "w") as f:
+            f.write("the old file")
+        h.run("true")
+        import threading
+        # Throttle nothing: stop the relay as soon as the staging file appears.
+        def stall():
+            wait_for(lambda: any(n.startswith(".autoserv-") for n in os.listdir(dest)), 30,
+                     interval=0.005, what="transfer started")
+            relay.stop()
+        for backend in ("tar", "scp"):
+            with self.subTest(backend=backend):
+                thread = threading.Thread(target=stall)
+                thread.start()
+                t0 = time.monotonic()
+                try:
+                    with self.assertRaises(autoserv.AutoservSSHError) as cm:
+                        h.send_file(big, os.path.join(dest, "big.bin"), backend=backend)
+                finally:
+                    thread.join()
+                    took = time.monotonic() - t0
+                    relay.cont()
+                self.assertIsInstance(cm.exception, autoserv.AutoservSSHConnectionLost)
+                self.assertLess(took, 1 * (3 + 1) + 5 + 5)
+                self.assertEqual(open(os.path.join(dest, "big.bin")).read(), "the old file")
+                if backend == "scp":
+                    h.close()     # scp's staging dir is removed once the link is back
+                wait_for(lambda: not [n for n in os.listdir(dest) if n.startswith(".autoserv-")],
+                         15, what="staging removed on the target")
+        h.send_file(big, os.path.join(dest, "big.bin"))
+        with open(big, "rb") as a, open(os.path.join(dest, "big.bin"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
     def test_unknown_host_name_in_a_namespace_with_no_routes(self):
         ns = Netns()
         self.addCleanup(ns.close)
@@ -1494,19 +1551,7 @@ class TestFaults(SshdTestCase):
         self.assertLess(time.monotonic() - t0, 3 + 5)
 
     def test_link_stall_mid_command_is_connection_lost_and_the_job_dies_later(self):
-        relay = Relay(self.sshd.port)
-        self.addCleanup(relay.close)
-        self.sshd.write_ssh_config(("testhost",))
-        with open(self.sshd.ssh_config, "a") as f:
-            f.write(textwrap.dedent(f"""\
-                Host relayhost
-                    HostName 127.0.0.1
-                    Port {relay.port}
-                    User root
-                    IdentityFile {self.sshd.client_key}
-                    UserKnownHostsFile {self.sshd.known_hosts}
-                """))
-        h = self.sshd.host("relayhost", alive_interval=1, alive_count=3)
+        relay, h = self.relay_host()
         tmp_dir = h.get_tmp_dir()
         import threading
         timer = threading.Timer(1.0, relay.stop)
