@@ -1884,6 +1884,7 @@ class TestKVM(unittest.TestCase):
         cls.img = guest_image()
         cls.disk = disk_image()
         cls.sshd = Sshd()
+        cls.addClassCleanup(cls.sshd.stop)
         cls.kernel_opts = '-m 256 -kernel %s -initrd %s -append "%s"' % (
             cls.img["kernel"], cls.img["initrd"],
             autoserv.sh_escape("console=ttyS0,115200 panic=1 quiet"))
@@ -1893,13 +1894,12 @@ class TestKVM(unittest.TestCase):
                           "port": cls.base + n} for n in range(2)])
         cls.guest = autoserv.KVMGuest(cls.kvm, cls.kernel_opts, identity=cls.img["key"],
                                       connect_timeout=5)
+        cls.addClassCleanup(cls.guest.close)
         assert cls.guest.wait_up(120), "shared guest did not come up"
 
     @classmethod
     def tearDownClass(cls):
-        cls.guest.close()
         autoserv._close_all_hosts()
-        cls.sshd.stop()
         reap()
 
     def setUp(self):
@@ -2095,10 +2095,10 @@ class TestReboot(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.img, cls.kvm, cls.guest = start_guest("02:00:00:00:02:01")
+        cls.addClassCleanup(cls.guest.close)
 
     @classmethod
     def tearDownClass(cls):
-        cls.guest.close()
         autoserv._close_all_hosts()
         reap()
 
@@ -2280,12 +2280,12 @@ class TestPower(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.img, cls.kvm, cls.guest = start_guest("02:00:00:00:03:01")
+        cls.addClassCleanup(cls.guest.close)
         cls.bmc = IPMISim(cls.guest.qmp_socket, cls.PASSWORD)
+        cls.addClassCleanup(cls.bmc.stop)
 
     @classmethod
     def tearDownClass(cls):
-        cls.bmc.stop()
-        cls.guest.close()
         autoserv._close_all_hosts()
         reap()
 
@@ -2512,6 +2512,7 @@ class TestConmux(unittest.TestCase):
         need("conmux", "conmux-console", "socat")
         cls.img, cls.kvm, cls.guest = start_guest("02:00:00:00:04:01",
                                                   append="console=ttyS0,115200 panic=1")
+        cls.addClassCleanup(cls.guest.close)
         cls.dir = tempfile.mkdtemp(prefix="as-conmux-")
         chassis = os.path.join(cls.dir, "chassis")
         with open(chassis, "w") as f:
@@ -2535,6 +2536,7 @@ class TestConmux(unittest.TestCase):
         cls.server = subprocess.Popen(["conmux", cfg], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True)
+        cls.addClassCleanup(cls._stop_server)
 
         def listening():
             try:
@@ -2545,10 +2547,15 @@ class TestConmux(unittest.TestCase):
         wait_for(listening, 20, what="conmux listening")
 
     @classmethod
-    def tearDownClass(cls):
-        os.killpg(cls.server.pid, signal.SIGTERM)
+    def _stop_server(cls):
+        try:
+            os.killpg(cls.server.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         cls.server.wait(10)
-        cls.guest.close()
+
+    @classmethod
+    def tearDownClass(cls):
         autoserv._close_all_hosts()
         shutil.rmtree(cls.dir, ignore_errors=True)
         reap()
