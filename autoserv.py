@@ -3266,6 +3266,19 @@ def _conmux_client(client, target, stdout):
                   stderr=_subprocess().STDOUT, env=env)
 
 
+def _end_client(proc):
+    """Ends a conmux client: it exits when its stdin closes; KILL after 5 s."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(5)
+    except _subprocess().TimeoutExpired:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _conmux_command(client, target, command, label, confirm=None, timeout=30):
     """Sends ~$command through a conmux client and waits for conmux's
     confirmation line (for hardreset: "... hard reset")."""
@@ -3286,15 +3299,7 @@ def _conmux_command(client, target, command, label, confirm=None, timeout=30):
                         break
                     seen += chunk
     finally:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(5)
-        except _subprocess().TimeoutExpired:
-            _killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _end_client(proc)
         proc.stdout.close()
     if confirm not in seen:
         raise AutoservHostError(label, f"conmux {command} was not confirmed",
@@ -3357,15 +3362,7 @@ class ConmuxSSHHost(SSHHost):
         proc = self._console
         if proc is not None and self._console_owner == os.getpid():
             self._console = None
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(5)
-            except _subprocess().TimeoutExpired:
-                _killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _end_client(proc)
 
 
 class ConmuxPower:

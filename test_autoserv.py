@@ -77,6 +77,17 @@ def wait_for(predicate, timeout, interval=0.05, what="condition"):
     raise AssertionError(f"{what} not met within {timeout} s")
 
 
+def wait_listening(port, timeout, what):
+    """Waits until something accepts TCP connections on 127.0.0.1:port."""
+    def accepting():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+    wait_for(accepting, timeout, what=what)
+
+
 def processes_with(text):
     """PIDs whose command line or environment holds text (ours excluded)."""
     found = []
@@ -1447,14 +1458,7 @@ class Relay:
             ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
              f"TCP:127.0.0.1:{target_port}"], start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up():
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        wait_for(up, 10, what="relay listening")
+        wait_listening(self.port, 10, "relay listening")
 
     def stop(self):
         os.killpg(self.proc.pid, signal.SIGSTOP)
@@ -2537,14 +2541,7 @@ class TestConmux(unittest.TestCase):
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True)
         cls.addClassCleanup(cls._stop_server)
-
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        wait_for(listening, 20, what="conmux listening")
+        wait_listening(cls.port, 20, "conmux listening")
 
     @classmethod
     def _stop_server(cls):
