@@ -40,6 +40,7 @@ __all__ = [
     "AutoservSSHHostKeyError", "AutoservSSHConnectionLost", "AutoservUsageError",
     "AutoservFileTransferError", "AutoservSubcommandError", "AutoservRebootError",
     "AutoservInstallError", "AutoservVirtError", "AutoservNotImplementedError",
+    "AutoservBootloaderError", "AutoservKernelBootError",
     "CmdResult", "Host", "SiteHost", "RemoteHost", "SSHHost", "LocalHost",
     "create_host", "run", "sh_escape", "sh_quote", "get_tmp_dir",
     "subcommand", "parallel", "parallel_simple",
@@ -166,6 +167,14 @@ class AutoservRebootError(AutoservHostError):
 
 class AutoservInstallError(AutoservError):
     """An installable could not be fetched or installed."""
+
+
+class AutoservBootloaderError(AutoservInstallError):
+    """boottool could not read or change a host's boot menu (nothing changed)."""
+
+
+class AutoservKernelBootError(AutoservRebootError):
+    """An installed kernel did not come up; the host is back on another one."""
 
 
 class AutoservVirtError(AutoservError):
@@ -1150,8 +1159,10 @@ class Host:
 
     @property
     def bootloader(self):
-        raise AutoservNotImplementedError(
-            f"{self.hostname}: the bootloader wrapper is not in this version of autoserv yet")
+        """This host's Bootloader (boottool copied over on first use)."""
+        if getattr(self, "_bootloader", None) is None:
+            self._bootloader = Bootloader(self)
+        return self._bootloader
 
     def close(self):
         pass
@@ -2190,11 +2201,13 @@ class SSHHost(_SSHTransfer, RemoteHost):
         past its phase timeout and a reset path exists, one hard reset.
         status.log: reboot.start, reboot.verify GOOD or ABORT (with why)."""
         if label is not None or kernel_args is not None:
-            boot = self.bootloader          # the bootloader wrapper comes later
+            boot = self.bootloader
+            if kernel_args:
+                boot.add_args(label if label is not None else boot.get_default(), kernel_args)
             if label is not None:
                 boot.boot_once(label)
-            if kernel_args:
-                boot.add_args(label or boot.get_default(), kernel_args)
+        expected = getattr(self, "_expect_kernel", None)
+        self._reset_in_reboot = False
         record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -2215,7 +2228,25 @@ class SSHHost(_SSHTransfer, RemoteHost):
             raise
         record("GOOD", None, "reboot.verify",
                f"{self.hostname}: rebooted in {time.monotonic() - t0:.1f} s")
+        if expected and wait:
+            self._expect_kernel = None
+            self._verify_kernel(expected, record)
         record("END GOOD", None, "reboot")
+
+    def _verify_kernel(self, expected, record):
+        """After a reboot that should have started an installed kernel: the
+        running release must be the installed one; else FAIL with the reason
+        (the host is up, on its default kernel) and AutoservKernelBootError."""
+        running = self.run("uname -r", timeout=60).stdout.strip()
+        if running == expected["version"]:
+            record("GOOD", None, "boot.kernel", f"{self.hostname}: running {running}")
+            return
+        why = (f"kernel {expected['version']} ({expected['title']}) did not come up"
+               + ("; one hard reset brought the host back" if self._reset_in_reboot else "")
+               + f"; running {running}")
+        record("FAIL", None, "boot.kernel", f"{self.hostname}: {why}")
+        record("END FAIL", None, "reboot")
+        raise AutoservKernelBootError(self.hostname, why)
 
     def _issue_reboot(self, command):
         # Detached from the session (no nohup: busybox builds may lack it).
@@ -2246,6 +2277,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 self.hardreset(wait=False)
                 self._stop_master()
                 reset_done = True
+                self._reset_in_reboot = True
                 deadline = time.monotonic() + max(120.0, down_for)
                 continue
             new = self._stable_boot_id(old, deadline, stable_for)
@@ -2661,10 +2693,6 @@ class _NotYet:
             f"{type(self).__name__}: {self._what} is not in autoserv {__version__} yet")
 
 
-class RPMKernel(_NotYet):
-    _what = ".rpm kernel installation"
-
-
 class Autotest(_NotYet):
     _what = "the autotest client"
 
@@ -2732,7 +2760,11 @@ class InstallableObject:
                         last = time.monotonic()
                         LOG.write(f"fetching {url}: {done}" + (f"/{total}" if total else "")
                                   + " bytes")
+        except urllib.error.HTTPError as e:
+            _remove_quietly(path)
+            raise AutoservInstallError(f"fetching {url} failed: HTTP {e.code} {e.reason}")
         except (urllib.error.URLError, OSError, ValueError) as e:
+            _remove_quietly(path)
             raise AutoservInstallError(f"fetching {url} failed: {getattr(e, 'reason', e)}")
         return path
 
@@ -2757,6 +2789,52 @@ def _ar_members(path):
             members.append((name, f.tell(), size))
             f.seek(size + (size & 1), 1)
     return members
+
+
+def _decode_errors():
+    """What reading a damaged compressed archive can raise."""
+    import tarfile
+    import zlib
+    errors = [EOFError, OSError, ValueError, tarfile.TarError, zlib.error]
+    try:
+        import lzma
+        errors.append(lzma.LZMAError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _why(result, lines=3):
+    """The lines of a failed command's output that say why: those naming an
+    error or conflict first, else the last ones."""
+    text = (result.stderr + "\n" + result.stdout).splitlines()
+    text = [line.strip() for line in text if line.strip()]
+    telling = [line for line in text if re.search(
+        r"(?i)error|conflict|overwrite|depend|no space|denied|not found", line)]
+    return " / ".join((telling or text)[:lines] if telling else text[-lines:]) or \
+        f"exit status {result.exit_status}"
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _record(*args, **kwargs):
+    """A line in the job's status.log (nothing outside a job)."""
+    if _JOB is not None:
+        _JOB.record(*args, **kwargs)
+
+
+def _sha256_file(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _Slice(io.RawIOBase):
@@ -2793,11 +2871,21 @@ def _open_tar_member(path, name):
                     return None
                 stream = zstd.ZstdFile(stream)
                 return tarfile.open(fileobj=stream, mode="r|"), f
-            mode = {"gz": "r|gz", "xz": "r|xz", "bz2": "r|bz2", "tar": "r|"}.get(comp)
-            if mode is None:
+            # The compression modules check their streams' CRCs (tarfile's
+            # own gz reader does not), so a flipped byte is found.
+            if comp == "gz":
+                import gzip
+                stream = gzip.GzipFile(fileobj=stream, mode="rb")
+            elif comp == "xz":
+                import lzma
+                stream = lzma.LZMAFile(stream)
+            elif comp == "bz2":
+                import bz2
+                stream = bz2.BZ2File(stream)
+            elif comp != "tar":
                 f.close()
                 raise AutoservInstallError(f"{path}: unknown compression of {name}")
-            return tarfile.open(fileobj=stream, mode=mode), f
+            return tarfile.open(fileobj=stream, mode="r|"), f
     f.close()
     return None
 
@@ -2854,7 +2942,7 @@ class DEBKernel(InstallableObject):
                         if m:
                             info["release"] = m.group(1)
                             break
-            except (EOFError, OSError, ValueError) as e:
+            except _decode_errors() as e:
                 raise AutoservInstallError(f"{path}: corrupt package data ({e})")
         if not info["release"]:
             raise AutoservInstallError(f"{path}: the package holds no /boot/vmlinuz-*: "
@@ -2911,9 +2999,397 @@ class DEBKernel(InstallableObject):
                  f"&& rm -f {remote}/{data[0]}", timeout=600)
         return f"{remote}/root"
 
+    def verify(self):
+        """Reads both tar members to their end: a truncated or corrupt
+        package fails here, before anything is sent."""
+        path = self._package()
+        self.get_version()
+        for name, _, _ in _ar_members(path):
+            if not name.startswith(("control.tar", "data.tar")):
+                continue
+            opened = _open_tar_member(path, name)
+            if opened is None:
+                out = _subprocess().run(["dpkg-deb", "--fsys-tarfile", path],
+                                        stdout=_subprocess().DEVNULL,
+                                        stderr=_subprocess().PIPE)
+                if out.returncode:
+                    raise AutoservInstallError(f"{path}: corrupt package "
+                                               f"({out.stderr.decode(errors='replace').strip()})")
+                continue
+            tar, f = opened
+            try:
+                with f, tar:
+                    for member in tar:
+                        if member.isfile():
+                            data = tar.extractfile(member)
+                            while data.read(1 << 20):
+                                pass
+                    while tar.fileobj.read(1 << 20):      # to the end: the CRC check
+                        pass
+            except _decode_errors() as e:
+                raise AutoservInstallError(f"{path}: truncated or corrupt package ({name}: {e})")
+
+    def _send_checked(self, host, suffix):
+        """Sends the package to a temp dir on host under a fixed name (so
+        spaces or a leading '-' in the local name cannot reach a command
+        line) and checks its sha256 there; returns the remote path."""
+        path = self._package()
+        remote = f"{host.get_tmp_dir()}/package{suffix}"
+        host.send_file(path, remote)
+        digest = _sha256_file(path)
+        check = host.run(f"sha256sum {remote} 2>/dev/null || python3 -c "
+                         f"\"import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb')"
+                         f".read()).hexdigest())\" {remote}", timeout=300, ignore_status=True)
+        if digest not in check.stdout:
+            raise AutoservInstallError(f"{host.hostname}: the package arrived damaged "
+                                       f"(sha256 differs); nothing was installed")
+        return remote
+
+    def _initrd(self, host, version, name):
+        """The initrd the package's scripts made, or one made now with the
+        distro's tool (update-initramfs, mkinitramfs, dracut); None with a
+        WARN when none can (kernels with their root drivers built in boot
+        without one)."""
+        names = list(dict.fromkeys([name, f"/boot/initrd.img-{version}",
+                                    f"/boot/initramfs-{version}.img"]))
+        probe = " || ".join(f"{{ test -s {shlex.quote(n)} && echo {shlex.quote(n)}; }}"
+                            for n in names)
+
+        def existing():
+            return host.run(probe, ignore_status=True).stdout.strip() or None
+        found = existing()
+        if found:
+            return found
+        q = shlex.quote(version)
+        reasons = []
+        for tool in (f"update-initramfs -c -k {q}", f"mkinitramfs -o {shlex.quote(name)} {q}",
+                     f"dracut -f {shlex.quote(name)} {q}"):
+            if host.run(f"command -v {tool.split()[0]}", ignore_status=True).exit_status:
+                continue
+            out = host.run(tool, timeout=1800, ignore_status=True)
+            found = existing()
+            if found:
+                return found
+            reasons.append(f"{tool.split()[0]}: {_why(out, 1)}")
+        _record("WARN", None, "kernel.install", f"{host.hostname}: no initrd for {version} ("
+                + ("; ".join(reasons) or "no initramfs tool on the host") + ")")
+        return None
+
+    def _add_to_bootloader(self, host, title=None, args=None, root=None, default=True,
+                           boot_once=False, **kwargs):
+        version = self.get_version()
+        image = self.get_image_name()
+        if host.run(f"test -f {shlex.quote(image)}", ignore_status=True).exit_status:
+            raise AutoservInstallError(f"{host.hostname}: the package installed no {image}")
+        initrd = self._initrd(host, version, self.get_initrd_name())
+        title = title or kwargs.pop("label", None) or "autoserv"
+        host.bootloader.add_kernel(image, title=title, root=root, args=args, initrd=initrd,
+                                   default=default and not boot_once, boot_once=boot_once)
+        host._expect_kernel = {"version": version, "title": title}
+        _record("GOOD", None, "kernel.install",
+               f"{host.hostname}: {version} as {title!r}"
+               + (" (boot once)" if boot_once else " (default)" if default else ""))
+
     def install(self, host, **bootloader_args):
-        raise AutoservNotImplementedError(
-            f"DEBKernel.install(): installing kernels is not in autoserv {__version__} yet")
+        """Installs the package on host (dpkg -i), makes sure an initrd
+        exists when a tool can make one, and adds a boot entry: the default
+        (default=True), or booted once (boot_once=True, the old default stays);
+        title=, args=, root= go to the bootloader.  The next host.reboot()
+        checks that uname -r prints get_version()."""
+        self.verify()
+        remote = self._send_checked(host, ".deb")
+        out = host.run(f"DEBIAN_FRONTEND=noninteractive dpkg -i {remote}", timeout=3600,
+                       ignore_status=True)
+        if out.exit_status:
+            raise AutoservInstallError(f"{host.hostname}: dpkg -i {self.get_package_name()} "
+                                       f"failed: {_why(out)}")
+        self._add_to_bootloader(host, **bootloader_args)
+
+
+# RPM header tags read here (rpm's lib/rpmtag.h numbers).
+_RPM_TAGS = {1000: "name", 1001: "version", 1002: "release", 1022: "arch", 1027: "oldfilenames",
+             1116: "dirindexes", 1117: "basenames", 1118: "dirnames", 1124: "payloadformat",
+             1125: "payloadcompressor", 5092: "payloaddigest", 5093: "payloaddigestalgo"}
+_RPM_SIG_SIZE, _RPM_SIG_MD5, _RPM_SIG_LONGSIZE = 1000, 1004, 270
+
+
+def _rpm_header(f, path, pad):
+    """One header structure at the file's position: {tag: value}."""
+    import struct
+    intro = f.read(16)
+    if len(intro) < 16 or intro[:4] != b"\x8e\xad\xe8\x01":
+        raise AutoservInstallError(f"{path}: not an RPM or truncated (bad header magic)")
+    count, size = struct.unpack(">II", intro[8:16])
+    if count > 100000 or size > 256 << 20:
+        raise AutoservInstallError(f"{path}: corrupt RPM header")
+    index = f.read(16 * count)
+    store = f.read(size)
+    if len(index) < 16 * count or len(store) < size:
+        raise AutoservInstallError(f"{path}: truncated RPM header")
+    if pad:
+        f.read((8 - (16 + 16 * count + size) % 8) % 8)
+    values = {}
+    for i in range(count):
+        tag, kind, offset, n = struct.unpack(">IIII", index[16 * i:16 * i + 16])
+        if offset > size:
+            raise AutoservInstallError(f"{path}: corrupt RPM header (entry past its end)")
+        if kind in (6, 8, 9):                            # strings
+            items, at = [], offset
+            for _ in range(n if kind != 6 else 1):
+                end = store.find(b"\0", at)
+                if end < 0:
+                    raise AutoservInstallError(f"{path}: corrupt RPM header (string)")
+                items.append(store[at:end].decode("utf-8", "replace"))
+                at = end + 1
+            values[tag] = items[0] if kind == 6 else items
+        elif kind == 4:
+            values[tag] = list(struct.unpack(f">{n}I", store[offset:offset + 4 * n]))
+        elif kind == 5:
+            values[tag] = list(struct.unpack(f">{n}Q", store[offset:offset + 8 * n]))
+        elif kind == 7:
+            values[tag] = store[offset:offset + n]
+    return values, 16 + 16 * count + size
+
+
+class RPMKernel(DEBKernel):
+    """A kernel packaged as .rpm.  Name, version, release and the file list
+    come from the RPM header in pure Python (the server needs no rpm)."""
+
+    def _scan(self):
+        if self._info is not None:
+            return self._info
+        path = self._package()
+        with open(path, "rb") as f:
+            lead = f.read(96)
+            if len(lead) < 96 or lead[:4] != b"\xed\xab\xee\xdb":
+                raise AutoservInstallError(f"{path}: not an RPM (no lead)")
+            sig, _ = _rpm_header(f, path, pad=True)
+            start = f.tell()
+            header, _ = _rpm_header(f, path, pad=False)
+            payload_at = f.tell()
+        tags = {name: header.get(tag) for tag, name in _RPM_TAGS.items()}
+        if tags["basenames"]:
+            dirs = tags["dirnames"] or []
+            files = [dirs[i] + b for i, b in zip(tags["dirindexes"] or [], tags["basenames"])]
+        else:
+            files = tags["oldfilenames"] or []
+        release = None
+        for name in files:
+            m = re.fullmatch(r"/boot/(?:vmlinuz|vmlinux|bzImage)-(.+)", name)
+            m = m or re.fullmatch(r"/lib/modules/([^/]+)/vmlinuz", name)
+            if m:
+                release = m.group(1)
+                break
+        if not release:
+            raise AutoservInstallError(f"{path}: the package holds no /boot/vmlinuz-*: "
+                                       "not a kernel package")
+        self._info = {"package": tags["name"], "version": tags["version"],
+                      "rpm_release": tags["release"], "arch": tags["arch"],
+                      "release": release, "files": files, "sig": sig, "header_at": start,
+                      "payload_at": payload_at, "compressor": tags["payloadcompressor"],
+                      "payloaddigest": tags["payloaddigest"],
+                      "digestalgo": tags["payloaddigestalgo"]}
+        return self._info
+
+    def get_package_version(self):
+        info = self._scan()
+        return f"{info['version']}-{info['rpm_release']}"
+
+
+    def get_initrd_name(self):
+        info = self._scan()
+        for name in info["files"]:
+            if re.fullmatch(r"/boot/init(?:rd|ramfs)[^/]*" + re.escape(info["release"]) + r".*",
+                            name):
+                return name
+        return f"/boot/initramfs-{info['release']}.img"
+
+    def get_files(self):
+        return list(self._scan()["files"])
+
+    def verify(self):
+        """Checks size and digests from the RPM's own headers: a truncated or
+        corrupt package fails here, before anything is sent."""
+        import hashlib
+        info = self._scan()
+        path = self._package()
+        sig = info["sig"]
+        size = (sig.get(_RPM_SIG_LONGSIZE) or sig.get(_RPM_SIG_SIZE) or [None])[0]
+        actual = os.path.getsize(path) - info["header_at"]
+        if size is not None and actual != size:
+            raise AutoservInstallError(f"{path}: truncated or padded RPM ({actual} bytes of "
+                                       f"header and payload, the signature says {size})")
+        checks = []
+        if isinstance(sig.get(_RPM_SIG_MD5), bytes):
+            checks.append((hashlib.md5(), info["header_at"], sig[_RPM_SIG_MD5].hex()))
+        if info["payloaddigest"] and (info["digestalgo"] or [8])[0] == 8:
+            checks.append((hashlib.sha256(), info["payload_at"], info["payloaddigest"][0]))
+        with open(path, "rb") as f:
+            for digest, offset, want in checks:
+                f.seek(offset)
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                if digest.hexdigest() != want.lower():
+                    raise AutoservInstallError(f"{path}: corrupt RPM ({digest.name} differs "
+                                               "from the package's own)")
+
+    def extract(self, host):
+        """Unpacks the package's files into a temp dir on host (rpm2cpio and
+        cpio there); returns it."""
+        remote = self._send_checked(host, ".rpm")
+        host.run(f"mkdir {remote}.root && cd {remote}.root && rpm2cpio {remote} | "
+                 f"cpio -idm --quiet && rm -f {remote}", timeout=600)
+        return f"{remote}.root"
+
+    def install(self, host, **bootloader_args):
+        """Installs the package with rpm, makes sure an initrd exists (the
+        package's scripts, else dracut or the Debian tools), adds a boot entry
+        as DEBKernel.install does."""
+        self.verify()
+        remote = self._send_checked(host, ".rpm")
+        out = host.run(f"rpm -i --replacepkgs {remote}", timeout=3600, ignore_status=True)
+        if out.exit_status:
+            raise AutoservInstallError(f"{host.hostname}: rpm -i {self.get_package_name()} "
+                                       f"failed: {_why(out)}")
+        self._add_to_bootloader(host, **bootloader_args)
+
+
+def _boottool_source():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boottool")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise AutoservBootloaderError(f"boottool is not beside autoserv.py ({path}: "
+                                      f"{e.strerror}): copy it there with autoserv.py")
+    try:
+        compile(data, path, "exec")
+    except (SyntaxError, ValueError) as e:
+        raise AutoservBootloaderError(f"{path} is corrupt ({e}): replace it with the copy "
+                                      "that came with autoserv.py")
+    return path, data
+
+
+class Bootloader:
+    """host.bootloader: the host's boot menu through boottool, which is
+    copied to a temp dir on the host on first use and checked against its
+    sha256 there before every run.  Entries are named by index or title."""
+
+    def __init__(self, host):
+        self.host = host
+        self._remote = None
+        self._digest = None
+
+    def _install(self):
+        if self._remote and self._pid == os.getpid():
+            return
+        import hashlib
+        local, data = _boottool_source()
+        if self.host.run("command -v python3", ignore_status=True,
+                         timeout=60).exit_status:
+            raise AutoservBootloaderError(f"{self.host.hostname}: no python3 on the host; "
+                                          "boottool needs it (install python3 or "
+                                          "python3-minimal there)")
+        remote = f"{self.host.get_tmp_dir()}/boottool"
+        self.host.send_file(local, remote)
+        self._remote, self._digest, self._pid = remote, hashlib.sha256(data).hexdigest(), os.getpid()
+
+    def run(self, *args):
+        """boottool's stdout for these arguments; AutoservBootloaderError
+        with boottool's own reason when it fails."""
+        self._install()
+        out = self._run_checked(args)
+        if out.exit_status == 4:          # the copy is gone (a reboot emptied /tmp)
+            self._remote = None
+            self._install()
+            out = self._run_checked(args)
+        if out.exit_status:
+            reason = (out.stderr.strip().splitlines() or [f"exit status {out.exit_status}"])[-1]
+            raise AutoservBootloaderError(
+                f"{self.host.hostname}: boottool {' '.join(args)}: "
+                f"{reason.replace('boottool: ', '', 1)}")
+        return out.stdout
+
+    def _run_checked(self, args):
+        q = shlex.quote(self._remote)
+        check = (f"test -f {q} || exit 4; "
+                 f"if command -v sha256sum >/dev/null; then sum=$(sha256sum {q}); "
+                 f"else sum=$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open("
+                 f"sys.argv[1],\"rb\").read()).hexdigest())' {q}); fi; "
+                 f"case $sum in {self._digest}*) ;; *) echo 'boottool: the copy on this host "
+                 f"is corrupt (sha256 differs); nothing was changed' >&2; exit 3;; esac; ")
+        command = check + "exec python3 " + q + "".join(" " + shlex.quote(a) for a in args)
+        return self.host.run(command, ignore_status=True, timeout=300)
+
+    @staticmethod
+    def _parse_info(text):
+        entries = []
+        for line in text.splitlines():
+            key, sep, value = line.partition("\t: ")
+            if not sep:
+                continue
+            if key == "index":
+                entries.append({"index": int(value)})
+            elif entries:
+                entries[-1][key] = value
+        return entries
+
+    def get_type(self):
+        return self.run("--bootloader-probe").strip()
+
+    def get_architecture(self):
+        return self.run("--arch-probe").strip()
+
+    def get_entries(self):
+        return self._parse_info(self.run("--info=all"))
+
+    def get_info(self, index="all"):
+        """The entries (index='all') or one entry as dicts: index, title,
+        kernel, args, root, initrd."""
+        entries = self._parse_info(self.run(f"--info={index}"))
+        return entries if str(index) == "all" else entries[0]
+
+    def get_titles(self):
+        return [e.get("title") for e in self.get_entries()]
+
+    def get_default(self):
+        return int(self.run("--default").strip())
+
+    def get_default_title(self):
+        return self.get_info(self.get_default()).get("title")
+
+    def set_default(self, index):
+        self.run(f"--set-default={index}")
+
+    def add_kernel(self, path, title="autoserv", root=None, args=None, initrd=None,
+                   default=True, boot_once=False, position="end"):
+        """Adds an entry (an entry with the same title is replaced); it copies
+        the default entry's command line and root unless given."""
+        argv = [f"--add-kernel={path}", f"--title={title}", "--force",
+                f"--position={position}"]
+        if root:
+            argv.append(f"--root={root}")
+        if args is not None:
+            argv.append(f"--args={args}")
+        if initrd:
+            argv.append(f"--initrd={initrd}")
+        if default:
+            argv.append("--make-default")
+        if boot_once:
+            argv.append("--boot-once")
+        self.run(*argv)
+
+    def remove_kernel(self, kernel):
+        self.run(f"--remove-kernel={kernel}")
+
+    def add_args(self, kernel, args):
+        self.run(f"--update-kernel={kernel}", f"--args={args}")
+
+    def remove_args(self, kernel, args):
+        self.run(f"--update-kernel={kernel}", f"--remove-args={args}")
+
+    def boot_once(self, title):
+        self.run("--boot-once", f"--title={title}")
 
 
 # QMP client run on the hypervisor (python3): argv = socket, JSON commands.

@@ -463,20 +463,32 @@ class TestExceptions(unittest.TestCase):
         self.assertTrue(issubclass(autoserv.AutoservSSHConnectionLost, autoserv.AutoservHostError))
 
 
+def _imports(path):
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
 class TestStdlibOnly(unittest.TestCase):
-    def test_autoserv_imports_nothing_outside_the_standard_library(self):
-        import ast
-        tree = ast.parse(open(AUTOSERV).read())
-        names = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module.split(".")[0])
+    def test_autoserv_and_boottool_import_nothing_outside_the_standard_library(self):
         stdlib = getattr(sys, "stdlib_module_names", None)
         if stdlib is None:
             self.skipTest("needs Python 3.10+ to list the standard library")
-        self.assertEqual(sorted(n for n in names if n not in stdlib), [])
+        for path in (AUTOSERV, os.path.join(HERE, "boottool")):
+            with self.subTest(path=path):
+                self.assertEqual(sorted(n for n in _imports(path) if n not in stdlib), [])
+
+    def test_boottool_needs_only_what_python3_minimal_carries(self):
+        # Debian's python3-minimal has no shutil, shlex or json (checked for
+        # real in TestBoottool.test_runs_under_debians_python3_minimal).
+        self.assertEqual(_imports(os.path.join(HERE, "boottool")) & {"shutil", "shlex", "json",
+                                                                     "tempfile", "subprocess"},
+                         set())
 
 
 # Local processes ##############################################################
@@ -1773,6 +1785,43 @@ menuentry 'Debian GNU/Linux, with Linux KVER' --id debian-KVER {
 """
 
 
+def _new_uuid():
+    import uuid
+    return str(uuid.uuid4())
+
+
+def _grub_disk(work, root, size, fs_uuid=None):
+    """A raw disk in work/: an msdos label, GRUB's boot.img and a core.img
+    that finds the ext4 partition by uuid, and the partition made from the
+    root dir with mke2fs -d (sparse).  Returns its path."""
+    fs_uuid = fs_uuid or _new_uuid()
+    part = os.path.join(work, "part.img")
+    sh("mke2fs", "-q", "-t", "ext4", "-d", root, "-U", fs_uuid, "-L", "root", part, size)
+    early = os.path.join(work, "early.cfg")
+    with open(early, "w") as f:
+        f.write(f"search.fs_uuid {fs_uuid} root hd0,msdos1\nset prefix=($root)/boot/grub\n")
+    core = os.path.join(work, "core.img")
+    sh("grub-mkimage", "-O", "i386-pc", "-o", core, "-c", early, "-p", "/boot/grub",
+       "biosdisk", "part_msdos", "ext2", "search_fs_uuid", "normal", "linux", "configfile",
+       "echo", "loadenv", "test", "gzio", "serial", "terminal", "search")
+    raw = os.path.join(work, "disk.img")
+    with open(raw, "wb") as f:
+        f.truncate((1 << 20) + os.path.getsize(part))
+    subprocess.run(["sfdisk", "-q", raw], input="start=2048, type=83, bootable\n",
+                   text=True, check=True, capture_output=True)
+    with open(raw, "r+b") as f, open("/usr/lib/grub/i386-pc/boot.img", "rb") as b, \
+            open(core, "rb") as c:
+        f.write(b.read()[:440])
+        core_data = c.read()
+        assert len(core_data) < 2047 * 512, "core.img too big for the gap"
+        f.seek(512)
+        f.write(core_data)
+    subprocess.run(["dd", f"if={part}", f"of={raw}", "bs=1M", "seek=1", "conv=sparse,notrunc",
+                    "status=none"], check=True)
+    os.unlink(part)
+    return raw
+
+
 def disk_image():
     """A raw disk that boots through real GRUB 2 (built with grub-mkimage and
     mke2fs -d, no loop devices): one ext4 partition holding the guest's root
@@ -1798,35 +1847,301 @@ def disk_image():
             f.write(_GRUB_CFG.replace("KVER", kver))
         shutil.copytree("/usr/lib/grub/i386-pc", os.path.join(boot, "grub", "i386-pc"))
         sh("grub-editenv", os.path.join(boot, "grub", "grubenv"), "create")
-        import uuid
-        fs_uuid = str(uuid.uuid4())
-        part = os.path.join(work, "part.img")
-        sh("mke2fs", "-q", "-t", "ext4", "-d", root, "-U", fs_uuid, "-L", "root", part, "96M")
-        early = os.path.join(work, "early.cfg")
-        with open(early, "w") as f:
-            f.write(f"search.fs_uuid {fs_uuid} root hd0,msdos1\nset prefix=($root)/boot/grub\n")
-        core = os.path.join(work, "core.img")
-        sh("grub-mkimage", "-O", "i386-pc", "-o", core, "-c", early, "-p", "/boot/grub",
-           "biosdisk", "part_msdos", "ext2", "search_fs_uuid", "normal", "linux",
-           "configfile", "echo", "loadenv", "test", "gzio", "serial", "terminal")
-        raw = os.path.join(work, "disk.img")
-        with open(raw, "wb") as f:
-            f.truncate((1 << 20) + os.path.getsize(part))
-        subprocess.run(["sfdisk", "-q", raw], input="start=2048, type=83, bootable\n",
-                       text=True, check=True, capture_output=True)
-        with open(raw, "r+b") as f, open("/usr/lib/grub/i386-pc/boot.img", "rb") as b, \
-                open(core, "rb") as c, open(part, "rb") as p:
-            f.write(b.read()[:440])
-            core_data = c.read()
-            assert len(core_data) < 2047 * 512, "core.img too big for the gap"
-            f.seek(512)
-            f.write(core_data)
-            f.seek(1 << 20)
-            shutil.copyfileobj(p, f, 1 << 20)
+        raw = _grub_disk(work, root, "96M")
         os.replace(raw, disk)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return disk
+
+
+KDISK_BUILDER_VERSION = "1"
+
+# The kernel disk's rc: modules come from /lib/modules/$(uname -r) through
+# kmod, so whatever kernel boots (the default or one a test installed) finds
+# its own virtio drivers.
+_KDISK_RC = """#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+grep -q " /dev " /proc/mounts || mount -t devtmpfs dev /dev
+mount -o remount,rw /
+mkdir -p /dev/pts /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+modprobe -a virtio_pci virtio_net virtio_rng 2>/dev/null
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0
+ip link set eth0 up
+ip route add default via 10.0.2.2
+hostname kguest
+/usr/sbin/dropbear -r /etc/dropbear/host_key -p 22 -E 2>/var/log/dropbear.log
+echo "READY boot_id=$(cat /proc/sys/kernel/random/boot_id) kernel=$(uname -r)" > /dev/ttyS0
+"""
+
+# grub.cfg in the shape grub-mkconfig writes with GRUB_DEFAULT=saved:
+# next_entry/saved_entry through grubenv and 41_custom's custom.cfg.
+_KDISK_GRUB_CFG = """# generated in grub-mkconfig's shape (GRUB_DEFAULT=saved)
+if [ -s $prefix/grubenv ]; then
+  set have_grubenv=true
+  load_env
+fi
+if [ "${next_entry}" ] ; then
+   set default="${next_entry}"
+   set next_entry=
+   save_env next_entry
+   set boot_once=true
+else
+   set default="${saved_entry}"
+fi
+if [ x"${feature_menuentry_id}" = xy ]; then
+  menuentry_id_option="--id"
+else
+  menuentry_id_option=""
+fi
+export menuentry_id_option
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+set timeout=0
+### BEGIN /etc/grub.d/10_linux ###
+menuentry 'Debian GNU/Linux' --class debian $menuentry_id_option 'gnulinux-simple-UUID' {
+\tinsmod gzio
+\tinsmod part_msdos
+\tinsmod ext2
+\tsearch --no-floppy --fs-uuid --set=root UUID
+\techo\t'Loading Linux KVER ...'
+\tlinux\t/boot/vmlinuz-KVER root=/dev/nvme0n1p1 rw console=ttyS0,115200 panic=5 quiet
+}
+### END /etc/grub.d/10_linux ###
+### BEGIN /etc/grub.d/41_custom ###
+if [ -f  ${config_directory}/custom.cfg ]; then
+  source ${config_directory}/custom.cfg
+elif [ -z "${config_directory}" -a -f  $prefix/custom.cfg ]; then
+  source $prefix/custom.cfg
+fi
+### END /etc/grub.d/41_custom ###
+"""
+
+
+def debootstrap_root():
+    """A cached Debian minbase root with dpkg, rpm, kmod, initramfs-tools and
+    python3-minimal (registry traffic, in the set-up step)."""
+    need("debootstrap", "chroot")
+    need_root()
+    suite = subprocess.run(["sh", "-c", ". /etc/os-release; echo $VERSION_CODENAME"],
+                           capture_output=True, text=True).stdout.strip() or "bookworm"
+    root = os.path.join(CACHE, f"debootstrap-{suite}-{KDISK_BUILDER_VERSION}")
+    if os.path.exists(os.path.join(root, ".done")):
+        return root
+    work = root + ".part"
+    shutil.rmtree(work, ignore_errors=True)
+    out = subprocess.run(["debootstrap", "--variant=minbase",
+                          "--include=kmod,linux-base,initramfs-tools,rpm,python3-minimal",
+                          suite, work, "http://deb.debian.org/debian"],
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+        raise AssertionError("debootstrap failed: " + (out.stdout + out.stderr)[-2000:])
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc",
+                 "usr/share/man", "usr/share/locale", "usr/share/info"):
+        path = os.path.join(work, junk)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
+    open(os.path.join(work, ".done"), "w").close()
+    os.rename(work, root)
+    return root
+
+
+def newer_kernel_package():
+    """Debian's real 6.12 cloud kernel .deb (the kernel the install tests put
+    on the disk guest, beside its 6.1 default)."""
+    out = subprocess.run(["apt-cache", "depends", "linux-image-6.12-cloud-amd64"],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", out)
+    if not m:
+        raise AssertionError("apt-cache knows no linux-image-6.12-cloud-amd64")
+    return _apt_download(m.group(1), CACHE), m.group(1)[len("linux-image-"):]
+
+
+def kernel_disk_image():
+    """A raw disk that boots through real GRUB 2 into a Debian root on NVMe
+    (no initrd): debootstrap minbase (dpkg, rpm, kmod, initramfs-tools,
+    python3-minimal) with the 6.1 cloud kernel installed by dpkg, busybox init,
+    dropbear; grub.cfg in grub-mkconfig's saved/next_entry shape with
+    custom.cfg.  Returns dict(disk, kver, key)."""
+    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "dpkg-deb")
+    img = guest_image()
+    out_dir = os.path.join(CACHE, f"kdisk-{img['kver']}-{KDISK_BUILDER_VERSION}")
+    files = {"disk": os.path.join(out_dir, "disk.img"), "kver": img["kver"],
+             "key": img["key"], "host_pub": img["host_pub"]}
+    if os.path.exists(files["disk"]):
+        return files
+    base = debootstrap_root()
+    work = tempfile.mkdtemp(prefix="kdisk-build-", dir=CACHE)
+    try:
+        root = os.path.join(work, "root")
+        subprocess.run(["cp", "-a", base, root], check=True)
+        os.unlink(os.path.join(root, ".done"))
+        shutil.copy(img["deb"], os.path.join(root, "kernel.deb"))
+        # The default kernel, installed the Debian way (no initrd: the cloud
+        # kernel has NVMe and ext4 built in).
+        out = subprocess.run(["chroot", root, "dpkg", "-i", "/kernel.deb"],
+                             env={**os.environ, "INITRD": "No", "DEBIAN_FRONTEND": "noninteractive",
+                                  "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode:
+            raise AssertionError("dpkg -i in the disk root: " + out.stdout[-1500:] + out.stderr)
+        os.unlink(os.path.join(root, "kernel.deb"))
+        # Smaller, faster initrds when a test installs a kernel that wants one.
+        conf = os.path.join(root, "etc", "initramfs-tools", "initramfs.conf")
+        text = open(conf).read()
+        text = re.sub(r"^MODULES=.*$", "MODULES=dep", text, flags=re.M)
+        text = re.sub(r"^COMPRESS=.*$", "COMPRESS=gzip", text, flags=re.M)
+        open(conf, "w").write(text)
+        # busybox for init and the applets minbase lacks; dropbear; our rc.
+        shutil.copy("/bin/busybox", os.path.join(root, "usr", "bin", "busybox"))
+        for applet in sh("busybox", "--list-full").stdout.split():
+            target = os.path.join(root, applet)
+            if os.path.lexists(target) or not os.path.isdir(os.path.dirname(target)):
+                continue
+            os.symlink("/usr/bin/busybox", target)
+        sbin_init = os.path.join(root, "sbin", "init")
+        if not os.path.lexists(sbin_init):
+            os.symlink("/usr/bin/busybox", sbin_init)
+        for src in ("/usr/sbin/dropbear", "/usr/lib/openssh/sftp-server"):
+            dst = os.path.join(root, src.lstrip("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy(src, dst)
+        for lib in _ldd_closure(["/usr/sbin/dropbear", "/usr/lib/openssh/sftp-server"]):
+            dst = os.path.join(root, lib.lstrip("/"))
+            if not os.path.exists(dst):
+                shutil.copy(lib, dst)
+        shutil.copy("/usr/lib/openssh/sftp-server", os.path.join(root, "usr", "lib",
+                                                                 "sftp-server"))
+        etc = os.path.join(root, "etc")
+        os.makedirs(os.path.join(etc, "dropbear"), exist_ok=True)
+        subprocess.run(f"cd {shlex_quote(work)} && gzip -dc {shlex_quote(img['initrd'])} | "
+                       "cpio -id --quiet --no-absolute-filenames etc/dropbear/host_key "
+                       "root/.ssh/authorized_keys", shell=True, check=True)
+        shutil.copy(os.path.join(work, "etc", "dropbear", "host_key"),
+                    os.path.join(etc, "dropbear", "host_key"))
+        os.makedirs(os.path.join(root, "root", ".ssh"), mode=0o700, exist_ok=True)
+        shutil.copy(os.path.join(work, "root", ".ssh", "authorized_keys"),
+                    os.path.join(root, "root", ".ssh", "authorized_keys"))
+        for name, text in (("rc", _KDISK_RC), ("inittab", _GUEST_INITTAB),
+                           ("hostname", "kguest\n"), ("fstab", "")):
+            with open(os.path.join(etc, name), "w") as f:
+                f.write(text)
+        os.chmod(os.path.join(etc, "rc"), 0o755)
+        boot = os.path.join(root, "boot")
+        os.makedirs(os.path.join(boot, "grub"), exist_ok=True)
+        fs_uuid = _new_uuid()
+        with open(os.path.join(boot, "grub", "grub.cfg"), "w") as f:
+            f.write(_KDISK_GRUB_CFG.replace("KVER", img["kver"]).replace("UUID", fs_uuid))
+        shutil.copytree("/usr/lib/grub/i386-pc", os.path.join(boot, "grub", "i386-pc"))
+        sh("grub-editenv", os.path.join(boot, "grub", "grubenv"), "create")
+        raw = _grub_disk(work, root, "1200M", fs_uuid)
+        os.makedirs(out_dir, exist_ok=True)
+        os.replace(raw, files["disk"])
+    finally:
+        subprocess.run(["rm", "-rf", work])
+    return files
+
+
+def small_kernel_package(dest, version_suffix="", broken=False):
+    """A small .deb (dpkg-deb --build) around the 6.12 cloud kernel's image and
+    the virtio modules it needs; it installs in seconds under TCG.  broken=True
+    puts garbage where the image should be: GRUB cannot boot it."""
+    deb, kver = newer_kernel_package()
+    name = f"autoserv-test-kernel{version_suffix}"
+    out = os.path.join(dest, f"{name}.deb")
+    tree = tempfile.mkdtemp(prefix="kpkg-", dir=dest)
+    try:
+        x = os.path.join(tree, "x")
+        sh("dpkg-deb", "-x", deb, x)
+        root = os.path.join(tree, "pkg")
+        os.makedirs(os.path.join(root, "boot"))
+        os.makedirs(os.path.join(root, "DEBIAN"))
+        image = os.path.join(root, "boot", f"vmlinuz-{kver}")
+        if broken:
+            with open(image, "wb") as f:
+                f.write(os.urandom(64 * 1024))
+        else:
+            shutil.copy(os.path.join(x, "boot", f"vmlinuz-{kver}"), image)
+        shutil.copy(os.path.join(x, "boot", f"config-{kver}"), os.path.join(root, "boot"))
+        mods = os.path.join(x, "lib", "modules", kver)
+        if not os.path.isdir(mods):
+            mods = os.path.join(x, "usr", "lib", "modules", kver)
+        deps = sh("modprobe", "-a", "-d", x, "-S", kver, "--show-depends", "virtio_net",
+                  "virtio_rng", check=False).stdout
+        if "insmod" not in deps:
+            sh("depmod", "-b", x, kver)
+            deps = sh("modprobe", "-a", "-d", x, "-S", kver, "--show-depends", "virtio_net",
+                      "virtio_rng").stdout
+        target = os.path.join(root, "lib", "modules", kver)
+        for line in deps.splitlines():
+            if line.startswith("insmod "):
+                src = line.split()[1]
+                rel = os.path.relpath(src, mods)
+                os.makedirs(os.path.dirname(os.path.join(target, rel)), exist_ok=True)
+                shutil.copy(src, os.path.join(target, rel))
+        for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+            if os.path.exists(os.path.join(mods, f)):
+                shutil.copy(os.path.join(mods, f), os.path.join(target, f))
+        sh("depmod", "-b", root, kver)
+        with open(os.path.join(root, "DEBIAN", "control"), "w") as f:
+            f.write(f"Package: {name}\nVersion: {kver.split('+')[0]}-1\nArchitecture: amd64\n"
+                    f"Maintainer: autoserv tests <tests@localhost>\nSection: kernel\n"
+                    f"Priority: optional\nDescription: test kernel {kver} (image + virtio "
+                    "modules)\n")
+        sh("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, out)
+        return out, kver
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def small_kernel_rpm(dest):
+    """A real RPM built with rpmbuild around the same files as
+    small_kernel_package (6.12 image, config, virtio modules)."""
+    need("rpmbuild")
+    deb, kver = small_kernel_package(dest)
+    top = tempfile.mkdtemp(prefix="rpmbuild-", dir=dest)
+    try:
+        tree = os.path.join(top, "tree")
+        sh("dpkg-deb", "-x", deb, tree)
+        version = kver.split("+")[0]
+        spec = os.path.join(top, "kernel.spec")
+        with open(spec, "w") as f:
+            f.write(f"""Name: kernel-autoserv-test
+Version: {version}
+Release: 1
+Summary: test kernel {kver}
+License: GPL-2.0-only
+BuildArch: x86_64
+AutoReqProv: no
+%description
+The 6.12 cloud kernel's image and virtio modules, for autoserv's tests.
+%install
+mkdir -p %{{buildroot}}
+cp -a {tree}/boot {tree}/lib %{{buildroot}}/
+%files
+/boot/vmlinuz-{kver}
+/boot/config-{kver}
+/lib/modules/{kver}
+""")
+        out = subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {top}",
+                              "--define", "_binary_payload w6.xzdio",
+                              "--define", "__os_install_post %{nil}",
+                              "--define", "debug_package %{nil}", spec],
+                             capture_output=True, text=True, timeout=300)
+        if out.returncode:
+            raise AssertionError("rpmbuild: " + out.stderr[-1500:])
+        built = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(top, "RPMS"))
+                 for f in fs if f.endswith(".rpm")]
+        target = os.path.join(dest, os.path.basename(built[0]))
+        shutil.move(built[0], target)
+        return target, kver
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def shlex_quote(s):
@@ -1878,6 +2193,426 @@ def guest_ports(count):
             for s in socks:
                 s.close()
     raise AssertionError("no free port range")
+
+
+BOOTTOOL = os.path.join(HERE, "boottool")
+
+
+def grub_mkconfig_fixture(root, kernels, initrds=()):
+    """A real grub.cfg from Debian's grub-mkconfig (GRUB_DEFAULT=saved),
+    written into root/boot/grub.  grub-mkconfig looks at the running
+    system's /boot and /etc/default, so it runs in a private mount namespace
+    with a fake /boot and /etc/default bound over them; nothing on this
+    machine changes.  Kernel paths in the output are made /boot/... (the
+    bind mount makes grub-mkconfig print the source dir instead)."""
+    need("grub-mkconfig", "unshare")
+    need_root()
+    boot = os.path.join(root, "boot")
+    os.makedirs(os.path.join(boot, "grub"), exist_ok=True)
+    for k in kernels:
+        open(os.path.join(boot, f"vmlinuz-{k}"), "a").close()
+    for k in initrds:
+        open(os.path.join(boot, f"initrd.img-{k}"), "a").close()
+    etc_default = os.path.join(root, "etc-default")
+    os.makedirs(etc_default, exist_ok=True)
+    with open(os.path.join(etc_default, "grub"), "w") as f:
+        f.write('GRUB_DEFAULT=saved\nGRUB_TIMEOUT=0\nGRUB_DISTRIBUTOR=Debian\n'
+                'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="console=ttyS0"\n'
+                'GRUB_DISABLE_OS_PROBER=true\n')
+    cfg = os.path.join(boot, "grub", "grub.cfg")
+    out = subprocess.run(["unshare", "-m", "sh", "-c",
+                          f"mount --make-rprivate / && mount --bind {shlex_quote(boot)} /boot && "
+                          f"mount --bind {shlex_quote(etc_default)} /etc/default && "
+                          f"grub-mkconfig -o {shlex_quote(cfg + '.new')}"],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode:
+        raise AssertionError("grub-mkconfig: " + out.stderr)
+    text = open(cfg + ".new").read().replace(boot + "/", "/boot/")
+    os.unlink(cfg + ".new")
+    with open(cfg, "w") as f:
+        f.write(text)
+    if not os.path.exists(os.path.join(boot, "grub", "grubenv")):
+        sh("grub-editenv", os.path.join(boot, "grub", "grubenv"), "create")
+    return cfg
+
+
+_MACHINE_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+
+
+def bls_fixture(root):
+    """/boot/loader/entries as Fedora writes them, with grub2's grubenv."""
+    entries = os.path.join(root, "boot", "loader", "entries")
+    os.makedirs(entries)
+    os.makedirs(os.path.join(root, "boot", "grub2"))
+    for v in ("6.5.6-300.fc39.x86_64", "6.8.9-300.fc40.x86_64"):
+        with open(os.path.join(entries, f"{_MACHINE_ID}-{v}.conf"), "w") as f:
+            f.write(f"title Fedora Linux ({v}) 40 (Forty)\nversion {v}\nlinux /vmlinuz-{v}\n"
+                    f"initrd /initramfs-{v}.img\noptions root=UUID=5a1f3c2e-1111-2222-3333-"
+                    "444455556666 ro rhgb quiet\ngrub_users $grub_users\n"
+                    "grub_arg --unrestricted\ngrub_class fedora\n")
+        open(os.path.join(root, "boot", f"vmlinuz-{v}"), "w").close()
+    env = os.path.join(root, "boot", "grub2", "grubenv")
+    sh("grub-editenv", env, "create")
+    sh("grub-editenv", env, "set", f"saved_entry={_MACHINE_ID}-6.5.6-300.fc39.x86_64")
+    return env
+
+
+_MENU_LST = """# menu.lst - See: grub(8), info grub, update-grub(8)
+default\t\t0
+timeout\t\t5
+
+### BEGIN AUTOMAGIC KERNELS LIST
+title\t\tDebian GNU/Linux, kernel 2.6.18-6-amd64
+root\t\t(hd0,0)
+kernel\t\t/boot/vmlinuz-2.6.18-6-amd64 root=/dev/sda1 ro
+initrd\t\t/boot/initrd.img-2.6.18-6-amd64
+savedefault
+
+title\t\tDebian GNU/Linux, kernel 2.6.18-6-amd64 (single-user mode)
+root\t\t(hd0,0)
+kernel\t\t/boot/vmlinuz-2.6.18-6-amd64 root=/dev/sda1 ro single
+initrd\t\t/boot/initrd.img-2.6.18-6-amd64
+savedefault
+
+### END DEBIAN AUTOMAGIC KERNELS LIST
+"""
+
+
+class TestBoottool(unittest.TestCase):
+    """boottool on real menus: grub-mkconfig's output, Fedora-shaped BLS
+    entries and a Debian etch menu.lst, each under --root-dir."""
+
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix="as-bt-")
+        self.addCleanup(shutil.rmtree, self.root)
+        os.makedirs(os.path.join(self.root, "boot"), exist_ok=True)
+        open(os.path.join(self.root, "boot", "vmlinuz-9.9-test"), "w").close()
+        open(os.path.join(self.root, "boot", "initrd.img-9.9-test"), "w").close()
+
+    def bt(self, *args, ok=True, python=sys.executable):
+        out = subprocess.run([python, BOOTTOOL, f"--root-dir={self.root}", *args],
+                             capture_output=True, text=True, timeout=60)
+        if ok:
+            self.assertEqual(out.returncode, 0, out.stderr)
+        return out
+
+    def info(self):
+        return autoserv.Bootloader._parse_info(self.bt("--info=all").stdout)
+
+    def snapshot(self):
+        found = {}
+        for d, _, files in os.walk(os.path.join(self.root, "boot")):
+            for f in files:
+                if not f.endswith(".bak"):
+                    found[os.path.join(d, f)] = open(os.path.join(d, f), "rb").read()
+        return found
+
+    def round_trip(self, default_before):
+        """add (boot once), default kept; set default; remove: back to start."""
+        before = self.info()
+        self.assertEqual(int(self.bt("--default").stdout), default_before)
+        added = self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=autoserv test",
+                        "--initrd=/boot/initrd.img-9.9-test", "--args=console=ttyS0 quiet",
+                        "--boot-once").stdout
+        self.assertIn("Added: autoserv test", added)
+        after = self.info()
+        self.assertEqual(len(after), len(before) + 1)
+        new = next(e for e in after if e["title"] == "autoserv test")
+        self.assertTrue(new["kernel"].endswith("/vmlinuz-9.9-test"))
+        self.assertEqual(new["args"], "console=ttyS0 quiet")
+        self.assertEqual(new["root"], before[default_before]["root"])   # copied from the default
+        self.assertEqual(after[int(self.bt("--default").stdout)]["title"],
+                         before[default_before]["title"])              # boot once: default kept
+        self.bt("--update-kernel=autoserv test", "--args=debug", "--remove-args=quiet")
+        new = next(e for e in self.info() if e["title"] == "autoserv test")
+        self.assertEqual(new["args"], "console=ttyS0 debug")
+        self.bt(f"--set-default={new['index']}")
+        self.assertEqual(int(self.bt("--default").stdout), new["index"])
+        again = self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=autoserv test", ok=False)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("--force", again.stderr)
+        self.bt(f"--set-default={before[default_before]['title']}")
+        self.bt("--remove-kernel=autoserv test")
+        self.assertEqual(self.info(), before)
+        self.assertEqual(int(self.bt("--default").stdout), default_before)
+        return new
+
+    def test_grub2_round_trip_on_grub_mkconfig_output_and_entries_survive_update_grub(self):
+        kernels = ("6.1.0-56-cloud-amd64", "6.12.117+deb12-cloud-amd64")
+        cfg = grub_mkconfig_fixture(self.root, kernels, initrds=kernels[1:])
+        env = os.path.join(self.root, "boot", "grub", "grubenv")
+        self.assertEqual(self.bt("--bootloader-probe").stdout.strip(), "grub2")
+        titles = [e["title"] for e in self.info()]
+        self.assertEqual(titles[0], "Debian GNU/Linux")
+        self.assertIn("Debian GNU/Linux, with Linux 6.1.0-56-cloud-amd64", titles)  # submenu
+        self.round_trip(0)
+        # Boot once goes through grubenv's next_entry, the default through
+        # saved_entry, and our entries live in custom.cfg ...
+        self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=kept", "--boot-once")
+        self.assertIn("next_entry=boottool-kept", open(env).read())
+        self.assertNotIn("boottool", open(cfg).read())
+        self.bt("--set-default=Debian GNU/Linux, with Linux 6.1.0-56-cloud-amd64")
+        self.assertIn("saved_entry=gnulinux-advanced-", open(env).read())
+        self.assertEqual(self.info()[int(self.bt("--default").stdout)]["title"],
+                         "Debian GNU/Linux, with Linux 6.1.0-56-cloud-amd64")
+        # ... so they survive update-grub.
+        grub_mkconfig_fixture(self.root, kernels, initrds=kernels[1:])
+        self.assertIn("kept", [e["title"] for e in self.info()])
+        self.assertEqual(len(open(env, "rb").read()), 1024)
+
+    def test_bls_round_trip_with_grubenv_and_with_loader_conf(self):
+        env = bls_fixture(self.root)
+        self.assertEqual(self.bt("--bootloader-probe").stdout.strip(), "bls")
+        entries = self.info()
+        self.assertEqual(entries[0]["title"], "Fedora Linux (6.8.9-300.fc40.x86_64) 40 (Forty)")
+        self.assertEqual(entries[1]["root"], "UUID=5a1f3c2e-1111-2222-3333-444455556666")
+        self.round_trip(1)
+        self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=once", "--boot-once")
+        conf = os.path.join(self.root, "boot", "loader", "entries",
+                            f"{_MACHINE_ID}-boottool-once.conf")
+        text = open(conf).read()
+        self.assertIn("options root=UUID=5a1f3c2e-1111-2222-3333-444455556666 ro rhgb quiet",
+                      text)
+        self.assertIn("grub_class fedora", text)
+        self.assertIn(f"next_entry={_MACHINE_ID}-boottool-once", open(env).read())
+        # systemd-boot: no grubenv, the default in loader.conf.
+        os.unlink(env)
+        self.bt(f"--set-default={_MACHINE_ID}-6.8.9-300.fc40.x86_64")
+        loader = open(os.path.join(self.root, "boot", "loader", "loader.conf")).read()
+        self.assertIn(f"default {_MACHINE_ID}-6.8.9-300.fc40.x86_64.conf", loader)
+        self.assertEqual(self.info()[int(self.bt("--default").stdout)]["title"],
+                         "Fedora Linux (6.8.9-300.fc40.x86_64) 40 (Forty)")
+
+    def test_grub_legacy_round_trip_and_boot_once_restores_the_default(self):
+        menu = os.path.join(self.root, "boot", "grub", "menu.lst")
+        os.makedirs(os.path.dirname(menu))
+        open(menu, "w").write(_MENU_LST)
+        self.assertEqual(self.bt("--bootloader-probe").stdout.strip(), "grub")
+        self.round_trip(0)
+        self.bt("--set-default=1")
+        self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=once", "--position=start",
+                "--boot-once")
+        # GRUB legacy boots the entry in /boot/grub/default; that entry's
+        # "savedefault 2" puts the old default (now index 2) back.
+        self.assertTrue(open(os.path.join(self.root, "boot", "grub", "default")).read()
+                        .startswith("0\n"))
+        self.assertRegex(open(menu).read(), r"title once\n(.*\n)*?\s*savedefault 2\b")
+        self.assertRegex(open(menu).read(), r"(?m)^default\s+saved")
+        self.assertEqual(int(self.bt("--default").stdout), 2)
+
+    def test_info_output_has_the_original_layout(self):
+        menu = os.path.join(self.root, "boot", "grub", "menu.lst")
+        os.makedirs(os.path.dirname(menu))
+        open(menu, "w").write(_MENU_LST)
+        out = self.bt("--info=0").stdout
+        self.assertTrue(out.startswith("\nindex\t: 0\n"), out)
+        for line in ("title\t: Debian GNU/Linux, kernel 2.6.18-6-amd64\n",
+                     "kernel\t: /boot/vmlinuz-2.6.18-6-amd64\n", "args\t: ro\n",
+                     "root\t: /dev/sda1\n", "initrd\t: /boot/initrd.img-2.6.18-6-amd64\n"):
+            self.assertIn(line, out)
+        self.assertEqual(self.bt("--info=all").stdout.count("\nindex\t: "), 2)
+
+    def test_a_failed_edit_leaves_the_old_menu_and_default(self):
+        grub_mkconfig_fixture(self.root, ("6.1.0-56-cloud-amd64",))
+        self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=first")
+        before = self.snapshot()
+        # /boot/grub read-only (a read-only bind mount in a private mount
+        # namespace): the edit fails with one line, nothing changes.
+        grub = os.path.join(self.root, "boot", "grub")
+        out = subprocess.run(
+            ["unshare", "-m", "sh", "-c", f"mount --make-rprivate / && mount --bind {grub} {grub} "
+             f"&& mount -o remount,bind,ro {grub} && exec \"$@\"", "sh", sys.executable,
+             BOOTTOOL, f"--root-dir={self.root}", "--add-kernel=/boot/vmlinuz-9.9-test",
+             "--title=second", "--make-default"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+        self.assertIn("Read-only file system (nothing changed)", out.stderr)
+        self.assertEqual(self.snapshot(), before)
+        self.assertEqual(int(self.bt("--default").stdout), 0)
+        leftovers = [f for f in os.listdir(os.path.join(self.root, "boot", "grub"))
+                     if ".boottool-" in f]
+        self.assertEqual(leftovers, [])
+
+    def test_unknown_loader_missing_kernel_and_bad_input_are_one_line_errors(self):
+        for args, text in ((["--info=all"], "no known boot loader"),):
+            out = self.bt(*args, ok=False)
+            self.assertEqual(out.returncode, 1)
+            self.assertIn(text, out.stderr)
+        menu = os.path.join(self.root, "boot", "grub", "menu.lst")
+        os.makedirs(os.path.dirname(menu))
+        open(menu, "w").write(_MENU_LST)
+        for args, text in ((["--add-kernel=/boot/nope", "--title=x"], "kernel /boot/nope not found"),
+                           (["--set-default=no such title"], "no boot entry 'no such title'"),
+                           (["--remove-kernel=7"], "no boot entry '7'"),
+                           (["--add-kernel=/boot/vmlinuz-9.9-test"], "needs --title"),
+                           (["--position=middle", "--add-kernel=/boot/vmlinuz-9.9-test",
+                             "--title=x"], "--position takes")):
+            with self.subTest(args=args):
+                out = self.bt(*args, ok=False)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+                self.assertIn(text, out.stderr)
+        self.assertEqual(open(menu).read(), _MENU_LST)
+
+    def test_runs_under_debians_python3_minimal(self):
+        root = debootstrap_root()         # python3-minimal only: no shutil, shlex, json
+        probe = subprocess.run(["chroot", root, "python3", "-c", "import shutil"],
+                               capture_output=True, text=True)
+        self.assertNotEqual(probe.returncode, 0, "the root has more than python3-minimal")
+        work = tempfile.mkdtemp(prefix="bt-", dir=os.path.join(root, "tmp"))
+        self.addCleanup(shutil.rmtree, work)
+        shutil.copy(BOOTTOOL, os.path.join(work, "boottool"))
+        self.root = os.path.join(work, "fx")
+        os.makedirs(os.path.join(self.root, "boot"))
+        open(os.path.join(self.root, "boot", "vmlinuz-9.9-test"), "w").close()
+        grub_mkconfig_fixture(self.root, ("6.1.0-56-cloud-amd64",))
+        inside = "/" + os.path.relpath(work, root)
+        for args in (["--info=all"], ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=t",
+                                      "--boot-once"], ["--default"]):
+            out = subprocess.run(["chroot", root, "python3", f"{inside}/boottool",
+                                  f"--root-dir={inside}/fx", *args],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("next_entry=boottool-t",
+                      open(os.path.join(self.root, "boot", "grub", "grubenv")).read())
+
+
+class _Served:
+    """http.server and Debian's pyftpdlib FTP server on loopback, serving one dir."""
+
+    def __init__(self, directory):
+        import http.server
+        import threading
+        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+            *a, directory=directory, **k)
+        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.http_url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.ftp = None
+        if subprocess.run(["/usr/bin/python3", "-c", "import pyftpdlib"],
+                          capture_output=True).returncode:
+            if IN_CI:
+                raise AssertionError("python3-pyftpdlib is missing (CI installs it)")
+            return
+        port = free_port()
+        self.ftp = subprocess.Popen(["/usr/bin/python3", "-m", "pyftpdlib", "-i", "127.0.0.1",
+                                     "-p", str(port), "-d", directory],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(port, 20, "the FTP server")
+        self.ftp_url = f"ftp://127.0.0.1:{port}"
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+        if self.ftp:
+            self.ftp.terminate()
+            self.ftp.wait(10)
+
+
+class TestInstallables(unittest.TestCase):
+    """InstallableObject.get() and package reading, on the server only."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="as-inst-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        cls.deb, cls.kver = small_kernel_package(cls.dir)
+        cls.rpm, _ = small_kernel_rpm(cls.dir)
+        cls.served = _Served(cls.dir)
+        cls.addClassCleanup(cls.served.close)
+
+    def setUp(self):
+        autoserv._TMP_DIRS = getattr(autoserv, "_TMP_DIRS", None)
+
+    def test_get_accepts_file_dir_url_file_object_and_content(self):
+        obj = autoserv.InstallableObject()
+        self.assertEqual(obj.get(self.deb), self.deb)
+        self.assertEqual(obj.get(self.dir), self.dir)
+        got = obj.get(f"{self.served.http_url}/{os.path.basename(self.deb)}")
+        self.assertEqual(open(got, "rb").read(), open(self.deb, "rb").read())
+        if self.served.ftp or IN_CI:
+            got = obj.get(f"{self.served.ftp_url}/{os.path.basename(self.rpm)}")
+            self.assertEqual(open(got, "rb").read(), open(self.rpm, "rb").read())
+        got = obj.get(io.BytesIO(b"from a file object"))
+        self.assertEqual(open(got, "rb").read(), b"from a file object")
+        got = obj.get("echo this string is the content\n")
+        self.assertEqual(open(got).read(), "echo this string is the content\n")
+        k = autoserv.DEBKernel()
+        k.get(f"{self.served.http_url}/{os.path.basename(self.deb)}")
+        self.assertEqual(k.get_version(), self.kver)
+
+    def test_get_errors_name_the_location_and_the_reason(self):
+        obj = autoserv.InstallableObject()
+        port = free_port()
+        for location, text in ((f"{self.served.http_url}/missing.deb", "404"),
+                               (f"http://127.0.0.1:{port}/x.deb", "refused"),
+                               ("/var/local/no-such-kernel.deb", "no such file"),
+                               ("./typo.deb", "no such file")):
+            with self.subTest(location=location), \
+                    self.assertRaises(autoserv.AutoservInstallError) as cm:
+                obj.get(location)
+            self.assertIn(location if "://" not in location else location.split("/")[-1],
+                          str(cm.exception))
+            self.assertIn(text, str(cm.exception).lower() if text.islower() else
+                          str(cm.exception))
+
+    def test_rpm_names_come_from_the_header_without_rpm_on_the_server(self):
+        code = ("import sys; sys.path.insert(0, %r); import autoserv, shutil\n"
+                "assert shutil.which('rpm') is None and shutil.which('rpm2cpio') is None\n"
+                "k = autoserv.RPMKernel(); k.get(%r); k.verify()\n"
+                "print(k.get_version(), k.get_package_name(), k.get_package_version(), "
+                "k.get_image_name(), k.get_initrd_name())" % (HERE, self.rpm))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "PATH": "/nonexistent"}, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.split(), [
+            self.kver, "kernel-autoserv-test", self.kver.split("+")[0] + "-1",
+            f"/boot/vmlinuz-{self.kver}", f"/boot/initramfs-{self.kver}.img"])
+
+    def test_deb_names_for_debians_real_kernel_package(self):
+        deb, kver = newer_kernel_package()
+        k = autoserv.DEBKernel()
+        k.get(deb)
+        self.assertEqual(k.get_version(), kver)
+        self.assertEqual(k.get_image_name(), f"/boot/vmlinuz-{kver}")
+        self.assertEqual(k.get_initrd_name(), f"/boot/initrd.img-{kver}")
+        self.assertRegex(k.get_package_version(), r"^6\.12\.")
+
+    def test_corrupt_truncated_and_kernelless_packages_are_refused(self):
+        data = open(self.deb, "rb").read()
+        rpm = open(self.rpm, "rb").read()
+        flipped = bytearray(rpm)
+        flipped[len(rpm) - 5000] ^= 0xFF
+        bad_deb = bytearray(data)
+        bad_deb[len(data) // 2] ^= 0xFF
+        notkernel = os.path.join(self.dir, "notkernel")
+        os.makedirs(os.path.join(notkernel, "DEBIAN"), exist_ok=True)
+        os.makedirs(os.path.join(notkernel, "usr", "share"), exist_ok=True)
+        open(os.path.join(notkernel, "usr", "share", "x"), "w").write("x")
+        open(os.path.join(notkernel, "DEBIAN", "control"), "w").write(
+            "Package: notkernel\nVersion: 1\nArchitecture: all\nMaintainer: t <t@localhost>\n"
+            "Description: no kernel here\n")
+        sh("dpkg-deb", "--root-owner-group", "--build", notkernel,
+           os.path.join(self.dir, "notkernel.deb"))
+        cases = ((autoserv.DEBKernel, data[:len(data) // 2], "truncated"),
+                 (autoserv.DEBKernel, bytes(bad_deb), "corrupt"),
+                 (autoserv.DEBKernel, b"not a package at all", "not a .deb"),
+                 (autoserv.DEBKernel, open(os.path.join(self.dir, "notkernel.deb"), "rb").read(),
+                  "not a kernel package"),
+                 (autoserv.RPMKernel, rpm[:len(rpm) - 4096], "truncated"),
+                 (autoserv.RPMKernel, bytes(flipped), "corrupt"),
+                 (autoserv.RPMKernel, rpm[:200], "truncated"))
+        for n, (cls, blob, text) in enumerate(cases):
+            path = os.path.join(self.dir, f"bad-{n}")
+            open(path, "wb").write(blob)
+            with self.subTest(n=n, text=text), \
+                    self.assertRaises(autoserv.AutoservInstallError) as cm:
+                k = cls()
+                k.get(path)
+                k.verify()
+            self.assertIn(text, str(cm.exception))
+            self.assertIn(path, str(cm.exception))
 
 
 class TestKVM(unittest.TestCase):
@@ -1943,6 +2678,11 @@ class TestKVM(unittest.TestCase):
         self.guest.hardreset()
         self.assertLess(time.monotonic() - t0, 120)
         self.assertNotEqual(self.guest.get_boot_id(), before)
+
+    def test_bootloader_on_a_host_without_python3_says_so(self):
+        with self.assertRaises(autoserv.AutoservBootloaderError) as cm:
+            self.guest.bootloader.get_titles()
+        self.assertIn("no python3", str(cm.exception))
 
     def test_monitor_answers_through_qmp(self):
         self.assertIn("running", self.guest.monitor("info status"))
@@ -2275,6 +3015,256 @@ class IPMISim:
         self.proc.terminate()
         self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class KernelGuest:
+    """A guest booting through real GRUB from a fresh qcow2 overlay of the
+    kernel disk (so what a test installs dies with it), plus an ssh config in
+    which the seed's 192.168.1.1 leads to it with its host key pinned."""
+
+    def __init__(self, tmp, mac="02:00:00:00:06:01"):
+        self.img = kernel_disk_image()
+        self.overlay = os.path.join(tmp, "kdisk.qcow2")
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", self.img["disk"],
+           self.overlay)
+        self.kvm = autoserv.KVM(autoserv.LocalHost())
+        self.port = guest_ports(1)
+        self.kvm.install([{"mac": mac, "ip": "127.0.0.1", "port": self.port}])
+        self.guest = autoserv.KVMGuest(
+            self.kvm, f"-m 512 -drive file={self.overlay},if=none,id=d0 "
+            "-device nvme,drive=d0,serial=d0", identity=self.img["key"], connect_timeout=5)
+        if not self.guest.wait_up(180):
+            tail = self.guest.serial_tail(30)
+            self.guest.close()
+            raise AssertionError("kernel disk guest did not come up:\n" + tail)
+        self.ssh_config = os.path.join(tmp, "ssh_config")
+        known = os.path.join(tmp, "known_hosts")
+        with open(known, "w") as f:
+            f.write(f"[127.0.0.1]:{self.port} {open(self.img['host_pub']).read().strip()}\n")
+        with open(self.ssh_config, "w") as f:
+            f.write(f"Host 192.168.1.1 192.168.1.2\n    HostName 127.0.0.1\n"
+                    f"    Port {self.port}\n    User root\n    IdentityFile {self.img['key']}\n"
+                    f"    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n")
+
+    def close(self):
+        self.guest.close()
+
+
+class TestKernelInstall(unittest.TestCase):
+    """Kernels installed with dpkg and rpm on a guest that boots through real
+    GRUB, its menu edited by boottool.  Every test has its own guest (a fresh
+    overlay boots in about 6 s)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pkgs = tempfile.mkdtemp(prefix="as-kpkgs-")
+        cls.addClassCleanup(shutil.rmtree, cls.pkgs)
+        cls.deb, cls.kver = small_kernel_package(cls.pkgs)
+        cls.default_kver = kernel_disk_image()["kver"]
+
+    @classmethod
+    def tearDownClass(cls):
+        autoserv._close_all_hosts()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-kinst-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def start(self, job=False):
+        kg = KernelGuest(self.tmp)
+        self.addCleanup(kg.close)
+        if job:
+            self.res = os.path.join(self.tmp, "res")
+            autoserv.ServerJob(self.res)
+            self.addCleanup(self._end_job)
+        return kg.guest, kg
+
+    def _end_job(self):
+        autoserv._JOB = None
+        autoserv.LOG.close()
+
+    def status(self):
+        return autoserv.parse_status_log(open(os.path.join(self.res, "status.log")).read())
+
+    def seed(self, name):
+        return open(os.path.join(HERE, "..", "shared", "seed", "examples", name)).read()
+
+    def run_seed(self, kg, text, *args):
+        ctl = os.path.join(self.tmp, "seed.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        return run_cli("--ssh-config", kg.ssh_config, "-r", os.path.join(self.tmp, "res"),
+                       *args, ctl, timeout=900)
+
+    def test_seed_example_installs_debians_real_kernel_package_and_boots_it(self):
+        deb, kver = newer_kernel_package()
+        g, kg = self.start()
+        text = self.seed("01-uname-deb.control").replace("/var/local/linux-2.6.22.deb", deb)
+        out = self.run_seed(kg, text)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.splitlines()
+        self.assertIn(kver, lines)
+        self.assertIn(f"/boot/vmlinuz-{kver}", lines)
+        self.assertIn(f"/boot/initrd.img-{kver}", lines)
+        unames = [line for line in lines if line.startswith("Linux kguest")]
+        self.assertEqual(len(unames), 2, out.stdout)
+        self.assertIn(self.default_kver, unames[0])
+        self.assertIn(kver, unames[1])
+        status = open(os.path.join(self.tmp, "res", "status.log")).read()
+        self.assertRegex(status, r"GOOD\t----\tboot\.kernel\t.*running " + re.escape(kver))
+        # dpkg knows it, its initrd was made, and it is now the default.
+        self.assertIn("ii", g.run(f"dpkg -l linux-image-{kver}").stdout)
+        self.assertEqual(g.run(f"test -s /boot/initrd.img-{kver}",
+                               ignore_status=True).exit_status, 0)
+        self.assertEqual(g.bootloader.get_default_title(), "autoserv")
+
+    def test_seed_install_example_with_a_small_package(self):
+        g, kg = self.start()
+        text = self.seed("03-deb-kernel-install.control").replace(
+            "/var/local/linux-2.6.22.deb", self.deb)
+        out = self.run_seed(kg, text)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        unames = [line for line in out.stdout.splitlines() if line.startswith("Linux kguest")]
+        self.assertEqual([self.default_kver in unames[0], self.kver in unames[1]], [True, True])
+
+    def test_seed_rpm_example_installs_with_rpm_on_every_machine(self):
+        rpm, kver = small_kernel_rpm(self.tmp)
+        g, kg = self.start()
+        text = self.seed("04-rpm-machines.control").replace(
+            "/stuff/kernels/kernel-smp-2.6.18.x86_64.rpm", rpm)
+        out = self.run_seed(kg, text, "-m", "192.168.1.1")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        unames = [line for line in out.stdout.splitlines() if line.startswith("Linux kguest")]
+        self.assertEqual(len(unames), 2, out.stdout)
+        self.assertIn(kver, unames[1])
+        self.assertIn("Done.", out.stdout)
+        self.assertIn("kernel-autoserv-test", g.run("rpm -q kernel-autoserv-test").stdout)
+
+    def test_seed_guest_kernel_change_example_on_a_kvm_guest(self):
+        sshd = Sshd()
+        self.addCleanup(sshd.stop)
+        base = guest_ports(1)
+        img = kernel_disk_image()
+        text = self.seed("07-guest-kernel-change.control")
+        text = text.replace('kvm_on_remote_host.get("/var/local/src/kvm-compiled.tar.gz")\n', "")
+        text = text.replace('"ip" : "10.0.0.1"}', '"ip" : "127.0.0.1", "port": %d}' % base)
+        text = text.replace("-hda /var/local/vdisk.img",
+                            f"-drive file={img['disk']},if=none,id=d0,format=raw "
+                            "-device nvme,drive=d0,serial=d0")
+        text = text.replace("/home/foo/linux-2.6.21.3-6_2.6.21.3-6_amd64.deb", self.deb)
+        ctl = os.path.join(self.tmp, "seed.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        out = run_cli("--ssh-config", sshd.ssh_config, "-i", img["key"],
+                      "-r", os.path.join(self.tmp, "res"), ctl, timeout=900)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        unames = [line for line in out.stdout.splitlines() if line.startswith("Linux kguest")]
+        self.assertEqual(len(unames), 2, out.stdout)
+        self.assertIn(self.default_kver, unames[0])
+        self.assertIn(self.kver, unames[1])
+        self.assertFalse([p for p in comm_pids("qemu-system-x86")
+                          if img["disk"] in processes_with(img["disk"]) and
+                          p in processes_with(img["disk"])])
+
+    def test_boot_once_boots_the_new_kernel_once_then_the_default_returns(self):
+        g, kg = self.start(job=True)
+        k = autoserv.DEBKernel()
+        k.get(self.deb)
+        k.install(g, boot_once=True)
+        self.assertEqual(g.bootloader.get_default_title(), "Debian GNU/Linux")
+        g.reboot(timeout=300)
+        self.assertEqual(g.run("uname -r").stdout.strip(), self.kver)
+        g.reboot(timeout=300)
+        self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
+        codes = [(e["code"], e["operation"]) for e in self.status()]
+        self.assertIn(("GOOD", "kernel.install"), codes)
+        self.assertIn(("GOOD", "boot.kernel"), codes)
+
+    def test_a_kernel_that_does_not_boot_is_recovered_by_one_hard_reset_with_fail(self):
+        g, kg = self.start(job=True)
+        broken, _ = small_kernel_package(self.tmp, "-broken", broken=True)
+        k = autoserv.DEBKernel()
+        k.get(broken)
+        k.install(g, boot_once=True, title="broken kernel")
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservKernelBootError) as cm:
+            g.reboot(timeout=60)
+        self.assertLess(time.monotonic() - t0, 400)
+        self.assertIn("did not come up", str(cm.exception))
+        self.assertIn("hard reset", str(cm.exception))
+        self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
+        entries = self.status()
+        fails = [e for e in entries if e["code"] == "FAIL" and e["operation"] == "boot.kernel"]
+        self.assertEqual(len(fails), 1)
+        self.assertIn("broken kernel", fails[0]["message"])
+        self.assertIn(("WARN", "reboot.verify"), [(e["code"], e["operation"]) for e in entries])
+        # The next reboot is an ordinary one on the default kernel.
+        g.reboot(timeout=300)
+        self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
+
+    def grub_state(self, g):
+        return g.run("cat /boot/grub/grub.cfg /boot/grub/grubenv; "
+                     "cat /boot/grub/custom.cfg 2>/dev/null; true").stdout
+
+    def test_scenario_29_damaged_package_or_boottool_and_failed_edits_change_nothing(self):
+        g, kg = self.start(job=True)
+        before = self.grub_state(g)
+        # A damaged package: refused before anything is sent.
+        data = bytearray(open(self.deb, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        bad = os.path.join(self.tmp, "bad.deb")
+        open(bad, "wb").write(bytes(data))
+        k = autoserv.DEBKernel()
+        k.get(bad)
+        with self.assertRaises(autoserv.AutoservInstallError):
+            k.install(g, boot_once=True)
+        self.assertNotIn("autoserv-test-kernel", g.run("dpkg -l | cat").stdout)
+        # boottool damaged on the host after it was copied: refused, by checksum.
+        g.bootloader.get_type()
+        remote = g.bootloader._remote
+        g.run(f"echo '# tampered' >> {remote}")
+        with self.assertRaises(autoserv.AutoservBootloaderError) as cm:
+            g.bootloader.set_default(0)
+        self.assertIn("corrupt", str(cm.exception))
+        # boottool damaged beside autoserv.py: the CLI says so and stops.
+        copy = os.path.join(self.tmp, "copy")
+        os.mkdir(copy)
+        shutil.copy(AUTOSERV, copy)
+        open(os.path.join(copy, "boottool"), "w").write(open(BOOTTOOL).read()[:3000])
+        ctl = os.path.join(self.tmp, "boot.control")
+        open(ctl, "w").write('h = hosts.SSHHost("192.168.1.1")\nh.bootloader.set_default(0)\n')
+        out = subprocess.run([sys.executable, os.path.join(copy, "autoserv.py"), "--ssh-config",
+                              kg.ssh_config, "-r", os.path.join(self.tmp, "r2"), ctl],
+                             capture_output=True, text=True, timeout=300)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("boottool is corrupt", out.stderr.replace(copy + "/", ""))
+        self.assertNotIn("Traceback", out.stderr)
+        self.assertEqual(self.grub_state(g), before)
+        # A bootloader edit that fails (/boot/grub read-only): the package is
+        # in, the menu and the default are as they were, the old kernel boots.
+        g.bootloader._remote = None
+        odd = os.path.join(self.tmp, "-odd name.deb")
+        shutil.copy(self.deb, odd)
+        k = autoserv.DEBKernel()
+        k.get(odd)
+        g.run("mount --bind /boot/grub /boot/grub && mount -o remount,bind,ro /boot/grub")
+        with self.assertRaises(autoserv.AutoservBootloaderError) as cm:
+            k.install(g)
+        self.assertIn("nothing changed", str(cm.exception))
+        g.run("umount /boot/grub")
+        self.assertEqual(self.grub_state(g), before)
+        g.reboot(timeout=300)
+        self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
+        # The same package (a path with a space and a leading '-') installs.
+        k.install(g, boot_once=True)
+        self.assertIn("autoserv", g.bootloader.get_titles())
+        # A host whose boot loader boottool does not know: a clear error.
+        g.run("mv /boot/grub/grub.cfg /boot/grub/grub.cfg.away")
+        with self.assertRaises(autoserv.AutoservBootloaderError) as cm:
+            g.bootloader.get_type()
+        self.assertIn("no known boot loader", str(cm.exception))
+        g.run("mv /boot/grub/grub.cfg.away /boot/grub/grub.cfg")
 
 
 class TestPower(unittest.TestCase):
@@ -2984,7 +3974,10 @@ def build_images():
     kernel package; cached under ~/.cache/autoserv-tests)."""
     img = guest_image()
     disk = disk_image()
-    print(f"guest image: {img['dir']}\ndisk image: {disk}")
+    kdisk = kernel_disk_image()
+    newer, _ = newer_kernel_package()
+    print(f"guest image: {img['dir']}\ndisk image: {disk}\nkernel disk: {kdisk['disk']}\n"
+          f"kernel package: {newer}")
 
 
 def main():
