@@ -3189,7 +3189,7 @@ class TestKernelInstall(unittest.TestCase):
         k.install(g, boot_once=True, title="broken kernel")
         t0 = time.monotonic()
         with self.assertRaises(autoserv.AutoservKernelBootError) as cm:
-            g.reboot(timeout=60)
+            g.reboot(timeout=40)
         self.assertLess(time.monotonic() - t0, 400)
         self.assertIn("did not come up", str(cm.exception))
         self.assertIn("hard reset", str(cm.exception))
@@ -3199,9 +3199,11 @@ class TestKernelInstall(unittest.TestCase):
         self.assertEqual(len(fails), 1)
         self.assertIn("broken kernel", fails[0]["message"])
         self.assertIn(("WARN", "reboot.verify"), [(e["code"], e["operation"]) for e in entries])
-        # The next reboot is an ordinary one on the default kernel.
-        g.reboot(timeout=300)
+        # The next reboot is an ordinary one on the default kernel; extra
+        # kernel arguments go to the entry it boots.
+        g.reboot(timeout=300, kernel_args="autoserv_test_arg=1")
         self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
+        self.assertIn("autoserv_test_arg=1", g.run("cat /proc/cmdline").stdout)
 
     def grub_state(self, g):
         return g.run("cat /boot/grub/grub.cfg /boot/grub/grubenv; "
