@@ -813,10 +813,11 @@ def parse_status_log(text):
 class StatusLog:
     """status.log writer: each entry one write() on an O_APPEND file."""
 
-    def __init__(self, path):
+    def __init__(self, path, echo=None):
         self.path = path
         self.indent = 0
         self.worst = None
+        self.echo = echo          # called with each entry's text (the client harness)
 
     def record(self, code, subdir=None, operation=None, message="", indent=None):
         """Writes one entry.  START nests what follows one level deeper and
@@ -842,6 +843,25 @@ class StatusLog:
         if code == "START" and nesting:
             self.indent += 1
         LOG.write(data.rstrip(b"\n"), "status")
+        if self.echo:
+            self.echo(data.decode("utf-8", "surrogateescape"))
+
+    def relay(self, text):
+        """Writes entries that came from elsewhere (a client's status lines)
+        one level inside the current nesting; returns their worst code."""
+        worst = None
+        lines = [("\t" * (self.indent) + line) for line in text.splitlines() if line]
+        for entry in parse_status_log("\n".join(lines)):
+            base = entry["code"][4:] if entry["code"].startswith("END ") else entry["code"]
+            if base in FAILING_CODES:
+                worst = self.worst = base
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8",
+                                                                      "surrogateescape"))
+        finally:
+            os.close(fd)
+        return worst
 
 
 def _write_atomic(path, data):
@@ -2681,22 +2701,6 @@ def parallel_simple(function, arglist, log=True, timeout=None, return_results=Fa
                     prefix_output=True)
 
 
-# Later pieces #################################################################
-# Installables, kernels, KVM, consoles and the autotest client come in later
-# versions; until then their names exist and say so clearly when used.
-
-class _NotYet:
-    _what = "this feature"
-
-    def __init__(self, *args, **kwargs):
-        raise AutoservNotImplementedError(
-            f"{type(self).__name__}: {self._what} is not in autoserv {__version__} yet")
-
-
-class Autotest(_NotYet):
-    _what = "the autotest client"
-
-
 # Installables and KVM #########################################################
 
 def _looks_like_path(text):
@@ -3390,6 +3394,748 @@ class Bootloader:
 
     def boot_once(self, title):
         self.run("--boot-once", f"--title={title}")
+
+
+# Autotest client ###############################################################
+# The real Autotest client is Python 2 only, so autoserv carries a client
+# harness of its own: `python3 autoserv.py --client-harness CONTROL` on the
+# target runs a client control file with `job`, tests in Autotest layout
+# (tests/<name>/<name>.py) and built-in tests, writes results/default/ there,
+# and prints each status line with AUTOTEST_STATUS: so the server can stream
+# it into its own status.log.  A reboot the client asks for is done by the
+# server, which resumes the client with --continue.
+
+_CLIENT_STATUS = "AUTOTEST_STATUS:"
+_CLIENT_REBOOT = 42              # the harness's exit status: reboot me, then --continue
+_AUTODIR = "/usr/local/autotest"
+
+
+class TestError(AutoservError):
+    """A test could not run as it should (recorded ERROR)."""
+
+
+class TestFail(AutoservError):
+    """A test ran and failed (recorded FAIL)."""
+
+
+class TestNAError(AutoservError):
+    """A test does not apply here (recorded TEST_NA)."""
+
+
+def _call_with_known_args(function, *args, **dargs):
+    """Calls function with the keyword arguments its signature accepts
+    (run_test's dargs go to initialize, setup and run_once alike)."""
+    import inspect
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return function(*args, **dargs)
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return function(*args, **dargs)
+    names = {p.name for p in params}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    if not takes_varargs:
+        args = args[:len(positional)]
+    return function(*args, **{k: v for k, v in dargs.items() if k in names})
+
+
+class test:
+    """Base class of client tests (Autotest's client.bin.test.test).
+    A test overrides run_once; initialize, setup, postprocess and cleanup are
+    optional.  run_test's arguments reach each of them by name."""
+    version = 1
+
+    def __init__(self, job, bindir, outputdir):
+        self.job = job
+        self.bindir = bindir
+        self.srcdir = os.path.join(bindir, "src") if bindir else None
+        self.outputdir = outputdir
+        self.resultsdir = os.path.join(outputdir, "results")
+        self.debugdir = os.path.join(outputdir, "debug")
+        self.profdir = os.path.join(outputdir, "profiling")
+        self.tmpdir = os.path.join(outputdir, "tmp")
+        self.tagged_testname = os.path.basename(outputdir)
+        for d in (self.resultsdir, self.debugdir, self.tmpdir):
+            os.makedirs(d, exist_ok=True)
+
+    def initialize(self):
+        pass
+
+    def setup(self):
+        pass
+
+    def run_once(self):
+        raise TestError(f"{type(self).__name__} has no run_once()")
+
+    def postprocess(self):
+        pass
+
+    def postprocess_iteration(self):
+        pass
+
+    def cleanup(self):
+        pass
+
+    def _keyval(self, path, dictionary, tag=None):
+        with open(path, "a", encoding="utf-8") as f:
+            for key in sorted(dictionary):
+                if not re.fullmatch(r"[-.\w]+", str(key)):
+                    raise TestError(f"keyval key {key!r}: letters, digits, '-', '.', '_' only")
+                f.write(f"{key}{{{tag}}}={dictionary[key]}\n" if tag else
+                        f"{key}={dictionary[key]}\n")
+            f.write("\n")
+
+    def write_perf_keyval(self, perf_dict):
+        """Performance figures, in results/keyval as name{perf}=value."""
+        self._keyval(os.path.join(self.resultsdir, "keyval"), perf_dict, "perf")
+
+    def write_attr_keyval(self, attr_dict):
+        self._keyval(os.path.join(self.resultsdir, "keyval"), attr_dict, "attr")
+
+    def write_test_keyval(self, attr_dict):
+        self._keyval(os.path.join(self.outputdir, "keyval"), attr_dict)
+
+    def execute(self, iterations=None, *args, **dargs):
+        """initialize, setup, run_once `iterations` times (1), postprocess."""
+        iterations = 1 if iterations is None else int(iterations)
+        _call_with_known_args(self.initialize, *args, **dargs)
+        _call_with_known_args(self.setup, *args, **dargs)
+        profilers = self.job.profilers
+        profilers.start(self)
+        try:
+            for _ in range(iterations):
+                _call_with_known_args(self.run_once, *args, **dargs)
+                self.postprocess_iteration()
+        finally:
+            profilers.stop(self)
+        self.postprocess()
+
+
+class _sleeptest(test):
+    """Sleeps; the smallest real test."""
+
+    def run_once(self, seconds=1):
+        time.sleep(float(seconds))
+        self.write_perf_keyval({"slept_seconds": float(seconds)})
+
+
+class _linus_stress(test):
+    """CPU, memory and I/O stress for a bounded time, with one worker
+    process per CPU: hashing, touching a memory buffer, writing, syncing
+    and reading back a file.  Figures as perf keyvals."""
+
+    def run_once(self, seconds=5, memory_mb=32, file_mb=16):
+        import hashlib
+        seconds, memory_mb, file_mb = float(seconds), int(memory_mb), int(file_mb)
+        workers = max(1, os.cpu_count() or 1)
+        pipes, pids = [], []
+        for n in range(workers):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:                                   # the worker
+                os.close(r)
+                counts = [0, 0, 0]
+                try:
+                    end = time.monotonic() + seconds
+                    memory = bytearray(memory_mb << 20)
+                    block = os.urandom(1 << 16)
+                    path = os.path.join(self.tmpdir, f"stress.{n}")
+                    while time.monotonic() < end:
+                        for _ in range(64):
+                            block = hashlib.sha256(block).digest() * 2048
+                            counts[0] += 1
+                        for off in range(0, len(memory), 4096):
+                            memory[off] = (memory[off] + 1) & 0xFF
+                        counts[1] += len(memory) >> 20
+                        with open(path, "wb") as f:
+                            for _ in range(file_mb * 16):
+                                f.write(block)
+                            f.flush()
+                            os.fsync(f.fileno())
+                        with open(path, "rb") as f:
+                            while f.read(1 << 20):
+                                pass
+                        counts[2] += file_mb
+                    os.unlink(path)
+                finally:
+                    os.write(w, json.dumps(counts).encode())
+                    os._exit(0)
+            os.close(w)
+            pipes.append(r)
+            pids.append(pid)
+        totals = [0, 0, 0]
+        try:
+            for r in pipes:
+                data = b""
+                while True:
+                    chunk = os.read(r, 4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                for i, v in enumerate(json.loads(data or b"[0,0,0]")):
+                    totals[i] += v
+        finally:
+            for r in pipes:
+                os.close(r)
+            for pid in pids:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        self.write_perf_keyval({"workers": workers, "seconds": seconds,
+                                "sha256_blocks_per_s": round(totals[0] / seconds, 1),
+                                "memory_mb_touched_per_s": round(totals[1] / seconds, 1),
+                                "io_mb_per_s": round(totals[2] * 2 / seconds, 1)})
+
+
+class _netperf2(test):
+    """TCP throughput between two hosts over Python sockets (netperf's
+    roles): run_test("netperf2", server_ip, client_ip, "server"|"client").
+    The sides wait for each other (bounded): the client retries connecting,
+    the server waits for the client."""
+    PORT = 12865
+
+    def run_once(self, server_ip, client_ip, role, test_time=10, port=PORT, wait=120):
+        test_time, wait, port = float(test_time), float(wait), int(port)
+        if role == "server":
+            self._server(client_ip, port, wait)
+        elif role == "client":
+            self._client(server_ip, port, test_time, wait)
+        else:
+            raise TestError(f"netperf2: role {role!r}: server or client")
+
+    def _server(self, client_ip, port, wait):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen(1)
+        listener.settimeout(wait)
+        try:
+            conn, peer = listener.accept()
+        except socket.timeout:
+            raise TestFail(f"netperf2 server: no client within {wait:.0f} s")
+        finally:
+            listener.close()
+        with conn:
+            conn.settimeout(wait)
+            received, t0 = 0, time.monotonic()
+            while True:
+                data = conn.recv(1 << 20)
+                if not data:
+                    break
+                received += len(data)
+            elapsed = max(time.monotonic() - t0, 1e-6)
+            conn.sendall(json.dumps({"bytes": received, "seconds": elapsed}).encode())
+        self.write_perf_keyval({"received_bytes": received, "client": peer[0],
+                                "throughput_mbit_s": round(received * 8 / elapsed / 1e6, 2)})
+
+    def _client(self, server_ip, port, test_time, wait):
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                conn = socket.create_connection((server_ip, port), timeout=5)
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise TestFail(f"netperf2 client: no server at {server_ip}:{port} "
+                                   f"within {wait:.0f} s ({e})")
+                time.sleep(0.2)
+        block = b"\0" * (1 << 16)
+        sent = 0
+        with conn:
+            conn.settimeout(wait)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < test_time:
+                conn.sendall(block)
+                sent += len(block)
+            conn.shutdown(socket.SHUT_WR)
+            answer = b""
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    break
+                answer += data
+        report = json.loads(answer or b"{}")
+        if report.get("bytes") != sent:
+            raise TestFail(f"netperf2: sent {sent} bytes, the server got {report.get('bytes')}")
+        self.write_perf_keyval({"sent_bytes": sent, "server": server_ip,
+                                "throughput_mbit_s": round(sent * 8 / report["seconds"] / 1e6,
+                                                           2)})
+
+
+_BUILTIN_TESTS = {"sleeptest": _sleeptest, "linus_stress": _linus_stress,
+                  "netperf2": _netperf2}
+
+
+class _Profilers:
+    """job.profilers: add(name, ...) / delete(name); the added ones run
+    around every test's iterations and leave their output in
+    <test>/profiling/.  Built in: 'sampler' (/proc/stat and /proc/meminfo
+    every interval s) and 'perf' (perf record -a, then perf report)."""
+    KNOWN = ("sampler", "perf")
+
+    def __init__(self, job):
+        self.job = job
+        self.active = {}
+        self._running = []
+
+    def add(self, name, *args, **dargs):
+        if name not in self.KNOWN:
+            self.job.record("WARN", None, "profiler.add",
+                            f"profiler {name!r} is not available here (built in: "
+                            f"{', '.join(self.KNOWN)}); going on without it")
+            return
+        if name == "perf" and not shutil.which("perf"):
+            self.job.record("WARN", None, "profiler.add",
+                            "profiler 'perf': no perf program on this host; going on "
+                            "without it")
+            return
+        self.active[name] = (args, dargs)
+
+    def delete(self, name):
+        self.active.pop(name, None)
+
+    def present(self):
+        return bool(self.active)
+
+    def start(self, t):
+        if not self.active:
+            return
+        os.makedirs(t.profdir, exist_ok=True)
+        for name, (args, dargs) in self.active.items():
+            if name == "sampler":
+                stop = threading.Event()
+                interval = float(dargs.get("interval", 1.0))
+                thread = threading.Thread(target=self._sample, daemon=True,
+                                          args=(os.path.join(t.profdir, "sampler.csv"),
+                                                interval, stop))
+                thread.start()
+                self._running.append(("sampler", thread, stop))
+            elif name == "perf":
+                out = os.path.join(t.profdir, "perf.data")
+                proc = _subprocess().Popen(["perf", "record", "-a", "-q", "-o", out],
+                                           stdout=_subprocess().DEVNULL,
+                                           stderr=open(os.path.join(t.profdir, "perf.log"),
+                                                       "wb"))
+                self._running.append(("perf", proc, out))
+
+    @staticmethod
+    def _sample(path, interval, stop):
+        with open(path, "w") as f:
+            f.write("time,user,nice,system,idle,iowait,mem_total_kb,mem_available_kb\n")
+            while True:
+                cpu = open("/proc/stat").readline().split()[1:6]
+                mem = dict(re.findall(r"^(\w+):\s+(\d+)", open("/proc/meminfo").read(), re.M))
+                f.write(",".join([f"{time.time():.2f}"] + cpu + [mem.get("MemTotal", ""),
+                                                                  mem.get("MemAvailable", "")])
+                        + "\n")
+                f.flush()
+                if stop.wait(interval):
+                    break
+
+    def stop(self, t):
+        for entry in self._running:
+            if entry[0] == "sampler":
+                entry[2].set()
+                entry[1].join(10)
+            elif entry[0] == "perf":
+                proc, out = entry[1], entry[2]
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except _subprocess().TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                with open(os.path.join(t.profdir, "perf.report"), "wb") as f:
+                    _subprocess().run(["perf", "report", "--stdio", "-i", out], stdout=f,
+                                      stderr=_subprocess().STDOUT, timeout=300)
+        self._running = []
+
+
+class _ClientJob:
+    """`job` in a client control file."""
+
+    def __init__(self, autodir, control, cont):
+        self.autodir = autodir
+        self.control = control
+        self.resultdir = os.path.join(autodir, "results", "default")
+        self.bindir = autodir
+        self.testdir = os.path.join(autodir, "tests")
+        self.tmpdir = os.path.join(autodir, "tmp")
+        os.makedirs(self.resultdir, exist_ok=True)
+        os.makedirs(self.tmpdir, exist_ok=True)
+        self.state_path = os.path.join(self.resultdir, ".client_state")
+        self.state = {"done": 0, "steps": [], "step_init_done": False}
+        if cont and os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                self.state = json.load(f)
+        elif not cont:
+            _remove_quietly(self.state_path)
+        self.status = StatusLog(os.path.join(self.resultdir, "status"), echo=self._echo)
+        self.profilers = _Profilers(self)
+        self._counter = 0
+        self._in_step = False
+        self._test_status = None
+
+    @staticmethod
+    def _echo(text):
+        for line in text.splitlines():
+            sys.stdout.write(_CLIENT_STATUS + line + "\n")
+        sys.stdout.flush()
+
+    def _save(self):
+        _write_atomic(self.state_path, json.dumps(self.state))
+
+    def record(self, status_code, subdir=None, operation=None, status=""):
+        self.status.record(status_code, subdir, operation, status)
+        if self._test_status:
+            self._test_status.record(status_code, subdir, operation, status)
+
+    def _replayed(self):
+        """True for an action the client did before the reboot it asked for:
+        the control file runs again from the top after --continue and skips
+        them (steps, with next_step, are not counted)."""
+        if self._in_step:
+            return False
+        self._counter += 1
+        return self._counter <= self.state["done"]
+
+    def _did(self):
+        if not self._in_step:
+            self.state["done"] = self._counter
+            self._save()
+
+    def _find_test(self, name):
+        path = os.path.join(self.testdir, name, f"{name}.py")
+        if os.path.isfile(path):
+            import importlib.util
+            spec = importlib.util.spec_from_file_location(f"autotest_test_{name}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.path.insert(0, os.path.dirname(path))
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(os.path.dirname(path))
+            cls = getattr(module, name, None)
+            if cls is None:
+                raise TestError(f"{path} defines no class {name}")
+            return cls, os.path.dirname(path)
+        if name in _BUILTIN_TESTS:
+            return _BUILTIN_TESTS[name], None
+        return None, None
+
+    def run_test(self, name, *args, **dargs):
+        """Runs a test; records START, GOOD/FAIL/ERROR/TEST_NA and END;
+        returns True when it passed.  An unknown test is a FAIL, not a crash."""
+        if self._replayed():
+            return True
+        tag = dargs.pop("tag", None)
+        subdir = name + (f".{tag}" if tag else "")
+        outputdir = os.path.join(self.resultdir, subdir)
+        os.makedirs(outputdir, exist_ok=True)
+        self.record("START", subdir, name)
+        self._test_status = StatusLog(os.path.join(outputdir, "status"))
+        code, reason = "GOOD", "completed successfully"
+        os.makedirs(os.path.join(outputdir, "debug"), exist_ok=True)
+        out_log = open(os.path.join(outputdir, "debug", "harness.log"), "a")
+        instance = None
+        try:
+            cls, bindir = self._find_test(name)
+            if cls is None:
+                raise TestFail(f"no such test {name!r}: not in {self.testdir} and not "
+                               f"built in ({', '.join(sorted(_BUILTIN_TESTS))})")
+            instance = cls(self, bindir, outputdir)
+            with open(os.path.join(outputdir, "keyval"), "w") as f:
+                f.write(f"version={getattr(cls, 'version', 1)}\n")
+            iterations = dargs.pop("iterations", None)
+            try:
+                instance.execute(iterations, *args, **dargs)
+            finally:
+                _call_with_known_args(instance.cleanup)
+        except TestNAError as e:
+            code, reason = "TEST_NA", str(e)
+        except (TestFail, AssertionError) as e:
+            code, reason = "FAIL", str(e) or type(e).__name__
+        except Exception as e:
+            import traceback
+            code, reason = "ERROR", f"{type(e).__name__}: {e}"
+            out_log.write(traceback.format_exc())
+        finally:
+            out_log.close()
+            if instance is not None:
+                shutil.rmtree(instance.tmpdir, ignore_errors=True)
+        self.record(code, subdir, name, reason)
+        self.record(f"END {code}", subdir, name)
+        self._test_status = None
+        self._did()
+        return code == "GOOD"
+
+    def run_group(self, function, *args, **dargs):
+        if self._replayed():
+            return None
+        tag = dargs.pop("tag", None)
+        name = tag or getattr(function, "__name__", "group")
+        self.record("START", None, name)
+        try:
+            result = function(*args, **dargs)
+        except Exception as e:
+            self.record("FAIL", None, name, f"{type(e).__name__}: {e}")
+            self.record("END FAIL", None, name)
+            self._did()
+            return None
+        self.record("END GOOD", None, name)
+        self._did()
+        return result
+
+    def next_step(self, function, *args):
+        name = function if isinstance(function, str) else function.__name__
+        self.state["steps"].append([name, list(args)])
+        self._save()
+
+    def reboot(self, tag=None):
+        """Asks the server to reboot this machine; the client goes on after
+        it with --continue, from the next action."""
+        if self._replayed():
+            return
+        self.record("INFO", None, "reboot", "client asked for a reboot")
+        self.state["done"] = self._counter if not self._in_step else self.state["done"]
+        self._save()
+        sys.stdout.flush()
+        raise _ClientReboot()
+
+    def noop(self, *args, **kwargs):
+        pass
+
+    config_set = config_get = noop
+
+
+class _ClientReboot(BaseException):
+    pass
+
+
+def _install_autotest_modules():
+    """`from autotest_lib.client.bin import test`, `import test` and the
+    error classes resolve to the harness's."""
+    import types
+    common_error = types.ModuleType("autotest_lib.client.common_lib.error")
+    for cls in (TestError, TestFail, TestNAError):
+        setattr(common_error, cls.__name__, cls)
+    common_error.AutotestError = AutoservError
+    common_error.CmdError = AutoservRunError
+    test_mod = types.ModuleType("autotest_lib.client.bin.test")
+    test_mod.test = test
+    utils_mod = types.ModuleType("autotest_lib.client.bin.utils")
+    utils_mod.system = lambda cmd, ignore_status=False, timeout=None: run(
+        cmd, ignore_status=ignore_status, timeout=timeout).exit_status
+    utils_mod.system_output = lambda cmd, ignore_status=False, timeout=None: run(
+        cmd, ignore_status=ignore_status, timeout=timeout).stdout.rstrip("\n")
+    utils_mod.run = run
+    names = {"autotest_lib": None, "autotest_lib.client": None,
+             "autotest_lib.client.bin": None, "autotest_lib.client.common_lib": None}
+    for name in names:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["autotest_lib.client.bin.test"] = test_mod
+    sys.modules["autotest_lib.client.bin.utils"] = utils_mod
+    sys.modules["autotest_lib.client.common_lib.error"] = common_error
+    sys.modules["autotest_lib.client.bin"].test = test_mod
+    sys.modules["autotest_lib.client.bin"].utils = utils_mod
+    sys.modules["autotest_lib.client.common_lib"].error = common_error
+    sys.modules.setdefault("test", test_mod)
+    sys.modules.setdefault("error", common_error)
+
+
+def _client_main(control_path, cont):
+    """--client-harness: runs a client control file here.  Exit status 0
+    done, _CLIENT_REBOOT when the client asked for a reboot, 1 when the
+    control file itself raised."""
+    autodir = os.path.dirname(os.path.abspath(__file__))
+    source = _read_control(control_path)
+    code = _compile_or_usage(source, control_path)
+    _install_autotest_modules()
+    job = _ClientJob(autodir, control_path, cont)
+    namespace = {"job": job, "__name__": "__main__", "__file__": control_path,
+                 "os": os, "sys": sys, "time": time, "re": re}
+    namespace.update(_exceptions())
+    namespace.update({"TestError": TestError, "TestFail": TestFail, "TestNAError": TestNAError})
+    try:
+        exec(code, namespace)
+        if not cont and "step_init" in namespace and not job.state["step_init_done"]:
+            job.state["step_init_done"] = True
+            job._save()
+            job._in_step = True
+            namespace["step_init"]()
+        job._in_step = True
+        while job.state["steps"]:
+            name, args = job.state["steps"].pop(0)
+            job._save()
+            if name not in namespace:
+                job.record("ERROR", None, name, f"step {name!r} is not defined in the "
+                                                "control file")
+                continue
+            namespace[name](*args)
+    except _ClientReboot:
+        return _CLIENT_REBOOT
+    except Exception as e:
+        import traceback
+        job.record("ABORT", None, "client", f"{type(e).__name__}: {e}")
+        sys.stderr.write(traceback.format_exc())
+        return 1
+    _remove_quietly(job.state_path)
+    return 0
+
+
+class _StatusRelay:
+    """A stdout tee for the client harness: status lines go into the server's
+    status.log as they come, the rest into the debug log."""
+
+    def __init__(self, hostname):
+        self.hostname = hostname
+        self.buffer = ""
+        self.worst = None
+        self.reboot = False
+
+    def write(self, text):
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self._line(line)
+
+    def flush(self):
+        pass
+
+    def _line(self, line):
+        if line.startswith(_CLIENT_STATUS):
+            entry = line[len(_CLIENT_STATUS):]
+            if _JOB is not None:
+                try:
+                    worst = _JOB.status.relay(entry)
+                except ValueError:
+                    LOG.write(f"client: {line}", self.hostname)
+                    return
+                if worst:
+                    self.worst = worst
+        else:
+            LOG.write(f"client: {line}", self.hostname)
+
+
+def _remote_autodir(host):
+    """autodir= from /etc/autotest.conf on the host, else /usr/local/autotest."""
+    out = host.run("cat /etc/autotest.conf 2>/dev/null", ignore_status=True, timeout=60)
+    m = re.search(r"^\s*autodir\s*=\s*(\S+)", out.stdout, re.M)
+    return m.group(1) if m else _AUTODIR
+
+
+class Autotest(InstallableObject):
+    """The autotest client on a host: get(client tree or nothing),
+    install(host, autodir=None), run(control_file, results_dir, host)."""
+
+    def __init__(self, host=None):
+        super().__init__()
+        self.host = host
+        self.installed = {}
+
+    def get(self, location=None):
+        """A client tree in Autotest layout (a dir with tests/<name>/<name>.py,
+        or the tests dir itself), or nothing: the built-in tests only."""
+        if location is None:
+            self.source_material = None
+            return None
+        path = super().get(location)
+        if not os.path.isdir(path):
+            raise AutoservInstallError(f"Autotest.get({location!r}): not a directory; give "
+                                       "a client tree (with tests/<name>/<name>.py)")
+        return path
+
+    def _tests_dir(self):
+        if not self.source_material:
+            return None
+        tests = os.path.join(self.source_material, "tests")
+        return tests if os.path.isdir(tests) else self.source_material
+
+    def install(self, host=None, autodir=None):
+        host = host or self.host
+        if host is None:
+            raise AutoservUsageError("Autotest.install(): which host?")
+        autodir = autodir or _remote_autodir(host)
+        if host.run("command -v python3", ignore_status=True, timeout=60).exit_status:
+            raise AutoservInstallError(f"{host.hostname}: no python3 on the host; the "
+                                       "autotest client harness needs it")
+        q = shlex.quote(autodir)
+        host.run(f"mkdir -p {q}/tests {q}/results {q}/tmp", timeout=60)
+        host.send_file(os.path.abspath(__file__), f"{autodir}/autoserv.py")
+        tests = self._tests_dir()
+        if tests:
+            host.send_file(tests.rstrip("/") + "/", f"{autodir}/tests/")
+        self.installed[host.hostname] = autodir
+        _record("GOOD", None, "autotest.install", f"{host.hostname}: {autodir}")
+        return autodir
+
+    def _control_text(self, control_file):
+        if hasattr(control_file, "read"):
+            data = control_file.read()
+            return data.decode() if isinstance(data, bytes) else data
+        if os.path.isfile(os.path.expanduser(str(control_file))):
+            with open(os.path.expanduser(str(control_file)), encoding="utf-8") as f:
+                return f.read()
+        if _looks_like_path(str(control_file)):
+            raise AutoservInstallError(f"Autotest.run(): control file {control_file!r} "
+                                       "does not exist")
+        return str(control_file)
+
+    def run(self, control_file, results_dir=".", host=None, timeout=None, tag=None,
+            reboot_timeout=1800):
+        """Runs a client control file on the host: its status lines stream
+        into the server's status.log, a reboot it asks for is done here (then
+        the client resumes with --continue), and its results/default/ is
+        copied into results_dir (relative to the job's results dir, or to a
+        parallel task's subdir)."""
+        host = host or self.host
+        if host is None:
+            raise AutoservUsageError("Autotest.run(): which host?")
+        autodir = self.installed.get(host.hostname) or self.install(host)
+        text = self._control_text(control_file)
+        q = shlex.quote(autodir)
+        host.run(f"rm -rf {q}/results/default && mkdir -p {q}/results/default", timeout=120)
+        local = os.path.join(get_tmp_dir(), "control")
+        with open(local, "w", encoding="utf-8") as f:
+            f.write(text)
+        host.send_file(local, f"{autodir}/control")
+        # Relative to the current dir: the job's results dir, or a parallel
+        # task's own subdir in it.
+        results_dir = os.path.abspath(results_dir)
+        name = tag or "autotest.run"
+        _record("START", None, name, f"{host.hostname}: client control file")
+        relay = _StatusRelay(host.hostname)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cont, outcome = False, "GOOD"
+        try:
+            while True:
+                left = None if deadline is None else max(1.0, deadline - time.monotonic())
+                out = host.run(f"cd {q} && exec python3 autoserv.py --client-harness"
+                               + (" --continue" if cont else "") + " control",
+                               timeout=left, ignore_status=True, stdout_tee=relay)
+                if out.exit_status == _CLIENT_REBOOT:
+                    host.reboot(timeout=reboot_timeout)
+                    cont = True
+                    continue
+                if out.exit_status != 0:
+                    outcome = "FAIL"
+                    raise AutoservRunError("the client control file failed", out)
+                break
+            outcome = relay.worst or "GOOD"
+        except BaseException:
+            outcome = "ABORT" if outcome == "GOOD" else outcome
+            raise
+        finally:
+            try:
+                os.makedirs(results_dir, exist_ok=True)
+                host.get_file(f"{autodir}/results/default/", results_dir.rstrip("/") + "/")
+                _remove_quietly(os.path.join(results_dir, ".client_state"))
+            except AutoservError as e:
+                LOG.write(f"could not fetch the client's results: {e}", host.hostname)
+            _record(f"END {outcome}", None, name, f"{host.hostname}")
+        return outcome == "GOOD"
 
 
 # QMP client run on the hypervisor (python3): argv = socket, JSON commands.
@@ -4343,6 +5089,9 @@ def _parser():
       help="cap on concurrent subcommands in parallel*()")
     a("--junit", metavar="F", help="also write a JUnit XML summary")
     a("--check", action="store_true", help="compile the control file and exit")
+    a("--autodir", metavar="DIR", help="-c: the client's install dir on each machine "
+      "({host} becomes the machine's name; default: autodir= in /etc/autotest.conf there, "
+      "else /usr/local/autotest)")
     a("--client-harness", action="store_true", help=argparse.SUPPRESS)
     a("--continue", dest="cont", action="store_true", help=argparse.SUPPRESS)
     a("-v", "--verbose", action="store_true", help="echo the debug log")
@@ -4441,15 +5190,11 @@ def main(argv=None):
 def _main(argv):
     try:
         opts = _parser().parse_args(argv)
-        if opts.client_harness:
-            raise AutoservUsageError("--client-harness: the autotest client harness is "
-                                     f"not in autoserv {__version__} yet")
-        if opts.client:
-            raise AutoservUsageError("-c/--client: client control files need the autotest "
-                                     f"client, which is not in autoserv {__version__} yet")
         if opts.control is None:
             raise AutoservUsageError("no CONTROL_FILE given (see --help)")
         control_path = os.path.abspath(opts.control)
+        if opts.client_harness:
+            return _client_main(control_path, opts.cont)
         source = _read_control(control_path)
         code = _compile_or_usage(source, control_path)
         machines = _split_machines(opts.machines, "-m") if opts.machines else []
@@ -4481,16 +5226,37 @@ def _main(argv):
                          known_hosts=absolute(opts.known_hosts),
                          connect_timeout=opts.connect_timeout)
         junit = absolute(opts.junit)
+        extra = None
+        if opts.client:
+            if not machines:
+                raise AutoservUsageError("-c/--client: give the machines to run the client "
+                                         "control file on (-m or -M)")
+            extra = {"_client_text": source, "_client_autodir": opts.autodir}
+            code = compile(_CLIENT_ON_MACHINES, "<-c: the client control file on every "
+                           "machine>", "exec")
         resultdir = _claim_results_dir(opts.results, opts.overwrite)
     except AutoservUsageError as e:
         _say(f"error: {e}")
         return 2
     _PARALLEL["max"] = opts.max_parallel
     LOG.echo = opts.verbose
-    return _run_job(opts, control_path, source, code, machines, args, resultdir, junit)
+    return _run_job(opts, control_path, source, code, machines, args, resultdir, junit, extra)
 
 
-def _run_job(opts, control_path, source, code, machines, args, resultdir, junit):
+# -c: the server-side control that runs a client control file on every
+# machine at once, each with its own results subdir.
+_CLIENT_ON_MACHINES = """
+def _client_on(machine):
+    host = hosts.create_host(machine)
+    at = autotest.Autotest()
+    autodir = _client_autodir.replace("{host}", host.hostname) if _client_autodir else None
+    at.install(host, autodir=autodir)
+    at.run(_client_text, ".", host)
+parallel_simple(_client_on, machines)
+"""
+
+
+def _run_job(opts, control_path, source, code, machines, args, resultdir, junit, extra=None):
     import traceback
     job = ServerJob(resultdir, control=control_path, machines=machines, args=args,
                     user=opts.user, label=opts.label, options=opts)
@@ -4510,6 +5276,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit)
                        os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "site_autoserv.py")])
             namespace = control_namespace(job, machines, args, control_path)
+            namespace.update(extra or {})
             exec(code, namespace)
             if opts.reboot and machines:
                 job.record("INFO", None, "autoserv", "-b: rebooting every machine")

@@ -143,7 +143,8 @@ class Sshd:
     """A private sshd on 127.0.0.1: own host key, own authorized key, own
     config, clean remote HOME; stopped by PID."""
 
-    def __init__(self, host_key=None, port=None, extra="", authorized_key=None):
+    def __init__(self, host_key=None, port=None, extra="", authorized_key=None,
+                 private_autodir=False, netns=None):
         need("sshd", "ssh", "ssh-keygen")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix="as-sshd-")
@@ -173,7 +174,26 @@ class Sshd:
                 SetEnv HOME={self.home}
                 Subsystem sftp /usr/lib/openssh/sftp-server
                 """) + extra)
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", self.conf],
+        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", self.conf]
+        if private_autodir:
+            # The autotest client's default /usr/local/autotest, private to
+            # this sshd's sessions: a mount namespace in which /usr/local is a
+            # tmpfs with the real subdirs bound back, plus an empty autotest/.
+            need("unshare")
+            need_root()
+            stash = os.path.join(self.dir, "usr-local")
+            script = (f"set -e; mount --make-rprivate /; mkdir {stash}; "
+                      f"mount --bind /usr/local {stash}; "
+                      "mount -t tmpfs -o mode=0755 autodir /usr/local; "
+                      f"for d in {stash}/*; do n=${{d##*/}}; "
+                      "if [ -L \"$d\" ]; then cp -P \"$d\" /usr/local/; else mkdir /usr/local/$n; "
+                      "mount --bind \"$d\" /usr/local/$n; fi; done; "
+                      "mkdir /usr/local/autotest; exec \"$@\"")
+            argv = ["unshare", "-m", "sh", "-c", script, "sh"] + argv
+        self.netns = netns
+        if netns:                     # listening on the namespace's own loopback
+            argv = ["ip", "netns", "exec", netns] + argv
+        self.proc = subprocess.Popen(argv,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(self.dir, "sshd.log"), "wb"))
         wait_for(self._listening, 10, what=f"sshd on port {self.port}")
@@ -190,6 +210,11 @@ class Sshd:
         if self.proc.poll() is not None:
             with open(os.path.join(self.dir, "sshd.log")) as f:
                 raise AssertionError("sshd died: " + f.read())
+        if self.netns:
+            probe = ("import socket; s = socket.create_connection(('127.0.0.1', %d), 1); "
+                     "assert s.recv(4).startswith(b'SSH-')" % self.port)
+            return subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c",
+                                   probe], capture_output=True).returncode == 0
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 return s.recv(4).startswith(b"SSH-")
@@ -1854,7 +1879,7 @@ def disk_image():
     return disk
 
 
-KDISK_BUILDER_VERSION = "1"
+KDISK_BUILDER_VERSION = "3"
 
 # The kernel disk's rc: modules come from /lib/modules/$(uname -r) through
 # kmod, so whatever kernel boots (the default or one a test installed) finds
@@ -1871,8 +1896,13 @@ mount -t tmpfs run /run
 modprobe -a virtio_pci virtio_net virtio_rng 2>/dev/null
 ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0
+gw=10.0.2.2
+mac=$(cat /sys/class/net/eth0/address 2>/dev/null)
+while read -r m a g; do
+    [ "$m" = "$mac" ] && ip addr add "$a" dev eth0 && gw=$g
+done < /etc/ipmap
 ip link set eth0 up
-ip route add default via 10.0.2.2
+ip route add default via "$gw"
 hostname kguest
 /usr/sbin/dropbear -r /etc/dropbear/host_key -p 22 -E 2>/var/log/dropbear.log
 echo "READY boot_id=$(cat /proc/sys/kernel/random/boot_id) kernel=$(uname -r)" > /dev/ttyS0
@@ -1925,7 +1955,7 @@ fi
 
 def debootstrap_root():
     """A cached Debian minbase root with dpkg, rpm, kmod, initramfs-tools and
-    python3-minimal (registry traffic, in the set-up step)."""
+    python3 (registry traffic, in the set-up step)."""
     need("debootstrap", "chroot")
     need_root()
     suite = subprocess.run(["sh", "-c", ". /etc/os-release; echo $VERSION_CODENAME"],
@@ -1936,7 +1966,7 @@ def debootstrap_root():
     work = root + ".part"
     shutil.rmtree(work, ignore_errors=True)
     out = subprocess.run(["debootstrap", "--variant=minbase",
-                          "--include=kmod,linux-base,initramfs-tools,rpm,python3-minimal",
+                          "--include=kmod,linux-base,initramfs-tools,rpm,python3",
                           suite, work, "http://deb.debian.org/debian"],
                          capture_output=True, text=True, timeout=1800)
     if out.returncode:
@@ -2028,7 +2058,7 @@ def kernel_disk_image():
         shutil.copy(os.path.join(work, "root", ".ssh", "authorized_keys"),
                     os.path.join(root, "root", ".ssh", "authorized_keys"))
         for name, text in (("rc", _KDISK_RC), ("inittab", _GUEST_INITTAB),
-                           ("hostname", "kguest\n"), ("fstab", "")):
+                           ("hostname", "kguest\n"), ("fstab", ""), ("ipmap", _IPMAP)):
             with open(os.path.join(etc, name), "w") as f:
                 f.write(text)
         os.chmod(os.path.join(etc, "rc"), 0o755)
@@ -2045,6 +2075,19 @@ def kernel_disk_image():
     finally:
         subprocess.run(["rm", "-rf", work])
     return files
+
+
+def _newc_trailer():
+    """A cpio (newc) archive holding nothing: a valid, empty initramfs."""
+    name = b"TRAILER!!!\0"
+    header = b"070701" + b"".join(b"%08X" % v for v in
+                                  (0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, len(name), 0))
+    data = header + name
+    data += b"\0" * (-len(data) % 4)
+    return data + b"\0" * (-len(data) % 512)
+
+
+_EMPTY_INITRAMFS = _newc_trailer()
 
 
 def small_kernel_package(dest, version_suffix="", broken=False):
@@ -2068,6 +2111,12 @@ def small_kernel_package(dest, version_suffix="", broken=False):
         else:
             shutil.copy(os.path.join(x, "boot", f"vmlinuz-{kver}"), image)
         shutil.copy(os.path.join(x, "boot", f"config-{kver}"), os.path.join(root, "boot"))
+        # The package ships its initrd, a minimal one (no /init: the kernel goes
+        # on to root= itself), so installing it in a test does not spend 20 s
+        # of TCG in update-initramfs; Debian's real package (seed 01) makes
+        # its initrd the real way.
+        with open(os.path.join(root, "boot", f"initrd.img-{kver}"), "wb") as f:
+            f.write(_EMPTY_INITRAMFS)
         mods = os.path.join(x, "lib", "modules", kver)
         if not os.path.isdir(mods):
             mods = os.path.join(x, "usr", "lib", "modules", kver)
@@ -2123,9 +2172,11 @@ The 6.12 cloud kernel's image and virtio modules, for autoserv's tests.
 %install
 mkdir -p %{{buildroot}}
 cp -a {tree}/boot {tree}/lib %{{buildroot}}/
+mv %{{buildroot}}/boot/initrd.img-{kver} %{{buildroot}}/boot/initramfs-{kver}.img
 %files
 /boot/vmlinuz-{kver}
 /boot/config-{kver}
+/boot/initramfs-{kver}.img
 /lib/modules/{kver}
 """)
         out = subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {top}",
@@ -2173,6 +2224,20 @@ def kvm_source_tarball(directory, log):
                 f"install:\n\ttouch {log}.make-install\n")
     tarball = os.path.join(directory, "kvm-33.tar.gz")
     sh("tar", "-czf", tarball, "-C", directory, "kvm-33")
+    return tarball
+
+
+def kvm_compiled_tarball(directory, log):
+    """The synthetic source tree of kvm_source_tarball, already built (the
+    seed's kvm-compiled.tar.gz, for install(build=False))."""
+    tree = os.path.join(directory, "kvm-compiled")
+    os.makedirs(tree)
+    sh("tar", "-xzf", kvm_source_tarball(tree, log), "-C", tree)
+    built = os.path.join(tree, "kvm-33")
+    subprocess.run("./configure && make", shell=True, cwd=built, check=True,
+                   capture_output=True)
+    tarball = os.path.join(directory, "kvm-compiled.tar.gz")
+    sh("tar", "-czf", tarball, "-C", tree, "kvm-33")
     return tarball
 
 
@@ -2275,6 +2340,17 @@ initrd\t\t/boot/initrd.img-2.6.18-6-amd64
 savedefault
 
 ### END DEBIAN AUTOMAGIC KERNELS LIST
+"""
+
+
+# Runs a script with modules Debian's python3-minimal does not ship made
+# unimportable.
+_MINIMAL_ONLY = """
+import sys, runpy
+for name in ("shutil", "shlex", "json"):          # seen missing from python3-minimal
+    sys.modules[name] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -2454,11 +2530,10 @@ class TestBoottool(unittest.TestCase):
                 self.assertIn(text, out.stderr)
         self.assertEqual(open(menu).read(), _MENU_LST)
 
-    def test_runs_under_debians_python3_minimal(self):
-        root = debootstrap_root()         # python3-minimal only: no shutil, shlex, json
-        probe = subprocess.run(["chroot", root, "python3", "-c", "import shutil"],
-                               capture_output=True, text=True)
-        self.assertNotEqual(probe.returncode, 0, "the root has more than python3-minimal")
+    def test_runs_with_only_what_debians_python3_minimal_carries(self):
+        # Debian's python3 in a debootstrap root, with the modules that
+        # python3-minimal lacks (shutil, shlex, json, ...) made unimportable.
+        root = debootstrap_root()
         work = tempfile.mkdtemp(prefix="bt-", dir=os.path.join(root, "tmp"))
         self.addCleanup(shutil.rmtree, work)
         shutil.copy(BOOTTOOL, os.path.join(work, "boottool"))
@@ -2469,8 +2544,8 @@ class TestBoottool(unittest.TestCase):
         inside = "/" + os.path.relpath(work, root)
         for args in (["--info=all"], ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=t",
                                       "--boot-once"], ["--default"]):
-            out = subprocess.run(["chroot", root, "python3", f"{inside}/boottool",
-                                  f"--root-dir={inside}/fx", *args],
+            out = subprocess.run(["chroot", root, "python3", "-c", _MINIMAL_ONLY,
+                                  f"{inside}/boottool", f"--root-dir={inside}/fx", *args],
                                  capture_output=True, text=True, timeout=60)
             self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("next_entry=boottool-t",
@@ -3017,6 +3092,396 @@ class IPMISim:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_CLIENT_TEST = """\
+from autotest_lib.client.bin import test
+from autotest_lib.client.common_lib import error
+
+
+class mytest(test.test):
+    version = 2
+
+    def initialize(self, mode="pass"):
+        self.mode = mode
+
+    def run_once(self, mode="pass", size=3):
+        print("mytest running, mode", mode)
+        if mode == "fail":
+            raise error.TestFail("asked to fail")
+        if mode == "crash":
+            raise ZeroDivisionError("a bug in the test")
+        if mode == "na":
+            raise error.TestNAError("does not apply here")
+        self.write_perf_keyval({"size": size})
+"""
+
+_OLD_STYLE_TEST = """\
+import test
+
+
+class oldstyle(test.test):
+    def run_once(self):
+        open(self.resultsdir + "/out.txt", "w").write("written by an old-style test")
+"""
+
+
+def client_tree(parent):
+    """A client tree in Autotest layout: tests/<name>/<name>.py."""
+    tree = os.path.join(parent, "client")
+    for name, text in (("mytest", _CLIENT_TEST), ("oldstyle", _OLD_STYLE_TEST)):
+        os.makedirs(os.path.join(tree, "tests", name))
+        with open(os.path.join(tree, "tests", name, f"{name}.py"), "w") as f:
+            f.write(text)
+    return tree
+
+
+class TestAutotest(unittest.TestCase):
+    """The autotest client harness, driven through Autotest.get/install/run,
+    on a private sshd whose sessions have their own /usr/local/autotest."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sshd = Sshd(private_autodir=True)
+        cls.addClassCleanup(cls.sshd.stop)
+
+    @classmethod
+    def tearDownClass(cls):
+        autoserv._close_all_hosts()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-at-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def seed(self, name):
+        return open(os.path.join(HERE, "..", "shared", "seed", "examples", name)).read()
+
+    def cli(self, text, *args, ssh_config=None):
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        return run_cli("--ssh-config", ssh_config or self.sshd.ssh_config,
+                       "-r", os.path.join(self.tmp, "res"), *args, ctl, timeout=600)
+
+    def status(self):
+        return autoserv.parse_status_log(open(os.path.join(self.tmp, "res", "status.log")).read())
+
+    def test_seed_autotest_example_streams_status_and_brings_results_home(self):
+        tree = client_tree(self.tmp)
+        text = self.seed("02-autotest.control").replace("/var/local/autotest/client", tree)
+        out = self.cli(text)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        entries = self.status()
+        ops = [(e["code"], e["subdir"], e["operation"]) for e in entries]
+        self.assertIn(("START", "linus_stress", "linus_stress"), ops)
+        self.assertIn(("GOOD", "linus_stress", "linus_stress"), ops)
+        warn = [e for e in entries if e["code"] == "WARN" and e["operation"] == "profiler.add"]
+        self.assertEqual(len(warn), 1)
+        self.assertIn("oprofile", warn[0]["message"])
+        # The client's lines sit inside the server's autotest.run block.
+        run = next(e for e in entries if e["operation"] == "autotest.run")
+        start = next(e for e in entries if e["code"] == "START" and e["subdir"] == "linus_stress")
+        self.assertEqual(start["indent"], run["indent"] + 1)
+        res = os.path.join(self.tmp, "res", "job_results")
+        keyval = open(os.path.join(res, "linus_stress", "results", "keyval")).read()
+        self.assertRegex(keyval, r"sha256_blocks_per_s\{perf\}=\d")
+        self.assertRegex(keyval, r"io_mb_per_s\{perf\}=\d")
+        self.assertIn("START\tlinus_stress", open(os.path.join(res, "status")).read())
+        self.assertTrue(os.path.isfile(os.path.join(res, "linus_stress", "status")))
+
+    def test_client_tests_record_good_fail_error_na_and_unknown_and_the_job_goes_on(self):
+        tree = client_tree(self.tmp)
+        autodir = os.path.join(self.tmp, "autodir")
+        out = self.cli(textwrap.dedent(f"""\
+            h = hosts.SSHHost("testhost")
+            at = autotest.Autotest()
+            at.get({tree!r})
+            at.install(h, autodir={autodir!r})
+            ok = at.run('''
+            job.profilers.add("sampler", interval=0.1)
+            job.profilers.add("nosuchprofiler")
+            job.run_test("mytest", size=5, tag="good")
+            job.run_test("mytest", mode="fail", tag="fail")
+            job.run_test("mytest", mode="crash", tag="crash")
+            job.run_test("mytest", mode="na", tag="na")
+            job.run_test("nosuchtest")
+            job.run_test("oldstyle")
+            job.run_test("sleeptest", seconds=0.2)
+            ''', "client", h)
+            print("run returned", ok)
+            """))
+        self.assertEqual(out.returncode, 3, out.stderr)     # a test recorded FAIL
+        self.assertIn("run returned False", out.stdout)
+        codes = {(e["code"], e["subdir"]) for e in self.status()}
+        for expected in (("GOOD", "mytest.good"), ("FAIL", "mytest.fail"),
+                         ("ERROR", "mytest.crash"), ("TEST_NA", "mytest.na"),
+                         ("FAIL", "nosuchtest"), ("GOOD", "oldstyle"), ("GOOD", "sleeptest"),
+                         ("WARN", "----")):
+            self.assertIn(expected, codes)
+        res = os.path.join(self.tmp, "res", "client")
+        self.assertIn("size{perf}=5", open(os.path.join(res, "mytest.good", "results",
+                                                        "keyval")).read())
+        self.assertIn("version=2", open(os.path.join(res, "mytest.good", "keyval")).read())
+        self.assertGreater(len(open(os.path.join(res, "sleeptest", "profiling",
+                                                 "sampler.csv")).readlines()), 1)
+        self.assertIn("ZeroDivisionError", open(os.path.join(res, "mytest.crash", "debug",
+                                                             "harness.log")).read())
+        self.assertEqual(open(os.path.join(res, "oldstyle", "results", "out.txt")).read(),
+                         "written by an old-style test")
+        self.assertIn("FAIL\tmytest.fail", open(os.path.join(res, "mytest.fail", "status")).read())
+
+    def test_a_broken_client_control_file_is_an_error_naming_it(self):
+        autodir = os.path.join(self.tmp, "autodir")
+        out = self.cli(textwrap.dedent(f"""\
+            h = hosts.SSHHost("testhost")
+            at = autotest.Autotest()
+            at.install(h, autodir={autodir!r})
+            at.run("job.run_test('sleeptest', seconds=0.1)\\nraise ValueError('client bug')\\n",
+                   "client", h)
+            """))
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("the client control file failed", out.stderr)
+        self.assertIn("client bug", out.stderr)
+        codes = [(e["code"], e["operation"]) for e in self.status()]
+        self.assertIn(("ABORT", "client"), codes)
+        self.assertIn(("GOOD", "sleeptest"), codes)
+
+
+class TestAutotestFanOut(unittest.TestCase):
+    """-c on three namespace hosts at once, and netperf2 between two of them."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hosts = NamespaceHosts(3)
+        cls.addClassCleanup(cls.hosts.close)
+
+    @classmethod
+    def tearDownClass(cls):
+        autoserv._close_all_hosts()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-atfan-")
+        os.chmod(self.tmp, 0o755)
+        self.addCleanup(shutil.rmtree, self.tmp)
+        self.autodirs = os.path.join(self.tmp, "autodirs")
+        os.mkdir(self.autodirs)
+        os.chmod(self.autodirs, 0o1777)
+
+    def test_dash_c_runs_a_client_control_file_on_three_hosts_at_once(self):
+        ctl = os.path.join(self.tmp, "client.control")
+        with open(ctl, "w") as f:
+            f.write('job.run_test("sleeptest", seconds=2)\n')
+        t0 = time.monotonic()
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-c",
+                      "--autodir", os.path.join(self.autodirs, "{host}"),
+                      "-m", ",".join(self.hosts.names), "-r", os.path.join(self.tmp, "res"),
+                      ctl, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertLess(time.monotonic() - t0, 120)
+        spans = []
+        for name in self.hosts.names:
+            with self.subTest(host=name):
+                res = os.path.join(self.tmp, "res", name)
+                self.assertIn("slept_seconds{perf}=2.0",
+                              open(os.path.join(res, "sleeptest", "results", "keyval")).read())
+                entries = autoserv.parse_status_log(
+                    open(os.path.join(res, "status.log")).read())
+                s = next(e for e in entries if e["code"] == "START" and e["subdir"] == "sleeptest")
+                g = next(e for e in entries if e["code"] == "GOOD" and e["subdir"] == "sleeptest")
+                spans.append((int(s["fields"]["timestamp"]), int(g["fields"]["timestamp"])))
+        # The three ran at once: every sleeptest started before any ended.
+        self.assertLessEqual(max(s for s, _ in spans), min(g for _, g in spans))
+
+    def test_netperf2_server_and_client_synchronise_across_two_hosts(self):
+        a, b = self.hosts.names[:2]
+        addr_a, addr_b = self.hosts.addrs[:2]
+        ctl = os.path.join(self.tmp, "netperf.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                server, client = hosts.SSHHost({a!r}), hosts.SSHHost({b!r})
+                at = autotest.Autotest()
+                at.install(server, autodir={self.autodirs + '/s'!r})
+                at.install(client, autodir={self.autodirs + '/c'!r})
+                sc = 'job.run_test("netperf2", "{addr_a}", "{addr_b}", "server", tag="server")'
+                cc = ('job.run_test("netperf2", "{addr_a}", "{addr_b}", "client", tag="client", '
+                      'test_time=2)')
+                parallel([subcommand(at.run, [sc, "server", server]),
+                          subcommand(at.run, [cc, "client", client])])
+                """))
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
+                      os.path.join(self.tmp, "res"), ctl, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        res = os.path.join(self.tmp, "res")
+        server = open(os.path.join(res, "server", "netperf2.server", "results", "keyval")).read()
+        client = open(os.path.join(res, "client", "netperf2.client", "results", "keyval")).read()
+        self.assertRegex(server, r"throughput_mbit_s\{perf\}=\d")
+        sent = int(re.search(r"sent_bytes\{perf\}=(\d+)", client).group(1))
+        got = int(re.search(r"received_bytes\{perf\}=(\d+)", server).group(1))
+        self.assertEqual(sent, got)
+        self.assertIn(f"client{{perf}}={addr_b}", server)
+
+
+class TestAutotestGuest(unittest.TestCase):
+    """The client harness on a QEMU guest (Debian root with python3, booting
+    through GRUB): the seed's example, and a reboot the client asks for."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="as-atg-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        cls.kg = KernelGuest(cls.dir, mac="02:00:00:00:07:01")
+        cls.addClassCleanup(cls.kg.close)
+
+    @classmethod
+    def tearDownClass(cls):
+        autoserv._close_all_hosts()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-atg-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def cli(self, text):
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        return run_cli("--ssh-config", self.kg.ssh_config, "-r", os.path.join(self.tmp, "res"),
+                       ctl, timeout=900)
+
+    def test_seed_autotest_example_runs_on_a_guest(self):
+        tree = client_tree(self.tmp)
+        text = open(os.path.join(HERE, "..", "shared", "seed", "examples",
+                                 "02-autotest.control")).read()
+        out = self.cli(text.replace("/var/local/autotest/client", tree))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        status = open(os.path.join(self.tmp, "res", "status.log")).read()
+        self.assertIn("GOOD\tlinus_stress\tlinus_stress", status)
+        self.assertTrue(os.path.isfile(os.path.join(self.tmp, "res", "job_results",
+                                                    "linus_stress", "results", "keyval")))
+        self.assertEqual(self.kg.guest.run("test -f /usr/local/autotest/autoserv.py && "
+                                           "test -d /usr/local/autotest/tests/mytest",
+                                           ignore_status=True).exit_status, 0)
+
+    def test_seed_guest_example_with_host_side_profiling_by_perf(self):
+        need("perf")
+        sshd = Sshd()
+        self.addCleanup(sshd.stop)
+        compiled = kvm_compiled_tarball(self.tmp, os.path.join(self.tmp, "qemu.log"))
+        base = guest_ports(1)
+        img = kernel_disk_image()
+        tree = client_tree(self.tmp)
+        data, pid = os.path.join(self.tmp, "perf.data"), os.path.join(self.tmp, "perf.pid")
+        text = open(os.path.join(HERE, "..", "shared", "seed", "examples",
+                                 "06-autotest-in-guest-host-oprofile.control")).read()
+        text = text.replace("/var/local/src/kvm-compiled.tar.gz", compiled)
+        text = text.replace('"ip" : "10.0.0.1"}', '"ip" : "127.0.0.1", "port": %d}' % base)
+        text = text.replace("-hda /var/local/vdisk.img",
+                            f"-drive file={img['disk']},if=none,id=d0,format=raw "
+                            "-device nvme,drive=d0,serial=d0")
+        text = text.replace("/home/foo/autotest/client", tree)
+        # opcontrol/opreport are not packaged any more: perf instead (SPEC 13).
+        start = text.index('remote_host.run("opcontrol --shutdown")')
+        end = text.index('remote_host.run("opcontrol --start")') + len(
+            'remote_host.run("opcontrol --start")')
+        text = text[:start] + (f'remote_host.run("perf record -a -q -o {data} </dev/null '
+                               f'>{data}.log 2>&1 & echo $! > {pid}")') + text[end:]
+        text = text.replace('remote_host.run("opcontrol --stop")',
+                            f'remote_host.run("kill -INT $(cat {pid}); for i in $(seq 150); '
+                            f'do ps -o stat= -p $(cat {pid}) | grep -qv Z || break; sleep 0.2; '
+                            'done")')       # perf's parent is gone: it may linger as a zombie
+        text = text.replace("opreport -l &>", f"perf report --stdio -i {data} &>")
+        ctl = os.path.join(self.tmp, "seed06.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        out = run_cli("--ssh-config", sshd.ssh_config, "-i", img["key"],
+                      "-r", os.path.join(self.tmp, "res"), ctl, timeout=900)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        res = os.path.join(self.tmp, "res")
+        self.assertIn("Samples", open(os.path.join(res, "g1_results", "host_oprofile")).read())
+        self.assertTrue(os.path.isfile(os.path.join(res, "g1_results", "linus_stress",
+                                                    "results", "keyval")))
+        self.assertIn("GOOD\tlinus_stress", open(os.path.join(res, "status.log")).read())
+        self.assertFalse([p for p in comm_pids("perf") if data in processes_with(data)])
+
+    def test_whole_seed_parallel_example_in_a_namespace_with_a_bridged_guest(self):
+        # The seed's addresses as they are: a namespace with br0 on
+        # 10.0.0.254, the guest bridged on it as 10.0.0.1 (its address from
+        # its MAC), 192.168.1.1 and .2 an sshd on the namespace's loopback.
+        ns = Netns()
+        self.addCleanup(ns.close)
+        ns.exec("ip", "link", "add", "br0", "type", "bridge")
+        ns.exec("ip", "addr", "add", "10.0.0.254/24", "dev", "br0")
+        ns.exec("ip", "link", "set", "br0", "up")
+        sshd = Sshd(private_autodir=True, netns=ns.name)
+        self.addCleanup(sshd.stop)
+        img = kernel_disk_image()
+        deb, _ = small_kernel_package(self.tmp)
+        text = open(os.path.join(HERE, "..", "shared", "seed", "examples",
+                                 "09-parallel.control")).read()
+        # This machine's own release: the namespace "hosts" share its kernel,
+        # so check_kernel must find nothing to install (never reboot them).
+        text = text.replace('"2.6.21.3-3"', repr(os.uname().release))
+        text = text.replace("/var/local/linux-2.6.21.3-3_2.6.21.3-3_amd64.deb", deb)
+        text = text.replace("/var/local/src/kvm-33.tar.gz",
+                            kvm_source_tarball(self.tmp, os.path.join(self.tmp, "qemu.log")))
+        text = text.replace("-hda /var/local/vdisk.img",
+                            f"-drive file={img['disk']},if=none,id=d0,format=raw "
+                            "-device nvme,drive=d0,serial=d0")
+        text = text.replace("/home/foo/autotest/client", client_tree(self.tmp))
+        ctl = os.path.join(self.tmp, "seed09.control")
+        with open(ctl, "w") as f:
+            f.write(text)
+        res = os.path.join(self.tmp, "res")
+        out = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, AUTOSERV,
+                              "--ssh-config", sshd.ssh_config, "-i", img["key"], "-r", res, ctl],
+                             capture_output=True, text=True, timeout=900)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        server = open(os.path.join(res, "results-netperf-guest-to-host-far-server",
+                                   "netperf2.server", "results", "keyval")).read()
+        client = open(os.path.join(res, "results-netperf-guest-to-host-far-client",
+                                   "netperf2.client", "results", "keyval")).read()
+        self.assertIn("client{perf}=10.0.0.254", server)          # the host side, over br0
+        self.assertIn("server{perf}=10.0.0.1", client)
+        self.assertEqual(re.search(r"sent_bytes\{perf\}=(\d+)", client).group(1),
+                         re.search(r"received_bytes\{perf\}=(\d+)", server).group(1))
+        status = open(os.path.join(res, "status.log")).read()
+        self.assertNotIn("kernel.install", status)
+        self.assertFalse(self.qemu_with(img["disk"]))
+        links = ns.exec("ip", "-o", "link").stdout
+        self.assertFalse(re.search(r"^\d+: ast\d+x\d+", links, re.M), links)   # tap gone
+
+    def qemu_with(self, text):
+        return [p for p in comm_pids("qemu-system-x86") if p in processes_with(text)]
+
+    def test_a_reboot_the_client_asks_for_between_two_tests_completes_both(self):
+        before = self.kg.guest.get_boot_id()
+        out = self.cli(textwrap.dedent("""\
+            h = hosts.SSHHost("192.168.1.1")
+            at = autotest.Autotest()
+            at.install(h)
+            at.run('''
+            job.run_test("sleeptest", seconds=0.5, tag="one")
+            job.reboot()
+            job.run_test("sleeptest", seconds=0.5, tag="two")
+            ''', "client", h)
+            """))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        entries = autoserv.parse_status_log(open(os.path.join(self.tmp, "res",
+                                                              "status.log")).read())
+        ops = [(e["code"], e["subdir"], e["operation"]) for e in entries]
+        self.assertEqual(ops.count(("START", "sleeptest.one", "sleeptest")), 1)
+        self.assertEqual(ops.count(("GOOD", "sleeptest.one", "sleeptest")), 1)
+        self.assertEqual(ops.count(("GOOD", "sleeptest.two", "sleeptest")), 1)
+        self.assertEqual(ops.count(("GOOD", "----", "reboot.verify")), 1)
+        reboot = next(e for e in entries if e["operation"] == "reboot.start")
+        self.assertIn(before, reboot["message"])
+        self.assertNotEqual(self.kg.guest.get_boot_id(), before)
+        res = os.path.join(self.tmp, "res", "client")
+        for tag in ("one", "two"):
+            self.assertTrue(os.path.isdir(os.path.join(res, f"sleeptest.{tag}")))
+        self.assertFalse(os.path.exists(os.path.join(res, ".client_state")))
+
+
 class KernelGuest:
     """A guest booting through real GRUB from a fresh qcow2 overlay of the
     kernel disk (so what a test installs dies with it), plus an ssh config in
@@ -3175,8 +3640,10 @@ class TestKernelInstall(unittest.TestCase):
         self.assertEqual(g.bootloader.get_default_title(), "Debian GNU/Linux")
         g.reboot(timeout=300)
         self.assertEqual(g.run("uname -r").stdout.strip(), self.kver)
-        g.reboot(timeout=300)
+        # Back on the default; extra kernel arguments go to the entry it boots.
+        g.reboot(timeout=300, kernel_args="autoserv_test_arg=1")
         self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
+        self.assertIn("autoserv_test_arg=1", g.run("cat /proc/cmdline").stdout)
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "kernel.install"), codes)
         self.assertIn(("GOOD", "boot.kernel"), codes)
@@ -3199,11 +3666,6 @@ class TestKernelInstall(unittest.TestCase):
         self.assertEqual(len(fails), 1)
         self.assertIn("broken kernel", fails[0]["message"])
         self.assertIn(("WARN", "reboot.verify"), [(e["code"], e["operation"]) for e in entries])
-        # The next reboot is an ordinary one on the default kernel; extra
-        # kernel arguments go to the entry it boots.
-        g.reboot(timeout=300, kernel_args="autoserv_test_arg=1")
-        self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
-        self.assertIn("autoserv_test_arg=1", g.run("cat /proc/cmdline").stdout)
 
     def grub_state(self, g):
         return g.run("cat /boot/grub/grub.cfg /boot/grub/grubenv; "
