@@ -2242,9 +2242,12 @@ def kvm_compiled_tarball(directory, log):
 
 
 def guest_ports(count):
-    """count consecutive free loopback ports."""
+    """count consecutive free loopback ports, below the kernel's ephemeral
+    range (32768 and up here), where an outgoing connection could take one
+    between this check and qemu's bind."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
     for _ in range(50):
-        base = 30000 + int.from_bytes(os.urandom(2), "big") % 20000
+        base = 20000 + int.from_bytes(os.urandom(2), "big") % max(1000, low - 20000 - 64)
         try:
             socks = []
             for i in range(count):
