@@ -22,6 +22,7 @@ import fcntl
 import io
 import json
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -835,11 +836,7 @@ class StatusLog:
             self.worst = base
         data = _status_line(code, subdir, operation, message, level).encode(
             "utf-8", "surrogateescape")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        self._append(data)
         if code == "START" and nesting:
             self.indent += 1
         LOG.write(data.rstrip(b"\n"), "status")
@@ -855,13 +852,16 @@ class StatusLog:
             base = entry["code"][4:] if entry["code"].startswith("END ") else entry["code"]
             if base in FAILING_CODES:
                 worst = self.worst = base
+        self._append("".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
+        return worst
+
+    def _append(self, data):
+        """One write() on an O_APPEND file: entries never interleave."""
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8",
-                                                                      "surrogateescape"))
+            os.write(fd, data)
         finally:
             os.close(fd)
-        return worst
 
 
 def _write_atomic(path, data):
@@ -1314,15 +1314,18 @@ class RemoteHost(SiteHost):
 # sources, a trailing slash on dest or an existing dest dir mean "into".
 
 # $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step (tar|prep|install),
-# $5 staging (install), $6 keep perms.  Exits 1 with a message on failure.
+# $5 staging: the dir for install, the name's random part for prep (chosen by
+# the client, so a reply lost to a dead link still leaves it a name to clean
+# up); $6 keep perms.  Exits 1 with a message on failure.
 _PLACE_SH = (
     'd=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6; '
     'case $d in */) [ "$mode" = auto ] && mode=into ;; esac; '
     'case $d in /) ;; *) d=${d%/} ;; esac; [ -n "$d" ] || d=.; '
     'if [ "$mode" = auto ]; then if [ -d "$d" ]; then mode=into; else mode=as; fi; fi; '
     'if [ "$mode" = as ]; then p=$(dirname -- "$d"); else mkdir -p -- "$d" || exit 1; p=$d; fi; '
+    'if [ "$step" = prep ]; then t=$p/.autoserv-$t; (umask 077; mkdir -- "$t") || exit 1; '
+    'printf "%s\\n" "$t"; exit 0; fi; '
     'if [ "$step" != install ]; then t=$(umask 077; mktemp -d "$p/.autoserv-XXXXXX") || exit 1; fi; '
-    'if [ "$step" = prep ]; then printf "%s\\n" "$t"; exit 0; fi; '
     'trap \'rm -rf -- "$t"\' EXIT; trap "exit 1" HUP INT TERM PIPE; '
     'if [ "$step" = tar ]; then if [ "$keep" = 1 ]; then tar -xopf - -C "$t" || exit 1; '
     'else tar -xof - -C "$t" || exit 1; fi; fi; '
@@ -1594,15 +1597,20 @@ class _SSHTransfer:
         return f"{host}:{path}"
 
     def _remove_staging(self, staging):
-        """Removes an scp staging dir; when the link is down (the very error
-        being reported), it is left for close() and never masks that error."""
+        """Removes an scp staging dir (or the places it may be); when the link
+        is down (the very error being reported), it is left for close() and
+        never masks that error."""
+        paths = [staging] if isinstance(staging, str) else list(staging)
         try:
-            self.run(f"rm -rf -- {shlex.quote(staging)}", ignore_status=True, timeout=30,
-                     connect_timeout=5)
+            self.run("rm -rf -- " + " ".join(shlex.quote(p) for p in paths),
+                     ignore_status=True, timeout=30, connect_timeout=5)
         except AutoservError as e:
-            LOG.write(f"staging {staging} not removed yet ({e}); retried at close",
+            LOG.write(f"staging {paths} not removed yet ({e}); retried at close",
                       self.hostname)
-            self._tmp_dirs.append((os.getpid(), staging))
+            return
+        self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs
+                          if not (pid == os.getpid() and os.path.basename(p)
+                                  == os.path.basename(paths[0]))]
 
     def _raise_transfer(self, what, paths, text, rc, dest=None):
         if rc == 255:
@@ -1663,9 +1671,14 @@ class _SSHTransfer:
             self._run_local(argv + sources + [self._remote_spec(rsync_dest)],
                             "send_file", sources, timeout, dest)
         else:
-            staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep"),
-                               timeout=60).stdout.strip()
+            name = _random_name()
+            # Where prep may make it, registered before asking, so a reply
+            # lost with the link still leaves close() something to remove.
+            staging = _staging_candidates(dest, name)
+            self._tmp_dirs += [(os.getpid(), c) for c in staging]
             try:
+                staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
+                                   timeout=60).stdout.strip()
                 items = _expand_contents(sources, contents)
                 argv = ["scp", "-r", "-p", "-q"] + self.ssh_argv()[1:-1]
                 self._run_local(argv + items + [self._remote_spec(staging + "/")],
@@ -1743,6 +1756,20 @@ class _SSHTransfer:
             if dest is not None and "no space" not in text.lower():
                 text += self._space_note(dest, paths)
             raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
+
+
+def _random_name(length=12):
+    import secrets
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def _staging_candidates(dest, name):
+    """The two dirs _PLACE_SH's prep step may make for dest: beside it (dest
+    becomes that path) or inside it (dest is a dir)."""
+    d = dest if dest == "/" else (dest.rstrip("/") or ".")
+    base = ".autoserv-" + name
+    return [posixpath.join(d, base), posixpath.join(posixpath.dirname(d) or ".", base)]
 
 
 def _raw_place_command(dest, mode, delete, step, staging=""):
@@ -2338,7 +2365,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         staging dirs (.autoserv-XXXXXX) it could not remove at the time."""
         mine = [p for pid, p in self._tmp_dirs if pid == os.getpid()
                 and (re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", p)
-                     or re.fullmatch(r"/.*/\.autoserv-[A-Za-z0-9]{6}", p))]
+                     or re.fullmatch(r"\.autoserv-[A-Za-z0-9]{6,16}", os.path.basename(p)))]
         self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p not in mine]
         if mine:
             self.run("rm -rf -- " + " ".join(shlex.quote(p) for p in mine),
@@ -2832,6 +2859,14 @@ def _record(*args, **kwargs):
         _JOB.record(*args, **kwargs)
 
 
+def _remote_sha256(path):
+    """Shell that prints a file's sha256 on a target: sha256sum, else python3."""
+    q = shlex.quote(path)
+    return (f"if command -v sha256sum >/dev/null; then sha256sum {q}; else python3 -c "
+            f"'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\"rb\").read())"
+            f".hexdigest())' {q}; fi")
+
+
 def _sha256_file(path):
     import hashlib
     digest = hashlib.sha256()
@@ -3041,9 +3076,7 @@ class DEBKernel(InstallableObject):
         remote = f"{host.get_tmp_dir()}/package{suffix}"
         host.send_file(path, remote)
         digest = _sha256_file(path)
-        check = host.run(f"sha256sum {remote} 2>/dev/null || python3 -c "
-                         f"\"import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb')"
-                         f".read()).hexdigest())\" {remote}", timeout=300, ignore_status=True)
+        check = host.run(_remote_sha256(remote), timeout=300, ignore_status=True)
         if digest not in check.stdout:
             raise AutoservInstallError(f"{host.hostname}: the package arrived damaged "
                                        f"(sha256 differs); nothing was installed")
@@ -3283,9 +3316,10 @@ class Bootloader:
         self.host = host
         self._remote = None
         self._digest = None
+        self._pid = None
 
     def _install(self):
-        if self._remote and self._pid == os.getpid():
+        if self._remote and self._pid == os.getpid():  # a forked task copies anew
             return
         import hashlib
         local, data = _boottool_source()
@@ -3316,10 +3350,7 @@ class Bootloader:
 
     def _run_checked(self, args):
         q = shlex.quote(self._remote)
-        check = (f"test -f {q} || exit 4; "
-                 f"if command -v sha256sum >/dev/null; then sum=$(sha256sum {q}); "
-                 f"else sum=$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open("
-                 f"sys.argv[1],\"rb\").read()).hexdigest())' {q}); fi; "
+        check = (f"test -f {q} || exit 4; sum=$({_remote_sha256(self._remote)}); "
                  f"case $sum in {self._digest}*) ;; *) echo 'boottool: the copy on this host "
                  f"is corrupt (sha256 differs); nothing was changed' >&2; exit 3;; esac; ")
         command = check + "exec python3 " + q + "".join(" " + shlex.quote(a) for a in args)
@@ -3696,9 +3727,6 @@ class _Profilers:
     def delete(self, name):
         self.active.pop(name, None)
 
-    def present(self):
-        return bool(self.active)
-
     def start(self, t):
         if not self.active:
             return
@@ -3756,9 +3784,8 @@ class _Profilers:
 class _ClientJob:
     """`job` in a client control file."""
 
-    def __init__(self, autodir, control, cont):
+    def __init__(self, autodir, cont):
         self.autodir = autodir
-        self.control = control
         self.resultdir = os.path.join(autodir, "results", "default")
         self.bindir = autodir
         self.testdir = os.path.join(autodir, "tests")
@@ -3899,15 +3926,11 @@ class _ClientJob:
         if self._replayed():
             return
         self.record("INFO", None, "reboot", "client asked for a reboot")
-        self.state["done"] = self._counter if not self._in_step else self.state["done"]
+        if not self._in_step:
+            self.state["done"] = self._counter
         self._save()
         sys.stdout.flush()
         raise _ClientReboot()
-
-    def noop(self, *args, **kwargs):
-        pass
-
-    config_set = config_get = noop
 
 
 class _ClientReboot(BaseException):
@@ -3953,7 +3976,7 @@ def _client_main(control_path, cont):
     source = _read_control(control_path)
     code = _compile_or_usage(source, control_path)
     _install_autotest_modules()
-    job = _ClientJob(autodir, control_path, cont)
+    job = _ClientJob(autodir, cont)
     namespace = {"job": job, "__name__": "__main__", "__file__": control_path,
                  "os": os, "sys": sys, "time": time, "re": re}
     namespace.update(_exceptions())
