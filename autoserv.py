@@ -17,7 +17,7 @@ Sections (``grep -n '^# .*####' autoserv.py`` prints them):
 
 __version__ = "0.1.0"
 
-import errno
+import collections
 import fcntl
 import io
 import json
@@ -28,6 +28,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -379,39 +380,58 @@ def _signame(num):
 
 class _Capture:
     """One output stream: all of it up to a cap in memory; past the cap the
-    head and the tail in memory and the whole stream in a file under debug/."""
+    head and the tail (half the cap each) in memory and the whole stream in a
+    file under debug/.  Both are lists of the chunks as read, so keeping them
+    copies nothing however long the stream runs."""
 
     def __init__(self, cap, name, label):
         self.cap = cap
         self.name = name
         self.label = label
-        self.buf = bytearray()
-        self.tail = None
+        self.head = []               # chunks; past the cap, its first half only
+        self.size = 0                # bytes in head (and, before the cap, all)
+        self.tail = collections.deque()
+        self.tail_size = 0
         self.file = None
         self.path = None
         self.total = 0
 
     def add(self, data):
+        data = bytes(data)
         self.total += len(data)
         if self.file is None:
-            self.buf += data
-            if len(self.buf) > self.cap:
+            self.head.append(data)
+            self.size += len(data)
+            if self.size > self.cap:
                 self._spill()
-        else:
-            self.file.write(data)
-            self.tail += data
-            if len(self.tail) > self.cap:
-                del self.tail[:len(self.tail) - self.cap // 2]
+            return
+        self.file.write(data)
+        self._to_tail(data)
+
+    def _to_tail(self, data):
+        tail = self.tail
+        tail.append(data)
+        self.tail_size += len(data)
+        keep = self.cap // 2
+        while self.tail_size - len(tail[0]) >= keep:
+            self.tail_size -= len(tail.popleft())
 
     def _spill(self):
         directory = _output_dir()
         fd, self.path = tempfile.mkstemp(prefix=f"output-{self.name}-", suffix=".log",
                                          dir=directory)
         self.file = os.fdopen(fd, "wb")
-        self.file.write(self.buf)
+        chunks, self.head, self.size = self.head, [], 0
         half = self.cap // 2
-        self.tail = bytearray(self.buf[-half:])
-        del self.buf[half:]
+        for chunk in chunks:
+            self.file.write(chunk)
+            room = half - self.size
+            if room > 0:
+                self.head.append(chunk[:room] if len(chunk) > room else chunk)
+                self.size += min(room, len(chunk))
+                chunk = chunk[room:]
+            if chunk:
+                self._to_tail(chunk)
         LOG.write(f"{self.label}: {self.name} passed {self.cap} bytes; "
                   f"the whole stream goes to {self.path}")
 
@@ -420,12 +440,19 @@ class _Capture:
             self.file.close()
 
     def value(self):
-        if self.file is None:
-            return bytes(self.buf)
-        kept = len(self.buf) + len(self.tail)
-        note = (f"\n[... autoserv: {self.total - kept} bytes left out here; "
-                f"whole stream in {self.path} ...]\n").encode()
-        return bytes(self.buf) + note + bytes(self.tail)
+        """The kept bytes, once: the chunks are let go as they are joined, so
+        a result costs the cap once, not twice."""
+        parts, self.head = self.head, []
+        if self.file is not None:
+            skip = max(0, self.tail_size - self.cap // 2)
+            kept = self.size + self.tail_size - skip
+            parts.append((f"\n[... autoserv: {self.total - kept} bytes left out here; "
+                          f"whole stream in {self.path} ...]\n").encode())
+            tail, self.tail, self.tail_size = list(self.tail), collections.deque(), 0
+            if tail:
+                tail[0] = memoryview(tail[0])[skip:]
+            parts += tail
+        return b"".join(parts)
 
 
 def _output_dir():
@@ -576,7 +603,7 @@ class _Execution:
                                 self._close_stdin()
                         continue
                     try:
-                        data = os.read(fd, READ_SIZE)
+                        data = self._read(fd)
                     except BlockingIOError:
                         continue
                     if data:
@@ -596,6 +623,16 @@ class _Execution:
             raise
         finally:
             self._finish()
+
+    def _read(self, fd):
+        """os.read into one reused buffer, copied out at its real size: a
+        fresh 1 MiB read shrunk to the 64 KiB a pipe gives leaves the
+        allocator fragmented (tens of MB of RSS on a long flood)."""
+        buf = self.__dict__.get("_buf")
+        if buf is None:
+            buf = self._buf = bytearray(READ_SIZE)
+        n = os.readv(fd, [buf])
+        return bytes(memoryview(buf)[:n])
 
     def _take(self, stream, data):
         if stream == 2 and self.marker is not None:
@@ -646,7 +683,7 @@ class _Execution:
             for key, _ in self.sel.select(0.05):
                 if key.events & 1:
                     try:
-                        data = os.read(key.fd, READ_SIZE)
+                        data = self._read(key.fd)
                     except (BlockingIOError, OSError):
                         continue
                     if data:
@@ -1308,27 +1345,40 @@ class RemoteHost(SiteHost):
 
 # File transfer ################################################################
 # Every backend stages into a temp dir beside the destination and renames
-# into place, so an interrupted file never replaces the old one.  Placement
+# into place, so an interrupted file never replaces the old one; a
+# destination dir that does not exist yet is the staging dir renamed, in one
+# step, with the mode mkdir would have given it.  Placement
 # follows rsync: a file onto a missing path becomes that path; a directory
 # (no trailing slash) goes inside dest; "dir/" means its contents; several
 # sources, a trailing slash on dest or an existing dest dir mean "into".
 
-# $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step (tar|prep|install),
+# $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step (tar|cat|prep|install),
 # $5 staging: the dir for install, the name's random part for prep (chosen by
 # the client, so a reply lost to a dead link still leaves it a name to clean
-# up); $6 keep perms.  Exits 1 with a message on failure.
+# up); $6 keep perms; for cat, $7 the file's name, $8 its mode (octal), $9 its
+# mtime (UTC, touch -t), $10 its size: a stream that ended early (EOF from a
+# dropped link looks like the end of the file) is never placed.  Exits 1 with
+# a message on failure.
 _PLACE_SH = (
     'd=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6; '
     'case $d in */) [ "$mode" = auto ] && mode=into ;; esac; '
     'case $d in /) ;; *) d=${d%/} ;; esac; [ -n "$d" ] || d=.; '
     'if [ "$mode" = auto ]; then if [ -d "$d" ]; then mode=into; else mode=as; fi; fi; '
-    'if [ "$mode" = as ]; then p=$(dirname -- "$d"); else mkdir -p -- "$d" || exit 1; p=$d; fi; '
+    'fresh=; if [ "$mode" = as ]; then p=$(dirname -- "$d"); '
+    'elif [ -e "$d" ] || [ -L "$d" ]; then p=$d; '
+    'else p=$(dirname -- "$d"); mkdir -p -- "$p" || exit 1; fresh=1; fi; '
     'if [ "$step" = prep ]; then t=$p/.autoserv-$t; (umask 077; mkdir -- "$t") || exit 1; '
     'printf "%s\\n" "$t"; exit 0; fi; '
     'if [ "$step" != install ]; then t=$(umask 077; mktemp -d "$p/.autoserv-XXXXXX") || exit 1; fi; '
     'trap \'rm -rf -- "$t"\' EXIT; trap "exit 1" HUP INT TERM PIPE; '
     'if [ "$step" = tar ]; then if [ "$keep" = 1 ]; then tar -xopf - -C "$t" || exit 1; '
     'else tar -xof - -C "$t" || exit 1; fi; fi; '
+    'if [ "$step" = cat ]; then cat >"$t/$7" || exit 1; n=$(wc -c <"$t/$7") || exit 1; '
+    'if [ "$n" -lt "${10}" ]; then echo "autoserv: $7 arrived short ($n of ${10} bytes): '
+    'the stream ended early" >&2; exit 1; fi; '
+    'chmod "$8" "$t/$7" && TZ=UTC0 touch -t "$9" "$t/$7" || exit 1; fi; '
+    'if [ -n "$fresh" ]; then m=$(umask); chmod "$(printf %o $(( 0777 & ~0$m )))" "$t" '
+    '&& mv -- "$t" "$d" && exit 0; exit 1; fi; '
     'cd "$t" || exit 1; '
     'if [ "$del" = 1 ] && [ "$mode" = contents ]; then '
     'for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do b=${e##*/}; '
@@ -1383,7 +1433,6 @@ def _transfer_error(host, what, paths, text, rc):
 def _pipeline(first, second, timeout, label):
     """first | second with stderr of each in a temp file; one deadline; both
     process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2)."""
-    sp = _subprocess()
     errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
     p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
     try:
@@ -1393,8 +1442,20 @@ def _pipeline(first, second, timeout, label):
         p1.wait()
         raise
     p1.stdout.close()
+    _wait_all([p1, p2], timeout, label)
+    texts = []
+    for f in errs:
+        f.seek(0)
+        texts.append(_decode(f.read()))
+        f.close()
+    return p1.returncode, p2.returncode, texts[0], texts[1]
+
+
+def _wait_all(procs, timeout, label):
+    """Waits for every process under one deadline; on timeout their groups
+    get TERM then KILL and AutoservTimeoutError; on interrupt, KILL."""
+    sp = _subprocess()
     deadline = _monotonic_deadline(timeout)
-    procs = [p1, p2]
     try:
         for p in procs:
             p.wait(_remaining(deadline))
@@ -1413,12 +1474,16 @@ def _pipeline(first, second, timeout, label):
             _killpg(p.pid, signal.SIGKILL)
             p.wait()
         raise
-    texts = []
-    for f in errs:
-        f.seek(0)
-        texts.append(_decode(f.read()))
-        f.close()
-    return p1.returncode, p2.returncode, texts[0], texts[1]
+
+
+def _stream_file(path, argv, timeout, label):
+    """argv with path as its stdin, its stderr in a temp file, one deadline,
+    its group killed on timeout or interrupt.  Returns (rc, stderr text)."""
+    with open(path, "rb") as src, tempfile.TemporaryFile() as err:
+        proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
+        _wait_all([proc], timeout, label)
+        err.seek(0)
+        return proc.returncode, _decode(err.read())
 
 
 def _tar_member_args(sources, contents_flags):
@@ -1652,7 +1717,20 @@ class _SSHTransfer:
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
         t0 = time.monotonic()
-        if backend == "tar":
+        if backend == "tar" and len(sources) == 1 and not contents[0] \
+                and os.path.isfile(sources[0]) \
+                and not (preserve_symlinks and os.path.islink(sources[0])):
+            # One regular file: the file itself is ssh's stdin, as in
+            # `ssh host 'cat > f'`, staged and renamed like the rest.
+            st = os.stat(sources[0])
+            stamp = time.strftime("%Y%m%d%H%M.%S", time.gmtime(st.st_mtime))
+            remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0", "cat",
+                                   "", "1", os.path.basename(sources[0].rstrip("/")),
+                                   "%o" % (st.st_mode & 0o7777), stamp, str(st.st_size))
+            rc, err = _stream_file(sources[0], remote, timeout, self.hostname)
+            if rc != 0:
+                self._raise_transfer("send_file", sources, err, rc, dest)
+        elif backend == "tar":
             tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
                 + _tar_member_args(sources, contents)
             remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
@@ -1795,7 +1873,7 @@ _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": Non
                  "ssh_options": (), "host_key_policy": "accept-new",
                  "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
                  "alive_interval": DEFAULT_ALIVE_INTERVAL,
-                 "alive_count": DEFAULT_ALIVE_COUNT}
+                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
 
 
 def set_ssh_defaults(**kwargs):
@@ -1860,6 +1938,493 @@ def parse_machine(spec):
 # wrapper (USR1) to kill the command's process group: TERM, CONT, KILL at 2 s.
 # Markers on stderr (stripped by _MarkerFilter) give the group id and the real
 # exit status, so a remote 'exit 255' is not mistaken for a transport failure.
+# The persistent agent (SSHHost(persistent=True)), run on the target as
+# `env AUTOSERV_RUN_ID=ID python3 -c _AGENT_PY GRACE`.  It listens on a socket in a fresh 0700
+# /tmp/autoserv-* dir, prints that socket's path, and serves one command per
+# connection: client frames R (json: c command, r run id, i stdin follows),
+# I (stdin bytes), i (stdin end), K (kill); agent frames S (pgid), O/E
+# (stdout/stderr bytes), X (exit status, 128+N for signal N).  A connection
+# that closes kills its command's process group (TERM, CONT, KILL after
+# GRACE); its own stdin closing (the ssh session gone) kills every group,
+# removes the dir and exits.  A guardian process forked first, in its own
+# session, kills the groups still running if the agent dies any other way.
+# Python 3.6+, standard library only.
+_AGENT_PY = r'''import errno, json, os, selectors, signal, socket, struct, subprocess, sys, tempfile, time
+H = struct.Struct(">cI")
+LIMIT = 1 << 20
+GRACE = float(sys.argv[1])
+
+
+def group(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def guardian(fd):
+    """Kills the groups still running when the agent is gone, however it
+    went (SIGKILL, the OOM killer): it hears +pgid/-pgid, q to just exit."""
+    live, buf = set(), b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            break
+        buf += data
+        lines = buf.split(b"\n")
+        buf = lines.pop()
+        for line in lines:
+            if line == b"q":
+                os._exit(0)
+            if line[:1] == b"+":
+                live.add(int(line[1:]))
+            elif line[:1] == b"-":
+                live.discard(int(line[1:]))
+    for pg in live:
+        group(pg, signal.SIGTERM)
+        group(pg, signal.SIGCONT)
+    if live:
+        time.sleep(GRACE)
+        for pg in live:
+            group(pg, signal.SIGKILL)
+    os._exit(0)
+
+
+guard_r, guard_w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(guard_w)
+    guardian(guard_r)
+os.close(guard_r)
+
+
+def tell(text):
+    try:
+        os.write(guard_w, text)
+    except OSError:
+        pass
+
+
+sel = selectors.DefaultSelector()
+conns = set()
+wake_r, wake_w = os.pipe()
+for fd in (wake_r, wake_w):
+    os.set_blocking(fd, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *a: None)
+for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, lambda *a: shutdown())
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+class Conn:
+    def __init__(self, sock):
+        self.sock = sock
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
+        self.req = None
+        self.stdin = bytearray()
+        self.proc = None
+        self.pipes = {}
+        self.kill_at = None
+        self.gone = False
+        self.done = False
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ, self)
+        conns.add(self)
+
+    def send(self, kind, data=b""):
+        if self.gone:
+            return
+        self.wbuf += H.pack(kind, len(data)) + data
+        self.flush()
+
+    def flush(self):
+        if self.wbuf and not self.gone:
+            try:
+                n = self.sock.send(self.wbuf)
+                del self.wbuf[:n]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.lost()
+                return
+        self.watch()
+
+    def watch(self):
+        if self.gone:
+            return
+        ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.wbuf else 0)
+        sel.modify(self.sock, ev, self)
+        room = len(self.wbuf) < LIMIT
+        for fd in list(self.pipes):
+            key = sel.get_map().get(fd)
+            if room and key is None:
+                sel.register(fd, selectors.EVENT_READ, (self, self.pipes[fd]))
+            elif not room and key is not None:
+                sel.unregister(fd)
+        if self.done and not self.wbuf:
+            self.close()
+
+    def readable(self):
+        try:
+            data = self.sock.recv(LIMIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.lost()
+            return
+        self.rbuf += data
+        at = 0
+        while len(self.rbuf) - at >= H.size:
+            kind, n = H.unpack_from(self.rbuf, at)
+            if len(self.rbuf) - at < H.size + n:
+                break
+            self.frame(kind, bytes(self.rbuf[at + H.size:at + H.size + n]))
+            at += H.size + n
+        del self.rbuf[:at]
+
+    def frame(self, kind, body):
+        if kind == b"R" and self.req is None:
+            self.req = json.loads(body.decode())
+            if not self.req.get("i"):
+                self.start()
+        elif kind == b"I" and self.proc is None:
+            self.stdin += body
+        elif kind == b"i" and self.proc is None:
+            self.start()
+        elif kind == b"K":
+            self.kill()
+
+    def start(self):
+        req = self.req
+        env = dict(os.environ, AUTOSERV_RUN_ID=req.get("r") or os.environ.get("AUTOSERV_RUN_ID", ""))
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        data, self.stdin = bytes(self.stdin), None
+        stdin = subprocess.DEVNULL
+        try:
+            if data:
+                # Staged whole, as the per-command wrapper does: a command
+                # that never reads its stdin must not stall anything.
+                stdin, name = tempfile.mkstemp(dir=top)
+                os.unlink(name)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(stdin, view):]
+                os.lseek(stdin, 0, 0)
+            proc = subprocess.Popen([shell, "-c", req["c"]], stdin=stdin,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                    start_new_session=True, cwd=os.path.expanduser("~"))
+        except OSError as e:
+            self.send(b"E", ("autoserv agent: cannot start the command: %s\n" % e).encode())
+            self.send(b"X", b"125")
+            self.done = True
+            self.watch()
+            return
+        finally:
+            if data and isinstance(stdin, int) and stdin >= 0:
+                os.close(stdin)
+        self.proc = proc
+        self.pipes = {proc.stdout.fileno(): b"O", proc.stderr.fileno(): b"E"}
+        for fd in self.pipes:
+            os.set_blocking(fd, False)
+        tell(b"+%d\n" % proc.pid)
+        self.send(b"S", str(proc.pid).encode())
+        self.watch()
+
+    def output(self, fd, kind):
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.send(kind, data)
+            return
+        sel.unregister(fd)
+        del self.pipes[fd]
+        self.reap()
+
+    def reap(self):
+        if self.proc is None or self.pipes or self.proc.poll() is None:
+            return
+        rc = self.proc.returncode
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+        if self.kill_at is not None:
+            group(self.proc.pid, signal.SIGKILL)
+        tell(b"-%d\n" % self.proc.pid)
+        self.send(b"X", str(rc if rc >= 0 else 128 - rc).encode())
+        self.proc = None
+        self.done = True
+        self.watch()
+
+    def kill(self):
+        if self.proc is not None and self.kill_at is None:
+            group(self.proc.pid, signal.SIGTERM)
+            group(self.proc.pid, signal.SIGCONT)
+            self.kill_at = time.monotonic() + GRACE
+
+    def lost(self):
+        self.gone = True
+        self.wbuf = bytearray()
+        try:
+            sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.kill()
+        for fd in list(self.pipes):
+            if sel.get_map().get(fd) is None:
+                sel.register(fd, selectors.EVENT_READ, (self, self.pipes[fd]))
+        if self.proc is None:
+            self.close()
+
+    def close(self):
+        conns.discard(self)
+        try:
+            sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+
+
+def shutdown():
+    for c in list(conns):
+        c.kill()
+    end = time.monotonic() + GRACE
+    while time.monotonic() < end and any(c.proc is not None and c.proc.poll() is None
+                                         for c in conns):
+        time.sleep(0.05)
+    for c in list(conns):
+        if c.proc is not None:
+            group(c.proc.pid, signal.SIGKILL)
+    tell(b"q\n")
+    try:
+        os.unlink(path)
+        os.rmdir(top)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+top = tempfile.mkdtemp(prefix="autoserv-", dir="/tmp")
+path = os.path.join(top, "agent")
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(path)
+listener.listen(128)
+listener.setblocking(False)
+sel.register(listener, selectors.EVENT_READ, "listen")
+sel.register(0, selectors.EVENT_READ, "stdin")
+sel.register(wake_r, selectors.EVENT_READ, "wake")
+os.write(1, (path + "\n").encode())
+while True:
+    now = time.monotonic()
+    waits = [c.kill_at - now for c in conns if c.kill_at is not None and c.proc is not None]
+    for key, ev in sel.select(max(0.0, min(waits)) if waits else None):
+        what = key.data
+        if what == "listen":
+            try:
+                Conn(listener.accept()[0])
+            except OSError:
+                pass
+        elif what == "stdin":
+            try:
+                if not os.read(0, 4096):
+                    shutdown()
+            except OSError:
+                shutdown()
+        elif what == "wake":
+            try:
+                os.read(wake_r, 4096)
+            except OSError:
+                pass
+            for c in list(conns):
+                c.reap()
+        elif isinstance(what, Conn):
+            if ev & selectors.EVENT_WRITE:
+                what.flush()
+            if ev & selectors.EVENT_READ and not what.gone:
+                what.readable()
+        else:
+            what[0].output(key.fd, what[1])
+    now = time.monotonic()
+    for c in list(conns):
+        if c.kill_at is not None and c.proc is not None and now >= c.kill_at:
+            group(c.proc.pid, signal.SIGKILL)
+            c.kill_at = now + 3600
+'''
+
+
+_FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
+
+
+def _frame(kind, data=b""):
+    return _FRAME.pack(kind, len(data)) + data
+
+
+class _AgentLost(Exception):
+    """The agent's socket could not be reached before the command started."""
+
+
+class _AgentExecution(_Execution):
+    """One command through a host's persistent agent: one channel of the warm
+    ControlMaster to the agent's socket.  Same fields as _Execution; closing
+    the channel is how the agent learns to kill the command's group."""
+
+    def __init__(self, path, command, run_id, label, **kw):
+        super().__init__([], label, remote=True, **kw)
+        self.path = path
+        self.request = json.dumps({"c": command, "r": run_id,
+                                   "i": self.stdin_data is not None}).encode()
+        self.pgid = None
+        self.status = None
+        self.sock = None
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.deadline = _monotonic_deadline(self.timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            raise _AgentLost(str(e))
+        sock.setblocking(False)
+        self.sock = sock
+        out = bytearray(_frame(b"R", self.request))
+        if self.stdin_data is not None:
+            view = memoryview(self.stdin_data)
+            for at in range(0, len(view), READ_SIZE):
+                out += _frame(b"I", view[at:at + READ_SIZE])
+            out += _frame(b"i")
+        self.pending = out
+
+    def wait(self):
+        import selectors
+        sel = selectors.DefaultSelector()
+        self.sel = sel
+        self.rbuf = bytearray()
+        sel.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        try:
+            while self.status is None:
+                left = _remaining(self.deadline)
+                if left == 0.0:
+                    self.timed_out = True
+                    break
+                for _, events in sel.select(left):
+                    if events & selectors.EVENT_WRITE:
+                        self._write(sel)
+                    if events & selectors.EVENT_READ and not self._read():
+                        break
+                else:
+                    continue
+                if self.sock is None:
+                    break
+            if self.timed_out:
+                self._kill()
+        except BaseException:
+            self._hang_up()
+            raise
+        finally:
+            self._finish()
+
+    def _write(self, sel):
+        import selectors
+        try:
+            n = self.sock.send(self.pending)
+            del self.pending[:n]
+        except BlockingIOError:
+            return
+        except OSError:
+            self.pending = bytearray()
+        if not self.pending:
+            sel.modify(self.sock, selectors.EVENT_READ)
+
+    def _read(self):
+        """False once the channel has ended."""
+        room = self.__dict__.get("_room")
+        if room is None:
+            room = self._room = bytearray(READ_SIZE)
+        try:
+            n = self.sock.recv_into(room)
+        except BlockingIOError:
+            return True
+        except OSError:
+            n = 0
+        if not n:
+            self._hang_up()
+            return False
+        buf = self.rbuf
+        buf += memoryview(room)[:n]
+        size, at = _FRAME.size, 0
+        while len(buf) - at >= size:
+            kind, n = _FRAME.unpack_from(buf, at)
+            if len(buf) - at < size + n:
+                break
+            body = bytes(memoryview(buf)[at + size:at + size + n])
+            at += size + n
+            if kind == b"O":
+                self._take(1, body)
+            elif kind == b"E":
+                self._take(2, body)
+            elif kind == b"S":
+                self.pgid = int(body)
+            elif kind == b"X":
+                self.status = int(body)
+        del buf[:at]
+        return True
+
+    def _hang_up(self):
+        if self.sock is not None:
+            self.sel.unregister(self.sock)
+            self.sock.close()
+            self.sock = None
+
+    def _kill(self, grace=None):
+        """Asks the agent to kill the group (TERM, CONT, KILL after its grace)
+        and waits for it to say so, then hangs up (which kills it too)."""
+        if self.sock is None:
+            return
+        self.pending += _frame(b"K")
+        end = time.monotonic() + KILL_GRACE + 3.0
+        import selectors
+        self.sel.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while self.status is None and self.sock is not None and time.monotonic() < end:
+            for _, events in self.sel.select(0.05):
+                if events & selectors.EVENT_WRITE:
+                    self._write(self.sel)
+                if events & selectors.EVENT_READ:
+                    self._read()
+                if self.sock is None:
+                    break
+        self._hang_up()
+
+    def _finish(self):
+        self.duration = time.monotonic() - self.t0
+        self._hang_up()
+        self.sel.close()
+        for tee in self.tees.values():
+            if tee is not None:
+                tee.feed(b"", final=True)
+        for c in self.captures.values():
+            c.close()
+        self.returncode = self.status
+
+
 _WRAPPER = (
     "exec 3<&0 5</dev/null; t=$1 n=$2 c=$3; AUTOSERV_RUN_ID=$4; export AUTOSERV_RUN_ID; "
     "k=; trap 'k=1' USR1; s=; command -v setsid >/dev/null 2>&1 && s=setsid; "
@@ -1906,22 +2471,66 @@ def _ssh_lines(text, started):
     return lines[-6:]
 
 
+def _read_line(pipe, timeout):
+    """One line from a pipe within timeout seconds (b"" on EOF or time-out)."""
+    import selectors
+    fd = pipe.fileno()
+    data = b""
+    end = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not data.endswith(b"\n") and len(data) < 4096:
+            left = end - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return b""
+            chunk = os.read(fd, 4096 - len(data))
+            if not chunk:
+                return b""
+            data += chunk
+    return data
+
+
+def _end_agent_process(proc):
+    """Ends an agent's ssh session: its stdin closes, so the agent kills what
+    it runs, removes its dir and exits; then the local ssh, if still there."""
+    for f in (proc.stdin, proc.stdout):
+        try:
+            f.close()
+        except OSError:
+            pass
+    try:
+        proc.wait(KILL_GRACE + 3)
+        return
+    except _subprocess().TimeoutExpired:
+        pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        _killpg(proc.pid, sig)
+        try:
+            proc.wait(5)
+            return
+        except _subprocess().TimeoutExpired:
+            continue
+
+
 class SSHHost(_SSHTransfer, RemoteHost):
     """A machine reached with the system ssh (config, ProxyJump, aliases
     behave as in plain ssh), one ControlMaster per host and job."""
 
     _counter = 0
+    _agents = 0
 
     def __init__(self, hostname, user=None, port=None, password=None, *,
                  identity=None, ssh_config=None, ssh_options=None,
                  host_key_policy=None, known_hosts=None, connect_timeout=None,
-                 alive_interval=None, alive_count=None, power=None, **kwargs):
+                 alive_interval=None, alive_count=None, power=None, persistent=None,
+                 **kwargs):
         self._init_args = (hostname,)
         self._init_kwargs = dict(user=user, port=port, identity=identity,
                                  ssh_config=ssh_config, ssh_options=ssh_options,
                                  host_key_policy=host_key_policy,
                                  known_hosts=known_hosts, connect_timeout=connect_timeout,
-                                 alive_interval=alive_interval, alive_count=alive_count)
+                                 alive_interval=alive_interval, alive_count=alive_count,
+                                 persistent=persistent)
         spec_user, host, spec_port = parse_machine(hostname)
         d = _SSH_DEFAULTS
         self.hostname = host
@@ -1939,6 +2548,8 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self.alive_interval = alive_interval or d["alive_interval"]
         self.alive_count = alive_count or d["alive_count"]
         self.power = power
+        self.persistent = d["persistent"] if persistent is None else bool(persistent)
+        self._agent = None
         SSHHost._counter += 1
         self._index = SSHHost._counter
         self._token = os.urandom(8).hex()
@@ -2051,7 +2662,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             if os.path.exists(path) and self._master_alive():
                 return
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, 0.005)   # a stat and a connect: cheap
         alive = proc.poll() is None
         self._stop_master()
         with open(errlog, "rb") as f:
@@ -2075,17 +2686,13 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self._master = None
         if proc is None or self._master_pid_owner != os.getpid():
             return
-        if proc.poll() is None and self._ctrl_path and os.path.exists(self._ctrl_path):
-            sp = _subprocess()
-            try:
-                sp.run(["ssh", "-o", f"ControlPath={self._ctrl_path}", "-O", "exit",
-                        self.hostname], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL,
-                       timeout=5, start_new_session=True)
-            except sp.TimeoutExpired:
-                pass
-        for sig, wait in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-            if sig is not None:
-                _killpg(proc.pid, sig)
+        # Our own child: TERM makes ssh close the connection and remove its
+        # socket as `ssh -O exit` would, without spawning a process for it.
+        for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                if sig == signal.SIGKILL:
+                    _killpg(proc.pid, sig)
             try:
                 proc.wait(wait)
                 break
@@ -2141,6 +2748,12 @@ class SSHHost(_SSHTransfer, RemoteHost):
             max_output=DEFAULT_MAX_OUTPUT):
         command = _with_args(command, args)
         data = _stdin_bytes(stdin)
+        if self.persistent:
+            result = self._run_in_agent(command, data, timeout, stdout_tee, stderr_tee,
+                                        max_output, connect_timeout)
+            if result is not None:
+                LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
+                return _judge(result, ignore_status)
         for attempt in (1, 2):
             self._ensure_master(connect_timeout)
             argv = self.ssh_argv(connect_timeout) + [
@@ -2173,6 +2786,114 @@ class SSHHost(_SSHTransfer, RemoteHost):
             raise error
         LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
         return _judge(result, ignore_status)
+
+    # the persistent agent (persistent=True): one python3 process per host
+    # listening on a socket in a 0700 dir on the target, reached through a
+    # forward of the warm ControlMaster, one channel per command.
+    def _agent_socket(self, connect_timeout=None):
+        """The local socket of this host's agent, started on first use; None
+        when no agent can run there (said once in the log)."""
+        agent = self._agent
+        if agent is False:
+            return None
+        if agent is not None and self._master_alive():
+            return agent["local"]
+        return self._start_agent(connect_timeout)
+
+    def _start_agent(self, connect_timeout=None):
+        self._stop_agent()
+        self._ensure_master(connect_timeout)
+        run_id = _JOB.run_id if _JOB is not None else "norun"
+        remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
+                  f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
+        errlog = self._ctrl_path + ".agent"
+        with open(errlog, "wb") as err:
+            proc = _popen(self.ssh_argv(connect_timeout) + [remote], stdin=PIPE,
+                          stdout=PIPE, stderr=err)
+        ct = connect_timeout or self.connect_timeout
+        line = _read_line(proc.stdout, ct + 10)
+        why = None
+        if not re.fullmatch(rb"/tmp/autoserv-[A-Za-z0-9_]{6,12}/agent\n", line):
+            why = "it did not start"
+        else:
+            remote_path = os.fsdecode(line.strip())
+            SSHHost._agents += 1
+            local = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self._index}-a{SSHHost._agents}")
+            out = _subprocess().run(
+                ["ssh", "-o", f"ControlPath={self._ctrl_path}", "-O", "forward",
+                 "-L", f"{local}:{remote_path}", self.hostname], stdin=DEVNULL,
+                capture_output=True, timeout=10, start_new_session=True)
+            if out.returncode != 0:
+                why = "the ssh master would not forward to it: " + _decode(out.stderr).strip()
+        if why is not None:
+            _end_agent_process(proc)
+            with open(errlog, "rb") as f:
+                text = _decode(f.read()).strip()
+            os.unlink(errlog)
+            LOG.write(f"no persistent agent ({why}; {_last_lines(text, 3) or 'no message'}); "
+                      "every command runs as its own ssh session", self.hostname)
+            self._agent = False
+            return None
+        self._agent = {"proc": proc, "local": local, "owner": os.getpid()}
+        self._tmp_dirs.append((os.getpid(), os.path.dirname(remote_path)))
+        LOG.write(f"persistent agent at {remote_path}", self.hostname)
+        return local
+
+    def _stop_agent(self):
+        agent, self._agent = self._agent, None
+        if not agent or agent["owner"] != os.getpid():
+            return
+        _end_agent_process(agent["proc"])
+        for path in (agent["local"], self._ctrl_path + ".agent"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _run_in_agent(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
+                      connect_timeout):
+        """A CmdResult through the agent, or None to run it as its own ssh
+        session instead (no agent can run there)."""
+        run_id = _JOB.run_id if _JOB is not None else "norun"
+        for attempt in (1, 2):
+            path = self._agent_socket(connect_timeout)
+            if path is None:
+                return None
+            LOG.write(f"run: {command}", self.hostname)
+            ex = _AgentExecution(path, command, run_id, self.hostname, stdin=data,
+                                 timeout=timeout, stdout_tee=stdout_tee,
+                                 stderr_tee=stderr_tee, max_output=max_output)
+            try:
+                ex.start()
+            except _AgentLost as e:
+                LOG.write(f"agent socket unreachable ({e}); restarting it", self.hostname)
+                self._stop_agent()
+                continue
+            ex.wait()
+            result = ex.result(command, self.hostname)
+            if ex.status is not None:
+                result.exit_status = ex.status
+                if 128 < ex.status <= 128 + 64:
+                    result.aborted = ex.status - 128
+                return result
+            if ex.timed_out:
+                return result
+            if ex.pgid is None and attempt == 1:
+                # The channel closed before the command started: the agent or
+                # the master is gone.  Start both again, once.
+                LOG.write("agent channel closed before the command started; restarting it",
+                          self.hostname)
+                self._stop_agent()
+                continue
+            alive = self._master_alive()
+            error = AutoservSSHConnectionLost(
+                self.hostname, "connection lost",
+                "the persistent session ended mid-command"
+                + ("" if alive else " (the ssh master is gone)"))
+            LOG.write(f"transport failure: {error}", self.hostname)
+            error.result = result
+            raise error
+        return None
 
     def is_up(self, timeout=None):
         t = timeout or self.connect_timeout
@@ -2364,7 +3085,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         """Removes the dirs this process made: get_tmp_dir()'s and transfer
         staging dirs (.autoserv-XXXXXX) it could not remove at the time."""
         mine = [p for pid, p in self._tmp_dirs if pid == os.getpid()
-                and (re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", p)
+                and (re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9_]{6,8}", p)
                      or re.fullmatch(r"\.autoserv-[A-Za-z0-9]{6,16}", os.path.basename(p)))]
         self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p not in mine]
         if mine:
@@ -2372,11 +3093,16 @@ class SSHHost(_SSHTransfer, RemoteHost):
                      timeout=60, ignore_status=True, connect_timeout=5)
 
     def close(self):
-        """Removes this host's remote temp dirs and ends its ssh master."""
+        """Ends its agent, removes this host's remote temp dirs (each its own
+        ssh session: no new agent) and ends its ssh master."""
+        self._stop_agent()
+        persistent, self.persistent = self.persistent, False
         try:
             self._remove_tmp_dirs()
         except AutoservError as e:
             LOG.write(f"could not remove temp dirs: {e}", self.hostname)
+        finally:
+            self.persistent = persistent
         self._stop_master()
         if self._ctrl_path and self._master_pid_owner == os.getpid():
             for suffix in ("", ".lock"):
@@ -2467,6 +3193,10 @@ class subcommand:
             os._exit(code)
 
     def fork_start(self, prefix_output=True):
+        # What the child needs, imported here once, not in every child.
+        import multiprocessing
+        import pickle  # noqa: F401
+        import traceback  # noqa: F401
         if self.subdir:
             self.subdir = os.path.abspath(self.subdir)
             os.makedirs(os.path.join(self.subdir, "debug"), exist_ok=True)
@@ -2476,7 +3206,6 @@ class subcommand:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         self.started = time.monotonic()
-        import multiprocessing
         readers = [fd for fd in (result_r, out[0], err[0]) if fd is not None]
         proc = multiprocessing.get_context("fork").Process(
             target=self._forked, args=(readers, result_w, out[1], err[1]),
@@ -5108,6 +5837,8 @@ def _parser():
     a("--host-key-policy", choices=HOST_KEY_POLICIES, default="accept-new")
     a("--known-hosts", metavar="F", help="known_hosts file for accept-new/strict")
     a("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S")
+    a("--persistent", action="store_true",
+      help="run each host's commands through one persistent agent (needs python3 there)")
     a("-j", "--max-parallel", type=int, metavar="N",
       help="cap on concurrent subcommands in parallel*()")
     a("--junit", metavar="F", help="also write a JUnit XML summary")
@@ -5172,13 +5903,25 @@ def _compile_or_usage(src, path):
         raise AutoservUsageError(f"{path}: cannot compile: {e}")
 
 
+def _where(exc, control_path):
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if f.filename == control_path]
+    return mine, (f"{control_path}:{mine[-1].lineno}: " if mine else "")
+
+
+def _reason(exc, control_path):
+    """One line for status.log: where, the exception's class, what."""
+    _, where = _where(exc, control_path)
+    text = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{where}{type(exc).__name__}: {text}".rstrip(": ")
+
+
 def _report(exc, control_path):
     """Text for an exception that escaped the control file: where in the
     control file first, then what."""
     import traceback
-    frames = traceback.extract_tb(exc.__traceback__)
-    mine = [f for f in frames if f.filename == control_path]
-    where = f"{control_path}:{mine[-1].lineno}: " if mine else ""
+    mine, where = _where(exc, control_path)
     name = type(exc).__name__
     if isinstance(exc, AutoservError):
         return f"{where}{name}: {exc}"
@@ -5247,7 +5990,8 @@ def _main(argv):
                          identity=absolute(opts.identity),
                          host_key_policy=opts.host_key_policy,
                          known_hosts=absolute(opts.known_hosts),
-                         connect_timeout=opts.connect_timeout)
+                         connect_timeout=opts.connect_timeout,
+                         persistent=opts.persistent)
         junit = absolute(opts.junit)
         extra = None
         if opts.client:
@@ -5290,7 +6034,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     if not opts.quiet:
         _say(f"results in {resultdir}")
     cwd = os.getcwd()
-    status, outcome, error = 0, "GOOD", ""
+    status, outcome, error, reason = 0, "GOOD", "", ""
     job.record("START", None, "autoserv", f"control file {os.path.basename(control_path)}")
     try:
         try:
@@ -5314,6 +6058,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         except BaseException as e:
             status, outcome = 1, "FAIL"
             error = _report(e, control_path)
+            reason = _reason(e, control_path)
             LOG.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
             for host_name in _hosts_in(e):
                 job.set_host_outcome(host_name, "FAIL", error=_last_line(str(e)))
@@ -5328,7 +6073,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         error = f"a test recorded {job.status.worst}"
     if error:
         job.record("ABORT" if status in (130, 143) else "FAIL", None, "autoserv",
-                   _last_line(error))
+                   reason or _last_line(error))
     job.record(f"END {outcome}", None, "autoserv")
     job.write_summary(outcome, error)
     if junit:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import types
 import time
 import unittest
 
@@ -130,6 +131,116 @@ def reap():
             return
         if pid == 0:
             return
+
+
+# RELIABILITY.md's invariants, checked after every scenario ####################
+
+SCENARIOS = {}         # scenario number -> the tests that cover it
+
+
+def _run_id_processes():
+    """PIDs of processes whose environment carries an AUTOSERV_RUN_ID."""
+    return set(processes_with("AUTOSERV_RUN_ID="))
+
+
+def _autoserv_paths():
+    """autoserv's temp dirs on this machine (local and, for loopback and
+    namespace hosts, remote alike) and its control dirs."""
+    tmp = tempfile.gettempdir()
+    found = {os.path.join("/tmp", n) for n in _remote_autoserv_dirs()}
+    found |= {os.path.join(tmp, n) for n in _ctrl_dirs()}
+    return found
+
+
+class Invariants:
+    """P, R and L of RELIABILITY.md, and S when given a status.log, checked
+    against a snapshot taken before the scenario: nothing the scenario
+    started may be left.  (T is each test's own bound on its operations.)"""
+
+    def __init__(self):
+        self.hosts = list(autoserv._HOSTS)        # a class's shared guests stay
+        self.children = {pid for pid, _, _ in our_children()}
+        self.tagged = _run_id_processes()
+        self.paths = _autoserv_paths()
+
+    def new_children(self):
+        # The ssh master or agent of a host the class shares (a guest that
+        # rebooted gets a new master) is that fixture's, not the test's.
+        shared = set()
+        for h in self.hosts:
+            master = getattr(h, "_master", None)
+            agent = getattr(h, "_agent", None)
+            shared |= {p.pid for p in (master, agent and agent["proc"]) if p}
+        return [(pid, state, name) for pid, state, name in our_children()
+                if pid not in self.children and pid not in shared]
+
+    def check(self, test):
+        """P, R, L: run as the test's last cleanup, after its own."""
+        for host in reversed([h for h in autoserv._HOSTS if h not in self.hosts]):
+            try:
+                host.close()      # what the job's end does for the hosts it made
+            except Exception as e:
+                test.fail(f"closing {host!r} failed: {e}")
+        if not self.hosts:
+            autoserv._remove_ctrl_dir()
+        # P: no process the scenario started, no zombie (reaped by us, the
+        # subreaper, once it is gone; a live one fails).
+        def no_children():
+            reap()
+            return not self.new_children()
+        try:
+            wait_for(no_children, 10, what="no child process left")
+        except AssertionError:
+            test.fail(f"P: processes left: {self.new_children()}")
+        # R: no process carrying a run id after 10 s.
+        try:
+            wait_for(lambda: not (_run_id_processes() - self.tagged), 10,
+                     what="no remote process of the run left")
+        except AssertionError:
+            left = _run_id_processes() - self.tagged
+            test.fail("R: run-tagged processes left: " + ", ".join(
+                f"{pid} {_cmdline(pid)}" for pid in sorted(left)))
+        # L: no temp dir, control dir or socket of autoserv's left.
+        left = _autoserv_paths() - self.paths
+        test.assertFalse(left, f"L: autoserv paths left: {sorted(left)}")
+
+    @staticmethod
+    def check_status(test, status_log, error_class=None):
+        """S: status.log parses line by line, and names the error class."""
+        text = open(status_log, encoding="utf-8", errors="replace").read()
+        entries = autoserv.parse_status_log(text)      # raises on a torn line
+        test.assertTrue(entries, f"S: {status_log} is empty")
+        if error_class:
+            test.assertIn(error_class, text, f"S: {status_log} does not name it")
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
+
+
+def scenario(*numbers):
+    """Marks a test as covering RELIABILITY.md scenarios `numbers` and checks
+    the invariants after it.  A test may set self.status_log (and
+    self.error_class) for S."""
+    def wrap(fn):
+        import functools
+
+        @functools.wraps(fn)
+        def test(self, *a, **k):
+            self.addCleanup(Invariants().check, self)    # first in, so it runs last
+            self.status_log = self.error_class = None
+            fn(self, *a, **k)
+            if self.status_log is not None:
+                Invariants.check_status(self, self.status_log, self.error_class)
+        test.scenarios = numbers
+        for n in numbers:
+            SCENARIOS.setdefault(n, []).append(fn.__qualname__)
+        return test
+    return wrap
 
 
 def run_cli(*args, cwd=None, timeout=120, env=None, input=None):
@@ -454,6 +565,22 @@ class TestStatusLog(unittest.TestCase):
             log.record("PASSED")
 
 
+class TestScenarioMap(unittest.TestCase):
+    def test_every_reliability_scenario_has_tests_that_check_the_invariants(self):
+        path = os.path.join(HERE, "..", "shared", "RELIABILITY.md")
+        numbers = set(range(1, 32))
+        if os.path.exists(path):
+            with open(path) as f:
+                numbers = {int(n) for n in re.findall(r"^(\d+)\. ", f.read(), re.M)}
+        self.assertEqual(len(numbers), 31)
+        self.assertEqual(set(SCENARIOS), numbers, "scenarios without a test, or unknown ones")
+        for number, tests in SCENARIOS.items():
+            for name in tests:
+                cls, meth = name.split(".")
+                fn = getattr(globals()[cls], meth)
+                self.assertIn(number, fn.scenarios, name)     # decorated, so checked
+
+
 class TestExceptions(unittest.TestCase):
     def test_every_exception_survives_pickling(self):
         result = autoserv.CmdResult("cmd", "out", "err", 3, 1.5, hostname="h")
@@ -549,6 +676,7 @@ class TestLocalRun(unittest.TestCase):
         self.assertTrue(cm.exception.result.timed_out)
         wait_for(lambda: not processes_with(f"sleep {tag}"), 5, what="sleeps gone")
 
+    @scenario(13)
     def test_timeout_kills_commands_that_ignore_term_or_are_stopped(self):
         for cmd in ("trap '' TERM; sleep 4243.1", "kill -STOP $$; sleep 4243.2"):
             with self.subTest(cmd=cmd):
@@ -573,6 +701,7 @@ class TestLocalRun(unittest.TestCase):
         self.assertEqual(r.stdout, "a\ufffd\ufffd\x00b\u20acz")
         self.assertEqual(tee.getvalue(), r.stdout)
 
+    @scenario(15)
     def test_escapes_are_neutralised_on_a_terminal_tee(self):
         class Tty(io.StringIO):
             def isatty(self):
@@ -592,6 +721,7 @@ class TestLocalRun(unittest.TestCase):
         self.addCleanup(os.unlink, path)
         self.assertEqual(os.path.getsize(path), 3000004)
 
+    @scenario(14)
     def test_flood_on_both_streams_has_flat_memory_and_no_deadlock(self):
         code = textwrap.dedent("""\
             import autoserv, os
@@ -606,6 +736,7 @@ class TestLocalRun(unittest.TestCase):
             """)
         assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
 
+    @scenario(18)
     def test_more_than_1024_open_fds_do_not_break_the_loop(self):
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -742,6 +873,7 @@ class TestCLI(unittest.TestCase):
         self.assertIn("ZeroDivisionError", out.stderr)
         self.assertNotIn("autoserv.py", out.stderr)
 
+    @scenario(31)
     def test_overwrite_and_two_runs_in_the_same_second(self):
         ctl = self.control("x = 1\n")
         full = self.results("full")
@@ -789,6 +921,7 @@ class TestCLI(unittest.TestCase):
         self.assertEqual(ET.parse(junit).getroot().get("failures"), "0")
         self.assertEqual(run_cli("--version").stdout.strip(), f"autoserv {autoserv.__version__}")
 
+    @scenario(31)
     def test_sigkill_mid_run_leaves_parseable_status_and_whole_summary(self):
         ctl = self.control("""\
             i = 0
@@ -808,7 +941,9 @@ class TestCLI(unittest.TestCase):
         entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
         self.assertGreater(len(entries), 50)
         json.load(open(os.path.join(res, "summary.json")))
+        self.status_log = os.path.join(res, "status.log")
 
+    @scenario(17)
     def test_background_run_from_an_interactive_shell_is_never_stopped(self):
         import pty
         ctl = self.control("run('cat'); print('DONE-OK')\n")
@@ -850,6 +985,7 @@ class TestSSHRun(SshdTestCase):
         self.assertIn("boom", str(cm.exception))
         self.assertIn("testhost", str(cm.exception))
 
+    @scenario(16)
     def test_exit_status_signal_and_transport_failure_are_distinct(self):
         h = self.sshd.host()
         for code in (0, 1, 254, 255):
@@ -862,6 +998,7 @@ class TestSSHRun(SshdTestCase):
         with self.assertRaises(autoserv.AutoservSSHConnectionRefused):
             dead.run("true")
 
+    @scenario(1)
     def test_arguments_arrive_byte_exact_and_nothing_runs(self):
         h = self.sshd.host()
         out = os.path.join(self.tmp, "args")
@@ -896,6 +1033,7 @@ class TestSSHRun(SshdTestCase):
         self.assertEqual(r.stderr, "no newline at end")
         self.assertNotIn("\x1e", r.stderr)
 
+    @scenario(12, 30)
     def test_timeout_kills_everything_the_command_started_on_the_target(self):
         h = self.sshd.host()
         t0 = time.monotonic()
@@ -906,6 +1044,7 @@ class TestSSHRun(SshdTestCase):
         wait_for(lambda: not [p for p in comm_pids("sleep") if p in
                               processes_with("sleep 1000")], 10, what="remote sleeps gone")
 
+    @scenario(13)
     def test_timeout_kills_commands_that_ignore_term_or_are_stopped(self):
         h = self.sshd.host()
         for cmd in ("trap '' TERM; sleep 4245.1; sleep 4245.1",
@@ -918,11 +1057,13 @@ class TestSSHRun(SshdTestCase):
         wait_for(lambda: not [p for p in comm_pids("sleep") + comm_pids("bash")
                               if p in processes_with("4245.")], 10, what="remote commands gone")
 
+    @scenario(15)
     def test_undecodable_bytes_and_split_characters(self):
         h = self.sshd.host()
         r = h.run(r"printf '\377\376\000\342\202'; sleep 0.2; printf '\254\033[2J'")
         self.assertEqual(r.stdout, "\ufffd\ufffd\x00\u20ac\x1b[2J")
 
+    @scenario(14)
     def test_flood_on_both_streams_over_ssh_has_flat_memory(self):
         code = textwrap.dedent(f"""\
             import autoserv, os
@@ -938,6 +1079,7 @@ class TestSSHRun(SshdTestCase):
             """)
         assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
 
+    @scenario(10)
     def test_twenty_concurrent_commands_share_one_master_then_it_is_killed(self):
         h = self.sshd.host()
         h.run("true")
@@ -960,6 +1102,7 @@ class TestSSHRun(SshdTestCase):
         self.assertEqual(h.run("echo again").stdout, "again\n")
         wait_for(lambda: not processes_with("sleep 4246.3"), 10, what="remote sleeps gone")
 
+    @scenario(11)
     def test_long_host_name_under_a_deep_tmpdir(self):
         name = "h" * 60
         self.sshd.write_ssh_config(("testhost", name))
@@ -978,6 +1121,7 @@ class TestSSHRun(SshdTestCase):
         self.assertTrue(out.stdout.startswith("ok "), out.stdout)
         self.assertLess(len(out.stdout.split()[1]), 60)
 
+    @scenario(18)
     def test_many_open_fds_and_fifty_concurrent_commands(self):
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1024,6 +1168,7 @@ class TestSSHRun(SshdTestCase):
         self.assertFalse(dead.wait_up(timeout=1))
         self.assertLess(time.monotonic() - t0, 8)
 
+    @scenario(7, 8)
     def test_errors_refused_auth_and_changed_key_each_within_five_seconds(self):
         refused = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=5)
         wrong_key = self.sshd.keygen("wrong_key")
@@ -1060,6 +1205,7 @@ class TestSSHRun(SshdTestCase):
         fingerprints = re.findall(r"SHA256:[\w+/=]+", text)
         self.assertNotEqual(fingerprints[0], fingerprints[1])
 
+    @scenario(8)
     def test_first_contact_records_the_key_and_ephemeral_accepts_a_change(self):
         kh = os.path.join(self.tmp, "kh")
         h = self.sshd.host(f"127.0.0.1:{self.sshd.port}", identity=self.sshd.client_key,
@@ -1085,6 +1231,7 @@ class TestSSHRun(SshdTestCase):
         self.assertIn("ssh-ed25519", open(kh).read())
         self.assertFalse(any("StrictHostKeyChecking=no" in a for a in eph.ssh_argv()))
 
+    @scenario(30)
     def test_remote_temp_dirs_are_private_and_removed_at_close(self):
         h = self.sshd.host()
         d = h.get_tmp_dir()
@@ -1207,6 +1354,7 @@ class TestSSHJobs(SshdTestCase):
         self.assertLess(noticed - started["at"], 5)
         self.assertEqual(h.run("echo up").stdout, "up\n")
 
+    @scenario(15)
     def test_raw_bytes_are_kept_in_the_debug_log(self):
         ctl = self.control(r"""
             hosts.SSHHost('testhost').run(r"printf 'raw\377\033[31m\n'")
@@ -1229,6 +1377,7 @@ class TestSSHJobs(SshdTestCase):
         entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
         self.assertIn("AutoservSSHConnectionRefused", entries[-2]["message"])
 
+    @scenario(30)
     def test_no_remote_temp_dir_or_socket_outlives_any_ending(self):
         before = _remote_autoserv_dirs()
         sockets_before = _ctrl_dirs()
@@ -1253,6 +1402,9 @@ class TestSSHJobs(SshdTestCase):
                     p.send_signal(signal.SIGINT)
                 p.communicate(timeout=60)
                 self.assertEqual(p.returncode, code)
+                Invariants.check_status(self, os.path.join(self.tmp, "r-" + name, "status.log"),
+                                        {"failure": "ValueError",
+                                         "timeout": "AutoservTimeoutError"}.get(name))
                 self.assertEqual(_remote_autoserv_dirs() - before, set())
                 self.assertEqual(_ctrl_dirs() - sockets_before, set())
         wait_for(lambda: not processes_with("sleep 4247.1"), 10, what="remote sleep gone")
@@ -1285,6 +1437,7 @@ class TestTransfer(SshdTestCase):
     NAMES = [n.encode() for n in AWKWARD if n and "\n" not in n] + [
         b"new\nline", b"-rf", b"--help", b"\xff\xfe-latin", b"n" * 255, b".dot"]
 
+    @scenario(2)
     def test_awkward_names_are_byte_exact_on_every_backend(self):
         src = os.path.join(self.tmp, "src")
         self.make_tree(src, self.NAMES)
@@ -1366,6 +1519,7 @@ class TestTransfer(SshdTestCase):
         h.send_file(f, os.path.join(self.tmp, "sent"))
         self.assertEqual(os.stat(os.path.join(self.tmp, "sent")).st_mode & 0o777, 0o751)
 
+    @scenario(3)
     def test_big_file_and_many_small_files_keep_memory_flat(self):
         code = textwrap.dedent(f"""\
             import autoserv, os, hashlib
@@ -1412,6 +1566,7 @@ class TestTransfer(SshdTestCase):
         self.assertLess(rss[256], 100, rss)
         self.assertLess(rss[256] - rss[16], 15, rss)
 
+    @scenario(5)
     def test_disk_full_names_the_file_and_keeps_the_old_one(self):
         need_root()
         mnt = os.path.join(self.tmp, "small")
@@ -1528,6 +1683,7 @@ class TestFaults(SshdTestCase):
                 """))
         return relay, self.sshd.host("relayhost", alive_interval=1, alive_count=3)
 
+    @scenario(4)
     def test_transfer_cut_halfway_keeps_the_old_file_and_a_retry_succeeds(self):
         relay, h = self.relay_host()
         big = os.path.join(self.tmp, "big.bin")
@@ -1567,6 +1723,7 @@ class TestFaults(SshdTestCase):
         with open(big, "rb") as a, open(os.path.join(dest, "big.bin"), "rb") as b:
             self.assertEqual(a.read(), b.read())
 
+    @scenario(7)
     def test_unknown_host_name_in_a_namespace_with_no_routes(self):
         ns = Netns()
         self.addCleanup(ns.close)
@@ -1580,6 +1737,7 @@ class TestFaults(SshdTestCase):
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertIn("AutoservSSHUnknownHost", out.stderr)
 
+    @scenario(6)
     def test_blackholed_host_is_a_connect_timeout_within_its_bound(self):
         ns = Netns(veth=True)
         self.addCleanup(ns.close)
@@ -1591,6 +1749,7 @@ class TestFaults(SshdTestCase):
             h.run("true")
         self.assertLess(time.monotonic() - t0, 3 + 5)
 
+    @scenario(9)
     def test_link_stall_mid_command_is_connection_lost_and_the_job_dies_later(self):
         relay, h = self.relay_host()
         tmp_dir = h.get_tmp_dir()
@@ -1613,6 +1772,181 @@ class TestFaults(SshdTestCase):
         self.assertEqual(h.run("echo back").stdout, "back\n")
         h.close()
         self.assertFalse(os.path.exists(tmp_dir))
+
+
+class TestSSHRunPersistent(TestSSHRun):
+    """The per-command path's behaviour tests again, with every command going
+    through the host's persistent agent (SSHHost(persistent=True)): timeouts
+    and the remote group kill, exit status and signals, stdin, live tees,
+    bytes, concurrency, a killed master, transport errors, a stalled link."""
+
+    SHARED = ("test_run_reports_output_status_duration_and_host",
+              "test_exit_status_signal_and_transport_failure_are_distinct",
+              "test_arguments_arrive_byte_exact_and_nothing_runs",
+              "test_command_runs_in_the_login_shell_like_plain_ssh",
+              "test_stdin_is_dev_null_unless_given_and_tees_are_live",
+              "test_timeout_kills_everything_the_command_started_on_the_target",
+              "test_timeout_kills_commands_that_ignore_term_or_are_stopped",
+              "test_undecodable_bytes_and_split_characters",
+              "test_twenty_concurrent_commands_share_one_master_then_it_is_killed",
+              "test_many_open_fds_and_fifty_concurrent_commands",
+              "test_host_state_queries",
+              "test_errors_refused_auth_and_changed_key_each_within_five_seconds",
+              "test_remote_temp_dirs_are_private_and_removed_at_close")
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        saved = dict(autoserv._SSH_DEFAULTS)
+        cls.addClassCleanup(autoserv._SSH_DEFAULTS.update, saved)
+        autoserv.set_ssh_defaults(persistent=True)
+
+    def test_commands_run_as_children_of_the_agent(self):
+        h = self.sshd.host()
+        parent = h.run("tr '\\0' ' ' </proc/$PPID/cmdline").stdout
+        self.assertTrue(parent.startswith("python3 -c "), parent)
+        env = h.run("tr '\\0' '\\n' </proc/$PPID/environ").stdout.splitlines()
+        self.assertIn("AUTOSERV_RUN_ID=norun", env)     # tagged, so leftovers show
+        per_command = self.sshd.host(persistent=False)
+        self.assertNotIn("python3", per_command.run("cat /proc/$PPID/cmdline").stdout)
+
+    def test_agent_killed_mid_command_is_connection_lost_and_the_next_restarts_it(self):
+        h = self.sshd.host()
+        first = int(h.run("echo $PPID").stdout)
+        import threading
+        timer = threading.Timer(0.5, os.kill, (first, signal.SIGKILL))
+        timer.start()
+        try:
+            with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+                h.run("sleep 4249.1", timeout=30)
+        finally:
+            timer.join()
+        second = int(h.run("echo $PPID").stdout)
+        self.assertNotEqual(first, second)
+        wait_for(lambda: not processes_with("sleep 4249.1"), 10, what="orphaned command gone")
+
+    def test_link_stall_mid_command_is_connection_lost_and_the_job_dies_later(self):
+        self.relay_host = types.MethodType(TestFaults.relay_host, self)
+        TestFaults.test_link_stall_mid_command_is_connection_lost_and_the_job_dies_later(self)
+
+    def test_flood_through_the_agent_has_flat_memory(self):
+        code = textwrap.dedent(f"""\
+            import autoserv, os
+            n = int(os.environ['N'])
+            h = autoserv.SSHHost('testhost', ssh_config={self.sshd.ssh_config!r},
+                                 persistent=True)
+            r = h.run(f"head -c {{n}} /dev/zero & head -c {{n}} /dev/zero >&2; wait",
+                      max_output=4 << 20)
+            assert r.truncated, r
+            assert h._agent, "the agent did not run it"
+            for p in r.output_files.values():
+                assert os.path.getsize(p) == n, (p, os.path.getsize(p))
+                os.unlink(p)
+            autoserv._close_all_hosts()
+            """)
+        assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
+
+
+for _name in dir(TestSSHRun):
+    if _name.startswith("test_") and _name not in TestSSHRunPersistent.SHARED \
+            and _name not in vars(TestSSHRunPersistent):
+        setattr(TestSSHRunPersistent, _name, None)
+
+class TestSecurity(SshdTestCase):
+    """RELIABILITY.md's security checklist, on the real sshd."""
+
+    def ssh_shim(self):
+        """Logging `ssh` and `scp` first in PATH: every ssh that autoserv or
+        rsync starts, and every scp (whose own ssh is /usr/bin/ssh, past
+        PATH, and gets scp's -o options), is recorded (its argv,
+        NUL-separated, a file a call) and then run."""
+        shim = os.path.join(self.tmp, "shim")
+        log = os.path.join(self.tmp, "ssh-calls")
+        os.mkdir(shim)
+        os.mkdir(log)
+        for tool in ("ssh", "scp"):
+            with open(os.path.join(shim, tool), "w") as f:
+                f.write(f"#!/bin/sh\n{{ printf '%s\\0' {tool} \"$@\"; }} "
+                        f">\"$(mktemp {log}/call.XXXXXX)\"\n"
+                        f"exec {shutil.which(tool)} \"$@\"\n")
+            os.chmod(os.path.join(shim, tool), 0o755)
+        old = os.environ["PATH"]
+        os.environ["PATH"] = shim + os.pathsep + old
+        self.addCleanup(os.environ.__setitem__, "PATH", old)
+        return log
+
+    def test_every_ssh_gets_batchmode_timeouts_keepalives_and_no_forwarding(self):
+        log = self.ssh_shim()
+        h = self.sshd.host(identity=self.sshd.client_key)
+        p = self.sshd.host(identity=self.sshd.client_key, persistent=True)
+        src = os.path.join(self.tmp, "f")
+        with open(src, "w") as f:
+            f.write("x")
+        d = h.get_tmp_dir()
+        for backend in ("tar", "rsync", "scp"):
+            h.send_file(src, f"{d}/{backend}", backend=backend)
+            h.get_file(f"{d}/{backend}", os.path.join(self.tmp, backend), backend=backend)
+        self.assertEqual(p.run("echo agent").stdout, "agent\n")
+        self.assertTrue(p._agent)
+        h.close()
+        p.close()
+        calls = [open(os.path.join(log, n)).read().split("\0")[:-1] for n in os.listdir(log)]
+        sessions = [argv for argv in calls if "-O" not in argv]    # -O: to the local master
+        joined = [" ".join(argv) for argv in sessions]
+        self.assertTrue([j for j in joined if j.startswith("ssh ") and " -N " in j])  # masters
+        self.assertTrue([j for j in joined if j.startswith("scp ")])
+        self.assertTrue([j for j in joined if "rsync --server" in j], joined)
+        self.assertTrue([j for j in joined if "python3 -c" in j])                    # agent
+        for argv in sessions:
+            opts = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-o"}
+            keys = {o.split("=", 1)[0].lower(): o.split("=", 1)[-1].lower() for o in opts}
+            with self.subTest(argv=" ".join(argv)[:160]):
+                self.assertEqual(keys.get("batchmode"), "yes")
+                self.assertIn("connecttimeout", keys)
+                self.assertIn("serveraliveinterval", keys)
+                self.assertIn("serveralivecountmax", keys)
+                self.assertEqual(keys.get("forwardagent"), "no")
+                self.assertEqual(keys.get("forwardx11"), "no")
+                self.assertEqual(keys.get("identitiesonly"), "yes")
+                self.assertNotEqual(keys.get("stricthostkeychecking"), "no")
+
+    def test_control_sockets_agent_and_temp_dirs_are_private(self):
+        h = self.sshd.host(persistent=True)
+        h.run("true")
+        for path in (os.path.dirname(h._ctrl_path), os.path.dirname(h._agent["local"]),
+                     *[p for _, p in h._tmp_dirs], h.get_tmp_dir()):
+            with self.subTest(path=path):
+                self.assertEqual(os.stat(path).st_mode & 0o777, 0o700)
+        self.assertEqual(len(h._tmp_dirs), 2)       # the agent's socket dir and get_tmp_dir's
+
+    def test_cleanup_removes_only_what_autoserv_made(self):
+        h = self.sshd.host()
+        mine = h.get_tmp_dir()
+        foreign = tempfile.mkdtemp(prefix="not-autoservs-")
+        self.addCleanup(shutil.rmtree, foreign, True)
+        lookalike = os.path.join(foreign, "autoserv-abcdef")
+        os.mkdir(lookalike)
+        # Paths that reached the list by mistake are never removed.
+        h._tmp_dirs += [(os.getpid(), foreign), (os.getpid(), "/"), (os.getpid(), lookalike),
+                        (os.getpid() + 1, "/tmp/autoserv-zzzzzz")]
+        h.close()
+        self.assertFalse(os.path.exists(mine))
+        self.assertTrue(os.path.isdir(lookalike))
+
+    def test_the_agent_is_sent_inline_and_leaves_nothing_on_the_target(self):
+        before = _remote_autoserv_dirs()
+        h = self.sshd.host(persistent=True)
+        self.assertEqual(h.run("echo $PPID").exit_status, 0)
+        agent_dir = [p for _, p in h._tmp_dirs][0]
+        self.assertEqual(sorted(os.listdir(agent_dir)), ["agent"])    # its socket, no script
+        self.assertTrue(stat_is_socket(os.path.join(agent_dir, "agent")))
+        h.close()
+        self.assertEqual(_remote_autoserv_dirs(), before)
+
+
+def stat_is_socket(path):
+    import stat
+    return stat.S_ISSOCK(os.stat(path).st_mode)
 
 
 # Guest images (QEMU) ##########################################################
@@ -2739,6 +3073,8 @@ class TestKVM(unittest.TestCase):
     def test_guest_runs_commands_and_files_like_any_host(self):
         g = self.guest
         self.assertIn("guest", g.run("uname -a").stdout)
+        for private in (os.path.dirname(g.qmp_socket), g.run_dir):     # QMP, pidfile, serial
+            self.assertEqual(os.stat(private).st_mode & 0o777, 0o700, private)
         self.assertEqual(g.run("exit 7", ignore_status=True).exit_status, 7)
         f = os.path.join(self.tmp, "f")
         open(f, "w").write("to the guest")
@@ -2764,6 +3100,19 @@ class TestKVM(unittest.TestCase):
 
     def test_monitor_answers_through_qmp(self):
         self.assertIn("running", self.guest.monitor("info status"))
+
+    def test_persistent_mode_on_a_host_without_python3_falls_back_to_per_command(self):
+        g = self.guest
+        g.persistent = True
+        try:
+            self.assertEqual(g.run("echo fine; exit 4", ignore_status=True).exit_status, 4)
+            self.assertIs(g._agent, False)          # tried once, then per-command
+            self.assertIn("autoserv", g.run("cat /proc/$PPID/cmdline").stdout)
+            with self.assertRaises(autoserv.AutoservTimeoutError):
+                g.run("sleep 60", timeout=2)
+            self.assertEqual(g.run("pgrep -x sleep || echo none").stdout.strip(), "none")
+        finally:
+            g.persistent, g._agent = False, None
 
     def test_two_guests_at_once_a_third_has_no_address_and_close_leaves_nothing(self):
         second = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"])
@@ -2940,6 +3289,7 @@ class TestReboot(unittest.TestCase):
     def serial_readies(self):
         return open(self.guest.serial_log).read().count("READY boot_id=")
 
+    @scenario(23)
     def test_a_reboot_faster_than_the_poll_counts_through_the_boot_id(self):
         before = self.guest.get_boot_id()
         self.guest.reboot(reboot_cmd="reboot -f", timeout=120)
@@ -2947,6 +3297,7 @@ class TestReboot(unittest.TestCase):
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "reboot.verify"), codes)
 
+    @scenario(24)
     def test_a_slow_shutdown_with_sshd_still_up_is_not_rebooted_early(self):
         before = self.guest.get_boot_id()
         t0 = time.monotonic()
@@ -2954,6 +3305,7 @@ class TestReboot(unittest.TestCase):
         self.assertGreaterEqual(time.monotonic() - t0, 15)
         self.assertNotEqual(self.guest.get_boot_id(), before)
 
+    @scenario(27)
     def test_the_reboot_commands_own_connection_dying_is_success(self):
         before = self.guest.get_boot_id()
         t0 = time.monotonic()
@@ -2963,6 +3315,15 @@ class TestReboot(unittest.TestCase):
         self.assertTrue(self.guest.wait_up(timeout=120))
         self.assertNotEqual(self.guest.get_boot_id(), before)
 
+    @scenario(23)
+    def test_a_kernel_crash_through_sysrq_is_a_reboot_the_boot_id_proves(self):
+        # The guest boots with panic=1: its kernel crashes and restarts itself.
+        before = self.guest.get_boot_id()
+        self.guest.reboot(reboot_cmd="echo c > /proc/sysrq-trigger", timeout=120)
+        self.assertNotEqual(self.guest.get_boot_id(), before)
+        self.assertIn("sysrq", open(self.guest.serial_log).read().lower())
+
+    @scenario(26)
     def test_a_machine_that_reboots_twice_is_done_only_when_stable(self):
         import threading
         start = self.serial_readies()
@@ -2981,6 +3342,7 @@ class TestReboot(unittest.TestCase):
         last = open(self.guest.serial_log).read().rsplit("READY boot_id=", 1)[1].split()[0]
         self.assertEqual(self.guest.get_boot_id(), last)
 
+    @scenario(25)
     def test_a_host_that_never_returns_is_brought_back_by_one_hard_reset(self):
         before = self.guest.get_boot_id()
         self.guest.reboot(reboot_cmd="halt -f", timeout=25, down_timeout=10)
@@ -2989,6 +3351,7 @@ class TestReboot(unittest.TestCase):
         abort = entries.index(("ABORT", "reboot.verify"))
         self.assertIn(("GOOD", "reboot.verify"), entries[abort:])
 
+    @scenario(25)
     def test_a_host_that_never_returns_without_a_reset_path_is_an_error(self):
         plain = autoserv.SSHHost("127.0.0.1", port=self.guest.port, identity=self.img["key"],
                                  host_key_policy="ephemeral", connect_timeout=3)
@@ -3004,6 +3367,7 @@ class TestReboot(unittest.TestCase):
             plain.close()
             self.guest.hardreset()
 
+    @scenario(28)
     def test_a_missing_qmp_socket_is_a_clear_error(self):
         sock = self.guest.qmp_socket
         self.guest.qmp_socket = sock + ".missing"
@@ -3674,6 +4038,7 @@ class TestKernelInstall(unittest.TestCase):
         return g.run("cat /boot/grub/grub.cfg /boot/grub/grubenv; "
                      "cat /boot/grub/custom.cfg 2>/dev/null; true").stdout
 
+    @scenario(29)
     def test_scenario_29_damaged_package_or_boottool_and_failed_edits_change_nothing(self):
         g, kg = self.start(job=True)
         before = self.grub_state(g)
@@ -3779,6 +4144,7 @@ class TestPower(unittest.TestCase):
         self.assertNotEqual(h.get_boot_id(), before)
         self.assertIn("set reset 1", open(self.bmc.calls).read())
 
+    @scenario(28)
     def test_wrong_ipmi_password_is_a_clear_error_and_no_password_is_ever_shown(self):
         job = autoserv.ServerJob(self.tmp)
         try:
@@ -3804,6 +4170,7 @@ class TestPower(unittest.TestCase):
         self.assertIn(b"ipmitool chassis power status", open(
             os.path.join(self.tmp, "debug", "autoserv.log"), "rb").read())
 
+    @scenario(28)
     def test_qmp_power_cycle_and_a_frozen_qemu_is_a_clear_error(self):
         h = self.plain_host(power=autoserv.QMPPower(self.guest.qmp_socket))
         before = h.get_boot_id()
@@ -4075,6 +4442,7 @@ class TestParallel(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="as-par-")
         self.addCleanup(shutil.rmtree, self.tmp)
 
+    @scenario(19)
     def test_one_of_fifty_raising_an_unpicklable_exception_does_not_hang(self):
         t0 = time.monotonic()
         results = autoserv.parallel_simple(_unpicklable_failure, range(50), log=False,
@@ -4089,6 +4457,7 @@ class TestParallel(unittest.TestCase):
         self.assertIn("Bad: with a lock", str(cm.exception))
         self.assertIn("Traceback", str(cm.exception))
 
+    @scenario(20)
     def test_a_ten_megabyte_result_comes_back_intact(self):
         blob = os.urandom(10 << 20)
         results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])],
@@ -4136,6 +4505,7 @@ class TestParallel(unittest.TestCase):
             peak = max(peak, level)
         self.assertEqual(peak, 2)
 
+    @scenario(22)
     def test_control_file_functions_and_closures_under_any_start_method(self):
         ctl = os.path.join(self.tmp, "p.control")
         with open(ctl, "w") as f:
@@ -4403,6 +4773,7 @@ class TestFanOut(unittest.TestCase):
         self.assertIn("KVM nshost01 /var/local/src/kvm-33.tar.gz", out.stdout)
         self.assertFalse(os.path.exists("/tmp/never-installed"))
 
+    @scenario(21, 30)
     def test_sigint_or_sigterm_stops_every_task_ssh_and_remote_job(self):
         for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
             with self.subTest(sig=sig.name):
@@ -4434,6 +4805,7 @@ class TestFanOut(unittest.TestCase):
                 wait_for(clean, 10, what="no process of the run left")
                 entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
                 self.assertIn("ABORT", [e["code"] for e in entries])
+                Invariants.check_status(self, os.path.join(res, "status.log"))
 
 
 def build_images():
@@ -4447,11 +4819,31 @@ def build_images():
           f"kernel package: {newer}")
 
 
+class _TimedResult(unittest.TextTestResult):
+    """Charges each class the wall time from the previous test's end to the
+    end of each of its tests, so its setUpClass (guest boots) counts too."""
+
+    by_class = {}
+    last = None
+
+    def stopTest(self, test):
+        now = time.monotonic()
+        cls = type(test).__name__
+        start = _TimedResult.last if _TimedResult.last is not None else now
+        _TimedResult.by_class[cls] = _TimedResult.by_class.get(cls, 0.0) + now - start
+        _TimedResult.last = now
+        super().stopTest(test)
+
+
 def main():
     """unittest, then the closing line CI reads: N passed, N failed, N skipped.
     Under CI=true a skipped test counts as failed: a missing tool is a failure."""
-    prog = unittest.main(module=__name__, exit=False, verbosity=1)
+    _TimedResult.last = time.monotonic()
+    prog = unittest.main(module=__name__, exit=False, verbosity=1,
+                         testRunner=unittest.TextTestRunner(resultclass=_TimedResult))
     result = prog.result
+    slow = sorted(_TimedResult.by_class.items(), key=lambda kv: -kv[1])[:10]
+    print("time by class: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in slow))
     failed_ids = {t.id() for t, _ in result.failures + result.errors}
     failed_ids |= {t.id() for t in getattr(result, "unexpectedSuccesses", [])}
     skipped = len(result.skipped)
