@@ -56,6 +56,7 @@ DEFAULT_ALIVE_INTERVAL = 5
 DEFAULT_ALIVE_COUNT = 3
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 KILL_GRACE = 2.0            # seconds between TERM and KILL, locally and remotely
+POST_RESET_WAIT = 300.0     # how long reboot() waits for a host after its one hard reset
 READ_SIZE = 1 << 20
 HOST_KEY_POLICIES = ("strict", "accept-new", "ephemeral")
 TRANSFER_BACKENDS = ("tar", "rsync", "scp")
@@ -3046,7 +3047,9 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 self._stop_master()
                 reset_done = True
                 self._reset_in_reboot = True
-                deadline = time.monotonic() + max(120.0, down_for)
+                # A machine's POST after a reset can take minutes (servers behind
+                # a BMC; a TCG guest under load): bounded, but not stingy.
+                deadline = time.monotonic() + max(POST_RESET_WAIT, down_for)
                 continue
             new = self._stable_boot_id(old, deadline, stable_for)
             if new is not None:
