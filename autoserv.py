@@ -554,6 +554,7 @@ class _Execution:
         self.timed_out = False
         self.returncode = None
         self.duration = 0.0
+        self._buf = None
 
     def start(self):
         need_stdin = self.remote or self.stdin_data is not None
@@ -625,13 +626,17 @@ class _Execution:
         finally:
             self._finish()
 
+    def _scratch(self):
+        """This execution's one read buffer, made on first use."""
+        if self._buf is None:
+            self._buf = bytearray(READ_SIZE)
+        return self._buf
+
     def _read(self, fd):
         """os.read into one reused buffer, copied out at its real size: a
         fresh 1 MiB read shrunk to the 64 KiB a pipe gives leaves the
         allocator fragmented (tens of MB of RSS on a long flood)."""
-        buf = self.__dict__.get("_buf")
-        if buf is None:
-            buf = self._buf = bytearray(READ_SIZE)
+        buf = self._scratch()
         n = os.readv(fd, [buf])
         return bytes(memoryview(buf)[:n])
 
@@ -2357,9 +2362,7 @@ class _AgentExecution(_Execution):
 
     def _read(self):
         """False once the channel has ended."""
-        room = self.__dict__.get("_room")
-        if room is None:
-            room = self._room = bytearray(READ_SIZE)
+        room = self._scratch()
         try:
             n = self.sock.recv_into(room)
         except BlockingIOError:
@@ -2739,7 +2742,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
                    if offending else ""))
 
     def _remote_command(self, command, stdin_len):
-        run_id = _JOB.run_id if _JOB is not None else "norun"
+        run_id = _run_id()
         return "exec sh -c " + " ".join(shlex.quote(w) for w in (
             _WRAPPER, "autoserv", self._token, str(stdin_len), command, run_id))
 
@@ -2804,7 +2807,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
     def _start_agent(self, connect_timeout=None):
         self._stop_agent()
         self._ensure_master(connect_timeout)
-        run_id = _JOB.run_id if _JOB is not None else "norun"
+        run_id = _run_id()
         remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
                   f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
         errlog = self._ctrl_path + ".agent"
@@ -2855,7 +2858,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
                       connect_timeout):
         """A CmdResult through the agent, or None to run it as its own ssh
         session instead (no agent can run there)."""
-        run_id = _JOB.run_id if _JOB is not None else "norun"
+        run_id = _run_id()
         for attempt in (1, 2):
             path = self._agent_socket(connect_timeout)
             if path is None:
@@ -3583,6 +3586,11 @@ def _remove_quietly(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def _run_id():
+    """The id every remote process of this job carries (AUTOSERV_RUN_ID)."""
+    return _JOB.run_id if _JOB is not None else "norun"
 
 
 def _record(*args, **kwargs):
