@@ -1667,6 +1667,81 @@ class Relay:
         self.proc.wait(10)
 
 
+_CUT_RELAY = r'''
+import selectors, socket, sys
+target, limit, direction, nth = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+lsock = socket.socket()
+lsock.bind(("127.0.0.1", 0))
+lsock.listen(16)
+print(lsock.getsockname()[1], flush=True)
+sel = selectors.DefaultSelector()
+sel.register(lsock, selectors.EVENT_READ)
+pairs = {}          # socket -> (peer, direction of bytes read from it, counter)
+count = 0
+while True:
+    for key, _ in sel.select():
+        s = key.fileobj
+        if s is lsock:
+            client, _ = lsock.accept()
+            count += 1
+            server = socket.create_connection(("127.0.0.1", target))
+            counter = [0, 0] if count == nth else None    # up, down
+            pairs[client] = (server, 0, counter)
+            pairs[server] = (client, 1, counter)
+            sel.register(client, selectors.EVENT_READ)
+            sel.register(server, selectors.EVENT_READ)
+            continue
+        peer, way, counter = pairs[s]
+        try:
+            data = s.recv(65536)
+        except OSError:
+            data = b""
+        cut = False
+        if data and counter is not None and way == (0 if direction == "up" else 1):
+            room = limit - counter[way]
+            if len(data) >= room:
+                data, cut = data[:room], True
+            counter[way] += len(data)
+        if data:
+            peer.sendall(data)
+        if cut or not data:
+            for one in (s, peer):
+                sel.unregister(one)
+                pairs.pop(one, None)
+                one.close()
+            if cut:
+                print("cut", flush=True)
+'''
+
+
+class CutRelay:
+    """A relay that cuts the link at an exact byte: once `limit` bytes of the
+    `nth` connection have passed in `direction` ("up": client to target,
+    "down": target to client), both sides are closed at that byte.
+    Deterministic (a byte count, not a timer); other connections relay
+    untouched.  Runs as a child process, ended by PID in close()."""
+
+    def __init__(self, target_port, limit, direction="down", nth=1):
+        assert direction in ("up", "down")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CUT_RELAY, str(target_port), str(limit), direction,
+             str(nth)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        self.port = int(self.proc.stdout.readline())
+
+    def was_cut(self, timeout=5):
+        """True once the relay has cut its link (reads its report line)."""
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return bool(ready) and self.proc.stdout.readline().strip() == b"cut"
+
+    def close(self):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
 class TestFaults(SshdTestCase):
     def relay_host(self):
         relay = Relay(self.sshd.port)
