@@ -63,6 +63,20 @@ TRANSFER_BACKENDS = ("tar", "rsync", "scp")
 STATUS_CODES = ("START", "INFO", "GOOD", "WARN", "FAIL", "ERROR", "ABORT",
                 "TEST_NA", "NOSTATUS", "ALERT", "RUNNING")
 FAILING_CODES = ("FAIL", "ERROR", "ABORT")
+# How bad a status is: a group's END and a host's outcome carry the worst of
+# their bodies.  Anything not listed (START, INFO, TEST_NA, ...) counts as GOOD.
+_SEVERITY = {"GOOD": 0, "WARN": 1, "FAIL": 2, "ERROR": 3, "ABORT": 4}
+
+
+def worst_status(*codes):
+    """The worst of status codes ("END " prefixes and None allowed): one of
+    GOOD, WARN, FAIL, ERROR, ABORT."""
+    worst = "GOOD"
+    for code in codes:
+        base = (code or "GOOD")[4:] if (code or "").startswith("END ") else (code or "GOOD")
+        if _SEVERITY.get(base, 0) > _SEVERITY[worst]:
+            worst = base
+    return worst
 
 
 # Exceptions ###################################################################
@@ -876,7 +890,7 @@ class StatusLog:
             self.indent = max(0, self.indent - 1)
         level = self.indent if indent is None else indent
         if base in FAILING_CODES and not code.startswith("END "):
-            self.worst = base
+            self._note(base)
         data = _status_line(code, subdir, operation, message, level).encode(
             "utf-8", "surrogateescape")
         self._append(data)
@@ -886,17 +900,24 @@ class StatusLog:
         if self.echo:
             self.echo(data.decode("utf-8", "surrogateescape"))
 
-    def relay(self, text):
-        """Writes entries that came from elsewhere (a client's status lines)
-        one level inside the current nesting; returns their worst code."""
-        worst = None
-        lines = [("\t" * (self.indent) + line) for line in text.splitlines() if line]
-        for entry in parse_status_log("\n".join(lines)):
-            base = entry["code"][4:] if entry["code"].startswith("END ") else entry["code"]
-            if base in FAILING_CODES:
-                worst = self.worst = base
+    def _note(self, code):
+        """Keeps the worst failing code recorded so far (the job's exit status)."""
+        if worst_status(code, self.worst) in FAILING_CODES:
+            self.worst = worst_status(code, self.worst)
+
+    def relay(self, text, indent=None):
+        """Writes entries that came from elsewhere (a client's status lines,
+        a parallel task's group) `indent` levels deep (default: inside the
+        current nesting), in one write; returns their worst failing code or
+        None.  Raises ValueError, writing nothing, when a line does not parse."""
+        level = self.indent if indent is None else indent
+        lines = [("\t" * level + line) for line in text.splitlines() if line]
+        codes = [entry["code"] for entry in parse_status_log("\n".join(lines))]
+        worst = worst_status(*codes)
+        if worst in FAILING_CODES:
+            self._note(worst)
         self._append("".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
-        return worst
+        return worst if worst in FAILING_CODES else None
 
     def _append(self, data):
         """One write() on an O_APPEND file: entries never interleave."""
@@ -954,6 +975,19 @@ def _claim_results_dir(path, overwrite):
 _JOB = None
 
 
+def _user_name():
+    """Who runs the job: $USER or $LOGNAME, else the password database
+    (a service manager sets neither for root)."""
+    name = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if not name:
+        import pwd
+        try:
+            name = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            name = f"uid {os.getuid()}"
+    return name
+
+
 class ServerJob:
     """The running job: results dir, status log, cleanups.  A control file
     sees it as ``job``."""
@@ -967,13 +1001,14 @@ class ServerJob:
         self.control = control
         self.machines = list(machines)
         self.args = list(args)
-        self.user = user or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+        self.user = user or _user_name()
         self.label = label or ""
         self.options = options
         self.run_id = os.urandom(6).hex()
         self.status = StatusLog(os.path.join(resultdir, "status.log"))
         self.started = time.time()
         self.host_outcomes = {}
+        self._spans = {}          # host name -> [first seen, last work ended or None]
         self.hosts = []
         self._cleanups = []
         self._pid = os.getpid()
@@ -1005,8 +1040,10 @@ class ServerJob:
         self.hosts.append(host)
         self.host_outcomes.setdefault(host.hostname, {"outcome": "GOOD",
                                                       "duration": 0.0, "error": ""})
+        self._spans.setdefault(host.hostname, [time.time(), None])
 
     def set_host_outcome(self, name, outcome, duration=None, error=""):
+        """Sets a host's outcome as it is (the job's own verdicts)."""
         entry = self.host_outcomes.setdefault(name, {"outcome": outcome,
                                                      "duration": 0.0, "error": ""})
         entry["outcome"] = outcome
@@ -1015,8 +1052,40 @@ class ServerJob:
         if error:
             entry["error"] = error
 
+    def host_status(self, name, code, error="", span=None):
+        """A status for a host's work: its outcome becomes the worse of the
+        two (the first error text of the worst status stays), and its work
+        span (wall clock start, end) grows to cover `span`."""
+        entry = self.host_outcomes.setdefault(name, {"outcome": "GOOD",
+                                                     "duration": 0.0, "error": ""})
+        code = worst_status(code)
+        if _SEVERITY[code] > _SEVERITY.get(entry["outcome"], 0):
+            entry["outcome"], entry["error"] = code, error
+        elif code == entry["outcome"] and error and not entry["error"]:
+            entry["error"] = error
+        if span:
+            old = self._spans.get(name)
+            self._spans[name] = [min(span[0], old[0]) if old else span[0],
+                                 max(span[1], old[1] or 0) if old else span[1]]
+
+    def take_host_records(self):
+        """Hands over (and forgets) what this process recorded about hosts:
+        a parallel task sends it to the parent, which merges it."""
+        data = {name: (entry, self._spans.get(name))
+                for name, entry in self.host_outcomes.items()}
+        self.host_outcomes, self._spans = {}, {}
+        return data
+
+    def merge_host_records(self, data):
+        for name, (entry, span) in data.items():
+            self.host_status(name, entry["outcome"], entry["error"],
+                             span and [span[0], span[1] or time.time()])
+
     def write_summary(self, outcome, error=""):
         now = time.time()
+        for name, (start, end) in self._spans.items():
+            if name in self.host_outcomes:
+                self.host_outcomes[name]["duration"] = round((end or now) - start, 3)
         data = {"job": {"outcome": outcome, "started": self.started,
                         "duration": round(now - self.started, 3), "error": error,
                         "control": self.control, "machines": self.machines,
@@ -3132,17 +3201,41 @@ def _safe_name(value):
 
 
 class subcommand:
-    """One task: func(*args), optionally in its own results subdir."""
+    """One task: func(*args), optionally in its own results subdir.
+
+    Its status entries go to a status log of its own (the subdir's
+    status.log, or a file in the job's debug/ removed once read); when the
+    task ends, the parent writes the task's group whole into the job's
+    status.log: START, the task's entries one level deeper, END with the
+    worst status of them all."""
 
     def __init__(self, func, args=(), subdir=None):
         self.func = func
         self.args = list(args)
         self.subdir = subdir
-        self.name = subdir or getattr(func, "__name__", "task")
+        self.label = _task_label(func)
+        hosts = self.host_names() or ([os.path.basename(str(subdir))] if subdir else [])
+        self.title = self.label + (f" on {', '.join(hosts)}" if hosts else "")
+        self.name = subdir or self.title
         self.pid = None
         self.result = None
         self.error = None            # (exception or None, traceback text)
+        self.stopped = False         # ended by parallel() (timeout or signal)
         self.started = self.duration = None
+        self.wall_started = None
+        self.status_path = None      # where the child writes its status entries
+        self.status_offset = 0
+        self.host_records = {}       # what the child recorded about hosts
+
+    def host_names(self):
+        """The hosts this task works on: hosts among its arguments."""
+        names = []
+        for arg in self.args:
+            for one in (arg if isinstance(arg, (list, tuple)) else [arg]):
+                name = getattr(one, "hostname", None)
+                if isinstance(name, str) and name and name not in names:
+                    names.append(name)
+        return names
 
     def __repr__(self):
         return f"<subcommand {self.name} pid={self.pid}>"
@@ -3164,8 +3257,9 @@ class subcommand:
                 os.dup2(err_w, 2)
             if self.subdir:
                 os.chdir(self.subdir)
-                if _JOB is not None:
-                    _JOB.status = StatusLog(os.path.join(self.subdir, "status.log"))
+            if _JOB is not None:
+                _JOB.status = StatusLog(self.status_path)
+                _JOB.take_host_records()
             try:
                 payload = ("ok", self.func(*self.args))
             except BaseException as e:
@@ -3174,14 +3268,15 @@ class subcommand:
                 payload = ("err", e, text)
                 if isinstance(e, (KeyboardInterrupt, _Terminated)):
                     code = 130 if isinstance(e, KeyboardInterrupt) else 143
+            hosts = _JOB.take_host_records() if _JOB is not None else {}
             try:
-                data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+                data = pickle.dumps((payload, hosts), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as e:
                 if payload[0] == "ok":
                     text = f"the task's result cannot be pickled: {e}"
                 else:
                     text = payload[2]
-                data = pickle.dumps(("err", None, text))
+                data = pickle.dumps((("err", None, text), hosts))
                 code = 1
             _close_all_hosts()
             _cleanup_local_tmp()
@@ -3206,6 +3301,16 @@ class subcommand:
         if self.subdir:
             self.subdir = os.path.abspath(self.subdir)
             os.makedirs(os.path.join(self.subdir, "debug"), exist_ok=True)
+            self.status_path = os.path.join(self.subdir, "status.log")
+        elif _JOB is not None:
+            self.status_path = os.path.join(
+                _JOB.debugdir, f"task.{os.getpid()}.{id(self):x}.{_random_name(6)}.status")
+        if self.status_path:
+            try:
+                self.status_offset = os.path.getsize(self.status_path)
+            except OSError:
+                self.status_offset = 0
+        self.wall_started = time.time()
         result_r, result_w = os.pipe()
         out = os.pipe() if prefix_output else (None, None)
         err = os.pipe() if prefix_output else (None, None)
@@ -3249,6 +3354,21 @@ class subcommand:
             f.flush()
         self.tees[kind].feed(data)
 
+    def take_status(self):
+        """The status entries the task wrote (a non-subdir task's file is
+        removed once read)."""
+        if not self.status_path:
+            return ""
+        try:
+            with open(self.status_path, "rb") as f:
+                f.seek(self.status_offset)
+                text = f.read().decode("utf-8", "surrogateescape")
+        except OSError:
+            return ""
+        if not self.subdir:
+            _remove_quietly(self.status_path)
+        return text
+
     def _finish(self):
         import pickle
         self.process.join(5)
@@ -3267,7 +3387,7 @@ class subcommand:
                              f" (exit status {code})"))
             return
         try:
-            payload = pickle.loads(data)
+            payload, self.host_records = pickle.loads(data)
         except Exception as e:
             self.error = (None, f"task {self.name}: its result could not be read back: {e}")
             return
@@ -3291,7 +3411,11 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
              prefix_output=None):
     """Runs every subcommand at once (at most max_parallel, -j, at a time), each
     to its end or the timeout; then raises AutoservSubcommandError naming every
-    failed task, or with return_results gives a list of results/exceptions."""
+    failed task, or with return_results gives a list of results/exceptions.
+
+    In the job's status.log the call is one group (START/END parallel) holding
+    one group per task, each written whole when its task ends; a FAIL, ERROR
+    or ABORT inside a task counts for the job as it would outside one."""
     import selectors
     tasks = list(tasklist)
     if not tasks:
@@ -3305,20 +3429,14 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
     waiting = list(tasks)
     running = {}
     timed_out = False
-    record = None
-    if _JOB is not None:
-        log, level = _JOB.status, _JOB.status.indent
-
-        def record(code, subdir, operation, message=""):
-            log.record(code, subdir, operation, message,
-                       indent=level + (0 if code.startswith(("START", "END")) else 1))
+    log = _JOB.status if _JOB is not None else None
+    if log:
+        log.record("START", None, "parallel",
+                   f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
     try:
         while waiting or running:
             while waiting and (not max_parallel or len(running) < max_parallel):
                 task = waiting.pop(0)
-                if record:
-                    record("START", task.subdir and os.path.basename(task.subdir),
-                           "parallel", f"task {task.name}")
                 task.fork_start(prefix_output)
                 running[task.pid] = task
                 for fd in task.fds:
@@ -3333,30 +3451,71 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
                     continue
                 task._finish()
                 del running[pid]
-                if record:
-                    _record_task_end(record, task)
+                _task_ended(task)
+        if timed_out:
+            _stop_tasks(running, sel, reason=f"timed out after {timeout} s")
+            for task in waiting:
+                task.stopped = True
+                task.error = (None, f"task {task.name} never started: parallel() timed out")
+                _task_ended(task)
     except BaseException:
         _stop_tasks(running, sel)
         raise
-    if timed_out:
-        _stop_tasks(running, sel, reason=f"timed out after {timeout} s")
-        for task in running.values():
-            if record:
-                _record_task_end(record, task)
-        for task in waiting:
-            task.error = (None, f"task {task.name} never started: parallel() timed out")
-    sel.close()
-    for task in tasks:
-        if task.subdir and _JOB is not None:
-            _JOB.set_host_outcome(os.path.basename(task.subdir),
-                                  "FAIL" if task.error else "GOOD", task.duration or 0.0,
-                                  _last_line(task.error[1]) if task.error else "")
+    finally:
+        sel.close()
+        if log:
+            log.record("END " + worst_status(*(t.status for t in tasks
+                                                if getattr(t, "status", None))),
+                       None, "parallel")
     if return_results:
         return _tasks_outcome(tasks)
     failures = [(t.name, t.error[1]) for t in tasks if t.error]
     if failures:
         raise AutoservSubcommandError(failures)
     return None
+
+
+def _task_label(func):
+    """What a task runs, for its status group: Autotest.run, install, ..."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if not name:
+        return "task"
+    name = name.replace(".<locals>", "")
+    return "task" if name.endswith("<lambda>") else name
+
+
+def _task_ended(task):
+    """Writes the task's status group whole (START, its own entries one level
+    deeper, END with the worst of them) and gives its hosts their outcome."""
+    body = task.take_status()
+    try:
+        codes = [e["code"] for e in parse_status_log(body)]
+    except ValueError as e:
+        LOG.write(f"task {task.name}: its status log does not parse ({e}); kept as text")
+        body = _status_line("WARN", None, task.label, f"unparsable status entries: {e}")
+        codes = ["WARN"]
+    error = ""
+    if task.error:
+        error = _last_line(task.error[1])
+        code = "ABORT" if task.stopped else "FAIL"
+        body += _status_line(code, None, task.label, task.error[1])
+        codes.append(code)
+    worst = task.status = worst_status(*codes)
+    if not error and worst != "GOOD":
+        error = next((f"{e['operation']}: {_last_line(e['message'])}"
+                      for e in parse_status_log(body) if worst_status(e["code"]) == worst
+                      and not e["code"].startswith("END ")), "")
+    if _JOB is None:
+        return
+    sub = task.subdir and os.path.basename(task.subdir)
+    text = (_status_line("START", sub, task.label, task.title, when=task.wall_started)
+            + "".join("\t" + line + "\n" for line in body.splitlines() if line)
+            + _status_line(f"END {worst}", sub, task.label, task.title))
+    _JOB.status.relay(text)
+    _JOB.merge_host_records(task.host_records)
+    span = [task.wall_started or time.time(), time.time()]
+    for name in ([sub] if sub else []) + task.host_names():
+        _JOB.host_status(name, worst, error, span)
 
 
 def _pump(sel, wait):
@@ -3380,15 +3539,6 @@ def _last_line(text):
     return lines[-1].strip() if lines else ""
 
 
-def _record_task_end(record, task):
-    sub = task.subdir and os.path.basename(task.subdir)
-    if task.error:
-        record("FAIL", sub, "parallel", _last_line(task.error[1]))
-        record("END FAIL", sub, "parallel")
-    else:
-        record("END GOOD", sub, "parallel")
-
-
 def _stop_tasks(running, sel, reason=None, grace=8.0):
     """TERM every running child (each then ends its ssh and remote commands),
     KILL what is left after the grace, reap them all: no zombies."""
@@ -3408,6 +3558,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
                     task.error = (None, f"task {task.name} {reason}" + (
                         f"\n{task.error[1]}" if task.error else ""))
                 running.pop(pid)
+                _stopped(task)
     for pid, task in list(running.items()):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -3418,6 +3569,15 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
         task._finish()
         task.error = (None, f"task {task.name} {reason or 'was stopped'} (killed)")
         running.pop(pid)
+        _stopped(task)
+
+
+def _stopped(task):
+    task.stopped = task.error is not None     # one that ended well as it was stopped is GOOD
+    try:
+        _task_ended(task)
+    except Exception as e:     # the stop goes on whatever the log says
+        LOG.write(f"task {task.name}: could not record its end: {e}")
 
 
 def _drain_task(task, sel):
@@ -4294,7 +4454,9 @@ class _sleeptest(test):
 class _linus_stress(test):
     """CPU, memory and I/O stress for a bounded time, with one worker
     process per CPU: hashing, touching a memory buffer, writing, syncing
-    and reading back a file.  Figures as perf keyvals."""
+    and reading back a file.  Figures as perf keyvals, each from its own
+    measurement: work done in a phase over the time spent in that phase,
+    summed over the workers (they run at once)."""
 
     def run_once(self, seconds=5, memory_mb=32, file_mb=16):
         import hashlib
@@ -4306,28 +4468,40 @@ class _linus_stress(test):
             pid = os.fork()
             if pid == 0:                                   # the worker
                 os.close(r)
-                counts = [0, 0, 0]
+                # [units, seconds] per phase: sha256 blocks, MiB touched, MiB moved
+                counts = [[0, 0.0], [0, 0.0], [0, 0.0]]
+                clock = time.monotonic
                 try:
-                    end = time.monotonic() + seconds
+                    end = clock() + seconds
                     memory = bytearray(memory_mb << 20)
                     block = os.urandom(1 << 16)
                     path = os.path.join(self.tmpdir, f"stress.{n}")
-                    while time.monotonic() < end:
+                    while clock() < end:
+                        t0 = clock()
                         for _ in range(64):
                             block = hashlib.sha256(block).digest() * 2048
-                            counts[0] += 1
+                        t1 = clock()
                         for off in range(0, len(memory), 4096):
                             memory[off] = (memory[off] + 1) & 0xFF
-                        counts[1] += len(memory) >> 20
+                        t2 = clock()
                         with open(path, "wb") as f:
                             for _ in range(file_mb * 16):
                                 f.write(block)
                             f.flush()
                             os.fsync(f.fileno())
                         with open(path, "rb") as f:
-                            while f.read(1 << 20):
-                                pass
-                        counts[2] += file_mb
+                            read = 0
+                            while True:
+                                chunk = f.read(1 << 20)
+                                if not chunk:
+                                    break
+                                read += len(chunk)
+                        t3 = clock()
+                        for phase, units, spent in ((0, 64, t1 - t0),
+                                                    (1, len(memory) >> 20, t2 - t1),
+                                                    (2, file_mb + (read >> 20), t3 - t2)):
+                            counts[phase][0] += units
+                            counts[phase][1] += spent
                     os.unlink(path)
                 finally:
                     os.write(w, json.dumps(counts).encode())
@@ -4335,7 +4509,7 @@ class _linus_stress(test):
             os.close(w)
             pipes.append(r)
             pids.append(pid)
-        totals = [0, 0, 0]
+        rates = [0.0, 0.0, 0.0]
         try:
             for r in pipes:
                 data = b""
@@ -4344,8 +4518,8 @@ class _linus_stress(test):
                     if not chunk:
                         break
                     data += chunk
-                for i, v in enumerate(json.loads(data or b"[0,0,0]")):
-                    totals[i] += v
+                for i, (units, spent) in enumerate(json.loads(data or b"[[0,0],[0,0],[0,0]]")):
+                    rates[i] += units / spent if spent > 0 else 0.0
         finally:
             for r in pipes:
                 os.close(r)
@@ -4355,9 +4529,9 @@ class _linus_stress(test):
                 except ChildProcessError:
                     pass
         self.write_perf_keyval({"workers": workers, "seconds": seconds,
-                                "sha256_blocks_per_s": round(totals[0] / seconds, 1),
-                                "memory_mb_touched_per_s": round(totals[1] / seconds, 1),
-                                "io_mb_per_s": round(totals[2] * 2 / seconds, 1)})
+                                "sha256_blocks_per_s": round(rates[0], 1),
+                                "memory_mb_touched_per_s": round(rates[1], 1),
+                                "io_mb_per_s": round(rates[2], 1)})
 
 
 class _netperf2(test):
@@ -4444,25 +4618,63 @@ class _Profilers:
     around every test's iterations and leave their output in
     <test>/profiling/.  Built in: 'sampler' (/proc/stat and /proc/meminfo
     every interval s) and 'perf' (perf record -a, then perf report)."""
-    KNOWN = ("sampler", "perf")
+    KNOWN = {"sampler": ("interval",), "perf": ("events",)}     # name: its arguments
+    # oprofile's event names (the seed's) and the perf events that count the same
+    OPROFILE_EVENTS = {"CPU_CLK_UNHALTED": "cycles", "INST_RETIRED": "instructions",
+                       "INST_RETIRED_ANY_P": "instructions", "LLC_MISSES": "cache-misses",
+                       "LLC_REFS": "cache-references", "BR_INST_RETIRED": "branches",
+                       "BR_MISS_PRED_RETIRED": "branch-misses",
+                       "BRANCH_MISSES_RETIRED": "branch-misses"}
 
     def __init__(self, job):
         self.job = job
         self.active = {}
         self._running = []
 
+    def _warn(self, text):
+        self.job.record("WARN", None, "profiler.add", text)
+
     def add(self, name, *args, **dargs):
+        """Adds a profiler; whatever it cannot honour (the profiler, an
+        argument, an event) is a WARN naming it, never silently dropped."""
         if name not in self.KNOWN:
-            self.job.record("WARN", None, "profiler.add",
-                            f"profiler {name!r} is not available here (built in: "
-                            f"{', '.join(self.KNOWN)}); going on without it")
+            self._warn(f"profiler {name!r} is not available here (built in: "
+                       f"{', '.join(self.KNOWN)}; 'perf' takes oprofile's event names); "
+                       "going on without it")
             return
         if name == "perf" and not shutil.which("perf"):
-            self.job.record("WARN", None, "profiler.add",
-                            "profiler 'perf': no perf program on this host; going on "
-                            "without it")
+            self._warn("profiler 'perf': no perf program on this host; going on without it")
             return
-        self.active[name] = (args, dargs)
+        unknown = [repr(a) for a in args] + [k for k in dargs if k not in self.KNOWN[name]]
+        if unknown:
+            self._warn(f"profiler {name!r} ignores {', '.join(unknown)} (it takes "
+                       f"{', '.join(self.KNOWN[name])})")
+        dargs = {k: v for k, v in dargs.items() if k in self.KNOWN[name]}
+        if name == "perf":
+            dargs["events"] = self._perf_events(dargs.get("events") or [])
+        self.active[name] = ((), dargs)
+
+    def _perf_events(self, events):
+        """perf -e arguments for oprofile-style 'NAME[:count[:...]]' events
+        (count is the sample period) or perf's own event names."""
+        if isinstance(events, str):
+            events = [events]
+        chosen = []
+        for event in events:
+            name, _, rest = str(event).partition(":")
+            period = rest.split(":")[0]
+            perf = self.OPROFILE_EVENTS.get(name.upper()) or (
+                name if re.fullmatch(r"[a-z][a-z0-9-]*(:[a-z]+)?", name) else None)
+            if perf is None:
+                self._warn(f"profiler 'perf': event {event!r} has no perf equivalent here; "
+                           "not recorded")
+                continue
+            if period and not period.isdigit():
+                self._warn(f"profiler 'perf': event {event!r}: count {period!r} is not a "
+                           "number; using perf's default period")
+                period = ""
+            chosen.append(f"{perf}/period={period}/" if period else perf)
+        return chosen
 
     def delete(self, name):
         self.active.pop(name, None)
@@ -4482,7 +4694,8 @@ class _Profilers:
                 self._running.append(("sampler", thread, stop))
             elif name == "perf":
                 out = os.path.join(t.profdir, "perf.data")
-                proc = _subprocess().Popen(["perf", "record", "-a", "-q", "-o", out],
+                events = [a for e in dargs.get("events", []) for a in ("-e", e)]
+                proc = _subprocess().Popen(["perf", "record", "-a", "-q", *events, "-o", out],
                                            stdout=_subprocess().DEVNULL,
                                            stderr=open(os.path.join(t.profdir, "perf.log"),
                                                        "wb"))
@@ -4756,6 +4969,7 @@ class _StatusRelay:
         self.hostname = hostname
         self.buffer = ""
         self.worst = None
+        self.reason = ""          # the first entry with the worst status: what failed
         self.reboot = False
 
     def write(self, text):
@@ -4776,8 +4990,10 @@ class _StatusRelay:
                 except ValueError:
                     LOG.write(f"client: {line}", self.hostname)
                     return
-                if worst:
+                if worst and worst_status(worst, self.worst) != worst_status(self.worst):
                     self.worst = worst
+                    first = parse_status_log(entry.lstrip("\t"))[0]
+                    self.reason = f"{first['operation']}: {_last_line(first['message'])}"
         else:
             LOG.write(f"client: {line}", self.hostname)
 
@@ -4871,7 +5087,8 @@ class Autotest(InstallableObject):
         _record("START", None, name, f"{host.hostname}: client control file")
         relay = _StatusRelay(host.hostname)
         deadline = None if timeout is None else time.monotonic() + timeout
-        cont, outcome = False, "GOOD"
+        cont, outcome, reason = False, "GOOD", ""
+        started = time.time()
         try:
             while True:
                 left = None if deadline is None else max(1.0, deadline - time.monotonic())
@@ -4886,9 +5103,10 @@ class Autotest(InstallableObject):
                     outcome = "FAIL"
                     raise AutoservRunError("the client control file failed", out)
                 break
-            outcome = relay.worst or "GOOD"
-        except BaseException:
+            outcome, reason = relay.worst or "GOOD", relay.reason
+        except BaseException as e:
             outcome = "ABORT" if outcome == "GOOD" else outcome
+            reason = f"{type(e).__name__}: {_last_line(str(e))}"
             raise
         finally:
             try:
@@ -4898,6 +5116,8 @@ class Autotest(InstallableObject):
             except AutoservError as e:
                 LOG.write(f"could not fetch the client's results: {e}", host.hostname)
             _record(f"END {outcome}", None, name, f"{host.hostname}")
+            if _JOB is not None:
+                _JOB.host_status(host.hostname, outcome, reason, [started, time.time()])
         return outcome == "GOOD"
 
 
@@ -6072,7 +6292,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
             reason = _reason(e, control_path)
             LOG.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
             for host_name in _hosts_in(e):
-                job.set_host_outcome(host_name, "FAIL", error=_last_line(str(e)))
+                job.host_status(host_name, "FAIL", _last_line(str(e)))
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -3625,8 +3625,17 @@ class TestAutotest(unittest.TestCase):
         self.assertEqual(start["indent"], run["indent"] + 1)
         res = os.path.join(self.tmp, "res", "job_results")
         keyval = open(os.path.join(res, "linus_stress", "results", "keyval")).read()
-        self.assertRegex(keyval, r"sha256_blocks_per_s\{perf\}=\d")
-        self.assertRegex(keyval, r"io_mb_per_s\{perf\}=\d")
+        rates = {k: float(v) for k, v in re.findall(
+            r"^(sha256_blocks_per_s|memory_mb_touched_per_s|io_mb_per_s)\{perf\}=(\S+)$",
+            keyval, re.M)}
+        self.assertEqual(len(rates), 3, keyval)
+        self.assertTrue(all(v > 0 for v in rates.values()), rates)
+        # Each figure is its own measurement, not one loop counter scaled
+        # three ways (which made hashing exactly 2x, and I/O equal to, memory).
+        self.assertNotAlmostEqual(rates["sha256_blocks_per_s"],
+                                  2 * rates["memory_mb_touched_per_s"], delta=0.5)
+        self.assertNotAlmostEqual(rates["io_mb_per_s"], rates["memory_mb_touched_per_s"],
+                                  delta=0.5)
         self.assertIn("START\tlinus_stress", open(os.path.join(res, "status")).read())
         self.assertTrue(os.path.isfile(os.path.join(res, "linus_stress", "status")))
 
@@ -3670,6 +3679,65 @@ class TestAutotest(unittest.TestCase):
         self.assertEqual(open(os.path.join(res, "oldstyle", "results", "out.txt")).read(),
                          "written by an old-style test")
         self.assertIn("FAIL\tmytest.fail", open(os.path.join(res, "mytest.fail", "status")).read())
+
+    def test_perf_profiler_records_the_seeds_events_and_warns_for_the_rest(self):
+        need("perf")
+        autodir = os.path.join(self.tmp, "autodir")
+        out = self.cli(textwrap.dedent(f"""\
+            h = hosts.SSHHost("testhost")
+            at = autotest.Autotest()
+            at.install(h, autodir={autodir!r})
+            at.run('''
+            job.profilers.add("perf", events=["CPU_CLK_UNHALTED:8000", "NO_SUCH_EVENT:100"])
+            job.profilers.add("sampler", interval=0.1, colour="blue")
+            job.run_test("sleeptest", seconds=0.5)
+            ''', "client", h)
+            """))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        warns = [e["message"] for e in self.status() if e["code"] == "WARN"]
+        self.assertTrue(any("NO_SUCH_EVENT" in w for w in warns), warns)
+        self.assertTrue(any("colour" in w for w in warns), warns)
+        self.assertFalse(any("CPU_CLK_UNHALTED" in w for w in warns), warns)
+        data = os.path.join(self.tmp, "res", "client", "sleeptest", "profiling", "perf.data")
+        # What perf was asked to record (it may fall back to cpu-clock where
+        # there are no hardware counters, as in a VM).
+        header = subprocess.run(["perf", "report", "--header-only", "-i", data],
+                                capture_output=True, text=True, timeout=60).stdout
+        cmdline = next(l for l in header.splitlines() if "cmdline" in l)
+        self.assertIn("-e cycles/period=8000/", cmdline)
+        self.assertNotIn("NO_SUCH", cmdline)
+
+    def test_client_tests_failing_inside_parallel_fail_the_job_as_outside(self):
+        # Seed 09's shape: at.run on both sides under parallel(subcommand(...)).
+        # (Two installs, one per side: each has its own control file.)
+        out = self.cli(textwrap.dedent(f"""\
+            h = hosts.SSHHost("testhost")
+            sides = []
+            for tag in ("server", "client"):
+                at = autotest.Autotest()
+                at.install(h, autodir={self.tmp!r} + "/autodir-" + tag)
+                failing = "job.run_test('mytest', tag='%s')\\n" % tag
+                sides.append(subcommand(at.run, [failing, tag, h]))
+            parallel(sides)
+            print("control file went on")
+            """))
+        self.assertEqual(out.returncode, 3, out.stderr)
+        self.assertIn("control file went on", out.stdout)
+        entries = self.status()
+        tasks = [e for e in entries if e["operation"] == "Autotest.run"]
+        self.assertEqual([(e["code"], e["message"]) for e in tasks],
+                         [("START", "Autotest.run on testhost"),
+                          ("END FAIL", "Autotest.run on testhost")] * 2)
+        for tag in ("server", "client"):
+            fail = next(e for e in entries if e["code"] == "FAIL"
+                        and e["subdir"] == f"mytest.{tag}")
+            self.assertGreater(fail["indent"], tasks[0]["indent"])
+        parallel_end = [e for e in entries if e["operation"] == "parallel"][-1]
+        self.assertEqual(parallel_end["code"], "END FAIL")
+        summary = json.load(open(os.path.join(self.tmp, "res", "summary.json")))
+        self.assertEqual(summary["job"]["outcome"], "FAIL")
+        self.assertEqual(summary["hosts"]["testhost"]["outcome"], "FAIL")
+        self.assertIn("mytest", summary["hosts"]["testhost"]["error"])
 
     def test_a_broken_client_control_file_is_an_error_naming_it(self):
         autodir = os.path.join(self.tmp, "autodir")
@@ -3734,7 +3802,9 @@ class TestAutotestFanOut(unittest.TestCase):
         # The three ran at once: every sleeptest started before any ended.
         self.assertLessEqual(max(s for s, _ in spans), min(g for _, g in spans))
 
-    def test_netperf2_server_and_client_synchronise_across_two_hosts(self):
+    def netperf_job(self, server_args, client_args):
+        """Seed 09's shape on two namespace hosts: netperf2's server and
+        client sides, each an at.run in its own subcommand of one parallel()."""
         a, b = self.hosts.names[:2]
         addr_a, addr_b = self.hosts.addrs[:2]
         ctl = os.path.join(self.tmp, "netperf.control")
@@ -3744,16 +3814,18 @@ class TestAutotestFanOut(unittest.TestCase):
                 at = autotest.Autotest()
                 at.install(server, autodir={self.autodirs + '/s'!r})
                 at.install(client, autodir={self.autodirs + '/c'!r})
-                sc = 'job.run_test("netperf2", "{addr_a}", "{addr_b}", "server", tag="server")'
-                cc = ('job.run_test("netperf2", "{addr_a}", "{addr_b}", "client", tag="client", '
-                      'test_time=2)')
+                sc = 'job.run_test("netperf2", "{addr_a}", "{addr_b}", "server", tag="server"{server_args})'
+                cc = 'job.run_test("netperf2", "{addr_a}", "{addr_b}", "client", tag="client"{client_args})'
                 parallel([subcommand(at.run, [sc, "server", server]),
                           subcommand(at.run, [cc, "client", client])])
                 """))
-        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
-                      os.path.join(self.tmp, "res"), ctl, timeout=300)
-        self.assertEqual(out.returncode, 0, out.stderr)
         res = os.path.join(self.tmp, "res")
+        return run_cli("--ssh-config", self.hosts.ssh_config, "-r", res, ctl, timeout=300), res
+
+    def test_netperf2_server_and_client_synchronise_across_two_hosts(self):
+        addr_b = self.hosts.addrs[1]
+        out, res = self.netperf_job("", ", test_time=2")
+        self.assertEqual(out.returncode, 0, out.stderr)
         server = open(os.path.join(res, "server", "netperf2.server", "results", "keyval")).read()
         client = open(os.path.join(res, "client", "netperf2.client", "results", "keyval")).read()
         self.assertRegex(server, r"throughput_mbit_s\{perf\}=\d")
@@ -3762,6 +3834,31 @@ class TestAutotestFanOut(unittest.TestCase):
         self.assertEqual(sent, got)
         self.assertIn(f"client{{perf}}={addr_b}", server)
 
+    def test_both_netperf_sides_failing_under_parallel_exit_3_as_seed_09_would(self):
+        # Seed 09's shape with both sides failing: the server listens on one
+        # port, the client looks for it on another; each gives up after 3 s.
+        a, b = self.hosts.names[:2]
+        out, res = self.netperf_job(", port=12866, wait=3", ", port=12867, wait=3")
+        self.assertEqual(out.returncode, 3, out.stderr)
+        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        for host, tag in ((a, "server"), (b, "client")):
+            start = next(i for i, e in enumerate(entries) if e["code"] == "START"
+                         and e["message"] == f"Autotest.run on {host}")
+            end = next(i for i, e in enumerate(entries) if i > start
+                       and e["indent"] == entries[start]["indent"])
+            self.assertEqual(entries[end]["code"], "END FAIL")
+            fail = [e for e in entries[start:end] if e["code"] == "FAIL"
+                    and e["subdir"] == f"netperf2.{tag}"]
+            self.assertEqual(len(fail), 1)
+            self.assertGreater(fail[0]["indent"], entries[start]["indent"])
+        self.assertEqual([e["code"] for e in entries if e["operation"] == "parallel"],
+                         ["START", "END FAIL"])
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(summary["job"]["outcome"], "FAIL")
+        self.assertIn("no client within 3 s", summary["hosts"][a]["error"])
+        self.assertIn("no server at", summary["hosts"][b]["error"])
+        self.assertEqual((summary["hosts"][a]["outcome"], summary["hosts"][b]["outcome"]),
+                         ("FAIL", "FAIL"))
 
 class TestAutotestGuest(unittest.TestCase):
     """The client harness on a QEMU guest (Debian root with python3, booting
@@ -4615,6 +4712,188 @@ class TestParallel(unittest.TestCase):
         self.assertIn(("END GOOD", "alpha"), [(e["code"], e["subdir"]) for e in entries])
         summary = json.load(open(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["alpha"]["outcome"], "GOOD")
+
+
+class TestJobOutcome(unittest.TestCase):
+    """A job's outcome is true through parallel(): what a task records counts
+    as it would outside one, and each task's entries nest in its own group."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-out-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+        self.res = os.path.join(self.tmp, "res")
+
+    def job(self, text, env=None):
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(text))
+        return run_cli("-r", self.res, ctl, timeout=120, env=env)
+
+    def entries(self):
+        return autoserv.parse_status_log(open(os.path.join(self.res, "status.log")).read())
+
+    def summary(self):
+        return json.load(open(os.path.join(self.res, "summary.json")))
+
+    def group(self, operation, subdir="----"):
+        """The (START, body, END) entries of the one group named so."""
+        entries = self.entries()
+        start = next(i for i, e in enumerate(entries) if e["code"] == "START"
+                     and e["operation"] == operation and e["subdir"] == subdir)
+        end = next(i for i, e in enumerate(entries) if i > start and
+                   e["code"].startswith("END ") and e["indent"] == entries[start]["indent"])
+        return entries[start], entries[start + 1:end], entries[end]
+
+    def test_a_task_that_records_fail_and_returns_fails_the_job_with_exit_3(self):
+        out = self.job("""\
+            def check(x):
+                job.record("FAIL", None, "netperf", "throughput 0 on %s" % x)
+            def fine(x):
+                job.record("GOOD", None, "netperf", "ok")
+            parallel([subcommand(check, ["a"]), subcommand(fine, ["b"])])
+            print("control file went on")
+            """)
+        self.assertEqual(out.returncode, 3, out.stderr)
+        self.assertIn("control file went on", out.stdout)
+        start, body, end = self.group("check")
+        self.assertEqual(end["code"], "END FAIL")
+        self.assertEqual([(e["code"], e["message"]) for e in body],
+                         [("FAIL", "throughput 0 on a")])
+        self.assertEqual(self.group("fine")[2]["code"], "END GOOD")
+        self.assertEqual(self.group("parallel")[2]["code"], "END FAIL")
+        self.assertEqual(self.entries()[-1]["code"], "END FAIL")
+        self.assertEqual(self.summary()["job"]["outcome"], "FAIL")
+
+    def test_a_task_that_raises_fails_the_job_and_its_group(self):
+        out = self.job("""\
+            def boom():
+                raise ValueError("kernel check failed")
+            parallel([subcommand(boom, [])])
+            """)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("kernel check failed", out.stderr)
+        start, body, end = self.group("boom")
+        self.assertEqual(end["code"], "END FAIL")
+        self.assertIn("ValueError: kernel check failed", body[-1]["message"])
+        self.assertEqual(self.group("parallel")[2]["code"], "END FAIL")
+        self.assertEqual(self.summary()["job"]["outcome"], "FAIL")
+
+    def test_a_task_that_recovers_with_warn_leaves_the_job_good(self):
+        out = self.job("""\
+            def flaky(host):
+                job.record("WARN", None, "reboot", "needed a hard reset")
+            parallel_simple(flaky, ["lab1", "lab2"])
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(self.group("flaky", "lab1")[2]["code"], "END WARN")
+        self.assertEqual(self.group("parallel")[2]["code"], "END WARN")
+        summary = self.summary()
+        self.assertEqual(summary["job"]["outcome"], "GOOD")
+        self.assertEqual(summary["hosts"]["lab1"]["outcome"], "WARN")
+        self.assertIn("needed a hard reset", summary["hosts"]["lab1"]["error"])
+
+    def test_return_results_still_counts_what_tasks_recorded(self):
+        out = self.job("""\
+            def check(x):
+                if x == "bad":
+                    job.record("ERROR", None, "mytest", "crashed")
+                return x
+            print("RESULTS", parallel_simple(check, ["good", "bad"], return_results=True))
+            """)
+        self.assertEqual(out.returncode, 3, out.stderr)
+        self.assertIn("RESULTS ['good', 'bad']", out.stdout)
+        hosts = self.summary()["hosts"]
+        self.assertEqual((hosts["bad"]["outcome"], hosts["good"]["outcome"]), ("ERROR", "GOOD"))
+        self.assertIn("crashed", hosts["bad"]["error"])
+
+    def test_task_groups_nest_and_never_interleave(self):
+        out = self.job("""\
+            import time
+            def chatty(name):
+                for i in range(20):
+                    job.record("INFO", None, "step", "%s %d" % (name, i))
+                    time.sleep(0.01)
+                def inner(x):
+                    job.record("GOOD", None, "inner", x)
+                parallel([subcommand(inner, [name + "-in"])])
+            parallel_simple(chatty, ["alpha", "beta", "gamma"])
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        entries = self.entries()
+        for name in ("alpha", "beta", "gamma"):
+            start, body, end = self.group("chatty", name)
+            self.assertEqual(start["message"], f"chatty on {name}")
+            steps = [e["message"] for e in body if e["operation"] == "step"]
+            self.assertEqual(steps, [f"{name} {i}" for i in range(20)])   # contiguous, whole
+            self.assertTrue(all(e["indent"] == start["indent"] + 1 for e in body
+                                if e["operation"] == "step"))
+            inner = [e for e in body if e["operation"] == "inner"]
+            self.assertEqual([e["message"] for e in inner], [f"{name}-in"])
+            # chatty -> parallel -> inner task -> its GOOD: three levels deeper
+            self.assertEqual(inner[0]["indent"], start["indent"] + 3)
+        # Every END is one level shallower than the body it closes.
+        depth = 0
+        for e in entries:
+            if e["code"].startswith("END "):
+                depth -= 1
+            self.assertEqual(e["indent"], depth, e)
+            if e["code"] == "START":
+                depth += 1
+        self.assertEqual(depth, 0)
+        self.assertFalse([n for n in os.listdir(os.path.join(self.res, "debug"))
+                          if n.endswith(".status")])
+
+    def test_host_durations_are_the_wall_time_of_their_work(self):
+        out = self.job("""\
+            import time
+            def work(host):
+                time.sleep(0.6 if host == "slow" else 0.1)
+            parallel_simple(work, ["slow", "fast"])
+            hosts.LocalHost().run("sleep 0.4")
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        hosts = self.summary()["hosts"]
+        self.assertGreaterEqual(hosts["localhost"]["duration"], 0.4)
+        self.assertGreaterEqual(hosts["slow"]["duration"], 0.6)
+        self.assertGreaterEqual(hosts["fast"]["duration"], 0.1)
+        self.assertLess(hosts["fast"]["duration"], hosts["slow"]["duration"])
+
+    def test_user_comes_from_the_password_database_without_user_or_logname(self):
+        import pwd
+        env = {k: v for k, v in os.environ.items() if k not in ("USER", "LOGNAME")}
+        out = self.job("pass\n", env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(self.summary()["job"]["user"], pwd.getpwuid(os.getuid()).pw_name)
+
+    def test_interrupted_tasks_close_their_groups_with_abort(self):
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent("""\
+                import time
+                def slow(host):
+                    job.record("INFO", None, "step", "started")
+                    print("READY")
+                    time.sleep(60)
+                parallel_simple(slow, ["lab1", "lab2"])
+                """))
+        proc = subprocess.Popen([sys.executable, AUTOSERV, "-r", self.res, ctl],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: os.path.exists(os.path.join(self.res, "lab2", "status.log"))
+                     and os.path.exists(os.path.join(self.res, "lab1", "status.log")), 30,
+                     what="both tasks started")
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        self.assertEqual(proc.returncode, 130)
+        for host in ("lab1", "lab2"):
+            start, body, end = self.group("slow", host)
+            self.assertEqual(end["code"], "END ABORT")
+            self.assertIn(("INFO", "started"), [(e["code"], e["message"]) for e in body])
+        self.assertEqual(self.group("parallel")[2]["code"], "END ABORT")
 
 
 class NamespaceHosts:
