@@ -2591,6 +2591,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
 
     _counter = 0
     _agents = 0
+    poll_interval = 0.5       # s between wait_down()'s probes
 
     def __init__(self, hostname, user=None, port=None, password=None, *,
                  identity=None, ssh_config=None, ssh_options=None,
@@ -3017,7 +3018,8 @@ class SSHHost(_SSHTransfer, RemoteHost):
             time.sleep(0.05 if banner is False else 0.5)
 
     def wait_down(self, timeout=None, old_boot_id=None):
-        """True once the host stops answering or its boot id changes."""
+        """True once the host stops answering or its boot id changes (a
+        reboot that completed between two probes).  The debug log says which."""
         deadline = _monotonic_deadline(timeout)
         while True:
             left = _remaining(deadline)
@@ -3025,12 +3027,15 @@ class SSHHost(_SSHTransfer, RemoteHost):
             try:
                 boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
                 if old_boot_id and boot_id and boot_id != old_boot_id:
+                    LOG.write(f"down: boot id changed from {old_boot_id} to {boot_id} "
+                              "between two probes (it answered both)", self.hostname)
                     return True
-            except AutoservError:
+            except AutoservError as e:
+                LOG.write(f"down: no answer ({type(e).__name__})", self.hostname)
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            time.sleep(0.5)
+            time.sleep(min(self.poll_interval, _remaining(deadline) or self.poll_interval))
 
     # rebooting
     def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
@@ -3140,13 +3145,22 @@ class SSHHost(_SSHTransfer, RemoteHost):
             return None
         if first == old:
             return None
+        LOG.write(f"up with boot id {first}; checking that it stays for {stable_for} s",
+                  self.hostname)
         time.sleep(stable_for)
         try:
             again = self.get_boot_id(timeout=30, connect_timeout=10)
         except AutoservError:
+            LOG.write(f"up with boot id {first}, then down again within {stable_for} s: "
+                      "not stable yet", self.hostname)
             self._stop_master()
             return None
-        return first if again == first else None
+        if again != first:
+            LOG.write(f"up with boot id {first}, then {again} within {stable_for} s: "
+                      "not stable yet", self.hostname)
+            return None
+        LOG.write(f"up with boot id {first}, stable for {stable_for} s", self.hostname)
+        return first
 
     def get_tmp_dir(self):
         """A new 0700 dir on the host, removed when the job ends."""

@@ -1081,21 +1081,24 @@ class TestSSHRun(SshdTestCase):
 
     @scenario(10)
     def test_twenty_concurrent_commands_share_one_master_then_it_is_killed(self):
-        h = self.sshd.host()
-        h.run("true")
+        h = self.sshd.host()          # cold: twenty tasks race to start its master
         results = autoserv.parallel(
             [autoserv.subcommand(h.run, [f"echo {i}; sleep 0.2"]) for i in range(20)],
             return_results=True)
         self.assertEqual([r.stdout for r in results], [f"{i}\n" for i in range(20)])
         self.assertFalse([r.stderr for r in results if r.stderr])
+        h.run("true")                 # now the parent's master serves the tasks
         master = h._master
+        self.assertIsNotNone(master)
 
         def killer():
-            time.sleep(1)
+            wait_for(lambda: len(processes_with("sleep 4246.3")) >= 3, 30,
+                     what="three commands running")
             os.kill(master.pid, signal.SIGKILL)
         tasks = [autoserv.subcommand(h.run, ["sleep 4246.3"]) for _ in range(3)]
         tasks.append(autoserv.subcommand(killer, []))
-        results = autoserv.parallel(tasks, return_results=True)
+        # Bounded: were the kill to miss, the sleeps would otherwise run on.
+        results = autoserv.parallel(tasks, return_results=True, timeout=90)
         for r in results[:3]:
             self.assertIsInstance(r, autoserv.AutoservSSHConnectionLost, r)
         master.wait()
@@ -3364,11 +3367,25 @@ class TestReboot(unittest.TestCase):
     def serial_readies(self):
         return open(self.guest.serial_log).read().count("READY boot_id=")
 
+    def debug_log(self):
+        with open(os.path.join(self.tmp, "debug", "autoserv.log"), errors="replace") as f:
+            return f.read()
+
     @scenario(23)
     def test_a_reboot_faster_than_the_poll_counts_through_the_boot_id(self):
+        # Probes 20 s apart: the guest (up again in about 5 s) reboots whole
+        # between the first probe (old boot id: the reboot waits 2 s) and
+        # the second, so only the changed boot id can prove it.
         before = self.guest.get_boot_id()
-        self.guest.reboot(reboot_cmd="reboot -f", timeout=120)
+        self.guest.poll_interval = 20.0
+        try:
+            self.guest.reboot(reboot_cmd="sleep 2; reboot -f", timeout=120)
+        finally:
+            del self.guest.poll_interval
         self.assertNotEqual(self.guest.get_boot_id(), before)
+        log = self.debug_log()
+        self.assertIn(f"down: boot id changed from {before} to ", log)
+        self.assertNotIn("down: no answer", log)
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "reboot.verify"), codes)
 
@@ -3400,12 +3417,18 @@ class TestReboot(unittest.TestCase):
 
     @scenario(26)
     def test_a_machine_that_reboots_twice_is_done_only_when_stable(self):
+        # The second reboot comes once autoserv has seen the first new boot
+        # id (its debug log says so), inside the stable_for window.
         import threading
         start = self.serial_readies()
+        seen = []
 
         def second_reset():
-            wait_for(lambda: self.serial_readies() >= start + 1, 120, interval=0.05,
-                     what="first boot")
+            def first_boot_seen():
+                found = re.findall(r"up with boot id (\S+); checking", self.debug_log())
+                seen[:] = found
+                return bool(found)
+            wait_for(first_boot_seen, 120, interval=0.05, what="autoserv seeing the first boot")
             self.kvm.qmp(self.guest.qmp_socket, {"execute": "system_reset"})
         thread = threading.Thread(target=second_reset)
         thread.start()
@@ -3415,7 +3438,11 @@ class TestReboot(unittest.TestCase):
             thread.join()
         self.assertEqual(self.serial_readies(), start + 2)
         last = open(self.guest.serial_log).read().rsplit("READY boot_id=", 1)[1].split()[0]
-        self.assertEqual(self.guest.get_boot_id(), last)
+        final = self.guest.get_boot_id()
+        self.assertEqual(final, last)
+        self.assertNotEqual(seen[0], final)        # the intermediate boot was seen...
+        self.assertIn(f"up with boot id {seen[0]}, then ", self.debug_log())  # ...and refused
+        self.assertIn(f"up with boot id {final}, stable for 5", self.debug_log())
 
     @scenario(25)
     def test_a_host_that_never_returns_is_brought_back_by_one_hard_reset(self):
