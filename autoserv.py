@@ -3470,10 +3470,68 @@ def _looks_like_path(text):
             and text.startswith(("/", "./", "../", "~")))
 
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s]*)@")
+
+
+def _redact_url(text):
+    """text with the password of every URL in it (scheme://user:pass@host)
+    replaced by ***, for logs and error messages."""
+    return _USERINFO.sub(lambda m: m.group(1) + m.group(2).split(":", 1)[0]
+                         + (":***@" if ":" in m.group(2) else "@"), str(text))
+
+
+def _origin(url):
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return scheme, (parts.hostname or "").lower(), \
+        port or {"http": 80, "https": 443, "ftp": 21}.get(scheme)
+
+
+def _urlopen(url, data=None, method=None, headers=(), timeout=60, context=None,
+             same_origin=False):
+    """urlopen that takes credentials out of the URL (user:pass@ becomes an
+    Authorization header) and never carries credentials to another origin
+    (scheme, host, port): a redirect elsewhere while credentials are sent,
+    or any with same_origin, is a URLError naming the redacted target."""
+    import base64
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    parts = urllib.parse.urlsplit(url)
+    headers = dict(headers)
+    if parts.username is not None and parts.scheme.lower() in ("http", "https"):
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{user}:{password}".encode()).decode()
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    guarded = same_origin or "Authorization" in headers
+
+    class Redirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, hdrs, newurl):
+            if guarded and _origin(newurl) != _origin(req.full_url):
+                raise urllib.error.URLError(
+                    f"redirect to another origin refused ({_redact_url(req.full_url)} -> "
+                    f"{_redact_url(newurl)}): credentials go only to the origin given")
+            return super().redirect_request(req, fp, code, msg, hdrs, newurl)
+
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    opener = urllib.request.build_opener(Redirect, urllib.request.HTTPSHandler(
+        context=context))
+    return opener.open(req, timeout=timeout)
+
+
 class InstallableObject:
     """Something fetched once on the server and installable on many hosts.
-    get(location): a local file or directory, an http/https/ftp URL, a file
-    object, or else the string is the content itself."""
+    get(location): a local file or directory (also as a file:// URL), an
+    http/https/ftp URL, a file object, or else the string is the content
+    itself.  Credentials in a URL are never logged nor shown in errors."""
 
     def __init__(self):
         self.source_material = None
@@ -3486,6 +3544,17 @@ class InstallableObject:
             self.source_material = self._keep(data.encode() if isinstance(data, str) else data)
             return self.source_material
         location = os.fspath(location)
+        if re.match(r"(?i)^file://", location):
+            import urllib.parse
+            import urllib.request
+            parts = urllib.parse.urlsplit(location)
+            if parts.netloc not in ("", "localhost"):
+                raise AutoservInstallError(f"{type(self).__name__}.get({location!r}): a "
+                                           "file:// URL names a file on this machine")
+            location = urllib.request.url2pathname(parts.path)
+            if not os.path.exists(location):
+                raise AutoservInstallError(f"{type(self).__name__}.get({location!r}): no "
+                                           "such file or directory")
         if re.match(r"(?i)^(https?|ftp)://", location):
             self.source_material = self._download(location)
         elif os.path.exists(os.path.expanduser(location)):
@@ -3496,7 +3565,8 @@ class InstallableObject:
                                        "not taken as content)")
         else:
             self.source_material = self._keep(location.encode("utf-8", "surrogateescape"))
-        LOG.write(f"{type(self).__name__}: got {location!r} -> {self.source_material}")
+        LOG.write(f"{type(self).__name__}: got {_redact_url(repr(location))} -> "
+                  f"{self.source_material}")
         return self.source_material
 
     @staticmethod
@@ -3507,13 +3577,13 @@ class InstallableObject:
         return path
 
     def _download(self, url):
-        import urllib.request
         import urllib.error
-        name = os.path.basename(url.split("?", 1)[0].rstrip("/")) or "download"
+        shown = _redact_url(url)
+        name = os.path.basename(shown.split("?", 1)[0].rstrip("/")) or "download"
         path = os.path.join(get_tmp_dir(), name)
-        LOG.write(f"fetching {url}")
+        LOG.write(f"fetching {shown}")
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+            with _urlopen(url, timeout=60) as response, open(path, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0)
                 done, last = 0, time.monotonic()
                 while True:
@@ -3524,14 +3594,15 @@ class InstallableObject:
                     done += len(block)
                     if time.monotonic() - last > 2:
                         last = time.monotonic()
-                        LOG.write(f"fetching {url}: {done}" + (f"/{total}" if total else "")
+                        LOG.write(f"fetching {shown}: {done}" + (f"/{total}" if total else "")
                                   + " bytes")
         except urllib.error.HTTPError as e:
             _remove_quietly(path)
-            raise AutoservInstallError(f"fetching {url} failed: HTTP {e.code} {e.reason}")
+            raise AutoservInstallError(f"fetching {shown} failed: HTTP {e.code} {e.reason}")
         except (urllib.error.URLError, OSError, ValueError) as e:
             _remove_quietly(path)
-            raise AutoservInstallError(f"fetching {url} failed: {getattr(e, 'reason', e)}")
+            raise AutoservInstallError(f"fetching {shown} failed: "
+                                       f"{_redact_url(getattr(e, 'reason', e))}")
         return path
 
     def install(self, host, **kwargs):
@@ -5476,38 +5547,45 @@ class RedfishPower:
         self.verify, self.ca_file, self.timeout = verify, ca_file, timeout
 
     def __repr__(self):
-        return f"<RedfishPower {self.url}>"
+        return f"<RedfishPower {_redact_url(self.url)}>"
 
     def _request(self, path, body=None):
+        """One call to the BMC.  Credentials go to the BMC's own origin only:
+        an absolute path (an @odata.id) or a redirect to any other scheme,
+        host or port is an error naming that URL."""
         import base64
         import ssl
         import urllib.error
-        import urllib.request
-        url = path if path.startswith("http") else self.url + path
+        url = path if re.match(r"(?i)^[a-z][a-z0-9+.-]*:", path) else self.url + path
+        shown = _redact_url(url)
+        method = "POST" if body is not None else "GET"
+        if _origin(url) != _origin(self.url):
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} refused",
+                                    "not the BMC's origin (scheme, host and port): "
+                                    "credentials go nowhere else")
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json",
-                                              "Accept": "application/json"})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.user is not None:
             token = base64.b64encode(f"{self.user}:{self._password or ''}".encode()).decode()
-            req.add_header("Authorization", "Basic " + token)
+            headers["Authorization"] = "Basic " + token
         context = None
-        if url.startswith("https:"):
+        if url.lower().startswith("https:"):
             context = ssl.create_default_context(cafile=self.ca_file)
             if not self.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-        LOG.write(f"redfish {req.get_method()} {url}")
+        LOG.write(f"redfish {method} {shown}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
+            with _urlopen(url, data=data, method=method, headers=headers,
+                          timeout=self.timeout, context=context, same_origin=True) as resp:
                 text = resp.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as e:
             reason = "authentication failed" if e.code in (401, 403) else e.reason
-            raise AutoservHostError(self.url, f"Redfish {req.get_method()} {path} failed",
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} failed",
                                     f"HTTP {e.code}: {reason}")
-        except (urllib.error.URLError, OSError) as e:
-            raise AutoservHostError(self.url, f"Redfish {path} unreachable",
-                                    str(getattr(e, "reason", e)))
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {shown} unreachable",
+                                    _redact_url(getattr(e, "reason", e)))
         return json.loads(text) if text.strip() else {}
 
     def _system(self):

@@ -2964,6 +2964,115 @@ class TestBoottool(unittest.TestCase):
                       open(os.path.join(self.root, "boot", "grub", "grubenv")).read())
 
 
+def serve_on_loopback(test, handler, tmp, tls=False):
+    """An http.server on 127.0.0.1 (with tls, HTTPS with a fresh self-signed
+    certificate for 127.0.0.1) stopped at the test's cleanup: (base URL, cert)."""
+    import http.server
+    import ssl
+    import threading
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    cert = None
+    if tls:
+        need("openssl")
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        if not os.path.exists(cert):
+            sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+               "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+               "-keyout", key, "-out", cert)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    test.addCleanup(stop)
+    scheme = "https" if tls else "http"
+    return f"{scheme}://127.0.0.1:{server.server_address[1]}", cert
+
+
+class TestHostileInputs(unittest.TestCase):
+    """Hostile or careless input (a BMC, a site file, packages, URLs, control
+    files) stays inside the bounds the README's Security section states."""
+
+    PASSWORD = "s3cret-bmc-9431"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-hostile-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+    def _recorder(self, seen, routes):
+        """A request handler that records (path, Authorization) of every
+        request in seen and answers from routes: path -> (code, headers, body)."""
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def answer(self):
+                seen.append((self.path, self.headers.get("Authorization")))
+                if self.headers.get("Content-Length"):
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                code, headers, body = routes.get(self.path, (404, {}, {}))
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            do_GET = do_POST = answer
+        return Handler
+
+    def test_redfish_never_sends_credentials_to_another_origin(self):
+        elsewhere_seen, bmc_seen = [], []
+        elsewhere = {"/redfish/v1/Systems": (200, {}, {"Members": []}),
+                     "/redfish/v1/Systems/x": (200, {}, {"PowerState": "On"})}
+        other_http, _ = serve_on_loopback(self, self._recorder(elsewhere_seen, elsewhere),
+                                          self.tmp)
+        other_https, cert = serve_on_loopback(
+            self, self._recorder(elsewhere_seen, elsewhere), self.tmp, tls=True)
+        routes = {}
+        bmc, _ = serve_on_loopback(self, self._recorder(bmc_seen, routes), self.tmp,
+                                   tls=True)
+        cases = (("redirect to http, another port", other_http, "redirect"),
+                 ("redirect to https, another port", other_https, "redirect"),
+                 ("absolute @odata.id elsewhere", other_https, "odata"))
+        for what, target, kind in cases:
+            with self.subTest(what):
+                elsewhere_seen.clear()
+                if kind == "redirect":
+                    routes["/redfish/v1/Systems"] = (
+                        302, {"Location": target + "/redfish/v1/Systems"}, {})
+                    bad = target + "/redfish/v1/Systems"
+                else:
+                    bad = target + "/redfish/v1/Systems/x"
+                    routes["/redfish/v1/Systems"] = (200, {}, {"Members": [
+                        {"@odata.id": bad}]})
+                power = autoserv.RedfishPower(bmc, user="admin", password=self.PASSWORD,
+                                              ca_file=cert)
+                with self.assertRaises(autoserv.AutoservHostError) as cm:
+                    power.status()
+                self.assertIn(bad, str(cm.exception))
+                self.assertNotIn(self.PASSWORD, str(cm.exception))
+                self.assertEqual(elsewhere_seen, [])
+        # The BMC itself got the credentials: the refusal is about the origin.
+        self.assertTrue(bmc_seen and all(a and a.startswith("Basic ") for _, a in bmc_seen))
+        # A redirect within the BMC's origin is followed.
+        routes["/redfish/v1/Systems"] = (301, {"Location": bmc + "/redfish/v1/Members"}, {})
+        routes["/redfish/v1/Members"] = (200, {}, {"Members": [
+            {"@odata.id": "/redfish/v1/Systems/x"}]})
+        routes["/redfish/v1/Systems/x"] = (200, {}, {"PowerState": "On"})
+        power = autoserv.RedfishPower(bmc, user="admin", password=self.PASSWORD,
+                                      ca_file=cert)
+        self.assertEqual(power.status(), "on")
+
+
 class _Served:
     """http.server and Debian's pyftpdlib FTP server on loopback, serving one dir."""
 
@@ -4273,13 +4382,6 @@ class TestPower(unittest.TestCase):
         installs here without libvirt) whose reset actions drive the guest."""
         import base64
         import http.server
-        import ssl
-        import threading
-        need("openssl")
-        cert, key = os.path.join(self.tmp, "cert.pem"), os.path.join(self.tmp, "key.pem")
-        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-           "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-           "-keyout", key, "-out", cert)
         test = self
         auth = "Basic " + base64.b64encode(b"admin:" + self.PASSWORD.encode()).decode()
 
@@ -4325,19 +4427,7 @@ class TestPower(unittest.TestCase):
                 self.reply(204, {})
 
         self.redfish_calls = []
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-
-        def stop():
-            server.shutdown()
-            server.server_close()
-            thread.join()
-        self.addCleanup(stop)
-        return f"https://127.0.0.1:{server.server_address[1]}", cert
+        return serve_on_loopback(self, Handler, self.tmp, tls=True)
 
     def test_redfish_power_against_a_stand_in_service_over_https(self):
         url, cert = self._redfish_stand_in()
