@@ -1255,23 +1255,60 @@ def register_console(name, cls):
     _REGISTRY["console"][name] = cls
 
 
+def _unsafe_site_file(path, st, explicit):
+    """Why the site file at path (fstat st) may not run, or None.  Like git's
+    safe.directory: the file must belong to the running user or root and be
+    writable by nobody else; found by search (not named by AUTOSERV_SITE),
+    its directory must too, unless it is sticky (like /tmp)."""
+    import stat
+    me = os.geteuid()
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid not in (me, 0):
+        return f"owned by uid {st.st_uid}, not by you (uid {me}) or root"
+    if st.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if explicit:
+        return None
+    directory = os.path.dirname(os.path.abspath(path))
+    dst = os.stat(directory)
+    if dst.st_uid not in (me, 0):
+        return f"its directory {directory} is owned by uid {dst.st_uid}, not by you or root"
+    if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
+        return (f"its directory {directory} is writable by group or others without the "
+                "sticky bit")
+    return None
+
+
 def load_site(search=None):
     """Imports site_autoserv.py (AUTOSERV_SITE, the working directory, or next
-    to autoserv.py) once and splices its SiteHost mixin into every host class."""
-    import importlib.util
+    to autoserv.py) once and splices its SiteHost mixin into every host class.
+    A site file that someone else could have planted or changed is refused
+    (_unsafe_site_file); the checked bytes are the ones run."""
+    import types
     if "site_autoserv" in sys.modules:
         return sys.modules["site_autoserv"]
-    candidates = [os.environ.get("AUTOSERV_SITE")] if os.environ.get("AUTOSERV_SITE") \
+    explicit = bool(os.environ.get("AUTOSERV_SITE"))
+    candidates = [os.environ.get("AUTOSERV_SITE")] if explicit \
         else (search or [os.path.join(os.getcwd(), "site_autoserv.py"),
                          os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                       "site_autoserv.py")])
     for path in candidates:
         if path and os.path.isfile(path):
-            spec = importlib.util.spec_from_file_location("site_autoserv", path)
-            module = importlib.util.module_from_spec(spec)
+            try:
+                with open(path, "rb") as f:
+                    why = _unsafe_site_file(path, os.fstat(f.fileno()), explicit)
+                    data = f.read() if why is None else b""
+            except OSError as e:
+                raise AutoservUsageError(f"{path}: site file unreadable: {e.strerror}")
+            if why:
+                raise AutoservUsageError(f"{path}: site file refused: {why}; fix its owner "
+                                         "or mode, or remove it")
+            module = types.ModuleType("site_autoserv")
+            module.__file__ = path
             sys.modules["site_autoserv"] = module
             try:
-                spec.loader.exec_module(module)
+                exec(compile(data, path, "exec"), module.__dict__)
             except Exception as e:
                 del sys.modules["site_autoserv"]
                 raise AutoservUsageError(f"{path}: site file failed to load: {e}")

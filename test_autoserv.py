@@ -3073,6 +3073,71 @@ class TestHostileInputs(unittest.TestCase):
         self.assertEqual(power.status(), "on")
 
 
+    def _site_run(self, cwd, env=None):
+        """The CLI run in cwd with a control file needing no machines: (result,
+        whether the site file ran)."""
+        ctl = os.path.join(self.tmp, "ctl")
+        with open(ctl, "w") as f:
+            f.write("print('control ran')\n")
+        marker = os.path.join(self.tmp, "site-ran")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+        out = run_cli("-r", tempfile.mkdtemp(dir=self.tmp), ctl, cwd=cwd,
+                      env=dict(os.environ, **(env or {})), timeout=60)
+        return out, os.path.exists(marker)
+
+    def _plant_site(self, directory, mode=0o644, dir_mode=0o700, uid=None):
+        os.makedirs(directory, exist_ok=True)
+        os.chmod(directory, dir_mode)
+        site = os.path.join(directory, "site_autoserv.py")
+        with open(site, "w") as f:
+            f.write(f"open({os.path.join(self.tmp, 'site-ran')!r}, 'w').close()\n")
+        os.chmod(site, mode)
+        if uid is not None:
+            os.chown(site, uid, -1)
+        return site
+
+    def test_a_site_file_others_could_write_or_own_is_refused(self):
+        cases = (("mode 666", dict(mode=0o666), "writable by group or others"),
+                 ("mode 620", dict(mode=0o620), "writable by group or others"),
+                 ("owned by uid 65534", dict(uid=65534), "owned by uid 65534"),
+                 ("world-writable directory", dict(dir_mode=0o777), "its directory"))
+        for n, (what, how, text) in enumerate(cases):
+            with self.subTest(what):
+                cwd = os.path.join(self.tmp, f"cwd{n}")
+                site = self._plant_site(cwd, **how)
+                out, ran = self._site_run(cwd)
+                self.assertFalse(ran, "the planted site file ran")
+                self.assertNotEqual(out.returncode, 0)
+                self.assertIn(f"{site}: site file refused: {text}", out.stderr)
+                self.assertNotIn("Traceback", out.stderr + out.stdout)
+                self.assertNotIn("control ran", out.stdout)
+        # Sticky world-writable (like /tmp), and the user's own: both run.
+        for n, dir_mode in enumerate((0o1777, 0o755)):
+            with self.subTest(dir_mode=oct(dir_mode)):
+                cwd = os.path.join(self.tmp, f"ok{n}")
+                self._plant_site(cwd, dir_mode=dir_mode)
+                out, ran = self._site_run(cwd)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertTrue(ran)
+                self.assertIn("control ran", out.stdout)
+
+    def test_autoserv_site_skips_the_directory_check_but_not_the_file_check(self):
+        cwd = os.path.join(self.tmp, "cwd")
+        os.makedirs(cwd)
+        site = self._plant_site(os.path.join(self.tmp, "shared"), dir_mode=0o777)
+        out, ran = self._site_run(cwd, env={"AUTOSERV_SITE": site})
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(ran)
+        os.chmod(site, 0o666)
+        out, ran = self._site_run(cwd, env={"AUTOSERV_SITE": site})
+        self.assertFalse(ran)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn(f"{site}: site file refused: writable by group or others",
+                      out.stderr)
+        self.assertNotIn("Traceback", out.stderr)
+
+
 class _Served:
     """http.server and Debian's pyftpdlib FTP server on loopback, serving one dir."""
 
