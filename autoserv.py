@@ -3659,10 +3659,39 @@ def _ar_members(path):
             if len(header) < 60 or header[58:60] != b"`\n":
                 raise AutoservInstallError(f"{path}: truncated or corrupt .deb")
             name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-            size = int(header[48:58])
+            if not re.fullmatch(r"[A-Za-z0-9_.+~-]*", name):
+                raise AutoservInstallError(f"{path}: refused: member name {name!r} is not "
+                                           "a plain file name")
+            try:
+                size = int(header[48:58])
+            except ValueError:
+                raise AutoservInstallError(f"{path}: truncated or corrupt .deb")
             members.append((name, f.tell(), size))
             f.seek(size + (size & 1), 1)
     return members
+
+
+class _PathGuard:
+    """Refuses archive members that would land outside the extraction dir:
+    absolute names, '..' components, or a path through a symlink the
+    archive made earlier."""
+
+    def __init__(self, path):
+        self.path = path
+        self.links = set()
+
+    def check(self, name, is_link=False):
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts:
+            raise AutoservInstallError(f"{self.path}: refused: the package writes "
+                                       f"{name!r}, outside the directory it unpacks into")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self.links:
+                raise AutoservInstallError(f"{self.path}: refused: the package writes "
+                                           f"{name!r} through its own symlink "
+                                           f"{'/'.join(parts[:i])!r}")
+        if is_link:
+            self.links.add("/".join(parts))
 
 
 def _decode_errors():
@@ -3870,6 +3899,18 @@ class DEBKernel(InstallableObject):
         path = self._package()
         self.get_version()
         data = next(m for m in _ar_members(path) if m[0].startswith("data.tar"))
+        opened = _open_tar_member(path, data[0])
+        if opened is not None:        # zstd before Python 3.14: tar's own checks
+            tar, f = opened
+            guard = _PathGuard(path)
+            try:
+                with f, tar:
+                    for member in tar:
+                        guard.check(member.name, member.issym())
+                        if member.islnk():
+                            guard.check(member.linkname)
+            except _decode_errors() as e:
+                raise AutoservInstallError(f"{path}: corrupt package data ({e})")
         local = os.path.join(get_tmp_dir(), data[0])
         with open(path, "rb") as src, open(local, "wb") as out:
             src.seek(data[1])
@@ -3881,9 +3922,10 @@ class DEBKernel(InstallableObject):
                 out.write(block)
                 left -= len(block)
         remote = host.get_tmp_dir()
-        host.send_file(local, f"{remote}/{data[0]}")
-        host.run(f"mkdir {remote}/root && tar -xf {remote}/{data[0]} -C {remote}/root "
-                 f"&& rm -f {remote}/{data[0]}", timeout=600)
+        q = shlex.quote(f"{remote}/data.tar")
+        root = shlex.quote(f"{remote}/root")
+        host.send_file(local, f"{remote}/data.tar")
+        host.run(f"mkdir {root} && tar -xf {q} -C {root} && rm -f {q}", timeout=600)
         return f"{remote}/root"
 
     def verify(self):
@@ -4118,12 +4160,54 @@ class RPMKernel(DEBKernel):
                     raise AutoservInstallError(f"{path}: corrupt RPM ({digest.name} differs "
                                                "from the package's own)")
 
+    def _check_payload(self):
+        """Walks the payload's cpio (newc) headers: a member outside the
+        extraction dir is refused here, before anything is sent.  A payload
+        Python cannot decompress (zstd before 3.14) is left to cpio's own
+        --no-absolute-filenames."""
+        import bz2
+        import gzip
+        info, path = self._scan(), self._package()
+        openers = {"gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "bzip2": bz2.BZ2File}
+        try:
+            import lzma
+            openers.update(xz=lzma.LZMAFile, lzma=lzma.LZMAFile)
+        except ImportError:
+            pass
+        opener = openers.get(info["compressor"] or "gzip")
+        if opener is None:
+            return
+        guard = _PathGuard(path)
+        with open(path, "rb") as raw:
+            raw.seek(info["payload_at"])
+            try:
+                with opener(raw) as f:
+                    while True:
+                        header = f.read(110)
+                        if header[:6] not in (b"070701", b"070702") or len(header) < 110:
+                            if header[:6] == b"07070X":   # names come from the header
+                                return
+                            raise AutoservInstallError(f"{path}: corrupt RPM payload "
+                                                       "(bad cpio header)")
+                        mode, size, namesize = (int(header[6 + 8 * i:14 + 8 * i], 16)
+                                                for i in (1, 6, 11))
+                        name = f.read(namesize)[:namesize - 1].decode("utf-8", "replace")
+                        f.read(-(110 + namesize) % 4)
+                        if name == "TRAILER!!!":
+                            return
+                        guard.check(name, mode & 0o170000 == 0o120000)
+                        f.seek(size + -size % 4, 1)
+            except _decode_errors() as e:
+                raise AutoservInstallError(f"{path}: corrupt RPM payload ({e})")
+
     def extract(self, host):
         """Unpacks the package's files into a temp dir on host (rpm2cpio and
-        cpio there); returns it."""
+        cpio there); returns it.  Members outside that dir are refused."""
+        self._check_payload()
         remote = self._send_checked(host, ".rpm")
-        host.run(f"mkdir {remote}.root && cd {remote}.root && rpm2cpio {remote} | "
-                 f"cpio -idm --quiet && rm -f {remote}", timeout=600)
+        q, root = shlex.quote(remote), shlex.quote(f"{remote}.root")
+        host.run(f"mkdir {root} && cd {root} && rpm2cpio {q} | "
+                 f"cpio -idm --quiet --no-absolute-filenames && rm -f {q}", timeout=600)
         return f"{remote}.root"
 
     def install(self, host, **bootloader_args):

@@ -3138,6 +3138,153 @@ class TestHostileInputs(unittest.TestCase):
         self.assertNotIn("Traceback", out.stderr)
 
 
+    # Crafted packages: written byte by byte here, so that what they hold is
+    # exactly what the test says (no dpkg-deb or rpmbuild cleaning it up).
+    @staticmethod
+    def _tar(members):
+        """An uncompressed tar: members are (name, data) or (name, None, target)
+        for a symlink."""
+        import tarfile
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data, *link in members:
+                info = tarfile.TarInfo(name)
+                if link:
+                    info.type, info.linkname = tarfile.SYMTYPE, link[0]
+                    tar.addfile(info)
+                else:
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def _deb(self, name, data_member="data.tar", data=None):
+        """A .deb written as an ar archive by hand: a kernel package's shape
+        with a chosen data member name and data tar."""
+        control = self._tar([("./control", b"Package: hostile\nVersion: 1\n")])
+        data = data or self._tar([("./boot/vmlinuz-1.0-hostile", b"\x7fELF")])
+        out = io.BytesIO()
+        out.write(b"!<arch>\n")
+        for member, blob in (("debian-binary", b"2.0\n"), ("control.tar", control),
+                             (data_member, data)):
+            out.write(member.encode().ljust(16) + b"0".ljust(12) + b"0".ljust(6)
+                      + b"0".ljust(6) + b"100644".ljust(8) + str(len(blob)).encode().ljust(10)
+                      + b"`\n" + blob + b"\n" * (len(blob) & 1))
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(out.getvalue())
+        return path
+
+    @staticmethod
+    def _rpm_header_blob(region, entries):
+        """An RPM header structure: its region tag (62 signature, 63 main)
+        first, as rpm requires, then entries (tag, type, value)."""
+        import struct
+        index, store = b"", b""
+        for tag, kind, value in entries:
+            if kind == 6:
+                blob, count = value.encode() + b"\0", 1
+            else:                                   # 8: string array
+                blob, count = b"".join(v.encode() + b"\0" for v in value), len(value)
+            index += struct.pack(">IIII", tag, kind, len(store), count)
+            store += blob
+        count = len(entries) + 1
+        index = struct.pack(">IIII", region, 7, len(store), 16) + index
+        store += struct.pack(">IIiI", region, 7, -16 * count, 16)
+        return (b"\x8e\xad\xe8\x01\0\0\0\0" + struct.pack(">II", count, len(store))
+                + index + store)
+
+    def _rpm(self, name, members):
+        """An .rpm (lead, empty signature, header, gzip'd newc payload) whose
+        payload holds members: (name, data) or (name, None, target) symlinks."""
+        import gzip
+        payload = b""
+        for n, (member, data, *link) in enumerate(members + [("TRAILER!!!", b"")]):
+            data = link[0].encode() if link else data
+            mode = 0o120777 if link else 0o100644
+            fields = (n + 1, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0,
+                      len(member.encode()) + 1, 0)
+            payload += b"070701" + b"".join(b"%08X" % v for v in fields)
+            payload += member.encode() + b"\0"
+            payload += b"\0" * (-len(payload) % 4) + data
+            payload += b"\0" * (-len(payload) % 4)
+        lead = (b"\xed\xab\xee\xdb\x03\x00" + b"\0" * 72 + b"\x00\x05"  # header-style signature
+                + b"\0" * 16)
+        header = self._rpm_header_blob(63, [
+            (1000, 6, "hostile"), (1001, 6, "1.0"), (1002, 6, "1"), (1022, 6, "x86_64"),
+            (1027, 8, ["/boot/vmlinuz-1.0-hostile"]), (1124, 6, "cpio"),
+            (1125, 6, "gzip")])
+        sig = self._rpm_header_blob(62, [])
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(lead + sig + b"\0" * (-len(sig) % 8) + header + gzip.compress(payload))
+        return path
+
+    def _extract(self, cls, package):
+        """cls().get(package).extract(a LocalHost that prints every command
+        it runs) in a child whose working directory is a fresh dir: (stdout,
+        that dir)."""
+        cwd = tempfile.mkdtemp(dir=self.tmp, prefix="cwd-")
+        code = textwrap.dedent("""\
+            import sys
+            sys.path.insert(0, sys.argv[1])
+            import autoserv
+
+            class Shown(autoserv.LocalHost):
+                def run(self, command, *args, **kwargs):
+                    print("RAN", command, flush=True)
+                    return super().run(command, *args, **kwargs)
+            k = getattr(autoserv, sys.argv[2])()
+            k.get(sys.argv[3])
+            try:
+                print("EXTRACTED", k.extract(Shown()))
+            except autoserv.AutoservError as e:
+                print("ERROR", e)
+            """)
+        out = subprocess.run([sys.executable, "-c", code, HERE, cls, package], cwd=cwd,
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout, cwd
+
+    def test_a_deb_member_name_never_reaches_a_shell(self):
+        deb = self._deb("name.deb", data_member="data.tar;>q;.tar")
+        out, cwd = self._extract("DEBKernel", deb)
+        self.assertEqual(os.listdir(cwd), [], out)
+        self.assertNotIn("RAN", out)
+        self.assertIn(f"ERROR {deb}: refused: member name 'data.tar;>q;.tar' is not a "
+                      "plain file name", out)
+
+    def test_package_members_outside_the_extraction_dir_are_refused(self):
+        outside = os.path.join(self.tmp, "outside")
+        os.makedirs(outside)
+        up = "../" * 30 + outside.lstrip("/")
+        kernel = ("./boot/vmlinuz-1.0-hostile", b"\x7fELF")
+        cases = (("absolute", [(outside + "/abs", b"x")], outside + "/abs"),
+                 ("dot-dot", [(up + "/dotdot", b"x")], up + "/dotdot"),
+                 ("through a symlink", [("./lnk", None, outside), ("./lnk/via-link", b"x")],
+                  "./lnk/via-link"))
+        for what, members, name in cases:
+            for kind in ("RPMKernel", "DEBKernel"):
+                with self.subTest(what, kind=kind):
+                    shutil.rmtree(outside)
+                    os.makedirs(outside)
+                    if kind == "RPMKernel":
+                        package = self._rpm(f"{what}.rpm", [kernel] + members)
+                    else:
+                        package = self._deb(f"{what}.deb", data=self._tar([kernel] + members))
+                    out, _ = self._extract(kind, package)
+                    self.assertEqual(os.listdir(outside), [], out)
+                    self.assertNotIn("RAN", out)
+                    self.assertIn(f"ERROR {package}: refused: the package writes {name!r}",
+                                  out)
+        # The same packages without the hostile members unpack.
+        for kind, package in (("RPMKernel", self._rpm("good.rpm", [kernel])),
+                              ("DEBKernel", self._deb("good.deb",
+                                                      data=self._tar([kernel])))):
+            with self.subTest("well-formed", kind=kind):
+                out, _ = self._extract(kind, package)
+                self.assertIn("EXTRACTED", out)
+
+
 class _Served:
     """http.server and Debian's pyftpdlib FTP server on loopback, serving one dir."""
 
