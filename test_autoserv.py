@@ -2964,6 +2964,103 @@ class TestBoottool(unittest.TestCase):
                       open(os.path.join(self.root, "boot", "grub", "grubenv")).read())
 
 
+    def fresh(self, kind):
+        """A new root holding one kind of boot config (grub2: grub-mkconfig's,
+        bls: Fedora's entries, grub: a Debian menu.lst); returns the files
+        that are the menu."""
+        self.root = tempfile.mkdtemp(prefix="as-bt-")
+        self.addCleanup(shutil.rmtree, self.root)
+        os.makedirs(os.path.join(self.root, "boot"))
+        open(os.path.join(self.root, "boot", "vmlinuz-9.9-test"), "w").close()
+        if kind == "grub2":
+            grub_mkconfig_fixture(self.root, ("6.1.0-56-cloud-amd64",))
+        elif kind == "bls":
+            bls_fixture(self.root)
+        else:
+            menu = os.path.join(self.root, "boot", "grub", "menu.lst")
+            os.makedirs(os.path.dirname(menu))
+            with open(menu, "w") as f:
+                f.write(_MENU_LST)
+
+    def test_control_characters_in_titles_and_args_are_refused(self):
+        for kind in ("grub2", "bls", "grub"):
+            self.fresh(kind)
+            before = self.snapshot()
+            for args in (["--add-kernel=/boot/vmlinuz-9.9-test", "--title=t",
+                          "--args=quiet\ntitle evil"],
+                         ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=two\nlines"],
+                         ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=t", "--args=a\rb"],
+                         ["--update-kernel=0", "--args=x\n}"],
+                         ["--set-default=x\x1b[2J"]):
+                with self.subTest(kind=kind, args=args):
+                    out = self.bt(*args, ok=False)
+                    self.assertEqual(out.returncode, 1, out.stderr)
+                    self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+                    self.assertIn("control character", out.stderr)
+                    self.assertEqual(self.snapshot(), before)
+
+    def test_quotes_in_args_and_titles_survive_every_edit(self):
+        windows = 'acpi_osi="!Windows 2012"'
+        title = "it's {odd} \"one\""
+        for kind in ("grub2", "bls", "grub"):
+            with self.subTest(kind=kind):
+                self.fresh(kind)
+                if kind == "grub2":      # an existing entry quoted GRUB's way
+                    cfg = os.path.join(self.root, "boot", "grub", "grub.cfg")
+                    text = open(cfg).read()
+                    with open(cfg, "w") as f:
+                        f.write(text.replace("console=ttyS0", "console=ttyS0 "
+                                             "acpi_osi='!Windows 2012'"))
+                    self.bt("--update-kernel=0", "--args=debug")
+                    first = self.info()[0]
+                    self.assertIn(windows, first["args"])
+                    self.assertIn("debug", first["args"])
+                    self.assertIn("acpi_osi='!Windows 2012'", open(cfg).read())
+                self.bt("--add-kernel=/boot/vmlinuz-9.9-test", f"--title={title}",
+                        f"--args=quiet {windows}")
+                self.bt(f"--update-kernel={title}", "--args=debug", "--remove-args=quiet")
+                self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=after", "--args=x")
+                entries = self.info()
+                new = next(e for e in entries if e["title"] == title)
+                self.assertEqual(new["args"], f"{windows} debug")
+                self.bt(f"--set-default={title}")
+                self.assertEqual(int(self.bt("--default").stdout), new["index"])
+                self.bt(f"--remove-kernel={title}")
+                self.assertEqual([e["title"] for e in self.info()],
+                                 [e["title"] for e in entries if e["title"] != title])
+
+    def test_each_command_changes_all_its_files_or_none(self):
+        # The second file a command writes cannot be put in (its backup's
+        # name is taken by a directory): the first stays as it was too.
+        cases = (("grub", ["--set-default=1"], "menu.lst",
+                  ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=once", "--boot-once"]),
+                 ("grub2", [], "grubenv",
+                  ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new", "--make-default"]),
+                 ("grub2", ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new", "--args=a"],
+                  "grubenv", ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new",
+                              "--args=b", "--force", "--make-default"]))
+        for kind, setup, blocked, args in cases:
+            with self.subTest(kind=kind, args=args):
+                self.fresh(kind)
+                if setup:
+                    self.bt(*setup)
+                grub = os.path.join(self.root, "boot", "grub")
+                bak = os.path.join(grub, blocked + ".boottool.bak")
+                if os.path.exists(bak):
+                    os.unlink(bak)
+                os.makedirs(os.path.join(bak, "in-the-way"))
+                before = self.snapshot()
+                out = self.bt(*args, ok=False)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn("nothing changed", out.stderr)
+                self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+                self.assertEqual(self.snapshot(), before)
+                self.assertEqual([f for f in os.listdir(grub) if ".boottool-" in f], [])
+                shutil.rmtree(bak)
+                self.bt(*args)
+                self.assertNotEqual(self.snapshot(), before)
+
+
 def serve_on_loopback(test, handler, tmp, tls=False):
     """An http.server on 127.0.0.1 (with tls, HTTPS with a fresh self-signed
     certificate for 127.0.0.1) stopped at the test's cleanup: (base URL, cert)."""
