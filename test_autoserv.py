@@ -3032,8 +3032,9 @@ class TestBoottool(unittest.TestCase):
     def test_each_command_changes_all_its_files_or_none(self):
         # The second file a command writes cannot be put in (its backup's
         # name is taken by a directory): the first stays as it was too.
-        cases = (("grub", ["--set-default=1"], "menu.lst",
-                  ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=once", "--boot-once"]),
+        cases = (("grub", [], "menu.lst",       # GRUB legacy's boot once: default, menu.lst
+                  ["--boot-once", "--title=Debian GNU/Linux, kernel 2.6.18-6-amd64 "
+                   "(single-user mode)"]),
                  ("grub2", [], "grubenv",
                   ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new", "--make-default"]),
                  ("grub2", ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new", "--args=a"],
