@@ -5133,6 +5133,12 @@ def qmp(host, socket_path, *commands, timeout=30):
     return [r.get("return") for r in replies]
 
 
+def _qemu_value(text):
+    """text as the value of a qemu -option key=value list: commas doubled, as
+    qemu reads a literal comma there."""
+    return str(text).replace(",", ",,")
+
+
 class KVM(InstallableObject):
     """A QEMU/KVM hypervisor bound to one host.  get(source) is optional (a
     QEMU source tarball or tree); install(addresses) picks the binary, the
@@ -5154,13 +5160,7 @@ class KVM(InstallableObject):
     def install(self, addresses, build=True, insert_modules=True):
         """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
         (user-mode networking, the guest's ssh forwarded to ip:port)."""
-        checked = []
-        for a in addresses:
-            if not isinstance(a, dict) or "mac" not in a or "ip" not in a:
-                raise AutoservUsageError(f"KVM address {a!r}: needs 'mac' and 'ip' keys")
-            if not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", a["mac"]):
-                raise AutoservUsageError(f"KVM address {a!r}: bad mac")
-            checked.append(dict(a))
+        checked = [self._checked_address(a) for a in addresses]
         if not checked:
             raise AutoservUsageError("KVM.install(): no addresses")
         self.addresses = checked
@@ -5192,6 +5192,36 @@ class KVM(InstallableObject):
         self.installed = True
         LOG.write(f"KVM on {h.hostname}: {self.binary} {' '.join(self.accel)}, "
                   f"{len(self.addresses)} address(es)")
+
+    @staticmethod
+    def _checked_address(a):
+        """A copy of one address entry, every field checked before it can
+        reach a shell or a qemu option: mac, ip (ipaddress), port
+        (1-65535), tap and bridge (interface names: [A-Za-z0-9_.-], 1-15)."""
+        import ipaddress
+        if not isinstance(a, dict) or "mac" not in a or "ip" not in a:
+            raise AutoservUsageError(f"KVM address {a!r}: needs 'mac' and 'ip' keys")
+        if not isinstance(a["mac"], str) or \
+                not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", a["mac"]):
+            raise AutoservUsageError(f"KVM address {a!r}: bad mac")
+        try:
+            ip = ipaddress.ip_address(a["ip"])
+        except ValueError:
+            raise AutoservUsageError(f"KVM address {a!r}: ip {a['ip']!r} is not an IPv4 or "
+                                     "IPv6 address")
+        checked = dict(a, ip=str(ip))
+        if "port" in a:
+            port = a["port"]
+            if isinstance(port, bool) or not isinstance(port, (int, str)) or \
+                    not str(port).isdigit() or not 0 < int(port) < 65536:
+                raise AutoservUsageError(f"KVM address {a!r}: port {port!r} is not 1-65535")
+            checked["port"] = int(port)
+        for key in ("tap", "bridge"):
+            if a.get(key) is not None and (not isinstance(a[key], str) or
+                                           not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", a[key])):
+                raise AutoservUsageError(f"KVM address {a!r}: {key} {a[key]!r} is not an "
+                                         "interface name (letters, digits, _ . -; at most 15)")
+        return checked
 
     def _build(self, build):
         h = self.host
@@ -5306,22 +5336,26 @@ class KVMGuest(Guest):
     def _start_qemu(self):
         kvm, h, a = self.kvm, self.kvm.host, self.address
         self.run_dir = rd = h.get_tmp_dir()
+        v = _qemu_value
         if "port" in a:
-            net = (f"user,id=n0,hostfwd=tcp:{a['ip']}:{int(a['port'])}-:22")
+            ip = f"[{a['ip']}]" if ":" in a["ip"] else a["ip"]
+            forward = f"tcp:{ip}:{int(a['port'])}-:22"
+            net = f"user,id=n0,hostfwd={v(forward)}"
         else:
             tap = a.get("tap") or f"ast{os.getpid() % 100000}x{self.index}"
             bridge = a.get("bridge") or "br0"
-            h.run(f"ip tuntap add dev {tap} mode tap && ip link set {tap} master "
-                  f"{shlex.quote(bridge)} && ip link set {tap} up", timeout=60)
+            q = shlex.quote(tap)
+            h.run(f"ip tuntap add dev {q} mode tap && ip link set {q} master "
+                  f"{shlex.quote(bridge)} && ip link set {q} up", timeout=60)
             self._tap = tap
-            net = f"tap,id=n0,ifname={tap},script=no,downscript=no"
+            net = f"tap,id=n0,ifname={v(tap)},script=no,downscript=no"
         fixed = [kvm.binary, *kvm.accel, "-nodefaults", "-no-user-config", "-display", "none",
-                 "-netdev", net, "-device", f"virtio-net-pci,netdev=n0,mac={a['mac']}",
+                 "-netdev", net, "-device", f"virtio-net-pci,netdev=n0,mac={v(a['mac'])}",
                  "-device", "virtio-rng-pci",
-                 "-chardev", f"socket,id=ser0,path={rd}/serial.sock,server=on,wait=off,"
-                             f"logfile={rd}/serial.log,logappend=on",
+                 "-chardev", f"socket,id=ser0,path={v(rd + '/serial.sock')},server=on,"
+                             f"wait=off,logfile={v(rd + '/serial.log')},logappend=on",
                  "-serial", "chardev:ser0",
-                 "-qmp", f"unix:{rd}/qmp.sock,server=on,wait=off",
+                 "-qmp", f"unix:{v(rd + '/qmp.sock')},server=on,wait=off",
                  "-pidfile", f"{rd}/qemu.pid", "-daemonize"]
         # qemu_options is a shell string (the seed builds it with sh_escape
         # inside double quotes): the hypervisor's shell splits it.
@@ -5403,7 +5437,7 @@ class KVMGuest(Guest):
             if self.qemu_alive():
                 h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
         if getattr(self, "_tap", None):
-            h.run(f"ip link del {self._tap}", ignore_status=True, timeout=30)
+            h.run(f"ip link del {shlex.quote(self._tap)}", ignore_status=True, timeout=30)
         h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
         h._tmp_dirs = [(p, d) for p, d in h._tmp_dirs if d != self.run_dir]
         self.qemu_pid = None
@@ -5762,7 +5796,7 @@ def create_host(spec, **kwargs):
 # Control files ################################################################
 
 _SPAN = re.compile(r"#|(?<![\w])[rRbBuUfF]{0,2}('''|\"\"\"|'|\")")
-_OCTAL = re.compile(r"(?<![\w.])0+([0-7]+)(?![\w.])")
+_OCTAL = re.compile(r"(?<![\w.])(?<![eE][+-])0+([0-7]+)(?![\w.])")
 _LONG = re.compile(r"(?<![\w.])(0[xX][0-9a-fA-F]+|\d+)[lL](?!\w)")
 
 
@@ -6237,7 +6271,11 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     import traceback
     job = ServerJob(resultdir, control=control_path, machines=machines, args=args,
                     user=opts.user, label=opts.label, options=opts)
-    with open(os.path.join(resultdir, "control.srv"), "w", encoding="utf-8") as f:
+    # The control file may hold secrets: only its owner reads the copy.
+    fd = os.open(os.path.join(resultdir, "control.srv"),
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(source)
     LOG.write(f"autoserv {__version__} (python {sys.version.split()[0]}): "
               f"{control_path} machines={machines} args={args}")

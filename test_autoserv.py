@@ -3383,6 +3383,90 @@ class TestHostileInputs(unittest.TestCase):
                 self.assertIn("EXTRACTED", out)
 
 
+    def test_kvm_addresses_are_checked_before_any_command_runs(self):
+        kvm = autoserv.KVM(autoserv.LocalHost())
+        good = {"mac": "52:54:00:12:34:56", "ip": "192.168.122.10"}
+        bad = (({"tap": "t0;reboot"}, "tap 't0;reboot' is not an interface name"),
+               ({"tap": "a" * 16}, "is not an interface name"),
+               ({"tap": "t0,script=/x"}, "is not an interface name"),
+               ({"bridge": "br0 eth0"}, "bridge 'br0 eth0' is not an interface name"),
+               ({"ip": "10.0.0.1; id"}, "is not an IPv4 or IPv6 address"),
+               ({"ip": "10.0.0.300"}, "is not an IPv4 or IPv6 address"),
+               ({"port": "22,hostfwd=tcp::1-:22"}, "is not 1-65535"),
+               ({"port": 70000}, "is not 1-65535"),
+               ({"mac": "52:54:00:12:34:56,x"}, "bad mac"))
+        for change, text in bad:
+            with self.subTest(change=change), \
+                    self.assertRaises(autoserv.AutoservUsageError) as cm:
+                kvm.install([good, dict(good, **change)])
+            self.assertIn(text, str(cm.exception))
+        self.assertFalse(kvm.installed)
+        self.assertEqual(kvm.binary, None)
+        self.assertEqual(autoserv.KVM._checked_address(dict(good, ip="::1", port="2222",
+                                                            tap="ast1.x-2_y")),
+                         dict(good, ip="::1", port=2222, tap="ast1.x-2_y"))
+        self.assertEqual(autoserv._qemu_value("/run/a,b/serial.sock"), "/run/a,,b/serial.sock")
+
+    def test_legacy_octal_fixer_leaves_float_exponents_alone(self):
+        self.assertEqual(autoserv.translate_legacy("x = 1e-07\ny = 0755\nz = 2E+05\n"),
+                         "x = 1e-07\ny = 0o755\nz = 2E+05\n")
+
+    def test_get_of_a_file_url_is_that_files_content(self):
+        path = os.path.join(self.tmp, "kernel config")
+        with open(path, "w") as f:
+            f.write("CONFIG_X=y\n")
+        obj = autoserv.InstallableObject()
+        import urllib.request
+        got = obj.get("file://" + urllib.request.pathname2url(path))
+        with open(got) as f:
+            self.assertEqual(f.read(), "CONFIG_X=y\n")
+        with self.assertRaises(autoserv.AutoservInstallError) as cm:
+            obj.get("file://" + self.tmp + "/missing")
+        self.assertIn("no such file", str(cm.exception))
+
+    def test_credentials_in_a_url_are_used_but_never_shown(self):
+        seen, elsewhere_seen = [], []
+        routes = {"/k.deb": (200, {}, {"kernel": 1})}
+        base, _ = serve_on_loopback(self, self._recorder(seen, routes), self.tmp)
+        other, _ = serve_on_loopback(self, self._recorder(elsewhere_seen, routes), self.tmp)
+        routes["/moved.deb"] = (302, {"Location": other + "/k.deb"}, {})
+        log = os.path.join(self.tmp, "debug.log")
+        autoserv.LOG.open(log)
+        self.addCleanup(autoserv.LOG.close)
+        secret = "pw-7781"
+        with_creds = base.replace("http://", f"http://alice:{secret}@")
+        obj = autoserv.InstallableObject()
+        with open(obj.get(with_creds + "/k.deb")) as f:
+            self.assertEqual(json.load(f), {"kernel": 1})
+        import base64
+        self.assertEqual(seen[-1][1], "Basic " + base64.b64encode(
+            f"alice:{secret}".encode()).decode())
+        for path, text in (("/missing.deb", "HTTP 404"), ("/moved.deb", "another origin")):
+            with self.subTest(path), self.assertRaises(autoserv.AutoservInstallError) as cm:
+                obj.get(with_creds + path)
+            self.assertIn(text, str(cm.exception))
+            self.assertIn("alice:***@", str(cm.exception))
+            self.assertNotIn(secret, str(cm.exception))
+        self.assertEqual(elsewhere_seen, [])
+        with open(log) as f:
+            logged = f.read()
+        self.assertIn("alice:***@127.0.0.1", logged)
+        self.assertNotIn(secret, logged)
+
+    def test_control_srv_is_readable_by_its_owner_only(self):
+        ctl = os.path.join(self.tmp, "ctl")
+        with open(ctl, "w") as f:
+            f.write("password = 'hunter2'\nprint('ran')\n")
+        results = os.path.join(self.tmp, "results")
+        out = run_cli("-r", results, ctl, cwd=self.tmp, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("ran", out.stdout)
+        srv = os.path.join(results, "control.srv")
+        self.assertEqual(os.stat(srv).st_mode & 0o777, 0o600)
+        with open(srv) as f:
+            self.assertIn("hunter2", f.read())
+
+
 class _Served:
     """http.server and Debian's pyftpdlib FTP server on loopback, serving one dir."""
 
