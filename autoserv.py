@@ -1324,23 +1324,60 @@ def register_console(name, cls):
     _REGISTRY["console"][name] = cls
 
 
+def _unsafe_site_file(path, st, explicit):
+    """Why the site file at path (fstat st) may not run, or None.  Like git's
+    safe.directory: the file must belong to the running user or root and be
+    writable by nobody else; found by search (not named by AUTOSERV_SITE),
+    its directory must too, unless it is sticky (like /tmp)."""
+    import stat
+    me = os.geteuid()
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid not in (me, 0):
+        return f"owned by uid {st.st_uid}, not by you (uid {me}) or root"
+    if st.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if explicit:
+        return None
+    directory = os.path.dirname(os.path.abspath(path))
+    dst = os.stat(directory)
+    if dst.st_uid not in (me, 0):
+        return f"its directory {directory} is owned by uid {dst.st_uid}, not by you or root"
+    if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
+        return (f"its directory {directory} is writable by group or others without the "
+                "sticky bit")
+    return None
+
+
 def load_site(search=None):
     """Imports site_autoserv.py (AUTOSERV_SITE, the working directory, or next
-    to autoserv.py) once and splices its SiteHost mixin into every host class."""
-    import importlib.util
+    to autoserv.py) once and splices its SiteHost mixin into every host class.
+    A site file that someone else could have planted or changed is refused
+    (_unsafe_site_file); the checked bytes are the ones run."""
+    import types
     if "site_autoserv" in sys.modules:
         return sys.modules["site_autoserv"]
-    candidates = [os.environ.get("AUTOSERV_SITE")] if os.environ.get("AUTOSERV_SITE") \
+    explicit = bool(os.environ.get("AUTOSERV_SITE"))
+    candidates = [os.environ.get("AUTOSERV_SITE")] if explicit \
         else (search or [os.path.join(os.getcwd(), "site_autoserv.py"),
                          os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                       "site_autoserv.py")])
     for path in candidates:
         if path and os.path.isfile(path):
-            spec = importlib.util.spec_from_file_location("site_autoserv", path)
-            module = importlib.util.module_from_spec(spec)
+            try:
+                with open(path, "rb") as f:
+                    why = _unsafe_site_file(path, os.fstat(f.fileno()), explicit)
+                    data = f.read() if why is None else b""
+            except OSError as e:
+                raise AutoservUsageError(f"{path}: site file unreadable: {e.strerror}")
+            if why:
+                raise AutoservUsageError(f"{path}: site file refused: {why}; fix its owner "
+                                         "or mode, or remove it")
+            module = types.ModuleType("site_autoserv")
+            module.__file__ = path
             sys.modules["site_autoserv"] = module
             try:
-                spec.loader.exec_module(module)
+                exec(compile(data, path, "exec"), module.__dict__)
             except Exception as e:
                 del sys.modules["site_autoserv"]
                 raise AutoservUsageError(f"{path}: site file failed to load: {e}")
@@ -3644,10 +3681,68 @@ def _looks_like_path(text):
             and text.startswith(("/", "./", "../", "~")))
 
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s]*)@")
+
+
+def _redact_url(text):
+    """text with the password of every URL in it (scheme://user:pass@host)
+    replaced by ***, for logs and error messages."""
+    return _USERINFO.sub(lambda m: m.group(1) + m.group(2).split(":", 1)[0]
+                         + (":***@" if ":" in m.group(2) else "@"), str(text))
+
+
+def _origin(url):
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return scheme, (parts.hostname or "").lower(), \
+        port or {"http": 80, "https": 443, "ftp": 21}.get(scheme)
+
+
+def _urlopen(url, data=None, method=None, headers=(), timeout=60, context=None,
+             same_origin=False):
+    """urlopen that takes credentials out of the URL (user:pass@ becomes an
+    Authorization header) and never carries credentials to another origin
+    (scheme, host, port): a redirect elsewhere while credentials are sent,
+    or any with same_origin, is a URLError naming the redacted target."""
+    import base64
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    parts = urllib.parse.urlsplit(url)
+    headers = dict(headers)
+    if parts.username is not None and parts.scheme.lower() in ("http", "https"):
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{user}:{password}".encode()).decode()
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    guarded = same_origin or "Authorization" in headers
+
+    class Redirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, hdrs, newurl):
+            if guarded and _origin(newurl) != _origin(req.full_url):
+                raise urllib.error.URLError(
+                    f"redirect to another origin refused ({_redact_url(req.full_url)} -> "
+                    f"{_redact_url(newurl)}): credentials go only to the origin given")
+            return super().redirect_request(req, fp, code, msg, hdrs, newurl)
+
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    opener = urllib.request.build_opener(Redirect, urllib.request.HTTPSHandler(
+        context=context))
+    return opener.open(req, timeout=timeout)
+
+
 class InstallableObject:
     """Something fetched once on the server and installable on many hosts.
-    get(location): a local file or directory, an http/https/ftp URL, a file
-    object, or else the string is the content itself."""
+    get(location): a local file or directory (also as a file:// URL), an
+    http/https/ftp URL, a file object, or else the string is the content
+    itself.  Credentials in a URL are never logged nor shown in errors."""
 
     def __init__(self):
         self.source_material = None
@@ -3660,6 +3755,17 @@ class InstallableObject:
             self.source_material = self._keep(data.encode() if isinstance(data, str) else data)
             return self.source_material
         location = os.fspath(location)
+        if re.match(r"(?i)^file://", location):
+            import urllib.parse
+            import urllib.request
+            parts = urllib.parse.urlsplit(location)
+            if parts.netloc not in ("", "localhost"):
+                raise AutoservInstallError(f"{type(self).__name__}.get({location!r}): a "
+                                           "file:// URL names a file on this machine")
+            location = urllib.request.url2pathname(parts.path)
+            if not os.path.exists(location):
+                raise AutoservInstallError(f"{type(self).__name__}.get({location!r}): no "
+                                           "such file or directory")
         if re.match(r"(?i)^(https?|ftp)://", location):
             self.source_material = self._download(location)
         elif os.path.exists(os.path.expanduser(location)):
@@ -3670,7 +3776,8 @@ class InstallableObject:
                                        "not taken as content)")
         else:
             self.source_material = self._keep(location.encode("utf-8", "surrogateescape"))
-        LOG.write(f"{type(self).__name__}: got {location!r} -> {self.source_material}")
+        LOG.write(f"{type(self).__name__}: got {_redact_url(repr(location))} -> "
+                  f"{self.source_material}")
         return self.source_material
 
     @staticmethod
@@ -3681,13 +3788,13 @@ class InstallableObject:
         return path
 
     def _download(self, url):
-        import urllib.request
         import urllib.error
-        name = os.path.basename(url.split("?", 1)[0].rstrip("/")) or "download"
+        shown = _redact_url(url)
+        name = os.path.basename(shown.split("?", 1)[0].rstrip("/")) or "download"
         path = os.path.join(get_tmp_dir(), name)
-        LOG.write(f"fetching {url}")
+        LOG.write(f"fetching {shown}")
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+            with _urlopen(url, timeout=60) as response, open(path, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0)
                 done, last = 0, time.monotonic()
                 while True:
@@ -3698,14 +3805,15 @@ class InstallableObject:
                     done += len(block)
                     if time.monotonic() - last > 2:
                         last = time.monotonic()
-                        LOG.write(f"fetching {url}: {done}" + (f"/{total}" if total else "")
+                        LOG.write(f"fetching {shown}: {done}" + (f"/{total}" if total else "")
                                   + " bytes")
         except urllib.error.HTTPError as e:
             _remove_quietly(path)
-            raise AutoservInstallError(f"fetching {url} failed: HTTP {e.code} {e.reason}")
+            raise AutoservInstallError(f"fetching {shown} failed: HTTP {e.code} {e.reason}")
         except (urllib.error.URLError, OSError, ValueError) as e:
             _remove_quietly(path)
-            raise AutoservInstallError(f"fetching {url} failed: {getattr(e, 'reason', e)}")
+            raise AutoservInstallError(f"fetching {shown} failed: "
+                                       f"{_redact_url(getattr(e, 'reason', e))}")
         return path
 
     def install(self, host, **kwargs):
@@ -3725,10 +3833,39 @@ def _ar_members(path):
             if len(header) < 60 or header[58:60] != b"`\n":
                 raise AutoservInstallError(f"{path}: truncated or corrupt .deb")
             name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-            size = int(header[48:58])
+            if not re.fullmatch(r"[A-Za-z0-9_.+~-]*", name):
+                raise AutoservInstallError(f"{path}: refused: member name {name!r} is not "
+                                           "a plain file name")
+            try:
+                size = int(header[48:58])
+            except ValueError:
+                raise AutoservInstallError(f"{path}: truncated or corrupt .deb")
             members.append((name, f.tell(), size))
             f.seek(size + (size & 1), 1)
     return members
+
+
+class _PathGuard:
+    """Refuses archive members that would land outside the extraction dir:
+    absolute names, '..' components, or a path through a symlink the
+    archive made earlier."""
+
+    def __init__(self, path):
+        self.path = path
+        self.links = set()
+
+    def check(self, name, is_link=False):
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts:
+            raise AutoservInstallError(f"{self.path}: refused: the package writes "
+                                       f"{name!r}, outside the directory it unpacks into")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self.links:
+                raise AutoservInstallError(f"{self.path}: refused: the package writes "
+                                           f"{name!r} through its own symlink "
+                                           f"{'/'.join(parts[:i])!r}")
+        if is_link:
+            self.links.add("/".join(parts))
 
 
 def _decode_errors():
@@ -3936,6 +4073,18 @@ class DEBKernel(InstallableObject):
         path = self._package()
         self.get_version()
         data = next(m for m in _ar_members(path) if m[0].startswith("data.tar"))
+        opened = _open_tar_member(path, data[0])
+        if opened is not None:        # zstd before Python 3.14: tar's own checks
+            tar, f = opened
+            guard = _PathGuard(path)
+            try:
+                with f, tar:
+                    for member in tar:
+                        guard.check(member.name, member.issym())
+                        if member.islnk():
+                            guard.check(member.linkname)
+            except _decode_errors() as e:
+                raise AutoservInstallError(f"{path}: corrupt package data ({e})")
         local = os.path.join(get_tmp_dir(), data[0])
         with open(path, "rb") as src, open(local, "wb") as out:
             src.seek(data[1])
@@ -3947,9 +4096,10 @@ class DEBKernel(InstallableObject):
                 out.write(block)
                 left -= len(block)
         remote = host.get_tmp_dir()
-        host.send_file(local, f"{remote}/{data[0]}")
-        host.run(f"mkdir {remote}/root && tar -xf {remote}/{data[0]} -C {remote}/root "
-                 f"&& rm -f {remote}/{data[0]}", timeout=600)
+        q = shlex.quote(f"{remote}/data.tar")
+        root = shlex.quote(f"{remote}/root")
+        host.send_file(local, f"{remote}/data.tar")
+        host.run(f"mkdir {root} && tar -xf {q} -C {root} && rm -f {q}", timeout=600)
         return f"{remote}/root"
 
     def verify(self):
@@ -4184,12 +4334,54 @@ class RPMKernel(DEBKernel):
                     raise AutoservInstallError(f"{path}: corrupt RPM ({digest.name} differs "
                                                "from the package's own)")
 
+    def _check_payload(self):
+        """Walks the payload's cpio (newc) headers: a member outside the
+        extraction dir is refused here, before anything is sent.  A payload
+        Python cannot decompress (zstd before 3.14) is left to cpio's own
+        --no-absolute-filenames."""
+        import bz2
+        import gzip
+        info, path = self._scan(), self._package()
+        openers = {"gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "bzip2": bz2.BZ2File}
+        try:
+            import lzma
+            openers.update(xz=lzma.LZMAFile, lzma=lzma.LZMAFile)
+        except ImportError:
+            pass
+        opener = openers.get(info["compressor"] or "gzip")
+        if opener is None:
+            return
+        guard = _PathGuard(path)
+        with open(path, "rb") as raw:
+            raw.seek(info["payload_at"])
+            try:
+                with opener(raw) as f:
+                    while True:
+                        header = f.read(110)
+                        if header[:6] not in (b"070701", b"070702") or len(header) < 110:
+                            if header[:6] == b"07070X":   # names come from the header
+                                return
+                            raise AutoservInstallError(f"{path}: corrupt RPM payload "
+                                                       "(bad cpio header)")
+                        mode, size, namesize = (int(header[6 + 8 * i:14 + 8 * i], 16)
+                                                for i in (1, 6, 11))
+                        name = f.read(namesize)[:namesize - 1].decode("utf-8", "replace")
+                        f.read(-(110 + namesize) % 4)
+                        if name == "TRAILER!!!":
+                            return
+                        guard.check(name, mode & 0o170000 == 0o120000)
+                        f.seek(size + -size % 4, 1)
+            except _decode_errors() as e:
+                raise AutoservInstallError(f"{path}: corrupt RPM payload ({e})")
+
     def extract(self, host):
         """Unpacks the package's files into a temp dir on host (rpm2cpio and
-        cpio there); returns it."""
+        cpio there); returns it.  Members outside that dir are refused."""
+        self._check_payload()
         remote = self._send_checked(host, ".rpm")
-        host.run(f"mkdir {remote}.root && cd {remote}.root && rpm2cpio {remote} | "
-                 f"cpio -idm --quiet && rm -f {remote}", timeout=600)
+        q, root = shlex.quote(remote), shlex.quote(f"{remote}.root")
+        host.run(f"mkdir {root} && cd {root} && rpm2cpio {q} | "
+                 f"cpio -idm --quiet --no-absolute-filenames && rm -f {q}", timeout=600)
         return f"{remote}.root"
 
     def install(self, host, **bootloader_args):
@@ -5175,6 +5367,12 @@ def qmp(host, socket_path, *commands, timeout=30):
     return [r.get("return") for r in replies]
 
 
+def _qemu_value(text):
+    """text as the value of a qemu -option key=value list: commas doubled, as
+    qemu reads a literal comma there."""
+    return str(text).replace(",", ",,")
+
+
 class KVM(InstallableObject):
     """A QEMU/KVM hypervisor bound to one host.  get(source) is optional (a
     QEMU source tarball or tree); install(addresses) picks the binary, the
@@ -5196,13 +5394,7 @@ class KVM(InstallableObject):
     def install(self, addresses, build=True, insert_modules=True):
         """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
         (user-mode networking, the guest's ssh forwarded to ip:port)."""
-        checked = []
-        for a in addresses:
-            if not isinstance(a, dict) or "mac" not in a or "ip" not in a:
-                raise AutoservUsageError(f"KVM address {a!r}: needs 'mac' and 'ip' keys")
-            if not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", a["mac"]):
-                raise AutoservUsageError(f"KVM address {a!r}: bad mac")
-            checked.append(dict(a))
+        checked = [self._checked_address(a) for a in addresses]
         if not checked:
             raise AutoservUsageError("KVM.install(): no addresses")
         self.addresses = checked
@@ -5234,6 +5426,36 @@ class KVM(InstallableObject):
         self.installed = True
         LOG.write(f"KVM on {h.hostname}: {self.binary} {' '.join(self.accel)}, "
                   f"{len(self.addresses)} address(es)")
+
+    @staticmethod
+    def _checked_address(a):
+        """A copy of one address entry, every field checked before it can
+        reach a shell or a qemu option: mac, ip (ipaddress), port
+        (1-65535), tap and bridge (interface names: [A-Za-z0-9_.-], 1-15)."""
+        import ipaddress
+        if not isinstance(a, dict) or "mac" not in a or "ip" not in a:
+            raise AutoservUsageError(f"KVM address {a!r}: needs 'mac' and 'ip' keys")
+        if not isinstance(a["mac"], str) or \
+                not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", a["mac"]):
+            raise AutoservUsageError(f"KVM address {a!r}: bad mac")
+        try:
+            ip = ipaddress.ip_address(a["ip"])
+        except ValueError:
+            raise AutoservUsageError(f"KVM address {a!r}: ip {a['ip']!r} is not an IPv4 or "
+                                     "IPv6 address")
+        checked = dict(a, ip=str(ip))
+        if "port" in a:
+            port = a["port"]
+            if isinstance(port, bool) or not isinstance(port, (int, str)) or \
+                    not str(port).isdigit() or not 0 < int(port) < 65536:
+                raise AutoservUsageError(f"KVM address {a!r}: port {port!r} is not 1-65535")
+            checked["port"] = int(port)
+        for key in ("tap", "bridge"):
+            if a.get(key) is not None and (not isinstance(a[key], str) or
+                                           not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", a[key])):
+                raise AutoservUsageError(f"KVM address {a!r}: {key} {a[key]!r} is not an "
+                                         "interface name (letters, digits, _ . -; at most 15)")
+        return checked
 
     def _build(self, build):
         h = self.host
@@ -5348,22 +5570,26 @@ class KVMGuest(Guest):
     def _start_qemu(self):
         kvm, h, a = self.kvm, self.kvm.host, self.address
         self.run_dir = rd = h.get_tmp_dir()
+        v = _qemu_value
         if "port" in a:
-            net = (f"user,id=n0,hostfwd=tcp:{a['ip']}:{int(a['port'])}-:22")
+            ip = f"[{a['ip']}]" if ":" in a["ip"] else a["ip"]
+            forward = f"tcp:{ip}:{int(a['port'])}-:22"
+            net = f"user,id=n0,hostfwd={v(forward)}"
         else:
             tap = a.get("tap") or f"ast{os.getpid() % 100000}x{self.index}"
             bridge = a.get("bridge") or "br0"
-            h.run(f"ip tuntap add dev {tap} mode tap && ip link set {tap} master "
-                  f"{shlex.quote(bridge)} && ip link set {tap} up", timeout=60)
+            q = shlex.quote(tap)
+            h.run(f"ip tuntap add dev {q} mode tap && ip link set {q} master "
+                  f"{shlex.quote(bridge)} && ip link set {q} up", timeout=60)
             self._tap = tap
-            net = f"tap,id=n0,ifname={tap},script=no,downscript=no"
+            net = f"tap,id=n0,ifname={v(tap)},script=no,downscript=no"
         fixed = [kvm.binary, *kvm.accel, "-nodefaults", "-no-user-config", "-display", "none",
-                 "-netdev", net, "-device", f"virtio-net-pci,netdev=n0,mac={a['mac']}",
+                 "-netdev", net, "-device", f"virtio-net-pci,netdev=n0,mac={v(a['mac'])}",
                  "-device", "virtio-rng-pci",
-                 "-chardev", f"socket,id=ser0,path={rd}/serial.sock,server=on,wait=off,"
-                             f"logfile={rd}/serial.log,logappend=on",
+                 "-chardev", f"socket,id=ser0,path={v(rd + '/serial.sock')},server=on,"
+                             f"wait=off,logfile={v(rd + '/serial.log')},logappend=on",
                  "-serial", "chardev:ser0",
-                 "-qmp", f"unix:{rd}/qmp.sock,server=on,wait=off",
+                 "-qmp", f"unix:{v(rd + '/qmp.sock')},server=on,wait=off",
                  "-pidfile", f"{rd}/qemu.pid", "-daemonize"]
         # qemu_options is a shell string (the seed builds it with sh_escape
         # inside double quotes): the hypervisor's shell splits it.
@@ -5445,7 +5671,7 @@ class KVMGuest(Guest):
             if self.qemu_alive():
                 h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
         if getattr(self, "_tap", None):
-            h.run(f"ip link del {self._tap}", ignore_status=True, timeout=30)
+            h.run(f"ip link del {shlex.quote(self._tap)}", ignore_status=True, timeout=30)
         h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
         h._tmp_dirs = [(p, d) for p, d in h._tmp_dirs if d != self.run_dir]
         self.qemu_pid = None
@@ -5710,38 +5936,45 @@ class RedfishPower:
         self.verify, self.ca_file, self.timeout = verify, ca_file, timeout
 
     def __repr__(self):
-        return f"<RedfishPower {self.url}>"
+        return f"<RedfishPower {_redact_url(self.url)}>"
 
     def _request(self, path, body=None):
+        """One call to the BMC.  Credentials go to the BMC's own origin only:
+        an absolute path (an @odata.id) or a redirect to any other scheme,
+        host or port is an error naming that URL."""
         import base64
         import ssl
         import urllib.error
-        import urllib.request
-        url = path if path.startswith("http") else self.url + path
+        url = path if re.match(r"(?i)^[a-z][a-z0-9+.-]*:", path) else self.url + path
+        shown = _redact_url(url)
+        method = "POST" if body is not None else "GET"
+        if _origin(url) != _origin(self.url):
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} refused",
+                                    "not the BMC's origin (scheme, host and port): "
+                                    "credentials go nowhere else")
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json",
-                                              "Accept": "application/json"})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.user is not None:
             token = base64.b64encode(f"{self.user}:{self._password or ''}".encode()).decode()
-            req.add_header("Authorization", "Basic " + token)
+            headers["Authorization"] = "Basic " + token
         context = None
-        if url.startswith("https:"):
+        if url.lower().startswith("https:"):
             context = ssl.create_default_context(cafile=self.ca_file)
             if not self.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-        LOG.write(f"redfish {req.get_method()} {url}")
+        LOG.write(f"redfish {method} {shown}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
+            with _urlopen(url, data=data, method=method, headers=headers,
+                          timeout=self.timeout, context=context, same_origin=True) as resp:
                 text = resp.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as e:
             reason = "authentication failed" if e.code in (401, 403) else e.reason
-            raise AutoservHostError(self.url, f"Redfish {req.get_method()} {path} failed",
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} failed",
                                     f"HTTP {e.code}: {reason}")
-        except (urllib.error.URLError, OSError) as e:
-            raise AutoservHostError(self.url, f"Redfish {path} unreachable",
-                                    str(getattr(e, "reason", e)))
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {shown} unreachable",
+                                    _redact_url(getattr(e, "reason", e)))
         return json.loads(text) if text.strip() else {}
 
     def _system(self):
@@ -5797,7 +6030,7 @@ def create_host(spec, **kwargs):
 # Control files ################################################################
 
 _SPAN = re.compile(r"#|(?<![\w])[rRbBuUfF]{0,2}('''|\"\"\"|'|\")")
-_OCTAL = re.compile(r"(?<![\w.])0+([0-7]+)(?![\w.])")
+_OCTAL = re.compile(r"(?<![\w.])(?<![eE][+-])0+([0-7]+)(?![\w.])")
 _LONG = re.compile(r"(?<![\w.])(0[xX][0-9a-fA-F]+|\d+)[lL](?!\w)")
 
 
@@ -6272,7 +6505,11 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     import traceback
     job = ServerJob(resultdir, control=control_path, machines=machines, args=args,
                     user=opts.user, label=opts.label, options=opts)
-    with open(os.path.join(resultdir, "control.srv"), "w", encoding="utf-8") as f:
+    # The control file may hold secrets: only its owner reads the copy.
+    fd = os.open(os.path.join(resultdir, "control.srv"),
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(source)
     LOG.write(f"autoserv {__version__} (python {sys.version.split()[0]}): "
               f"{control_path} machines={machines} args={args}")

@@ -2967,6 +2967,509 @@ class TestBoottool(unittest.TestCase):
                       open(os.path.join(self.root, "boot", "grub", "grubenv")).read())
 
 
+    def fresh(self, kind):
+        """A new root holding one kind of boot config (grub2: grub-mkconfig's,
+        bls: Fedora's entries, grub: a Debian menu.lst); returns the files
+        that are the menu."""
+        self.root = tempfile.mkdtemp(prefix="as-bt-")
+        self.addCleanup(shutil.rmtree, self.root)
+        os.makedirs(os.path.join(self.root, "boot"))
+        open(os.path.join(self.root, "boot", "vmlinuz-9.9-test"), "w").close()
+        if kind == "grub2":
+            grub_mkconfig_fixture(self.root, ("6.1.0-56-cloud-amd64",))
+        elif kind == "bls":
+            bls_fixture(self.root)
+        else:
+            menu = os.path.join(self.root, "boot", "grub", "menu.lst")
+            os.makedirs(os.path.dirname(menu))
+            with open(menu, "w") as f:
+                f.write(_MENU_LST)
+
+    def test_control_characters_in_titles_and_args_are_refused(self):
+        for kind in ("grub2", "bls", "grub"):
+            self.fresh(kind)
+            before = self.snapshot()
+            for args in (["--add-kernel=/boot/vmlinuz-9.9-test", "--title=t",
+                          "--args=quiet\ntitle evil"],
+                         ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=two\nlines"],
+                         ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=t", "--args=a\rb"],
+                         ["--update-kernel=0", "--args=x\n}"],
+                         ["--set-default=x\x1b[2J"]):
+                with self.subTest(kind=kind, args=args):
+                    out = self.bt(*args, ok=False)
+                    self.assertEqual(out.returncode, 1, out.stderr)
+                    self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+                    self.assertIn("control character", out.stderr)
+                    self.assertEqual(self.snapshot(), before)
+
+    def test_quotes_in_args_and_titles_survive_every_edit(self):
+        windows = 'acpi_osi="!Windows 2012"'
+        title = "it's {odd} \"one\""
+        for kind in ("grub2", "bls", "grub"):
+            with self.subTest(kind=kind):
+                self.fresh(kind)
+                if kind == "grub2":      # an existing entry quoted GRUB's way
+                    cfg = os.path.join(self.root, "boot", "grub", "grub.cfg")
+                    text = open(cfg).read()
+                    with open(cfg, "w") as f:
+                        f.write(text.replace("console=ttyS0", "console=ttyS0 "
+                                             "acpi_osi='!Windows 2012'"))
+                    self.bt("--update-kernel=0", "--args=debug")
+                    first = self.info()[0]
+                    self.assertIn(windows, first["args"])
+                    self.assertIn("debug", first["args"])
+                    self.assertIn("acpi_osi='!Windows 2012'", open(cfg).read())
+                self.bt("--add-kernel=/boot/vmlinuz-9.9-test", f"--title={title}",
+                        f"--args=quiet {windows}")
+                self.bt(f"--update-kernel={title}", "--args=debug", "--remove-args=quiet")
+                self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=after", "--args=x")
+                entries = self.info()
+                new = next(e for e in entries if e["title"] == title)
+                self.assertEqual(new["args"], f"{windows} debug")
+                self.bt(f"--set-default={title}")
+                self.assertEqual(int(self.bt("--default").stdout), new["index"])
+                self.bt(f"--remove-kernel={title}")
+                self.assertEqual([e["title"] for e in self.info()],
+                                 [e["title"] for e in entries if e["title"] != title])
+
+    def test_each_command_changes_all_its_files_or_none(self):
+        # The second file a command writes cannot be put in (its backup's
+        # name is taken by a directory): the first stays as it was too.
+        cases = (("grub", [], "menu.lst",       # GRUB legacy's boot once: default, menu.lst
+                  ["--boot-once", "--title=Debian GNU/Linux, kernel 2.6.18-6-amd64 "
+                   "(single-user mode)"]),
+                 ("grub2", [], "grubenv",
+                  ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new", "--make-default"]),
+                 ("grub2", ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new", "--args=a"],
+                  "grubenv", ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new",
+                              "--args=b", "--force", "--make-default"]))
+        for kind, setup, blocked, args in cases:
+            with self.subTest(kind=kind, args=args):
+                self.fresh(kind)
+                if setup:
+                    self.bt(*setup)
+                grub = os.path.join(self.root, "boot", "grub")
+                bak = os.path.join(grub, blocked + ".boottool.bak")
+                if os.path.exists(bak):
+                    os.unlink(bak)
+                os.makedirs(os.path.join(bak, "in-the-way"))
+                before = self.snapshot()
+                out = self.bt(*args, ok=False)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn("nothing changed", out.stderr)
+                self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+                self.assertEqual(self.snapshot(), before)
+                self.assertEqual([f for f in os.listdir(grub) if ".boottool-" in f], [])
+                shutil.rmtree(bak)
+                self.bt(*args)
+                self.assertNotEqual(self.snapshot(), before)
+
+
+def serve_on_loopback(test, handler, tmp, tls=False):
+    """An http.server on 127.0.0.1 (with tls, HTTPS with a fresh self-signed
+    certificate for 127.0.0.1) stopped at the test's cleanup: (base URL, cert)."""
+    import http.server
+    import ssl
+    import threading
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    cert = None
+    if tls:
+        need("openssl")
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        if not os.path.exists(cert):
+            sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+               "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+               "-keyout", key, "-out", cert)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    test.addCleanup(stop)
+    scheme = "https" if tls else "http"
+    return f"{scheme}://127.0.0.1:{server.server_address[1]}", cert
+
+
+class TestHostileInputs(unittest.TestCase):
+    """Hostile or careless input (a BMC, a site file, packages, URLs, control
+    files) stays inside the bounds the README's Security section states."""
+
+    PASSWORD = "s3cret-bmc-9431"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-hostile-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+    def _recorder(self, seen, routes):
+        """A request handler that records (path, Authorization) of every
+        request in seen and answers from routes: path -> (code, headers, body)."""
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def answer(self):
+                seen.append((self.path, self.headers.get("Authorization")))
+                if self.headers.get("Content-Length"):
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                code, headers, body = routes.get(self.path, (404, {}, {}))
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            do_GET = do_POST = answer
+        return Handler
+
+    def test_redfish_never_sends_credentials_to_another_origin(self):
+        elsewhere_seen, bmc_seen = [], []
+        elsewhere = {"/redfish/v1/Systems": (200, {}, {"Members": []}),
+                     "/redfish/v1/Systems/x": (200, {}, {"PowerState": "On"})}
+        other_http, _ = serve_on_loopback(self, self._recorder(elsewhere_seen, elsewhere),
+                                          self.tmp)
+        other_https, cert = serve_on_loopback(
+            self, self._recorder(elsewhere_seen, elsewhere), self.tmp, tls=True)
+        routes = {}
+        bmc, _ = serve_on_loopback(self, self._recorder(bmc_seen, routes), self.tmp,
+                                   tls=True)
+        cases = (("redirect to http, another port", other_http, "redirect"),
+                 ("redirect to https, another port", other_https, "redirect"),
+                 ("absolute @odata.id elsewhere", other_https, "odata"))
+        for what, target, kind in cases:
+            with self.subTest(what):
+                elsewhere_seen.clear()
+                if kind == "redirect":
+                    routes["/redfish/v1/Systems"] = (
+                        302, {"Location": target + "/redfish/v1/Systems"}, {})
+                    bad = target + "/redfish/v1/Systems"
+                else:
+                    bad = target + "/redfish/v1/Systems/x"
+                    routes["/redfish/v1/Systems"] = (200, {}, {"Members": [
+                        {"@odata.id": bad}]})
+                power = autoserv.RedfishPower(bmc, user="admin", password=self.PASSWORD,
+                                              ca_file=cert)
+                with self.assertRaises(autoserv.AutoservHostError) as cm:
+                    power.status()
+                self.assertIn(bad, str(cm.exception))
+                self.assertNotIn(self.PASSWORD, str(cm.exception))
+                self.assertEqual(elsewhere_seen, [])
+        # The BMC itself got the credentials: the refusal is about the origin.
+        self.assertTrue(bmc_seen and all(a and a.startswith("Basic ") for _, a in bmc_seen))
+        # A redirect within the BMC's origin is followed.
+        routes["/redfish/v1/Systems"] = (301, {"Location": bmc + "/redfish/v1/Members"}, {})
+        routes["/redfish/v1/Members"] = (200, {}, {"Members": [
+            {"@odata.id": "/redfish/v1/Systems/x"}]})
+        routes["/redfish/v1/Systems/x"] = (200, {}, {"PowerState": "On"})
+        power = autoserv.RedfishPower(bmc, user="admin", password=self.PASSWORD,
+                                      ca_file=cert)
+        self.assertEqual(power.status(), "on")
+
+
+    def _site_run(self, cwd, env=None):
+        """The CLI run in cwd with a control file needing no machines: (result,
+        whether the site file ran)."""
+        ctl = os.path.join(self.tmp, "ctl")
+        with open(ctl, "w") as f:
+            f.write("print('control ran')\n")
+        marker = os.path.join(self.tmp, "site-ran")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+        out = run_cli("-r", tempfile.mkdtemp(dir=self.tmp), ctl, cwd=cwd,
+                      env=dict(os.environ, **(env or {})), timeout=60)
+        return out, os.path.exists(marker)
+
+    def _plant_site(self, directory, mode=0o644, dir_mode=0o700, uid=None):
+        os.makedirs(directory, exist_ok=True)
+        os.chmod(directory, dir_mode)
+        site = os.path.join(directory, "site_autoserv.py")
+        with open(site, "w") as f:
+            f.write(f"open({os.path.join(self.tmp, 'site-ran')!r}, 'w').close()\n")
+        os.chmod(site, mode)
+        if uid is not None:
+            os.chown(site, uid, -1)
+        return site
+
+    def test_a_site_file_others_could_write_or_own_is_refused(self):
+        cases = (("mode 666", dict(mode=0o666), "writable by group or others"),
+                 ("mode 620", dict(mode=0o620), "writable by group or others"),
+                 ("owned by uid 65534", dict(uid=65534), "owned by uid 65534"),
+                 ("world-writable directory", dict(dir_mode=0o777), "its directory"))
+        for n, (what, how, text) in enumerate(cases):
+            with self.subTest(what):
+                cwd = os.path.join(self.tmp, f"cwd{n}")
+                site = self._plant_site(cwd, **how)
+                out, ran = self._site_run(cwd)
+                self.assertFalse(ran, "the planted site file ran")
+                self.assertNotEqual(out.returncode, 0)
+                self.assertIn(f"{site}: site file refused: {text}", out.stderr)
+                self.assertNotIn("Traceback", out.stderr + out.stdout)
+                self.assertNotIn("control ran", out.stdout)
+        # Sticky world-writable (like /tmp), and the user's own: both run.
+        for n, dir_mode in enumerate((0o1777, 0o755)):
+            with self.subTest(dir_mode=oct(dir_mode)):
+                cwd = os.path.join(self.tmp, f"ok{n}")
+                self._plant_site(cwd, dir_mode=dir_mode)
+                out, ran = self._site_run(cwd)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertTrue(ran)
+                self.assertIn("control ran", out.stdout)
+
+    def test_autoserv_site_skips_the_directory_check_but_not_the_file_check(self):
+        cwd = os.path.join(self.tmp, "cwd")
+        os.makedirs(cwd)
+        site = self._plant_site(os.path.join(self.tmp, "shared"), dir_mode=0o777)
+        out, ran = self._site_run(cwd, env={"AUTOSERV_SITE": site})
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(ran)
+        os.chmod(site, 0o666)
+        out, ran = self._site_run(cwd, env={"AUTOSERV_SITE": site})
+        self.assertFalse(ran)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn(f"{site}: site file refused: writable by group or others",
+                      out.stderr)
+        self.assertNotIn("Traceback", out.stderr)
+
+
+    # Crafted packages: written byte by byte here, so that what they hold is
+    # exactly what the test says (no dpkg-deb or rpmbuild cleaning it up).
+    @staticmethod
+    def _tar(members):
+        """An uncompressed tar: members are (name, data) or (name, None, target)
+        for a symlink."""
+        import tarfile
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data, *link in members:
+                info = tarfile.TarInfo(name)
+                if link:
+                    info.type, info.linkname = tarfile.SYMTYPE, link[0]
+                    tar.addfile(info)
+                else:
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def _deb(self, name, data_member="data.tar", data=None):
+        """A .deb written as an ar archive by hand: a kernel package's shape
+        with a chosen data member name and data tar."""
+        control = self._tar([("./control", b"Package: hostile\nVersion: 1\n")])
+        data = data or self._tar([("./boot/vmlinuz-1.0-hostile", b"\x7fELF")])
+        out = io.BytesIO()
+        out.write(b"!<arch>\n")
+        for member, blob in (("debian-binary", b"2.0\n"), ("control.tar", control),
+                             (data_member, data)):
+            out.write(member.encode().ljust(16) + b"0".ljust(12) + b"0".ljust(6)
+                      + b"0".ljust(6) + b"100644".ljust(8) + str(len(blob)).encode().ljust(10)
+                      + b"`\n" + blob + b"\n" * (len(blob) & 1))
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(out.getvalue())
+        return path
+
+    @staticmethod
+    def _rpm_header_blob(region, entries):
+        """An RPM header structure: its region tag (62 signature, 63 main)
+        first, as rpm requires, then entries (tag, type, value)."""
+        import struct
+        index, store = b"", b""
+        for tag, kind, value in entries:
+            if kind == 6:
+                blob, count = value.encode() + b"\0", 1
+            else:                                   # 8: string array
+                blob, count = b"".join(v.encode() + b"\0" for v in value), len(value)
+            index += struct.pack(">IIII", tag, kind, len(store), count)
+            store += blob
+        count = len(entries) + 1
+        index = struct.pack(">IIII", region, 7, len(store), 16) + index
+        store += struct.pack(">IIiI", region, 7, -16 * count, 16)
+        return (b"\x8e\xad\xe8\x01\0\0\0\0" + struct.pack(">II", count, len(store))
+                + index + store)
+
+    def _rpm(self, name, members):
+        """An .rpm (lead, empty signature, header, gzip'd newc payload) whose
+        payload holds members: (name, data) or (name, None, target) symlinks."""
+        import gzip
+        payload = b""
+        for n, (member, data, *link) in enumerate(members + [("TRAILER!!!", b"")]):
+            data = link[0].encode() if link else data
+            mode = 0o120777 if link else 0o100644
+            fields = (n + 1, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0,
+                      len(member.encode()) + 1, 0)
+            payload += b"070701" + b"".join(b"%08X" % v for v in fields)
+            payload += member.encode() + b"\0"
+            payload += b"\0" * (-len(payload) % 4) + data
+            payload += b"\0" * (-len(payload) % 4)
+        lead = (b"\xed\xab\xee\xdb\x03\x00" + b"\0" * 72 + b"\x00\x05"  # header-style signature
+                + b"\0" * 16)
+        header = self._rpm_header_blob(63, [
+            (1000, 6, "hostile"), (1001, 6, "1.0"), (1002, 6, "1"), (1022, 6, "x86_64"),
+            (1027, 8, ["/boot/vmlinuz-1.0-hostile"]), (1124, 6, "cpio"),
+            (1125, 6, "gzip")])
+        sig = self._rpm_header_blob(62, [])
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(lead + sig + b"\0" * (-len(sig) % 8) + header + gzip.compress(payload))
+        return path
+
+    def _extract(self, cls, package):
+        """cls().get(package).extract(a LocalHost that prints every command
+        it runs) in a child whose working directory is a fresh dir: (stdout,
+        that dir)."""
+        cwd = tempfile.mkdtemp(dir=self.tmp, prefix="cwd-")
+        code = textwrap.dedent("""\
+            import sys
+            sys.path.insert(0, sys.argv[1])
+            import autoserv
+
+            class Shown(autoserv.LocalHost):
+                def run(self, command, *args, **kwargs):
+                    print("RAN", command, flush=True)
+                    return super().run(command, *args, **kwargs)
+            k = getattr(autoserv, sys.argv[2])()
+            k.get(sys.argv[3])
+            try:
+                print("EXTRACTED", k.extract(Shown()))
+            except autoserv.AutoservError as e:
+                print("ERROR", e)
+            """)
+        out = subprocess.run([sys.executable, "-c", code, HERE, cls, package], cwd=cwd,
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout, cwd
+
+    def test_a_deb_member_name_never_reaches_a_shell(self):
+        deb = self._deb("name.deb", data_member="data.tar;>q;.tar")
+        out, cwd = self._extract("DEBKernel", deb)
+        self.assertEqual(os.listdir(cwd), [], out)
+        self.assertNotIn("RAN", out)
+        self.assertIn(f"ERROR {deb}: refused: member name 'data.tar;>q;.tar' is not a "
+                      "plain file name", out)
+
+    def test_package_members_outside_the_extraction_dir_are_refused(self):
+        outside = os.path.join(self.tmp, "outside")
+        os.makedirs(outside)
+        up = "../" * 30 + outside.lstrip("/")
+        kernel = ("./boot/vmlinuz-1.0-hostile", b"\x7fELF")
+        cases = (("absolute", [(outside + "/abs", b"x")], outside + "/abs"),
+                 ("dot-dot", [(up + "/dotdot", b"x")], up + "/dotdot"),
+                 ("through a symlink", [("./lnk", None, outside), ("./lnk/via-link", b"x")],
+                  "./lnk/via-link"))
+        for what, members, name in cases:
+            for kind in ("RPMKernel", "DEBKernel"):
+                with self.subTest(what, kind=kind):
+                    shutil.rmtree(outside)
+                    os.makedirs(outside)
+                    if kind == "RPMKernel":
+                        package = self._rpm(f"{what}.rpm", [kernel] + members)
+                    else:
+                        package = self._deb(f"{what}.deb", data=self._tar([kernel] + members))
+                    out, _ = self._extract(kind, package)
+                    self.assertEqual(os.listdir(outside), [], out)
+                    self.assertNotIn("RAN", out)
+                    self.assertIn(f"ERROR {package}: refused: the package writes {name!r}",
+                                  out)
+        # The same packages without the hostile members unpack.
+        for kind, package in (("RPMKernel", self._rpm("good.rpm", [kernel])),
+                              ("DEBKernel", self._deb("good.deb",
+                                                      data=self._tar([kernel])))):
+            with self.subTest("well-formed", kind=kind):
+                out, _ = self._extract(kind, package)
+                self.assertIn("EXTRACTED", out)
+
+
+    def test_kvm_addresses_are_checked_before_any_command_runs(self):
+        kvm = autoserv.KVM(autoserv.LocalHost())
+        good = {"mac": "52:54:00:12:34:56", "ip": "192.168.122.10"}
+        bad = (({"tap": "t0;reboot"}, "tap 't0;reboot' is not an interface name"),
+               ({"tap": "a" * 16}, "is not an interface name"),
+               ({"tap": "t0,script=/x"}, "is not an interface name"),
+               ({"bridge": "br0 eth0"}, "bridge 'br0 eth0' is not an interface name"),
+               ({"ip": "10.0.0.1; id"}, "is not an IPv4 or IPv6 address"),
+               ({"ip": "10.0.0.300"}, "is not an IPv4 or IPv6 address"),
+               ({"port": "22,hostfwd=tcp::1-:22"}, "is not 1-65535"),
+               ({"port": 70000}, "is not 1-65535"),
+               ({"mac": "52:54:00:12:34:56,x"}, "bad mac"))
+        for change, text in bad:
+            with self.subTest(change=change), \
+                    self.assertRaises(autoserv.AutoservUsageError) as cm:
+                kvm.install([good, dict(good, **change)], insert_modules=False)
+            self.assertIn(text, str(cm.exception))
+        self.assertFalse(kvm.installed)
+        self.assertEqual(kvm.binary, None)
+        self.assertEqual(autoserv.KVM._checked_address(dict(good, ip="::1", port="2222",
+                                                            tap="ast1.x-2_y")),
+                         dict(good, ip="::1", port=2222, tap="ast1.x-2_y"))
+        self.assertEqual(autoserv._qemu_value("/run/a,b/serial.sock"), "/run/a,,b/serial.sock")
+
+    def test_legacy_octal_fixer_leaves_float_exponents_alone(self):
+        self.assertEqual(autoserv.translate_legacy("x = 1e-07\ny = 0755\nz = 2E+05\n"),
+                         "x = 1e-07\ny = 0o755\nz = 2E+05\n")
+
+    def test_get_of_a_file_url_is_that_files_content(self):
+        path = os.path.join(self.tmp, "kernel config")
+        with open(path, "w") as f:
+            f.write("CONFIG_X=y\n")
+        obj = autoserv.InstallableObject()
+        import urllib.request
+        got = obj.get("file://" + urllib.request.pathname2url(path))
+        with open(got) as f:
+            self.assertEqual(f.read(), "CONFIG_X=y\n")
+        with self.assertRaises(autoserv.AutoservInstallError) as cm:
+            obj.get("file://" + self.tmp + "/missing")
+        self.assertIn("no such file", str(cm.exception))
+
+    def test_credentials_in_a_url_are_used_but_never_shown(self):
+        seen, elsewhere_seen = [], []
+        routes = {"/k.deb": (200, {}, {"kernel": 1})}
+        base, _ = serve_on_loopback(self, self._recorder(seen, routes), self.tmp)
+        other, _ = serve_on_loopback(self, self._recorder(elsewhere_seen, routes), self.tmp)
+        routes["/moved.deb"] = (302, {"Location": other + "/k.deb"}, {})
+        log = os.path.join(self.tmp, "debug.log")
+        autoserv.LOG.open(log)
+        self.addCleanup(autoserv.LOG.close)
+        secret = "pw-7781"
+        with_creds = base.replace("http://", f"http://alice:{secret}@")
+        obj = autoserv.InstallableObject()
+        with open(obj.get(with_creds + "/k.deb")) as f:
+            self.assertEqual(json.load(f), {"kernel": 1})
+        import base64
+        self.assertEqual(seen[-1][1], "Basic " + base64.b64encode(
+            f"alice:{secret}".encode()).decode())
+        for path, text in (("/missing.deb", "HTTP 404"), ("/moved.deb", "another origin")):
+            with self.subTest(path), self.assertRaises(autoserv.AutoservInstallError) as cm:
+                obj.get(with_creds + path)
+            self.assertIn(text, str(cm.exception))
+            self.assertIn("alice:***@", str(cm.exception))
+            self.assertNotIn(secret, str(cm.exception))
+        self.assertEqual(elsewhere_seen, [])
+        with open(log) as f:
+            logged = f.read()
+        self.assertIn("alice:***@127.0.0.1", logged)
+        self.assertNotIn(secret, logged)
+
+    def test_control_srv_is_readable_by_its_owner_only(self):
+        ctl = os.path.join(self.tmp, "ctl")
+        with open(ctl, "w") as f:
+            f.write("password = 'hunter2'\nprint('ran')\n")
+        results = os.path.join(self.tmp, "results")
+        out = run_cli("-r", results, ctl, cwd=self.tmp, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("ran", out.stdout)
+        srv = os.path.join(results, "control.srv")
+        self.assertEqual(os.stat(srv).st_mode & 0o777, 0o600)
+        with open(srv) as f:
+            self.assertIn("hunter2", f.read())
+
+
 class _Served:
     """http.server and Debian's pyftpdlib FTP server on loopback, serving one dir."""
 
@@ -4397,13 +4900,6 @@ class TestPower(unittest.TestCase):
         installs here without libvirt) whose reset actions drive the guest."""
         import base64
         import http.server
-        import ssl
-        import threading
-        need("openssl")
-        cert, key = os.path.join(self.tmp, "cert.pem"), os.path.join(self.tmp, "key.pem")
-        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-           "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-           "-keyout", key, "-out", cert)
         test = self
         auth = "Basic " + base64.b64encode(b"admin:" + self.PASSWORD.encode()).decode()
 
@@ -4449,19 +4945,7 @@ class TestPower(unittest.TestCase):
                 self.reply(204, {})
 
         self.redfish_calls = []
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-
-        def stop():
-            server.shutdown()
-            server.server_close()
-            thread.join()
-        self.addCleanup(stop)
-        return f"https://127.0.0.1:{server.server_address[1]}", cert
+        return serve_on_loopback(self, Handler, self.tmp, tls=True)
 
     def test_redfish_power_against_a_stand_in_service_over_https(self):
         url, cert = self._redfish_stand_in()
