@@ -1935,15 +1935,6 @@ def parse_machine(spec):
     return user, host, port
 
 
-# The remote wrapper, POSIX sh (dash, bash, busybox ash), one line so any login
-# shell passes it through.  $1 token, $2 stdin length, $3 command, $4 run id.
-# Stdin's first $2 bytes are staged in an unlinked temp file (only when there
-# are any) and the command runs under the login shell in its own session, as
-# its own job.  A separate watcher job waits for EOF on ssh's stdin, which
-# comes on timeout (autoserv closes it) or when the link drops, and tells the
-# wrapper (USR1) to kill the command's process group: TERM, CONT, KILL at 2 s.
-# Markers on stderr (stripped by _MarkerFilter) give the group id and the real
-# exit status, so a remote 'exit 255' is not mistaken for a transport failure.
 # The persistent agent (SSHHost(persistent=True)), run on the target as
 # `env AUTOSERV_RUN_ID=ID python3 -c _AGENT_PY GRACE`.  It listens on a socket in a fresh 0700
 # /tmp/autoserv-* dir, prints that socket's path, and serves one command per
@@ -2429,22 +2420,86 @@ class _AgentExecution(_Execution):
         self.returncode = self.status
 
 
-_WRAPPER = (
-    "exec 3<&0 5</dev/null; t=$1 n=$2 c=$3; AUTOSERV_RUN_ID=$4; export AUTOSERV_RUN_ID; "
-    "k=; trap 'k=1' USR1; s=; command -v setsid >/dev/null 2>&1 && s=setsid; "
-    "if [ \"$n\" -gt 0 ]; then i=$(umask 077; mktemp /tmp/autoserv-in-XXXXXX) && "
-    "head -c \"$n\" <&3 >\"$i\" && exec 5<\"$i\"; r=$?; rm -f \"$i\"; "
-    "if [ $r != 0 ]; then echo 'autoserv: cannot stage stdin on the target' >&2; "
-    "printf '\\036%s e 125\\n' \"$t\" >&2; exit 125; fi; fi; "
-    "$s \"${SHELL:-/bin/sh}\" -c \"$c\" <&5 3<&- 5<&- & p=$!; exec 5<&-; "
-    "{ while read -r _; do :; done; kill -USR1 $$; } <&3 >/dev/null 2>&1 & w=$!; "
-    "exec 3<&-; printf '\\036%s s %s\\n' \"$t\" \"$p\" >&2; "
-    "while :; do wait \"$p\"; r=$?; [ -z \"$k\" ] && break; k=; "
-    "kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
-    "kill -CONT -$p 2>/dev/null; "
-    "(sleep 2; kill -KILL -$p || kill -KILL $p) >/dev/null 2>&1 & done; "
-    "kill $w 2>/dev/null; printf '\\036%s e %s\\n' \"$t\" \"$r\" >&2; exit \"$r\""
-)
+def _sh_one_line(program):
+    """A multi-line sh program as one line, so that any login shell (csh
+    too) passes it on: comment lines and indentation go, and lines are
+    joined with '; ' unless one ends in a word or operator that continues."""
+    lines = [l.strip() for l in program.splitlines()]
+    lines = [l for l in lines if l and not l.startswith("#")]
+    out = lines[0]
+    for line in lines[1:]:
+        joins = out.endswith(("&", "|", ";", "{")) or re.search(r"\b(then|do|else)$", out)
+        out += (" " if joins else "; ") + line
+    return out
+
+
+# The remote wrapper: ssh runs `exec sh -c WRAPPER autoserv TOKEN N COMMAND
+# RUN_ID` under the login shell; POSIX sh (dash, bash, busybox ash).
+#  TOKEN    fresh random hex per command: marks its markers and ends its stdin.
+#  N        stdin's length.  When N > 0 autoserv sends N bytes then TOKEN (the
+#           trailer); all N + len(TOKEN) bytes, trailer intact, are staged in an
+#           unlinked temp file, or nothing runs (status 125): a link cut
+#           mid-stdin never runs the command on part of its input.
+#  stdin    then stays open for the command's whole life; its EOF (autoserv
+#           closes it on timeout, or the link drops) makes a watcher job tell
+#           the wrapper (USR1) to kill the command's process group: TERM,
+#           CONT, then KILL after 2 s.
+#  stderr   markers, taken out by _MarkerFilter: "\036TOKEN s PGID" once the
+#           command runs (own session, login shell), "\036TOKEN e STATUS" once
+#           it ended, so a remote 'exit 255' is not a transport failure.
+# SIGPIPE is ignored once the command runs (the command itself keeps the
+# default): a marker written to a dead channel fails quietly instead of
+# killing the wrapper before its kill loop.  The kill comes first, the report
+# after.  The loop looks at the USR1 flag before it waits, so a USR1 that came
+# early (the link already gone) is not lost.
+_WRAPPER_SH = r"""
+    exec 3<&0 5</dev/null
+    t=$1 n=$2 c=$3 AUTOSERV_RUN_ID=$4
+    export AUTOSERV_RUN_ID
+    k=
+    trap 'k=1' USR1
+    s=
+    command -v setsid >/dev/null 2>&1 && s=setsid
+    if [ "$n" -gt 0 ]; then
+        # N bytes and the trailer, exactly, then the trailer cut off again.
+        m=$((n + ${#t}))
+        i=$(umask 077; mktemp /tmp/autoserv-in-XXXXXX) &&
+            head -c "$m" <&3 >"$i" &&
+            [ $(wc -c <"$i") -eq "$m" ] &&
+            [ "$(tail -c ${#t} "$i")" = "$t" ] &&
+            dd if=/dev/null of="$i" bs=1 seek="$n" 2>/dev/null &&
+            exec 5<"$i"
+        r=$?
+        rm -f ${i:+"$i"}
+        if [ $r != 0 ]; then
+            echo 'autoserv: stdin did not arrive whole on the target; nothing ran' >&2
+            printf '\036%s e 125\n' "$t" >&2
+            exit 125
+        fi
+    fi
+    $s "${SHELL:-/bin/sh}" -c "$c" <&5 3<&- 5<&- &
+    p=$!
+    exec 5<&-
+    trap '' PIPE
+    { while read -r _; do :; done; kill -USR1 $$; } <&3 >/dev/null 2>&1 &
+    w=$!
+    exec 3<&-
+    printf '\036%s s %s\n' "$t" "$p" >&2
+    r=
+    while :; do
+        # wait returns early on USR1 (k set): kill the group, then wait again.
+        [ -z "$k" ] && { wait "$p"; r=$?; }
+        [ -z "$k" ] && break
+        k=
+        kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null
+        kill -CONT -$p 2>/dev/null
+        (sleep 2; kill -KILL -$p || kill -KILL $p) >/dev/null 2>&1 &
+    done
+    kill $w 2>/dev/null
+    printf '\036%s e %s\n' "$t" "$r" >&2
+    exit "$r"
+"""
+_WRAPPER = _sh_one_line(_WRAPPER_SH)
 
 _SSH_ERRORS = [
     (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
@@ -2556,7 +2611,6 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self._agent = None
         SSHHost._counter += 1
         self._index = SSHHost._counter
-        self._token = os.urandom(8).hex()
         self._master = None
         self._master_pid_owner = None
         self._ctrl_path = None
@@ -2741,10 +2795,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 + (f" (known_hosts {offending.group(1)}:{offending.group(2)})"
                    if offending else ""))
 
-    def _remote_command(self, command, stdin_len):
+    def _remote_command(self, command, stdin_len, token):
         run_id = _run_id()
         return "exec sh -c " + " ".join(shlex.quote(w) for w in (
-            _WRAPPER, "autoserv", self._token, str(stdin_len), command, run_id))
+            _WRAPPER, "autoserv", token, str(stdin_len), command, run_id))
 
     # running commands
     def run(self, command, timeout=None, ignore_status=False, stdin=None,
@@ -2760,11 +2814,16 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 return _judge(result, ignore_status)
         for attempt in (1, 2):
             self._ensure_master(connect_timeout)
+            # A fresh token per command: a late marker from an earlier command
+            # or from this one's background children does not match.
+            token = os.urandom(8).hex()
             argv = self.ssh_argv(connect_timeout) + [
-                self._remote_command(command, len(data or b""))]
+                self._remote_command(command, len(data or b""), token)]
             LOG.write(f"run: {command}", self.hostname)
-            marker = _MarkerFilter(self._token)
-            ex = _Execution(argv, self.hostname, stdin=data, timeout=timeout,
+            marker = _MarkerFilter(token)
+            # The trailer after stdin tells the wrapper all of it came.
+            payload = data + token.encode() if data else data
+            ex = _Execution(argv, self.hostname, stdin=payload, timeout=timeout,
                             stdout_tee=stdout_tee, stderr_tee=stderr_tee,
                             max_output=max_output, remote=True, marker=marker)
             ex.start()
@@ -2780,8 +2839,13 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 break
             error = self._transport_error(result.stderr, marker.pgid is not None,
                                           ex.returncode)
+            if type(error) is AutoservSSHError and not self._master_alive():
+                # ssh said nothing, but the master it used is gone with it.
+                error = AutoservSSHConnectionLost(self.hostname, "connection lost",
+                                                  error.detail + "; the ssh master is gone")
             # A master that died between the check and the command: one retry.
-            if attempt == 1 and marker.pgid is None and not self._master_alive() \
+            # Not once stdin was on its way: the target may have had it all.
+            if attempt == 1 and not data and marker.pgid is None and not self._master_alive() \
                     and isinstance(error, (AutoservSSHConnectionLost,)):
                 LOG.write("ssh master went away; reconnecting once", self.hostname)
                 continue

@@ -1743,8 +1743,8 @@ class CutRelay:
 
 
 class TestFaults(SshdTestCase):
-    def relay_host(self):
-        relay = Relay(self.sshd.port)
+    def relay_host(self, relay=None):
+        relay = relay or Relay(self.sshd.port)
         self.addCleanup(relay.close)
         self.sshd.write_ssh_config(("testhost",))
         with open(self.sshd.ssh_config, "a") as f:
@@ -1847,6 +1847,114 @@ class TestFaults(SshdTestCase):
         self.assertEqual(h.run("echo back").stdout, "back\n")
         h.close()
         self.assertFalse(os.path.exists(tmp_dir))
+
+
+class TestHostileRun(SshdTestCase):
+    """RELIABILITY.md's H2, H11 and H12 on the command path: the link cut at
+    a chosen byte, a same-uid peer on the agent's socket sending garbage,
+    forged markers, floods and escapes from the target."""
+
+    relay_host = TestFaults.relay_host
+
+    def wrapper(self, shell, token, n, command, stdin, stderr=subprocess.PIPE, eof=True):
+        """The remote wrapper run here under `shell` (argv list) as sshd would
+        run it, fed stdin, then EOF at once (as on a cut) or only once it has
+        ended (eof=False); (status, stderr bytes)."""
+        proc = subprocess.Popen(shell + ["-c", autoserv._WRAPPER, "autoserv", token, str(n),
+                                         command, "hostile-test"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+        try:
+            if eof:
+                err = proc.communicate(stdin, timeout=15)[1]
+            else:           # its stderr is small: it fits the pipe
+                proc.stdin.write(stdin)
+                proc.stdin.flush()
+                proc.wait(15)
+                err = proc.stderr.read()
+                proc.stdin.close()
+                proc.stderr.close()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode, err
+
+    def shells(self):
+        found = [[s] for s in ("dash", "bash") if shutil.which(s)]
+        if shutil.which("busybox"):
+            found.append(["busybox", "ash"])
+        return found
+
+    def test_wrapper_runs_nothing_on_short_or_unterminated_stdin(self):
+        token = "0123456789abcdef"
+        for shell in self.shells():
+            for name, stdin, runs in (("short", b"12345", False),
+                                      ("no trailer", b"1234567890", False),
+                                      ("wrong trailer", b"1234567890" + b"x" * 16, False),
+                                      ("whole", b"1234567890" + token.encode(), True)):
+                with self.subTest(shell=shell[-1], case=name):
+                    got = os.path.join(self.tmp, "got")
+                    status, err = self.wrapper(shell, token, 10, f"cat >{got}", stdin,
+                                               eof=not runs)
+                    if runs:
+                        self.assertEqual(status, 0, err)
+                        self.assertEqual(open(got, "rb").read(), b"1234567890")
+                        self.assertIn(f"\x1e{token} e 0\n".encode(), err)
+                        os.unlink(got)
+                    else:
+                        self.assertEqual(status, 125, err)
+                        self.assertFalse(os.path.exists(got), "the command ran")
+                        self.assertIn(f"\x1e{token} e 125\n".encode(), err)
+                        self.assertIn(b"nothing ran", err)
+
+    def test_wrapper_kills_its_command_when_the_channel_is_already_dead(self):
+        # ssh's stdin at EOF and stderr with no reader: the link is gone just
+        # as the command starts.  The wrapper's marker writes fail; its kill
+        # must not depend on them.
+        for shell in self.shells():
+            with self.subTest(shell=shell[-1]):
+                tag = f"4252.{len(shell[-1])}"
+                r, w = os.pipe()
+                os.close(r)
+                try:
+                    self.wrapper(shell, "0123456789abcdef", 0, f"sleep {tag}", b"", stderr=w)
+                finally:
+                    os.close(w)
+                left = [p for p in comm_pids("sleep") if p in processes_with(tag)]
+                for pid in left:
+                    os.kill(pid, signal.SIGKILL)
+                self.assertFalse(left, "the command outlived its wrapper")
+                reap()
+
+    @scenario(30)
+    def test_link_cut_mid_stdin_runs_nothing_and_is_connection_lost(self):
+        # H2: 8 MB of stdin, the link cut 2 MB into the upload.
+        relay, h = self.relay_host(CutRelay(self.sshd.port, 2 << 20, "up"))
+        got, ran = os.path.join(self.tmp, "got"), os.path.join(self.tmp, "ran")
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+            h.run(f"cat >{got} && touch {ran}", stdin=os.urandom(8 << 20), timeout=60)
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assertTrue(relay.was_cut())
+        with self.assertRaises(AssertionError):     # give it 3 s to misbehave
+            wait_for(lambda: os.path.exists(got) or os.path.exists(ran), 3)
+        self.assertEqual(h.run("echo back").stdout, "back\n")
+
+    @scenario(30)
+    def test_link_cut_mid_command_kills_the_remote_group(self):
+        # The link cut (target to us) while the command runs and prints; a
+        # child that ignores TERM is killed too, nothing tagged stays.
+        relay, h = self.relay_host(CutRelay(self.sshd.port, 256 << 10, "down"))
+        h.run("true")
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+            h.run("sh -c 'trap \"\" TERM; exec sleep 4253.1' & "
+                  "while :; do head -c 4096 /dev/zero; sleep 0.02; done", timeout=60)
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assertTrue(relay.was_cut())
+        wait_for(lambda: not [p for p in comm_pids("sleep") if p in processes_with("4253.1")],
+                 10, what="the remote group killed")
 
 
 class TestSSHRunPersistent(TestSSHRun):
