@@ -1957,6 +1957,106 @@ class TestHostileRun(SshdTestCase):
                  10, what="the remote group killed")
 
 
+    def test_a_bad_peer_on_the_agents_socket_loses_only_its_own_connection(self):
+        # H11: garbage, an unknown kind, a huge length, bad requests, frames
+        # out of order; meanwhile a command on the same agent goes on.
+        h = self.sshd.host(persistent=True)
+        agent = int(h.run("echo $PPID").stdout)
+        path = os.path.join([p for _, p in h._tmp_dirs][0], "agent")
+        import struct
+        import threading
+
+        def frame(kind, body=b""):
+            return struct.pack(">cI", kind, len(body)) + body
+        results = []
+        other = threading.Thread(target=lambda: results.append(
+            h.run("sleep 2; echo survived", timeout=30)))
+        other.start()
+        try:
+            for name, data in (
+                    ("garbage", b"\x00\xff" * 50),
+                    ("unknown kind", frame(b"Z", b"abc")),
+                    ("huge length", b"I\xff\xff\xff\xff" + b"x" * 4096),
+                    ("request not json", frame(b"R", b"{not json")),
+                    ("request of the wrong shape", frame(b"R", b'{"c": 5}')),
+                    ("stdin before a request", frame(b"I", b"data")),
+                    ("more stdin than announced", frame(b"R", b'{"c": "true", "i": 1, "n": 1}')
+                     + frame(b"I", b"two"))):
+                with self.subTest(peer=name), socket.socket(socket.AF_UNIX) as peer:
+                    peer.settimeout(5)
+                    peer.connect(path)
+                    peer.sendall(data)
+                    self.assertEqual(peer.recv(64), b"", "the agent kept a bad peer")
+        finally:
+            other.join(40)
+        self.assertEqual([r.stdout for r in results], ["survived\n"])
+        self.assertEqual(int(h.run("echo $PPID").stdout), agent, "the agent was restarted")
+
+    def serve_agent(self, reply):
+        """A stand-in agent on a local socket that reads the request and
+        answers `reply`, then streams zeros after it until the client hangs
+        up (or 64 MiB); returns the socket path and a dict the serving thread
+        fills with how many bytes went out."""
+        import threading
+        path = tempfile.mktemp(prefix="agent-", dir=self.tmp)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(1)
+        sent = {}
+
+        def serve():
+            with listener, listener.accept()[0] as conn:
+                conn.settimeout(20)
+                conn.recv(65536)
+                total = 0
+                try:
+                    conn.sendall(reply)
+                    total = len(reply)
+                    chunk = bytes(1 << 16)
+                    while total < 64 << 20:
+                        conn.sendall(chunk)
+                        total += len(chunk)
+                except OSError:
+                    pass
+                sent["bytes"] = total
+        thread = threading.Thread(target=serve)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        return path, sent, thread
+
+    def test_the_client_judges_agent_frames_on_their_header_and_hangs_up(self):
+        import struct
+        for name, reply in (("huge output frame", b"O" + struct.pack(">I", 0xFFFFFFF0)),
+                            ("unknown kind", b"Q" + struct.pack(">I", 4) + b"abcd"),
+                            ("status not a number", b"X" + struct.pack(">I", 4) + b"boom")):
+            with self.subTest(reply=name):
+                path, sent, thread = self.serve_agent(reply)
+                ex = autoserv._AgentExecution(path, "true", "norun", "stand-in", timeout=30)
+                t0 = time.monotonic()
+                ex.start()
+                ex.wait()
+                thread.join(30)
+                self.assertLess(sent["bytes"], 8 << 20, "the client read on past a bad frame")
+                self.assertLess(time.monotonic() - t0, 10)
+                self.assertIsNone(ex.status)
+                self.assertFalse(ex.timed_out)
+                self.assertTrue(getattr(ex, "broken", None), "not said")
+
+    def test_a_broken_agent_is_connection_lost_naming_why(self):
+        import struct
+        h = self.sshd.host(persistent=True)
+        h.run("true")
+        path, sent, thread = self.serve_agent(b"X" + struct.pack(">I", 5) + b"\x1b[2J!")
+        real, h._agent["local"] = h._agent["local"], path
+        try:
+            with self.assertRaises(autoserv.AutoservSSHConnectionLost) as cm:
+                h.run("true")
+        finally:
+            h._agent["local"] = real
+        self.assertIn("protocol", str(cm.exception))
+        self.assertNotIn("\x1b", str(cm.exception))
+
+
 class TestSSHRunPersistent(TestSSHRun):
     """The per-command path's behaviour tests again, with every command going
     through the host's persistent agent (SSHHost(persistent=True)): timeouts
