@@ -101,7 +101,7 @@ class AutoservRunError(AutoservError):
                 if tail:
                     text += f"\n  last lines of {name}:\n" + "\n".join(
                         "    " + line for line in tail)
-        return text
+        return _neutralise(text)       # the target's bytes never act on a terminal
 
 
 CmdError = AutoservRunError
@@ -128,7 +128,7 @@ class AutoservHostError(AutoservError):
         text = f"{self.hostname}: {self.message}" if self.hostname else self.message
         if self.detail:
             text += f" ({self.detail})"
-        return text
+        return _neutralise(text)
 
 
 class AutoservSSHError(AutoservHostError):
@@ -468,9 +468,14 @@ class _MarkerFilter:
     """Takes the remote wrapper's marker lines out of a stderr stream.
 
     A marker is ``\\x1e<token> s <pgid>\\n`` (started) or ``\\x1e<token> e
-    <status>\\n`` (ended); the token is random per host object, so command
-    output cannot forge one.  Bytes that might begin a marker are held back
-    until it is clear whether they do."""
+    <status>\\n`` (ended); the token is fresh per command.  The first marker
+    of each kind wins, and after the end marker everything is plain output:
+    a background child printing a forged marker late changes nothing.  Only
+    bytes that might begin a marker (a whole or partial prefix at the end of
+    a read, at most a marker's length) are held back; each byte is looked at
+    a bounded number of times, so a flood of \\x1e costs linear time."""
+
+    BODY = 32              # the longest "s <pgid>" or "e <status>" looked for
 
     def __init__(self, token):
         self.prefix = b"\x1e" + token.encode() + b" "
@@ -482,38 +487,44 @@ class _MarkerFilter:
         if self.pending:
             data = self.pending + data
             self.pending = b""
-        if b"\x1e" not in data:
+        if self.status is not None:
             return data
-        out = []
-        prefix = self.prefix
-        while data:
-            i = data.find(b"\x1e")
+        prefix, size = self.prefix, len(self.prefix)
+        out, start, at = [], 0, 0
+        while True:
+            i = data.find(prefix, at)
             if i < 0:
-                out.append(data)
                 break
-            out.append(data[:i])
-            rest = data[i:]
-            if len(rest) < len(prefix):
-                if prefix.startswith(rest):
-                    self.pending = rest
+            j = data.find(b"\n", i + size, i + size + self.BODY)
+            if j < 0:
+                if len(data) - i < size + self.BODY:
+                    out.append(data[start:i])        # may end in the next read
+                    self.pending = data[i:]
+                    return b"".join(out)
+            elif self._marker(data[i + size:j]):
+                out.append(data[start:i])
+                start = at = j + 1
+                if self.status is not None:
                     break
-            elif rest.startswith(prefix):
-                j = rest.find(b"\n")
-                if j < 0 and len(rest) < len(prefix) + 32:
-                    self.pending = rest
-                    break
-                if j > 0 and self._marker(rest[len(prefix):j]):
-                    data = rest[j + 1:]
-                    continue
-            out.append(rest[:1])
-            data = rest[1:]
+                continue
+            at = i + 1
+        if self.status is None:
+            # A prefix cut short by the end of this read: hold it back.
+            k = data.find(b"\x1e", max(start, len(data) - size + 1))
+            while k >= 0 and not prefix.startswith(data[k:]):
+                k = data.find(b"\x1e", k + 1)
+            if k >= 0:
+                out.append(data[start:k])
+                self.pending = data[k:]
+                return b"".join(out)
+        out.append(data[start:])
         return b"".join(out)
 
     def _marker(self, body):
         parts = body.split()
         if len(parts) != 2 or not parts[1].isdigit():
             return False
-        if parts[0] == b"s":
+        if parts[0] == b"s" and self.pgid is None:
             self.pgid = int(parts[1])
         elif parts[0] == b"e":
             self.status = int(parts[1])
@@ -2605,7 +2616,7 @@ def _ssh_lines(text, started):
     lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("@")]
     if started:
         lines = [l for l in lines if any(p.search(l) for p, _, _ in _SSH_ERRORS)]
-    return lines[-6:]
+    return [_neutralise(l) for l in lines[-6:]]
 
 
 def _read_line(pipe, timeout):
@@ -6096,7 +6107,7 @@ def _report(exc, control_path):
 
 def _say(message, quiet=False):
     if not quiet:
-        print(f"autoserv: {message}", file=sys.stderr, flush=True)
+        print(f"autoserv: {_neutralise(message)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):

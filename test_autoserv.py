@@ -2057,6 +2057,69 @@ class TestHostileRun(SshdTestCase):
         self.assertNotIn("\x1b", str(cm.exception))
 
 
+    def test_a_flood_of_record_separators_costs_linear_time_and_stays_byte_exact(self):
+        # H12: \x1e alone, partial prefixes and whole prefixes with no end.
+        token = "0123456789abcdef"
+        for name, unit in (("\\x1e", b"\x1e"), ("partial prefix", b"\x1e012345"),
+                           ("prefix, no newline", f"\x1e{token} ".encode())):
+            with self.subTest(flood=name):
+                flood = unit * ((4 << 20) // len(unit))
+                f = autoserv._MarkerFilter(token)
+                t0 = time.monotonic()
+                out = [f.feed(flood[i:i + 65536]) for i in range(0, len(flood), 65536)]
+                out.append(f.feed(f"\x1e{token} e 3\n".encode()) + f.flush())
+                self.assertLess(time.monotonic() - t0, 2)       # linear: about 0.1 s
+                self.assertEqual(b"".join(out), flood)
+                self.assertEqual(f.status, 3)
+        h = self.sshd.host()
+        t0 = time.monotonic()
+        r = h.run("head -c 4000000 /dev/zero | tr '\\0' '\\036' >&2; printf '\\036x\\036' >&2",
+                  timeout=60)
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assertEqual(r.stderr, "\x1e" * 4000000 + "\x1ex\x1e")
+
+    def test_a_late_forged_marker_from_a_background_child_changes_nothing(self):
+        # The child reads the command's token where any process of the same
+        # user can (the wrapper's command line) and prints an end marker
+        # with another status after the command has ended.
+        h = self.sshd.host()
+        r = h.run("t=$(tr '\\0' '\\n' </proc/$PPID/cmdline | sed -n 5p); "
+                  "(sleep 1; printf '\\036%s e 7\\n' \"$t\" >&2) & exit 3", ignore_status=True)
+        self.assertEqual(r.exit_status, 3)
+        self.assertRegex(r.stderr, "^\x1e[0-9a-f]{16} e 7\n$")
+
+    def test_a_marker_of_an_earlier_command_is_plain_output(self):
+        h = self.sshd.host()
+        old = h.run("tr '\\0' '\\n' </proc/$PPID/cmdline | sed -n 5p").stdout.strip()
+        self.assertRegex(old, "^[0-9a-f]{16}$")
+        r = h.run(f"printf '\\036{old} e 9\\n\\036{old} s 1\\n' >&2; exit 4", ignore_status=True)
+        self.assertEqual(r.exit_status, 4)
+        self.assertEqual(r.stderr, f"\x1e{old} e 9\n\x1e{old} s 1\n")
+
+    def test_escapes_from_the_target_are_neutralised_in_error_messages(self):
+        h = self.sshd.host()
+        loud = "printf 'boom\\033[2J\\033]0;title\\007\\233\\n' >&2; exit 1"
+        with self.assertRaises(autoserv.AutoservRunError) as cm:
+            h.run(loud)
+        text = str(cm.exception)
+        self.assertIn("boom^[[2J^[]0;title^G", text)
+        self.assertFalse(re.search("[\x1b\x07\x9b]", text), text)
+        # The CLI's own lines: an autoserv error, and any other exception
+        # whose text came from the target.
+        for body in (f"hosts.SSHHost('testhost').run({loud!r})\n",
+                     "raise ValueError(hosts.SSHHost('testhost').run("
+                     "\"printf 'x\\\\033[2J\\\\007'\").stdout)\n"):
+            with self.subTest(control=body):
+                ctl = os.path.join(self.tmp, "loud.control")
+                with open(ctl, "w") as f:
+                    f.write(body)
+                out = run_cli(*self.sshd.cli_opts(), "-r", os.path.join(self.tmp, "res"),
+                              "--overwrite", ctl)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn("^[[2J", out.stderr)
+                self.assertFalse(re.search("[\x1b\x07\x9b]", out.stderr), out.stderr)
+
+
 class TestSSHRunPersistent(TestSSHRun):
     """The per-command path's behaviour tests again, with every command going
     through the host's persistent agent (SSHHost(persistent=True)): timeouts
