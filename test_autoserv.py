@@ -2120,6 +2120,35 @@ class TestHostileRun(SshdTestCase):
                 self.assertFalse(re.search("[\x1b\x07\x9b]", out.stderr), out.stderr)
 
 
+    def test_embedded_programs_parse_without_being_run(self):
+        # The wrapper, as run (one line) and as written, under each shell.
+        for argv in (["dash", "-n"], ["bash", "-n"], ["busybox", "ash", "-n"]):
+            for form in ("_WRAPPER", "_WRAPPER_SH"):
+                with self.subTest(shell=argv[0], form=form):
+                    need(argv[0])
+                    out = subprocess.run(argv + ["-c", getattr(autoserv, form)],
+                                         capture_output=True, text=True, timeout=10)
+                    self.assertEqual((out.returncode, out.stderr), (0, ""))
+        self.assertNotIn("\n", autoserv._WRAPPER)
+        # The Python programs sent to targets, for the oldest python3 they
+        # may meet there.
+        import ast
+        import shlex
+        sha_words = shlex.split(autoserv._remote_sha256("/x"))
+        programs = {"_AGENT_PY": autoserv._AGENT_PY, "_QMP_PY": autoserv._QMP_PY,
+                    "_remote_sha256": sha_words[sha_words.index("-c") + 1]}
+        for name, src in programs.items():
+            with self.subTest(program=name):
+                ast.parse(src, feature_version=(3, 6))
+        # The agent's own functions are not listed as autoserv's.
+        source = open(AUTOSERV).read()
+        tree = ast.parse(autoserv._AGENT_PY)
+        names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        self.assertIn("guardian", names)
+        for name in names:
+            self.assertIsNone(re.search(rf"^(def|class) {name}\b", source, re.M), name)
+
+
 class TestSSHRunPersistent(TestSSHRun):
     """The per-command path's behaviour tests again, with every command going
     through the host's persistent agent (SSHHost(persistent=True)): timeouts
