@@ -3045,9 +3045,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 return result
             if ex.timed_out:
                 return result
-            if ex.pgid is None and attempt == 1:
+            if ex.pgid is None and attempt == 1 and data is None:
                 # The channel closed before the command started: the agent or
-                # the master is gone.  Start both again, once.
+                # the master is gone.  Start both again, once (not once stdin
+                # was on its way, as on the per-command path).
                 LOG.write("agent channel closed before the command started; restarting it",
                           self.hostname)
                 self._stop_agent()
@@ -3055,7 +3056,8 @@ class SSHHost(_SSHTransfer, RemoteHost):
             alive = self._master_alive()
             error = AutoservSSHConnectionLost(
                 self.hostname, "connection lost",
-                "the persistent session ended mid-command"
+                "the persistent session ended "
+                + ("mid-command" if ex.pgid is not None else "before the command started")
                 + ("" if alive else " (the ssh master is gone)"))
             LOG.write(f"transport failure: {error}", self.hostname)
             error.result = result

@@ -1743,7 +1743,7 @@ class CutRelay:
 
 
 class TestFaults(SshdTestCase):
-    def relay_host(self, relay=None):
+    def relay_host(self, relay=None, **kw):
         relay = relay or Relay(self.sshd.port)
         self.addCleanup(relay.close)
         self.sshd.write_ssh_config(("testhost",))
@@ -1756,7 +1756,7 @@ class TestFaults(SshdTestCase):
                     IdentityFile {self.sshd.client_key}
                     UserKnownHostsFile {self.sshd.known_hosts}
                 """))
-        return relay, self.sshd.host("relayhost", alive_interval=1, alive_count=3)
+        return relay, self.sshd.host("relayhost", alive_interval=1, alive_count=3, **kw)
 
     @scenario(4)
     def test_transfer_cut_halfway_keeps_the_old_file_and_a_retry_succeeds(self):
@@ -1929,33 +1929,42 @@ class TestHostileRun(SshdTestCase):
 
     @scenario(30)
     def test_link_cut_mid_stdin_runs_nothing_and_is_connection_lost(self):
-        # H2: 8 MB of stdin, the link cut 2 MB into the upload.
-        relay, h = self.relay_host(CutRelay(self.sshd.port, 2 << 20, "up"))
-        got, ran = os.path.join(self.tmp, "got"), os.path.join(self.tmp, "ran")
-        t0 = time.monotonic()
-        with self.assertRaises(autoserv.AutoservSSHConnectionLost):
-            h.run(f"cat >{got} && touch {ran}", stdin=os.urandom(8 << 20), timeout=60)
-        self.assertLess(time.monotonic() - t0, 20)
-        self.assertTrue(relay.was_cut())
-        with self.assertRaises(AssertionError):     # give it 3 s to misbehave
-            wait_for(lambda: os.path.exists(got) or os.path.exists(ran), 3)
-        self.assertEqual(h.run("echo back").stdout, "back\n")
+        # H2: 8 MB of stdin, the link cut 2 MB into the upload; per command
+        # and through the persistent agent.
+        for persistent in (False, True):
+            with self.subTest(persistent=persistent):
+                relay, h = self.relay_host(CutRelay(self.sshd.port, 2 << 20, "up"),
+                                           persistent=persistent)
+                got, ran = os.path.join(self.tmp, "got"), os.path.join(self.tmp, "ran")
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+                    h.run(f"cat >{got} && touch {ran}", stdin=os.urandom(8 << 20), timeout=60)
+                self.assertLess(time.monotonic() - t0, 20)
+                self.assertTrue(relay.was_cut())
+                with self.assertRaises(AssertionError):     # give it 3 s to misbehave
+                    wait_for(lambda: os.path.exists(got) or os.path.exists(ran), 3)
+                self.assertEqual(h.run("echo back").stdout, "back\n")
+                h.close()
 
     @scenario(30)
     def test_link_cut_mid_command_kills_the_remote_group(self):
         # The link cut (target to us) while the command runs and prints; a
         # child that ignores TERM is killed too, nothing tagged stays.
-        relay, h = self.relay_host(CutRelay(self.sshd.port, 256 << 10, "down"))
-        h.run("true")
-        t0 = time.monotonic()
-        with self.assertRaises(autoserv.AutoservSSHConnectionLost):
-            h.run("sh -c 'trap \"\" TERM; exec sleep 4253.1' & "
-                  "while :; do head -c 4096 /dev/zero; sleep 0.02; done", timeout=60)
-        self.assertLess(time.monotonic() - t0, 20)
-        self.assertTrue(relay.was_cut())
-        wait_for(lambda: not [p for p in comm_pids("sleep") if p in processes_with("4253.1")],
-                 10, what="the remote group killed")
-
+        for persistent in (False, True):
+            with self.subTest(persistent=persistent):
+                relay, h = self.relay_host(CutRelay(self.sshd.port, 256 << 10, "down"),
+                                           persistent=persistent)
+                h.run("true")
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+                    h.run("sh -c 'trap \"\" TERM; exec sleep 4253.1' & "
+                          "while :; do head -c 4096 /dev/zero; sleep 0.02; done", timeout=60)
+                self.assertLess(time.monotonic() - t0, 20)
+                self.assertTrue(relay.was_cut())
+                wait_for(lambda: not [p for p in comm_pids("sleep")
+                                      if p in processes_with("4253.1")],
+                         10, what="the remote group killed")
+                h.close()
 
     def test_a_bad_peer_on_the_agents_socket_loses_only_its_own_connection(self):
         # H11: garbage, an unknown kind, a huge length, bad requests, frames
