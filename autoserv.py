@@ -2091,6 +2091,8 @@ _AGENT_PY = textwrap.dedent(r'''
 
         def watch(self):
             if self.gone:
+                if self.proc is None:
+                    self.close()        # the command of a peer that left has ended
                 return
             ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.wbuf else 0)
             sel.modify(self.sock, ev, self)

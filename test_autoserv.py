@@ -1914,7 +1914,7 @@ class TestHostileRun(SshdTestCase):
         # must not depend on them.
         for shell in self.shells():
             with self.subTest(shell=shell[-1]):
-                tag = f"4252.{len(shell[-1])}"
+                tag = "4252.%06d" % int.from_bytes(os.urandom(3), "big")     # ours alone
                 r, w = os.pipe()
                 os.close(r)
                 try:
@@ -1955,14 +1955,14 @@ class TestHostileRun(SshdTestCase):
                 relay, h = self.relay_host(CutRelay(self.sshd.port, 256 << 10, "down"),
                                            persistent=persistent)
                 h.run("true")
+                tag = "4253.%06d" % int.from_bytes(os.urandom(3), "big")
                 t0 = time.monotonic()
                 with self.assertRaises(autoserv.AutoservSSHConnectionLost):
-                    h.run("sh -c 'trap \"\" TERM; exec sleep 4253.1' & "
+                    h.run(f"sh -c 'trap \"\" TERM; exec sleep {tag}' & "
                           "while :; do head -c 4096 /dev/zero; sleep 0.02; done", timeout=60)
                 self.assertLess(time.monotonic() - t0, 20)
                 self.assertTrue(relay.was_cut())
-                wait_for(lambda: not [p for p in comm_pids("sleep")
-                                      if p in processes_with("4253.1")],
+                wait_for(lambda: not [p for p in comm_pids("sleep") if p in processes_with(tag)],
                          10, what="the remote group killed")
                 h.close()
 
@@ -2000,6 +2000,18 @@ class TestHostileRun(SshdTestCase):
             other.join(40)
         self.assertEqual([r.stdout for r in results], ["survived\n"])
         self.assertEqual(int(h.run("echo $PPID").stdout), agent, "the agent was restarted")
+        # A peer that starts a command and hangs up: the command's group is
+        # killed and the agent keeps no fd for it.
+        fds = len(os.listdir(f"/proc/{agent}/fd"))
+        tag = "4254.%06d" % int.from_bytes(os.urandom(3), "big")
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.connect(path)
+                peer.sendall(frame(b"R", json.dumps({"c": f"sleep {tag}"}).encode()))
+                wait_for(lambda: processes_with(tag), 10, what="the peer's command started")
+        wait_for(lambda: not processes_with(tag), 10, what="the peer's command killed")
+        wait_for(lambda: len(os.listdir(f"/proc/{agent}/fd")) <= fds, 5,
+                 what=f"the agent back to {fds} fds")
 
     def serve_agent(self, reply):
         """A stand-in agent on a local socket that reads the request and
