@@ -2340,9 +2340,10 @@ _AGENT_PY = textwrap.dedent(r'''
 
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
 # The longest body of each kind the agent may send (it sends output in 64 KiB
-# pieces), and of the request it takes (its MAX_BODY).
+# pieces), and the longest request and stdin piece it takes (its MAX_BODY).
 _AGENT_FRAMES = {b"S": 20, b"O": 1 << 20, b"E": 1 << 20, b"X": 20}
 _AGENT_REQUEST_MAX = 4 << 20
+_AGENT_STDIN_PIECE = 1 << 20
 
 
 def _frame(kind, data=b""):
@@ -2383,8 +2384,8 @@ class _AgentExecution(_Execution):
         out = bytearray(_frame(b"R", self.request))
         if self.stdin_data is not None:
             view = memoryview(self.stdin_data)
-            for at in range(0, len(view), READ_SIZE):
-                out += _frame(b"I", view[at:at + READ_SIZE])
+            for at in range(0, len(view), _AGENT_STDIN_PIECE):
+                out += _frame(b"I", view[at:at + _AGENT_STDIN_PIECE])
             out += _frame(b"i")
         self.pending = out
 
