@@ -1855,6 +1855,7 @@ class TestHostileRun(SshdTestCase):
     forged markers, floods and escapes from the target."""
 
     relay_host = TestFaults.relay_host
+    SHELLS = (["dash"], ["bash"], ["busybox", "ash"])     # the wrapper's shells
 
     def wrapper(self, shell, token, n, command, stdin, stderr=subprocess.PIPE, eof=True):
         """The remote wrapper run here under `shell` (argv list) as sshd would
@@ -1880,20 +1881,15 @@ class TestHostileRun(SshdTestCase):
                 proc.wait()
         return proc.returncode, err
 
-    def shells(self):
-        found = [[s] for s in ("dash", "bash") if shutil.which(s)]
-        if shutil.which("busybox"):
-            found.append(["busybox", "ash"])
-        return found
-
     def test_wrapper_runs_nothing_on_short_or_unterminated_stdin(self):
         token = "0123456789abcdef"
-        for shell in self.shells():
+        for shell in self.SHELLS:
             for name, stdin, runs in (("short", b"12345", False),
                                       ("no trailer", b"1234567890", False),
                                       ("wrong trailer", b"1234567890" + b"x" * 16, False),
                                       ("whole", b"1234567890" + token.encode(), True)):
                 with self.subTest(shell=shell[-1], case=name):
+                    need(shell[0])
                     got = os.path.join(self.tmp, "got")
                     status, err = self.wrapper(shell, token, 10, f"cat >{got}", stdin,
                                                eof=not runs)
@@ -1912,8 +1908,9 @@ class TestHostileRun(SshdTestCase):
         # ssh's stdin at EOF and stderr with no reader: the link is gone just
         # as the command starts.  The wrapper's marker writes fail; its kill
         # must not depend on them.
-        for shell in self.shells():
+        for shell in self.SHELLS:
             with self.subTest(shell=shell[-1]):
+                need(shell[0])
                 tag = "4252.%06d" % int.from_bytes(os.urandom(3), "big")     # ours alone
                 r, w = os.pipe()
                 os.close(r)
@@ -2143,11 +2140,11 @@ class TestHostileRun(SshdTestCase):
 
     def test_embedded_programs_parse_without_being_run(self):
         # The wrapper, as run (one line) and as written, under each shell.
-        for argv in (["dash", "-n"], ["bash", "-n"], ["busybox", "ash", "-n"]):
+        for shell in self.SHELLS:
             for form in ("_WRAPPER", "_WRAPPER_SH"):
-                with self.subTest(shell=argv[0], form=form):
-                    need(argv[0])
-                    out = subprocess.run(argv + ["-c", getattr(autoserv, form)],
+                with self.subTest(shell=shell[-1], form=form):
+                    need(shell[0])
+                    out = subprocess.run(shell + ["-n", "-c", getattr(autoserv, form)],
                                          capture_output=True, text=True, timeout=10)
                     self.assertEqual((out.returncode, out.stderr), (0, ""))
         self.assertNotIn("\n", autoserv._WRAPPER)
