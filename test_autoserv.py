@@ -1974,6 +1974,7 @@ class TestHostileRun(SshdTestCase):
 
         def frame(kind, body=b""):
             return struct.pack(">cI", kind, len(body)) + body
+        ran = os.path.join(self.tmp, "ran")
         results = []
         other = threading.Thread(target=lambda: results.append(
             h.run("sleep 2; echo survived", timeout=30)))
@@ -1987,7 +1988,10 @@ class TestHostileRun(SshdTestCase):
                     ("request of the wrong shape", frame(b"R", b'{"c": 5}')),
                     ("stdin before a request", frame(b"I", b"data")),
                     ("more stdin than announced", frame(b"R", b'{"c": "true", "i": 1, "n": 1}')
-                     + frame(b"I", b"two"))):
+                     + frame(b"I", b"two")),
+                    ("less stdin than announced", frame(b"R", json.dumps(
+                        {"c": f"touch {ran}", "i": 1, "n": 5}).encode())
+                     + frame(b"I", b"abc") + frame(b"i"))):
                 with self.subTest(peer=name), socket.socket(socket.AF_UNIX) as peer:
                     peer.settimeout(5)
                     peer.connect(path)
@@ -1997,6 +2001,7 @@ class TestHostileRun(SshdTestCase):
             other.join(40)
         self.assertEqual([r.stdout for r in results], ["survived\n"])
         self.assertEqual(int(h.run("echo $PPID").stdout), agent, "the agent was restarted")
+        self.assertFalse(os.path.exists(ran), "a command ran on part of its stdin")
         # A peer that starts a command and hangs up: the command's group is
         # killed and the agent keeps no fd for it.
         fds = len(os.listdir(f"/proc/{agent}/fd"))
