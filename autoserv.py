@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 
@@ -114,7 +115,7 @@ class AutoservRunError(AutoservError):
                 if tail:
                     text += f"\n  last lines of {name}:\n" + "\n".join(
                         "    " + line for line in tail)
-        return text
+        return _neutralise(text)       # the target's bytes never act on a terminal
 
 
 CmdError = AutoservRunError
@@ -141,7 +142,7 @@ class AutoservHostError(AutoservError):
         text = f"{self.hostname}: {self.message}" if self.hostname else self.message
         if self.detail:
             text += f" ({self.detail})"
-        return text
+        return _neutralise(text)
 
 
 class AutoservSSHError(AutoservHostError):
@@ -481,9 +482,14 @@ class _MarkerFilter:
     """Takes the remote wrapper's marker lines out of a stderr stream.
 
     A marker is ``\\x1e<token> s <pgid>\\n`` (started) or ``\\x1e<token> e
-    <status>\\n`` (ended); the token is random per host object, so command
-    output cannot forge one.  Bytes that might begin a marker are held back
-    until it is clear whether they do."""
+    <status>\\n`` (ended); the token is fresh per command.  The first marker
+    of each kind wins, and after the end marker everything is plain output:
+    a background child printing a forged marker late changes nothing.  Only
+    bytes that might begin a marker (a whole or partial prefix at the end of
+    a read, at most a marker's length) are held back; each byte is looked at
+    a bounded number of times, so a flood of \\x1e costs linear time."""
+
+    BODY = 32              # the longest "s <pgid>" or "e <status>" looked for
 
     def __init__(self, token):
         self.prefix = b"\x1e" + token.encode() + b" "
@@ -495,38 +501,44 @@ class _MarkerFilter:
         if self.pending:
             data = self.pending + data
             self.pending = b""
-        if b"\x1e" not in data:
+        if self.status is not None:
             return data
-        out = []
-        prefix = self.prefix
-        while data:
-            i = data.find(b"\x1e")
+        prefix, size = self.prefix, len(self.prefix)
+        out, start, at = [], 0, 0
+        while True:
+            i = data.find(prefix, at)
             if i < 0:
-                out.append(data)
                 break
-            out.append(data[:i])
-            rest = data[i:]
-            if len(rest) < len(prefix):
-                if prefix.startswith(rest):
-                    self.pending = rest
+            j = data.find(b"\n", i + size, i + size + self.BODY)
+            if j < 0:
+                if len(data) - i < size + self.BODY:
+                    out.append(data[start:i])        # may end in the next read
+                    self.pending = data[i:]
+                    return b"".join(out)
+            elif self._marker(data[i + size:j]):
+                out.append(data[start:i])
+                start = at = j + 1
+                if self.status is not None:
                     break
-            elif rest.startswith(prefix):
-                j = rest.find(b"\n")
-                if j < 0 and len(rest) < len(prefix) + 32:
-                    self.pending = rest
-                    break
-                if j > 0 and self._marker(rest[len(prefix):j]):
-                    data = rest[j + 1:]
-                    continue
-            out.append(rest[:1])
-            data = rest[1:]
+                continue
+            at = i + 1
+        if self.status is None:
+            # A prefix cut short by the end of this read: hold it back.
+            k = data.find(b"\x1e", max(start, len(data) - size + 1))
+            while k >= 0 and not prefix.startswith(data[k:]):
+                k = data.find(b"\x1e", k + 1)
+            if k >= 0:
+                out.append(data[start:k])
+                self.pending = data[k:]
+                return b"".join(out)
+        out.append(data[start:])
         return b"".join(out)
 
     def _marker(self, body):
         parts = body.split()
         if len(parts) != 2 or not parts[1].isdigit():
             return False
-        if parts[0] == b"s":
+        if parts[0] == b"s" and self.pgid is None:
             self.pgid = int(parts[1])
         elif parts[0] == b"e":
             self.status = int(parts[1])
@@ -2041,347 +2053,403 @@ def parse_machine(spec):
     return user, host, port
 
 
-# The remote wrapper, POSIX sh (dash, bash, busybox ash), one line so any login
-# shell passes it through.  $1 token, $2 stdin length, $3 command, $4 run id.
-# Stdin's first $2 bytes are staged in an unlinked temp file (only when there
-# are any) and the command runs under the login shell in its own session, as
-# its own job.  A separate watcher job waits for EOF on ssh's stdin, which
-# comes on timeout (autoserv closes it) or when the link drops, and tells the
-# wrapper (USR1) to kill the command's process group: TERM, CONT, KILL at 2 s.
-# Markers on stderr (stripped by _MarkerFilter) give the group id and the real
-# exit status, so a remote 'exit 255' is not mistaken for a transport failure.
 # The persistent agent (SSHHost(persistent=True)), run on the target as
 # `env AUTOSERV_RUN_ID=ID python3 -c _AGENT_PY GRACE`.  It listens on a socket in a fresh 0700
 # /tmp/autoserv-* dir, prints that socket's path, and serves one command per
-# connection: client frames R (json: c command, r run id, i stdin follows),
+# connection.  Frames are kind (1 byte), length (32-bit big-endian), body.
+# Client frames: R (json: c command, r run id, i stdin follows, n its length),
 # I (stdin bytes), i (stdin end), K (kill); agent frames S (pgid), O/E
-# (stdout/stderr bytes), X (exit status, 128+N for signal N).  A connection
-# that closes kills its command's process group (TERM, CONT, KILL after
-# GRACE); its own stdin closing (the ssh session gone) kills every group,
-# removes the dir and exits.  A guardian process forked first, in its own
-# session, kills the groups still running if the agent dies any other way.
-# Python 3.6+, standard library only.
-_AGENT_PY = r'''import errno, json, os, selectors, signal, socket, struct, subprocess, sys, tempfile, time
-H = struct.Struct(">cI")
-LIMIT = 1 << 20
-GRACE = float(sys.argv[1])
+# (stdout/stderr bytes), X (exit status, 128+N for signal N).  Every frame is
+# checked on arrival (kind known, length within its bound, in order, body
+# well formed); a peer that breaks the protocol loses its connection (and
+# its command) and nothing else.  Stdin goes to an unlinked file as it comes
+# and the command starts only once all of the announced bytes are there.  A
+# connection that closes kills its command's process group (TERM, CONT, KILL
+# after GRACE); its own stdin closing (the ssh session gone) kills every
+# group, removes the dir and exits.  A guardian process forked first, in its
+# own session, kills the groups still running if the agent dies any other
+# way.  Python 3.6+, standard library only.  Indented here so that it reads
+# as the separate program it is; dedented at import.
+_AGENT_PY = textwrap.dedent(r'''
+    import json, os, selectors, signal, socket, struct, subprocess, sys, tempfile, time
+    H = struct.Struct(">cI")
+    LIMIT = 1 << 20
+    # The longest body of each kind a client may send (autoserv's client
+    # sends stdin in 1 MiB pieces; a command line longer than 4 MiB could
+    # not be run anyway).
+    MAX_BODY = {b"R": 4 << 20, b"I": 1 << 20, b"i": 0, b"K": 0}
+    GRACE = float(sys.argv[1])
 
 
-def group(pid, sig):
-    try:
-        os.killpg(pid, sig)
-    except OSError:
+    class Broken(Exception):
+        """A client broke the protocol; it loses its connection."""
+
+
+    def group(pid, sig):
         try:
-            os.kill(pid, sig)
+            os.killpg(pid, sig)
+        except OSError:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+
+    def guardian(fd):
+        """Kills the groups still running when the agent is gone, however it
+        went (SIGKILL, the OOM killer): it hears +pgid/-pgid, q to just exit."""
+        live, buf = set(), b""
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                break
+            buf += data
+            lines = buf.split(b"\n")
+            buf = lines.pop()
+            for line in lines:
+                if line == b"q":
+                    os._exit(0)
+                if line[:1] == b"+":
+                    live.add(int(line[1:]))
+                elif line[:1] == b"-":
+                    live.discard(int(line[1:]))
+        for pg in live:
+            group(pg, signal.SIGTERM)
+            group(pg, signal.SIGCONT)
+        if live:
+            time.sleep(GRACE)
+            for pg in live:
+                group(pg, signal.SIGKILL)
+        os._exit(0)
+
+
+    guard_r, guard_w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(guard_w)
+        guardian(guard_r)
+    os.close(guard_r)
+
+
+    def tell(text):
+        try:
+            os.write(guard_w, text)
         except OSError:
             pass
 
 
-def guardian(fd):
-    """Kills the groups still running when the agent is gone, however it
-    went (SIGKILL, the OOM killer): it hears +pgid/-pgid, q to just exit."""
-    live, buf = set(), b""
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except InterruptedError:
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            break
-        buf += data
-        lines = buf.split(b"\n")
-        buf = lines.pop()
-        for line in lines:
-            if line == b"q":
-                os._exit(0)
-            if line[:1] == b"+":
-                live.add(int(line[1:]))
-            elif line[:1] == b"-":
-                live.discard(int(line[1:]))
-    for pg in live:
-        group(pg, signal.SIGTERM)
-        group(pg, signal.SIGCONT)
-    if live:
-        time.sleep(GRACE)
-        for pg in live:
-            group(pg, signal.SIGKILL)
-    os._exit(0)
+    sel = selectors.DefaultSelector()
+    conns = set()
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *a: shutdown())
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
-guard_r, guard_w = os.pipe()
-if os.fork() == 0:
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(guard_w)
-    guardian(guard_r)
-os.close(guard_r)
+    class Conn:
+        def __init__(self, sock):
+            self.sock = sock
+            self.rbuf = bytearray()
+            self.wbuf = bytearray()
+            self.req = None
+            self.expect = False        # stdin frames may come (R said so, no i yet)
+            self.stdin = None          # the staging file's fd
+            self.got = 0               # stdin bytes received so far
+            self.failed = None         # why staging failed (the command then does not run)
+            self.proc = None
+            self.pipes = {}
+            self.kill_at = None
+            self.gone = False
+            self.done = False
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, self)
+            conns.add(self)
 
+        def send(self, kind, data=b""):
+            if self.gone:
+                return
+            self.wbuf += H.pack(kind, len(data)) + data
+            self.flush()
 
-def tell(text):
-    try:
-        os.write(guard_w, text)
-    except OSError:
-        pass
+        def flush(self):
+            if self.wbuf and not self.gone:
+                try:
+                    n = self.sock.send(self.wbuf)
+                    del self.wbuf[:n]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.lost()
+                    return
+            self.watch()
 
+        def watch(self):
+            if self.gone:
+                if self.proc is None:
+                    self.close()        # the command of a peer that left has ended
+                return
+            ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.wbuf else 0)
+            sel.modify(self.sock, ev, self)
+            room = len(self.wbuf) < LIMIT
+            for fd in list(self.pipes):
+                key = sel.get_map().get(fd)
+                if room and key is None:
+                    sel.register(fd, selectors.EVENT_READ, (self, self.pipes[fd]))
+                elif not room and key is not None:
+                    sel.unregister(fd)
+            if self.done and not self.wbuf:
+                self.close()
 
-sel = selectors.DefaultSelector()
-conns = set()
-wake_r, wake_w = os.pipe()
-for fd in (wake_r, wake_w):
-    os.set_blocking(fd, False)
-signal.set_wakeup_fd(wake_w)
-signal.signal(signal.SIGCHLD, lambda *a: None)
-for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-    signal.signal(s, lambda *a: shutdown())
-signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-
-
-class Conn:
-    def __init__(self, sock):
-        self.sock = sock
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.req = None
-        self.stdin = bytearray()
-        self.proc = None
-        self.pipes = {}
-        self.kill_at = None
-        self.gone = False
-        self.done = False
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ, self)
-        conns.add(self)
-
-    def send(self, kind, data=b""):
-        if self.gone:
-            return
-        self.wbuf += H.pack(kind, len(data)) + data
-        self.flush()
-
-    def flush(self):
-        if self.wbuf and not self.gone:
+        def readable(self):
             try:
-                n = self.sock.send(self.wbuf)
-                del self.wbuf[:n]
+                data = self.sock.recv(LIMIT)
             except BlockingIOError:
-                pass
+                return
             except OSError:
+                data = b""
+            if not data:
                 self.lost()
                 return
-        self.watch()
+            self.rbuf += data
+            at = 0
+            try:
+                while len(self.rbuf) - at >= H.size and not self.gone:
+                    kind, n = H.unpack_from(self.rbuf, at)
+                    # Judged on its header, before any of its body is kept.
+                    if n > MAX_BODY.get(kind, -1):
+                        raise Broken("frame %r of %d bytes" % (kind, n))
+                    if len(self.rbuf) - at < H.size + n:
+                        break
+                    self.frame(kind, bytes(self.rbuf[at + H.size:at + H.size + n]))
+                    at += H.size + n
+            except (Broken, ValueError, TypeError, KeyError):
+                self.lost()
+                return
+            del self.rbuf[:at]
 
-    def watch(self):
-        if self.gone:
-            return
-        ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.wbuf else 0)
-        sel.modify(self.sock, ev, self)
-        room = len(self.wbuf) < LIMIT
-        for fd in list(self.pipes):
-            key = sel.get_map().get(fd)
-            if room and key is None:
-                sel.register(fd, selectors.EVENT_READ, (self, self.pipes[fd]))
-            elif not room and key is not None:
-                sel.unregister(fd)
-        if self.done and not self.wbuf:
-            self.close()
-
-    def readable(self):
-        try:
-            data = self.sock.recv(LIMIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.lost()
-            return
-        self.rbuf += data
-        at = 0
-        while len(self.rbuf) - at >= H.size:
-            kind, n = H.unpack_from(self.rbuf, at)
-            if len(self.rbuf) - at < H.size + n:
-                break
-            self.frame(kind, bytes(self.rbuf[at + H.size:at + H.size + n]))
-            at += H.size + n
-        del self.rbuf[:at]
-
-    def frame(self, kind, body):
-        if kind == b"R" and self.req is None:
-            self.req = json.loads(body.decode())
-            if not self.req.get("i"):
+        def frame(self, kind, body):
+            if kind == b"K":
+                self.kill()
+            elif self.req is None and kind == b"R":
+                req = json.loads(body.decode())
+                if not (isinstance(req, dict) and isinstance(req.get("c"), str)
+                        and isinstance(req.get("r", ""), str)
+                        and isinstance(req.get("n", 0), int)):
+                    raise Broken("bad request")
+                self.req = req
+                if not req.get("i"):
+                    self.start()
+                    return
+                # Staged whole, as the per-command wrapper does (a command
+                # that never reads its stdin must not stall anything), in an
+                # unlinked file as it comes (memory stays bounded).
+                self.expect = True
+                try:
+                    fd, name = tempfile.mkstemp(dir=top)
+                    os.unlink(name)
+                    self.stdin = fd
+                except OSError as e:
+                    self.failed = e
+            elif self.expect and kind == b"I":
+                self.got += len(body)
+                if self.got > self.req.get("n", 0):
+                    raise Broken("more stdin than announced")
+                try:
+                    view = memoryview(body)
+                    while view and self.stdin is not None:
+                        view = view[os.write(self.stdin, view):]
+                except OSError as e:
+                    self.failed = e
+                    os.close(self.stdin)
+                    self.stdin = None
+            elif self.expect and kind == b"i":
+                if self.got != self.req.get("n", 0):
+                    raise Broken("less stdin than announced")
+                self.expect = False
                 self.start()
-        elif kind == b"I" and self.proc is None:
-            self.stdin += body
-        elif kind == b"i" and self.proc is None:
-            self.start()
-        elif kind == b"K":
-            self.kill()
+            else:
+                raise Broken("frame %r out of order" % kind)
 
-    def start(self):
-        req = self.req
-        env = dict(os.environ, AUTOSERV_RUN_ID=req.get("r") or os.environ.get("AUTOSERV_RUN_ID", ""))
-        shell = os.environ.get("SHELL") or "/bin/sh"
-        data, self.stdin = bytes(self.stdin), None
-        stdin = subprocess.DEVNULL
-        try:
+        def start(self):
+            req = self.req
+            env = dict(os.environ, AUTOSERV_RUN_ID=req.get("r") or os.environ.get("AUTOSERV_RUN_ID", ""))
+            shell = os.environ.get("SHELL") or "/bin/sh"
+            stdin, self.stdin = self.stdin, None
+            try:
+                if self.failed is not None:
+                    raise self.failed
+                if stdin is None:
+                    stdin = subprocess.DEVNULL
+                else:
+                    os.lseek(stdin, 0, 0)
+                proc = subprocess.Popen([shell, "-c", req["c"]], stdin=stdin,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                        start_new_session=True, cwd=os.path.expanduser("~"))
+            except (OSError, ValueError) as e:
+                self.send(b"E", ("autoserv agent: cannot start the command: %s\n" % e).encode())
+                self.send(b"X", b"125")
+                self.done = True
+                self.watch()
+                return
+            finally:
+                if stdin not in (None, subprocess.DEVNULL):
+                    os.close(stdin)
+            self.proc = proc
+            self.pipes = {proc.stdout.fileno(): b"O", proc.stderr.fileno(): b"E"}
+            for fd in self.pipes:
+                os.set_blocking(fd, False)
+            tell(b"+%d\n" % proc.pid)
+            self.send(b"S", str(proc.pid).encode())
+            self.watch()
+
+        def output(self, fd, kind):
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
             if data:
-                # Staged whole, as the per-command wrapper does: a command
-                # that never reads its stdin must not stall anything.
-                stdin, name = tempfile.mkstemp(dir=top)
-                os.unlink(name)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(stdin, view):]
-                os.lseek(stdin, 0, 0)
-            proc = subprocess.Popen([shell, "-c", req["c"]], stdin=stdin,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                    start_new_session=True, cwd=os.path.expanduser("~"))
-        except OSError as e:
-            self.send(b"E", ("autoserv agent: cannot start the command: %s\n" % e).encode())
-            self.send(b"X", b"125")
+                self.send(kind, data)
+                return
+            sel.unregister(fd)
+            del self.pipes[fd]
+            self.reap()
+
+        def reap(self):
+            if self.proc is None or self.pipes or self.proc.poll() is None:
+                return
+            rc = self.proc.returncode
+            for f in (self.proc.stdout, self.proc.stderr):
+                f.close()
+            if self.kill_at is not None:
+                group(self.proc.pid, signal.SIGKILL)
+            tell(b"-%d\n" % self.proc.pid)
+            self.send(b"X", str(rc if rc >= 0 else 128 - rc).encode())
+            self.proc = None
             self.done = True
             self.watch()
-            return
-        finally:
-            if data and isinstance(stdin, int) and stdin >= 0:
-                os.close(stdin)
-        self.proc = proc
-        self.pipes = {proc.stdout.fileno(): b"O", proc.stderr.fileno(): b"E"}
-        for fd in self.pipes:
-            os.set_blocking(fd, False)
-        tell(b"+%d\n" % proc.pid)
-        self.send(b"S", str(proc.pid).encode())
-        self.watch()
 
-    def output(self, fd, kind):
+        def kill(self):
+            if self.proc is not None and self.kill_at is None:
+                group(self.proc.pid, signal.SIGTERM)
+                group(self.proc.pid, signal.SIGCONT)
+                self.kill_at = time.monotonic() + GRACE
+
+        def lost(self):
+            if self.gone:
+                return
+            self.gone = True
+            self.wbuf = bytearray()
+            self.rbuf = bytearray()
+            if self.stdin is not None:
+                os.close(self.stdin)
+                self.stdin = None
+            try:
+                sel.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self.kill()
+            for fd in list(self.pipes):
+                if sel.get_map().get(fd) is None:
+                    sel.register(fd, selectors.EVENT_READ, (self, self.pipes[fd]))
+            if self.proc is None:
+                self.close()
+
+        def close(self):
+            conns.discard(self)
+            try:
+                sel.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self.sock.close()
+
+
+    def shutdown():
+        for c in list(conns):
+            c.kill()
+        end = time.monotonic() + GRACE
+        while time.monotonic() < end and any(c.proc is not None and c.proc.poll() is None
+                                             for c in conns):
+            time.sleep(0.05)
+        for c in list(conns):
+            if c.proc is not None:
+                group(c.proc.pid, signal.SIGKILL)
+        tell(b"q\n")
         try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
+            os.unlink(path)
+            os.rmdir(top)
         except OSError:
-            data = b""
-        if data:
-            self.send(kind, data)
-            return
-        sel.unregister(fd)
-        del self.pipes[fd]
-        self.reap()
-
-    def reap(self):
-        if self.proc is None or self.pipes or self.proc.poll() is None:
-            return
-        rc = self.proc.returncode
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
-        if self.kill_at is not None:
-            group(self.proc.pid, signal.SIGKILL)
-        tell(b"-%d\n" % self.proc.pid)
-        self.send(b"X", str(rc if rc >= 0 else 128 - rc).encode())
-        self.proc = None
-        self.done = True
-        self.watch()
-
-    def kill(self):
-        if self.proc is not None and self.kill_at is None:
-            group(self.proc.pid, signal.SIGTERM)
-            group(self.proc.pid, signal.SIGCONT)
-            self.kill_at = time.monotonic() + GRACE
-
-    def lost(self):
-        self.gone = True
-        self.wbuf = bytearray()
-        try:
-            sel.unregister(self.sock)
-        except (KeyError, ValueError):
             pass
-        self.kill()
-        for fd in list(self.pipes):
-            if sel.get_map().get(fd) is None:
-                sel.register(fd, selectors.EVENT_READ, (self, self.pipes[fd]))
-        if self.proc is None:
-            self.close()
-
-    def close(self):
-        conns.discard(self)
-        try:
-            sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
-        self.sock.close()
+        os._exit(0)
 
 
-def shutdown():
-    for c in list(conns):
-        c.kill()
-    end = time.monotonic() + GRACE
-    while time.monotonic() < end and any(c.proc is not None and c.proc.poll() is None
-                                         for c in conns):
-        time.sleep(0.05)
-    for c in list(conns):
-        if c.proc is not None:
-            group(c.proc.pid, signal.SIGKILL)
-    tell(b"q\n")
-    try:
-        os.unlink(path)
-        os.rmdir(top)
-    except OSError:
-        pass
-    os._exit(0)
-
-
-top = tempfile.mkdtemp(prefix="autoserv-", dir="/tmp")
-path = os.path.join(top, "agent")
-listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-listener.bind(path)
-listener.listen(128)
-listener.setblocking(False)
-sel.register(listener, selectors.EVENT_READ, "listen")
-sel.register(0, selectors.EVENT_READ, "stdin")
-sel.register(wake_r, selectors.EVENT_READ, "wake")
-os.write(1, (path + "\n").encode())
-while True:
-    now = time.monotonic()
-    waits = [c.kill_at - now for c in conns if c.kill_at is not None and c.proc is not None]
-    for key, ev in sel.select(max(0.0, min(waits)) if waits else None):
-        what = key.data
-        if what == "listen":
-            try:
-                Conn(listener.accept()[0])
-            except OSError:
-                pass
-        elif what == "stdin":
-            try:
-                if not os.read(0, 4096):
+    top = tempfile.mkdtemp(prefix="autoserv-", dir="/tmp")
+    path = os.path.join(top, "agent")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(128)
+    listener.setblocking(False)
+    sel.register(listener, selectors.EVENT_READ, "listen")
+    sel.register(0, selectors.EVENT_READ, "stdin")
+    sel.register(wake_r, selectors.EVENT_READ, "wake")
+    os.write(1, (path + "\n").encode())
+    while True:
+        now = time.monotonic()
+        waits = [c.kill_at - now for c in conns if c.kill_at is not None and c.proc is not None]
+        for key, ev in sel.select(max(0.0, min(waits)) if waits else None):
+            what = key.data
+            if what == "listen":
+                try:
+                    Conn(listener.accept()[0])
+                except OSError:
+                    pass
+            elif what == "stdin":
+                try:
+                    if not os.read(0, 4096):
+                        shutdown()
+                except OSError:
                     shutdown()
-            except OSError:
-                shutdown()
-        elif what == "wake":
-            try:
-                os.read(wake_r, 4096)
-            except OSError:
-                pass
-            for c in list(conns):
-                c.reap()
-        elif isinstance(what, Conn):
-            if ev & selectors.EVENT_WRITE:
-                what.flush()
-            if ev & selectors.EVENT_READ and not what.gone:
-                what.readable()
-        else:
-            what[0].output(key.fd, what[1])
-    now = time.monotonic()
-    for c in list(conns):
-        if c.kill_at is not None and c.proc is not None and now >= c.kill_at:
-            group(c.proc.pid, signal.SIGKILL)
-            c.kill_at = now + 3600
-'''
+            elif what == "wake":
+                try:
+                    os.read(wake_r, 4096)
+                except OSError:
+                    pass
+                for c in list(conns):
+                    c.reap()
+            elif isinstance(what, Conn):
+                if ev & selectors.EVENT_WRITE:
+                    what.flush()
+                if ev & selectors.EVENT_READ and not what.gone:
+                    what.readable()
+            else:
+                what[0].output(key.fd, what[1])
+        now = time.monotonic()
+        for c in list(conns):
+            if c.kill_at is not None and c.proc is not None and now >= c.kill_at:
+                group(c.proc.pid, signal.SIGKILL)
+                c.kill_at = now + 3600
+''')
 
 
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
+# The longest body of each kind the agent may send (it sends output in 64 KiB
+# pieces), and the longest request and stdin piece it takes (its MAX_BODY).
+_AGENT_FRAMES = {b"S": 20, b"O": 1 << 20, b"E": 1 << 20, b"X": 20}
+_AGENT_REQUEST_MAX = 4 << 20
+_AGENT_STDIN_PIECE = 1 << 20
 
 
 def _frame(kind, data=b""):
@@ -2401,10 +2469,12 @@ class _AgentExecution(_Execution):
         super().__init__([], label, remote=True, **kw)
         self.path = path
         self.request = json.dumps({"c": command, "r": run_id,
-                                   "i": self.stdin_data is not None}).encode()
+                                   "i": self.stdin_data is not None,
+                                   "n": len(self.stdin_data or b"")}).encode()
         self.pgid = None
         self.status = None
         self.sock = None
+        self.broken = None       # how the agent broke the protocol, if it did
 
     def start(self):
         self.t0 = time.monotonic()
@@ -2420,8 +2490,8 @@ class _AgentExecution(_Execution):
         out = bytearray(_frame(b"R", self.request))
         if self.stdin_data is not None:
             view = memoryview(self.stdin_data)
-            for at in range(0, len(view), READ_SIZE):
-                out += _frame(b"I", view[at:at + READ_SIZE])
+            for at in range(0, len(view), _AGENT_STDIN_PIECE):
+                out += _frame(b"I", view[at:at + _AGENT_STDIN_PIECE])
             out += _frame(b"i")
         self.pending = out
 
@@ -2481,8 +2551,11 @@ class _AgentExecution(_Execution):
         buf = self.rbuf
         buf += memoryview(room)[:n]
         size, at = _FRAME.size, 0
-        while len(buf) - at >= size:
+        while len(buf) - at >= size and self.status is None:
             kind, n = _FRAME.unpack_from(buf, at)
+            # Judged on its header: a frame is never buffered past its bound.
+            if n > _AGENT_FRAMES.get(kind, -1):
+                return self._broke(f"a {kind!r} frame of {n} bytes")
             if len(buf) - at < size + n:
                 break
             body = bytes(memoryview(buf)[at + size:at + size + n])
@@ -2491,12 +2564,22 @@ class _AgentExecution(_Execution):
                 self._take(1, body)
             elif kind == b"E":
                 self._take(2, body)
+            elif not re.fullmatch(rb"[0-9]{1,10}", body):
+                return self._broke(f"a {kind!r} frame holding {body[:20]!r}")
             elif kind == b"S":
                 self.pgid = int(body)
-            elif kind == b"X":
+            else:
                 self.status = int(body)
         del buf[:at]
         return True
+
+    def _broke(self, what):
+        """The agent sent something it never sends: hang up (which kills the
+        command there) and say so; nothing more from it is read."""
+        self.broken = what
+        self.rbuf = bytearray()
+        self._hang_up()
+        return False
 
     def _hang_up(self):
         if self.sock is not None:
@@ -2535,22 +2618,86 @@ class _AgentExecution(_Execution):
         self.returncode = self.status
 
 
-_WRAPPER = (
-    "exec 3<&0 5</dev/null; t=$1 n=$2 c=$3; AUTOSERV_RUN_ID=$4; export AUTOSERV_RUN_ID; "
-    "k=; trap 'k=1' USR1; s=; command -v setsid >/dev/null 2>&1 && s=setsid; "
-    "if [ \"$n\" -gt 0 ]; then i=$(umask 077; mktemp /tmp/autoserv-in-XXXXXX) && "
-    "head -c \"$n\" <&3 >\"$i\" && exec 5<\"$i\"; r=$?; rm -f \"$i\"; "
-    "if [ $r != 0 ]; then echo 'autoserv: cannot stage stdin on the target' >&2; "
-    "printf '\\036%s e 125\\n' \"$t\" >&2; exit 125; fi; fi; "
-    "$s \"${SHELL:-/bin/sh}\" -c \"$c\" <&5 3<&- 5<&- & p=$!; exec 5<&-; "
-    "{ while read -r _; do :; done; kill -USR1 $$; } <&3 >/dev/null 2>&1 & w=$!; "
-    "exec 3<&-; printf '\\036%s s %s\\n' \"$t\" \"$p\" >&2; "
-    "while :; do wait \"$p\"; r=$?; [ -z \"$k\" ] && break; k=; "
-    "kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
-    "kill -CONT -$p 2>/dev/null; "
-    "(sleep 2; kill -KILL -$p || kill -KILL $p) >/dev/null 2>&1 & done; "
-    "kill $w 2>/dev/null; printf '\\036%s e %s\\n' \"$t\" \"$r\" >&2; exit \"$r\""
-)
+def _sh_one_line(program):
+    """A multi-line sh program as one line, so that any login shell (csh
+    too) passes it on: comment lines and indentation go, and lines are
+    joined with '; ' unless one ends in a word or operator that continues."""
+    lines = [l.strip() for l in program.splitlines()]
+    lines = [l for l in lines if l and not l.startswith("#")]
+    out = lines[0]
+    for line in lines[1:]:
+        joins = out.endswith(("&", "|", ";", "{")) or re.search(r"\b(then|do|else)$", out)
+        out += (" " if joins else "; ") + line
+    return out
+
+
+# The remote wrapper: ssh runs `exec sh -c WRAPPER autoserv TOKEN N COMMAND
+# RUN_ID` under the login shell; POSIX sh (dash, bash, busybox ash).
+#  TOKEN    fresh random hex per command: marks its markers and ends its stdin.
+#  N        stdin's length.  When N > 0 autoserv sends N bytes then TOKEN (the
+#           trailer); all N + len(TOKEN) bytes, trailer intact, are staged in an
+#           unlinked temp file, or nothing runs (status 125): a link cut
+#           mid-stdin never runs the command on part of its input.
+#  stdin    then stays open for the command's whole life; its EOF (autoserv
+#           closes it on timeout, or the link drops) makes a watcher job tell
+#           the wrapper (USR1) to kill the command's process group: TERM,
+#           CONT, then KILL after 2 s.
+#  stderr   markers, taken out by _MarkerFilter: "\036TOKEN s PGID" once the
+#           command runs (own session, login shell), "\036TOKEN e STATUS" once
+#           it ended, so a remote 'exit 255' is not a transport failure.
+# SIGPIPE is ignored once the command runs (the command itself keeps the
+# default): a marker written to a dead channel fails quietly instead of
+# killing the wrapper before its kill loop.  The kill comes first, the report
+# after.  The loop looks at the USR1 flag before it waits, so a USR1 that came
+# early (the link already gone) is not lost.
+_WRAPPER_SH = r"""
+    exec 3<&0 5</dev/null
+    t=$1 n=$2 c=$3 AUTOSERV_RUN_ID=$4
+    export AUTOSERV_RUN_ID
+    k=
+    trap 'k=1' USR1
+    s=
+    command -v setsid >/dev/null 2>&1 && s=setsid
+    if [ "$n" -gt 0 ]; then
+        # N bytes and the trailer, exactly, then the trailer cut off again.
+        m=$((n + ${#t}))
+        i=$(umask 077; mktemp /tmp/autoserv-in-XXXXXX) &&
+            head -c "$m" <&3 >"$i" &&
+            [ $(wc -c <"$i") -eq "$m" ] &&
+            [ "$(tail -c ${#t} "$i")" = "$t" ] &&
+            dd if=/dev/null of="$i" bs=1 seek="$n" 2>/dev/null &&
+            exec 5<"$i"
+        r=$?
+        rm -f ${i:+"$i"}
+        if [ $r != 0 ]; then
+            echo 'autoserv: stdin did not arrive whole on the target; nothing ran' >&2
+            printf '\036%s e 125\n' "$t" >&2
+            exit 125
+        fi
+    fi
+    $s "${SHELL:-/bin/sh}" -c "$c" <&5 3<&- 5<&- &
+    p=$!
+    exec 5<&-
+    trap '' PIPE
+    { while read -r _; do :; done; kill -USR1 $$; } <&3 >/dev/null 2>&1 &
+    w=$!
+    exec 3<&-
+    printf '\036%s s %s\n' "$t" "$p" >&2
+    r=
+    while :; do
+        # wait returns early on USR1 (k set): kill the group, then wait again.
+        [ -z "$k" ] && { wait "$p"; r=$?; }
+        [ -z "$k" ] && break
+        k=
+        kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null
+        kill -CONT -$p 2>/dev/null
+        (sleep 2; kill -KILL -$p || kill -KILL $p) >/dev/null 2>&1 &
+    done
+    kill $w 2>/dev/null
+    printf '\036%s e %s\n' "$t" "$r" >&2
+    exit "$r"
+"""
+_WRAPPER = _sh_one_line(_WRAPPER_SH)
 
 _SSH_ERRORS = [
     (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
@@ -2578,7 +2725,7 @@ def _ssh_lines(text, started):
     lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("@")]
     if started:
         lines = [l for l in lines if any(p.search(l) for p, _, _ in _SSH_ERRORS)]
-    return lines[-6:]
+    return [_neutralise(l) for l in lines[-6:]]
 
 
 def _read_line(pipe, timeout):
@@ -2663,7 +2810,6 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self._agent = None
         SSHHost._counter += 1
         self._index = SSHHost._counter
-        self._token = os.urandom(8).hex()
         self._master = None
         self._master_pid_owner = None
         self._ctrl_path = None
@@ -2848,10 +2994,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 + (f" (known_hosts {offending.group(1)}:{offending.group(2)})"
                    if offending else ""))
 
-    def _remote_command(self, command, stdin_len):
+    def _remote_command(self, command, stdin_len, token):
         run_id = _run_id()
         return "exec sh -c " + " ".join(shlex.quote(w) for w in (
-            _WRAPPER, "autoserv", self._token, str(stdin_len), command, run_id))
+            _WRAPPER, "autoserv", token, str(stdin_len), command, run_id))
 
     # running commands
     def run(self, command, timeout=None, ignore_status=False, stdin=None,
@@ -2867,11 +3013,16 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 return _judge(result, ignore_status)
         for attempt in (1, 2):
             self._ensure_master(connect_timeout)
+            # A fresh token per command: a late marker from an earlier command
+            # or from this one's background children does not match.
+            token = os.urandom(8).hex()
             argv = self.ssh_argv(connect_timeout) + [
-                self._remote_command(command, len(data or b""))]
+                self._remote_command(command, len(data or b""), token)]
             LOG.write(f"run: {command}", self.hostname)
-            marker = _MarkerFilter(self._token)
-            ex = _Execution(argv, self.hostname, stdin=data, timeout=timeout,
+            marker = _MarkerFilter(token)
+            # The trailer after stdin tells the wrapper all of it came.
+            payload = data + token.encode() if data else data
+            ex = _Execution(argv, self.hostname, stdin=payload, timeout=timeout,
                             stdout_tee=stdout_tee, stderr_tee=stderr_tee,
                             max_output=max_output, remote=True, marker=marker)
             ex.start()
@@ -2887,8 +3038,13 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 break
             error = self._transport_error(result.stderr, marker.pgid is not None,
                                           ex.returncode)
+            if type(error) is AutoservSSHError and not self._master_alive():
+                # ssh said nothing, but the master it used is gone with it.
+                error = AutoservSSHConnectionLost(self.hostname, "connection lost",
+                                                  error.detail + "; the ssh master is gone")
             # A master that died between the check and the command: one retry.
-            if attempt == 1 and marker.pgid is None and not self._master_alive() \
+            # Not once stdin was on its way: the target may have had it all.
+            if attempt == 1 and not data and marker.pgid is None and not self._master_alive() \
                     and isinstance(error, (AutoservSSHConnectionLost,)):
                 LOG.write("ssh master went away; reconnecting once", self.hostname)
                 continue
@@ -2974,6 +3130,8 @@ class SSHHost(_SSHTransfer, RemoteHost):
             ex = _AgentExecution(path, command, run_id, self.hostname, stdin=data,
                                  timeout=timeout, stdout_tee=stdout_tee,
                                  stderr_tee=stderr_tee, max_output=max_output)
+            if len(ex.request) > _AGENT_REQUEST_MAX:
+                return None         # past what the agent takes: its own session says why
             try:
                 ex.start()
             except _AgentLost as e:
@@ -2982,6 +3140,14 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 continue
             ex.wait()
             result = ex.result(command, self.hostname)
+            if ex.broken:
+                error = AutoservSSHConnectionLost(
+                    self.hostname, "connection lost",
+                    f"the persistent agent broke its protocol ({_neutralise(ex.broken)}); "
+                    "hung up on it")
+                LOG.write(f"transport failure: {error}", self.hostname)
+                error.result = result
+                raise error
             if ex.status is not None:
                 result.exit_status = ex.status
                 if 128 < ex.status <= 128 + 64:
@@ -2989,9 +3155,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 return result
             if ex.timed_out:
                 return result
-            if ex.pgid is None and attempt == 1:
+            if ex.pgid is None and attempt == 1 and data is None:
                 # The channel closed before the command started: the agent or
-                # the master is gone.  Start both again, once.
+                # the master is gone.  Start both again, once (not once stdin
+                # was on its way, as on the per-command path).
                 LOG.write("agent channel closed before the command started; restarting it",
                           self.hostname)
                 self._stop_agent()
@@ -2999,7 +3166,8 @@ class SSHHost(_SSHTransfer, RemoteHost):
             alive = self._master_alive()
             error = AutoservSSHConnectionLost(
                 self.hostname, "connection lost",
-                "the persistent session ended mid-command"
+                "the persistent session ended "
+                + ("mid-command" if ex.pgid is not None else "before the command started")
                 + ("" if alive else " (the ssh master is gone)"))
             LOG.write(f"transport failure: {error}", self.hostname)
             error.result = result
@@ -6411,7 +6579,7 @@ def _report(exc, control_path):
 
 def _say(message, quiet=False):
     if not quiet:
-        print(f"autoserv: {message}", file=sys.stderr, flush=True)
+        print(f"autoserv: {_neutralise(message)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):

@@ -1746,8 +1746,8 @@ class CutRelay:
 
 
 class TestFaults(SshdTestCase):
-    def relay_host(self):
-        relay = Relay(self.sshd.port)
+    def relay_host(self, relay=None, **kw):
+        relay = relay or Relay(self.sshd.port)
         self.addCleanup(relay.close)
         self.sshd.write_ssh_config(("testhost",))
         with open(self.sshd.ssh_config, "a") as f:
@@ -1759,7 +1759,7 @@ class TestFaults(SshdTestCase):
                     IdentityFile {self.sshd.client_key}
                     UserKnownHostsFile {self.sshd.known_hosts}
                 """))
-        return relay, self.sshd.host("relayhost", alive_interval=1, alive_count=3)
+        return relay, self.sshd.host("relayhost", alive_interval=1, alive_count=3, **kw)
 
     @scenario(4)
     def test_transfer_cut_halfway_keeps_the_old_file_and_a_retry_succeeds(self):
@@ -1850,6 +1850,329 @@ class TestFaults(SshdTestCase):
         self.assertEqual(h.run("echo back").stdout, "back\n")
         h.close()
         self.assertFalse(os.path.exists(tmp_dir))
+
+
+class TestHostileRun(SshdTestCase):
+    """RELIABILITY.md's H2, H11 and H12 on the command path: the link cut at
+    a chosen byte, a same-uid peer on the agent's socket sending garbage,
+    forged markers, floods and escapes from the target."""
+
+    relay_host = TestFaults.relay_host
+    SHELLS = (["dash"], ["bash"], ["busybox", "ash"])     # the wrapper's shells
+
+    def wrapper(self, shell, token, n, command, stdin, stderr=subprocess.PIPE, eof=True):
+        """The remote wrapper run here under `shell` (argv list) as sshd would
+        run it, fed stdin, then EOF at once (as on a cut) or only once it has
+        ended (eof=False); (status, stderr bytes)."""
+        proc = subprocess.Popen(shell + ["-c", autoserv._WRAPPER, "autoserv", token, str(n),
+                                         command, "hostile-test"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+        try:
+            if eof:
+                err = proc.communicate(stdin, timeout=15)[1]
+            else:           # its stderr is small: it fits the pipe
+                proc.stdin.write(stdin)
+                proc.stdin.flush()
+                proc.wait(15)
+                err = proc.stderr.read()
+                proc.stdin.close()
+                proc.stderr.close()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode, err
+
+    def test_wrapper_runs_nothing_on_short_or_unterminated_stdin(self):
+        token = "0123456789abcdef"
+        for shell in self.SHELLS:
+            for name, stdin, runs in (("short", b"12345", False),
+                                      ("no trailer", b"1234567890", False),
+                                      ("wrong trailer", b"1234567890" + b"x" * 16, False),
+                                      ("whole", b"1234567890" + token.encode(), True)):
+                with self.subTest(shell=shell[-1], case=name):
+                    need(shell[0])
+                    got = os.path.join(self.tmp, "got")
+                    status, err = self.wrapper(shell, token, 10, f"cat >{got}", stdin,
+                                               eof=not runs)
+                    if runs:
+                        self.assertEqual(status, 0, err)
+                        self.assertEqual(open(got, "rb").read(), b"1234567890")
+                        self.assertIn(f"\x1e{token} e 0\n".encode(), err)
+                        os.unlink(got)
+                    else:
+                        self.assertEqual(status, 125, err)
+                        self.assertFalse(os.path.exists(got), "the command ran")
+                        self.assertIn(f"\x1e{token} e 125\n".encode(), err)
+                        self.assertIn(b"nothing ran", err)
+
+    def test_wrapper_kills_its_command_when_the_channel_is_already_dead(self):
+        # ssh's stdin at EOF and stderr with no reader: the link is gone just
+        # as the command starts.  The wrapper's marker writes fail; its kill
+        # must not depend on them.
+        for shell in self.SHELLS:
+            with self.subTest(shell=shell[-1]):
+                need(shell[0])
+                tag = "4252.%06d" % int.from_bytes(os.urandom(3), "big")     # ours alone
+                r, w = os.pipe()
+                os.close(r)
+                try:
+                    self.wrapper(shell, "0123456789abcdef", 0, f"sleep {tag}", b"", stderr=w)
+                finally:
+                    os.close(w)
+                left = [p for p in comm_pids("sleep") if p in processes_with(tag)]
+                for pid in left:
+                    os.kill(pid, signal.SIGKILL)
+                self.assertFalse(left, "the command outlived its wrapper")
+                reap()
+
+    @scenario(30)
+    def test_link_cut_mid_stdin_runs_nothing_and_is_connection_lost(self):
+        # H2: 8 MB of stdin, the link cut 2 MB into the upload; per command
+        # and through the persistent agent.
+        for persistent in (False, True):
+            with self.subTest(persistent=persistent):
+                relay, h = self.relay_host(CutRelay(self.sshd.port, 2 << 20, "up"),
+                                           persistent=persistent)
+                got, ran = os.path.join(self.tmp, "got"), os.path.join(self.tmp, "ran")
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+                    h.run(f"cat >{got} && touch {ran}", stdin=os.urandom(8 << 20), timeout=60)
+                self.assertLess(time.monotonic() - t0, 20)
+                self.assertTrue(relay.was_cut())
+                with self.assertRaises(AssertionError):     # give it 3 s to misbehave
+                    wait_for(lambda: os.path.exists(got) or os.path.exists(ran), 3)
+                self.assertEqual(h.run("echo back").stdout, "back\n")
+                h.close()
+
+    @scenario(30)
+    def test_link_cut_mid_command_kills_the_remote_group(self):
+        # The link cut (target to us) while the command runs and prints; a
+        # child that ignores TERM is killed too, nothing tagged stays.
+        for persistent in (False, True):
+            with self.subTest(persistent=persistent):
+                relay, h = self.relay_host(CutRelay(self.sshd.port, 256 << 10, "down"),
+                                           persistent=persistent)
+                h.run("true")
+                tag = "4253.%06d" % int.from_bytes(os.urandom(3), "big")
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+                    h.run(f"sh -c 'trap \"\" TERM; exec sleep {tag}' & "
+                          "while :; do head -c 4096 /dev/zero; sleep 0.02; done", timeout=60)
+                self.assertLess(time.monotonic() - t0, 20)
+                self.assertTrue(relay.was_cut())
+                wait_for(lambda: not [p for p in comm_pids("sleep") if p in processes_with(tag)],
+                         10, what="the remote group killed")
+                h.close()
+
+    def test_a_bad_peer_on_the_agents_socket_loses_only_its_own_connection(self):
+        # H11: garbage, an unknown kind, a huge length, bad requests, frames
+        # out of order; meanwhile a command on the same agent goes on.
+        h = self.sshd.host(persistent=True)
+        agent = int(h.run("echo $PPID").stdout)
+        path = os.path.join([p for _, p in h._tmp_dirs][0], "agent")
+        import struct
+        import threading
+
+        def frame(kind, body=b""):
+            return struct.pack(">cI", kind, len(body)) + body
+        ran = os.path.join(self.tmp, "ran")
+        results = []
+        other = threading.Thread(target=lambda: results.append(
+            h.run("sleep 2; echo survived", timeout=30)))
+        other.start()
+        try:
+            for name, data in (
+                    ("garbage", b"\x00\xff" * 50),
+                    ("unknown kind", frame(b"Z", b"abc")),
+                    ("huge length", b"I\xff\xff\xff\xff" + b"x" * 4096),
+                    ("request not json", frame(b"R", b"{not json")),
+                    ("request of the wrong shape", frame(b"R", b'{"c": 5}')),
+                    ("stdin before a request", frame(b"I", b"data")),
+                    ("more stdin than announced", frame(b"R", b'{"c": "true", "i": 1, "n": 1}')
+                     + frame(b"I", b"two")),
+                    ("less stdin than announced", frame(b"R", json.dumps(
+                        {"c": f"touch {ran}", "i": 1, "n": 5}).encode())
+                     + frame(b"I", b"abc") + frame(b"i"))):
+                with self.subTest(peer=name), socket.socket(socket.AF_UNIX) as peer:
+                    peer.settimeout(5)
+                    peer.connect(path)
+                    peer.sendall(data)
+                    self.assertEqual(peer.recv(64), b"", "the agent kept a bad peer")
+        finally:
+            other.join(40)
+        self.assertEqual([r.stdout for r in results], ["survived\n"])
+        self.assertEqual(int(h.run("echo $PPID").stdout), agent, "the agent was restarted")
+        self.assertFalse(os.path.exists(ran), "a command ran on part of its stdin")
+        # A peer that starts a command and hangs up: the command's group is
+        # killed and the agent keeps no fd for it.
+        fds = len(os.listdir(f"/proc/{agent}/fd"))
+        tag = "4254.%06d" % int.from_bytes(os.urandom(3), "big")
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.connect(path)
+                peer.sendall(frame(b"R", json.dumps({"c": f"sleep {tag}"}).encode()))
+                wait_for(lambda: processes_with(tag), 10, what="the peer's command started")
+        wait_for(lambda: not processes_with(tag), 10, what="the peer's command killed")
+        wait_for(lambda: len(os.listdir(f"/proc/{agent}/fd")) <= fds, 5,
+                 what=f"the agent back to {fds} fds")
+
+    def serve_agent(self, reply):
+        """A stand-in agent on a local socket that reads the request and
+        answers `reply`, then streams zeros after it until the client hangs
+        up (or 64 MiB); returns the socket path and a dict the serving thread
+        fills with how many bytes went out."""
+        import threading
+        path = tempfile.mktemp(prefix="agent-", dir=self.tmp)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(1)
+        sent = {}
+
+        def serve():
+            with listener, listener.accept()[0] as conn:
+                conn.settimeout(20)
+                conn.recv(65536)
+                total = 0
+                try:
+                    conn.sendall(reply)
+                    total = len(reply)
+                    chunk = bytes(1 << 16)
+                    while total < 64 << 20:
+                        conn.sendall(chunk)
+                        total += len(chunk)
+                except OSError:
+                    pass
+                sent["bytes"] = total
+        thread = threading.Thread(target=serve)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        return path, sent, thread
+
+    def test_the_client_judges_agent_frames_on_their_header_and_hangs_up(self):
+        import struct
+        for name, reply in (("huge output frame", b"O" + struct.pack(">I", 0xFFFFFFF0)),
+                            ("unknown kind", b"Q" + struct.pack(">I", 4) + b"abcd"),
+                            ("status not a number", b"X" + struct.pack(">I", 4) + b"boom")):
+            with self.subTest(reply=name):
+                path, sent, thread = self.serve_agent(reply)
+                ex = autoserv._AgentExecution(path, "true", "norun", "stand-in", timeout=30)
+                t0 = time.monotonic()
+                ex.start()
+                ex.wait()
+                thread.join(30)
+                self.assertLess(sent["bytes"], 8 << 20, "the client read on past a bad frame")
+                self.assertLess(time.monotonic() - t0, 10)
+                self.assertIsNone(ex.status)
+                self.assertFalse(ex.timed_out)
+                self.assertTrue(getattr(ex, "broken", None), "not said")
+
+    def test_a_broken_agent_is_connection_lost_naming_why(self):
+        import struct
+        h = self.sshd.host(persistent=True)
+        h.run("true")
+        path, sent, thread = self.serve_agent(b"X" + struct.pack(">I", 5) + b"\x1b[2J!")
+        real, h._agent["local"] = h._agent["local"], path
+        try:
+            with self.assertRaises(autoserv.AutoservSSHConnectionLost) as cm:
+                h.run("true")
+        finally:
+            h._agent["local"] = real
+        self.assertIn("protocol", str(cm.exception))
+        self.assertNotIn("\x1b", str(cm.exception))
+
+
+    def test_a_flood_of_record_separators_costs_linear_time_and_stays_byte_exact(self):
+        # H12: \x1e alone, partial prefixes and whole prefixes with no end.
+        token = "0123456789abcdef"
+        for name, unit in (("\\x1e", b"\x1e"), ("partial prefix", b"\x1e012345"),
+                           ("prefix, no newline", f"\x1e{token} ".encode())):
+            with self.subTest(flood=name):
+                flood = unit * ((4 << 20) // len(unit))
+                f = autoserv._MarkerFilter(token)
+                t0 = time.monotonic()
+                out = [f.feed(flood[i:i + 65536]) for i in range(0, len(flood), 65536)]
+                out.append(f.feed(f"\x1e{token} e 3\n".encode()) + f.flush())
+                self.assertLess(time.monotonic() - t0, 2)       # linear: about 0.1 s
+                self.assertEqual(b"".join(out), flood)
+                self.assertEqual(f.status, 3)
+        h = self.sshd.host()
+        t0 = time.monotonic()
+        r = h.run("head -c 4000000 /dev/zero | tr '\\0' '\\036' >&2; printf '\\036x\\036' >&2",
+                  timeout=60)
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assertEqual(r.stderr, "\x1e" * 4000000 + "\x1ex\x1e")
+
+    def test_a_late_forged_marker_from_a_background_child_changes_nothing(self):
+        # The child reads the command's token where any process of the same
+        # user can (the wrapper's command line) and prints an end marker
+        # with another status after the command has ended.
+        h = self.sshd.host()
+        r = h.run("t=$(tr '\\0' '\\n' </proc/$PPID/cmdline | sed -n 5p); "
+                  "(sleep 1; printf '\\036%s e 7\\n' \"$t\" >&2) & exit 3", ignore_status=True)
+        self.assertEqual(r.exit_status, 3)
+        self.assertRegex(r.stderr, "^\x1e[0-9a-f]{16} e 7\n$")
+
+    def test_a_marker_of_an_earlier_command_is_plain_output(self):
+        h = self.sshd.host()
+        old = h.run("tr '\\0' '\\n' </proc/$PPID/cmdline | sed -n 5p").stdout.strip()
+        self.assertRegex(old, "^[0-9a-f]{16}$")
+        r = h.run(f"printf '\\036{old} e 9\\n\\036{old} s 1\\n' >&2; exit 4", ignore_status=True)
+        self.assertEqual(r.exit_status, 4)
+        self.assertEqual(r.stderr, f"\x1e{old} e 9\n\x1e{old} s 1\n")
+
+    def test_escapes_from_the_target_are_neutralised_in_error_messages(self):
+        h = self.sshd.host()
+        loud = "printf 'boom\\033[2J\\033]0;title\\007\\233\\n' >&2; exit 1"
+        with self.assertRaises(autoserv.AutoservRunError) as cm:
+            h.run(loud)
+        text = str(cm.exception)
+        self.assertIn("boom^[[2J^[]0;title^G", text)
+        self.assertFalse(re.search("[\x1b\x07\x9b]", text), text)
+        # The CLI's own lines: an autoserv error, and any other exception
+        # whose text came from the target.
+        for body in (f"hosts.SSHHost('testhost').run({loud!r})\n",
+                     "raise ValueError(hosts.SSHHost('testhost').run("
+                     "\"printf 'x\\\\033[2J\\\\007'\").stdout)\n"):
+            with self.subTest(control=body):
+                ctl = os.path.join(self.tmp, "loud.control")
+                with open(ctl, "w") as f:
+                    f.write(body)
+                out = run_cli(*self.sshd.cli_opts(), "-r", os.path.join(self.tmp, "res"),
+                              "--overwrite", ctl)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn("^[[2J", out.stderr)
+                self.assertFalse(re.search("[\x1b\x07\x9b]", out.stderr), out.stderr)
+
+
+    def test_embedded_programs_parse_without_being_run(self):
+        # The wrapper, as run (one line) and as written, under each shell.
+        for shell in self.SHELLS:
+            for form in ("_WRAPPER", "_WRAPPER_SH"):
+                with self.subTest(shell=shell[-1], form=form):
+                    need(shell[0])
+                    out = subprocess.run(shell + ["-n", "-c", getattr(autoserv, form)],
+                                         capture_output=True, text=True, timeout=10)
+                    self.assertEqual((out.returncode, out.stderr), (0, ""))
+        self.assertNotIn("\n", autoserv._WRAPPER)
+        # The Python programs sent to targets, for the oldest python3 they
+        # may meet there.
+        import ast
+        import shlex
+        sha_words = shlex.split(autoserv._remote_sha256("/x"))
+        programs = {"_AGENT_PY": autoserv._AGENT_PY, "_QMP_PY": autoserv._QMP_PY,
+                    "_remote_sha256": sha_words[sha_words.index("-c") + 1]}
+        for name, src in programs.items():
+            with self.subTest(program=name):
+                ast.parse(src, feature_version=(3, 6))
+        # The agent's own functions are not listed as autoserv's.
+        source = open(AUTOSERV).read()
+        tree = ast.parse(autoserv._AGENT_PY)
+        names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        self.assertIn("guardian", names)
+        for name in names:
+            self.assertIsNone(re.search(rf"^(def|class) {name}\b", source, re.M), name)
 
 
 class TestSSHRunPersistent(TestSSHRun):
