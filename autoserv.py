@@ -1365,40 +1365,115 @@ class RemoteHost(SiteHost):
 # mtime (UTC, touch -t), $10 its size: a stream that ended early (EOF from a
 # dropped link looks like the end of the file) is never placed.  Exits 1 with
 # a message on failure.
-_PLACE_SH = (
-    'd=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6; '
-    'case $d in */) [ "$mode" = auto ] && mode=into ;; esac; '
-    'case $d in /) ;; *) d=${d%/} ;; esac; [ -n "$d" ] || d=.; '
-    'if [ "$mode" = auto ]; then if [ -d "$d" ]; then mode=into; else mode=as; fi; fi; '
-    'fresh=; if [ "$mode" = as ]; then p=$(dirname -- "$d"); '
-    'elif [ -e "$d" ] || [ -L "$d" ]; then p=$d; '
-    'else p=$(dirname -- "$d"); mkdir -p -- "$p" || exit 1; fresh=1; fi; '
-    'if [ "$step" = prep ]; then t=$p/.autoserv-$t; (umask 077; mkdir -- "$t") || exit 1; '
-    'printf "%s\\n" "$t"; exit 0; fi; '
-    'if [ "$step" != install ]; then t=$(umask 077; mktemp -d "$p/.autoserv-XXXXXX") || exit 1; fi; '
-    'trap \'rm -rf -- "$t"\' EXIT; trap "exit 1" HUP INT TERM PIPE; '
-    'if [ "$step" = tar ]; then if [ "$keep" = 1 ]; then tar -xopf - -C "$t" || exit 1; '
-    'else tar -xof - -C "$t" || exit 1; fi; fi; '
-    'if [ "$step" = cat ]; then cat >"$t/$7" || exit 1; n=$(wc -c <"$t/$7") || exit 1; '
-    'if [ "$n" -lt "${10}" ]; then echo "autoserv: $7 arrived short ($n of ${10} bytes): '
-    'the stream ended early" >&2; exit 1; fi; '
-    'chmod "$8" "$t/$7" && TZ=UTC0 touch -t "$9" "$t/$7" || exit 1; fi; '
-    'if [ -n "$fresh" ]; then m=$(umask); chmod "$(printf %o $(( 0777 & ~0$m )))" "$t" '
-    '&& mv -- "$t" "$d" && exit 0; exit 1; fi; '
-    'cd "$t" || exit 1; '
-    'if [ "$del" = 1 ] && [ "$mode" = contents ]; then '
-    'for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do b=${e##*/}; '
-    'if { [ -e "$e" ] || [ -L "$e" ]; } && ! { [ -e "$b" ] || [ -L "$b" ]; }; then rm -rf -- "$e" || exit 1; fi; '
-    'done; fi; '
-    'for e in * .[!.]* ..?*; do [ -e "$e" ] || [ -L "$e" ] || continue; '
-    'if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi; '
-    'if [ "$del" = 1 ] && { [ -e "$x" ] || [ -L "$x" ]; }; then rm -rf -- "$x" || exit 1; fi; '
-    'if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then '
-    '( cd "$e" && find . -mindepth 1 -type d -exec sh -c \'for a; do [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done\' "$x" {} + '
-    '&& find . ! -type d -exec sh -c \'for a; do mv -f -- "$a" "$0/$a" || exit 1; done\' "$x" {} + ) || exit 1; '
-    'else if [ -d "$x" ] && [ ! -L "$x" ]; then echo "autoserv: $x is a directory" >&2; exit 1; fi; '
-    'mv -f -- "$e" "$x" || exit 1; fi; done'
-)
+_PLACE_SOURCE = r"""
+d=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6
+# "dest/" means "into dest"; strip the slash (but keep "/" itself).
+case $d in */) [ "$mode" = auto ] && mode=into ;; esac
+case $d in /) ;; *) d=${d%/} ;; esac
+[ -n "$d" ] || d=.
+if [ "$mode" = auto ]; then
+  if [ -d "$d" ]; then mode=into; else mode=as; fi
+fi
+# p: where the staging dir goes.  fresh: dest does not exist yet, so the
+# staging dir itself becomes dest in one rename.
+fresh=
+if [ "$mode" = as ]; then
+  p=$(dirname -- "$d")
+elif [ -e "$d" ] || [ -L "$d" ]; then
+  p=$d
+else
+  p=$(dirname -- "$d")
+  mkdir -p -- "$p" || exit 1
+  fresh=1
+fi
+# prep (scp): make the staging dir under the client's chosen name, say where.
+if [ "$step" = prep ]; then
+  t=$p/.autoserv-$t
+  (umask 077; mkdir -- "$t") || exit 1
+  printf "%s\n" "$t"
+  exit 0
+fi
+if [ "$step" != install ]; then
+  t=$(umask 077; mktemp -d "$p/.autoserv-XXXXXX") || exit 1
+fi
+trap 'rm -rf -- "$t"' EXIT
+trap "exit 1" HUP INT TERM PIPE
+# Receive: a tar stream, or one file whose size the client announced.
+if [ "$step" = tar ]; then
+  if [ "$keep" = 1 ]; then
+    tar -xopf - -C "$t" || exit 1
+  else
+    tar -xof - -C "$t" || exit 1
+  fi
+fi
+if [ "$step" = cat ]; then
+  cat >"$t/$7" || exit 1
+  n=$(wc -c <"$t/$7") || exit 1
+  if [ "$n" -lt "${10}" ]; then
+    echo "autoserv: $7 arrived short ($n of ${10} bytes): the stream ended early" >&2
+    exit 1
+  fi
+  chmod "$8" "$t/$7" && TZ=UTC0 touch -t "$9" "$t/$7" || exit 1
+fi
+# A new dest: the staging dir, with the mode mkdir would have given it.
+if [ -n "$fresh" ]; then
+  m=$(umask)
+  chmod "$(printf %o $(( 0777 & ~0$m )))" "$t" && mv -- "$t" "$d" && exit 0
+  exit 1
+fi
+cd "$t" || exit 1
+# delete (contents mode): remove what dest has and the new tree has not.
+# The staging dir lives in dest (its parent may not be ours to write, as
+# with /tmp or a home dir) and is never one of the names removed.
+if [ "$del" = 1 ] && [ "$mode" = contents ]; then
+  for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+    b=${e##*/}
+    [ "$b" = "${t##*/}" ] && continue
+    if { [ -e "$e" ] || [ -L "$e" ]; } && ! { [ -e "$b" ] || [ -L "$b" ]; }; then
+      rm -rf -- "$e" || exit 1
+    fi
+  done
+fi
+# Place each staged entry: a dir onto a dir is merged, anything else renamed.
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi
+  if [ "$del" = 1 ] && { [ -e "$x" ] || [ -L "$x" ]; }; then
+    rm -rf -- "$x" || exit 1
+  fi
+  if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then
+    (
+      cd "$e" &&
+      find . -mindepth 1 -type d -exec sh -c 'for a; do [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done' "$x" {} + &&
+      find . ! -type d -exec sh -c 'for a; do mv -f -- "$a" "$0/$a" || exit 1; done' "$x" {} +
+    ) || exit 1
+  else
+    if [ -d "$x" ] && [ ! -L "$x" ]; then
+      echo "autoserv: $x is a directory" >&2
+      exit 1
+    fi
+    mv -f -- "$e" "$x" || exit 1
+  fi
+done
+"""
+
+
+def _one_line(program):
+    """The placement program as one line (a csh login shell cannot take a
+    newline inside quotes): comments and indentation dropped, statements
+    joined with "; ", or a space after words that continue a statement."""
+    lines = [l.strip() for l in program.splitlines()]
+    lines = [l for l in lines if l and not l.startswith("#")]
+    out = ""
+    for line in lines:
+        if out:
+            glue = " " if re.search(r"(\bthen|\bdo|\belse|\bin|[{(|&]|;;)$", out) else "; "
+            out += glue
+        out += line
+    return out
+
+
+_PLACE_SH = _one_line(_PLACE_SOURCE)
 
 
 def _sources(source):
@@ -1540,8 +1615,10 @@ def _place_local(staging, dest, mode, delete):
         os.makedirs(dest, exist_ok=True)
     entries = os.listdir(staging)
     if delete and mode == "contents":
+        # The staging dir may live in dest (see _staging_parent): never removed here.
+        ours = os.path.basename(staging)
         for name in os.listdir(dest):
-            if name not in entries:
+            if name not in entries and name != ours:
                 _remove_any(os.path.join(dest, name))
     for name in entries:
         src = os.path.join(staging, name)
@@ -1821,6 +1898,9 @@ class _SSHTransfer:
                 self._run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
             _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
             _place_local(staging, dest, mode, delete_dest)
+        except OSError as e:
+            raise AutoservFileTransferError(
+                f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)

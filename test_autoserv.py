@@ -1599,6 +1599,70 @@ class TestTransfer(SshdTestCase):
 
 # Faults: network namespaces and a relay ########################################
 
+class TestHostileTransfer(SshdTestCase):
+    """Issue 13: a target may send anything, the link may drop at any byte,
+    local names may be anything, a shared dir may hold planted files."""
+
+    BACKENDS = TestTransfer.BACKENDS
+
+    def tree(self, root, files):
+        """A tree of {relative path: text}."""
+        for rel, text in files.items():
+            path = os.path.join(root, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        return root
+
+    def contents(self, root):
+        """{relative path: text} for every file under root; also the names
+        of anything that is not a regular file or dir."""
+        out = {}
+        for dirpath, dirs, files in os.walk(root):
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+                p = os.path.join(dirpath, name)
+                rel = os.path.relpath(p, root)
+                if os.path.islink(p):
+                    out[rel] = "L:" + os.readlink(p)
+                else:
+                    with open(p) as f:
+                        out[rel] = f.read()
+        return out
+
+    def test_placement_program_parses_under_dash_bash_and_busybox_ash(self):
+        need("dash", "bash", "busybox")
+        self.assertNotIn("\n", autoserv._PLACE_SH)
+        self.assertGreater(autoserv._PLACE_SOURCE.count("\n"), 40)
+        for program in (autoserv._PLACE_SH, autoserv._PLACE_SOURCE):
+            for shell in (["dash"], ["bash"], ["busybox", "ash"]):
+                with self.subTest(shell=shell, lines=program.count("\n")):
+                    out = subprocess.run(shell + ["-n"], input=program, text=True,
+                                         capture_output=True, timeout=30)
+                    self.assertEqual((out.returncode, out.stderr), (0, ""))
+        # -n checks the syntax only: a broken program must fail it.
+        out = subprocess.run(["dash", "-n"], input=autoserv._PLACE_SH.replace("; fi", "", 1),
+                             text=True, capture_output=True, timeout=30)
+        self.assertNotEqual(out.returncode, 0)
+
+    def test_delete_dest_into_an_existing_dir_replaces_it_whole_both_ways(self):
+        src = self.tree(os.path.join(self.tmp, "src"), {"a": "new a", "sub/b": "new b",
+                                                         ".hid": "new hidden"})
+        want = self.contents(src)
+        h = self.sshd.host()
+        cases = [("local", autoserv.LocalHost(), None)] + \
+            [(b, h, b) for b in self.BACKENDS]
+        for label, host, backend in cases:
+            for way in ("send", "get"):
+                with self.subTest(host=label, way=way):
+                    dest = self.tree(os.path.join(self.tmp, f"d-{label}-{way}"),
+                                     {"a": "the old a", "stale": "old", "olddir/x": "old x"})
+                    move = host.send_file if way == "send" else host.get_file
+                    move(src + "/", dest + "/", delete_dest=True, backend=backend)
+                    self.assertEqual(self.contents(dest), want)
+                    self.assertFalse([n for n in os.listdir(self.tmp)
+                                      if n.startswith(".autoserv-")])
+
+
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and out.returncode:
