@@ -1358,7 +1358,8 @@ class RemoteHost(SiteHost):
 # (no trailing slash) goes inside dest; "dir/" means its contents; several
 # sources, a trailing slash on dest or an existing dest dir mean "into".
 
-# $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step (tar|cat|prep|install),
+# $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step
+# (tar|cat|prep|install|check: check only refuses a symlinked dest),
 # $5 staging: the dir for install, the name's random part for prep (chosen by
 # the client, so a reply lost to a dead link still leaves it a name to clean
 # up); $6 keep perms; for cat, $7 the file's name, $8 its mode (octal), $9 its
@@ -1371,6 +1372,14 @@ d=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6
 case $d in */) [ "$mode" = auto ] && mode=into ;; esac
 case $d in /) ;; *) d=${d%/} ;; esac
 [ -n "$d" ] || d=.
+# A symlink at dest that leads to a dir (planted in a shared dir, or old) is
+# refused, never written through: the caller named this path, not the link's
+# target.  A link that dest replaces as a file is renamed over, as rsync does.
+if [ -L "$d" ] && { [ "$mode" != auto ] || [ -d "$d" ]; }; then
+  echo "autoserv: refusing to write through the symlink $d -> $(readlink -- "$d")" >&2
+  exit 1
+fi
+[ "$step" = check ] && exit 0
 if [ "$mode" = auto ]; then
   if [ -d "$d" ]; then mode=into; else mode=as; fi
 fi
@@ -1435,6 +1444,8 @@ if [ "$del" = 1 ] && [ "$mode" = contents ]; then
   done
 fi
 # Place each staged entry: a dir onto a dir is merged, anything else renamed.
+# A symlink in the way is removed first, never followed (mv onto a link to a
+# dir would move into that dir).
 for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi
@@ -1444,14 +1455,15 @@ for e in * .[!.]* ..?*; do
   if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then
     (
       cd "$e" &&
-      find . -mindepth 1 -type d -exec sh -c 'for a; do [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done' "$x" {} + &&
-      find . ! -type d -exec sh -c 'for a; do mv -f -- "$a" "$0/$a" || exit 1; done' "$x" {} +
+      find . -mindepth 1 -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done' "$x" {} + &&
+      find . ! -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; mv -f -- "$a" "$0/$a" || exit 1; done' "$x" {} +
     ) || exit 1
   else
     if [ -d "$x" ] && [ ! -L "$x" ]; then
       echo "autoserv: $x is a directory" >&2
       exit 1
     fi
+    if [ -L "$x" ]; then rm -f -- "$x" || exit 1; fi
     mv -f -- "$e" "$x" || exit 1
   fi
 done
@@ -1630,6 +1642,8 @@ def _place_local(staging, dest, mode, delete):
         else:
             if _real_dir(target):
                 raise AutoservFileTransferError(f"{target}: a directory is in the way")
+            if os.path.islink(target):      # replaced, never followed
+                os.unlink(target)
             os.replace(src, target)
 
 
@@ -1650,6 +1664,8 @@ def _merge_dirs(src, dest):
         out = os.path.normpath(os.path.join(dest, rel))
         for name in list(dirnames):
             s, t = os.path.join(dirpath, name), os.path.join(out, name)
+            if os.path.islink(t):           # replaced, never followed
+                os.unlink(t)
             if os.path.islink(s) or not _real_dir(t):
                 if os.path.lexists(t) and not os.path.islink(s):
                     raise AutoservFileTransferError(f"{t}: a file is in the way")
@@ -1660,6 +1676,16 @@ def _merge_dirs(src, dest):
             if _real_dir(t):
                 raise AutoservFileTransferError(f"{t}: a directory is in the way")
             os.replace(os.path.join(dirpath, name), t)
+
+
+def _refuse_dir_link(dest, mode, label):
+    """The local side of _PLACE_SH's rule: a symlink at dest that leads to a
+    dir is refused, never written through."""
+    base = dest.rstrip("/") or "/"
+    if os.path.islink(base) and (mode != "auto" or dest.endswith("/")
+                                 or os.path.isdir(base)):
+        raise AutoservFileTransferError(
+            f"{label}: refusing to write through the symlink {base} -> {os.readlink(base)}")
 
 
 def _staging_parent(dest, mode):
@@ -1680,6 +1706,7 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
         if not os.path.lexists(s.rstrip("/") or "/"):
             raise AutoservFileTransferError(f"{label}: source {s!r} does not exist")
     mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+    _refuse_dir_link(dest, mode, label)
     staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
     try:
         copy = shutil.copy2 if preserve_perm else shutil.copyfile
@@ -1824,6 +1851,12 @@ class _SSHTransfer:
             if rc1 != 0:
                 raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
         elif backend == "rsync":
+            # rsync would follow a symlinked dest dir: the same check first.
+            try:
+                self.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
+            except AutoservRunError as e:
+                self._raise_transfer("send_file", sources,
+                                     e.result.stderr if e.result else str(e), 1)
             argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._rsync_ssh()]
             argv += ["-l"] if preserve_symlinks else ["-L"]
             if delete_dest:
@@ -1866,6 +1899,7 @@ class _SSHTransfer:
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
         t0 = time.monotonic()
+        _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
         staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
         try:
             if backend == "tar":

@@ -1663,6 +1663,41 @@ class TestHostileTransfer(SshdTestCase):
                                       if n.startswith(".autoserv-")])
 
 
+    def test_a_symlinked_destination_is_refused_or_replaced_never_written_through(self):
+        src = self.tree(os.path.join(self.tmp, "src"), {"f": "new f", "sub/g": "new g",
+                                                         "sub2/h": "new h"})
+        h = self.sshd.host()
+        cases = [("local", autoserv.LocalHost(), None)] + \
+            [(b, h, b) for b in self.BACKENDS]
+        for label, host, backend in cases:
+            for way in ("send", "get"):
+                move = host.send_file if way == "send" else host.get_file
+                base = os.path.join(self.tmp, f"{label}-{way}")
+                elsewhere = self.tree(os.path.join(base, "elsewhere"), {"keep": "mine"})
+                os.symlink(elsewhere, os.path.join(base, "d"))
+                d = os.path.join(base, "d")
+                for dest, kw in ((d, {}), (d + "/", {}), (d, {"delete_dest": True})):
+                    with self.subTest(host=label, way=way, dest=dest, **kw):
+                        source = src + "/" if kw else src
+                        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                            move(source, dest, backend=backend, **kw)
+                        self.assertIn("symlink", str(cm.exception))
+                        self.assertIn(d, str(cm.exception))
+                        self.assertEqual(self.contents(elsewhere), {"keep": "mine"})
+                        self.assertEqual(os.readlink(d), elsewhere)
+                with self.subTest(host=label, way=way, what="links inside dest"):
+                    # Links in the way inside a real dest are replaced: the
+                    # new tree lands in dest, the links' targets keep theirs.
+                    real = self.tree(os.path.join(base, "real"), {"old": "old"})
+                    os.symlink(elsewhere, os.path.join(real, "sub"))
+                    os.symlink(os.path.join(elsewhere, "keep"), os.path.join(real, "f"))
+                    os.mkdir(os.path.join(real, "sub2"))
+                    os.symlink(elsewhere, os.path.join(real, "sub2", "h"))
+                    move(src + "/", real, backend=backend)
+                    self.assertEqual(self.contents(real), {"old": "old", "f": "new f",
+                                                           "sub/g": "new g", "sub2/h": "new h"})
+                    self.assertEqual(self.contents(elsewhere), {"keep": "mine"})
+
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and out.returncode:
