@@ -1362,10 +1362,12 @@ class RemoteHost(SiteHost):
 # (tar|cat|prep|install|check: check only refuses a symlinked dest),
 # $5 staging: the dir for install, the name's random part for prep (chosen by
 # the client, so a reply lost to a dead link still leaves it a name to clean
-# up); $6 keep perms; for cat, $7 the file's name, $8 its mode (octal), $9 its
-# mtime (UTC, touch -t), $10 its size: a stream that ended early (EOF from a
-# dropped link looks like the end of the file) is never placed.  Exits 1 with
-# a message on failure.
+# up); $6 keep perms; for tar, $7 the name of the archive's last member, an
+# empty file the client adds as an end marker: tar takes EOF at a member
+# boundary for the end of the archive, and a dropped link gives just that;
+# for cat, $7 the file's name, $8 its mode (octal), $9 its mtime (UTC, touch
+# -t), $10 its size.  A stream that ended early is never placed.  Exits 1
+# with a message on failure.
 _PLACE_SOURCE = r"""
 d=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6
 # "dest/" means "into dest"; strip the slash (but keep "/" itself).
@@ -1414,6 +1416,11 @@ if [ "$step" = tar ]; then
   else
     tar -xof - -C "$t" || exit 1
   fi
+  if [ ! -f "$t/$7" ] || [ -L "$t/$7" ]; then
+    echo "autoserv: the tar stream ended early (no end marker): nothing placed" >&2
+    exit 1
+  fi
+  rm -f -- "$t/$7" || exit 1
 fi
 if [ "$step" = cat ]; then
   cat >"$t/$7" || exit 1
@@ -1523,19 +1530,31 @@ def _transfer_error(host, what, paths, text, rc):
         f"{host}: {what} {names} failed: {reason}" + (f" ({detail})" if detail else ""))
 
 
-def _pipeline(first, second, timeout, label):
+def _pipeline(first, second, timeout, label, tar_end=None):
     """first | second with stderr of each in a temp file; one deadline; both
-    process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2)."""
+    process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2).
+    With tar_end (a list), the bytes pass through here and tar_end gets
+    whether the stream ended with a tar end-of-archive."""
     errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    deadline = _monotonic_deadline(timeout)
     p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
     try:
-        p2 = _popen(second, stdin=p1.stdout, stdout=DEVNULL, stderr=errs[1])
+        p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
+                    stdout=DEVNULL, stderr=errs[1])
     except BaseException:
         _killpg(p1.pid, signal.SIGKILL)
         p1.wait()
         raise
+    if tar_end is not None:
+        try:
+            tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline))
+        except BaseException:
+            for p in (p1, p2):
+                _killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            raise
     p1.stdout.close()
-    _wait_all([p1, p2], timeout, label)
+    _wait_all([p1, p2], timeout, label, deadline)
     texts = []
     for f in errs:
         f.seek(0)
@@ -1544,11 +1563,44 @@ def _pipeline(first, second, timeout, label):
     return p1.returncode, p2.returncode, texts[0], texts[1]
 
 
-def _wait_all(procs, timeout, label):
-    """Waits for every process under one deadline; on timeout their groups
-    get TERM then KILL and AutoservTimeoutError; on interrupt, KILL."""
+def _relay_tar(src, dest, deadline):
+    """Copies a tar stream from src to dest (closed at the end) in bounded
+    blocks until EOF or the deadline; True when it ended with tar's
+    end-of-archive (two zero blocks): EOF at a member boundary, from a
+    dropped link or a sender that stopped early, looks whole to tar."""
+    import selectors
+    zeros = bytes(1024)
+    tail, total = b"", 0
+    with selectors.DefaultSelector() as sel:
+        sel.register(src, selectors.EVENT_READ)
+        try:
+            while True:
+                wait = _remaining(deadline)
+                if wait == 0 or not sel.select(wait):
+                    return False            # timed out: _wait_all says so
+                data = os.read(src.fileno(), 1 << 16)
+                if not data:
+                    break
+                total += len(data)
+                tail = (tail + data)[-1024:]
+                dest.write(data)
+        except BrokenPipeError:             # the reader failed: its error tells
+            return False
+        finally:
+            try:
+                dest.close()
+            except BrokenPipeError:
+                pass
+    return total % 512 == 0 and total >= 1024 and tail == zeros
+
+
+def _wait_all(procs, timeout, label, deadline=None):
+    """Waits for every process under one deadline (timeout's, unless given);
+    on timeout their groups get TERM then KILL and AutoservTimeoutError; on
+    interrupt, KILL."""
     sp = _subprocess()
-    deadline = _monotonic_deadline(timeout)
+    if deadline is None:
+        deadline = _monotonic_deadline(timeout)
     try:
         for p in procs:
             p.wait(_remaining(deadline))
@@ -1841,11 +1893,19 @@ class _SSHTransfer:
             if rc != 0:
                 self._raise_transfer("send_file", sources, err, rc, dest)
         elif backend == "tar":
+            # The last member is an empty file the target checks for: only a
+            # stream that reached it is placed.
+            marker = tempfile.mkdtemp(prefix="autoserv-")
+            name = ".autoserv-end-" + _random_name()
+            open(os.path.join(marker, name), "wb").close()
             tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
-                + _tar_member_args(sources, contents)
+                + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
             remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
-                                   "tar", "", "1")
-            rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.hostname)
+                                   "tar", "", "1", name)
+            try:
+                rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.hostname)
+            finally:
+                shutil.rmtree(marker, ignore_errors=True)
             if rc2 != 0:
                 self._raise_transfer("send_file", sources, e2 + e1, rc2, dest)
             if rc1 != 0:
@@ -1913,11 +1973,16 @@ class _SSHTransfer:
                 remote = self._raw_ssh("; ".join(parts))
                 local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
                 local.append("-p" if preserve_perm else "--no-same-permissions")
-                rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.hostname)
+                ended = []
+                rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.hostname, ended)
                 if rc1 != 0:
                     self._raise_transfer("get_file", sources, e1, rc1)
                 if rc2 != 0:
                     raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
+                if not ended[0]:
+                    raise AutoservFileTransferError(
+                        f"{self.hostname}: get_file {sources}: the tar stream ended early "
+                        "(no end-of-archive): nothing placed")
             else:
                 items = [self._remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
                          for s, c in zip(sources, contents)]

@@ -1698,6 +1698,97 @@ class TestHostileTransfer(SshdTestCase):
                                                            "sub/g": "new g", "sub2/h": "new h"})
                     self.assertEqual(self.contents(elsewhere), {"keep": "mine"})
 
+    def planted_tar(self, cut):
+        """A dir holding a `tar` that, when it creates, stops its archive
+        after `cut` bytes (a member boundary) and exits 0."""
+        bindir = os.path.join(self.tmp, f"bin-{cut}")
+        os.makedirs(bindir, exist_ok=True)
+        with open(os.path.join(bindir, "tar"), "w") as f:
+            f.write(textwrap.dedent(f"""\
+                #!/bin/sh
+                case "$1" in
+                -c*) {shutil.which("tar")} "$@" | head -c {cut}; exit 0 ;;
+                esac
+                exec {shutil.which("tar")} "$@"
+                """))
+        os.chmod(os.path.join(bindir, "tar"), 0o755)
+        return bindir
+
+    def two_files(self, name, text):
+        """dir `name` with a and b: its archive's first member boundary after
+        one file is at byte 1536 (dir header, file header, one data block)."""
+        return self.tree(os.path.join(self.tmp, name), {"s/a": text + " a", "s/b": text + " b"})
+
+    def test_a_tar_stream_that_stops_at_a_member_boundary_is_never_placed(self):
+        new = os.path.join(self.two_files("new", "new"), "s")
+        old = {"s/a": "old a", "s/b": "old b"}
+        # send: the controller's own tar stops early (as when the link drops).
+        dest = self.two_files("dest-send", "old")
+        h = self.sshd.host()
+        path = os.environ["PATH"]
+        self.addCleanup(os.environ.__setitem__, "PATH", path)
+        os.environ["PATH"] = self.planted_tar(1536) + os.pathsep + path
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            h.send_file(new, dest, backend="tar")
+        self.assertIn("ended early", str(cm.exception))
+        os.environ["PATH"] = path
+        self.assertEqual(self.contents(dest), old)
+        h.send_file(new, dest, backend="tar")
+        self.assertEqual(self.contents(dest), {"s/a": "new a", "s/b": "new b"})
+        # get: the target's tar stops early and says all is well.
+        bindir = self.planted_tar(1536)
+        sshd = Sshd(extra=f'ForceCommand PATH={bindir}:$PATH; export PATH; '
+                          'eval "$SSH_ORIGINAL_COMMAND"\n')
+        self.addCleanup(sshd.stop)
+        hostile = sshd.host()
+        dest = self.two_files("dest-get", "old")
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            hostile.get_file(new, dest, backend="tar")
+        self.assertIn("ended early", str(cm.exception))
+        self.assertEqual(self.contents(dest), old)
+        self.assertFalse([n for n in os.listdir(dest) if n.startswith(".autoserv-")])
+        h.get_file(new, dest, backend="tar")
+        self.assertEqual(self.contents(dest), {"s/a": "new a", "s/b": "new b"})
+
+    def cut_host(self, limit, direction):
+        """A host whose master connection goes through a CutRelay."""
+        relay = CutRelay(self.sshd.port, limit, direction)
+        self.addCleanup(relay.close)
+        alias = f"cut{limit}{direction}"
+        with open(self.sshd.ssh_config, "a") as f:
+            f.write(textwrap.dedent(f"""
+                Host {alias}
+                    HostName 127.0.0.1
+                    Port {relay.port}
+                    User root
+                    IdentityFile {self.sshd.client_key}
+                    UserKnownHostsFile {self.sshd.known_hosts}
+                """))
+        return relay, self.sshd.host(alias)
+
+    def test_a_tree_transfer_cut_at_any_byte_places_all_or_nothing_and_a_retry_works(self):
+        files = {f"s/f{i}": os.urandom(3000 + 7919 * i).hex() for i in range(6)}
+        new = os.path.join(self.tree(os.path.join(self.tmp, "new"), files), "s")
+        old = {name: "old" for name in files}
+        good = self.sshd.host()
+        for direction in ("up", "down"):
+            for limit in (12000, 30000, 60000, 90000, 140000, 200000):
+                with self.subTest(direction=direction, limit=limit):
+                    dest = self.tree(os.path.join(self.tmp, f"d-{direction}-{limit}"), old)
+                    relay, h = self.cut_host(limit, direction)
+                    h.run("true")
+                    move = h.send_file if direction == "up" else h.get_file
+                    with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+                        move(new, dest, backend="tar")
+                    self.assertTrue(relay.was_cut())
+                    wait_for(lambda: not [n for n in os.listdir(dest)
+                                          if n.startswith(".autoserv-")], 15,
+                             what="staging removed")
+                    self.assertEqual(self.contents(dest), old)
+                    (good.send_file if direction == "up" else good.get_file)(
+                        new, dest, backend="tar")
+                    self.assertEqual(self.contents(dest), files)
+
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and out.returncode:
