@@ -1651,14 +1651,32 @@ def _check_local_sources(sources, host):
                 f"{host}: send_file: local source {s!r} does not exist")
 
 
+_KINDS = {0o010000: "a FIFO", 0o020000: "a character device", 0o060000: "a block device",
+          0o140000: "a socket"}
+
+
 def _fix_tree(root, preserve_symlinks, what):
-    """Refuses what a target must not be able to do to us: symlinks when they
-    were not asked for, and symlinks that point out of the fetched tree."""
+    """Refuses what a target must not be able to do to us: anything but
+    regular files, dirs and symlinks; symlinks when they were not asked for,
+    and symlinks that point out of the fetched tree.  Strips setuid/setgid
+    and makes everything the controller user's own."""
+    import stat
     root_real = os.path.realpath(root)
+    uid, gid = os.geteuid(), os.getegid()
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+                    or stat.S_ISLNK(st.st_mode)):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file, dir or symlink")
+                raise AutoservFileTransferError(
+                    f"{what}: refusing {os.path.relpath(path, root)!r}: it is {kind}")
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.lchown(path, uid, gid)
             if not os.path.islink(path):
+                if st.st_mode & 0o6000:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o6000)
                 continue
             target = os.path.realpath(path)
             inside = target == root_real or target.startswith(root_real + os.sep)
@@ -1668,6 +1686,32 @@ def _fix_tree(root, preserve_symlinks, what):
                     f"{os.readlink(path)!r}: it points out of the fetched tree")
 
 
+# What the job writes in its results dir and in each host's or task's dir
+# there: a transfer may add files beside them, never replace them.
+_JOB_NAMES = ("status.log", "summary.json", "keyval", "control.srv", "junit.xml",
+              "debug", "console.log")
+
+
+def _job_dirs():
+    """The dirs whose _JOB_NAMES are the job's own: the results dir, the
+    running task's dir and each host's dir in it."""
+    if _JOB is None:
+        return set()
+    root = _JOB.resultdir
+    dirs = {root, os.path.dirname(_JOB.status.path)}
+    dirs |= {os.path.join(root, _safe_name(h.hostname)) for h in _JOB.hosts if h.hostname}
+    return {os.path.realpath(d) for d in dirs}
+
+
+def _refuse_job_names(dest_dir, names):
+    """A transfer that would replace or delete one of the job's own files."""
+    if os.path.realpath(dest_dir) in _job_dirs():
+        for name in sorted(set(names) & set(_JOB_NAMES)):
+            raise AutoservFileTransferError(
+                f"refusing to replace the job's own {os.path.join(dest_dir, name)}: "
+                "fetch into a subdir of the results dir")
+
+
 def _place_local(staging, dest, mode, delete):
     """Moves staged entries into place, the same way _PLACE_SH does remotely."""
     if dest.endswith("/") and mode == "auto":
@@ -1675,9 +1719,13 @@ def _place_local(staging, dest, mode, delete):
     dest = dest.rstrip("/") or "/"
     if mode == "auto":
         mode = "into" if os.path.isdir(dest) else "as"
-    if mode != "as":
-        os.makedirs(dest, exist_ok=True)
     entries = os.listdir(staging)
+    if mode == "as":
+        _refuse_job_names(os.path.dirname(os.path.abspath(dest)), [os.path.basename(dest)])
+    else:
+        _refuse_job_names(dest, entries + (os.listdir(dest) if delete and mode == "contents"
+                                           and os.path.isdir(dest) else []))
+        os.makedirs(dest, exist_ok=True)
     if delete and mode == "contents":
         # The staging dir may live in dest (see _staging_parent): never removed here.
         ours = os.path.basename(staging)
@@ -1740,6 +1788,15 @@ def _refuse_dir_link(dest, mode, label):
             f"{label}: refusing to write through the symlink {base} -> {os.readlink(base)}")
 
 
+def _drop_new_dir(path, existed):
+    """After a failed placement: the dest dir _staging_parent made, if empty."""
+    if not existed:
+        try:
+            os.rmdir(path.rstrip("/") or "/")
+        except OSError:
+            pass
+
+
 def _staging_parent(dest, mode):
     base = dest.rstrip("/") or "/"
     if mode in ("into", "contents") or dest.endswith("/") or os.path.isdir(base):
@@ -1759,7 +1816,9 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
             raise AutoservFileTransferError(f"{label}: source {s!r} does not exist")
     mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
     _refuse_dir_link(dest, mode, label)
+    existed = os.path.lexists(dest.rstrip("/") or "/")
     staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+    placed = False
     try:
         copy = shutil.copy2 if preserve_perm else shutil.copyfile
         for src, is_contents in zip(sources, contents):
@@ -1775,10 +1834,13 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
                 else:
                     copy(s, t)
         _place_local(staging, dest, mode, delete_dest)
+        placed = True
     except OSError as e:
         raise AutoservFileTransferError(f"{label}: copying {sources} to {dest!r} failed: {e}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not placed:
+            _drop_new_dir(dest, existed)
 
 
 class _SSHTransfer:
@@ -1960,7 +2022,9 @@ class _SSHTransfer:
         LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
         t0 = time.monotonic()
         _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
+        existed = os.path.lexists(dest.rstrip("/") or "/")
         staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+        placed = False
         try:
             if backend == "tar":
                 parts = []
@@ -1987,21 +2051,34 @@ class _SSHTransfer:
                 items = [self._remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
                          for s, c in zip(sources, contents)]
                 if backend == "rsync":
-                    argv = ["rsync", "-rltD", "--protect-args", "-e", self._rsync_ssh()]
+                    # No -D: rsync makes no device or FIFO here; it names
+                    # each one it skips, and that is refused below.
+                    argv = ["rsync", "-rlt", "--info=skip1", "--protect-args", "-e",
+                            self._rsync_ssh()]
                     argv += ["-l"] if preserve_symlinks else ["-L"]
                     if preserve_perm:
                         argv.append("-p")
                 else:
                     argv = ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) \
                         + self.ssh_argv()[1:-1]
-                self._run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
+                out = self._run_local(argv + items + [staging + "/"], "get_file", sources,
+                                      timeout)
+                skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
+                           if l.startswith("skipping non-regular file ")]
+                if skipped:
+                    raise AutoservFileTransferError(
+                        f"{self.hostname}: get_file: refusing {', '.join(skipped)}: "
+                        "not a regular file, dir or symlink")
             _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
             _place_local(staging, dest, mode, delete_dest)
+            placed = True
         except OSError as e:
             raise AutoservFileTransferError(
                 f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            if not placed:
+                _drop_new_dir(dest, existed)
         LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
     def _run_local(self, argv, what, paths, timeout, dest=None):
@@ -2019,6 +2096,7 @@ class _SSHTransfer:
             if dest is not None and "no space" not in text.lower():
                 text += self._space_note(dest, paths)
             raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
+        return _decode(ex.captures[1].value())
 
 
 def _random_name(length=12):
@@ -5044,8 +5122,15 @@ class Autotest(InstallableObject):
             f.write(text)
         host.send_file(local, f"{autodir}/control")
         # Relative to the current dir: the job's results dir, or a parallel
-        # task's own subdir in it.
+        # task's own subdir in it.  Never merged into one of the job's own
+        # dirs (the client's status, keyval and debug/ would meet the job's):
+        # there, into <host>/<tag>.
         results_dir = os.path.abspath(results_dir)
+        if os.path.realpath(results_dir) in _job_dirs():
+            if _JOB is not None and os.path.realpath(results_dir) == \
+                    os.path.realpath(_JOB.resultdir):
+                results_dir = os.path.join(results_dir, _safe_name(host.hostname))
+            results_dir = os.path.join(results_dir, _safe_name(tag or "autotest"))
         name = tag or "autotest.run"
         _record("START", None, name, f"{host.hostname}: client control file")
         relay = _StatusRelay(host.hostname)

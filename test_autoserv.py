@@ -1614,6 +1614,11 @@ class TestHostileTransfer(SshdTestCase):
                 f.write(text)
         return root
 
+    @staticmethod
+    def text(path):
+        with open(path) as f:
+            return f.read()
+
     def contents(self, root):
         """{relative path: text} for every file under root; also the names
         of anything that is not a regular file or dir."""
@@ -1788,6 +1793,74 @@ class TestHostileTransfer(SshdTestCase):
                     (good.send_file if direction == "up" else good.get_file)(
                         new, dest, backend="tar")
                     self.assertEqual(self.contents(dest), files)
+
+    def test_fetched_trees_hold_only_files_dirs_and_symlinks_without_setuid(self):
+        need_root()
+        src = self.tree(os.path.join(self.tmp, "src"), {"suid": "s", "sgid": "g", "d/f": "f"})
+        os.chmod(os.path.join(src, "suid"), 0o4755)
+        os.chmod(os.path.join(src, "sgid"), 0o2755)
+        os.chown(os.path.join(src, "d", "f"), 12345, 12345)
+        h = self.sshd.host()
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend, what="setuid"):
+                got = os.path.join(self.tmp, "got-" + backend)
+                h.get_file(src + "/", got, backend=backend)
+                self.assertEqual(self.contents(got), {"suid": "s", "sgid": "g", "d/f": "f"})
+                for name in ("suid", "sgid", "d/f"):
+                    st = os.lstat(os.path.join(got, name))
+                    self.assertEqual(st.st_mode & 0o6000, 0, name)
+                    self.assertEqual((st.st_uid, st.st_gid), (os.geteuid(), os.getegid()))
+        for kind, make in (("FIFO", lambda p: os.mkfifo(p)),
+                           ("character device", lambda p: os.mknod(p, 0o20666, os.makedev(1, 3)))):
+            odd = self.tree(os.path.join(self.tmp, "odd-" + kind[0]), {"f": "f"})
+            make(os.path.join(odd, "odd-node"))
+            for backend in ("tar", "rsync"):
+                with self.subTest(backend=backend, what=kind):
+                    got = os.path.join(self.tmp, f"got-{kind[0]}-{backend}")
+                    with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                        h.get_file(odd + "/", got, backend=backend, timeout=60)
+                    self.assertIn("odd-node", str(cm.exception))
+                    self.assertFalse(os.path.exists(got))
+                    self.assertFalse([n for n in os.listdir(self.tmp)
+                                      if n.startswith(".autoserv-")])
+
+    def test_a_transfer_never_replaces_the_jobs_own_files(self):
+        res = os.path.join(self.tmp, "res")
+        job = autoserv.ServerJob(res)
+        self.addCleanup(autoserv.LOG.close)
+        self.addCleanup(setattr, autoserv, "_JOB", None)
+        h = self.sshd.host()
+        job.record("GOOD", None, "mine", "the job's own line")
+        own = {n: self.text(os.path.join(res, n)) for n in ("status.log", "keyval")}
+        remote = self.tree(os.path.join(self.tmp, "client"),
+                           {"status.log": "evil", "keyval": "evil=1", "debug/x": "evil",
+                            "fine": "a result"})
+        for backend in self.BACKENDS:
+            for dest, kw in ((res, {}), (res + "/", {"delete_dest": True}),
+                             (os.path.join(res, "keyval"), {})):
+                with self.subTest(backend=backend, dest=dest, **kw):
+                    source = os.path.join(remote, "keyval") if dest.endswith("keyval") \
+                        else remote + "/"
+                    with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                        h.get_file(source, dest, backend=backend, **kw)
+                    self.assertIn(os.path.join(res, ""), str(cm.exception))
+                    self.assertEqual({n: self.text(os.path.join(res, n))
+                                      for n in own}, own)
+                    self.assertFalse(os.path.exists(os.path.join(res, "debug", "x")))
+                    self.assertFalse(os.path.exists(os.path.join(res, "fine")))
+        h.get_file(remote + "/", os.path.join(res, "fetched"))       # a subdir is fine
+        self.assertEqual(self.text(os.path.join(res, "fetched", "status.log")), "evil")
+        # Autotest.run into the results dir: the client's results go to a
+        # per-host, per-test subdir, the job's files stay the job's.
+        at = autoserv.Autotest(h)
+        at.install(h, autodir=os.path.join(self.tmp, "autodir"))
+        self.assertTrue(at.run("job.run_test('sleeptest', seconds=0)", results_dir=res,
+                               tag="quick"))
+        self.assertEqual(self.text(os.path.join(res, "keyval")), own["keyval"])
+        log = self.text(os.path.join(res, "status.log"))
+        self.assertTrue(log.startswith(own["status.log"]), log)
+        self.assertTrue(os.path.isdir(os.path.join(res, "testhost", "quick", "sleeptest")),
+                        str(os.listdir(res)))
 
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
