@@ -1984,8 +1984,8 @@ class _SSHTransfer:
             if delete_dest:
                 argv.append("--delete")
             rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
-            self._run_local(argv + sources + [self._remote_spec(rsync_dest)],
-                            "send_file", sources, timeout, dest)
+            self._run_local(argv + [_local_arg(s) for s in sources]
+                            + [self._remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
         else:
             name = _random_name()
             # Where prep may make it, registered before asking, so a reply
@@ -1995,7 +1995,7 @@ class _SSHTransfer:
             try:
                 staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
                                    timeout=60).stdout.strip()
-                items = _expand_contents(sources, contents)
+                items = [_local_arg(i) for i in _expand_contents(sources, contents)]
                 argv = ["scp", "-r", "-p", "-q"] + self.ssh_argv()[1:-1]
                 self._run_local(argv + items + [self._remote_spec(staging + "/")],
                                 "send_file", sources, timeout, dest)
@@ -2023,7 +2023,8 @@ class _SSHTransfer:
         t0 = time.monotonic()
         _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
         existed = os.path.lexists(dest.rstrip("/") or "/")
-        staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
+                                                   dir=_staging_parent(dest, mode)))
         placed = False
         try:
             if backend == "tar":
@@ -2116,6 +2117,12 @@ def _staging_candidates(dest, name):
 def _raw_place_command(dest, mode, delete, step, staging=""):
     return "sh -c " + " ".join(shlex.quote(w) for w in (
         _PLACE_SH, "autoserv", dest, mode, "1" if delete else "0", step, staging, "1"))
+
+
+def _local_arg(path):
+    """A local path as scp/rsync must get it: never read as an option (a
+    leading "-") or as host:path (a ":" before any "/")."""
+    return path if path.startswith("/") else "./" + path
 
 
 def _expand_contents(sources, contents):

@@ -1862,6 +1862,42 @@ class TestHostileTransfer(SshdTestCase):
         self.assertTrue(os.path.isdir(os.path.join(res, "testhost", "quick", "sleeptest")),
                         str(os.listdir(res)))
 
+    def test_local_names_that_look_like_options_are_only_names(self):
+        work = os.path.join(self.tmp, "work")
+        os.mkdir(work)
+        cwd = os.getcwd()
+        self.addCleanup(os.chdir, cwd)
+        os.chdir(work)
+        names = ["-e touch PWNED", "--rsh=touch PWNED", "-oProxyCommand=touch PWNED",
+                 "host:PWNED"]
+        for i, name in enumerate(names):
+            with open(name, "w") as f:
+                f.write(f"data {i}")
+        os.mkdir("-dir")
+        with open(os.path.join("-dir", "f"), "w") as f:
+            f.write("in dir")
+        h = self.sshd.host()
+        remote = os.path.join(self.tmp, "remote")
+        os.mkdir(remote)
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend):
+                out = os.path.join(remote, backend)
+                h.send_file(names, out, backend=backend)
+                h.send_file("-dir/", os.path.join(out, "contents"), backend=backend)
+                self.assertEqual(self.contents(out),
+                                 {n: f"data {i}" for i, n in enumerate(names)}
+                                 | {"contents/f": "in dir"})
+                for i, name in enumerate(names):
+                    h.get_file(os.path.join(out, name), f"{name}.{backend}", backend=backend)
+                    self.assertEqual(self.text(f"{name}.{backend}"), f"data {i}")
+                h.get_file(os.path.join(out, "contents", "f"), f"-got-{backend}/",
+                           backend=backend)
+                self.assertEqual(self.text(f"-got-{backend}/f"), "in dir")
+        pwned = [p for d in (work, self.sshd.home, remote)
+                 for p in os.listdir(d) if p.startswith("PWNED")]
+        self.assertEqual(pwned, [])
+        self.assertFalse(os.path.exists(os.path.join(work, "host")))
+
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and out.returncode:
