@@ -1557,10 +1557,17 @@ def _pipeline(first, second, timeout, label, tar_end=None):
     _wait_all([p1, p2], timeout, label, deadline)
     texts = []
     for f in errs:
-        f.seek(0)
-        texts.append(_decode(f.read()))
+        texts.append(_err_tail(f))
         f.close()
     return p1.returncode, p2.returncode, texts[0], texts[1]
+
+
+def _err_tail(f, limit=1 << 16):
+    """The last `limit` bytes of a transfer's stderr file, decoded: a target
+    may write any amount there."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - limit))
+    return _decode(f.read(limit))
 
 
 def _relay_tar(src, dest, deadline):
@@ -1627,8 +1634,7 @@ def _stream_file(path, argv, timeout, label):
     with open(path, "rb") as src, tempfile.TemporaryFile() as err:
         proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
         _wait_all([proc], timeout, label)
-        err.seek(0)
-        return proc.returncode, _decode(err.read())
+        return proc.returncode, _err_tail(err)
 
 
 def _tar_member_args(sources, contents_flags):
@@ -1879,6 +1885,19 @@ class _SSHTransfer:
         self._ensure_master()
         return " ".join(shlex.quote(a) for a in self.ssh_argv()[:-1])
 
+    def _scp_options(self):
+        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
+        its -p keeps times, so the user and port go as -o User= and -P."""
+        opts, out = self.ssh_argv()[1:-1], []
+        for flag, value in zip(opts[::2], opts[1::2]):
+            if flag == "-l":
+                out += ["-o", f"User={value}"]
+            elif flag == "-p":
+                out += ["-P", value]
+            else:
+                out += [flag, value]
+        return out
+
     def _remote_spec(self, path):
         host = self.hostname
         if ":" in host:
@@ -1996,7 +2015,7 @@ class _SSHTransfer:
                 staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
                                    timeout=60).stdout.strip()
                 items = [_local_arg(i) for i in _expand_contents(sources, contents)]
-                argv = ["scp", "-r", "-p", "-q"] + self.ssh_argv()[1:-1]
+                argv = ["scp", "-r", "-p", "-q"] + self._scp_options()
                 self._run_local(argv + items + [self._remote_spec(staging + "/")],
                                 "send_file", sources, timeout, dest)
                 self.run(_raw_place_command(dest, mode, delete_dest, "install", staging),
@@ -2061,7 +2080,7 @@ class _SSHTransfer:
                         argv.append("-p")
                 else:
                     argv = ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) \
-                        + self.ssh_argv()[1:-1]
+                        + self._scp_options()
                 out = self._run_local(argv + items + [staging + "/"], "get_file", sources,
                                       timeout)
                 skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()

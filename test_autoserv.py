@@ -1898,6 +1898,31 @@ class TestHostileTransfer(SshdTestCase):
         self.assertEqual(pwned, [])
         self.assertFalse(os.path.exists(os.path.join(work, "host")))
 
+    def test_scp_takes_an_explicit_user_and_port_both_ways(self):
+        h = autoserv.SSHHost("127.0.0.1", user="root", port=self.sshd.port,
+                             identity=self.sshd.client_key, known_hosts=self.sshd.known_hosts,
+                             connect_timeout=5)
+        src = self.tree(os.path.join(self.tmp, "src"), {"f": "one", "d/g": "two"})
+        h.send_file(src + "/", os.path.join(self.tmp, "sent"), backend="scp")
+        self.assertEqual(self.contents(os.path.join(self.tmp, "sent")), {"f": "one", "d/g": "two"})
+        h.get_file(os.path.join(self.tmp, "sent", "d"), os.path.join(self.tmp, "back"),
+                   backend="scp")
+        self.assertEqual(self.contents(os.path.join(self.tmp, "back")), {"d/g": "two"})
+
+    def test_a_flood_on_a_transfers_stderr_is_kept_as_its_tail(self):
+        flood = ["sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' x >&2; echo LAST >&2; exit 3"]
+        rc1, rc2, e1, e2 = autoserv._pipeline(flood, flood, 60, "flood")
+        self.assertEqual((rc1, rc2), (3, 3))
+        for text in (e1, e2):
+            self.assertLessEqual(len(text), 1 << 16)
+            self.assertTrue(text.endswith("LAST\n"))
+        f = os.path.join(self.tmp, "in")
+        open(f, "w").close()
+        rc, err = autoserv._stream_file(f, flood, 60, "flood")
+        self.assertEqual(rc, 3)
+        self.assertLessEqual(len(err), 1 << 16)
+        self.assertTrue(err.endswith("LAST\n"))
+
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and out.returncode:
