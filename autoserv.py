@@ -1547,7 +1547,7 @@ def _pipeline(first, second, timeout, label, tar_end=None):
         raise
     if tar_end is not None:
         try:
-            tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline))
+            tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline, label))
         except BaseException:
             for p in (p1, p2):
                 _killpg(p.pid, signal.SIGKILL)
@@ -1570,14 +1570,119 @@ def _err_tail(f, limit=1 << 16):
     return _decode(f.read(limit))
 
 
-def _relay_tar(src, dest, deadline):
+class _TarScan:
+    """Follows the headers of a tar stream on its way to the local tar, so
+    that what a target sends is judged before anything is made: devices,
+    FIFOs and other odd members are refused by name, setuid/setgid bits are
+    cleared in the header (checksum redone), and a damaged header, which
+    tar would skip over to resynchronise, is refused too."""
+
+    KEEP = {b"0": "", b"\0": "", b"7": "", b"1": "", b"2": "", b"5": ""}
+    META = (b"L", b"K", b"x", b"g")     # long names, pax records: their data is read
+    KINDS = {b"3": "a character device", b"4": "a block device", b"6": "a FIFO"}
+
+    def __init__(self, what):
+        self.what = what
+        self.header = b""
+        self.skip = 0                   # data bytes (with padding) still to pass
+        self.meta = None                # (type, bytes so far, size) while reading one
+        self.name = None                # from an L record or a pax path
+        self.size = None                # from a pax size
+
+    def feed(self, data):
+        """The bytes to pass on (headers are held until whole)."""
+        out = bytearray()
+        while data:
+            if self.skip:
+                n = min(self.skip, len(data))
+                if self.meta is not None:
+                    kind, got, size = self.meta
+                    self.meta = (kind, got + data[:n], size)
+                out += data[:n]
+                data, self.skip = data[n:], self.skip - n
+                if not self.skip and self.meta is not None:
+                    try:
+                        self._read_meta(*self.meta)
+                    except (ValueError, IndexError):
+                        self._refuse("a damaged pax header")
+                    self.meta = None
+                continue
+            need = 512 - len(self.header)
+            self.header, data = self.header + data[:need], data[need:]
+            if len(self.header) == 512:
+                out += self._judge(bytearray(self.header))
+                self.header = b""
+        return bytes(out)
+
+    @staticmethod
+    def _number(field):
+        if field[0] & 0x80:                                   # base-256
+            return int.from_bytes(field[1:], "big")
+        text = field.split(b"\0", 1)[0].strip(b" ")
+        return int(text, 8) if text else 0
+
+    def _refuse(self, why):
+        raise AutoservFileTransferError(f"{self.what}: refusing {why}")
+
+    def _judge(self, h):
+        if not any(h):
+            return h                                           # end-of-archive blocks
+        try:
+            stored, size, mode = (self._number(h[148:156]), self._number(h[124:136]),
+                                  self._number(h[100:108]))
+        except ValueError:
+            self._refuse("a damaged tar header")
+        if stored != sum(h[:148]) + 8 * 32 + sum(h[156:]):
+            self._refuse("a damaged tar header (bad checksum)")
+        kind = bytes(h[156:157])
+        if self.size is not None:
+            size = self.size
+        name = self.name
+        if name is None:
+            prefix = bytes(h[345:500]).split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
+            base = bytes(h[:100]).split(b"\0", 1)[0]
+            name = os.fsdecode(prefix + b"/" + base if prefix else base)
+        if kind in self.META:
+            if size > 1 << 20:
+                self._refuse(f"a {size}-byte tar header record")
+            self.meta = (kind, b"", size)
+        elif kind in self.KEEP:
+            if size and kind in (b"1", b"2", b"5"):
+                self._refuse(f"{name!r}: a link or dir header that claims data")
+            self.name = self.size = None
+            if mode & 0o6000:                                  # setuid/setgid: cleared
+                h[100:108] = b"%07o\0" % (mode & ~0o6000 & 0o7777)
+                h[148:156] = b"%06o\0 " % (sum(h[:148]) + 8 * 32 + sum(h[156:]))
+        else:
+            self._refuse(f"{name!r}: it is " + self.KINDS.get(
+                kind, f"a tar member of type {kind!r}, not a file, dir or symlink"))
+        self.skip = (size + 511) // 512 * 512 if kind not in (b"1", b"2", b"5") else 0
+        return h
+
+    def _read_meta(self, kind, data, size):
+        data = data[:size]
+        if kind == b"L":
+            self.name = os.fsdecode(data.split(b"\0", 1)[0])
+        elif kind == b"x":                         # "len key=value\n" records
+            while data:
+                length = int(data.split(b" ", 1)[0])
+                key, _, value = data[:length].split(b" ", 1)[1].partition(b"=")
+                if key == b"path":
+                    self.name = os.fsdecode(value[:-1])
+                elif key == b"size":
+                    self.size = int(value)
+                data = data[length:]
+
+
+def _relay_tar(src, dest, deadline, what="get_file"):
     """Copies a tar stream from src to dest (closed at the end) in bounded
-    blocks until EOF or the deadline; True when it ended with tar's
-    end-of-archive (two zero blocks): EOF at a member boundary, from a
-    dropped link or a sender that stopped early, looks whole to tar."""
+    blocks until EOF or the deadline, through _TarScan; True when it ended
+    with tar's end-of-archive (two zero blocks): EOF at a member boundary,
+    from a dropped link or a sender that stopped early, looks whole to tar."""
     import selectors
     zeros = bytes(1024)
     tail, total = b"", 0
+    scan = _TarScan(what)
     with selectors.DefaultSelector() as sel:
         sel.register(src, selectors.EVENT_READ)
         try:
@@ -1590,7 +1695,7 @@ def _relay_tar(src, dest, deadline):
                     break
                 total += len(data)
                 tail = (tail + data)[-1024:]
-                dest.write(data)
+                dest.write(scan.feed(data))
         except BrokenPipeError:             # the reader failed: its error tells
             return False
         finally:
@@ -2073,8 +2178,8 @@ class _SSHTransfer:
                 if backend == "rsync":
                     # No -D: rsync makes no device or FIFO here; it names
                     # each one it skips, and that is refused below.
-                    argv = ["rsync", "-rlt", "--info=skip1", "--protect-args", "-e",
-                            self._rsync_ssh()]
+                    argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
+                            "--protect-args", "-e", self._rsync_ssh()]
                     argv += ["-l"] if preserve_symlinks else ["-L"]
                     if preserve_perm:
                         argv.append("-p")

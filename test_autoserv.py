@@ -1824,6 +1824,52 @@ class TestHostileTransfer(SshdTestCase):
                     self.assertFalse([n for n in os.listdir(self.tmp)
                                       if n.startswith(".autoserv-")])
 
+    def test_a_fetched_tar_stream_is_judged_before_anything_is_made(self):
+        import tarfile
+
+        def archive(*members, fmt=tarfile.GNU_FORMAT):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+                for name, kind, mode, data in members:
+                    info = tarfile.TarInfo(name)
+                    info.type, info.mode, info.size = kind, mode, len(data)
+                    t.addfile(info, io.BytesIO(data))
+            return buf.getvalue()
+
+        def through(stream, chunk):
+            scan = autoserv._TarScan("target")
+            return b"".join(scan.feed(stream[i:i + chunk])
+                            for i in range(0, len(stream), chunk))
+
+        long_name = "d/" + "n" * 300
+        plain = archive(("d", tarfile.DIRTYPE, 0o755, b""), (long_name, tarfile.REGTYPE,
+                        0o644, b"x" * 1000), ("d/l", tarfile.SYMTYPE, 0o777, b""))
+        for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+            stream = archive(("d", tarfile.DIRTYPE, 0o755, b""),
+                             (long_name, tarfile.REGTYPE, 0o644, b"x" * 1000), fmt=fmt)
+            for chunk in (1, 511, 512, 4096, 1 << 20):
+                with self.subTest(fmt=fmt, chunk=chunk):
+                    self.assertEqual(through(stream, chunk), stream)
+        self.assertEqual(through(plain, 700), plain)
+        suid = through(archive(("s", tarfile.REGTYPE, 0o6755, b"#!")), 100)
+        with tarfile.open(fileobj=io.BytesIO(suid)) as t:       # checksum redone
+            self.assertEqual(t.getmember("s").mode, 0o755)
+        for kind, what in ((tarfile.FIFOTYPE, "a FIFO"), (tarfile.CHRTYPE, "character"),
+                           (tarfile.BLKTYPE, "block")):
+            for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+                with self.subTest(kind=kind, fmt=fmt):
+                    bad = archive(("ok", tarfile.REGTYPE, 0o644, b"fine"),
+                                  ("x/" + "q" * 200 + "-odd", kind, 0o644, b""), fmt=fmt)
+                    with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                        through(bad, 333)
+                    self.assertIn("q-odd", str(cm.exception))
+                    self.assertIn(what, str(cm.exception))
+        damaged = bytearray(plain)
+        damaged[0] ^= 1
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            through(bytes(damaged), 512)
+        self.assertIn("damaged", str(cm.exception))
+
     def test_a_transfer_never_replaces_the_jobs_own_files(self):
         res = os.path.join(self.tmp, "res")
         job = autoserv.ServerJob(res)
