@@ -1798,7 +1798,7 @@ def _fix_tree(root, preserve_symlinks, what):
 
 
 # What the job writes in its results dir and in each host's or task's dir
-# there: a transfer may add files beside them, never replace them.
+# there: a transfer may add files beside the ones there, never replace them.
 _JOB_NAMES = ("status.log", "summary.json", "keyval", "control.srv", "junit.xml",
               "debug", "console.log")
 
@@ -1815,9 +1815,12 @@ def _job_dirs():
 
 
 def _refuse_job_names(dest_dir, names):
-    """A transfer that would replace or delete one of the job's own files."""
+    """A transfer that would replace, merge into or delete one of the job's
+    own files (those of _JOB_NAMES that are there)."""
     if os.path.realpath(dest_dir) in _job_dirs():
         for name in sorted(set(names) & set(_JOB_NAMES)):
+            if not os.path.lexists(os.path.join(dest_dir, name)):
+                continue
             raise AutoservFileTransferError(
                 f"refusing to replace the job's own {os.path.join(dest_dir, name)}: "
                 "fetch into a subdir of the results dir")
@@ -5253,15 +5256,13 @@ class Autotest(InstallableObject):
             f.write(text)
         host.send_file(local, f"{autodir}/control")
         # Relative to the current dir: the job's results dir, or a parallel
-        # task's own subdir in it.  Never merged into one of the job's own
-        # dirs (the client's status, keyval and debug/ would meet the job's):
-        # there, into <host>/<tag>.
+        # task's own subdir in it.  Never merged into the results dir itself
+        # (the client's keyval and debug/ would meet the job's): there, into
+        # the host's dir, as -c lays it out.
         results_dir = os.path.abspath(results_dir)
-        if os.path.realpath(results_dir) in _job_dirs():
-            if _JOB is not None and os.path.realpath(results_dir) == \
-                    os.path.realpath(_JOB.resultdir):
-                results_dir = os.path.join(results_dir, _safe_name(host.hostname))
-            results_dir = os.path.join(results_dir, _safe_name(tag or "autotest"))
+        if _JOB is not None and os.path.realpath(results_dir) == \
+                os.path.realpath(_JOB.resultdir):
+            results_dir = os.path.join(results_dir, _safe_name(host.hostname))
         name = tag or "autotest.run"
         _record("START", None, name, f"{host.hostname}: client control file")
         relay = _StatusRelay(host.hostname)

@@ -1896,17 +1896,30 @@ class TestHostileTransfer(SshdTestCase):
                     self.assertFalse(os.path.exists(os.path.join(res, "fine")))
         h.get_file(remote + "/", os.path.join(res, "fetched"))       # a subdir is fine
         self.assertEqual(self.text(os.path.join(res, "fetched", "status.log")), "evil")
-        # Autotest.run into the results dir: the client's results go to a
-        # per-host, per-test subdir, the job's files stay the job's.
+        # Autotest.run into the results dir: the client's results go to the
+        # host's dir (as -c lays them out), the job's files stay the job's.
         at = autoserv.Autotest(h)
         at.install(h, autodir=os.path.join(self.tmp, "autodir"))
-        self.assertTrue(at.run("job.run_test('sleeptest', seconds=0)", results_dir=res,
-                               tag="quick"))
+        self.assertTrue(at.run("job.run_test('sleeptest', seconds=0)", results_dir=res))
         self.assertEqual(self.text(os.path.join(res, "keyval")), own["keyval"])
         log = self.text(os.path.join(res, "status.log"))
         self.assertTrue(log.startswith(own["status.log"]), log)
-        self.assertTrue(os.path.isdir(os.path.join(res, "testhost", "quick", "sleeptest")),
+        self.assertEqual(os.listdir(os.path.join(res, "debug")), ["autoserv.log"])
+        self.assertTrue(os.path.isdir(os.path.join(res, "testhost", "sleeptest")),
                         str(os.listdir(res)))
+        # A task's dir (cwd of a parallel task, with the task's status.log):
+        # the client's tree merges in beside it, as -c has it.
+        task = os.path.join(res, "task")
+        os.mkdir(task)
+        job.status = autoserv.StatusLog(os.path.join(task, "status.log"))
+        job.record("GOOD", None, "task", "the task's own line")
+        task_log = self.text(os.path.join(task, "status.log"))
+        self.assertTrue(at.run("job.run_test('sleeptest', seconds=0)", results_dir=task))
+        self.assertTrue(os.path.isdir(os.path.join(task, "sleeptest")))
+        self.assertTrue(self.text(os.path.join(task, "status.log")).startswith(task_log))
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            h.get_file(os.path.join(remote, "status.log"), task + "/")
+        self.assertIn(os.path.join(task, "status.log"), str(cm.exception))
 
     def test_local_names_that_look_like_options_are_only_names(self):
         work = os.path.join(self.tmp, "work")
