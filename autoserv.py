@@ -1438,6 +1438,15 @@ if [ -n "$fresh" ]; then
   exit 1
 fi
 cd "$t" || exit 1
+# Check before changing anything: without delete, a file where the new tree
+# has a dir, or a dir where it has a file, stops the placement whole.
+if [ "$del" != 1 ]; then
+  for e in * .[!.]* ..?*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi
+    find "./$e" -exec sh -c 'x=$1 e=$2; shift 2; for a; do y=$x${a#"$e"}; if [ -d "$a" ] && [ ! -L "$a" ]; then if [ -e "$y" ] && [ ! -L "$y" ] && [ ! -d "$y" ]; then echo "autoserv: $y: a file is in the way" >&2; exit 1; fi; elif [ -d "$y" ] && [ ! -L "$y" ]; then echo "autoserv: $y is a directory" >&2; exit 1; fi; done' sh "$x" "./$e" {} + || exit 1
+  done
+fi
 # delete (contents mode): remove what dest has and the new tree has not.
 # The staging dir lives in dest (its parent may not be ours to write, as
 # with /tmp or a home dir) and is never one of the names removed.
@@ -1840,6 +1849,10 @@ def _place_local(staging, dest, mode, delete):
         _refuse_job_names(dest, entries + (os.listdir(dest) if delete and mode == "contents"
                                            and os.path.isdir(dest) else []))
         os.makedirs(dest, exist_ok=True)
+    if not delete:
+        for name in entries:
+            _check_in_the_way(os.path.join(staging, name),
+                              dest if mode == "as" else os.path.join(dest, name))
     if delete and mode == "contents":
         # The staging dir may live in dest (see _staging_parent): never removed here.
         ours = os.path.basename(staging)
@@ -1859,6 +1872,25 @@ def _place_local(staging, dest, mode, delete):
             if os.path.islink(target):      # replaced, never followed
                 os.unlink(target)
             os.replace(src, target)
+
+
+def _check_in_the_way(src, target):
+    """Before anything moves: a file where src has a dir, or a dir where it
+    has a file, stops the whole placement (links in the way are replaced)."""
+    if not _real_dir(src):
+        if _real_dir(target):
+            raise AutoservFileTransferError(f"{target}: a directory is in the way")
+        return
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out = target if rel == "." else os.path.join(target, rel)
+        if _real_dir(dirpath) and os.path.lexists(out) and not os.path.islink(out) \
+                and not os.path.isdir(out):
+            raise AutoservFileTransferError(f"{out}: a file is in the way")
+        for name in filenames + [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]:
+            if _real_dir(os.path.join(out, name)):
+                raise AutoservFileTransferError(
+                    f"{os.path.join(out, name)}: a directory is in the way")
 
 
 def _real_dir(path):

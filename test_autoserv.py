@@ -1668,6 +1668,29 @@ class TestHostileTransfer(SshdTestCase):
                                       if n.startswith(".autoserv-")])
 
 
+    def test_a_placement_that_meets_a_file_dir_clash_changes_nothing(self):
+        src = self.tree(os.path.join(self.tmp, "src"), {"a": "new a", "m/x": "new x",
+                                                         "m/y/z": "new z", "w": "new w"})
+        h = self.sshd.host()
+        cases = [("local", autoserv.LocalHost(), None)] + \
+            [(b, h, b) for b in self.BACKENDS]
+        clashes = {"top": {"a/inner": "old dir a"},        # a dir where a file comes
+                   "deep": {"m/y": "old file y"},          # a file where a dir comes
+                   "deeper": {"m/x/inner": "old dir x"}}   # a dir where a file comes
+        for label, host, backend in cases:
+            # rsync sending writes into dest itself, file by file, as rsync does.
+            for way in ("get",) if backend == "rsync" else ("send", "get"):
+                for clash, old in clashes.items():
+                    with self.subTest(host=label, way=way, clash=clash):
+                        dest = self.tree(os.path.join(self.tmp, f"{label}-{way}-{clash}"),
+                                         dict(old, keep="old keep"))
+                        before = self.contents(dest)
+                        move = host.send_file if way == "send" else host.get_file
+                        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                            move(src + "/", dest, backend=backend)
+                        self.assertRegex(str(cm.exception), "in the way|is a directory")
+                        self.assertEqual(self.contents(dest), before)
+
     def test_a_symlinked_destination_is_refused_or_replaced_never_written_through(self):
         src = self.tree(os.path.join(self.tmp, "src"), {"f": "new f", "sub/g": "new g",
                                                          "sub2/h": "new h"})
