@@ -1620,8 +1620,8 @@ class TestHostileTransfer(SshdTestCase):
             return f.read()
 
     def contents(self, root):
-        """{relative path: text} for every file under root; also the names
-        of anything that is not a regular file or dir."""
+        """{relative path: text, or "L:" and its target for a symlink} for
+        everything under root but real dirs."""
         out = {}
         for dirpath, dirs, files in os.walk(root):
             for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
@@ -1633,6 +1633,11 @@ class TestHostileTransfer(SshdTestCase):
                     with open(p) as f:
                         out[rel] = f.read()
         return out
+
+    def every_backend(self):
+        """(label, host, backend): LocalHost, then the ssh host with each backend."""
+        h = self.sshd.host()
+        return [("local", autoserv.LocalHost(), None)] + [(b, h, b) for b in self.BACKENDS]
 
     def test_placement_program_parses_under_dash_bash_and_busybox_ash(self):
         need("dash", "bash", "busybox")
@@ -1653,9 +1658,7 @@ class TestHostileTransfer(SshdTestCase):
         src = self.tree(os.path.join(self.tmp, "src"), {"a": "new a", "sub/b": "new b",
                                                          ".hid": "new hidden"})
         want = self.contents(src)
-        h = self.sshd.host()
-        cases = [("local", autoserv.LocalHost(), None)] + \
-            [(b, h, b) for b in self.BACKENDS]
+        cases = self.every_backend()
         for label, host, backend in cases:
             for way in ("send", "get"):
                 with self.subTest(host=label, way=way):
@@ -1671,9 +1674,7 @@ class TestHostileTransfer(SshdTestCase):
     def test_a_placement_that_meets_a_file_dir_clash_changes_nothing(self):
         src = self.tree(os.path.join(self.tmp, "src"), {"a": "new a", "m/x": "new x",
                                                          "m/y/z": "new z", "w": "new w"})
-        h = self.sshd.host()
-        cases = [("local", autoserv.LocalHost(), None)] + \
-            [(b, h, b) for b in self.BACKENDS]
+        cases = self.every_backend()
         clashes = {"top": {"a/inner": "old dir a"},        # a dir where a file comes
                    "deep": {"m/y": "old file y"},          # a file where a dir comes
                    "deeper": {"m/x/inner": "old dir x"}}   # a dir where a file comes
@@ -1694,9 +1695,7 @@ class TestHostileTransfer(SshdTestCase):
     def test_a_symlinked_destination_is_refused_or_replaced_never_written_through(self):
         src = self.tree(os.path.join(self.tmp, "src"), {"f": "new f", "sub/g": "new g",
                                                          "sub2/h": "new h"})
-        h = self.sshd.host()
-        cases = [("local", autoserv.LocalHost(), None)] + \
-            [(b, h, b) for b in self.BACKENDS]
+        cases = self.every_backend()
         for label, host, backend in cases:
             for way in ("send", "get"):
                 move = host.send_file if way == "send" else host.get_file
