@@ -1545,30 +1545,32 @@ def _pipeline(first, second, timeout, label, tar_end=None):
     With tar_end (a list), the bytes pass through here and tar_end gets
     whether the stream ended with a tar end-of-archive."""
     errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    deadline = _monotonic_deadline(timeout)
-    p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
     try:
-        p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
-                    stdout=DEVNULL, stderr=errs[1])
-    except BaseException:
-        _killpg(p1.pid, signal.SIGKILL)
-        p1.wait()
-        raise
-    if tar_end is not None:
+        deadline = _monotonic_deadline(timeout)
+        p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
         try:
-            tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline, label))
+            p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
+                        stdout=DEVNULL, stderr=errs[1])
         except BaseException:
-            for p in (p1, p2):
-                _killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            _killpg(p1.pid, signal.SIGKILL)
+            p1.wait()
+            p1.stdout.close()
             raise
-    p1.stdout.close()
-    _wait_all([p1, p2], timeout, label, deadline)
-    texts = []
-    for f in errs:
-        texts.append(_err_tail(f))
-        f.close()
-    return p1.returncode, p2.returncode, texts[0], texts[1]
+        if tar_end is not None:
+            try:
+                tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline, label))
+            except BaseException:
+                for p in (p1, p2):
+                    _killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                p1.stdout.close()
+                raise
+        p1.stdout.close()
+        _wait_all([p1, p2], timeout, label, deadline)
+        return p1.returncode, p2.returncode, _err_tail(errs[0]), _err_tail(errs[1])
+    finally:
+        for f in errs:
+            f.close()
 
 
 def _err_tail(f, limit=1 << 16):
