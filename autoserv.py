@@ -1476,47 +1476,150 @@ class RemoteHost(SiteHost):
 # (no trailing slash) goes inside dest; "dir/" means its contents; several
 # sources, a trailing slash on dest or an existing dest dir mean "into".
 
-# $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step (tar|cat|prep|install),
+# $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step
+# (tar|cat|prep|install|check: check only refuses a symlinked dest),
 # $5 staging: the dir for install, the name's random part for prep (chosen by
 # the client, so a reply lost to a dead link still leaves it a name to clean
-# up); $6 keep perms; for cat, $7 the file's name, $8 its mode (octal), $9 its
-# mtime (UTC, touch -t), $10 its size: a stream that ended early (EOF from a
-# dropped link looks like the end of the file) is never placed.  Exits 1 with
-# a message on failure.
-_PLACE_SH = (
-    'd=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6; '
-    'case $d in */) [ "$mode" = auto ] && mode=into ;; esac; '
-    'case $d in /) ;; *) d=${d%/} ;; esac; [ -n "$d" ] || d=.; '
-    'if [ "$mode" = auto ]; then if [ -d "$d" ]; then mode=into; else mode=as; fi; fi; '
-    'fresh=; if [ "$mode" = as ]; then p=$(dirname -- "$d"); '
-    'elif [ -e "$d" ] || [ -L "$d" ]; then p=$d; '
-    'else p=$(dirname -- "$d"); mkdir -p -- "$p" || exit 1; fresh=1; fi; '
-    'if [ "$step" = prep ]; then t=$p/.autoserv-$t; (umask 077; mkdir -- "$t") || exit 1; '
-    'printf "%s\\n" "$t"; exit 0; fi; '
-    'if [ "$step" != install ]; then t=$(umask 077; mktemp -d "$p/.autoserv-XXXXXX") || exit 1; fi; '
-    'trap \'rm -rf -- "$t"\' EXIT; trap "exit 1" HUP INT TERM PIPE; '
-    'if [ "$step" = tar ]; then if [ "$keep" = 1 ]; then tar -xopf - -C "$t" || exit 1; '
-    'else tar -xof - -C "$t" || exit 1; fi; fi; '
-    'if [ "$step" = cat ]; then cat >"$t/$7" || exit 1; n=$(wc -c <"$t/$7") || exit 1; '
-    'if [ "$n" -lt "${10}" ]; then echo "autoserv: $7 arrived short ($n of ${10} bytes): '
-    'the stream ended early" >&2; exit 1; fi; '
-    'chmod "$8" "$t/$7" && TZ=UTC0 touch -t "$9" "$t/$7" || exit 1; fi; '
-    'if [ -n "$fresh" ]; then m=$(umask); chmod "$(printf %o $(( 0777 & ~0$m )))" "$t" '
-    '&& mv -- "$t" "$d" && exit 0; exit 1; fi; '
-    'cd "$t" || exit 1; '
-    'if [ "$del" = 1 ] && [ "$mode" = contents ]; then '
-    'for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do b=${e##*/}; '
-    'if { [ -e "$e" ] || [ -L "$e" ]; } && ! { [ -e "$b" ] || [ -L "$b" ]; }; then rm -rf -- "$e" || exit 1; fi; '
-    'done; fi; '
-    'for e in * .[!.]* ..?*; do [ -e "$e" ] || [ -L "$e" ] || continue; '
-    'if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi; '
-    'if [ "$del" = 1 ] && { [ -e "$x" ] || [ -L "$x" ]; }; then rm -rf -- "$x" || exit 1; fi; '
-    'if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then '
-    '( cd "$e" && find . -mindepth 1 -type d -exec sh -c \'for a; do [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done\' "$x" {} + '
-    '&& find . ! -type d -exec sh -c \'for a; do mv -f -- "$a" "$0/$a" || exit 1; done\' "$x" {} + ) || exit 1; '
-    'else if [ -d "$x" ] && [ ! -L "$x" ]; then echo "autoserv: $x is a directory" >&2; exit 1; fi; '
-    'mv -f -- "$e" "$x" || exit 1; fi; done'
-)
+# up); $6 keep perms; for tar, $7 the name of the archive's last member, an
+# empty file the client adds as an end marker: tar takes EOF at a member
+# boundary for the end of the archive, and a dropped link gives just that;
+# for cat, $7 the file's name, $8 its mode (octal), $9 its mtime (UTC, touch
+# -t), $10 its size.  A stream that ended early is never placed.  Exits 1
+# with a message on failure.
+_PLACE_SOURCE = r"""
+d=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6
+# "dest/" means "into dest"; strip the slash (but keep "/" itself).
+case $d in */) [ "$mode" = auto ] && mode=into ;; esac
+case $d in /) ;; *) d=${d%/} ;; esac
+[ -n "$d" ] || d=.
+# A symlink at dest that leads to a dir (planted in a shared dir, or old) is
+# refused, never written through: the caller named this path, not the link's
+# target.  A link that dest replaces as a file is renamed over, as rsync does.
+if [ -L "$d" ] && { [ "$mode" != auto ] || [ -d "$d" ]; }; then
+  echo "autoserv: refusing to write through the symlink $d -> $(readlink -- "$d")" >&2
+  exit 1
+fi
+[ "$step" = check ] && exit 0
+if [ "$mode" = auto ]; then
+  if [ -d "$d" ]; then mode=into; else mode=as; fi
+fi
+# p: where the staging dir goes.  fresh: dest does not exist yet, so the
+# staging dir itself becomes dest in one rename.
+fresh=
+if [ "$mode" = as ]; then
+  p=$(dirname -- "$d")
+elif [ -e "$d" ] || [ -L "$d" ]; then
+  p=$d
+else
+  p=$(dirname -- "$d")
+  mkdir -p -- "$p" || exit 1
+  fresh=1
+fi
+# prep (scp): make the staging dir under the client's chosen name, say where.
+if [ "$step" = prep ]; then
+  t=$p/.autoserv-$t
+  (umask 077; mkdir -- "$t") || exit 1
+  printf "%s\n" "$t"
+  exit 0
+fi
+if [ "$step" != install ]; then
+  t=$(umask 077; mktemp -d "$p/.autoserv-XXXXXX") || exit 1
+fi
+trap 'rm -rf -- "$t"' EXIT
+trap "exit 1" HUP INT TERM PIPE
+# Receive: a tar stream, or one file whose size the client announced.
+if [ "$step" = tar ]; then
+  if [ "$keep" = 1 ]; then
+    tar -xopf - -C "$t" || exit 1
+  else
+    tar -xof - -C "$t" || exit 1
+  fi
+  if [ ! -f "$t/$7" ] || [ -L "$t/$7" ]; then
+    echo "autoserv: the tar stream ended early (no end marker): nothing placed" >&2
+    exit 1
+  fi
+  rm -f -- "$t/$7" || exit 1
+fi
+if [ "$step" = cat ]; then
+  cat >"$t/$7" || exit 1
+  n=$(wc -c <"$t/$7") || exit 1
+  if [ "$n" -lt "${10}" ]; then
+    echo "autoserv: $7 arrived short ($n of ${10} bytes): the stream ended early" >&2
+    exit 1
+  fi
+  chmod "$8" "$t/$7" && TZ=UTC0 touch -t "$9" "$t/$7" || exit 1
+fi
+# A new dest: the staging dir, with the mode mkdir would have given it.
+if [ -n "$fresh" ]; then
+  m=$(umask)
+  chmod "$(printf %o $(( 0777 & ~0$m )))" "$t" && mv -- "$t" "$d" && exit 0
+  exit 1
+fi
+cd "$t" || exit 1
+# Check before changing anything: without delete, a file where the new tree
+# has a dir, or a dir where it has a file, stops the placement whole.
+if [ "$del" != 1 ]; then
+  for e in * .[!.]* ..?*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi
+    find "./$e" -exec sh -c 'x=$1 e=$2; shift 2; for a; do y=$x${a#"$e"}; if [ -d "$a" ] && [ ! -L "$a" ]; then if [ -e "$y" ] && [ ! -L "$y" ] && [ ! -d "$y" ]; then echo "autoserv: $y: a file is in the way" >&2; exit 1; fi; elif [ -d "$y" ] && [ ! -L "$y" ]; then echo "autoserv: $y is a directory" >&2; exit 1; fi; done' sh "$x" "./$e" {} + || exit 1
+  done
+fi
+# delete (contents mode): remove what dest has and the new tree has not.
+# The staging dir lives in dest (its parent may not be ours to write, as
+# with /tmp or a home dir) and is never one of the names removed.
+if [ "$del" = 1 ] && [ "$mode" = contents ]; then
+  for e in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+    b=${e##*/}
+    [ "$b" = "${t##*/}" ] && continue
+    if { [ -e "$e" ] || [ -L "$e" ]; } && ! { [ -e "$b" ] || [ -L "$b" ]; }; then
+      rm -rf -- "$e" || exit 1
+    fi
+  done
+fi
+# Place each staged entry: a dir onto a dir is merged, anything else renamed.
+# A symlink in the way is removed first, never followed (mv onto a link to a
+# dir would move into that dir).
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi
+  if [ "$del" = 1 ] && { [ -e "$x" ] || [ -L "$x" ]; }; then
+    rm -rf -- "$x" || exit 1
+  fi
+  if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then
+    (
+      cd "$e" &&
+      find . -mindepth 1 -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done' "$x" {} + &&
+      find . ! -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; mv -f -- "$a" "$0/$a" || exit 1; done' "$x" {} +
+    ) || exit 1
+  else
+    if [ -d "$x" ] && [ ! -L "$x" ]; then
+      echo "autoserv: $x is a directory" >&2
+      exit 1
+    fi
+    if [ -L "$x" ]; then rm -f -- "$x" || exit 1; fi
+    mv -f -- "$e" "$x" || exit 1
+  fi
+done
+"""
+
+
+def _one_line(program):
+    """The placement program as one line (a csh login shell cannot take a
+    newline inside quotes): comments and indentation dropped, statements
+    joined with "; ", or a space after words that continue a statement."""
+    lines = [l.strip() for l in program.splitlines()]
+    lines = [l for l in lines if l and not l.startswith("#")]
+    out = ""
+    for line in lines:
+        if out:
+            glue = " " if re.search(r"(\bthen|\bdo|\belse|\bin|[{(|&]|;;)$", out) else "; "
+            out += glue
+        out += line
+    return out
+
+
+_PLACE_SH = _one_line(_PLACE_SOURCE)
 
 
 def _sources(source):
@@ -1554,32 +1657,191 @@ def _transfer_error(host, what, paths, text, rc):
         f"{host}: {what} {names} failed: {reason}" + (f" ({detail})" if detail else ""))
 
 
-def _pipeline(first, second, timeout, label):
+def _pipeline(first, second, timeout, label, tar_end=None):
     """first | second with stderr of each in a temp file; one deadline; both
-    process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2)."""
+    process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2).
+    With tar_end (a list), the bytes pass through here and tar_end gets
+    whether the stream ended with a tar end-of-archive."""
     errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
     try:
-        p2 = _popen(second, stdin=p1.stdout, stdout=DEVNULL, stderr=errs[1])
-    except BaseException:
-        _killpg(p1.pid, signal.SIGKILL)
-        p1.wait()
-        raise
-    p1.stdout.close()
-    _wait_all([p1, p2], timeout, label)
-    texts = []
-    for f in errs:
-        f.seek(0)
-        texts.append(_decode(f.read()))
-        f.close()
-    return p1.returncode, p2.returncode, texts[0], texts[1]
+        deadline = _monotonic_deadline(timeout)
+        p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
+        try:
+            p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
+                        stdout=DEVNULL, stderr=errs[1])
+        except BaseException:
+            _killpg(p1.pid, signal.SIGKILL)
+            p1.wait()
+            p1.stdout.close()
+            raise
+        if tar_end is not None:
+            try:
+                tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline, label))
+            except BaseException:
+                for p in (p1, p2):
+                    _killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                p1.stdout.close()
+                raise
+        p1.stdout.close()
+        _wait_all([p1, p2], timeout, label, deadline)
+        return p1.returncode, p2.returncode, _err_tail(errs[0]), _err_tail(errs[1])
+    finally:
+        for f in errs:
+            f.close()
 
 
-def _wait_all(procs, timeout, label):
-    """Waits for every process under one deadline; on timeout their groups
-    get TERM then KILL and AutoservTimeoutError; on interrupt, KILL."""
+def _err_tail(f, limit=1 << 16):
+    """The last `limit` bytes of a transfer's stderr file, decoded: a target
+    may write any amount there."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - limit))
+    return _decode(f.read(limit))
+
+
+class _TarScan:
+    """Follows the headers of a tar stream on its way to the local tar, so
+    that what a target sends is judged before anything is made: devices,
+    FIFOs and other odd members are refused by name, setuid/setgid bits are
+    cleared in the header (checksum redone), and a damaged header, which
+    tar would skip over to resynchronise, is refused too."""
+
+    KEEP = {b"0": "", b"\0": "", b"7": "", b"1": "", b"2": "", b"5": ""}
+    META = (b"L", b"K", b"x", b"g")     # long names, pax records: their data is read
+    KINDS = {b"3": "a character device", b"4": "a block device", b"6": "a FIFO"}
+
+    def __init__(self, what):
+        self.what = what
+        self.header = b""
+        self.skip = 0                   # data bytes (with padding) still to pass
+        self.meta = None                # (type, bytes so far, size) while reading one
+        self.name = None                # from an L record or a pax path
+        self.size = None                # from a pax size
+
+    def feed(self, data):
+        """The bytes to pass on (headers are held until whole)."""
+        out = bytearray()
+        while data:
+            if self.skip:
+                n = min(self.skip, len(data))
+                if self.meta is not None:
+                    kind, got, size = self.meta
+                    self.meta = (kind, got + data[:n], size)
+                out += data[:n]
+                data, self.skip = data[n:], self.skip - n
+                if not self.skip and self.meta is not None:
+                    try:
+                        self._read_meta(*self.meta)
+                    except (ValueError, IndexError):
+                        self._refuse("a damaged pax header")
+                    self.meta = None
+                continue
+            need = 512 - len(self.header)
+            self.header, data = self.header + data[:need], data[need:]
+            if len(self.header) == 512:
+                out += self._judge(bytearray(self.header))
+                self.header = b""
+        return bytes(out)
+
+    @staticmethod
+    def _number(field):
+        if field[0] & 0x80:                                   # base-256
+            return int.from_bytes(field[1:], "big")
+        text = field.split(b"\0", 1)[0].strip(b" ")
+        return int(text, 8) if text else 0
+
+    def _refuse(self, why):
+        raise AutoservFileTransferError(f"{self.what}: refusing {why}")
+
+    def _judge(self, h):
+        if not any(h):
+            return h                                           # end-of-archive blocks
+        try:
+            stored, size, mode = (self._number(h[148:156]), self._number(h[124:136]),
+                                  self._number(h[100:108]))
+        except ValueError:
+            self._refuse("a damaged tar header")
+        if stored != sum(h[:148]) + 8 * 32 + sum(h[156:]):
+            self._refuse("a damaged tar header (bad checksum)")
+        kind = bytes(h[156:157])
+        if self.size is not None:
+            size = self.size
+        name = self.name
+        if name is None:
+            prefix = bytes(h[345:500]).split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
+            base = bytes(h[:100]).split(b"\0", 1)[0]
+            name = os.fsdecode(prefix + b"/" + base if prefix else base)
+        if kind in self.META:
+            if size > 1 << 20:
+                self._refuse(f"a {size}-byte tar header record")
+            self.meta = (kind, b"", size)
+        elif kind in self.KEEP:
+            if size and kind in (b"1", b"2", b"5"):
+                self._refuse(f"{name!r}: a link or dir header that claims data")
+            self.name = self.size = None
+            if mode & 0o6000:                                  # setuid/setgid: cleared
+                h[100:108] = b"%07o\0" % (mode & ~0o6000 & 0o7777)
+                h[148:156] = b"%06o\0 " % (sum(h[:148]) + 8 * 32 + sum(h[156:]))
+        else:
+            self._refuse(f"{name!r}: it is " + self.KINDS.get(
+                kind, f"a tar member of type {kind!r}, not a file, dir or symlink"))
+        self.skip = (size + 511) // 512 * 512 if kind not in (b"1", b"2", b"5") else 0
+        return h
+
+    def _read_meta(self, kind, data, size):
+        data = data[:size]
+        if kind == b"L":
+            self.name = os.fsdecode(data.split(b"\0", 1)[0])
+        elif kind == b"x":                         # "len key=value\n" records
+            while data:
+                length = int(data.split(b" ", 1)[0])
+                key, _, value = data[:length].split(b" ", 1)[1].partition(b"=")
+                if key == b"path":
+                    self.name = os.fsdecode(value[:-1])
+                elif key == b"size":
+                    self.size = int(value)
+                data = data[length:]
+
+
+def _relay_tar(src, dest, deadline, what="get_file"):
+    """Copies a tar stream from src to dest (closed at the end) in bounded
+    blocks until EOF or the deadline, through _TarScan; True when it ended
+    with tar's end-of-archive (two zero blocks): EOF at a member boundary,
+    from a dropped link or a sender that stopped early, looks whole to tar."""
+    import selectors
+    zeros = bytes(1024)
+    tail, total = b"", 0
+    scan = _TarScan(what)
+    with selectors.DefaultSelector() as sel:
+        sel.register(src, selectors.EVENT_READ)
+        try:
+            while True:
+                wait = _remaining(deadline)
+                if wait == 0 or not sel.select(wait):
+                    return False            # timed out: _wait_all says so
+                data = os.read(src.fileno(), 1 << 16)
+                if not data:
+                    break
+                total += len(data)
+                tail = (tail + data)[-1024:]
+                dest.write(scan.feed(data))
+        except BrokenPipeError:             # the reader failed: its error tells
+            return False
+        finally:
+            try:
+                dest.close()
+            except BrokenPipeError:
+                pass
+    return total % 512 == 0 and total >= 1024 and tail == zeros
+
+
+def _wait_all(procs, timeout, label, deadline=None):
+    """Waits for every process under one deadline (timeout's, unless given);
+    on timeout their groups get TERM then KILL and AutoservTimeoutError; on
+    interrupt, KILL."""
     sp = _subprocess()
-    deadline = _monotonic_deadline(timeout)
+    if deadline is None:
+        deadline = _monotonic_deadline(timeout)
     try:
         for p in procs:
             p.wait(_remaining(deadline))
@@ -1606,8 +1868,7 @@ def _stream_file(path, argv, timeout, label):
     with open(path, "rb") as src, tempfile.TemporaryFile() as err:
         proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
         _wait_all([proc], timeout, label)
-        err.seek(0)
-        return proc.returncode, _decode(err.read())
+        return proc.returncode, _err_tail(err)
 
 
 def _tar_member_args(sources, contents_flags):
@@ -1630,14 +1891,32 @@ def _check_local_sources(sources, host):
                 f"{host}: send_file: local source {s!r} does not exist")
 
 
+_KINDS = {0o010000: "a FIFO", 0o020000: "a character device", 0o060000: "a block device",
+          0o140000: "a socket"}
+
+
 def _fix_tree(root, preserve_symlinks, what):
-    """Refuses what a target must not be able to do to us: symlinks when they
-    were not asked for, and symlinks that point out of the fetched tree."""
+    """Refuses what a target must not be able to do to us: anything but
+    regular files, dirs and symlinks; symlinks when they were not asked for,
+    and symlinks that point out of the fetched tree.  Strips setuid/setgid
+    and makes everything the controller user's own."""
+    import stat
     root_real = os.path.realpath(root)
+    uid, gid = os.geteuid(), os.getegid()
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+                    or stat.S_ISLNK(st.st_mode)):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file, dir or symlink")
+                raise AutoservFileTransferError(
+                    f"{what}: refusing {os.path.relpath(path, root)!r}: it is {kind}")
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.lchown(path, uid, gid)
             if not os.path.islink(path):
+                if st.st_mode & 0o6000:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o6000)
                 continue
             target = os.path.realpath(path)
             inside = target == root_real or target.startswith(root_real + os.sep)
@@ -1647,6 +1926,35 @@ def _fix_tree(root, preserve_symlinks, what):
                     f"{os.readlink(path)!r}: it points out of the fetched tree")
 
 
+# What the job writes in its results dir and in each host's or task's dir
+# there: a transfer may add files beside the ones there, never replace them.
+_JOB_NAMES = ("status.log", "summary.json", "keyval", "control.srv", "junit.xml",
+              "debug", "console.log")
+
+
+def _job_dirs():
+    """The dirs whose _JOB_NAMES are the job's own: the results dir, the
+    running task's dir and each host's dir in it."""
+    if _JOB is None:
+        return set()
+    root = _JOB.resultdir
+    dirs = {root, os.path.dirname(_JOB.status.path)}
+    dirs |= {os.path.join(root, _safe_name(h.hostname)) for h in _JOB.hosts if h.hostname}
+    return {os.path.realpath(d) for d in dirs}
+
+
+def _refuse_job_names(dest_dir, names):
+    """A transfer that would replace, merge into or delete one of the job's
+    own files (those of _JOB_NAMES that are there)."""
+    if os.path.realpath(dest_dir) in _job_dirs():
+        for name in sorted(set(names) & set(_JOB_NAMES)):
+            if not os.path.lexists(os.path.join(dest_dir, name)):
+                continue
+            raise AutoservFileTransferError(
+                f"refusing to replace the job's own {os.path.join(dest_dir, name)}: "
+                "fetch into a subdir of the results dir")
+
+
 def _place_local(staging, dest, mode, delete):
     """Moves staged entries into place, the same way _PLACE_SH does remotely."""
     if dest.endswith("/") and mode == "auto":
@@ -1654,12 +1962,22 @@ def _place_local(staging, dest, mode, delete):
     dest = dest.rstrip("/") or "/"
     if mode == "auto":
         mode = "into" if os.path.isdir(dest) else "as"
-    if mode != "as":
-        os.makedirs(dest, exist_ok=True)
     entries = os.listdir(staging)
+    if mode == "as":
+        _refuse_job_names(os.path.dirname(os.path.abspath(dest)), [os.path.basename(dest)])
+    else:
+        _refuse_job_names(dest, entries + (os.listdir(dest) if delete and mode == "contents"
+                                           and os.path.isdir(dest) else []))
+        os.makedirs(dest, exist_ok=True)
+    if not delete:
+        for name in entries:
+            _check_in_the_way(os.path.join(staging, name),
+                              dest if mode == "as" else os.path.join(dest, name))
     if delete and mode == "contents":
+        # The staging dir may live in dest (see _staging_parent): never removed here.
+        ours = os.path.basename(staging)
         for name in os.listdir(dest):
-            if name not in entries:
+            if name not in entries and name != ours:
                 _remove_any(os.path.join(dest, name))
     for name in entries:
         src = os.path.join(staging, name)
@@ -1671,7 +1989,28 @@ def _place_local(staging, dest, mode, delete):
         else:
             if _real_dir(target):
                 raise AutoservFileTransferError(f"{target}: a directory is in the way")
+            if os.path.islink(target):      # replaced, never followed
+                os.unlink(target)
             os.replace(src, target)
+
+
+def _check_in_the_way(src, target):
+    """Before anything moves: a file where src has a dir, or a dir where it
+    has a file, stops the whole placement (links in the way are replaced)."""
+    if not _real_dir(src):
+        if _real_dir(target):
+            raise AutoservFileTransferError(f"{target}: a directory is in the way")
+        return
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out = target if rel == "." else os.path.join(target, rel)
+        if _real_dir(dirpath) and os.path.lexists(out) and not os.path.islink(out) \
+                and not os.path.isdir(out):
+            raise AutoservFileTransferError(f"{out}: a file is in the way")
+        for name in filenames + [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]:
+            if _real_dir(os.path.join(out, name)):
+                raise AutoservFileTransferError(
+                    f"{os.path.join(out, name)}: a directory is in the way")
 
 
 def _real_dir(path):
@@ -1691,6 +2030,8 @@ def _merge_dirs(src, dest):
         out = os.path.normpath(os.path.join(dest, rel))
         for name in list(dirnames):
             s, t = os.path.join(dirpath, name), os.path.join(out, name)
+            if os.path.islink(t):           # replaced, never followed
+                os.unlink(t)
             if os.path.islink(s) or not _real_dir(t):
                 if os.path.lexists(t) and not os.path.islink(s):
                     raise AutoservFileTransferError(f"{t}: a file is in the way")
@@ -1701,6 +2042,25 @@ def _merge_dirs(src, dest):
             if _real_dir(t):
                 raise AutoservFileTransferError(f"{t}: a directory is in the way")
             os.replace(os.path.join(dirpath, name), t)
+
+
+def _refuse_dir_link(dest, mode, label):
+    """The local side of _PLACE_SH's rule: a symlink at dest that leads to a
+    dir is refused, never written through."""
+    base = dest.rstrip("/") or "/"
+    if os.path.islink(base) and (mode != "auto" or dest.endswith("/")
+                                 or os.path.isdir(base)):
+        raise AutoservFileTransferError(
+            f"{label}: refusing to write through the symlink {base} -> {os.readlink(base)}")
+
+
+def _drop_new_dir(path, existed):
+    """After a failed placement: the dest dir _staging_parent made, if empty."""
+    if not existed:
+        try:
+            os.rmdir(path.rstrip("/") or "/")
+        except OSError:
+            pass
 
 
 def _staging_parent(dest, mode):
@@ -1721,7 +2081,10 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
         if not os.path.lexists(s.rstrip("/") or "/"):
             raise AutoservFileTransferError(f"{label}: source {s!r} does not exist")
     mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+    _refuse_dir_link(dest, mode, label)
+    existed = os.path.lexists(dest.rstrip("/") or "/")
     staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+    placed = False
     try:
         copy = shutil.copy2 if preserve_perm else shutil.copyfile
         for src, is_contents in zip(sources, contents):
@@ -1737,10 +2100,13 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
                 else:
                     copy(s, t)
         _place_local(staging, dest, mode, delete_dest)
+        placed = True
     except OSError as e:
         raise AutoservFileTransferError(f"{label}: copying {sources} to {dest!r} failed: {e}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not placed:
+            _drop_new_dir(dest, existed)
 
 
 class _SSHTransfer:
@@ -1778,6 +2144,19 @@ class _SSHTransfer:
     def _rsync_ssh(self):
         self._ensure_master()
         return " ".join(shlex.quote(a) for a in self.ssh_argv()[:-1])
+
+    def _scp_options(self):
+        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
+        its -p keeps times, so the user and port go as -o User= and -P."""
+        opts, out = self.ssh_argv()[1:-1], []
+        for flag, value in zip(opts[::2], opts[1::2]):
+            if flag == "-l":
+                out += ["-o", f"User={value}"]
+            elif flag == "-p":
+                out += ["-P", value]
+            else:
+                out += [flag, value]
+        return out
 
     def _remote_spec(self, path):
         host = self.hostname
@@ -1855,23 +2234,37 @@ class _SSHTransfer:
             if rc != 0:
                 self._raise_transfer("send_file", sources, err, rc, dest)
         elif backend == "tar":
+            # The last member is an empty file the target checks for: only a
+            # stream that reached it is placed.
+            marker = tempfile.mkdtemp(prefix="autoserv-")
+            name = ".autoserv-end-" + _random_name()
+            open(os.path.join(marker, name), "wb").close()
             tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
-                + _tar_member_args(sources, contents)
+                + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
             remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
-                                   "tar", "", "1")
-            rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.hostname)
+                                   "tar", "", "1", name)
+            try:
+                rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.hostname)
+            finally:
+                shutil.rmtree(marker, ignore_errors=True)
             if rc2 != 0:
                 self._raise_transfer("send_file", sources, e2 + e1, rc2, dest)
             if rc1 != 0:
                 raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
         elif backend == "rsync":
+            # rsync would follow a symlinked dest dir: the same check first.
+            try:
+                self.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
+            except AutoservRunError as e:
+                self._raise_transfer("send_file", sources,
+                                     e.result.stderr if e.result else str(e), 1)
             argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._rsync_ssh()]
             argv += ["-l"] if preserve_symlinks else ["-L"]
             if delete_dest:
                 argv.append("--delete")
             rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
-            self._run_local(argv + sources + [self._remote_spec(rsync_dest)],
-                            "send_file", sources, timeout, dest)
+            self._run_local(argv + [_local_arg(s) for s in sources]
+                            + [self._remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
         else:
             name = _random_name()
             # Where prep may make it, registered before asking, so a reply
@@ -1881,8 +2274,8 @@ class _SSHTransfer:
             try:
                 staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
                                    timeout=60).stdout.strip()
-                items = _expand_contents(sources, contents)
-                argv = ["scp", "-r", "-p", "-q"] + self.ssh_argv()[1:-1]
+                items = [_local_arg(i) for i in _expand_contents(sources, contents)]
+                argv = ["scp", "-r", "-p", "-q"] + self._scp_options()
                 self._run_local(argv + items + [self._remote_spec(staging + "/")],
                                 "send_file", sources, timeout, dest)
                 self.run(_raw_place_command(dest, mode, delete_dest, "install", staging),
@@ -1907,7 +2300,11 @@ class _SSHTransfer:
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
         t0 = time.monotonic()
-        staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+        _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
+        existed = os.path.lexists(dest.rstrip("/") or "/")
+        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
+                                                   dir=_staging_parent(dest, mode)))
+        placed = False
         try:
             if backend == "tar":
                 parts = []
@@ -1920,27 +2317,48 @@ class _SSHTransfer:
                 remote = self._raw_ssh("; ".join(parts))
                 local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
                 local.append("-p" if preserve_perm else "--no-same-permissions")
-                rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.hostname)
+                ended = []
+                rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.hostname, ended)
                 if rc1 != 0:
                     self._raise_transfer("get_file", sources, e1, rc1)
                 if rc2 != 0:
                     raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
+                if not ended[0]:
+                    raise AutoservFileTransferError(
+                        f"{self.hostname}: get_file {sources}: the tar stream ended early "
+                        "(no end-of-archive): nothing placed")
             else:
                 items = [self._remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
                          for s, c in zip(sources, contents)]
                 if backend == "rsync":
-                    argv = ["rsync", "-rltD", "--protect-args", "-e", self._rsync_ssh()]
+                    # No -D: rsync makes no device or FIFO here; it names
+                    # each one it skips, and that is refused below.
+                    argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
+                            "--protect-args", "-e", self._rsync_ssh()]
                     argv += ["-l"] if preserve_symlinks else ["-L"]
                     if preserve_perm:
                         argv.append("-p")
                 else:
                     argv = ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) \
-                        + self.ssh_argv()[1:-1]
-                self._run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
+                        + self._scp_options()
+                out = self._run_local(argv + items + [staging + "/"], "get_file", sources,
+                                      timeout)
+                skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
+                           if l.startswith("skipping non-regular file ")]
+                if skipped:
+                    raise AutoservFileTransferError(
+                        f"{self.hostname}: get_file: refusing {', '.join(skipped)}: "
+                        "not a regular file, dir or symlink")
             _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
             _place_local(staging, dest, mode, delete_dest)
+            placed = True
+        except OSError as e:
+            raise AutoservFileTransferError(
+                f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            if not placed:
+                _drop_new_dir(dest, existed)
         LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
     def _run_local(self, argv, what, paths, timeout, dest=None):
@@ -1958,6 +2376,7 @@ class _SSHTransfer:
             if dest is not None and "no space" not in text.lower():
                 text += self._space_note(dest, paths)
             raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
+        return _decode(ex.captures[1].value())
 
 
 def _random_name(length=12):
@@ -1977,6 +2396,12 @@ def _staging_candidates(dest, name):
 def _raw_place_command(dest, mode, delete, step, staging=""):
     return "sh -c " + " ".join(shlex.quote(w) for w in (
         _PLACE_SH, "autoserv", dest, mode, "1" if delete else "0", step, staging, "1"))
+
+
+def _local_arg(path):
+    """A local path as scp/rsync must get it: never read as an option (a
+    leading "-") or as host:path (a ":" before any "/")."""
+    return path if path.startswith("/") else "./" + path
 
 
 def _expand_contents(sources, contents):
@@ -5455,8 +5880,13 @@ class Autotest(InstallableObject):
             f.write(text)
         host.send_file(local, f"{autodir}/control")
         # Relative to the current dir: the job's results dir, or a parallel
-        # task's own subdir in it.
+        # task's own subdir in it.  Never merged into the results dir itself
+        # (the client's keyval and debug/ would meet the job's): there, into
+        # the host's dir, as -c lays it out.
         results_dir = os.path.abspath(results_dir)
+        if _JOB is not None and os.path.realpath(results_dir) == \
+                os.path.realpath(_JOB.resultdir):
+            results_dir = os.path.join(results_dir, _safe_name(host.hostname))
         name = tag or "autotest.run"
         _record("START", None, name, f"{host.hostname}: client control file")
         relay = _StatusRelay(host.hostname)

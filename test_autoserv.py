@@ -1602,6 +1602,411 @@ class TestTransfer(SshdTestCase):
 
 # Faults: network namespaces and a relay ########################################
 
+class TestHostileTransfer(SshdTestCase):
+    """Issue 13: a target may send anything, the link may drop at any byte,
+    local names may be anything, a shared dir may hold planted files."""
+
+    BACKENDS = TestTransfer.BACKENDS
+
+    def tree(self, root, files):
+        """A tree of {relative path: text}."""
+        for rel, text in files.items():
+            path = os.path.join(root, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        return root
+
+    @staticmethod
+    def text(path):
+        with open(path) as f:
+            return f.read()
+
+    def contents(self, root):
+        """{relative path: text, or "L:" and its target for a symlink} for
+        everything under root but real dirs."""
+        out = {}
+        for dirpath, dirs, files in os.walk(root):
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+                p = os.path.join(dirpath, name)
+                rel = os.path.relpath(p, root)
+                if os.path.islink(p):
+                    out[rel] = "L:" + os.readlink(p)
+                else:
+                    with open(p) as f:
+                        out[rel] = f.read()
+        return out
+
+    def every_backend(self):
+        """(label, host, backend): LocalHost, then the ssh host with each backend."""
+        h = self.sshd.host()
+        return [("local", autoserv.LocalHost(), None)] + [(b, h, b) for b in self.BACKENDS]
+
+    def test_placement_program_parses_under_dash_bash_and_busybox_ash(self):
+        need("dash", "bash", "busybox")
+        self.assertNotIn("\n", autoserv._PLACE_SH)
+        self.assertGreater(autoserv._PLACE_SOURCE.count("\n"), 40)
+        for program in (autoserv._PLACE_SH, autoserv._PLACE_SOURCE):
+            for shell in (["dash"], ["bash"], ["busybox", "ash"]):
+                with self.subTest(shell=shell, lines=program.count("\n")):
+                    out = subprocess.run(shell + ["-n"], input=program, text=True,
+                                         capture_output=True, timeout=30)
+                    self.assertEqual((out.returncode, out.stderr), (0, ""))
+        # -n checks the syntax only: a broken program must fail it.
+        out = subprocess.run(["dash", "-n"], input=autoserv._PLACE_SH.replace("; fi", "", 1),
+                             text=True, capture_output=True, timeout=30)
+        self.assertNotEqual(out.returncode, 0)
+
+    def test_delete_dest_into_an_existing_dir_replaces_it_whole_both_ways(self):
+        src = self.tree(os.path.join(self.tmp, "src"), {"a": "new a", "sub/b": "new b",
+                                                         ".hid": "new hidden"})
+        want = self.contents(src)
+        cases = self.every_backend()
+        for label, host, backend in cases:
+            for way in ("send", "get"):
+                with self.subTest(host=label, way=way):
+                    dest = self.tree(os.path.join(self.tmp, f"d-{label}-{way}"),
+                                     {"a": "the old a", "stale": "old", "olddir/x": "old x"})
+                    move = host.send_file if way == "send" else host.get_file
+                    move(src + "/", dest + "/", delete_dest=True, backend=backend)
+                    self.assertEqual(self.contents(dest), want)
+                    self.assertFalse([n for n in os.listdir(self.tmp)
+                                      if n.startswith(".autoserv-")])
+
+
+    def test_a_placement_that_meets_a_file_dir_clash_changes_nothing(self):
+        src = self.tree(os.path.join(self.tmp, "src"), {"a": "new a", "m/x": "new x",
+                                                         "m/y/z": "new z", "w": "new w"})
+        cases = self.every_backend()
+        clashes = {"top": {"a/inner": "old dir a"},        # a dir where a file comes
+                   "deep": {"m/y": "old file y"},          # a file where a dir comes
+                   "deeper": {"m/x/inner": "old dir x"}}   # a dir where a file comes
+        for label, host, backend in cases:
+            # rsync sending writes into dest itself, file by file, as rsync does.
+            for way in ("get",) if backend == "rsync" else ("send", "get"):
+                for clash, old in clashes.items():
+                    with self.subTest(host=label, way=way, clash=clash):
+                        dest = self.tree(os.path.join(self.tmp, f"{label}-{way}-{clash}"),
+                                         dict(old, keep="old keep"))
+                        before = self.contents(dest)
+                        move = host.send_file if way == "send" else host.get_file
+                        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                            move(src + "/", dest, backend=backend)
+                        self.assertRegex(str(cm.exception), "in the way|is a directory")
+                        self.assertEqual(self.contents(dest), before)
+
+    def test_a_symlinked_destination_is_refused_or_replaced_never_written_through(self):
+        src = self.tree(os.path.join(self.tmp, "src"), {"f": "new f", "sub/g": "new g",
+                                                         "sub2/h": "new h"})
+        cases = self.every_backend()
+        for label, host, backend in cases:
+            for way in ("send", "get"):
+                move = host.send_file if way == "send" else host.get_file
+                base = os.path.join(self.tmp, f"{label}-{way}")
+                elsewhere = self.tree(os.path.join(base, "elsewhere"), {"keep": "mine"})
+                os.symlink(elsewhere, os.path.join(base, "d"))
+                d = os.path.join(base, "d")
+                for dest, kw in ((d, {}), (d + "/", {}), (d, {"delete_dest": True})):
+                    with self.subTest(host=label, way=way, dest=dest, **kw):
+                        source = src + "/" if kw else src
+                        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                            move(source, dest, backend=backend, **kw)
+                        self.assertIn("symlink", str(cm.exception))
+                        self.assertIn(d, str(cm.exception))
+                        self.assertEqual(self.contents(elsewhere), {"keep": "mine"})
+                        self.assertEqual(os.readlink(d), elsewhere)
+                with self.subTest(host=label, way=way, what="links inside dest"):
+                    # Links in the way inside a real dest are replaced: the
+                    # new tree lands in dest, the links' targets keep theirs.
+                    real = self.tree(os.path.join(base, "real"), {"old": "old"})
+                    os.symlink(elsewhere, os.path.join(real, "sub"))
+                    os.symlink(os.path.join(elsewhere, "keep"), os.path.join(real, "f"))
+                    os.mkdir(os.path.join(real, "sub2"))
+                    os.symlink(elsewhere, os.path.join(real, "sub2", "h"))
+                    move(src + "/", real, backend=backend)
+                    self.assertEqual(self.contents(real), {"old": "old", "f": "new f",
+                                                           "sub/g": "new g", "sub2/h": "new h"})
+                    self.assertEqual(self.contents(elsewhere), {"keep": "mine"})
+
+    def planted_tar(self, cut):
+        """A dir holding a `tar` that, when it creates, stops its archive
+        after `cut` bytes (a member boundary) and exits 0."""
+        bindir = os.path.join(self.tmp, f"bin-{cut}")
+        os.makedirs(bindir, exist_ok=True)
+        with open(os.path.join(bindir, "tar"), "w") as f:
+            f.write(textwrap.dedent(f"""\
+                #!/bin/sh
+                case "$1" in
+                -c*) {shutil.which("tar")} "$@" | head -c {cut}; exit 0 ;;
+                esac
+                exec {shutil.which("tar")} "$@"
+                """))
+        os.chmod(os.path.join(bindir, "tar"), 0o755)
+        return bindir
+
+    def two_files(self, name, text):
+        """dir `name` with a and b: its archive's first member boundary after
+        one file is at byte 1536 (dir header, file header, one data block)."""
+        return self.tree(os.path.join(self.tmp, name), {"s/a": text + " a", "s/b": text + " b"})
+
+    def test_a_tar_stream_that_stops_at_a_member_boundary_is_never_placed(self):
+        new = os.path.join(self.two_files("new", "new"), "s")
+        old = {"s/a": "old a", "s/b": "old b"}
+        # send: the controller's own tar stops early (as when the link drops).
+        dest = self.two_files("dest-send", "old")
+        h = self.sshd.host()
+        path = os.environ["PATH"]
+        self.addCleanup(os.environ.__setitem__, "PATH", path)
+        os.environ["PATH"] = self.planted_tar(1536) + os.pathsep + path
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            h.send_file(new, dest, backend="tar")
+        self.assertIn("ended early", str(cm.exception))
+        os.environ["PATH"] = path
+        self.assertEqual(self.contents(dest), old)
+        h.send_file(new, dest, backend="tar")
+        self.assertEqual(self.contents(dest), {"s/a": "new a", "s/b": "new b"})
+        # get: the target's tar stops early and says all is well.
+        bindir = self.planted_tar(1536)
+        sshd = Sshd(extra=f'ForceCommand PATH={bindir}:$PATH; export PATH; '
+                          'eval "$SSH_ORIGINAL_COMMAND"\n')
+        self.addCleanup(sshd.stop)
+        hostile = sshd.host()
+        dest = self.two_files("dest-get", "old")
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            hostile.get_file(new, dest, backend="tar")
+        self.assertIn("ended early", str(cm.exception))
+        self.assertEqual(self.contents(dest), old)
+        self.assertFalse([n for n in os.listdir(dest) if n.startswith(".autoserv-")])
+        h.get_file(new, dest, backend="tar")
+        self.assertEqual(self.contents(dest), {"s/a": "new a", "s/b": "new b"})
+
+    def cut_host(self, limit, direction):
+        """A host whose master connection goes through a CutRelay."""
+        relay = CutRelay(self.sshd.port, limit, direction)
+        self.addCleanup(relay.close)
+        alias = f"cut{limit}{direction}"
+        with open(self.sshd.ssh_config, "a") as f:
+            f.write(textwrap.dedent(f"""
+                Host {alias}
+                    HostName 127.0.0.1
+                    Port {relay.port}
+                    User root
+                    IdentityFile {self.sshd.client_key}
+                    UserKnownHostsFile {self.sshd.known_hosts}
+                """))
+        return relay, self.sshd.host(alias)
+
+    def test_a_tree_transfer_cut_at_any_byte_places_all_or_nothing_and_a_retry_works(self):
+        files = {f"s/f{i}": os.urandom(3000 + 7919 * i).hex() for i in range(6)}
+        new = os.path.join(self.tree(os.path.join(self.tmp, "new"), files), "s")
+        old = {name: "old" for name in files}
+        good = self.sshd.host()
+        for direction in ("up", "down"):
+            for limit in (12000, 30000, 60000, 90000, 140000, 200000):
+                with self.subTest(direction=direction, limit=limit):
+                    dest = self.tree(os.path.join(self.tmp, f"d-{direction}-{limit}"), old)
+                    relay, h = self.cut_host(limit, direction)
+                    h.run("true")
+                    move = h.send_file if direction == "up" else h.get_file
+                    with self.assertRaises(autoserv.AutoservSSHConnectionLost):
+                        move(new, dest, backend="tar")
+                    self.assertTrue(relay.was_cut())
+                    wait_for(lambda: not [n for n in os.listdir(dest)
+                                          if n.startswith(".autoserv-")], 15,
+                             what="staging removed")
+                    self.assertEqual(self.contents(dest), old)
+                    (good.send_file if direction == "up" else good.get_file)(
+                        new, dest, backend="tar")
+                    self.assertEqual(self.contents(dest), files)
+
+    def test_fetched_trees_hold_only_files_dirs_and_symlinks_without_setuid(self):
+        need_root()
+        src = self.tree(os.path.join(self.tmp, "src"), {"suid": "s", "sgid": "g", "d/f": "f"})
+        os.chmod(os.path.join(src, "suid"), 0o4755)
+        os.chmod(os.path.join(src, "sgid"), 0o2755)
+        os.chown(os.path.join(src, "d", "f"), 12345, 12345)
+        h = self.sshd.host()
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend, what="setuid"):
+                got = os.path.join(self.tmp, "got-" + backend)
+                h.get_file(src + "/", got, backend=backend)
+                self.assertEqual(self.contents(got), {"suid": "s", "sgid": "g", "d/f": "f"})
+                for name in ("suid", "sgid", "d/f"):
+                    st = os.lstat(os.path.join(got, name))
+                    self.assertEqual(st.st_mode & 0o6000, 0, name)
+                    self.assertEqual((st.st_uid, st.st_gid), (os.geteuid(), os.getegid()))
+        for kind, make in (("FIFO", lambda p: os.mkfifo(p)),
+                           ("character device", lambda p: os.mknod(p, 0o20666, os.makedev(1, 3)))):
+            odd = self.tree(os.path.join(self.tmp, "odd-" + kind[0]), {"f": "f"})
+            make(os.path.join(odd, "odd-node"))
+            for backend in ("tar", "rsync"):
+                with self.subTest(backend=backend, what=kind):
+                    got = os.path.join(self.tmp, f"got-{kind[0]}-{backend}")
+                    with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                        h.get_file(odd + "/", got, backend=backend, timeout=60)
+                    self.assertIn("odd-node", str(cm.exception))
+                    self.assertFalse(os.path.exists(got))
+                    self.assertFalse([n for n in os.listdir(self.tmp)
+                                      if n.startswith(".autoserv-")])
+
+    def test_a_fetched_tar_stream_is_judged_before_anything_is_made(self):
+        import tarfile
+
+        def archive(*members, fmt=tarfile.GNU_FORMAT):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+                for name, kind, mode, data in members:
+                    info = tarfile.TarInfo(name)
+                    info.type, info.mode, info.size = kind, mode, len(data)
+                    t.addfile(info, io.BytesIO(data))
+            return buf.getvalue()
+
+        def through(stream, chunk):
+            scan = autoserv._TarScan("target")
+            return b"".join(scan.feed(stream[i:i + chunk])
+                            for i in range(0, len(stream), chunk))
+
+        long_name = "d/" + "n" * 300
+        plain = archive(("d", tarfile.DIRTYPE, 0o755, b""), (long_name, tarfile.REGTYPE,
+                        0o644, b"x" * 1000), ("d/l", tarfile.SYMTYPE, 0o777, b""))
+        for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+            stream = archive(("d", tarfile.DIRTYPE, 0o755, b""),
+                             (long_name, tarfile.REGTYPE, 0o644, b"x" * 1000), fmt=fmt)
+            for chunk in (1, 511, 512, 4096, 1 << 20):
+                with self.subTest(fmt=fmt, chunk=chunk):
+                    self.assertEqual(through(stream, chunk), stream)
+        self.assertEqual(through(plain, 700), plain)
+        suid = through(archive(("s", tarfile.REGTYPE, 0o6755, b"#!")), 100)
+        with tarfile.open(fileobj=io.BytesIO(suid)) as t:       # checksum redone
+            self.assertEqual(t.getmember("s").mode, 0o755)
+        for kind, what in ((tarfile.FIFOTYPE, "a FIFO"), (tarfile.CHRTYPE, "character"),
+                           (tarfile.BLKTYPE, "block")):
+            for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+                with self.subTest(kind=kind, fmt=fmt):
+                    bad = archive(("ok", tarfile.REGTYPE, 0o644, b"fine"),
+                                  ("x/" + "q" * 200 + "-odd", kind, 0o644, b""), fmt=fmt)
+                    with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                        through(bad, 333)
+                    self.assertIn("q-odd", str(cm.exception))
+                    self.assertIn(what, str(cm.exception))
+        damaged = bytearray(plain)
+        damaged[0] ^= 1
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            through(bytes(damaged), 512)
+        self.assertIn("damaged", str(cm.exception))
+
+    def test_a_transfer_never_replaces_the_jobs_own_files(self):
+        res = os.path.join(self.tmp, "res")
+        job = autoserv.ServerJob(res)
+        self.addCleanup(autoserv.LOG.close)
+        self.addCleanup(setattr, autoserv, "_JOB", None)
+        h = self.sshd.host()
+        job.record("GOOD", None, "mine", "the job's own line")
+        own = {n: self.text(os.path.join(res, n)) for n in ("status.log", "keyval")}
+        remote = self.tree(os.path.join(self.tmp, "client"),
+                           {"status.log": "evil", "keyval": "evil=1", "debug/x": "evil",
+                            "fine": "a result"})
+        for backend in self.BACKENDS:
+            for dest, kw in ((res, {}), (res + "/", {"delete_dest": True}),
+                             (os.path.join(res, "keyval"), {})):
+                with self.subTest(backend=backend, dest=dest, **kw):
+                    source = os.path.join(remote, "keyval") if dest.endswith("keyval") \
+                        else remote + "/"
+                    with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                        h.get_file(source, dest, backend=backend, **kw)
+                    self.assertIn(os.path.join(res, ""), str(cm.exception))
+                    self.assertEqual({n: self.text(os.path.join(res, n))
+                                      for n in own}, own)
+                    self.assertFalse(os.path.exists(os.path.join(res, "debug", "x")))
+                    self.assertFalse(os.path.exists(os.path.join(res, "fine")))
+        h.get_file(remote + "/", os.path.join(res, "fetched"))       # a subdir is fine
+        self.assertEqual(self.text(os.path.join(res, "fetched", "status.log")), "evil")
+        # Autotest.run into the results dir: the client's results go to the
+        # host's dir (as -c lays them out), the job's files stay the job's.
+        at = autoserv.Autotest(h)
+        at.install(h, autodir=os.path.join(self.tmp, "autodir"))
+        self.assertTrue(at.run("job.run_test('sleeptest', seconds=0)", results_dir=res))
+        self.assertEqual(self.text(os.path.join(res, "keyval")), own["keyval"])
+        log = self.text(os.path.join(res, "status.log"))
+        self.assertTrue(log.startswith(own["status.log"]), log)
+        self.assertEqual(os.listdir(os.path.join(res, "debug")), ["autoserv.log"])
+        self.assertTrue(os.path.isdir(os.path.join(res, "testhost", "sleeptest")),
+                        str(os.listdir(res)))
+        # A task's dir (cwd of a parallel task, with the task's status.log):
+        # the client's tree merges in beside it, as -c has it.
+        task = os.path.join(res, "task")
+        os.mkdir(task)
+        job.status = autoserv.StatusLog(os.path.join(task, "status.log"))
+        job.record("GOOD", None, "task", "the task's own line")
+        task_log = self.text(os.path.join(task, "status.log"))
+        self.assertTrue(at.run("job.run_test('sleeptest', seconds=0)", results_dir=task))
+        self.assertTrue(os.path.isdir(os.path.join(task, "sleeptest")))
+        self.assertTrue(self.text(os.path.join(task, "status.log")).startswith(task_log))
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            h.get_file(os.path.join(remote, "status.log"), task + "/")
+        self.assertIn(os.path.join(task, "status.log"), str(cm.exception))
+
+    def test_local_names_that_look_like_options_are_only_names(self):
+        work = os.path.join(self.tmp, "work")
+        os.mkdir(work)
+        cwd = os.getcwd()
+        self.addCleanup(os.chdir, cwd)
+        os.chdir(work)
+        names = ["-e touch PWNED", "--rsh=touch PWNED", "-oProxyCommand=touch PWNED",
+                 "host:PWNED"]
+        for i, name in enumerate(names):
+            with open(name, "w") as f:
+                f.write(f"data {i}")
+        os.mkdir("-dir")
+        with open(os.path.join("-dir", "f"), "w") as f:
+            f.write("in dir")
+        h = self.sshd.host()
+        remote = os.path.join(self.tmp, "remote")
+        os.mkdir(remote)
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend):
+                out = os.path.join(remote, backend)
+                h.send_file(names, out, backend=backend)
+                h.send_file("-dir/", os.path.join(out, "contents"), backend=backend)
+                self.assertEqual(self.contents(out),
+                                 {n: f"data {i}" for i, n in enumerate(names)}
+                                 | {"contents/f": "in dir"})
+                for i, name in enumerate(names):
+                    h.get_file(os.path.join(out, name), f"{name}.{backend}", backend=backend)
+                    self.assertEqual(self.text(f"{name}.{backend}"), f"data {i}")
+                h.get_file(os.path.join(out, "contents", "f"), f"-got-{backend}/",
+                           backend=backend)
+                self.assertEqual(self.text(f"-got-{backend}/f"), "in dir")
+        pwned = [p for d in (work, self.sshd.home, remote)
+                 for p in os.listdir(d) if p.startswith("PWNED")]
+        self.assertEqual(pwned, [])
+        self.assertFalse(os.path.exists(os.path.join(work, "host")))
+
+    def test_scp_takes_an_explicit_user_and_port_both_ways(self):
+        h = autoserv.SSHHost("127.0.0.1", user="root", port=self.sshd.port,
+                             identity=self.sshd.client_key, known_hosts=self.sshd.known_hosts,
+                             connect_timeout=5)
+        src = self.tree(os.path.join(self.tmp, "src"), {"f": "one", "d/g": "two"})
+        h.send_file(src + "/", os.path.join(self.tmp, "sent"), backend="scp")
+        self.assertEqual(self.contents(os.path.join(self.tmp, "sent")), {"f": "one", "d/g": "two"})
+        h.get_file(os.path.join(self.tmp, "sent", "d"), os.path.join(self.tmp, "back"),
+                   backend="scp")
+        self.assertEqual(self.contents(os.path.join(self.tmp, "back")), {"d/g": "two"})
+
+    def test_a_flood_on_a_transfers_stderr_is_kept_as_its_tail(self):
+        flood = ["sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' x >&2; echo LAST >&2; exit 3"]
+        rc1, rc2, e1, e2 = autoserv._pipeline(flood, flood, 60, "flood")
+        self.assertEqual((rc1, rc2), (3, 3))
+        for text in (e1, e2):
+            self.assertLessEqual(len(text), 1 << 16)
+            self.assertTrue(text.endswith("LAST\n"))
+        f = os.path.join(self.tmp, "in")
+        open(f, "w").close()
+        rc, err = autoserv._stream_file(f, flood, 60, "flood")
+        self.assertEqual(rc, 3)
+        self.assertLessEqual(len(err), 1 << 16)
+        self.assertTrue(err.endswith("LAST\n"))
+
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and out.returncode:
