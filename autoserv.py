@@ -836,12 +836,18 @@ def _with_args(command, args):
 
 # Results and status log ######################################################
 
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
 def _status_line(code, subdir, operation, message, indent=0, when=None):
     when = time.time() if when is None else when
     fields = [code, subdir or "----", operation or "----",
               f"timestamp={int(when)}",
               "localtime=" + time.strftime("%b %d %H:%M:%S", time.localtime(when))]
-    message = str(message or "").replace("\t", "  ")
+    message = str(message or "").replace("\t", "  ").replace("\r\n", "\n")
+    # Only \n ends a status line; other characters some readers take for a
+    # line end (str.splitlines does) are written as text.
+    message = _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], message)
     lines = message.split("\n")
     fields.append(lines[0])
     text = "\t" * indent + "\t".join(fields) + "\n"
@@ -923,7 +929,7 @@ class StatusLog:
         current nesting), in one write; returns their worst failing code or
         None.  Raises ValueError, writing nothing, when a line does not parse."""
         level = self.indent if indent is None else indent
-        lines = [("\t" * level + line) for line in text.splitlines() if line]
+        lines = [("\t" * level + line) for line in text.split("\n") if line]
         codes = [entry["code"] for entry in parse_status_log("\n".join(lines))]
         worst = worst_status(*codes)
         if worst in FAILING_CODES:
@@ -1745,9 +1751,16 @@ class _TarScan:
 
     @staticmethod
     def _number(field):
-        if field[0] & 0x80:                                   # base-256
+        """A numeric header field as GNU tar reads it; anything else (signs,
+        underscores, inner spaces, a negative base-256) is ValueError, never a
+        number tar would read differently."""
+        if field[0] == 0x80:                                  # base-256, positive
             return int.from_bytes(field[1:], "big")
+        if field[0] & 0x80:
+            raise ValueError("negative base-256 number")
         text = field.split(b"\0", 1)[0].strip(b" ")
+        if not re.fullmatch(rb"[0-7]*", text):
+            raise ValueError(f"not octal: {text!r}")
         return int(text, 8) if text else 0
 
     def _refuse(self, why):
@@ -1792,13 +1805,24 @@ class _TarScan:
         data = data[:size]
         if kind == b"L":
             self.name = os.fsdecode(data.split(b"\0", 1)[0])
-        elif kind == b"x":                         # "len key=value\n" records
+        elif kind in (b"x", b"g"):                 # "len key=value\n" records
             while data:
-                length = int(data.split(b" ", 1)[0])
+                head = data.split(b" ", 1)[0]
+                if not re.fullmatch(rb"[0-9]{1,7}", head):
+                    raise ValueError("bad pax record length")
+                length = int(head)
                 key, _, value = data[:length].split(b" ", 1)[1].partition(b"=")
-                if key == b"path":
+                if kind == b"g" and key in (b"size", b"path", b"linkpath", b"uid",
+                                            b"gid", b"mode"):
+                    # A global record would change how every later header
+                    # reads; tar obeys it, so the scan would be judging
+                    # other members than tar makes.
+                    self._refuse(f"a global pax header that sets {key.decode()!r}")
+                if kind == b"x" and key == b"path":
                     self.name = os.fsdecode(value[:-1])
-                elif key == b"size":
+                elif kind == b"x" and key == b"size":
+                    if not re.fullmatch(rb"[0-9]+\n", value):
+                        raise ValueError("bad pax size")
                     self.size = int(value)
                 data = data[length:]
 
@@ -1903,7 +1927,10 @@ def _fix_tree(root, preserve_symlinks, what):
     import stat
     root_real = os.path.realpath(root)
     uid, gid = os.geteuid(), os.getegid()
-    for dirpath, dirnames, filenames in os.walk(root):
+    def unreadable(error):      # a dir it cannot list is never passed over unseen
+        raise AutoservFileTransferError(f"{what}: cannot check {error.filename!r}: "
+                                        f"{error.strerror}")
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
@@ -2659,7 +2686,7 @@ _AGENT_PY = textwrap.dedent(r'''
                         break
                     self.frame(kind, bytes(self.rbuf[at + H.size:at + H.size + n]))
                     at += H.size + n
-            except (Broken, ValueError, TypeError, KeyError):
+            except Exception:       # anything a peer's bytes can cause (RecursionError too)
                 self.lost()
                 return
             del self.rbuf[:at]
@@ -4153,7 +4180,7 @@ def _task_ended(task):
         return
     sub = task.subdir and os.path.basename(task.subdir)
     text = (_status_line("START", sub, task.label, task.title, when=task.wall_started)
-            + "".join("\t" + line + "\n" for line in body.splitlines() if line)
+            + "".join("\t" + line + "\n" for line in body.split("\n") if line)
             + _status_line(f"END {worst}", sub, task.label, task.title))
     _JOB.status.relay(text)
     _JOB.merge_host_records(task.host_records)
@@ -4274,7 +4301,9 @@ def _looks_like_path(text):
             and text.startswith(("/", "./", "../", "~")))
 
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s]*)@")
+# The userinfo of scheme://userinfo@host: up to the last @ before the host
+# (a password may hold a raw / or @; better to hide too much than too little).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(\S*?)@(?=[^\s@/]*(?:[/?#\s]|$))")
 
 
 def _redact_url(text):

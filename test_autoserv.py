@@ -2007,6 +2007,45 @@ class TestHostileTransfer(SshdTestCase):
         self.assertLessEqual(len(err), 1 << 16)
         self.assertTrue(err.endswith("LAST\n"))
 
+    def test_the_tar_scan_reads_numbers_and_pax_records_as_tar_does(self):
+        # A stream the scan would read one way and GNU tar another: a global
+        # pax size, or a size field Python's int() takes but tar does not.
+        import tarfile
+
+        def member(name, data=b"", kind=tarfile.REGTYPE):
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data)
+            return info, io.BytesIO(data) if data else None
+
+        def stream(pax_headers=None):
+            buf = io.BytesIO()
+            fmt = tarfile.PAX_FORMAT if pax_headers else tarfile.GNU_FORMAT
+            with tarfile.open(fileobj=buf, mode="w", format=fmt,
+                              pax_headers=pax_headers or {}) as t:
+                t.addfile(*member("a", b"x" * 512))
+                t.addfile(*member("fifo", kind=tarfile.FIFOTYPE))
+            return buf.getvalue()
+
+        def judge(data):
+            scan = autoserv._TarScan("get_file")
+            return scan.feed(data)
+
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            judge(stream({"size": "0"}))
+        self.assertIn("global pax header", str(cm.exception))
+        plain = bytearray(stream())
+        with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+            judge(bytes(plain))
+        self.assertIn("FIFO", str(cm.exception))
+        for size in (b"+0001000\0\0\0\0", b"0_1000\0\0\0\0\0\0", b"00 1000\0\0\0\0\0"):
+            with self.subTest(size=size):
+                h = bytearray(plain[:512])
+                h[124:136] = size
+                h[148:156] = b"%06o\0 " % (sum(h[:148]) + 8 * 32 + sum(h[156:]))
+                with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                    judge(bytes(h) + bytes(plain[512:]))
+                self.assertIn("damaged tar header", str(cm.exception))
+
 def sh(*argv, check=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and out.returncode:
@@ -4166,6 +4205,8 @@ class TestHostileInputs(unittest.TestCase):
         self.addCleanup(autoserv.LOG.close)
         secret = "pw-7781"
         with_creds = base.replace("http://", f"http://alice:{secret}@")
+        for odd in (f"http://alice:{secret}/x@h/k.deb", f"http://alice:{secret}@x@h/k.deb"):
+            self.assertNotIn(secret, autoserv._redact_url(f"fetching {odd} now"))
         obj = autoserv.InstallableObject()
         with open(obj.get(with_creds + "/k.deb")) as f:
             self.assertEqual(json.load(f), {"kernel": 1})
@@ -6081,6 +6122,19 @@ class TestJobOutcome(unittest.TestCase):
         self.assertEqual(depth, 0)
         self.assertFalse([n for n in os.listdir(os.path.join(self.res, "debug"))
                           if n.endswith(".status")])
+
+    def test_line_breaks_in_a_tasks_messages_keep_the_log_whole(self):
+        out = self.job("""\
+            def odd(x):
+                job.record("FAIL", None, "check", "carriage\\rreturn\\x85next\\u2028line")
+                raise ValueError("bad\\rvalue")
+            parallel([subcommand(odd, ["a"])], return_results=True)
+            """)
+        self.assertEqual(out.returncode, 3, out.stderr)
+        start, body, end = self.group("odd")
+        self.assertEqual(end["code"], "END FAIL")
+        self.assertIn("carriage\\rreturn", [e["message"] for e in body][0])
+        self.assertEqual(self.summary()["job"]["outcome"], "FAIL")
 
     def test_host_durations_are_the_wall_time_of_their_work(self):
         out = self.job("""\
