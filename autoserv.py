@@ -17,6 +17,7 @@ Sections (``grep -n '^# .*####' autoserv.py`` prints them):
 
 __version__ = "0.1.0"
 
+import atexit
 import collections
 import fcntl
 import io
@@ -1182,6 +1183,20 @@ def _close_all_hosts():
         except Exception as e:
             LOG.write(f"closing failed: {e}", getattr(host, "hostname", None))
     _remove_ctrl_dir()
+
+
+def _at_exit():
+    """A script that imported autoserv and ends, normally or by an uncaught
+    exception, ends what this process opened (masters, agents, guests, temp
+    dirs) the way a job's end does.  Forked tasks leave by os._exit and
+    clean up for themselves."""
+    try:
+        _close_all_hosts()
+    finally:
+        _cleanup_local_tmp()
+
+
+atexit.register(_at_exit)
 
 
 class Host:

@@ -1265,6 +1265,28 @@ class TestSSHJobs(SshdTestCase):
     def cli(self, *args, **kw):
         return run_cli(*self.sshd.cli_opts(), *args, **kw)
 
+    def test_a_script_that_dies_of_an_exception_leaves_nothing_running(self):
+        # Library use, no job: the interpreter's exit ends the master and
+        # removes the remote and local temp dirs, as a job's end does.
+        code = textwrap.dedent(f"""\
+            import sys
+            sys.path.insert(0, {HERE!r})
+            import autoserv
+            h = autoserv.SSHHost("testhost", ssh_config={self.sshd.ssh_config!r})
+            remote = h.get_tmp_dir()
+            local = autoserv.get_tmp_dir()
+            print(remote, local, h._master.pid, flush=True)
+            raise RuntimeError("the script's own bug")
+            """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("the script's own bug", out.stderr)
+        remote, local, master = out.stdout.split()
+        self.assertFalse(os.path.exists(remote))        # loopback: the same /tmp
+        self.assertFalse(os.path.exists(local))
+        wait_for(lambda: not os.path.exists(f"/proc/{master}"), 10, what="master gone")
+
     def test_seed_lines_in_python2_syntax_run_unmodified(self):
         ctl = self.control("""\
             remote_host= hosts.SSHHost("192.168.1.1")
