@@ -1230,9 +1230,23 @@ class TestSSHRun(SshdTestCase):
                     open(self.sshd.keygen("fake") + ".pub").read().split(" ", 1)[0] + " " +
                     open(self.sshd.dir + "/fake.pub").read().split()[1] + "\n")
         eph._stop_master()
+        log = os.path.join(self.tmp, "debug.log")
+        autoserv.LOG.open(log)
+        self.addCleanup(autoserv.LOG.close)
         self.assertEqual(eph.run("echo accepted").stdout, "accepted\n")
+        with open(log) as f:
+            self.assertIn("host key changed on ephemeral host; accepting the new key", f.read())
         self.assertIn("ssh-ed25519", open(kh).read())
         self.assertFalse(any("StrictHostKeyChecking=no" in a for a in eph.ssh_argv()))
+        # The same change seen by a host that is not ephemeral, in the same
+        # process after the ephemeral one accepted it: still refused.
+        with open(kh, "w") as f:
+            f.write(f"[127.0.0.1]:{self.sshd.port} "
+                    + open(self.sshd.dir + "/fake.pub").read().split(" ", 2)[0] + " "
+                    + open(self.sshd.dir + "/fake.pub").read().split()[1] + "\n")
+        h._stop_master()
+        with self.assertRaises(autoserv.AutoservSSHHostKeyError):
+            h.run("true")
 
     @scenario(30)
     def test_remote_temp_dirs_are_private_and_removed_at_close(self):
