@@ -1425,6 +1425,11 @@ class TestSSHJobs(SshdTestCase):
             "failure": ("raise ValueError('x')\n", 1),
             "timeout": ("h.run('sleep 30', timeout=1)\n", 1),
             "sigint": ("h.run('sleep 4247.1')\n", 130),
+            # The link dies mid-command (its master killed): the cleanup
+            # reconnects to remove the temp dirs.
+            "lost-connection": ("import threading\n"
+                                "threading.Timer(1, os.kill, [h._master.pid, 9]).start()\n"
+                                "h.run('sleep 4247.1')\n", 1),
         }
         for name, (tail, code) in endings.items():
             with self.subTest(ending=name):
@@ -1443,7 +1448,8 @@ class TestSSHJobs(SshdTestCase):
                 self.assertEqual(p.returncode, code)
                 Invariants.check_status(self, os.path.join(self.tmp, "r-" + name, "status.log"),
                                         {"failure": "ValueError",
-                                         "timeout": "AutoservTimeoutError"}.get(name))
+                                         "timeout": "AutoservTimeoutError",
+                                         "lost-connection": "AutoservSSHConnectionLost"}.get(name))
                 self.assertEqual(_remote_autoserv_dirs() - before, set())
                 self.assertEqual(_ctrl_dirs() - sockets_before, set())
         wait_for(lambda: not processes_with("sleep 4247.1"), 10, what="remote sleep gone")
