@@ -1092,8 +1092,11 @@ class TestSSHRun(SshdTestCase):
         self.assertIsNotNone(master)
 
         def killer():
-            wait_for(lambda: len(processes_with("sleep 4246.3")) >= 3, 30,
-                     what="three commands running")
+            # The three remote sleeps themselves (not just their ssh clients):
+            # each session is on the master when it dies.
+            wait_for(lambda: len(set(comm_pids("sleep"))
+                                 & set(processes_with("sleep 4246.3"))) >= 3, 30,
+                     what="three remote sleeps running")
             os.kill(master.pid, signal.SIGKILL)
         tasks = [autoserv.subcommand(h.run, ["sleep 4246.3"]) for _ in range(3)]
         tasks.append(autoserv.subcommand(killer, []))
