@@ -64,9 +64,10 @@ def need_root():
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, below the kernel's ephemeral range,
+    so no outgoing connection can take it before its user binds it (a port
+    from bind(0) could be).  Users that can, bind it and retry on a clash."""
+    return guest_ports(1)
 
 
 def wait_for(predicate, timeout, interval=0.05, what="condition"):
@@ -261,13 +262,25 @@ class Sshd:
         self.dir = tempfile.mkdtemp(prefix="as-sshd-")
         self.home = os.path.join(self.dir, "home")
         os.mkdir(self.home)
-        self.port = port or free_port()
         self.host_key = host_key or self.keygen("host_key")
         self.client_key = self.keygen("client_key")
         shutil.copy(authorized_key or self.client_key + ".pub",
                     os.path.join(self.dir, "authorized_keys"))
         self.known_hosts = os.path.join(self.dir, "known_hosts")
         self.conf = os.path.join(self.dir, "sshd_config")
+        self.netns = netns
+        for attempt in range(5):          # a port taken since it was picked: another
+            self.port = port or free_port()
+            try:
+                self._start(extra, private_autodir, netns)
+                break
+            except AssertionError as e:
+                if port or "Address already in use" not in str(e) or attempt == 4:
+                    raise
+        self.ssh_config = os.path.join(self.dir, "ssh_config")
+        self.write_ssh_config()
+
+    def _start(self, extra, private_autodir, netns):
         with open(self.conf, "w") as f:
             f.write(textwrap.dedent(f"""\
                 ListenAddress 127.0.0.1
@@ -301,15 +314,12 @@ class Sshd:
                       "mount --bind \"$d\" /usr/local/$n; fi; done; "
                       "mkdir /usr/local/autotest; exec \"$@\"")
             argv = ["unshare", "-m", "sh", "-c", script, "sh"] + argv
-        self.netns = netns
         if netns:                     # listening on the namespace's own loopback
             argv = ["ip", "netns", "exec", netns] + argv
-        self.proc = subprocess.Popen(argv,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.dir, "sshd.log"), "wb"))
+        with open(os.path.join(self.dir, "sshd.log"), "wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log)
         wait_for(self._listening, 10, what=f"sshd on port {self.port}")
-        self.ssh_config = os.path.join(self.dir, "ssh_config")
-        self.write_ssh_config()
 
     def keygen(self, name):
         path = os.path.join(self.dir, name)
@@ -2182,6 +2192,8 @@ while True:
             pairs[server] = (client, 1, counter)
             sel.register(client, selectors.EVENT_READ)
             sel.register(server, selectors.EVENT_READ)
+            continue
+        if s not in pairs:      # closed by a cut earlier in this batch of events
             continue
         peer, way, counter = pairs[s]
         try:
