@@ -3703,8 +3703,20 @@ class SSHHost(_SSHTransfer, RemoteHost):
                               "between two probes (it answered both)", self.hostname)
                     return True
             except AutoservError as e:
-                LOG.write(f"down: no answer ({type(e).__name__})", self.hostname)
-                return True
+                # One failed probe may be a blip (a master starting just as the
+                # last one ended): down only when a second probe agrees.
+                LOG.write(f"probe failed ({type(e).__name__}); probing again", self.hostname)
+                self._stop_master()
+                time.sleep(0.2)
+                try:
+                    boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
+                except AutoservError as e2:
+                    LOG.write(f"down: no answer ({type(e2).__name__})", self.hostname)
+                    return True
+                if old_boot_id and boot_id and boot_id != old_boot_id:
+                    LOG.write(f"down: boot id changed from {old_boot_id} to {boot_id} "
+                              "between two probes (it answered both)", self.hostname)
+                    return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(min(self.poll_interval, _remaining(deadline) or self.poll_interval))
