@@ -1631,20 +1631,24 @@ class TestTransfer(SshdTestCase):
         os.mkdir(mnt)
         if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt]).returncode:
             self.skipTest("cannot mount a tmpfs here")
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
-        open(os.path.join(mnt, "data.bin"), "w").write("old contents")
-        big = os.path.join(self.tmp, "data.bin")
-        with open(big, "wb") as f:
-            f.write(os.urandom(3 << 20))
-        h = self.sshd.host()
-        for backend in self.BACKENDS:
-            with self.subTest(backend=backend):
-                with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
-                    h.send_file(big, os.path.join(mnt, "data.bin"), backend=backend)
-                self.assertIn("data.bin", str(cm.exception))
-                self.assertIn("no space", str(cm.exception).lower())
-                self.assertEqual(open(os.path.join(mnt, "data.bin")).read(), "old contents")
-                self.assertEqual(sorted(os.listdir(mnt)), ["data.bin"])
+        # Unmounted here, not in a cleanup: tearDown's rmtree of self.tmp runs
+        # before cleanups and would leave the mount point (and the dir) behind.
+        try:
+            open(os.path.join(mnt, "data.bin"), "w").write("old contents")
+            big = os.path.join(self.tmp, "data.bin")
+            with open(big, "wb") as f:
+                f.write(os.urandom(3 << 20))
+            h = self.sshd.host()
+            for backend in self.BACKENDS:
+                with self.subTest(backend=backend):
+                    with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
+                        h.send_file(big, os.path.join(mnt, "data.bin"), backend=backend)
+                    self.assertIn("data.bin", str(cm.exception))
+                    self.assertIn("no space", str(cm.exception).lower())
+                    self.assertEqual(open(os.path.join(mnt, "data.bin")).read(), "old contents")
+                    self.assertEqual(sorted(os.listdir(mnt)), ["data.bin"])
+        finally:
+            subprocess.run(["umount", "-l", mnt])
 
     def test_missing_remote_source_is_a_clear_error(self):
         h = self.sshd.host()
