@@ -1061,16 +1061,6 @@ class ServerJob:
                                                       "duration": 0.0, "error": ""})
         self._spans.setdefault(host.hostname, [time.time(), None])
 
-    def set_host_outcome(self, name, outcome, duration=None, error=""):
-        """Sets a host's outcome as it is (the job's own verdicts)."""
-        entry = self.host_outcomes.setdefault(name, {"outcome": outcome,
-                                                     "duration": 0.0, "error": ""})
-        entry["outcome"] = outcome
-        if duration is not None:
-            entry["duration"] = round(duration, 3)
-        if error:
-            entry["error"] = error
-
     def host_status(self, name, code, error="", span=None):
         """A status for a host's work: its outcome becomes the worse of the
         two (the first error text of the worst status stays), and its work
@@ -1625,22 +1615,21 @@ done
 """
 
 
-def _one_line(program):
-    """The placement program as one line (a csh login shell cannot take a
-    newline inside quotes): comments and indentation dropped, statements
-    joined with "; ", or a space after words that continue a statement."""
+def _sh_one_line(program):
+    """A multi-line sh program as one line, so that any login shell (csh
+    too: it cannot take a newline inside quotes) passes it on: comment lines
+    and indentation go, and lines are joined with "; " unless one ends in a
+    word or operator that continues the statement."""
     lines = [l.strip() for l in program.splitlines()]
     lines = [l for l in lines if l and not l.startswith("#")]
-    out = ""
-    for line in lines:
-        if out:
-            glue = " " if re.search(r"(\bthen|\bdo|\belse|\bin|[{(|&]|;;)$", out) else "; "
-            out += glue
-        out += line
+    out = lines[0]
+    for line in lines[1:]:
+        joins = re.search(r"(\b(then|do|else|in)|[{(|&;])$", out)
+        out += (" " if joins else "; ") + line
     return out
 
 
-_PLACE_SH = _one_line(_PLACE_SOURCE)
+_PLACE_SH = _sh_one_line(_PLACE_SOURCE)
 
 
 def _sources(source):
@@ -3085,19 +3074,6 @@ class _AgentExecution(_Execution):
         self.returncode = self.status
 
 
-def _sh_one_line(program):
-    """A multi-line sh program as one line, so that any login shell (csh
-    too) passes it on: comment lines and indentation go, and lines are
-    joined with '; ' unless one ends in a word or operator that continues."""
-    lines = [l.strip() for l in program.splitlines()]
-    lines = [l for l in lines if l and not l.startswith("#")]
-    out = lines[0]
-    for line in lines[1:]:
-        joins = out.endswith(("&", "|", ";", "{")) or re.search(r"\b(then|do|else)$", out)
-        out += (" " if joins else "; ") + line
-    return out
-
-
 # The remote wrapper: ssh runs `exec sh -c WRAPPER autoserv TOKEN N COMMAND
 # RUN_ID` under the login shell; POSIX sh (dash, bash, busybox ash).
 #  TOKEN    fresh random hex per command: marks its markers and ends its stdin.
@@ -4187,11 +4163,13 @@ def _task_ended(task):
     deeper, END with the worst of them) and gives its hosts their outcome."""
     body = task.take_status()
     try:
-        codes = [e["code"] for e in parse_status_log(body)]
+        entries = parse_status_log(body)
     except ValueError as e:
-        LOG.write(f"task {task.name}: its status log does not parse ({e}); kept as text")
+        LOG.write(f"task {task.name}: its status log does not parse ({e}); "
+                  "replaced by a WARN")
         body = _status_line("WARN", None, task.label, f"unparsable status entries: {e}")
-        codes = ["WARN"]
+        entries = parse_status_log(body)
+    codes = [e["code"] for e in entries]
     error = ""
     if task.error:
         error = _last_line(task.error[1])
@@ -4201,7 +4179,7 @@ def _task_ended(task):
     worst = task.status = worst_status(*codes)
     if not error and worst != "GOOD":
         error = next((f"{e['operation']}: {_last_line(e['message'])}"
-                      for e in parse_status_log(body) if worst_status(e["code"]) == worst
+                      for e in entries if worst_status(e["code"]) == worst
                       and not e["code"].startswith("END ")), "")
     if _JOB is None:
         return
