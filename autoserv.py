@@ -2514,8 +2514,12 @@ def parse_machine(spec):
 # /tmp/autoserv-* dir, prints that socket's path, and serves one command per
 # connection.  Frames are kind (1 byte), length (32-bit big-endian), body.
 # Client frames: R (json: c command, r run id, i stdin follows, n its length),
-# I (stdin bytes), i (stdin end), K (kill); agent frames S (pgid), O/E
-# (stdout/stderr bytes), X (exit status, 128+N for signal N).  Every frame is
+# I (stdin bytes), i (stdin end), K (kill); agent frames H (hello, empty,
+# sent on accept before anything is read), S (pgid), O/E (stdout/stderr
+# bytes), X (exit status, 128+N for signal N).  A channel that ends with no
+# H from a master that is still serving cannot have reached the agent's
+# reading of the request, so the client may send it again; any other early
+# ending may have started the command and is reported, never retried.  Every frame is
 # checked on arrival (kind known, length within its bound, in order, body
 # well formed); a peer that breaks the protocol loses its connection (and
 # its command) and nothing else.  Stdin goes to an unlinked file as it comes
@@ -2632,6 +2636,7 @@ _AGENT_PY = textwrap.dedent(r'''
             sock.setblocking(False)
             sel.register(sock, selectors.EVENT_READ, self)
             conns.add(self)
+            self.send(b"H")            # before anything is read: see the client
 
         def send(self, kind, data=b""):
             if self.gone:
@@ -2903,9 +2908,15 @@ _AGENT_PY = textwrap.dedent(r'''
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
 # The longest body of each kind the agent may send (it sends output in 64 KiB
 # pieces), and the longest request and stdin piece it takes (its MAX_BODY).
-_AGENT_FRAMES = {b"S": 20, b"O": 1 << 20, b"E": 1 << 20, b"X": 20}
+_AGENT_FRAMES = {b"H": 0, b"S": 20, b"O": 1 << 20, b"E": 1 << 20, b"X": 20}
 _AGENT_REQUEST_MAX = 4 << 20
 _AGENT_STDIN_PIECE = 1 << 20
+
+
+def _peer_pid(sock):
+    """The pid of the process at the other end of a connected unix socket."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                               struct.calcsize("3i")))[0]
 
 
 def _frame(kind, data=b""):
@@ -2927,6 +2938,7 @@ class _AgentExecution(_Execution):
         self.request = json.dumps({"c": command, "r": run_id,
                                    "i": self.stdin_data is not None,
                                    "n": len(self.stdin_data or b"")}).encode()
+        self.hello = False       # the agent's H came: it had accepted the channel
         self.pgid = None
         self.status = None
         self.sock = None
@@ -3016,7 +3028,12 @@ class _AgentExecution(_Execution):
                 break
             body = bytes(memoryview(buf)[at + size:at + size + n])
             at += size + n
-            if kind == b"O":
+            if (kind == b"H") == self.hello:
+                return self._broke("a hello out of place" if self.hello
+                                   else f"a {kind!r} frame before its hello")
+            if kind == b"H":
+                self.hello = True
+            elif kind == b"O":
                 self._take(1, body)
             elif kind == b"E":
                 self._take(2, body)
@@ -3251,6 +3268,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self.power = power
         self.persistent = d["persistent"] if persistent is None else bool(persistent)
         self._agent = None
+        self._master_seen = None      # the master pid _master_alive last reached
         SSHHost._counter += 1
         self._index = SSHHost._counter
         self._master = None
@@ -3318,8 +3336,32 @@ class SSHHost(_SSHTransfer, RemoteHost):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(path)
+            self._master_seen = _peer_pid(s)
             return True
         except OSError:
+            return False
+        finally:
+            s.close()
+
+    def _master_serving(self, pid):
+        """True when master `pid` (as _master_alive last saw it) still serves
+        its control socket: it says its mux hello to a new client.  A master
+        tearing down after its link died has left its loop and says nothing,
+        so a channel it closed before this answer came ended in order."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(2.0)
+            s.connect(self._ctrl_path)
+            if pid is None or _peer_pid(s) != pid:
+                return False
+            hello = b""
+            while len(hello) < 8:
+                piece = s.recv(8 - len(hello))
+                if not piece:
+                    return False
+                hello += piece
+            return hello[4:8] == b"\x00\x00\x00\x01"      # MUX_MSG_HELLO
+        except (OSError, TypeError):
             return False
         finally:
             s.close()
@@ -3569,6 +3611,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             path = self._agent_socket(connect_timeout)
             if path is None:
                 return None
+            master = self._master_seen
             LOG.write(f"run: {command}", self.hostname)
             ex = _AgentExecution(path, command, run_id, self.hostname, stdin=data,
                                  timeout=timeout, stdout_tee=stdout_tee,
@@ -3598,19 +3641,19 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 return result
             if ex.timed_out:
                 return result
-            if ex.pgid is None and attempt == 1 and data is None:
-                # The channel closed before the command started: the agent or
-                # the master is gone.  Start both again, once (not once stdin
-                # was on its way, as on the per-command path).
-                LOG.write("agent channel closed before the command started; restarting it",
-                          self.hostname)
+            if not ex.hello and attempt == 1 and self._master_serving(master):
+                # The same master, still serving, closed the channel with no
+                # hello: the agent never accepted it (it is gone), so it never
+                # read the request.  Start it again and send the command once more.
+                LOG.write("the agent did not answer its channel; restarting it", self.hostname)
                 self._stop_agent()
                 continue
             alive = self._master_alive()
             error = AutoservSSHConnectionLost(
                 self.hostname, "connection lost",
                 "the persistent session ended "
-                + ("mid-command" if ex.pgid is not None else "before the command started")
+                + ("mid-command" if ex.pgid is not None
+                   else "before the agent said the command started (it may have)")
                 + ("" if alive else " (the ssh master is gone)"))
             LOG.write(f"transport failure: {error}", self.hostname)
             error.result = result

@@ -2503,6 +2503,7 @@ class TestHostileRun(SshdTestCase):
                 with self.subTest(peer=name), socket.socket(socket.AF_UNIX) as peer:
                     peer.settimeout(5)
                     peer.connect(path)
+                    self.assertEqual(peer.recv(5), frame(b"H"), "no hello first")
                     peer.sendall(data)
                     self.assertEqual(peer.recv(64), b"", "the agent kept a bad peer")
         finally:
@@ -2523,21 +2524,33 @@ class TestHostileRun(SshdTestCase):
         wait_for(lambda: len(os.listdir(f"/proc/{agent}/fd")) <= fds, 5,
                  what=f"the agent back to {fds} fds")
 
-    def serve_agent(self, reply):
-        """A stand-in agent on a local socket that reads the request and
-        answers `reply`, then streams zeros after it until the client hangs
-        up (or 64 MiB); returns the socket path and a dict the serving thread
-        fills with how many bytes went out."""
+    def stand_in_agent(self, serve_conn):
+        """A stand-in agent on a local socket: `serve_conn(conn)` serves the
+        one connection it accepts.  Returns the path and the serving thread."""
         import threading
         path = tempfile.mktemp(prefix="agent-", dir=self.tmp)
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(path)
         listener.listen(1)
-        sent = {}
 
         def serve():
             with listener, listener.accept()[0] as conn:
                 conn.settimeout(20)
+                serve_conn(conn)
+        thread = threading.Thread(target=serve)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        return path, thread
+
+    def serve_agent(self, reply):
+        """A stand-in agent that says its hello, reads the request and
+        answers `reply`, then streams zeros after it until the client hangs
+        up (or 64 MiB); returns the socket path and a dict the serving thread
+        fills with how many bytes went out."""
+        sent = {}
+
+        def serve(conn):
+                conn.sendall(b"H\0\0\0\0")
                 conn.recv(65536)
                 total = 0
                 try:
@@ -2550,9 +2563,7 @@ class TestHostileRun(SshdTestCase):
                 except OSError:
                     pass
                 sent["bytes"] = total
-        thread = threading.Thread(target=serve)
-        thread.start()
-        self.addCleanup(thread.join, 30)
+        path, thread = self.stand_in_agent(serve)
         return path, sent, thread
 
     def test_the_client_judges_agent_frames_on_their_header_and_hangs_up(self):
@@ -2586,6 +2597,42 @@ class TestHostileRun(SshdTestCase):
             h._agent["local"] = real
         self.assertIn("protocol", str(cm.exception))
         self.assertNotIn("\x1b", str(cm.exception))
+
+    def test_a_command_the_agent_may_have_started_is_never_sent_again(self):
+        # A channel that ends before the agent's S frame is sent again only
+        # when the agent cannot have read it: no hello came and the same
+        # master still serves.  Each stand-in plays one ending.
+        def hello_then_read(conn):           # the agent took it, then the link died
+            conn.sendall(b"H\0\0\0\0")
+            conn.recv(65536)
+
+        def master_dies_with_the_reply(conn):  # its hello lost in a dying master
+            conn.recv(65536)
+            os.kill(h._master.pid, signal.SIGKILL)
+            h._master.wait(10)
+
+        def agent_gone(conn):                # the master's channel open failed
+            pass
+        for name, serve, started in (("hello, then the channel ends", hello_then_read, False),
+                                     ("the master dies", master_dies_with_the_reply, False),
+                                     ("no agent behind the master", agent_gone, True)):
+            with self.subTest(ending=name):
+                h = self.sshd.host(persistent=True)
+                h.run("true")
+                mark = os.path.join(self.tmp, f"ran-{len(os.listdir(self.tmp))}")
+                path, thread = self.stand_in_agent(serve)
+                h._agent["local"] = path
+                if started:
+                    h.run(f"echo once >> {mark}")
+                    with open(mark) as f:
+                        self.assertEqual(f.read(), "once\n")
+                else:
+                    with self.assertRaises(autoserv.AutoservSSHConnectionLost) as cm:
+                        h.run(f"echo once >> {mark}")
+                    self.assertIn("may have", str(cm.exception))
+                    self.assertFalse(os.path.exists(mark), "sent a second time")
+                thread.join(30)
+                h.close()
 
 
     def test_a_flood_of_record_separators_costs_linear_time_and_stays_byte_exact(self):
