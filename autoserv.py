@@ -3159,7 +3159,18 @@ _WRAPPER_SH = r"""
 """
 _WRAPPER = _sh_one_line(_WRAPPER_SH)
 
+# What a session's ssh says when its master is not there to carry it: with a
+# ControlPath, OpenSSH falls back to a direct connection of its own when the
+# master cannot be reached, or when it dies during the session request (after
+# the command may have gone out).  Sessions of autoserv never fall back: this
+# ProxyCommand, used only by such a fallback, writes the line and ends.  Seen
+# without any mux_client error, it proves the master was never reached, so
+# nothing was sent and the command may go again over a new master.
+_NO_MASTER = "autoserv: no ssh master to carry the session"
+_MUX_REACHED = re.compile(r"mux_client|master")
+
 _SSH_ERRORS = [
+    (re.compile(re.escape(_NO_MASTER)), "AutoservSSHConnectionLost", "the ssh master went away"),
     (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
                 r"|No \S+ host key is known|host key for .* has changed"),
      "AutoservSSHHostKeyError", "host key verification failed"),
@@ -3177,6 +3188,14 @@ _SSH_ERRORS = [
                 r"|Connection closed|read header failed|client_loop|mux_client"),
      "AutoservSSHConnectionLost", "connection lost"),
 ]
+
+
+def _never_reached_master(stderr_text):
+    """True when ssh's stderr shows a session that never reached its master
+    (the fallback refused, and no word from the mux client)."""
+    lines = stderr_text.splitlines()
+    return (any(_NO_MASTER in line for line in lines)
+            and not any(_MUX_REACHED.search(line) for line in lines if _NO_MASTER not in line))
 
 
 def _ssh_lines(text, started):
@@ -3322,7 +3341,8 @@ class SSHHost(_SSHTransfer, RemoteHost):
         """The ssh command line for this host (without the remote command)."""
         argv = ["ssh"] + self._options(connect_timeout)
         if master and self._ctrl_path:
-            argv += ["-o", f"ControlPath={self._ctrl_path}", "-o", "ControlMaster=no"]
+            argv += ["-o", f"ControlPath={self._ctrl_path}", "-o", "ControlMaster=no",
+                     "-o", f"ProxyCommand=echo '{_NO_MASTER}' 1>&2"]
         return argv + [self.hostname]
 
     # the master connection
@@ -3527,11 +3547,11 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 # ssh said nothing, but the master it used is gone with it.
                 error = AutoservSSHConnectionLost(self.hostname, "connection lost",
                                                   error.detail + "; the ssh master is gone")
-            # A master that died between the check and the command: one retry.
-            # Not once stdin was on its way: the target may have had it all.
-            if attempt == 1 and not data and marker.pgid is None and not self._master_alive() \
-                    and isinstance(error, (AutoservSSHConnectionLost,)):
-                LOG.write("ssh master went away; reconnecting once", self.hostname)
+            # A master gone before the session reached it: nothing was sent, so
+            # one retry over a new master.  Any other ending may have run it.
+            if attempt == 1 and _never_reached_master(result.stderr):
+                LOG.write("ssh master went away before the session reached it; "
+                          "reconnecting once", self.hostname)
                 continue
             LOG.write(f"transport failure: {error}", self.hostname)
             error.result = result
