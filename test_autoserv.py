@@ -2747,12 +2747,64 @@ class TestSSHRunPersistent(TestSSHRun):
               "test_errors_refused_auth_and_changed_key_each_within_five_seconds",
               "test_remote_temp_dirs_are_private_and_removed_at_close")
 
+    # Tests that run autoserv only in a child python (they check h._agent there).
+    IN_A_CHILD = ("test_flood_through_the_agent_has_flat_memory",)
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         saved = dict(autoserv._SSH_DEFAULTS)
         cls.addClassCleanup(autoserv._SSH_DEFAULTS.update, saved)
         autoserv.set_ssh_defaults(persistent=True)
+
+    def setUp(self):
+        """Every command a test runs on a persistent host is noted as it is
+        sent: "agent" through the agent's socket, "session" as its own ssh
+        session (the wrapper of the per-command path).  A note is one O_APPEND
+        write of a line to a file, so forked tasks' notes count too.  tearDown
+        checks them: an agent that silently never starts (autoserv falls back
+        to a session per command) fails every test here."""
+        super().setUp()
+        notes = self.agent_notes = os.path.join(self.tmp, "agent-notes")
+
+        def note(kind, host, command):
+            fd = os.open(notes, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, json.dumps([kind, host, command[:200]]).encode() + b"\n")
+            finally:
+                os.close(fd)
+        session, agent = autoserv.SSHHost._remote_command, autoserv._AgentExecution.start
+
+        def noted_session(host, command, *a, **k):
+            if host.persistent:         # close() runs its rm -rf with persistent off
+                note("session", host.hostname, command)
+            return session(host, command, *a, **k)
+
+        def noted_agent(ex):
+            note("agent", ex.label, json.loads(ex.request)["c"])
+            return agent(ex)
+        from unittest import mock
+        for cls, name, fn in ((autoserv.SSHHost, "_remote_command", noted_session),
+                              (autoserv._AgentExecution, "start", noted_agent)):
+            patch = mock.patch.object(cls, name, fn)    # AttributeError if renamed
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def tearDown(self):
+        try:
+            notes = []
+            if os.path.exists(self.agent_notes):
+                with open(self.agent_notes) as f:
+                    notes = [json.loads(line) for line in f]
+            sessions = [n for n in notes if n[0] == "session"]
+            if sessions:
+                self.fail(f"{len(sessions)} command(s) of a persistent host ran as their own "
+                          f"ssh session, not through its agent: {sessions[:3]}")
+            if self._testMethodName not in self.IN_A_CHILD:
+                self.assertTrue([n for n in notes if n[0] == "agent"],
+                                "no command went through an agent")
+        finally:
+            super().tearDown()
 
     def test_commands_run_as_children_of_the_agent(self):
         h = self.sshd.host()
