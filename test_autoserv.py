@@ -33,14 +33,28 @@ AUTOSERV = os.path.join(HERE, "autoserv.py")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _subreaper():
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def _subreaper(libc=None):
     """Orphans of the processes we start get reparented to us, so we reap
-    them and can see any that are left (PID 1 here reaps lazily)."""
+    them and can see any that are left (PID 1 here reaps lazily).  The
+    invariant checks rest on it: without it the run stops here, loudly."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)          # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
+        if libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+        prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER failed")
+        flag = ctypes.c_int(0)
+        if prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag), 0, 0, 0) != 0 \
+                or flag.value != 1:
+            raise OSError(ctypes.get_errno(), "PR_GET_CHILD_SUBREAPER does not read 1")
+    except (OSError, AttributeError) as e:
+        raise RuntimeError(
+            f"cannot make the test process a child subreaper (prctl: {e}); the checks "
+            "that no process outlives a test depend on it, so the suite does not run") from e
 
 
 _subreaper()
@@ -589,6 +603,18 @@ class TestScenarioMap(unittest.TestCase):
                 cls, meth = name.split(".")
                 fn = getattr(globals()[cls], meth)
                 self.assertIn(number, fn.scenarios, name)     # decorated, so checked
+
+
+    def test_the_suite_is_a_child_subreaper_or_does_not_run(self):
+        flag = ctypes.c_int(0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
+        self.assertEqual(flag.value, 1)
+        for name, libc in (("no prctl", types.SimpleNamespace()),
+                           ("prctl fails", types.SimpleNamespace(prctl=lambda *a: -1)),
+                           ("the flag stays 0", types.SimpleNamespace(prctl=lambda *a: 0))):
+            with self.subTest(name), self.assertRaisesRegex(RuntimeError, "child subreaper"):
+                _subreaper(libc)
 
 
 class TestExceptions(unittest.TestCase):
