@@ -443,6 +443,31 @@ def comm_pids(name, env_text=None):
     return found
 
 
+def remote_sleeps(text):
+    """PIDs of sleeps whose command line holds text: the command itself
+    running on the target, not a local ssh that carries it in its arguments."""
+    return [pid for pid in comm_pids("sleep") if pid in processes_with(text)]
+
+
+def once_running(text, action, timeout=20):
+    """A started thread that calls action() once remote_sleeps(text) finds
+    one (at the latest after timeout s, so that a command waiting for it ends
+    anyway).  After join(): .at is when action ran, .error why it ran late."""
+    import threading
+
+    def wait_then_act():
+        try:
+            wait_for(lambda: remote_sleeps(text), timeout, what=f"{text!r} running")
+        except AssertionError as e:
+            thread.error = e
+        thread.at = time.monotonic()
+        action()
+    thread = threading.Thread(target=wait_then_act)
+    thread.error = None
+    thread.start()
+    return thread
+
+
 def max_rss_of(code, timeout=300):
     """Runs python code in a child; returns (its stdout, its peak RSS in MB).
     VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child of a
@@ -1459,6 +1484,7 @@ class TestSSHJobs(SshdTestCase):
     def test_no_remote_temp_dir_or_socket_outlives_any_ending(self):
         before = _remote_autoserv_dirs()
         sockets_before = _ctrl_dirs()
+        master = os.path.join(self.tmp, "master.pid")
         endings = {
             "success": ("pass\n", 0),
             "failure": ("raise ValueError('x')\n", 1),
@@ -1466,9 +1492,8 @@ class TestSSHJobs(SshdTestCase):
             "sigint": ("h.run('sleep 4247.1')\n", 130),
             # The link dies mid-command (its master killed): the cleanup
             # reconnects to remove the temp dirs.
-            "lost-connection": ("import threading\n"
-                                "threading.Timer(1, os.kill, [h._master.pid, 9]).start()\n"
-                                "h.run('sleep 4247.1')\n", 1),
+            "lost-connection": (f"open({master!r}, 'w').write(str(h._master.pid))\n"
+                                "h.run('sleep 4247.2')\n", 1),
         }
         for name, (tail, code) in endings.items():
             with self.subTest(ending=name):
@@ -1481,8 +1506,12 @@ class TestSSHJobs(SshdTestCase):
                         os.path.join(self.tmp, "r-" + name), ctl]
                 p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 if name == "sigint":
-                    wait_for(lambda: processes_with("sleep 4247.1"), 20, what="sleep")
+                    wait_for(lambda: remote_sleeps("sleep 4247.1"), 20, what="sleep")
                     p.send_signal(signal.SIGINT)
+                if name == "lost-connection":
+                    wait_for(lambda: remote_sleeps("sleep 4247.2"), 20, what="sleep")
+                    with open(master) as f:
+                        os.kill(int(f.read()), signal.SIGKILL)
                 p.communicate(timeout=60)
                 self.assertEqual(p.returncode, code)
                 Invariants.check_status(self, os.path.join(self.tmp, "r-" + name, "status.log"),
@@ -1491,7 +1520,7 @@ class TestSSHJobs(SshdTestCase):
                                          "lost-connection": "AutoservSSHConnectionLost"}.get(name))
                 self.assertEqual(_remote_autoserv_dirs() - before, set())
                 self.assertEqual(_ctrl_dirs() - sockets_before, set())
-        wait_for(lambda: not processes_with("sleep 4247.1"), 10, what="remote sleep gone")
+        wait_for(lambda: not processes_with("sleep 4247."), 10, what="remote sleeps gone")
 
 
 class TestTransfer(SshdTestCase):
@@ -2362,22 +2391,20 @@ class TestFaults(SshdTestCase):
     def test_link_stall_mid_command_is_connection_lost_and_the_job_dies_later(self):
         relay, h = self.relay_host()
         tmp_dir = h.get_tmp_dir()
-        import threading
-        timer = threading.Timer(1.0, relay.stop)
-        timer.start()
-        t0 = time.monotonic()
+        stall = once_running("sleep 4248.1", relay.stop)      # mid-command
         try:
             with self.assertRaises(autoserv.AutoservSSHConnectionLost) as cm:
                 h.run("sleep 4248.1; echo finished")
-            took = time.monotonic() - t0
+            lost = time.monotonic()
         finally:
-            timer.join()
-        self.assertLess(took, 1 + 1 * (3 + 1) + 5)
+            stall.join()
+        self.assertIsNone(stall.error)
+        self.assertLess(lost - stall.at, 1 * (3 + 1) + 5)
         self.assertIn("relayhost", str(cm.exception))
-        self.assertTrue(processes_with("sleep 4248.1"))     # still there while stalled
+        self.assertTrue(remote_sleeps("sleep 4248.1"))     # still there while stalled
         relay.cont()
-        wait_for(lambda: not [p for p in comm_pids("sleep") if p in processes_with("4248.1")],
-                 10, what="remote job gone once the link is back")
+        wait_for(lambda: not remote_sleeps("sleep 4248.1"), 10,
+                 what="remote job gone once the link is back")
         self.assertEqual(h.run("echo back").stdout, "back\n")
         h.close()
         self.assertFalse(os.path.exists(tmp_dir))
@@ -2844,14 +2871,13 @@ class TestSSHRunPersistent(TestSSHRun):
     def test_agent_killed_mid_command_is_connection_lost_and_the_next_restarts_it(self):
         h = self.sshd.host()
         first = int(h.run("echo $PPID").stdout)
-        import threading
-        timer = threading.Timer(0.5, os.kill, (first, signal.SIGKILL))
-        timer.start()
+        kill = once_running("sleep 4249.1", lambda: os.kill(first, signal.SIGKILL))
         try:
             with self.assertRaises(autoserv.AutoservSSHConnectionLost):
                 h.run("sleep 4249.1", timeout=30)
         finally:
-            timer.join()
+            kill.join()
+        self.assertIsNone(kill.error)
         second = int(h.run("echo $PPID").stdout)
         self.assertNotEqual(first, second)
         wait_for(lambda: not processes_with("sleep 4249.1"), 10, what="orphaned command gone")
