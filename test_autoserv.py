@@ -33,14 +33,28 @@ AUTOSERV = os.path.join(HERE, "autoserv.py")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _subreaper():
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def _subreaper(libc=None):
     """Orphans of the processes we start get reparented to us, so we reap
-    them and can see any that are left (PID 1 here reaps lazily)."""
+    them and can see any that are left (PID 1 here reaps lazily).  The
+    invariant checks rest on it: without it the run stops here, loudly."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)          # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
+        if libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+        prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER failed")
+        flag = ctypes.c_int(0)
+        if prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag), 0, 0, 0) != 0 \
+                or flag.value != 1:
+            raise OSError(ctypes.get_errno(), "PR_GET_CHILD_SUBREAPER does not read 1")
+    except (OSError, AttributeError) as e:
+        raise RuntimeError(
+            f"cannot make the test process a child subreaper (prctl: {e}); the checks "
+            "that no process outlives a test depend on it, so the suite does not run") from e
 
 
 _subreaper()
@@ -429,6 +443,31 @@ def comm_pids(name, env_text=None):
     return found
 
 
+def remote_sleeps(text):
+    """PIDs of sleeps whose command line holds text: the command itself
+    running on the target, not a local ssh that carries it in its arguments."""
+    return [pid for pid in comm_pids("sleep") if pid in processes_with(text)]
+
+
+def once_running(text, action, timeout=20):
+    """A started thread that calls action() once remote_sleeps(text) finds
+    one (at the latest after timeout s, so that a command waiting for it ends
+    anyway).  After join(): .at is when action ran, .error why it ran late."""
+    import threading
+
+    def wait_then_act():
+        try:
+            wait_for(lambda: remote_sleeps(text), timeout, what=f"{text!r} running")
+        except AssertionError as e:
+            thread.error = e
+        thread.at = time.monotonic()
+        action()
+    thread = threading.Thread(target=wait_then_act)
+    thread.error = None
+    thread.start()
+    return thread
+
+
 def max_rss_of(code, timeout=300):
     """Runs python code in a child; returns (its stdout, its peak RSS in MB).
     VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child of a
@@ -589,6 +628,18 @@ class TestScenarioMap(unittest.TestCase):
                 cls, meth = name.split(".")
                 fn = getattr(globals()[cls], meth)
                 self.assertIn(number, fn.scenarios, name)     # decorated, so checked
+
+
+    def test_the_suite_is_a_child_subreaper_or_does_not_run(self):
+        flag = ctypes.c_int(0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
+        self.assertEqual(flag.value, 1)
+        for name, libc in (("no prctl", types.SimpleNamespace()),
+                           ("prctl fails", types.SimpleNamespace(prctl=lambda *a: -1)),
+                           ("the flag stays 0", types.SimpleNamespace(prctl=lambda *a: 0))):
+            with self.subTest(name), self.assertRaisesRegex(RuntimeError, "child subreaper"):
+                _subreaper(libc)
 
 
 class TestExceptions(unittest.TestCase):
@@ -1433,6 +1484,7 @@ class TestSSHJobs(SshdTestCase):
     def test_no_remote_temp_dir_or_socket_outlives_any_ending(self):
         before = _remote_autoserv_dirs()
         sockets_before = _ctrl_dirs()
+        master = os.path.join(self.tmp, "master.pid")
         endings = {
             "success": ("pass\n", 0),
             "failure": ("raise ValueError('x')\n", 1),
@@ -1440,9 +1492,8 @@ class TestSSHJobs(SshdTestCase):
             "sigint": ("h.run('sleep 4247.1')\n", 130),
             # The link dies mid-command (its master killed): the cleanup
             # reconnects to remove the temp dirs.
-            "lost-connection": ("import threading\n"
-                                "threading.Timer(1, os.kill, [h._master.pid, 9]).start()\n"
-                                "h.run('sleep 4247.1')\n", 1),
+            "lost-connection": (f"open({master!r}, 'w').write(str(h._master.pid))\n"
+                                "h.run('sleep 4247.2')\n", 1),
         }
         for name, (tail, code) in endings.items():
             with self.subTest(ending=name):
@@ -1455,8 +1506,12 @@ class TestSSHJobs(SshdTestCase):
                         os.path.join(self.tmp, "r-" + name), ctl]
                 p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 if name == "sigint":
-                    wait_for(lambda: processes_with("sleep 4247.1"), 20, what="sleep")
+                    wait_for(lambda: remote_sleeps("sleep 4247.1"), 20, what="sleep")
                     p.send_signal(signal.SIGINT)
+                if name == "lost-connection":
+                    wait_for(lambda: remote_sleeps("sleep 4247.2"), 20, what="sleep")
+                    with open(master) as f:
+                        os.kill(int(f.read()), signal.SIGKILL)
                 p.communicate(timeout=60)
                 self.assertEqual(p.returncode, code)
                 Invariants.check_status(self, os.path.join(self.tmp, "r-" + name, "status.log"),
@@ -1465,7 +1520,7 @@ class TestSSHJobs(SshdTestCase):
                                          "lost-connection": "AutoservSSHConnectionLost"}.get(name))
                 self.assertEqual(_remote_autoserv_dirs() - before, set())
                 self.assertEqual(_ctrl_dirs() - sockets_before, set())
-        wait_for(lambda: not processes_with("sleep 4247.1"), 10, what="remote sleep gone")
+        wait_for(lambda: not processes_with("sleep 4247."), 10, what="remote sleeps gone")
 
 
 class TestTransfer(SshdTestCase):
@@ -2440,22 +2495,20 @@ class TestFaults(SshdTestCase):
     def test_link_stall_mid_command_is_connection_lost_and_the_job_dies_later(self):
         relay, h = self.relay_host()
         tmp_dir = h.get_tmp_dir()
-        import threading
-        timer = threading.Timer(1.0, relay.stop)
-        timer.start()
-        t0 = time.monotonic()
+        stall = once_running("sleep 4248.1", relay.stop)      # mid-command
         try:
             with self.assertRaises(autoserv.AutoservSSHConnectionLost) as cm:
                 h.run("sleep 4248.1; echo finished")
-            took = time.monotonic() - t0
+            lost = time.monotonic()
         finally:
-            timer.join()
-        self.assertLess(took, 1 + 1 * (3 + 1) + 5)
+            stall.join()
+        self.assertIsNone(stall.error)
+        self.assertLess(lost - stall.at, 1 * (3 + 1) + 5)
         self.assertIn("relayhost", str(cm.exception))
-        self.assertTrue(processes_with("sleep 4248.1"))     # still there while stalled
+        self.assertTrue(remote_sleeps("sleep 4248.1"))     # still there while stalled
         relay.cont()
-        wait_for(lambda: not [p for p in comm_pids("sleep") if p in processes_with("4248.1")],
-                 10, what="remote job gone once the link is back")
+        wait_for(lambda: not remote_sleeps("sleep 4248.1"), 10,
+                 what="remote job gone once the link is back")
         self.assertEqual(h.run("echo back").stdout, "back\n")
         h.close()
         self.assertFalse(os.path.exists(tmp_dir))
@@ -2851,12 +2904,64 @@ class TestSSHRunPersistent(TestSSHRun):
               "test_errors_refused_auth_and_changed_key_each_within_five_seconds",
               "test_remote_temp_dirs_are_private_and_removed_at_close")
 
+    # Tests that run autoserv only in a child python (they check h._agent there).
+    IN_A_CHILD = ("test_flood_through_the_agent_has_flat_memory",)
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         saved = dict(autoserv._SSH_DEFAULTS)
         cls.addClassCleanup(autoserv._SSH_DEFAULTS.update, saved)
         autoserv.set_ssh_defaults(persistent=True)
+
+    def setUp(self):
+        """Every command a test runs on a persistent host is noted as it is
+        sent: "agent" through the agent's socket, "session" as its own ssh
+        session (the wrapper of the per-command path).  A note is one O_APPEND
+        write of a line to a file, so forked tasks' notes count too.  tearDown
+        checks them: an agent that silently never starts (autoserv falls back
+        to a session per command) fails every test here."""
+        super().setUp()
+        notes = self.agent_notes = os.path.join(self.tmp, "agent-notes")
+
+        def note(kind, host, command):
+            fd = os.open(notes, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, json.dumps([kind, host, command[:200]]).encode() + b"\n")
+            finally:
+                os.close(fd)
+        session, agent = autoserv.SSHHost._remote_command, autoserv._AgentExecution.start
+
+        def noted_session(host, command, *a, **k):
+            if host.persistent:         # close() runs its rm -rf with persistent off
+                note("session", host.hostname, command)
+            return session(host, command, *a, **k)
+
+        def noted_agent(ex):
+            note("agent", ex.label, json.loads(ex.request)["c"])
+            return agent(ex)
+        from unittest import mock
+        for cls, name, fn in ((autoserv.SSHHost, "_remote_command", noted_session),
+                              (autoserv._AgentExecution, "start", noted_agent)):
+            patch = mock.patch.object(cls, name, fn)    # AttributeError if renamed
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def tearDown(self):
+        try:
+            notes = []
+            if os.path.exists(self.agent_notes):
+                with open(self.agent_notes) as f:
+                    notes = [json.loads(line) for line in f]
+            sessions = [n for n in notes if n[0] == "session"]
+            if sessions:
+                self.fail(f"{len(sessions)} command(s) of a persistent host ran as their own "
+                          f"ssh session, not through its agent: {sessions[:3]}")
+            if self._testMethodName not in self.IN_A_CHILD:
+                self.assertTrue([n for n in notes if n[0] == "agent"],
+                                "no command went through an agent")
+        finally:
+            super().tearDown()
 
     def test_commands_run_as_children_of_the_agent(self):
         h = self.sshd.host()
@@ -2870,14 +2975,13 @@ class TestSSHRunPersistent(TestSSHRun):
     def test_agent_killed_mid_command_is_connection_lost_and_the_next_restarts_it(self):
         h = self.sshd.host()
         first = int(h.run("echo $PPID").stdout)
-        import threading
-        timer = threading.Timer(0.5, os.kill, (first, signal.SIGKILL))
-        timer.start()
+        kill = once_running("sleep 4249.1", lambda: os.kill(first, signal.SIGKILL))
         try:
             with self.assertRaises(autoserv.AutoservSSHConnectionLost):
                 h.run("sleep 4249.1", timeout=30)
         finally:
-            timer.join()
+            kill.join()
+        self.assertIsNone(kill.error)
         second = int(h.run("echo $PPID").stdout)
         self.assertNotEqual(first, second)
         wait_for(lambda: not processes_with("sleep 4249.1"), 10, what="orphaned command gone")
