@@ -46,21 +46,26 @@ def _subreaper():
 _subreaper()
 
 
+def unavailable(reason):
+    """Something a test needs is missing (a tool, a package, root): the test
+    is skipped with the reason, and fails with it under CI=true."""
+    if IN_CI:
+        raise AssertionError(reason + " (CI=true: a skip is a failure; .ci/run sets it up)")
+    raise unittest.SkipTest(reason)
+
+
 def need(*tools):
-    """Skip (fail in CI) when a system tool is missing."""
-    missing = [t for t in tools if shutil.which(t) is None]
+    """Skip (fail in CI) when a system tool (a command, or an absolute path)
+    is missing."""
+    missing = [t for t in tools
+               if not (os.path.exists(t) if t.startswith("/") else shutil.which(t))]
     if missing:
-        message = "missing tool(s): " + ", ".join(missing)
-        if IN_CI:
-            raise AssertionError(message + " (CI installs them: see .ci/run)")
-        raise unittest.SkipTest(message)
+        unavailable("missing tool(s): " + ", ".join(missing))
 
 
 def need_root():
     if os.geteuid() != 0:
-        if IN_CI:
-            raise AssertionError("these tests need root (network namespaces)")
-        raise unittest.SkipTest("needs root")
+        unavailable("needs root (namespaces, mounts)")
 
 
 def free_port():
