@@ -2990,7 +2990,7 @@ def guest_image():
     busybox init, dropbear on :22 with a fixed host key and our client key,
     sftp-server, virtio-net.  Returns a dict of paths."""
     need("qemu-system-x86_64", "busybox", "dropbear", "dpkg-deb", "apt-get", "depmod",
-         "modprobe", "cpio", "ssh-keygen", "dropbearkey")
+         "modprobe", "cpio", "ssh-keygen", "dropbearkey", "/usr/lib/openssh/sftp-server")
     os.makedirs(CACHE, exist_ok=True)
     package = cloud_kernel_package()
     versions = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ",
@@ -3144,7 +3144,8 @@ def disk_image():
     mke2fs -d, no loop devices): one ext4 partition holding the guest's root
     tree, /boot with the kernel and initramfs, grub.cfg in GRUB_DEFAULT=saved
     shape and a grubenv.  Cached beside the guest image."""
-    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "cpio")
+    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "cpio",
+         "/usr/lib/grub/i386-pc/boot.img")
     img = guest_image()
     disk = os.path.join(img["dir"], "disk.img")
     if os.path.exists(disk):
@@ -3290,7 +3291,8 @@ def kernel_disk_image():
     python3-minimal) with the 6.1 cloud kernel installed by dpkg, busybox init,
     dropbear; grub.cfg in grub-mkconfig's saved/next_entry shape with
     custom.cfg.  Returns dict(disk, kver, key)."""
-    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "dpkg-deb")
+    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "dpkg-deb",
+         "/usr/lib/grub/i386-pc/boot.img")
     img = guest_image()
     out_dir = os.path.join(CACHE, f"kdisk-{img['kver']}-{KDISK_BUILDER_VERSION}")
     files = {"disk": os.path.join(out_dir, "disk.img"), "kver": img["kver"],
@@ -3565,7 +3567,7 @@ def grub_mkconfig_fixture(root, kernels, initrds=()):
     with a fake /boot and /etc/default bound over them; nothing on this
     machine changes.  Kernel paths in the output are made /boot/... (the
     bind mount makes grub-mkconfig print the source dir instead)."""
-    need("grub-mkconfig", "unshare")
+    need("grub-mkconfig", "grub-editenv", "unshare", "mount")
     need_root()
     boot = os.path.join(root, "boot")
     os.makedirs(os.path.join(boot, "grub"), exist_ok=True)
@@ -3601,6 +3603,7 @@ _MACHINE_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
 def bls_fixture(root):
     """/boot/loader/entries as Fedora writes them, with grub2's grubenv."""
+    need("grub-editenv")
     entries = os.path.join(root, "boot", "loader", "entries")
     os.makedirs(entries)
     os.makedirs(os.path.join(root, "boot", "grub2"))
