@@ -6619,6 +6619,8 @@ class _TimedResult(unittest.TextTestResult):
 
     by_class = {}
     last = None
+    planned = []                # the ids of the tests to run, in order
+    ran = set()                 # the ids of those that ran
 
     def stopTest(self, test):
         now = time.monotonic()
@@ -6626,30 +6628,85 @@ class _TimedResult(unittest.TextTestResult):
         start = _TimedResult.last if _TimedResult.last is not None else now
         _TimedResult.by_class[cls] = _TimedResult.by_class.get(cls, 0.0) + now - start
         _TimedResult.last = now
+        _TimedResult.ran.add(test.id())
         super().stopTest(test)
 
 
-def main():
-    """unittest, then the closing line CI reads: N passed, N failed, N skipped.
-    Under CI=true a skipped test counts as failed: a missing tool is a failure."""
-    _TimedResult.last = time.monotonic()
-    prog = unittest.main(module=__name__, exit=False, verbosity=1,
-                         testRunner=unittest.TextTestRunner(resultclass=_TimedResult))
-    result = prog.result
-    slow = sorted(_TimedResult.by_class.items(), key=lambda kv: -kv[1])[:10]
+class _TimedRunner(unittest.TextTestRunner):
+    """Notes the tests it is given (the suite drops them as they run)."""
+
+    resultclass = _TimedResult
+
+    def run(self, test):
+        def ids(suite):
+            for t in suite:
+                yield from ids(t) if isinstance(t, unittest.TestSuite) else (t.id(),)
+        _TimedResult.planned = list(ids(test))
+        return super().run(test)
+
+
+_RANK = {"passed": 0, "skipped": 1, "failed": 2}
+
+
+def _count(outcomes, reasons, test_id, outcome, reason=""):
+    """Records a test's outcome; a test's worst part (subtest, phase) is its
+    outcome: failed over skipped over passed."""
+    if _RANK[outcome] >= _RANK[outcomes.get(test_id, "passed")]:
+        outcomes[test_id] = outcome
+        reasons[test_id] = reason
+
+
+def _unittest_outcomes(result):
+    """{test id: outcome}, {test id: reason} from a unittest result: each
+    test once, with its subtests; the tests a failed or skipped setUpClass
+    kept from running count as that."""
+    outcomes = dict.fromkeys(_TimedResult.ran, "passed")
+    reasons = {}
+    entries = [(t, "failed", "") for t, _ in result.failures + result.errors]
+    entries += [(t, "failed", "") for t in result.unexpectedSuccesses]
+    entries += [(t, "skipped", why) for t, why in result.skipped]
+    for test, outcome, reason in entries:
+        test_id = getattr(test, "test_case", test).id()     # a subtest's own test
+        if test_id in _TimedResult.ran:
+            _count(outcomes, reasons, test_id, outcome, reason)
+            continue
+        # A class's set-up or tear-down ("setUpClass (module.Class)").
+        kept = {t for t in _TimedResult.planned if t not in _TimedResult.ran
+                and f"({t.rsplit('.', 1)[0]})" in test_id}
+        for one in kept or {test_id}:
+            _count(outcomes, reasons, one, outcome, reason)
+    return outcomes, reasons
+
+
+def closing_lines(outcomes, reasons, seconds_by_class):
+    """The lines CI reads, under either runner: why tests were skipped, the
+    time each class took, then N passed, N failed, N skipped.  Under CI=true
+    a skipped test counts as failed: a missing tool is a failure.  Returns
+    the failed count."""
+    counts = dict.fromkeys(_RANK, 0)
+    why = {}
+    for test_id, outcome in sorted(outcomes.items()):
+        if IN_CI and outcome == "skipped":
+            print(f"CI: skipped test counts as failed: {test_id}: {reasons[test_id]}")
+            outcome = "failed"
+        elif outcome == "skipped":
+            why[reasons[test_id]] = why.get(reasons[test_id], 0) + 1
+        counts[outcome] += 1
+    for reason, n in sorted(why.items(), key=lambda kv: -kv[1]):
+        print(f"skipped {n}: {reason}")
+    slow = sorted(seconds_by_class.items(), key=lambda kv: -kv[1])[:10]
     print("time by class: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in slow))
-    failed_ids = {t.id() for t, _ in result.failures + result.errors}
-    failed_ids |= {t.id() for t in getattr(result, "unexpectedSuccesses", [])}
-    skipped = len(result.skipped)
-    failed = len(failed_ids)
-    if IN_CI and skipped:
-        for test, reason in result.skipped:
-            print(f"CI: skipped test counts as failed: {test.id()}: {reason}")
-        failed += skipped
-        skipped = 0
-    passed = result.testsRun - len(failed_ids) - len(result.skipped)
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    return 0 if failed == 0 and result.testsRun else 1
+    print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    return counts["failed"]
+
+
+def main():
+    """unittest, then the closing lines."""
+    _TimedResult.last = time.monotonic()
+    prog = unittest.main(module=__name__, exit=False, verbosity=1, testRunner=_TimedRunner)
+    outcomes, reasons = _unittest_outcomes(prog.result)
+    failed = closing_lines(outcomes, reasons, _TimedResult.by_class)
+    return 0 if failed == 0 and outcomes else 1
 
 
 if __name__ == "__main__":
