@@ -6709,6 +6709,40 @@ def main():
     return 0 if failed == 0 and outcomes else 1
 
 
+if "pytest" in sys.modules:
+    # Run by pytest (python3 -m pytest test_autoserv.py): this module is its
+    # own plugin (there is no conftest.py), so the CI rule and the closing
+    # lines are the same as under unittest.
+    import pytest
+    pytest_plugins = [__name__]
+    _PYTEST = ({}, {}, {})          # outcomes, reasons, seconds by class
+
+    def _skip_reason(report):
+        if report.skipped and isinstance(report.longrepr, tuple):    # (path, line, reason)
+            return report.longrepr[2].replace("Skipped: ", "", 1)
+        return ""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(item, call):
+        """Under CI=true a skip is a failure (pytest's own count and status too)."""
+        report = (yield).get_result()
+        if IN_CI and report.skipped:
+            reason = _skip_reason(report) or report.longrepr
+            report.outcome = "failed"
+            report.longrepr = f"CI: skipped test counts as failed: {reason}"
+
+    def pytest_runtest_logreport(report):
+        outcomes, reasons, seconds = _PYTEST
+        parts = report.nodeid.split("::")
+        cls = parts[1] if len(parts) > 2 else parts[0]
+        seconds[cls] = seconds.get(cls, 0.0) + report.duration
+        _count(outcomes, reasons, report.nodeid, report.outcome, _skip_reason(report))
+
+    def pytest_unconfigure(config):
+        if _PYTEST[0]:
+            closing_lines(*_PYTEST)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--build-images"]:
         build_images()
