@@ -6745,6 +6745,9 @@ if "pytest" in sys.modules:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--build-images"]:
-        build_images()
+        try:
+            build_images()
+        except unittest.SkipTest as e:           # a missing tool (outside CI)
+            sys.exit(f"guest images not built: {e}")
         sys.exit(0)
     sys.exit(main())
