@@ -60,21 +60,26 @@ def _subreaper(libc=None):
 _subreaper()
 
 
+def unavailable(reason):
+    """Something a test needs is missing (a tool, a package, root): the test
+    is skipped with the reason, and fails with it under CI=true."""
+    if IN_CI:
+        raise AssertionError(reason + " (CI=true: a skip is a failure; .ci/run sets it up)")
+    raise unittest.SkipTest(reason)
+
+
 def need(*tools):
-    """Skip (fail in CI) when a system tool is missing."""
-    missing = [t for t in tools if shutil.which(t) is None]
+    """Skip (fail in CI) when a system tool (a command, or an absolute path)
+    is missing."""
+    missing = [t for t in tools
+               if not (os.path.exists(t) if t.startswith("/") else shutil.which(t))]
     if missing:
-        message = "missing tool(s): " + ", ".join(missing)
-        if IN_CI:
-            raise AssertionError(message + " (CI installs them: see .ci/run)")
-        raise unittest.SkipTest(message)
+        unavailable("missing tool(s): " + ", ".join(missing))
 
 
 def need_root():
     if os.geteuid() != 0:
-        if IN_CI:
-            raise AssertionError("these tests need root (network namespaces)")
-        raise unittest.SkipTest("needs root")
+        unavailable("needs root (namespaces, mounts)")
 
 
 def free_port():
@@ -1558,6 +1563,7 @@ class TestTransfer(SshdTestCase):
         h = self.sshd.host()
         for backend in self.BACKENDS:
             with self.subTest(backend=backend):
+                need(backend)
                 sent = os.path.join(self.tmp, "sent-" + backend)
                 h.send_file(src + "/", sent, backend=backend)
                 self.assertEqual(self.snapshot(sent), {k: v for k, v in want.items()
@@ -1585,6 +1591,7 @@ class TestTransfer(SshdTestCase):
         h = self.sshd.host()
         for backend in self.BACKENDS:
             with self.subTest(backend=backend):
+                need(backend)
                 base = os.path.join(self.tmp, "p-" + backend)
                 os.mkdir(base)
                 h.send_file(src, os.path.join(base, "new"), backend=backend)
@@ -1696,6 +1703,7 @@ class TestTransfer(SshdTestCase):
             h = self.sshd.host()
             for backend in self.BACKENDS:
                 with self.subTest(backend=backend):
+                    need(backend)
                     with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
                         h.send_file(big, os.path.join(mnt, "data.bin"), backend=backend)
                     self.assertIn("data.bin", str(cm.exception))
@@ -1752,9 +1760,15 @@ class TestHostileTransfer(SshdTestCase):
         return out
 
     def every_backend(self):
-        """(label, host, backend): LocalHost, then the ssh host with each backend."""
+        """(label, host, backend): LocalHost, then the ssh host with each backend
+        this machine has (a missing one is a skipped subtest; fails in CI)."""
         h = self.sshd.host()
-        return [("local", autoserv.LocalHost(), None)] + [(b, h, b) for b in self.BACKENDS]
+        cases = [("local", autoserv.LocalHost(), None)]
+        for backend in self.BACKENDS:
+            with self.subTest(backend=backend):
+                need(backend)
+                cases.append((backend, h, backend))
+        return cases
 
     def test_placement_program_parses_under_dash_bash_and_busybox_ash(self):
         need("dash", "bash", "busybox")
@@ -1942,6 +1956,7 @@ class TestHostileTransfer(SshdTestCase):
         h = self.sshd.host()
         for backend in self.BACKENDS:
             with self.subTest(backend=backend, what="setuid"):
+                need(backend)
                 got = os.path.join(self.tmp, "got-" + backend)
                 h.get_file(src + "/", got, backend=backend)
                 self.assertEqual(self.contents(got), {"suid": "s", "sgid": "g", "d/f": "f"})
@@ -1955,6 +1970,7 @@ class TestHostileTransfer(SshdTestCase):
             make(os.path.join(odd, "odd-node"))
             for backend in ("tar", "rsync"):
                 with self.subTest(backend=backend, what=kind):
+                    need(backend)
                     got = os.path.join(self.tmp, f"got-{kind[0]}-{backend}")
                     with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
                         h.get_file(odd + "/", got, backend=backend, timeout=60)
@@ -2024,6 +2040,7 @@ class TestHostileTransfer(SshdTestCase):
             for dest, kw in ((res, {}), (res + "/", {"delete_dest": True}),
                              (os.path.join(res, "keyval"), {})):
                 with self.subTest(backend=backend, dest=dest, **kw):
+                    need(backend)
                     source = os.path.join(remote, "keyval") if dest.endswith("keyval") \
                         else remote + "/"
                     with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
@@ -2079,6 +2096,7 @@ class TestHostileTransfer(SshdTestCase):
         os.mkdir(remote)
         for backend in self.BACKENDS:
             with self.subTest(backend=backend):
+                need(backend)
                 out = os.path.join(remote, backend)
                 h.send_file(names, out, backend=backend)
                 h.send_file("-dir/", os.path.join(out, "contents"), backend=backend)
@@ -3044,6 +3062,7 @@ class TestSecurity(SshdTestCase):
         with open(src, "w") as f:
             f.write("x")
         d = h.get_tmp_dir()
+        need("rsync", "scp")
         for backend in ("tar", "rsync", "scp"):
             h.send_file(src, f"{d}/{backend}", backend=backend)
             h.get_file(f"{d}/{backend}", os.path.join(self.tmp, backend), backend=backend)
@@ -3163,29 +3182,40 @@ def _ldd_closure(paths):
     return sorted(libs)
 
 
+def _apt(*argv, cwd=None):
+    """apt-get/apt-cache argv; on a failure, `apt-get update` and once more (a
+    fresh machine may have no package lists, or old ones).  Registry traffic,
+    in the set-up step.  Where it still fails, the test is skipped (fails in
+    CI) with apt's message."""
+    need(argv[0], "apt-get")
+    for attempt in (1, 2):
+        out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+        if out.returncode == 0:
+            return out.stdout
+        if attempt == 1:
+            subprocess.run(["apt-get", "update"], capture_output=True, timeout=600)
+    unavailable(f"{' '.join(argv)}: {out.stderr.strip()[-500:]}")
+
+
 def _apt_download(name, dest):
     """The .deb of a Debian package (registry traffic, in the set-up step)."""
     found = [f for f in os.listdir(dest) if f.startswith(name + "_") and f.endswith(".deb")]
     if found:
         return os.path.join(dest, sorted(found)[-1])
-    out = subprocess.run(["apt-get", "download", name], cwd=dest, capture_output=True,
-                         text=True, timeout=600)
-    if out.returncode:
-        subprocess.run(["apt-get", "update"], capture_output=True, timeout=600)
-        out = subprocess.run(["apt-get", "download", name], cwd=dest, capture_output=True,
-                             text=True, timeout=600)
-        if out.returncode:
-            raise AssertionError(f"apt-get download {name}: {out.stderr.strip()}")
+    _apt("apt-get", "download", name, cwd=dest)
     return _apt_download(name, dest)
 
 
-def cloud_kernel_package():
-    out = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"],
-                         capture_output=True, text=True).stdout
-    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", out)
+def _kernel_package(meta):
+    """The versioned kernel package Debian's metapackage meta depends on."""
+    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", _apt("apt-cache", "depends", meta))
     if not m:
-        raise AssertionError("apt-cache knows no linux-image-cloud-amd64 (run apt-get update)")
+        unavailable(f"apt-cache: {meta} depends on no linux-image-*-cloud-amd64")
     return m.group(1)
+
+
+def cloud_kernel_package():
+    return _kernel_package("linux-image-cloud-amd64")
 
 
 def guest_image():
@@ -3193,7 +3223,7 @@ def guest_image():
     busybox init, dropbear on :22 with a fixed host key and our client key,
     sftp-server, virtio-net.  Returns a dict of paths."""
     need("qemu-system-x86_64", "busybox", "dropbear", "dpkg-deb", "apt-get", "depmod",
-         "modprobe", "cpio", "ssh-keygen", "dropbearkey")
+         "modprobe", "cpio", "ssh-keygen", "dropbearkey", "/usr/lib/openssh/sftp-server")
     os.makedirs(CACHE, exist_ok=True)
     package = cloud_kernel_package()
     versions = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ",
@@ -3347,7 +3377,8 @@ def disk_image():
     mke2fs -d, no loop devices): one ext4 partition holding the guest's root
     tree, /boot with the kernel and initramfs, grub.cfg in GRUB_DEFAULT=saved
     shape and a grubenv.  Cached beside the guest image."""
-    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "cpio")
+    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "cpio",
+         "/usr/lib/grub/i386-pc/boot.img")
     img = guest_image()
     disk = os.path.join(img["dir"], "disk.img")
     if os.path.exists(disk):
@@ -3464,8 +3495,8 @@ def debootstrap_root():
                           "--include=kmod,linux-base,initramfs-tools,rpm,python3",
                           suite, work, "http://deb.debian.org/debian"],
                          capture_output=True, text=True, timeout=1800)
-    if out.returncode:
-        raise AssertionError("debootstrap failed: " + (out.stdout + out.stderr)[-2000:])
+    if out.returncode:      # no mirror reachable, say: skipped (fails in CI)
+        unavailable("debootstrap failed: " + (out.stdout + out.stderr)[-2000:])
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc",
                  "usr/share/man", "usr/share/locale", "usr/share/info"):
         path = os.path.join(work, junk)
@@ -3479,12 +3510,8 @@ def debootstrap_root():
 def newer_kernel_package():
     """Debian's real 6.12 cloud kernel .deb (the kernel the install tests put
     on the disk guest, beside its 6.1 default)."""
-    out = subprocess.run(["apt-cache", "depends", "linux-image-6.12-cloud-amd64"],
-                         capture_output=True, text=True).stdout
-    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", out)
-    if not m:
-        raise AssertionError("apt-cache knows no linux-image-6.12-cloud-amd64")
-    return _apt_download(m.group(1), CACHE), m.group(1)[len("linux-image-"):]
+    package = _kernel_package("linux-image-6.12-cloud-amd64")
+    return _apt_download(package, CACHE), package[len("linux-image-"):]
 
 
 def kernel_disk_image():
@@ -3493,7 +3520,8 @@ def kernel_disk_image():
     python3-minimal) with the 6.1 cloud kernel installed by dpkg, busybox init,
     dropbear; grub.cfg in grub-mkconfig's saved/next_entry shape with
     custom.cfg.  Returns dict(disk, kver, key)."""
-    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "dpkg-deb")
+    need("grub-mkimage", "grub-editenv", "mke2fs", "sfdisk", "dpkg-deb",
+         "/usr/lib/grub/i386-pc/boot.img")
     img = guest_image()
     out_dir = os.path.join(CACHE, f"kdisk-{img['kver']}-{KDISK_BUILDER_VERSION}")
     files = {"disk": os.path.join(out_dir, "disk.img"), "kver": img["kver"],
@@ -3589,6 +3617,7 @@ def small_kernel_package(dest, version_suffix="", broken=False):
     """A small .deb (dpkg-deb --build) around the 6.12 cloud kernel's image and
     the virtio modules it needs; it installs in seconds under TCG.  broken=True
     puts garbage where the image should be: GRUB cannot boot it."""
+    need("dpkg-deb", "modprobe", "depmod")
     deb, kver = newer_kernel_package()
     name = f"autoserv-test-kernel{version_suffix}"
     out = os.path.join(dest, f"{name}.deb")
@@ -3768,7 +3797,7 @@ def grub_mkconfig_fixture(root, kernels, initrds=()):
     with a fake /boot and /etc/default bound over them; nothing on this
     machine changes.  Kernel paths in the output are made /boot/... (the
     bind mount makes grub-mkconfig print the source dir instead)."""
-    need("grub-mkconfig", "unshare")
+    need("grub-mkconfig", "grub-editenv", "unshare", "mount")
     need_root()
     boot = os.path.join(root, "boot")
     os.makedirs(os.path.join(boot, "grub"), exist_ok=True)
@@ -3804,6 +3833,7 @@ _MACHINE_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
 def bls_fixture(root):
     """/boot/loader/entries as Fedora writes them, with grub2's grubenv."""
+    need("grub-editenv")
     entries = os.path.join(root, "boot", "loader", "entries")
     os.makedirs(entries)
     os.makedirs(os.path.join(root, "boot", "grub2"))
@@ -4460,11 +4490,15 @@ class TestHostileInputs(unittest.TestCase):
                     self.assertNotIn("RAN", out)
                     self.assertIn(f"ERROR {package}: refused: the package writes {name!r}",
                                   out)
-        # The same packages without the hostile members unpack.
-        for kind, package in (("RPMKernel", self._rpm("good.rpm", [kernel])),
-                              ("DEBKernel", self._deb("good.deb",
-                                                      data=self._tar([kernel])))):
+        # The same packages without the hostile members unpack (with the
+        # target's tools: here, this machine's).
+        for kind, package, tools in (("RPMKernel", self._rpm("good.rpm", [kernel]),
+                                      ("rpm2cpio", "cpio")),
+                                     ("DEBKernel", self._deb("good.deb",
+                                                             data=self._tar([kernel])),
+                                      ("tar",))):
             with self.subTest("well-formed", kind=kind):
+                need(*tools)
                 out, _ = self._extract(kind, package)
                 self.assertIn("EXTRACTED", out)
 
@@ -4570,9 +4604,7 @@ class _Served:
         self.ftp = None
         if subprocess.run(["/usr/bin/python3", "-c", "import pyftpdlib"],
                           capture_output=True).returncode:
-            if IN_CI:
-                raise AssertionError("python3-pyftpdlib is missing (CI installs it)")
-            return
+            return          # the FTP case is skipped (fails in CI)
         port = free_port()
         self.ftp = subprocess.Popen(["/usr/bin/python3", "-m", "pyftpdlib", "-i", "127.0.0.1",
                                      "-p", str(port), "-d", directory],
@@ -4609,9 +4641,6 @@ class TestInstallables(unittest.TestCase):
         self.assertEqual(obj.get(self.dir), self.dir)
         got = obj.get(f"{self.served.http_url}/{os.path.basename(self.deb)}")
         self.assertEqual(open(got, "rb").read(), open(self.deb, "rb").read())
-        if self.served.ftp or IN_CI:
-            got = obj.get(f"{self.served.ftp_url}/{os.path.basename(self.rpm)}")
-            self.assertEqual(open(got, "rb").read(), open(self.rpm, "rb").read())
         got = obj.get(io.BytesIO(b"from a file object"))
         self.assertEqual(open(got, "rb").read(), b"from a file object")
         got = obj.get("echo this string is the content\n")
@@ -4619,6 +4648,11 @@ class TestInstallables(unittest.TestCase):
         k = autoserv.DEBKernel()
         k.get(f"{self.served.http_url}/{os.path.basename(self.deb)}")
         self.assertEqual(k.get_version(), self.kver)
+        with self.subTest(url="ftp"):
+            if not self.served.ftp:
+                unavailable("python3-pyftpdlib is missing: no FTP server on loopback")
+            got = obj.get(f"{self.served.ftp_url}/{os.path.basename(self.rpm)}")
+            self.assertEqual(open(got, "rb").read(), open(self.rpm, "rb").read())
 
     def test_get_errors_name_the_location_and_the_reason(self):
         obj = autoserv.InstallableObject()
@@ -6820,6 +6854,8 @@ class _TimedResult(unittest.TextTestResult):
 
     by_class = {}
     last = None
+    planned = []                # the ids of the tests to run, in order
+    ran = set()                 # the ids of those that ran
 
     def stopTest(self, test):
         now = time.monotonic()
@@ -6827,34 +6863,126 @@ class _TimedResult(unittest.TextTestResult):
         start = _TimedResult.last if _TimedResult.last is not None else now
         _TimedResult.by_class[cls] = _TimedResult.by_class.get(cls, 0.0) + now - start
         _TimedResult.last = now
+        _TimedResult.ran.add(test.id())
         super().stopTest(test)
 
 
-def main():
-    """unittest, then the closing line CI reads: N passed, N failed, N skipped.
-    Under CI=true a skipped test counts as failed: a missing tool is a failure."""
-    _TimedResult.last = time.monotonic()
-    prog = unittest.main(module=__name__, exit=False, verbosity=1,
-                         testRunner=unittest.TextTestRunner(resultclass=_TimedResult))
-    result = prog.result
-    slow = sorted(_TimedResult.by_class.items(), key=lambda kv: -kv[1])[:10]
+class _TimedRunner(unittest.TextTestRunner):
+    """Notes the tests it is given (the suite drops them as they run)."""
+
+    resultclass = _TimedResult
+
+    def run(self, test):
+        def ids(suite):
+            for t in suite:
+                yield from ids(t) if isinstance(t, unittest.TestSuite) else (t.id(),)
+        _TimedResult.planned = list(ids(test))
+        return super().run(test)
+
+
+_RANK = {"passed": 0, "skipped": 1, "failed": 2}
+
+
+def _count(outcomes, reasons, test_id, outcome, reason=""):
+    """Records a test's outcome; a test's worst part (subtest, phase) is its
+    outcome: failed over skipped over passed."""
+    if _RANK[outcome] >= _RANK[outcomes.get(test_id, "passed")]:
+        outcomes[test_id] = outcome
+        reasons[test_id] = reason
+
+
+def _unittest_outcomes(result):
+    """{test id: outcome}, {test id: reason} from a unittest result: each
+    test once, with its subtests; the tests a failed or skipped setUpClass
+    kept from running count as that."""
+    outcomes = dict.fromkeys(_TimedResult.ran, "passed")
+    reasons = {}
+    entries = [(t, "failed", "") for t, _ in result.failures + result.errors]
+    entries += [(t, "failed", "") for t in result.unexpectedSuccesses]
+    entries += [(t, "skipped", why) for t, why in result.skipped]
+    for test, outcome, reason in entries:
+        test_id = getattr(test, "test_case", test).id()     # a subtest's own test
+        if test_id in _TimedResult.ran:
+            _count(outcomes, reasons, test_id, outcome, reason)
+            continue
+        # A class's set-up or tear-down ("setUpClass (module.Class)").
+        kept = {t for t in _TimedResult.planned if t not in _TimedResult.ran
+                and f"({t.rsplit('.', 1)[0]})" in test_id}
+        for one in kept or {test_id}:
+            _count(outcomes, reasons, one, outcome, reason)
+    return outcomes, reasons
+
+
+def closing_lines(outcomes, reasons, seconds_by_class):
+    """The lines CI reads, under either runner: why tests were skipped, the
+    time each class took, then N passed, N failed, N skipped.  Under CI=true
+    a skipped test counts as failed: a missing tool is a failure.  Returns
+    the failed count."""
+    counts = dict.fromkeys(_RANK, 0)
+    why = {}
+    for test_id, outcome in sorted(outcomes.items()):
+        if IN_CI and outcome == "skipped":
+            print(f"CI: skipped test counts as failed: {test_id}: {reasons[test_id]}")
+            outcome = "failed"
+        elif outcome == "skipped":
+            why[reasons[test_id]] = why.get(reasons[test_id], 0) + 1
+        counts[outcome] += 1
+    for reason, n in sorted(why.items(), key=lambda kv: -kv[1]):
+        print(f"skipped {n}: {reason}")
+    slow = sorted(seconds_by_class.items(), key=lambda kv: -kv[1])[:10]
     print("time by class: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in slow))
-    failed_ids = {t.id() for t, _ in result.failures + result.errors}
-    failed_ids |= {t.id() for t in getattr(result, "unexpectedSuccesses", [])}
-    skipped = len(result.skipped)
-    failed = len(failed_ids)
-    if IN_CI and skipped:
-        for test, reason in result.skipped:
-            print(f"CI: skipped test counts as failed: {test.id()}: {reason}")
-        failed += skipped
-        skipped = 0
-    passed = result.testsRun - len(failed_ids) - len(result.skipped)
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    return 0 if failed == 0 and result.testsRun else 1
+    print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    return counts["failed"]
+
+
+def main():
+    """unittest, then the closing lines."""
+    _TimedResult.last = time.monotonic()
+    prog = unittest.main(module=__name__, exit=False, verbosity=1, testRunner=_TimedRunner)
+    outcomes, reasons = _unittest_outcomes(prog.result)
+    failed = closing_lines(outcomes, reasons, _TimedResult.by_class)
+    return 0 if failed == 0 and outcomes else 1
+
+
+if "pytest" in sys.modules:
+    # Run by pytest (python3 -m pytest test_autoserv.py): this module is its
+    # own plugin (there is no conftest.py), so the CI rule and the closing
+    # lines are the same as under unittest.
+    import pytest
+    pytest_plugins = [__name__]
+    _PYTEST = ({}, {}, {})          # outcomes, reasons, seconds by class
+
+    def _skip_reason(report):
+        if report.skipped and isinstance(report.longrepr, tuple):    # (path, line, reason)
+            return report.longrepr[2].replace("Skipped: ", "", 1)
+        return ""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(item, call):
+        """Under CI=true a skip is a failure (pytest's own count and status too)."""
+        report = (yield).get_result()
+        if IN_CI and report.skipped:
+            reason = _skip_reason(report) or report.longrepr
+            report.outcome = "failed"
+            report.longrepr = f"CI: skipped test counts as failed: {reason}"
+
+    def pytest_runtest_logreport(report):
+        outcomes, reasons, seconds = _PYTEST
+        parts = report.nodeid.split("::")
+        cls = parts[1] if len(parts) > 2 else parts[0]
+        seconds[cls] = seconds.get(cls, 0.0) + report.duration
+        _count(outcomes, reasons, report.nodeid, report.outcome, _skip_reason(report))
+
+    def pytest_unconfigure(config):
+        if _PYTEST[0]:
+            closing_lines(*_PYTEST)
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--build-images"]:
-        build_images()
+        try:
+            build_images()
+        except unittest.SkipTest as e:           # a missing tool (outside CI)
+            sys.exit(f"guest images not built: {e}")
         sys.exit(0)
     sys.exit(main())
