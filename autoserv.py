@@ -5509,6 +5509,21 @@ _BUILTIN_TESTS = {"sleeptest": _sleeptest, "linus_stress": _linus_stress,
                   "netperf2": _netperf2}
 
 
+def _end_child(pid, grace=10.0):
+    """Ends a forked child of ours: TERM, then KILL after grace s; reaped."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
 class _Profilers:
     """job.profilers: add(name, ...) / delete(name); the added ones run
     around every test's iterations and leave their output in
@@ -5581,13 +5596,20 @@ class _Profilers:
         os.makedirs(t.profdir, exist_ok=True)
         for name, (args, dargs) in self.active.items():
             if name == "sampler":
-                stop = threading.Event()
+                # A process, not a thread: a test that forks (linus_stress
+                # does) must not fork with a thread alive (3.12+ warns).
                 interval = float(dargs.get("interval", 1.0))
-                thread = threading.Thread(target=self._sample, daemon=True,
-                                          args=(os.path.join(t.profdir, "sampler.csv"),
-                                                interval, stop))
-                thread.start()
-                self._running.append(("sampler", thread, stop))
+                path = os.path.join(t.profdir, "sampler.csv")
+                parent = os.getpid()
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        self._sample(path, interval, parent)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                self._running.append(("sampler", pid))
             elif name == "perf":
                 out = os.path.join(t.profdir, "perf.data")
                 events = [a for e in dargs.get("events", []) for a in ("-e", e)]
@@ -5598,7 +5620,12 @@ class _Profilers:
                 self._running.append(("perf", proc, out))
 
     @staticmethod
-    def _sample(path, interval, stop):
+    def _sample(path, interval, parent):
+        """The sampler process: a row every interval s until SIGTERM, or
+        until its parent is gone (killed: nothing would stop it then)."""
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with open(path, "w") as f:
             f.write("time,user,nice,system,idle,iowait,mem_total_kb,mem_available_kb\n")
             while True:
@@ -5608,14 +5635,16 @@ class _Profilers:
                                                                   mem.get("MemAvailable", "")])
                         + "\n")
                 f.flush()
-                if stop.wait(interval):
+                end = time.monotonic() + interval
+                while not stop and time.monotonic() < end and os.getppid() == parent:
+                    time.sleep(min(0.05, interval))
+                if stop or os.getppid() != parent:
                     break
 
     def stop(self, t):
         for entry in self._running:
             if entry[0] == "sampler":
-                entry[2].set()
-                entry[1].join(10)
+                _end_child(entry[1])
             elif entry[0] == "perf":
                 proc, out = entry[1], entry[2]
                 proc.send_signal(signal.SIGINT)
