@@ -6278,6 +6278,7 @@ class KVMGuest(Guest):
         try:
             self._start_qemu()
         except BaseException:
+            self._remove_run_dir()      # qemu never ran: its run dir and tap go too
             kvm._release(self)
             raise
         addr = self.address
@@ -6394,12 +6395,20 @@ class KVMGuest(Guest):
                 time.sleep(0.1)
             if self.qemu_alive():
                 h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
-        if getattr(self, "_tap", None):
-            h.run(f"ip link del {shlex.quote(self._tap)}", ignore_status=True, timeout=30)
-        h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
-        h._tmp_dirs = [(p, d) for p, d in h._tmp_dirs if d != self.run_dir]
+        self._remove_run_dir()
         self.qemu_pid = None
         self.kvm._release(self)
+
+    def _remove_run_dir(self):
+        h = self.kvm.host
+        if getattr(self, "_tap", None):
+            h.run(f"ip link del {shlex.quote(self._tap)}", ignore_status=True, timeout=30)
+            self._tap = None
+        if self.run_dir:
+            h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
+            h._tmp_dirs = [(p, d) for p, d in h._tmp_dirs if d != self.run_dir]
+            _LOCAL_TMP[:] = [(p, d) for p, d in _LOCAL_TMP if d != self.run_dir]
+            self.run_dir = None
 
 
 class CommandPower:
