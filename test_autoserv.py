@@ -24,6 +24,7 @@ import tempfile
 import textwrap
 import types
 import time
+import traceback
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1000,12 +1001,14 @@ class TestLocalRun(unittest.TestCase):
         code = textwrap.dedent("""\
             import autoserv, os
             n = int(os.environ['N'])
-            r = autoserv.LocalHost().run(
-                f"head -c {n} /dev/zero & head -c {n} /dev/zero >&2; wait",
-                max_output=4 << 20)
+            one = f"{{ echo HEAD; head -c {n} /dev/zero; echo TAIL; }}"
+            r = autoserv.LocalHost().run(f"{one} & {one} >&2; wait", max_output=4 << 20)
             assert r.truncated and len(r.stdout) < (8 << 20), len(r.stdout)
+            for text in (r.stdout, r.stderr):       # head and tail both kept
+                assert text.startswith("HEAD\\n") and text.endswith("\\0TAIL\\n"), \
+                    (text[:20], text[-20:])
             for p in r.output_files.values():
-                assert os.path.getsize(p) == n, p
+                assert os.path.getsize(p) == n + 10, p
                 os.unlink(p)
             """)
         assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
@@ -1153,6 +1156,10 @@ class TestCLI(unittest.TestCase):
         full = self.results("full")
         os.mkdir(full)
         open(os.path.join(full, "status.log"), "w").write("old\n")
+        refused = run_cli("-r", full, ctl)
+        self.assertEqual(refused.returncode, 2, refused.stderr)
+        self.assertIn("not empty", refused.stderr)
+        self.assertEqual(open(os.path.join(full, "status.log")).read(), "old\n")
         self.assertEqual(run_cli("--overwrite", "-r", full, ctl).returncode, 0)
         self.assertNotIn("old", open(os.path.join(full, "status.log")).read())
         procs = [subprocess.Popen([sys.executable, AUTOSERV, ctl], cwd=self.tmp,
@@ -1217,10 +1224,71 @@ class TestCLI(unittest.TestCase):
         json.load(open(os.path.join(res, "summary.json")))
         self.status_log = os.path.join(res, "status.log")
 
+    @scenario(31)
+    def test_a_kill_between_any_two_writes_leaves_whole_entries_and_summary(self):
+        # The SIGKILL test above lands wherever the scheduler puts it; this one
+        # kills the run just before its Nth write, for every N in a loop
+        # iteration, so an entry written in two pieces or a summary rewritten in
+        # place is found every time, not by luck.
+        ctl = self.control("""\
+            import builtins, os, signal
+            kill_at, calls = int(os.environ["KILL_AT"]), [0]
+            def die_here():
+                calls[0] += 1
+                if calls[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real_write, real_open = os.write, builtins.open
+            def write(fd, data):
+                die_here()
+                return real_write(fd, data)
+            class Dying:
+                def __init__(self, f):
+                    self.f = f
+                def write(self, data):
+                    die_here()
+                    return self.f.write(data)
+                def __getattr__(self, name):
+                    return getattr(self.f, name)
+                def __enter__(self):
+                    return self
+                def __exit__(self, *exc):
+                    return self.f.__exit__(*exc)
+            def dying_open(file, mode="r", *a, **k):
+                f = real_open(file, mode, *a, **k)
+                return Dying(f) if "w" in mode or "a" in mode else f
+            job.record('INFO', None, 'loop', 'before the first kill point')
+            os.write, builtins.open = write, dying_open
+            i = 0
+            while True:
+                i += 1
+                job.record('INFO', None, 'loop', 'line %d\\nwith a continuation' % i)
+                job.write_summary('RUNNING')
+            """)
+        for n in range(1, 13):
+            with self.subTest(kill_at=n):
+                res = self.results(f"res{n}")
+                out = subprocess.run([sys.executable, AUTOSERV, "-r", res, ctl],
+                                     env=dict(os.environ, KILL_AT=str(n)), capture_output=True,
+                                     text=True, timeout=60)
+                self.assertEqual(out.returncode, -signal.SIGKILL, out.stderr)
+                with open(os.path.join(res, "status.log")) as f:
+                    text = f.read()
+                entries = autoserv.parse_status_log(text)
+                # Parseable is not enough: a line cut after its fourth tab parses.
+                self.assertTrue(text.endswith("\n"), "a torn last entry: " + text[-200:])
+                self.assertTrue(all({"timestamp", "localtime"} <= set(e["fields"])
+                                    for e in entries), text[-200:])
+                self.assertIn("before the first kill point", [e["message"] for e in entries])
+                with open(os.path.join(res, "summary.json")) as f:
+                    self.assertEqual(json.load(f)["job"]["outcome"], "RUNNING")
+
     @scenario(17)
     def test_background_run_from_an_interactive_shell_is_never_stopped(self):
         import pty
-        ctl = self.control("run('cat'); print('DONE-OK')\n")
+        # cat /dev/tty: a child that reaches for the terminal itself finds
+        # none (it has its own session) instead of being stopped by SIGTTIN.
+        ctl = self.control("run('cat'); run('cat /dev/tty', ignore_status=True); "
+                           "print('DONE-OK')\n")
         pid, fd = pty.fork()
         if pid == 0:
             os.execvp("bash", ["bash", "--norc", "-i"])
@@ -1334,8 +1402,12 @@ class TestSSHRun(SshdTestCase):
     @scenario(15)
     def test_undecodable_bytes_and_split_characters(self):
         h = self.sshd.host()
-        r = h.run(r"printf '\377\376\000\342\202'; sleep 0.2; printf '\254\033[2J'")
+        tee = io.StringIO()
+        r = h.run(r"printf '\377\376\000\342\202'; sleep 0.2; printf '\254\033[2J'",
+                  stdout_tee=tee)
         self.assertEqual(r.stdout, "\ufffd\ufffd\x00\u20ac\x1b[2J")
+        # The live tee got the character split across the two reads whole too.
+        self.assertEqual(tee.getvalue(), r.stdout)
 
     @scenario(14)
     def test_flood_on_both_streams_over_ssh_has_flat_memory(self):
@@ -1343,11 +1415,14 @@ class TestSSHRun(SshdTestCase):
             import autoserv, os
             n = int(os.environ['N'])
             h = autoserv.SSHHost('testhost', ssh_config={self.sshd.ssh_config!r})
-            r = h.run(f"head -c {{n}} /dev/zero & head -c {{n}} /dev/zero >&2; wait",
-                      max_output=4 << 20)
-            assert r.truncated, r
+            one = f"{{{{ echo HEAD; head -c {{n}} /dev/zero; echo TAIL; }}}}"
+            r = h.run(f"{{one}} & {{one}} >&2; wait", max_output=4 << 20)
+            assert r.truncated, repr(r)
+            for text in (r.stdout, r.stderr):       # head and tail both kept
+                assert text.startswith("HEAD\\n") and text.endswith("\\0TAIL\\n"), \
+                    (text[:20], text[-20:])
             for p in r.output_files.values():
-                assert os.path.getsize(p) == n, (p, os.path.getsize(p))
+                assert os.path.getsize(p) == n + 10, (p, os.path.getsize(p))
                 os.unlink(p)
             autoserv._close_all_hosts()
             """)
@@ -1386,20 +1461,25 @@ class TestSSHRun(SshdTestCase):
     def test_long_host_name_under_a_deep_tmpdir(self):
         name = "h" * 60
         self.sshd.write_ssh_config(("testhost", name))
-        deep = os.path.join(self.tmp, *(["d" * 30] * 4))
-        os.makedirs(deep)
         code = textwrap.dedent(f"""\
             import autoserv
             h = autoserv.SSHHost({name!r}, ssh_config={self.sshd.ssh_config!r})
             print(h.run('echo ok').stdout.strip(), h._ctrl_path)
             autoserv._close_all_hosts()
             """)
-        env = dict(os.environ, TMPDIR=deep)
-        out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r})\n" + code],
-                             capture_output=True, text=True, env=env, timeout=60)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertTrue(out.stdout.startswith("ok "), out.stdout)
-        self.assertLess(len(out.stdout.split()[1]), 60)
+        # Very deep, and one just long enough that a socket path under it no
+        # longer fits once ssh adds its own temporary suffix (sun_path: 108).
+        for deep in (os.path.join(self.tmp, *(["d" * 30] * 4)),
+                     os.path.join(self.tmp, "m" * (80 - len(self.tmp) - 1))):
+            with self.subTest(tmpdir_length=len(deep)):
+                os.makedirs(deep)
+                env = dict(os.environ, TMPDIR=deep)
+                out = subprocess.run([sys.executable, "-c",
+                                      f"import sys; sys.path.insert(0, {HERE!r})\n" + code],
+                                     capture_output=True, text=True, env=env, timeout=60)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertTrue(out.stdout.startswith("ok "), out.stdout)
+                self.assertLess(len(out.stdout.split()[1]), 60)
 
     @scenario(18)
     def test_many_open_fds_and_fifty_concurrent_commands(self):
@@ -1414,6 +1494,16 @@ class TestSSHRun(SshdTestCase):
                 [autoserv.subcommand(h.run, [f"echo {i}"]) for i in range(50)],
                 return_results=True)
             self.assertEqual(sorted(int(r.stdout) for r in results), list(range(50)))
+            # The other loops: a tar get_file's relay, and the persistent agent's start.
+            src = os.path.join(self.tmp, "f")
+            with open(src, "w") as f:
+                f.write("x")
+            h.get_file(src, os.path.join(self.tmp, "got"), backend="tar")
+            with open(os.path.join(self.tmp, "got")) as f:
+                self.assertEqual(f.read(), "x")
+            agent = self.sshd.host(persistent=True)
+            self.assertEqual(agent.run("echo agent").stdout, "agent\n")
+            self.assertTrue(agent._agent, "the persistent agent did not start")
         finally:
             for fd in fds:
                 os.close(fd)
@@ -1456,13 +1546,9 @@ class TestSSHRun(SshdTestCase):
                               ssh_config=os.devnull, known_hosts=self.sshd.known_hosts)
         other = Sshd()
         self.addCleanup(other.stop)
-        with open(self.sshd.known_hosts) as f:
-            known = f.read()
+        # (known_hosts is read only after the first contact below: run alone,
+        # this test finds no file there before it.)
         changed_kh = os.path.join(self.tmp, "kh_changed")
-        with open(changed_kh, "w") as f:    # our sshd's key, filed under the other's address
-            for line in known.splitlines():
-                if "ssh-ed25519" in line:
-                    f.write(f"[127.0.0.1]:{other.port} " + " ".join(line.split()[1:]) + "\n")
         changed = autoserv.SSHHost(f"127.0.0.1:{other.port}", identity=other.client_key,
                                    known_hosts=changed_kh, ssh_config=os.devnull)
         self.sshd.host().run("true")      # records our key in known_hosts
@@ -1482,6 +1568,31 @@ class TestSSHRun(SshdTestCase):
                 self.assertLess(time.monotonic() - t0, 5)
         text = str(cm.exception)
         self.assertRegex(text, r"known SHA256:\S+, offered SHA256:\S+")
+        # No prompt: an authorised key that needs a passphrase, with an askpass
+        # program forced on (as a desktop session may have it), is never asked
+        # about; the run fails as "authentication failed" at once.
+        locked = os.path.join(self.tmp, "locked_key")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", locked],
+                       check=True, stdin=subprocess.DEVNULL)
+        locked_sshd = Sshd(authorized_key=locked + ".pub")
+        self.addCleanup(locked_sshd.stop)
+        asked = os.path.join(self.tmp, "asked")
+        askpass = os.path.join(self.tmp, "askpass")
+        with open(askpass, "w") as f:
+            f.write(f"#!/bin/sh\necho \"$*\" >>{asked}\necho wrong\n")
+        os.chmod(askpass, 0o755)
+        from unittest import mock
+        prompting = autoserv.SSHHost(f"127.0.0.1:{locked_sshd.port}", identity=locked,
+                                     ssh_config=os.devnull, connect_timeout=5,
+                                     known_hosts=os.path.join(self.tmp, "kh_locked"))
+        with mock.patch.dict(os.environ, {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force",
+                                          "DISPLAY": ":0"}):
+            t0 = time.monotonic()
+            with self.assertRaises(autoserv.AutoservSSHPermissionDenied):
+                prompting.run("true")
+            self.assertLess(time.monotonic() - t0, 5)
+        self.assertFalse(os.path.exists(asked), "ssh prompted (askpass ran): "
+                         + (open(asked).read() if os.path.exists(asked) else ""))
         fingerprints = re.findall(r"SHA256:[\w+/=]+", text)
         self.assertNotEqual(fingerprints[0], fingerprints[1])
 
@@ -1679,6 +1790,11 @@ class TestSSHJobs(SshdTestCase):
         out = self.cli("-r", res, ctl)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn(b"stdout| raw\xff\x1b[31m", open(os.path.join(res, "debug", "autoserv.log"), "rb").read())
+        # -v echoes the same log to the console: escapes made visible there.
+        out = self.cli("-v", "-r", os.path.join(self.tmp, "res-v"), ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("stdout| raw", out.stderr)
+        self.assertNotIn("\x1b", out.stderr)
 
     def test_unreachable_host_is_one_line_exit_1_and_named_in_summary(self):
         port = free_port()
@@ -1788,6 +1904,18 @@ class TestTransfer(SshdTestCase):
                                 os.path.join(one, b"copy-" + name[:200]), backend=backend)
                     self.assertEqual(open(os.path.join(one, b"copy-" + name[:200]), "rb").read(),
                                      want[name])
+                # Relative names, as a control file gives them: "-rf" and
+                # "--help" must reach every backend as names, never as options.
+                cwd = os.getcwd()
+                os.chdir(src)
+                try:
+                    rel = os.path.join(os.fsencode(self.tmp), b"rel-" + backend.encode())
+                    os.makedirs(rel, exist_ok=True)
+                    for name in (b"-rf", b"--help", b"\xff\xfe-latin"):
+                        h.send_file(name, os.path.join(rel, name), backend=backend)
+                        self.assertEqual(open(os.path.join(rel, name), "rb").read(), want[name])
+                finally:
+                    os.chdir(cwd)
         self.assertFalse(os.path.exists(os.path.join(self.sshd.home, "P")))
         self.assertFalse(os.path.exists("P"))
 
@@ -2702,11 +2830,17 @@ class TestFaults(SshdTestCase):
                     relay.cont()
                 self.assertIsInstance(cm.exception, autoserv.AutoservSSHConnectionLost)
                 self.assertLess(took, 1 * (3 + 1) + 5 + 5)
-                self.assertEqual(open(os.path.join(dest, "big.bin")).read(), "the old file")
+                with open(os.path.join(dest, "big.bin"), "rb") as f:
+                    self.assertEqual(f.read(64), b"the old file")
                 if backend == "scp":
                     h.close()     # scp's staging dir is removed once the link is back
                 wait_for(lambda: not [n for n in os.listdir(dest) if n.startswith(".autoserv-")],
                          15, what="staging removed on the target")
+                # The target side ends only once the link is back: what it did
+                # then (place a short file, or remove its staging) is judged now.
+                with open(os.path.join(dest, "big.bin"), "rb") as f:
+                    self.assertEqual(f.read(64), b"the old file",
+                                     "a partial upload replaced the old file once the link was back")
         h.send_file(big, os.path.join(dest, "big.bin"))
         with open(big, "rb") as a, open(os.path.join(dest, "big.bin"), "rb") as b:
             self.assertEqual(a.read(), b.read())
@@ -3633,7 +3767,8 @@ def disk_image():
     return disk
 
 
-KDISK_BUILDER_VERSION = "3"
+KDISK_BUILDER_VERSION = "5"
+DEBOOTSTRAP_VERSION = "3"    # the minbase root under it, rebuilt only when this changes
 
 # The kernel disk's rc: modules come from /lib/modules/$(uname -r) through
 # kmod, so whatever kernel boots (the default or one a test installed) finds
@@ -3663,7 +3798,11 @@ echo "READY boot_id=$(cat /proc/sys/kernel/random/boot_id) kernel=$(uname -r)" >
 """
 
 # grub.cfg in the shape grub-mkconfig writes with GRUB_DEFAULT=saved:
-# next_entry/saved_entry through grubenv and 41_custom's custom.cfg.
+# next_entry/saved_entry through grubenv and 41_custom's custom.cfg.  Its entry
+# loads the kernel with linux16 (the real-mode entry, as RHEL 7's grub2-mkconfig
+# writes on BIOS; boottool's entries follow it): entered through GRUB's 32-bit
+# `linux`, the 6.12 kernel's decompressor spends 20-60 s under TCG (1.4 s
+# through linux16), and every install test boots it.
 _KDISK_GRUB_CFG = """# generated in grub-mkconfig's shape (GRUB_DEFAULT=saved)
 if [ -s $prefix/grubenv ]; then
   set have_grubenv=true
@@ -3694,7 +3833,7 @@ menuentry 'Debian GNU/Linux' --class debian $menuentry_id_option 'gnulinux-simpl
 \tinsmod ext2
 \tsearch --no-floppy --fs-uuid --set=root UUID
 \techo\t'Loading Linux KVER ...'
-\tlinux\t/boot/vmlinuz-KVER root=/dev/nvme0n1p1 rw console=ttyS0,115200 panic=5 quiet
+\tlinux16\t/boot/vmlinuz-KVER root=/dev/nvme0n1p1 rw console=ttyS0,115200 panic=5 quiet
 }
 ### END /etc/grub.d/10_linux ###
 ### BEGIN /etc/grub.d/41_custom ###
@@ -3714,7 +3853,7 @@ def debootstrap_root():
     need_root()
     suite = subprocess.run(["sh", "-c", ". /etc/os-release; echo $VERSION_CODENAME"],
                            capture_output=True, text=True).stdout.strip() or "bookworm"
-    root = os.path.join(CACHE, f"debootstrap-{suite}-{KDISK_BUILDER_VERSION}")
+    root = os.path.join(CACHE, f"debootstrap-{suite}-{DEBOOTSTRAP_VERSION}")
     if os.path.exists(os.path.join(root, ".done")):
         return root
     work = root + ".part"
@@ -3778,6 +3917,19 @@ def kernel_disk_image():
         text = re.sub(r"^MODULES=.*$", "MODULES=dep", text, flags=re.M)
         text = re.sub(r"^COMPRESS=.*$", "COMPRESS=gzip", text, flags=re.M)
         open(conf, "w").write(text)
+        # ... and an initrd that boots without udev: under TCG its coldplug
+        # (systemd-udevd, trigger, settle) takes 24 s of a 40 s boot, while
+        # devtmpfs already has the root= device.  Site scripts of the same name
+        # in /etc/initramfs-tools override the udev package's.
+        scripts = os.path.join(root, "etc", "initramfs-tools", "scripts")
+        for stage, body in (("init-top", ""),
+                            ("init-bottom", 'mount -n -o move /dev "${rootmnt:?}/dev"\n'
+                                            'rm -rf /dev\nln -s "${rootmnt}/dev" /dev\n')):
+            os.makedirs(os.path.join(scripts, stage), exist_ok=True)
+            path = os.path.join(scripts, stage, "udev")
+            with open(path, "w") as f:
+                f.write('#!/bin/sh\n[ "$1" = prereqs ] && exit 0\n' + body + "exit 0\n")
+            os.chmod(path, 0o755)
         # busybox for init and the applets minbase lacks; dropbear; our rc.
         shutil.copy("/bin/busybox", os.path.join(root, "usr", "bin", "busybox"))
         for applet in sh("busybox", "--list-full").stdout.split():
@@ -5957,10 +6109,11 @@ class KernelGuest:
         self.guest.close()
 
 
-class TestKernelInstall(unittest.TestCase):
+class KernelGuestCase(unittest.TestCase):
     """Kernels installed with dpkg and rpm on a guest that boots through real
     GRUB, its menu edited by boottool.  Every test has its own guest (a fresh
-    overlay boots in about 6 s)."""
+    overlay boots in about 6 s).  Two classes of these tests, so that the
+    suite's lanes can share them out."""
 
     @classmethod
     def setUpClass(cls):
@@ -6004,6 +6157,11 @@ class TestKernelInstall(unittest.TestCase):
             f.write(text)
         return run_cli("--ssh-config", kg.ssh_config, "-r", os.path.join(self.tmp, "res"),
                        *args, ctl, timeout=900)
+
+
+class TestKernelInstall(KernelGuestCase):
+    """The seed's kernel examples: Debian's real package, a small .deb and
+    .rpm, a KVM guest's kernel changed."""
 
     def test_seed_example_installs_debians_real_kernel_package_and_boots_it(self):
         deb, kver = newer_kernel_package()
@@ -6074,6 +6232,10 @@ class TestKernelInstall(unittest.TestCase):
         self.assertFalse([p for p in comm_pids("qemu-system-x86")
                           if img["disk"] in processes_with(img["disk"]) and
                           p in processes_with(img["disk"])])
+
+
+class TestKernelBoot(KernelGuestCase):
+    """Boot-once, a kernel that does not boot, and edits that change nothing."""
 
     def test_boot_once_boots_the_new_kernel_once_then_the_default_returns(self):
         g, kg = self.start(job=True)
@@ -6837,9 +6999,10 @@ class TestJobOutcome(unittest.TestCase):
         proc = subprocess.Popen([sys.executable, AUTOSERV, "-r", self.res, ctl],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: os.path.exists(os.path.join(self.res, "lab2", "status.log"))
-                     and os.path.exists(os.path.join(self.res, "lab1", "status.log")), 30,
-                     what="both tasks started")
+            def started(host):      # the entry written, not just its file made
+                path = os.path.join(self.res, host, "status.log")
+                return os.path.exists(path) and "\tstarted" in open(path).read()
+            wait_for(lambda: started("lab1") and started("lab2"), 30, what="both tasks started")
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=60)
         finally:
@@ -7122,6 +7285,9 @@ class TestFanOut(unittest.TestCase):
                 wait_for(clean, 10, what="no process of the run left")
                 entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
                 self.assertIn("ABORT", [e["code"] for e in entries])
+                # The job itself, not only its tasks, ends as aborted.
+                job = [e["code"] for e in entries if e["operation"] == "autoserv"]
+                self.assertEqual(job[-2:], ["ABORT", "END ABORT"], job)
                 Invariants.check_status(self, os.path.join(res, "status.log"))
 
 
@@ -7141,6 +7307,7 @@ class _TimedResult(unittest.TextTestResult):
     end of each of its tests, so its setUpClass (guest boots) counts too."""
 
     by_class = {}
+    by_test = {}
     last = None
     planned = []                # the ids of the tests to run, in order
     ran = set()                 # the ids of those that ran
@@ -7150,6 +7317,7 @@ class _TimedResult(unittest.TextTestResult):
         cls = type(test).__name__
         start = _TimedResult.last if _TimedResult.last is not None else now
         _TimedResult.by_class[cls] = _TimedResult.by_class.get(cls, 0.0) + now - start
+        _TimedResult.by_test[test.id()] = now - start
         _TimedResult.last = now
         _TimedResult.ran.add(test.id())
         super().stopTest(test)
@@ -7223,8 +7391,206 @@ def closing_lines(outcomes, reasons, seconds_by_class):
     return counts["failed"]
 
 
+# Lanes ########################################################################
+# The whole suite runs as lanes side by side (three; AUTOSERV_TEST_LANES=N
+# sets how many), each in namespaces of its own: PID (with its own /proc), mount (its own /tmp, a directory of the real
+# one, and its own /run/netns) and network (its own loopback and ports).  So
+# the invariants that scan /proc and /tmp see only their lane, names and
+# ports cannot clash, and a guest booting in one lane overlaps the other's
+# waits.  A lane's pid 1 reaps orphans and, when its tests end, reports any
+# process still alive in the lane as a failure; the parent reports any
+# /tmp/autoserv-* a lane left.  One lane (in this process) when not root,
+# when unshare is missing, when tests are named, or with AUTOSERV_TEST_LANES=1.
+
+# Seconds per class in a three-lane run here (the time-by-class line; the
+# lanes are balanced on them, a class not listed counts 20 s).
+_CLASS_SECONDS = {
+    "TestKernelInstall": 370, "TestKernelBoot": 320, "TestPower": 225, "TestReboot": 200,
+    "TestAutotestGuest": 140, "TestKVM": 120, "TestConmux": 45, "TestAutotest": 40,
+    "TestSSHRun": 30, "TestSSHRunPersistent": 30, "TestFaults": 25, "TestFanOut": 25,
+}
+
+
+def _lane_plan(classes, lanes):
+    """The classes split into lanes, longest first onto the least loaded lane."""
+    plan = [[] for _ in range(lanes)]
+    load = [0.0] * lanes
+    for name in sorted(classes, key=lambda c: -_CLASS_SECONDS.get(c, 20)):
+        i = load.index(min(load))
+        plan[i].append(name)
+        load[i] += _CLASS_SECONDS.get(name, 20)
+    return plan
+
+
+def _lane_count():
+    try:
+        return max(1, int(os.environ.get("AUTOSERV_TEST_LANES", "3")))
+    except ValueError:
+        return 3
+
+
+def _lanes_wanted():
+    return (sys.argv[1:] == [] and os.geteuid() == 0 and shutil.which("unshare")
+            and _lane_count() > 1
+            and subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--net",
+                                "true"], capture_output=True).returncode == 0)
+
+
+def _lane_child(tmp, results, classes):
+    """A lane's pid 1: its mounts and loopback, then the tests in a child,
+    reaping every orphan until that child ends.  results: a file written
+    before /tmp is mounted over (one JSON line from the tests, then one of
+    the processes left)."""
+    report = open(results, "w")
+    os.makedirs("/run/netns", exist_ok=True)
+    for argv in (["mount", "--make-rprivate", "/"], ["mount", "--bind", tmp, "/tmp"],
+                 ["mount", "-t", "tmpfs", "lane-netns", "/run/netns"],
+                 ["mount", "-t", "sysfs", "lane-sysfs", "/sys"],
+                 ["ip", "link", "set", "lo", "up"]):
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode:
+            print(f"lane set-up failed: {' '.join(argv)}: {out.stderr.strip()}", flush=True)
+            return 1
+    runner = os.fork()
+    if runner == 0:
+        # The tests, ending by sys.exit so that autoserv's exit hook runs as in
+        # a single-lane run.
+        code = 1
+        try:
+            _subreaper()            # not inherited through fork
+            _TimedResult.last = time.monotonic()
+            prog = unittest.main(module=__name__, argv=[sys.argv[0]] + classes, exit=False,
+                                 verbosity=2, testRunner=_TimedRunner)
+            outcomes, reasons = _unittest_outcomes(prog.result)
+            report.write(json.dumps({"outcomes": outcomes, "reasons": reasons,
+                                     "seconds": _TimedResult.by_class,
+                                     "tests": _TimedResult.by_test}) + "\n")
+            report.flush()
+            code = 0
+            held = sorted(n for n in os.listdir("/tmp") if n.startswith("autoserv-"))
+            if held:
+                print("lane: held until the exit hook: " + ", ".join(
+                    f"{n} ({' '.join(sorted(os.listdir('/tmp/' + n))[:6])})" for n in held))
+        except BaseException:
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.exit(code)
+    code = 1
+    while True:
+        pid, status = os.wait()
+        if pid == runner:
+            code = os.waitstatus_to_exitcode(status)
+            break
+    time.sleep(1)              # what the tests ended may still be exiting
+    reap()
+    left = [f"{pid} {' '.join(argv)}" for pid, argv in _lane_processes()]
+    if left:
+        print("lane: processes outlived the tests: " + "; ".join(left), flush=True)
+    report.write(json.dumps(left) + "\n")
+    report.close()
+    return code
+
+
+def _lane_processes():
+    """(pid, argv) of every process in this PID namespace but pid 1."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == 1:
+            continue
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        found.append((int(pid), [a.decode(errors="replace") for a in argv if a]))
+    return found
+
+
+def _run_lanes(only=()):
+    """The whole suite (or the classes named) in lanes (see above); the
+    closing lines merge them.  Returns the exit status."""
+    try:
+        build_images()          # once, before the lanes, which only read the cache
+    except unittest.SkipTest as e:
+        print(f"guest images not built: {e}")
+    loader = unittest.defaultTestLoader
+    classes = [name for name, obj in sorted(globals().items())
+               if isinstance(obj, type) and issubclass(obj, unittest.TestCase)
+               and loader.getTestCaseNames(obj) and (not only or name in only)]
+    plan = [names for names in _lane_plan(classes, _lane_count()) if names]
+    t0 = time.monotonic()
+    lanes = []
+    for i, names in enumerate(plan, 1):
+        tmp = tempfile.mkdtemp(prefix=f"as-lane{i}-")
+        os.chmod(tmp, 0o1777)       # the lane's /tmp, like any /tmp (the namespace hosts' user)
+        results = os.path.join(tempfile.mkdtemp(prefix=f"as-lane{i}-results-"), "results.json")
+        argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount",
+                "--net", sys.executable] + [f"-W{w}" for w in sys.warnoptions] + \
+            [os.path.abspath(__file__), "--lane", tmp, results] + names
+        print(f"lane {i}: {' '.join(names)}", flush=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        lanes.append((i, proc, tmp, results))
+    threads, ended = [], {}
+    import threading
+    for i, proc, _, _ in lanes:
+        def pump(i=i, proc=proc):
+            for line in proc.stdout:
+                sys.stdout.write(f"[{i}] " + line.decode(errors="replace"))
+                sys.stdout.flush()
+            ended[i] = time.monotonic() - t0
+        th = threading.Thread(target=pump)
+        th.start()
+        threads.append(th)
+    outcomes, reasons, seconds, tests = {}, {}, {}, {}
+    for i, proc, tmp, results in lanes:
+        code = proc.wait()
+        threads[i - 1].join()
+        print(f"lane {i}: ended with status {code} after {ended[i]:.0f} s", flush=True)
+        got, left = {"outcomes": {}, "reasons": {}, "seconds": {}}, None
+        with open(results) as f:
+            lines = f.read().splitlines()
+        with contextlib.suppress(ValueError, IndexError):
+            got = json.loads(lines[0])
+            left = json.loads(lines[1])
+        for test_id in plan_ids(plan[i - 1]):
+            got["outcomes"].setdefault(test_id, "failed")   # a lane that died
+        if left != []:          # processes left, or the lane ended before it looked
+            got["outcomes"][f"lane{i}.no_process_left"] = "failed"
+        leaked = [n for n in os.listdir(tmp) if n.startswith("autoserv-")]
+        for name in leaked:
+            inside = sorted(os.listdir(os.path.join(tmp, name)))
+            print(f"lane {i}: left in its /tmp: {name}: {' '.join(inside[:8])}", flush=True)
+        if leaked:
+            got["outcomes"][f"lane{i}.tmp_left"] = "failed"
+        outcomes.update(got["outcomes"])
+        reasons.update(got["reasons"])
+        for name, secs in got["seconds"].items():
+            seconds[name] = seconds.get(name, 0.0) + secs
+        tests.update(got.get("tests", {}))
+        subprocess.run(["rm", "-rf", tmp, os.path.dirname(results)])
+    slowest = sorted(tests.items(), key=lambda kv: -kv[1])[:12]
+    print("slowest tests: " + ", ".join(f"{t.split('.', 1)[1]} {secs:.0f} s"
+                                        for t, secs in slowest))
+    print(f"suite: {time.monotonic() - t0:.0f} s in {len(lanes)} lanes")
+    failed = closing_lines(outcomes, reasons, seconds)
+    return 0 if failed == 0 and outcomes else 1
+
+
+def plan_ids(names):
+    """The ids of the tests in the named classes."""
+    loader = unittest.defaultTestLoader
+    return [f"{__name__}.{name}.{t}" for name in names
+            for t in loader.getTestCaseNames(globals()[name])]
+
+
 def main():
     """unittest, then the closing lines."""
+    if sys.argv[1:2] == ["--lane"]:
+        return _lane_child(sys.argv[2], sys.argv[3], sys.argv[4:])
+    if sys.argv[1:2] == ["--lanes"]:
+        return _run_lanes(sys.argv[2:])
+    if _lanes_wanted():
+        return _run_lanes()
     _TimedResult.last = time.monotonic()
     prog = unittest.main(module=__name__, exit=False, verbosity=1, testRunner=_TimedRunner)
     outcomes, reasons = _unittest_outcomes(prog.result)
