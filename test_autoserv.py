@@ -6292,8 +6292,15 @@ class TestKernelBoot(KernelGuestCase):
         open(bad, "wb").write(bytes(data))
         k = autoserv.DEBKernel()
         k.get(bad)
-        with self.assertRaises(autoserv.AutoservInstallError):
+        with self.assertRaises(autoserv.AutoservInstallError) as cm:
             k.install(g, boot_once=True)
+        self.assertIn("corrupt", str(cm.exception))
+        # Refused here, before anything was sent: no transfer, no dpkg there
+        # (dpkg would refuse it too, and roll back: not the guarantee).
+        with open(os.path.join(self.res, "debug", "autoserv.log"), errors="replace") as f:
+            log = f.read()
+        self.assertNotIn("send_file", log)
+        self.assertNotIn("dpkg -i", log)
         self.assertNotIn("autoserv-test-kernel", g.run("dpkg -l | cat").stdout)
         # boottool damaged on the host after it was copied: refused, by checksum.
         g.bootloader.get_type()
@@ -7505,38 +7512,31 @@ def _lane_processes():
     return found
 
 
-def _run_lanes(only=()):
-    """The whole suite (or the classes named) in lanes (see above); the
-    closing lines merge them.  Returns the exit status."""
-    try:
-        build_images()          # once, before the lanes, which only read the cache
-    except unittest.SkipTest as e:
-        print(f"guest images not built: {e}")
-    loader = unittest.defaultTestLoader
-    classes = [name for name, obj in sorted(globals().items())
-               if isinstance(obj, type) and issubclass(obj, unittest.TestCase)
-               and loader.getTestCaseNames(obj) and (not only or name in only)]
-    plan = [names for names in _lane_plan(classes, _lane_count()) if names]
-    t0 = time.monotonic()
-    lanes = []
+def _lanes_run(plan, lanes, t0):
+    """Starts a lane per entry of plan (noting each in lanes as it goes),
+    copies their lines out with a [n] prefix, and merges what they report:
+    (outcomes, reasons, seconds by class, seconds by test)."""
+    import threading
     for i, names in enumerate(plan, 1):
         tmp = tempfile.mkdtemp(prefix=f"as-lane{i}-")
         os.chmod(tmp, 0o1777)       # the lane's /tmp, like any /tmp (the namespace hosts' user)
         results = os.path.join(tempfile.mkdtemp(prefix=f"as-lane{i}-results-"), "results.json")
+        lanes.append([i, None, tmp, results])
         argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount",
                 "--net", sys.executable] + [f"-W{w}" for w in sys.warnoptions] + \
             [os.path.abspath(__file__), "--lane", tmp, results] + names
         print(f"lane {i}: {' '.join(names)}", flush=True)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        lanes.append((i, proc, tmp, results))
+        lanes[-1][1] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
     threads, ended = [], {}
-    import threading
     for i, proc, _, _ in lanes:
         def pump(i=i, proc=proc):
             for line in proc.stdout:
-                sys.stdout.write(f"[{i}] " + line.decode(errors="replace"))
-                sys.stdout.flush()
+                try:
+                    sys.stdout.write(f"[{i}] " + line.decode(errors="replace"))
+                    sys.stdout.flush()
+                except OSError:     # our stdout is gone: the lane must not block on it
+                    pass
             ended[i] = time.monotonic() - t0
         th = threading.Thread(target=pump)
         th.start()
@@ -7567,7 +7567,39 @@ def _run_lanes(only=()):
         for name, secs in got["seconds"].items():
             seconds[name] = seconds.get(name, 0.0) + secs
         tests.update(got.get("tests", {}))
-        subprocess.run(["rm", "-rf", tmp, os.path.dirname(results)])
+    return outcomes, reasons, seconds, tests
+
+
+def _run_lanes(only=()):
+    """The whole suite (or the classes named) in lanes (see above); the
+    closing lines merge them.  Returns the exit status."""
+    try:
+        build_images()          # once, before the lanes, which only read the cache
+    except unittest.SkipTest as e:
+        print(f"guest images not built: {e}")
+    loader = unittest.defaultTestLoader
+    classes = [name for name, obj in sorted(globals().items())
+               if isinstance(obj, type) and issubclass(obj, unittest.TestCase)
+               and loader.getTestCaseNames(obj) and (not only or name in only)]
+    plan = [names for names in _lane_plan(classes, _lane_count()) if names]
+    t0 = time.monotonic()
+    lanes = []
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        outcomes, reasons, seconds, tests = _lanes_run(plan, lanes, t0)
+    finally:
+        # However the run ends (a signal, our stdout closed), no lane, lane
+        # process or lane dir outlives it: --kill-child takes a lane's PID 1,
+        # and with it its namespace, when its unshare dies.
+        for _, proc, tmp, results in lanes:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            subprocess.run(["rm", "-rf", tmp, os.path.dirname(results)])
+        signal.signal(signal.SIGTERM, previous)
     slowest = sorted(tests.items(), key=lambda kv: -kv[1])[:12]
     print("slowest tests: " + ", ".join(f"{t.split('.', 1)[1]} {secs:.0f} s"
                                         for t, secs in slowest))
