@@ -7409,24 +7409,14 @@ def closing_lines(outcomes, reasons, seconds_by_class):
 # /tmp/autoserv-* a lane left.  One lane (in this process) when not root,
 # when unshare is missing, when tests are named, or with AUTOSERV_TEST_LANES=1.
 
-# Seconds per class in a three-lane run here (the time-by-class line; the
-# lanes are balanced on them, a class not listed counts 20 s).
+# Seconds per class in a three-lane run here (the time-by-class line): the
+# lanes take the classes longest first, each the next as it comes free (a
+# class not listed counts 20 s).
 _CLASS_SECONDS = {
     "TestKernelInstall": 370, "TestKernelBoot": 320, "TestPower": 225, "TestReboot": 200,
     "TestAutotestGuest": 140, "TestKVM": 120, "TestConmux": 45, "TestAutotest": 40,
     "TestSSHRun": 30, "TestSSHRunPersistent": 30, "TestFaults": 25, "TestFanOut": 25,
 }
-
-
-def _lane_plan(classes, lanes):
-    """The classes split into lanes, longest first onto the least loaded lane."""
-    plan = [[] for _ in range(lanes)]
-    load = [0.0] * lanes
-    for name in sorted(classes, key=lambda c: -_CLASS_SECONDS.get(c, 20)):
-        i = load.index(min(load))
-        plan[i].append(name)
-        load[i] += _CLASS_SECONDS.get(name, 20)
-    return plan
 
 
 def _lane_count():
@@ -7443,12 +7433,27 @@ def _lanes_wanted():
                                 "true"], capture_output=True).returncode == 0)
 
 
-def _lane_child(tmp, results, classes):
+def _claim(queue):
+    """The next class from the lanes' shared queue (a directory of
+    NNN-ClassName files, opened as queue), or None: whichever lane unlinks
+    an entry first has it."""
+    for entry in sorted(os.listdir(queue)):
+        try:
+            os.unlink(entry, dir_fd=queue)
+        except FileNotFoundError:
+            continue
+        return entry.split("-", 1)[1]
+    return None
+
+
+def _lane_child(tmp, results, queue_dir):
     """A lane's pid 1: its mounts and loopback, then the tests in a child,
-    reaping every orphan until that child ends.  results: a file written
-    before /tmp is mounted over (one JSON line from the tests, then one of
-    the processes left)."""
+    reaping every orphan until that child ends.  The child takes classes from
+    the shared queue one at a time until it is empty.  results: a file
+    written before /tmp is mounted over (one JSON line from the tests, then
+    one of the processes left)."""
     report = open(results, "w")
+    queue = os.open(queue_dir, os.O_RDONLY | os.O_DIRECTORY)
     os.makedirs("/run/netns", exist_ok=True)
     for argv in (["mount", "--make-rprivate", "/"], ["mount", "--bind", tmp, "/tmp"],
                  ["mount", "-t", "tmpfs", "lane-netns", "/run/netns"],
@@ -7465,10 +7470,19 @@ def _lane_child(tmp, results, classes):
         code = 1
         try:
             _subreaper()            # not inherited through fork
-            _TimedResult.last = time.monotonic()
-            prog = unittest.main(module=__name__, argv=[sys.argv[0]] + classes, exit=False,
-                                 verbosity=2, testRunner=_TimedRunner)
-            outcomes, reasons = _unittest_outcomes(prog.result)
+            outcomes, reasons = {}, {}
+            while True:
+                name = _claim(queue)
+                if name is None:
+                    break
+                print(f"lane: {name}", flush=True)
+                _TimedResult.last = time.monotonic()
+                _TimedResult.ran = set()
+                prog = unittest.main(module=__name__, argv=[sys.argv[0], name], exit=False,
+                                     verbosity=2, testRunner=_TimedRunner)
+                got, why = _unittest_outcomes(prog.result)
+                outcomes.update(got)
+                reasons.update(why)
             report.write(json.dumps({"outcomes": outcomes, "reasons": reasons,
                                      "seconds": _TimedResult.by_class,
                                      "tests": _TimedResult.by_test}) + "\n")
@@ -7512,20 +7526,22 @@ def _lane_processes():
     return found
 
 
-def _lanes_run(plan, lanes, t0):
-    """Starts a lane per entry of plan (noting each in lanes as it goes),
-    copies their lines out with a [n] prefix, and merges what they report:
-    (outcomes, reasons, seconds by class, seconds by test)."""
+def _lanes_run(order, count, queue, lanes, t0):
+    """Starts count lanes (noting each in lanes as it goes) that take the
+    classes of order, longest first, from the queue directory as each comes
+    free; copies their lines out with a [n] prefix, and merges what they
+    report: (outcomes, reasons, seconds by class, seconds by test)."""
     import threading
-    for i, names in enumerate(plan, 1):
+    for n, name in enumerate(order):
+        open(os.path.join(queue, f"{n:03d}-{name}"), "w").close()
+    for i in range(1, count + 1):
         tmp = tempfile.mkdtemp(prefix=f"as-lane{i}-")
         os.chmod(tmp, 0o1777)       # the lane's /tmp, like any /tmp (the namespace hosts' user)
         results = os.path.join(tempfile.mkdtemp(prefix=f"as-lane{i}-results-"), "results.json")
         lanes.append([i, None, tmp, results])
         argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount",
                 "--net", sys.executable] + [f"-W{w}" for w in sys.warnoptions] + \
-            [os.path.abspath(__file__), "--lane", tmp, results] + names
-        print(f"lane {i}: {' '.join(names)}", flush=True)
+            [os.path.abspath(__file__), "--lane", tmp, results, queue]
         lanes[-1][1] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
     threads, ended = [], {}
@@ -7552,8 +7568,6 @@ def _lanes_run(plan, lanes, t0):
         with contextlib.suppress(ValueError, IndexError):
             got = json.loads(lines[0])
             left = json.loads(lines[1])
-        for test_id in plan_ids(plan[i - 1]):
-            got["outcomes"].setdefault(test_id, "failed")   # a lane that died
         if left != []:          # processes left, or the lane ended before it looked
             got["outcomes"][f"lane{i}.no_process_left"] = "failed"
         leaked = [n for n in os.listdir(tmp) if n.startswith("autoserv-")]
@@ -7567,6 +7581,8 @@ def _lanes_run(plan, lanes, t0):
         for name, secs in got["seconds"].items():
             seconds[name] = seconds.get(name, 0.0) + secs
         tests.update(got.get("tests", {}))
+    for test_id in plan_ids(order):
+        outcomes.setdefault(test_id, "failed")      # in a lane that died, or never taken
     return outcomes, reasons, seconds, tests
 
 
@@ -7581,15 +7597,18 @@ def _run_lanes(only=()):
     classes = [name for name, obj in sorted(globals().items())
                if isinstance(obj, type) and issubclass(obj, unittest.TestCase)
                and loader.getTestCaseNames(obj) and (not only or name in only)]
-    plan = [names for names in _lane_plan(classes, _lane_count()) if names]
+    order = sorted(classes, key=lambda c: -_CLASS_SECONDS.get(c, 20))
+    count = min(_lane_count(), len(order))
+    print(f"{count} lanes for: {' '.join(order)}", flush=True)
     t0 = time.monotonic()
     lanes = []
+    queue = tempfile.mkdtemp(prefix="as-lane-queue-")
 
     def terminated(signum, frame):
         raise SystemExit(128 + signum)
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        outcomes, reasons, seconds, tests = _lanes_run(plan, lanes, t0)
+        outcomes, reasons, seconds, tests = _lanes_run(order, count, queue, lanes, t0)
     finally:
         # However the run ends (a signal, our stdout closed), no lane, lane
         # process or lane dir outlives it: --kill-child takes a lane's PID 1,
@@ -7599,6 +7618,7 @@ def _run_lanes(only=()):
                 proc.kill()
                 proc.wait()
             subprocess.run(["rm", "-rf", tmp, os.path.dirname(results)])
+        shutil.rmtree(queue, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
     slowest = sorted(tests.items(), key=lambda kv: -kv[1])[:12]
     print("slowest tests: " + ", ".join(f"{t.split('.', 1)[1]} {secs:.0f} s"
@@ -7618,7 +7638,7 @@ def plan_ids(names):
 def main():
     """unittest, then the closing lines."""
     if sys.argv[1:2] == ["--lane"]:
-        return _lane_child(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return _lane_child(sys.argv[2], sys.argv[3], sys.argv[4])
     if sys.argv[1:2] == ["--lanes"]:
         return _run_lanes(sys.argv[2:])
     if _lanes_wanted():
