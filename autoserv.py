@@ -11,8 +11,10 @@ See README.md for the whole API.  One file, standard library only.
 
 Sections (``grep -n '^# .*####' autoserv.py`` prints them):
     constants, exceptions, helpers, local execution, results and status log,
-    hosts (base, local), SSH, file transfer, parallel, later pieces,
-    control files, CLI.
+    hosts (base and local), file transfer, SSH, parallel, installables
+    (get(), kernels and the boot menu), autotest client (which, until the
+    file is split into sections that match, also holds KVM and guests,
+    power controllers and consoles), control files, CLI.
 """
 
 __version__ = "0.1.0"
