@@ -6411,21 +6411,58 @@ class KVMGuest(Guest):
             self.run_dir = None
 
 
-class CommandPower:
-    """A power controller made of local shell commands (on=, off=, cycle=)."""
+class PowerController:
+    """The power interface every controller has (module ``power``; a host
+    uses one through power=, host.power_on/off/cycle() and hardreset()).
+    A controller that cannot do one of these says so with
+    AutoservNotImplementedError naming itself and what it cannot do; it
+    never lacks the method."""
 
-    def __init__(self, on=None, off=None, cycle=None, timeout=120):
-        self.commands = {"on": on, "off": off, "cycle": cycle}
+    def _cannot(self, what, why):
+        raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: {why}")
+
+    def on(self):
+        """Powers the machine on.  Raises AutoservHostError when the
+        controller fails, AutoservNotImplementedError when it cannot."""
+        self._cannot("power on", "no power-on operation")
+
+    def off(self):
+        """Powers the machine off (hard: no shutdown).  Raises as on()."""
+        self._cannot("power off", "no power-off operation")
+
+    def cycle(self):
+        """Off, then on again.  Raises as on()."""
+        self._cannot("power cycle", "no power-cycle operation")
+
+    def reset(self):
+        """A hard reset (what host.hardreset() uses); a power cycle unless
+        the controller has a reset of its own.  Raises as on()."""
+        return self.cycle()
+
+    def status(self):
+        """The power state, "on" or "off".  Raises as on()."""
+        self._cannot("report power status", "no status query")
+
+
+class CommandPower(PowerController):
+    """A power controller made of local shell commands (on=, off=, cycle=,
+    status=: "on" when the status command exits 0, else "off")."""
+
+    _WHAT = {"on": "power on", "off": "power off", "cycle": "power cycle",
+             "status": "report power status"}
+
+    def __init__(self, on=None, off=None, cycle=None, timeout=120, status=None):
+        self.commands = {"on": on, "off": off, "cycle": cycle, "status": status}
         self.timeout = timeout
 
-    def _do(self, what):
+    def _do(self, what, ignore_status=False):
         command = self.commands[what]
         if command is None:
             if what == "cycle" and self.commands["on"] and self.commands["off"]:
                 self._do("off")
                 return self._do("on")
-            raise AutoservUsageError(f"CommandPower has no {what}= command")
-        return LocalHost().run(command, timeout=self.timeout)
+            self._cannot(self._WHAT[what], f"no {what}= command was given")
+        return LocalHost().run(command, timeout=self.timeout, ignore_status=ignore_status)
 
     def on(self):
         return self._do("on")
@@ -6435,6 +6472,9 @@ class CommandPower:
 
     def cycle(self):
         return self._do("cycle")
+
+    def status(self):
+        return "off" if self._do("status", ignore_status=True).exit_status else "on"
 
 
 def _conmux_client(client, target, stdout):
@@ -6543,8 +6583,10 @@ class ConmuxSSHHost(SSHHost):
             _end_client(proc)
 
 
-class ConmuxPower:
-    """Power through a conmux console's hardreset command (cycle and reset)."""
+class ConmuxPower(PowerController):
+    """Power through a conmux console's hardreset command (cycle and reset).
+    conmux has no power on, off or status: those raise
+    AutoservNotImplementedError."""
 
     def __init__(self, target, attach=None):
         self.target = target
@@ -6561,8 +6603,17 @@ class ConmuxPower:
 
     reset = cycle
 
+    def on(self):
+        self._cannot("power on", "conmux offers only hardreset (use cycle or reset)")
 
-class QMPPower:
+    def off(self):
+        self._cannot("power off", "conmux offers only hardreset (use cycle or reset)")
+
+    def status(self):
+        self._cannot("report power status", "conmux offers only hardreset")
+
+
+class QMPPower(PowerController):
     """A QEMU guest's power through its QMP socket on host: off = stop (frozen),
     on = reset and run (a fresh boot), cycle = system_reset."""
 
@@ -6588,7 +6639,7 @@ class QMPPower:
         return "on" if self._qmp("query-status")[0].get("running") else "off"
 
 
-class IPMIPower:
+class IPMIPower(PowerController):
     """A BMC through ipmitool (lanplus).  The password travels in the
     environment (-E) or a file (-f), never on a command line, and is never
     logged.  cipher suite 3 by default: without -C every call takes 10 s."""
@@ -6649,7 +6700,7 @@ class IPMIPower:
         return "on" if self._ipmitool("chassis", "power", "status").endswith("on") else "off"
 
 
-class RedfishPower:
+class RedfishPower(PowerController):
     """A BMC through Redfish (urllib + JSON): ComputerSystem.Reset actions.
     HTTPS is verified against ca_file (or the system store) unless
     verify=False; the password (argument or password_file) goes only into the

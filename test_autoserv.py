@@ -10,6 +10,7 @@ skipped with the reason here, and fails under CI=true.
 import builtins
 import contextlib
 import ctypes
+import inspect
 import io
 import json
 import os
@@ -863,6 +864,55 @@ class TestStdlibOnly(unittest.TestCase):
         self.assertEqual(_imports(os.path.join(HERE, "boottool")) & {"shutil", "shlex", "json",
                                                                      "tempfile", "subprocess"},
                          set())
+
+
+class TestPublicAPI(unittest.TestCase):
+    """The API's shape, checked without hardware: power controllers, host
+    constructors and signatures, the control-file groups.  Nothing here is
+    powered, rebooted or installed."""
+
+    POWER_METHODS = ("on", "off", "cycle", "reset", "status")
+
+    @staticmethod
+    def power_classes():
+        """Every power controller class autoserv defines: named *Power, or
+        a PowerController, or registered by name."""
+        found = {v for n, v in vars(autoserv).items() if isinstance(v, type)
+                 and (n.endswith("Power") or issubclass(v, autoserv.PowerController))}
+        found |= set(autoserv._REGISTRY["power"].values())
+        found.discard(autoserv.PowerController)
+        return sorted(found, key=lambda c: c.__name__)
+
+    def test_every_power_controller_has_on_off_cycle_reset_and_status(self):
+        classes = self.power_classes()
+        self.assertLessEqual({"CommandPower", "ConmuxPower", "IPMIPower", "QMPPower",
+                              "RedfishPower"}, {c.__name__ for c in classes})
+        for cls in classes:
+            for name in self.POWER_METHODS:
+                with self.subTest(cls=cls.__name__, method=name):
+                    self.assertTrue(issubclass(cls, autoserv.PowerController))
+                    method = getattr(cls, name, None)
+                    self.assertTrue(callable(method), f"{cls.__name__}.{name} is missing")
+                    self.assertEqual(list(inspect.signature(method).parameters), ["self"])
+
+    def test_what_a_controller_cannot_do_is_a_not_implemented_error_naming_it(self):
+        # /bin/false as the conmux client: nothing may run it for these.
+        conmux = autoserv.ConmuxPower("127.0.0.1:1", attach="/bin/false")
+        command = autoserv.CommandPower(on="true")
+        for controller, name, what in ((conmux, "on", "power on"), (conmux, "off", "power off"),
+                                       (conmux, "status", "power status"),
+                                       (command, "off", "power off"),
+                                       (command, "cycle", "power cycle"),
+                                       (command, "reset", "power cycle"),
+                                       (command, "status", "power status")):
+            with self.subTest(cls=type(controller).__name__, method=name):
+                with self.assertRaises(autoserv.AutoservNotImplementedError) as cm:
+                    getattr(controller, name)()
+                self.assertIn(type(controller).__name__, str(cm.exception))
+                self.assertIn(what, str(cm.exception))
+        self.assertEqual(command.on().exit_status, 0)
+        self.assertEqual(autoserv.CommandPower(status="exit 1").status(), "off")
+        self.assertEqual(autoserv.CommandPower(status="true").status(), "on")
 
 
 # Local processes ##############################################################
