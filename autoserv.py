@@ -6415,24 +6415,27 @@ class PowerController:
     """The power interface every controller has (module ``power``; a host
     uses one through power=, host.power_on/off/cycle() and hardreset()).
     A controller that cannot do one of these says so with
-    AutoservNotImplementedError naming itself and what it cannot do; it
-    never lacks the method."""
+    AutoservNotImplementedError naming itself, what it cannot do and why
+    (its `lacks` text); it never lacks the method."""
 
-    def _cannot(self, what, why):
-        raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: {why}")
+    lacks = "this controller has no such operation"
+
+    def _cannot(self, what, why=None):
+        raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: "
+                                          f"{why or self.lacks}")
 
     def on(self):
         """Powers the machine on.  Raises AutoservHostError when the
         controller fails, AutoservNotImplementedError when it cannot."""
-        self._cannot("power on", "no power-on operation")
+        self._cannot("power on")
 
     def off(self):
         """Powers the machine off (hard: no shutdown).  Raises as on()."""
-        self._cannot("power off", "no power-off operation")
+        self._cannot("power off")
 
     def cycle(self):
         """Off, then on again.  Raises as on()."""
-        self._cannot("power cycle", "no power-cycle operation")
+        self._cannot("power cycle")
 
     def reset(self):
         """A hard reset (what host.hardreset() uses); a power cycle unless
@@ -6441,7 +6444,7 @@ class PowerController:
 
     def status(self):
         """The power state, "on" or "off".  Raises as on()."""
-        self._cannot("report power status", "no status query")
+        self._cannot("report power status")
 
 
 class CommandPower(PowerController):
@@ -6588,6 +6591,8 @@ class ConmuxPower(PowerController):
     conmux has no power on, off or status: those raise
     AutoservNotImplementedError."""
 
+    lacks = "conmux offers only hardreset (use cycle or reset)"
+
     def __init__(self, target, attach=None):
         self.target = target
         self.client = attach or shutil.which("conmux-console") or shutil.which("console")
@@ -6602,15 +6607,6 @@ class ConmuxPower(PowerController):
         _conmux_command(self.client, self.target, "hardreset", self.target)
 
     reset = cycle
-
-    def on(self):
-        self._cannot("power on", "conmux offers only hardreset (use cycle or reset)")
-
-    def off(self):
-        self._cannot("power off", "conmux offers only hardreset (use cycle or reset)")
-
-    def status(self):
-        self._cannot("report power status", "conmux offers only hardreset")
 
 
 class QMPPower(PowerController):
