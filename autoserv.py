@@ -36,19 +36,25 @@ import textwrap
 import threading
 import time
 
-__all__ = [
-    "AutoservError", "AutoservRunError", "CmdError", "AutoservTimeoutError",
-    "AutoservHostError", "AutoservSSHError", "AutoservSSHConnectTimeout",
-    "AutoservSSHTimeout", "AutoservSSHConnectionRefused", "AutoservSSHUnknownHost",
-    "AutoservSSHPermissionDenied", "AutoservSshPermissionDeniedError",
-    "AutoservSSHHostKeyError", "AutoservSSHConnectionLost", "AutoservUsageError",
-    "AutoservFileTransferError", "AutoservSubcommandError", "AutoservRebootError",
-    "AutoservInstallError", "AutoservVirtError", "AutoservNotImplementedError",
-    "AutoservBootloaderError", "AutoservKernelBootError",
-    "CmdResult", "Host", "SiteHost", "RemoteHost", "SSHHost", "LocalHost",
-    "create_host", "run", "sh_escape", "sh_quote", "get_tmp_dir",
-    "subcommand", "parallel", "parallel_simple",
-]
+# The control-file API, one table: each group is a module-like object in
+# a control file's namespace and an attribute of this module (autoserv.hosts,
+# autoserv.power...); the names beside the groups are there as themselves,
+# and so is every exception class (the errors group: every AutoservError
+# subclass).  control_namespace() and __all__ (at the end of this file) are
+# both built from it.
+_API = {
+    "hosts": ("Host", "SiteHost", "RemoteHost", "SSHHost", "ConmuxSSHHost", "Guest",
+              "KVMGuest", "LocalHost", "create_host", "CmdResult"),
+    "autotest": ("Autotest",),
+    "kvm": ("KVM",),
+    "deb_kernel": ("DEBKernel",),
+    "rpm_kernel": ("RPMKernel",),
+    "power": ("PowerController", "CommandPower", "QMPPower", "IPMIPower", "ConmuxPower",
+              "RedfishPower"),
+    "errors": (),
+}
+_API_NAMES = ("run", "get_tmp_dir", "sh_escape", "sh_quote", "subcommand", "parallel",
+              "parallel_simple")
 
 
 # Constants ####################################################################
@@ -7028,20 +7034,11 @@ def _exceptions():
 
 
 def _groups():
+    """The control-file groups of _API, built once (autoserv.hosts is the
+    hosts a control file sees)."""
     g = globals()
-    host_names = ("Host", "SiteHost", "RemoteHost", "SSHHost", "ConmuxSSHHost", "Guest",
-                  "KVMGuest", "LocalHost", "create_host", "CmdResult")
-    return {
-        "hosts": _group("hosts", **{n: g[n] for n in host_names}),
-        "autotest": _group("autotest", Autotest=Autotest),
-        "kvm": _group("kvm", KVM=KVM),
-        "deb_kernel": _group("deb_kernel", DEBKernel=DEBKernel),
-        "rpm_kernel": _group("rpm_kernel", RPMKernel=RPMKernel),
-        "power": _group("power", CommandPower=CommandPower, QMPPower=QMPPower,
-                        IPMIPower=IPMIPower, ConmuxPower=ConmuxPower,
-                        RedfishPower=RedfishPower),
-        "errors": _group("errors", **_exceptions()),
-    }
+    return {name: _group(name, **({n: g[n] for n in names} if names else _exceptions()))
+            for name, names in _API.items()}
 
 
 def control_namespace(job=None, machines=(), args=(), filename="<control>"):
@@ -7049,11 +7046,9 @@ def control_namespace(job=None, machines=(), args=(), filename="<control>"):
     ns = {"__name__": "__main__", "__file__": filename, "__builtins__": builtins,
           "os": os, "sys": sys, "time": time, "job": job,
           "machines": list(machines), "args": list(args),
-          "parallel": parallel, "parallel_simple": parallel_simple,
-          "subcommand": subcommand, "run": run, "get_tmp_dir": get_tmp_dir,
-          "sh_escape": sh_escape, "sh_quote": sh_quote,
           "_autoserv_legacy_exception": _legacy_exception}
-    ns.update(_groups())
+    g = globals()
+    ns.update((name, g[name]) for name in _API_NAMES + tuple(_API))
     ns.update(_exceptions())
     return ns
 
@@ -7368,10 +7363,11 @@ def _hosts_in(exc):
     return list(dict.fromkeys(names))
 
 
-hosts = _group("hosts", Host=Host, SiteHost=SiteHost, RemoteHost=RemoteHost,
-               SSHHost=SSHHost, ConmuxSSHHost=ConmuxSSHHost, Guest=Guest,
-               KVMGuest=KVMGuest, LocalHost=LocalHost, create_host=create_host,
-               CmdResult=CmdResult)
+globals().update(_groups())
+# The library's public names are the control-file API (_API, at the top):
+# the groups, the names in them and beside them, every exception class.
+__all__ = sorted({*_API, *_API_NAMES, *_exceptions(),
+                  *(n for names in _API.values() for n in names)})
 
 
 if __name__ == "__main__":

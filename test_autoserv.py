@@ -914,6 +914,34 @@ class TestPublicAPI(unittest.TestCase):
         self.assertEqual(autoserv.CommandPower(status="exit 1").status(), "off")
         self.assertEqual(autoserv.CommandPower(status="true").status(), "on")
 
+    def test_every_control_file_name_is_autoserv_group_name_and_listed_in_all(self):
+        ns = autoserv.control_namespace()
+        plain = {"os", "sys", "time", "job", "machines", "args"}
+        groups = {n: v for n, v in ns.items()
+                  if isinstance(v, types.ModuleType) and n not in plain and n[0] != "_"}
+        self.assertLessEqual({"hosts", "kvm", "deb_kernel", "rpm_kernel", "autotest", "power",
+                              "errors"}, set(groups))
+        listed = set()
+        for group_name, group in groups.items():
+            members = {n: v for n, v in vars(group).items() if not n.startswith("__")}
+            self.assertTrue(members, group_name)
+            listed |= {group_name, *members}
+            for name, value in members.items():
+                with self.subTest(name=f"{group_name}.{name}"):
+                    self.assertIs(getattr(getattr(autoserv, group_name), name), value)
+                    self.assertIs(getattr(autoserv, name), value)
+        for name, value in ns.items():
+            if not name.startswith("_") and name not in plain:
+                with self.subTest(name=name):
+                    self.assertIs(getattr(autoserv, name), value)
+                    listed.add(name)
+        self.assertEqual(sorted(autoserv.__all__), sorted(listed))
+        self.assertEqual(set(vars(autoserv.errors)) - {"__name__", "__doc__", "__package__",
+                                                       "__loader__", "__spec__"},
+                         {n for n, v in ns.items() if isinstance(v, type)
+                          and issubclass(v, autoserv.AutoservError)})
+        self.assertIs(autoserv.power.ConmuxPower, autoserv.ConmuxPower)
+
 
 # Local processes ##############################################################
 
