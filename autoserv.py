@@ -99,6 +99,20 @@ class AutoservUsageError(AutoservError):
     """Bad command line, bad control file, bad argument: the user's to fix."""
 
 
+class AutoservArgumentError(AutoservUsageError, TypeError):
+    """A keyword argument the call does not take (a misspelling, or an option
+    autoserv does not have), named in the message: a TypeError as Python's
+    own would be, and a usage error, so a control file shows one line."""
+
+
+def _refuse_keywords(what, names, hint=""):
+    """AutoservArgumentError for keyword arguments `what` does not take."""
+    if names:
+        listed = ", ".join(repr(n) for n in sorted(names))
+        raise AutoservArgumentError(f"{what} got unexpected keyword argument"
+                                    f"{'s' if len(names) > 1 else ''} {listed}{hint}")
+
+
 class AutoservNotImplementedError(AutoservError):
     """A piece of the API that this version does not have yet."""
 
@@ -4872,16 +4886,29 @@ class DEBKernel(InstallableObject):
                 + ("; ".join(reasons) or "no initramfs tool on the host") + ")")
         return None
 
-    def _add_to_bootloader(self, host, title=None, args=None, root=None, default=True,
-                           boot_once=False, **kwargs):
+    def _boot_entry(self, kwargs):
+        """install()'s keyword arguments, checked before anything is sent:
+        Bootloader.add_kernel()'s (title=, or label= as the original called
+        it; root=, args=, initrd=, default=, boot_once=, position=).  Any
+        other is an AutoservArgumentError naming it."""
+        import inspect
+        known = set(inspect.signature(Bootloader.add_kernel).parameters) - {"self", "path"}
+        _refuse_keywords(f"{type(self).__name__}.install()", set(kwargs) - known - {"label"},
+                         f" (it takes {', '.join(sorted(known))} for the boot entry)")
+        entry = dict(kwargs)
+        label = entry.pop("label", None)
+        entry["title"] = entry.get("title") or label or "autoserv"
+        return entry
+
+    def _add_to_bootloader(self, host, title, default=True, boot_once=False, **entry):
         version = self.get_version()
         image = self.get_image_name()
         if host.run(f"test -f {shlex.quote(image)}", ignore_status=True).exit_status:
             raise AutoservInstallError(f"{host.hostname}: the package installed no {image}")
-        initrd = self._initrd(host, version, self.get_initrd_name())
-        title = title or kwargs.pop("label", None) or "autoserv"
-        host.bootloader.add_kernel(image, title=title, root=root, args=args, initrd=initrd,
-                                   default=default and not boot_once, boot_once=boot_once)
+        if "initrd" not in entry:         # the caller's own initrd (or None: none)
+            entry["initrd"] = self._initrd(host, version, self.get_initrd_name())
+        host.bootloader.add_kernel(image, title=title, default=default and not boot_once,
+                                   boot_once=boot_once, **entry)
         host._expect_kernel = {"version": version, "title": title}
         _record("GOOD", None, "kernel.install",
                f"{host.hostname}: {version} as {title!r}"
@@ -4891,8 +4918,11 @@ class DEBKernel(InstallableObject):
         """Installs the package on host (dpkg -i), makes sure an initrd
         exists when a tool can make one, and adds a boot entry: the default
         (default=True), or booted once (boot_once=True, the old default stays);
-        title=, args=, root= go to the bootloader.  The next host.reboot()
-        checks that uname -r prints get_version()."""
+        title=, args=, root=, initrd=, position= go to the bootloader's
+        add_kernel() (an unknown keyword is refused by name before anything
+        is sent).  The next host.reboot() checks that uname -r prints
+        get_version()."""
+        entry = self._boot_entry(bootloader_args)
         self.verify()
         remote = self._send_checked(host, ".deb")
         out = host.run(f"DEBIAN_FRONTEND=noninteractive dpkg -i {remote}", timeout=3600,
@@ -4900,7 +4930,7 @@ class DEBKernel(InstallableObject):
         if out.exit_status:
             raise AutoservInstallError(f"{host.hostname}: dpkg -i {self.get_package_name()} "
                                        f"failed: {_why(out)}")
-        self._add_to_bootloader(host, **bootloader_args)
+        self._add_to_bootloader(host, **entry)
 
 
 # RPM header tags read here (rpm's lib/rpmtag.h numbers).
@@ -5084,13 +5114,14 @@ class RPMKernel(DEBKernel):
         """Installs the package with rpm, makes sure an initrd exists (the
         package's scripts, else dracut or the Debian tools), adds a boot entry
         as DEBKernel.install does."""
+        entry = self._boot_entry(bootloader_args)
         self.verify()
         remote = self._send_checked(host, ".rpm")
         out = host.run(f"rpm -i --replacepkgs {remote}", timeout=3600, ignore_status=True)
         if out.exit_status:
             raise AutoservInstallError(f"{host.hostname}: rpm -i {self.get_package_name()} "
                                        f"failed: {_why(out)}")
-        self._add_to_bootloader(host, **bootloader_args)
+        self._add_to_bootloader(host, **entry)
 
 
 def _boottool_source():

@@ -4961,6 +4961,27 @@ class TestHostileInputs(unittest.TestCase):
                 self.assertIn("EXTRACTED", out)
 
 
+    def test_an_unknown_install_keyword_is_refused_by_name_before_anything_is_sent(self):
+        # Nothing listens on the host's port: anything sent before the
+        # refusal would fail as a connection error instead.
+        host = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=2)
+        self.addCleanup(host.close)
+        member = ("./boot/vmlinuz-1.0-hostile", b"\x7fELF")
+        for cls, package in ((autoserv.DEBKernel, self._deb("k.deb")),
+                             (autoserv.RPMKernel, self._rpm("k.rpm", [member]))):
+            with self.subTest(cls=cls.__name__):
+                kernel = cls()
+                kernel.get(package)
+                with self.assertRaises(TypeError) as cm:
+                    kernel.install(host, title="t", positon="start")
+                self.assertIsInstance(cm.exception, autoserv.AutoservUsageError)
+                text = str(cm.exception)
+                self.assertIn(f"{cls.__name__}.install()", text)
+                self.assertIn("'positon'", text)
+                self.assertIn("position", text.split("'positon'", 1)[1])   # what it does take
+                self.assertEqual(len(text.splitlines()), 1)
+        self.assertEqual(host._tmp_dirs, [])
+
     def test_kvm_addresses_are_checked_before_any_command_runs(self):
         kvm = autoserv.KVM(autoserv.LocalHost())
         good = {"mac": "52:54:00:12:34:56", "ip": "192.168.122.10"}
@@ -6262,6 +6283,27 @@ class TestKernelInstall(KernelGuestCase):
         self.assertEqual(g.run(f"test -s /boot/initrd.img-{kver}",
                                ignore_status=True).exit_status, 0)
         self.assertEqual(g.bootloader.get_default_title(), "autoserv")
+
+    def test_install_passes_position_and_initrd_on_to_the_boot_entry(self):
+        g, kg = self.start()
+        initrd = "/boot/initrd.img-made-by-hand"       # not the package's own
+        g.run(f"head -c 4096 /dev/zero > {initrd}")
+        kernel = autoserv.DEBKernel()
+        kernel.get(self.deb)
+        kernel.install(g, title="added at the end", default=False)
+        before = g.bootloader.get_titles()
+        # GRUB 2 keeps boottool's entries in one block: "start" is its start.
+        kernel.install(g, label="placed first", position="start", initrd=initrd, default=False)
+        entries = g.bootloader.get_entries()
+        self.assertEqual(len(entries), len(before) + 1)
+        titles = [e["title"] for e in entries]
+        self.assertLess(titles.index("placed first"), titles.index("added at the end"))
+        new = entries[titles.index("placed first")]
+        self.assertTrue(new["kernel"].endswith(f"/vmlinuz-{self.kver}"), new)
+        self.assertTrue(new["initrd"].endswith(initrd[len("/boot"):]), new)
+        old = entries[titles.index("added at the end")]
+        self.assertTrue(old["initrd"].endswith(f"/initrd.img-{self.kver}"), old)
+        self.assertNotIn(g.bootloader.get_default_title(), ("placed first", "added at the end"))
 
     def test_seed_install_example_with_a_small_package(self):
         g, kg = self.start()
