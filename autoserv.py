@@ -1209,14 +1209,61 @@ def _at_exit():
 atexit.register(_at_exit)
 
 
+_PASSWORD_HINT = ("autoserv logs in with ssh keys only (BatchMode: never a password "
+                  "prompt): make a key with ssh-keygen, install it with ssh-copy-id "
+                  "[user@]host, then give it with -i FILE, identity=FILE or IdentityFile "
+                  "in ~/.ssh/config")
+
+
+def _refuse_host_keywords(cls_name, kwargs):
+    """AutoservArgumentError (one line) for keywords no host class takes;
+    password= says how autoserv logs in instead."""
+    if "password" in kwargs:
+        raise AutoservArgumentError(f"{cls_name}(password=...): {_PASSWORD_HINT}")
+    _refuse_keywords(f"{cls_name}()", set(kwargs))
+
+
+def _by_name(kind, spec, where):
+    """A power controller or console from power=/console=: an object as it
+    is, or a name registered with register_power/register_console (the
+    built-in ones included): "name" makes cls(), "name:argument" cls(argument),
+    {"type": name, **keywords} cls(**keywords)."""
+    if spec is None or not isinstance(spec, (str, dict)):
+        return spec
+    if isinstance(spec, dict):
+        keywords = dict(spec)
+        name, args = keywords.pop("type", None), ()
+    else:
+        name, sep, argument = spec.partition(":")
+        keywords, args = {}, ((argument,) if sep else ())
+    cls = _REGISTRY[kind].get(name)
+    if cls is None:
+        known = ", ".join(sorted(_REGISTRY[kind])) or "none"
+        raise AutoservUsageError(f"{where}: no {kind} type registered as {name!r} "
+                                 f"(registered: {known})")
+    return cls(*args, **keywords)
+
+
 class Host:
-    """The API every kind of host has.  Subclasses give run() and transfers."""
+    """The API every kind of host has, stated once here: every host class
+    takes these parameters (a class that cannot do something raises
+    AutoservNotImplementedError or AutoservUsageError saying so).  Timeouts
+    are seconds; None means no limit.
+
+    Constructor keywords every host takes: power= (a power controller, or a
+    registered power type by name: see _by_name) and console= (likewise for
+    console types).  An unknown keyword is an AutoservArgumentError naming
+    it; password= says how to log in with a key instead."""
 
     hostname = None
     power = None
     console = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, power=None, console=None, **kwargs):
+        _refuse_host_keywords(type(self).__name__, kwargs)
+        where = f"{type(self).__name__}({self.hostname!r})"
+        self.power = _by_name("power", power, where)
+        self.console = _by_name("console", console, where)
         self._tmp_dirs = []
         self._owner = os.getpid()
         _HOSTS.append(self)
@@ -1237,53 +1284,95 @@ class Host:
     def run(self, command, timeout=None, ignore_status=False, stdin=None,
             stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
             max_output=DEFAULT_MAX_OUTPUT):
+        """Runs command (a shell string; args are appended as quoted words)
+        under the target's login shell, stdin from /dev/null unless given
+        (str or bytes); output teed live to stdout_tee/stderr_tee.  timeout
+        bounds the whole command (it and what it started are killed);
+        connect_timeout bounds reaching the host.  Returns a CmdResult.
+        Raises AutoservRunError for a non-zero exit unless ignore_status,
+        AutoservTimeoutError on timeout, AutoservSSHError (a subclass) when
+        the transport fails."""
         raise NotImplementedError
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None):
+                  backend=None, timeout=None):
+        """Copies source (a path or a list; "dir/" means its contents) from
+        here to dest on the host, through a temp name (an interrupted copy
+        never replaces the old dest).  delete_dest: remove what source does
+        not have; backend: "tar", "rsync" or "scp" (remote hosts); timeout
+        bounds the whole transfer.  Returns None.  Raises
+        AutoservFileTransferError naming the file and why,
+        AutoservTimeoutError on timeout."""
         raise NotImplementedError
 
     def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None):
+                 preserve_symlinks=False, backend=None, timeout=None):
+        """Copies source on the host to dest here, as send_file() does the
+        other way; preserve_perm keeps the modes.  Returns None; raises as
+        send_file()."""
         raise NotImplementedError
 
     def get_tmp_dir(self):
+        """A new 0700 directory on the host, removed when the job ends.
+        Returns its path."""
         raise NotImplementedError
 
     def _value(self, command):
         return self.run(command, timeout=60).stdout.strip()
 
     def get_num_cpu(self):
+        """The number of online CPUs (int)."""
         out = self._value("getconf _NPROCESSORS_ONLN 2>/dev/null || "
                           "grep -c ^processor /proc/cpuinfo")
         return int(out)
 
     def get_boot_id(self, timeout=60, connect_timeout=None):
+        """The kernel's boot id (str): it changes with every boot."""
         return self.run("cat /proc/sys/kernel/random/boot_id", timeout=timeout,
                         connect_timeout=connect_timeout).stdout.strip()
 
     def get_kernel_ver(self):
+        """uname -r (str)."""
         return self._value("uname -r")
 
     def get_arch(self):
+        """uname -m (str)."""
         return self._value("uname -m")
 
-    def is_up(self):
+    def is_up(self, timeout=None):
+        """True when the host answers a command within timeout (None: the
+        host's connect timeout), else False.  Never raises for a host that
+        is down."""
         raise NotImplementedError
 
     def wait_up(self, timeout=None):
+        """Waits until the host answers; True when it does, False when
+        timeout passes first (None waits as long as it takes)."""
         raise NotImplementedError
 
     def wait_down(self, timeout=None, old_boot_id=None):
+        """Waits until the host stops answering, or its boot id differs
+        from old_boot_id; True when it does, False when timeout passes
+        first (None waits as long as it takes)."""
         raise NotImplementedError
 
     def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None):
+               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+        """Reboots the host and, with wait, checks that it did: down (within
+        down_timeout), then up with a new boot id that holds for stable_for
+        seconds, all within timeout; one hard reset if it stays down and a
+        reset path exists.  label: the boot entry to boot once; kernel_args:
+        arguments for that boot; reboot_cmd: the command (default "sync;
+        reboot", "reboot" with fastsync).  Returns None.  Raises
+        AutoservRebootError when the host did not reboot,
+        AutoservKernelBootError when an installed kernel did not come up."""
         raise AutoservNotImplementedError(
             f"{self.hostname}: {type(self).__name__} cannot reboot")
 
     def can_hardreset(self):
-        return self.power is not None
+        """True when a hard reset path exists (a power controller, or a
+        console with a hardreset())."""
+        return self.power is not None or callable(getattr(self.console, "hardreset", None))
 
     def _power(self):
         if self.power is None:
@@ -1292,8 +1381,14 @@ class Host:
         return self.power
 
     def hardreset(self, timeout=None, wait=True):
-        """A hard reset through the attached power controller (its reset() if
-        it has one, else a power cycle); with wait, until it is back."""
+        """A hard reset through the power controller (its reset(), else a
+        power cycle), else through the console's hardreset(); with wait,
+        until the host is back with a new boot id (within timeout; None: 300
+        s).  Returns None.  Raises AutoservHostError without a reset path,
+        AutoservRebootError when the host does not come back."""
+        if self.power is None and callable(getattr(self.console, "hardreset", None)):
+            self._reset_and_wait(self.console.hardreset, repr(self.console), timeout, wait)
+            return
         power = self._power()
         self._reset_and_wait(getattr(power, "reset", None) or power.cycle, repr(power),
                              timeout, wait)
@@ -1321,15 +1416,20 @@ class Host:
             raise AutoservRebootError(self.hostname, "boot id unchanged after a hard reset")
 
     def power_on(self):
+        """The power controller's on().  Raises AutoservHostError without
+        one, AutoservNotImplementedError when it cannot."""
         return self._power().on()
 
     def power_off(self):
+        """The power controller's off(); raises as power_on()."""
         return self._power().off()
 
     def power_cycle(self):
+        """The power controller's cycle(); raises as power_on()."""
         return self._power().cycle()
 
     def install(self, installable, **kwargs):
+        """installable.install(self, **kwargs): what it returns."""
         return installable.install(self, **kwargs)
 
     @property
@@ -1340,7 +1440,17 @@ class Host:
         return self._bootloader
 
     def close(self):
-        pass
+        """Ends what this host holds open (connections, its temp dirs, a
+        guest's qemu); the host may not be used after it."""
+
+
+def _keywords_of(cls):
+    """The keywords cls(...) takes by name, along its __init__ chain."""
+    import inspect
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for c in cls.__mro__ if "__init__" in vars(c)
+            for p in inspect.signature(vars(c)["__init__"]).parameters.values()
+            if p.kind in named} - {"self"}
 
 
 def _rebuild_host(cls, args, kwargs):
@@ -1440,11 +1550,11 @@ class LocalHost(SiteHost):
     """The machine autoserv runs on.  No wait_down; reboot only with
     allow_local_reboot=True."""
 
-    def __init__(self, hostname=None, allow_local_reboot=False):
+    def __init__(self, hostname=None, allow_local_reboot=False, **kwargs):
         self._init_args, self._init_kwargs = (), {"allow_local_reboot": allow_local_reboot}
         self.hostname = hostname or "localhost"
         self.allow_local_reboot = allow_local_reboot
-        super().__init__()
+        super().__init__(**kwargs)
 
     def run(self, command, timeout=None, ignore_status=False, stdin=None,
             stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
@@ -1469,7 +1579,7 @@ class LocalHost(SiteHost):
     def get_tmp_dir(self):
         return get_tmp_dir()
 
-    def is_up(self):
+    def is_up(self, timeout=None):
         return True
 
     def wait_up(self, timeout=None):
@@ -1478,20 +1588,25 @@ class LocalHost(SiteHost):
     def wait_down(self, timeout=None, old_boot_id=None):
         raise AutoservUsageError("LocalHost has no wait_down(): autoserv runs on it")
 
-    def reboot(self, *args, **kwargs):
+    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
+               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
         if not self.allow_local_reboot:
             raise AutoservUsageError("refusing to reboot the machine autoserv runs on; "
                                      "use LocalHost(allow_local_reboot=True) if you mean it")
-        return super().reboot(*args, **kwargs)
+        return super().reboot(timeout, label, kernel_args, wait, fastsync, reboot_cmd,
+                              down_timeout, stable_for)
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None):
-        _local_copy(source, dest, delete_dest, True, preserve_symlinks, self.hostname)
+                  backend=None, timeout=None):
+        """A local copy (backend is ignored: there is no transport)."""
+        _local_copy(source, dest, delete_dest, True, preserve_symlinks, self.hostname,
+                    timeout)
 
     def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None):
+                 preserve_symlinks=False, backend=None, timeout=None):
+        """A local copy (backend is ignored: there is no transport)."""
         _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks,
-                    self.hostname)
+                    self.hostname, timeout)
 
 
 class RemoteHost(SiteHost):
@@ -2125,8 +2240,35 @@ def _staging_parent(dest, mode):
     return parent
 
 
-def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, label):
+def _copy_until(deadline, timeout, label, preserve_perm):
+    """A shutil copy function that stops at deadline (AutoservTimeoutError):
+    the data in 1 MiB pieces, then the metadata when preserve_perm."""
+    import stat
+
+    def copy(src, dst):
+        if deadline is None:
+            return (shutil.copy2 if preserve_perm else shutil.copyfile)(src, dst)
+        if stat.S_ISFIFO(os.stat(src).st_mode):
+            raise shutil.SpecialFileError(f"`{src}` is a named pipe")
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            while True:
+                if _remaining(deadline) <= 0:
+                    raise AutoservTimeoutError(f"{label}: transfer timed out after "
+                                               f"{timeout} s")
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+        if preserve_perm:
+            shutil.copystat(src, dst)
+        return dst
+    return copy
+
+
+def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, label,
+                timeout=None):
     sources = _sources(source)
+    deadline = _monotonic_deadline(timeout)
     contents = [s.endswith("/") and len(s) > 1 for s in sources]
     for s in sources:
         if not os.path.lexists(s.rstrip("/") or "/"):
@@ -2137,7 +2279,7 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
     staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
     placed = False
     try:
-        copy = shutil.copy2 if preserve_perm else shutil.copyfile
+        copy = _copy_until(deadline, timeout, label, preserve_perm)
         for src, is_contents in zip(sources, contents):
             path = src.rstrip("/") or "/"
             items = [(os.path.join(path, n), os.path.join(staging, n))
@@ -3276,11 +3418,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
     _agents = 0
     poll_interval = 0.5       # s between wait_down()'s probes
 
-    def __init__(self, hostname, user=None, port=None, password=None, *,
+    def __init__(self, hostname, user=None, port=None, *,
                  identity=None, ssh_config=None, ssh_options=None,
                  host_key_policy=None, known_hosts=None, connect_timeout=None,
-                 alive_interval=None, alive_count=None, power=None, persistent=None,
-                 **kwargs):
+                 alive_interval=None, alive_count=None, persistent=None, **kwargs):
         self._init_args = (hostname,)
         self._init_kwargs = dict(user=user, port=port, identity=identity,
                                  ssh_config=ssh_config, ssh_options=ssh_options,
@@ -3304,7 +3445,6 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self.connect_timeout = connect_timeout or d["connect_timeout"]
         self.alive_interval = alive_interval or d["alive_interval"]
         self.alive_count = alive_count or d["alive_count"]
-        self.power = power
         self.persistent = d["persistent"] if persistent is None else bool(persistent)
         self._agent = None
         self._master_seen = None      # the master pid _master_alive last reached
@@ -3315,8 +3455,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self._ctrl_path = None
         self._resolved = None
         self._tools = None
-        self._password = password
-        super().__init__()
+        super().__init__(**kwargs)     # power=, console=; any other keyword is refused
 
     # ssh command lines
     def _options(self, connect_timeout=None):
@@ -6306,6 +6445,10 @@ class KVMGuest(Guest):
 
     def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
                  boot_timeout=300, **ssh_kwargs):
+        # Keywords are checked before qemu starts (SSHHost's own check
+        # comes after it).
+        own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
+        _refuse_host_keywords("KVMGuest", {k: v for k, v in ssh_kwargs.items() if k not in own})
         self.kvm = kvm
         self.boot_timeout = boot_timeout
         self.qemu_options = qemu_options

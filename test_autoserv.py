@@ -942,12 +942,176 @@ class TestPublicAPI(unittest.TestCase):
                           and issubclass(v, autoserv.AutoservError)})
         self.assertIs(autoserv.power.ConmuxPower, autoserv.ConmuxPower)
 
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-api-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    @staticmethod
+    def lab_site_host():
+        class LabSiteHost(autoserv.SiteHost):
+            """A site's own host class, as a site file would define one."""
+
+            def __init__(self, hostname, **kwargs):
+                self._init_args, self._init_kwargs = (hostname,), {}
+                self.hostname = hostname
+                super().__init__(**kwargs)
+        return LabSiteHost
+
+    def makers(self):
+        """(class name, a function making that host from keywords); none of
+        them contacts anything."""
+        kvm = autoserv.KVM(autoserv.LocalHost())      # never installed: no address
+        lab = self.lab_site_host()
+        return (("LocalHost", lambda **kw: autoserv.LocalHost(**kw)),
+                ("SSHHost", lambda **kw: autoserv.SSHHost("lab1", **kw)),
+                ("ConmuxSSHHost", lambda **kw: autoserv.ConmuxSSHHost(
+                    "lab1", attach="/bin/false", **kw)),
+                ("KVMGuest", lambda **kw: autoserv.KVMGuest(kvm, "-m 256", **kw)),
+                ("LabSiteHost", lambda **kw: lab("lab1", **kw)),
+                ("create_host", lambda **kw: autoserv.create_host("lab1", **kw)))
+
+    def test_host_constructors_refuse_unknown_keywords_by_name_and_password_says_use_a_key(self):
+        for name, make in self.makers():
+            with self.subTest(cls=name):
+                with self.assertRaises(TypeError) as cm:
+                    make(pasword="x", identity_file="y")
+                self.assertIsInstance(cm.exception, autoserv.AutoservUsageError)
+                self.assertIn("'identity_file', 'pasword'", str(cm.exception))
+                with self.assertRaises(TypeError) as cm:
+                    make(password="s3cret-4431")
+                text = str(cm.exception)
+                self.assertEqual(len(text.splitlines()), 1, text)
+                for part in ("password=", "keys", "BatchMode", "ssh-keygen", "ssh-copy-id",
+                             "-i FILE", "identity="):
+                    self.assertIn(part, text)
+                self.assertNotIn("s3cret-4431", text)
+        self.assertEqual([h for h in autoserv._HOSTS if h.hostname == "lab1"], [])
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write("h = hosts.SSHHost('lab1', password='s3cret-4431')\n")
+        out = run_cli("-r", os.path.join(self.tmp, "res"), ctl)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertEqual(out.stderr.splitlines()[1:], [
+            f"autoserv: error: {ctl}:1: AutoservArgumentError: SSHHost(password=...): "
+            + autoserv._PASSWORD_HINT])
+
+    def test_registered_power_and_console_names_work_wherever_objects_do(self):
+        calls = []
+
+        class StandInPowerForTests(autoserv.PowerController):
+            """A stand-in for a site's PDU: it records what it is asked."""
+
+            def __init__(self, outlet=None):
+                self.outlet = outlet
+
+            def on(self):
+                calls.append(("on", self.outlet))
+
+        class StandInConsoleForTests:
+            """A stand-in for a site's console server."""
+
+            def __init__(self, line=None):
+                self.line = line
+
+        for kind, name, cls in (("power", "stand-in-pdu", StandInPowerForTests),
+                                ("console", "stand-in-console", StandInConsoleForTests)):
+            getattr(autoserv, f"register_{kind}")(name, cls)
+            self.addCleanup(autoserv._REGISTRY[kind].pop, name)
+        for maker_name, make in self.makers():
+            with self.subTest(cls=maker_name):
+                if maker_name == "KVMGuest":        # its keywords reach SSHHost (no guest here)
+                    continue
+                h = make(power="stand-in-pdu:outlet 7", console="stand-in-console:ttyS1")
+                self.addCleanup(h.close)
+                self.assertIsInstance(h.power, StandInPowerForTests)
+                self.assertEqual((h.power.outlet, h.console.line), ("outlet 7", "ttyS1"))
+                h.power_on()
+                self.assertEqual(calls.pop(), ("on", "outlet 7"))
+                with self.assertRaises(autoserv.AutoservNotImplementedError):
+                    h.power_off()
+        h = autoserv.SSHHost("lab1", power={"type": "stand-in-pdu", "outlet": "8"},
+                             console="stand-in-console")
+        self.addCleanup(h.close)
+        self.assertEqual((h.power.outlet, h.console.line), ("8", None))
+        with self.assertRaises(autoserv.AutoservUsageError) as cm:
+            autoserv.SSHHost("lab1", power="no-such-pdu")
+        self.assertIn("'no-such-pdu'", str(cm.exception))
+        self.assertIn("stand-in-pdu", str(cm.exception))
+        # From a site file, in a control file.
+        site = os.path.join(self.tmp, "site_autoserv.py")
+        with open(site, "w") as f:
+            f.write("import autoserv\n"
+                    "class StandInPowerForTests(autoserv.PowerController):\n"
+                    "    def __init__(self, outlet):\n"
+                    "        self.outlet = outlet\n"
+                    "    def cycle(self):\n"
+                    "        print('stand-in cycled', self.outlet)\n"
+                    "autoserv.register_power('stand-in-pdu', StandInPowerForTests)\n")
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write("h = hosts.create_host('lab1', power='stand-in-pdu:outlet 9')\n"
+                    "h.power_cycle()\n")
+        out = run_cli("-r", os.path.join(self.tmp, "res"), ctl,
+                      env=dict(os.environ, AUTOSERV_SITE=site))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("stand-in cycled outlet 9", out.stdout)
+
+    def host_classes(self):
+        found, todo = set(), [autoserv.Host]
+        while todo:
+            cls = todo.pop()
+            for sub in cls.__subclasses__():
+                if sub.__module__ == "autoserv" and sub not in found:
+                    found.add(sub)
+                    todo.append(sub)
+        return sorted(found | set(autoserv._REGISTRY["host"].values()) | {self.lab_site_host()},
+                      key=lambda c: c.__name__)
+
+    def test_every_host_class_takes_the_base_hosts_parameters_and_the_base_documents_them(self):
+        classes = self.host_classes()
+        self.assertLessEqual({"LocalHost", "SSHHost", "ConmuxSSHHost", "KVMGuest", "Guest",
+                              "LabSiteHost"}, {c.__name__ for c in classes})
+        methods = [(n, m) for n, m in inspect.getmembers(autoserv.Host, inspect.isfunction)
+                   if not n.startswith("_")]
+        for name, method in methods:
+            with self.subTest(method=name):
+                self.assertTrue(method.__doc__, f"Host.{name} has no docstring")
+            for cls in classes:
+                with self.subTest(cls=cls.__name__, method=name):
+                    self.assertEqual(inspect.signature(getattr(cls, name)),
+                                     inspect.signature(method))
+        for name in ("send_file", "get_file", "is_up"):
+            self.assertIn("timeout", inspect.signature(getattr(autoserv.Host, name)).parameters)
+        for name in ("down_timeout", "stable_for"):
+            self.assertIn(name, inspect.signature(autoserv.Host.reboot).parameters)
+
 
 # Local processes ##############################################################
 
 class TestLocalRun(unittest.TestCase):
     def setUp(self):
         self.host = autoserv.LocalHost()
+
+    def test_local_transfers_honour_their_timeout_and_keep_the_old_file(self):
+        tmp = tempfile.mkdtemp(prefix="as-ltx-")
+        self.addCleanup(shutil.rmtree, tmp)
+        src, dest = os.path.join(tmp, "big"), os.path.join(tmp, "dest")
+        with open(src, "wb") as f:                 # 64 MiB, sparse: no disk or memory spent
+            f.truncate(64 << 20)
+        for method in (self.host.send_file, self.host.get_file):
+            with self.subTest(method=method.__name__):
+                with open(dest, "w") as f:
+                    f.write("the old file")
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
+                    method(src, dest, timeout=0.001)
+                self.assertLess(time.monotonic() - t0, 5)
+                self.assertIn("timed out after 0.001 s", str(cm.exception))
+                self.assertEqual(open(dest).read(), "the old file")
+                self.assertEqual(sorted(os.listdir(tmp)), ["big", "dest"])   # no staging left
+                method(src, dest, timeout=60)
+                self.assertEqual(os.path.getsize(dest), 64 << 20)
+        self.assertTrue(self.host.is_up(timeout=1))
 
     def test_the_sampler_profiler_is_a_process_ended_with_its_test_or_its_parent(self):
         # A client test that forks (linus_stress does) must not fork with a
