@@ -65,6 +65,7 @@ DEFAULT_ALIVE_COUNT = 3
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 KILL_GRACE = 2.0            # seconds between TERM and KILL, locally and remotely
 POST_RESET_WAIT = 300.0     # how long reboot() waits for a host after its one hard reset
+WAIT_PROGRESS_EVERY = 30.0  # s between progress lines of a wait without a timeout
 READ_SIZE = 1 << 20
 HOST_KEY_POLICIES = ("strict", "accept-new", "ephemeral")
 TRANSFER_BACKENDS = ("tar", "rsync", "scp")
@@ -6441,7 +6442,9 @@ class KVMGuest(Guest):
     Takes the first free address, starts qemu detached on the hypervisor (a
     0700 run dir holding the pidfile, the QMP socket and the serial log), then
     is an SSHHost for that address, host-key policy ephemeral by default.
-    Destroyed on close() and at job end."""
+    boot_timeout: how long a boot may take before wait_up() without a
+    timeout starts saying it is still waiting (it never gives up on a qemu
+    that runs).  Destroyed on close() and at job end."""
 
     def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
                  boot_timeout=300, **ssh_kwargs):
@@ -6527,24 +6530,30 @@ class KVMGuest(Guest):
                                  " has exited; serial log ends:\n" + self.serial_tail())
 
     def wait_up(self, timeout=None):
-        """True once the guest answers ssh.  A qemu that exited fails at once
-        (AutoservVirtError with the serial log's tail).  timeout=None waits up
-        to boot_timeout, then fails the same way; a given timeout returns
-        False when it passes, as for any host."""
-        bounded = timeout is None
-        deadline = _monotonic_deadline(self.boot_timeout if bounded else timeout)
+        """True once the guest answers ssh; False when timeout passes first.
+        timeout=None waits as long as it takes (the seed's g.wait_up()),
+        saying so on stderr once the guest is later than boot_timeout and
+        every WAIT_PROGRESS_EVERY seconds after.  A qemu that exited fails
+        at once (AutoservVirtError with the serial log's tail)."""
+        t0 = time.monotonic()
+        deadline = _monotonic_deadline(timeout)
+        report = t0 + self.boot_timeout
         while True:
             if not self.qemu_alive():
                 raise self._dead_error()
             left = _remaining(deadline)
-            if super().wait_up(timeout=min(2.0, left)):
+            if super().wait_up(timeout=2.0 if left is None else min(2.0, left)):
                 return True
-            if time.monotonic() >= deadline:
-                if bounded:
-                    raise AutoservVirtError(
-                        f"guest {self.hostname}:{self.port} did not answer ssh within "
-                        f"{self.boot_timeout} s; serial log ends:\n" + self.serial_tail())
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return False
+            if deadline is None and now >= report:
+                report = now + WAIT_PROGRESS_EVERY
+                tail = _last_line(self.serial_tail(5)) or "empty"
+                message = (f"guest {self.hostname}:{self.port}: no ssh answer after "
+                           f"{now - t0:.0f} s; waiting on (serial log: {tail})")
+                LOG.write(message, self.hostname)
+                _say(message)
 
     def can_hardreset(self):
         return True

@@ -5472,6 +5472,28 @@ class TestKVM(unittest.TestCase):
         self.assertFalse(os.path.exists(run_dir))
         self.assertTrue(self.guest.qemu_alive())
 
+    def test_wait_up_without_timeout_waits_past_boot_timeout_saying_so_and_returns_true(self):
+        # boot_timeout=1: this guest takes longer than that to boot (TCG), so
+        # a wait capped by it would give up; without a timeout it waits on.
+        self.addCleanup(setattr, autoserv, "WAIT_PROGRESS_EVERY", autoserv.WAIT_PROGRESS_EVERY)
+        autoserv.WAIT_PROGRESS_EVERY = 1.0
+        g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"],
+                              boot_timeout=1)
+        try:
+            err = io.StringIO()
+            t0 = time.monotonic()
+            with contextlib.redirect_stderr(err):
+                self.assertIs(g.wait_up(), True)
+            took = time.monotonic() - t0
+            self.assertGreater(took, 1.0)
+            progress = [l for l in err.getvalue().splitlines() if "waiting on" in l]
+            self.assertTrue(progress, err.getvalue())
+            self.assertIn(f"guest {g.hostname}:{g.port}: no ssh answer after", progress[0])
+            self.assertLessEqual(len(progress), took + 1)         # about one a second
+            self.assertIn("guest", g.run("uname -n").stdout)
+        finally:
+            g.close()
+
     def test_a_dead_qemu_fails_wait_up_at_once_with_the_serial_log(self):
         g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"])
         try:
