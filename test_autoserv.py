@@ -1013,6 +1013,9 @@ class TestPublicAPI(unittest.TestCase):
             def __init__(self, line=None):
                 self.line = line
 
+            def hardreset(self):
+                calls.append(("console hardreset", self.line))
+
         for kind, name, cls in (("power", "stand-in-pdu", StandInPowerForTests),
                                 ("console", "stand-in-console", StandInConsoleForTests)):
             getattr(autoserv, f"register_{kind}")(name, cls)
@@ -1033,6 +1036,13 @@ class TestPublicAPI(unittest.TestCase):
                              console="stand-in-console")
         self.addCleanup(h.close)
         self.assertEqual((h.power.outlet, h.console.line), ("8", None))
+        # A console with hardreset() is a reset path of its own (a stand-in:
+        # nothing is reset).
+        local = autoserv.LocalHost(console="stand-in-console:ttyS2")
+        self.assertEqual([local.can_hardreset(), autoserv.LocalHost().can_hardreset()],
+                         [True, False])
+        local.hardreset(wait=False)
+        self.assertEqual(calls.pop(), ("console hardreset", "ttyS2"))
         with self.assertRaises(autoserv.AutoservUsageError) as cm:
             autoserv.SSHHost("lab1", power="no-such-pdu")
         self.assertIn("'no-such-pdu'", str(cm.exception))
