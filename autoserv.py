@@ -38,19 +38,25 @@ import textwrap
 import threading
 import time
 
-__all__ = [
-    "AutoservError", "AutoservRunError", "CmdError", "AutoservTimeoutError",
-    "AutoservHostError", "AutoservSSHError", "AutoservSSHConnectTimeout",
-    "AutoservSSHTimeout", "AutoservSSHConnectionRefused", "AutoservSSHUnknownHost",
-    "AutoservSSHPermissionDenied", "AutoservSshPermissionDeniedError",
-    "AutoservSSHHostKeyError", "AutoservSSHConnectionLost", "AutoservUsageError",
-    "AutoservFileTransferError", "AutoservSubcommandError", "AutoservRebootError",
-    "AutoservInstallError", "AutoservVirtError", "AutoservNotImplementedError",
-    "AutoservBootloaderError", "AutoservKernelBootError",
-    "CmdResult", "Host", "SiteHost", "RemoteHost", "SSHHost", "LocalHost",
-    "create_host", "run", "sh_escape", "sh_quote", "get_tmp_dir",
-    "subcommand", "parallel", "parallel_simple",
-]
+# The control-file API, one table: each group is a module-like object in
+# a control file's namespace and an attribute of this module (autoserv.hosts,
+# autoserv.power...); the names beside the groups are there as themselves,
+# and so is every exception class (the errors group: every AutoservError
+# subclass).  control_namespace() and __all__ (at the end of this file) are
+# both built from it.
+_API = {
+    "hosts": ("Host", "SiteHost", "RemoteHost", "SSHHost", "ConmuxSSHHost", "Guest",
+              "KVMGuest", "LocalHost", "create_host", "CmdResult"),
+    "autotest": ("Autotest",),
+    "kvm": ("KVM",),
+    "deb_kernel": ("DEBKernel",),
+    "rpm_kernel": ("RPMKernel",),
+    "power": ("PowerController", "CommandPower", "QMPPower", "IPMIPower", "ConmuxPower",
+              "RedfishPower"),
+    "errors": (),
+}
+_API_NAMES = ("run", "get_tmp_dir", "sh_escape", "sh_quote", "subcommand", "parallel",
+              "parallel_simple")
 
 
 # Constants ####################################################################
@@ -61,6 +67,7 @@ DEFAULT_ALIVE_COUNT = 3
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 KILL_GRACE = 2.0            # seconds between TERM and KILL, locally and remotely
 POST_RESET_WAIT = 300.0     # how long reboot() waits for a host after its one hard reset
+WAIT_PROGRESS_EVERY = 30.0  # s between progress lines of a wait without a timeout
 READ_SIZE = 1 << 20
 HOST_KEY_POLICIES = ("strict", "accept-new", "ephemeral")
 TRANSFER_BACKENDS = ("tar", "rsync", "scp")
@@ -93,6 +100,20 @@ class AutoservError(Exception):
 
 class AutoservUsageError(AutoservError):
     """Bad command line, bad control file, bad argument: the user's to fix."""
+
+
+class AutoservArgumentError(AutoservUsageError, TypeError):
+    """A keyword argument the call does not take (a misspelling, or an option
+    autoserv does not have), named in the message: a TypeError as Python's
+    own would be, and a usage error, so a control file shows one line."""
+
+
+def _refuse_keywords(what, names, hint=""):
+    """AutoservArgumentError for keyword arguments `what` does not take."""
+    if names:
+        listed = ", ".join(repr(n) for n in sorted(names))
+        raise AutoservArgumentError(f"{what} got unexpected keyword argument"
+                                    f"{'s' if len(names) > 1 else ''} {listed}{hint}")
 
 
 class AutoservNotImplementedError(AutoservError):
@@ -1191,14 +1212,61 @@ def _at_exit():
 atexit.register(_at_exit)
 
 
+_PASSWORD_HINT = ("autoserv logs in with ssh keys only (BatchMode: never a password "
+                  "prompt): make a key with ssh-keygen, install it with ssh-copy-id "
+                  "[user@]host, then give it with -i FILE, identity=FILE or IdentityFile "
+                  "in ~/.ssh/config")
+
+
+def _refuse_host_keywords(cls_name, kwargs):
+    """AutoservArgumentError (one line) for keywords no host class takes;
+    password= says how autoserv logs in instead."""
+    if "password" in kwargs:
+        raise AutoservArgumentError(f"{cls_name}(password=...): {_PASSWORD_HINT}")
+    _refuse_keywords(f"{cls_name}()", set(kwargs))
+
+
+def _by_name(kind, spec, where):
+    """A power controller or console from power=/console=: an object as it
+    is, or a name registered with register_power/register_console (the
+    built-in ones included): "name" makes cls(), "name:argument" cls(argument),
+    {"type": name, **keywords} cls(**keywords)."""
+    if spec is None or not isinstance(spec, (str, dict)):
+        return spec
+    if isinstance(spec, dict):
+        keywords = dict(spec)
+        name, args = keywords.pop("type", None), ()
+    else:
+        name, sep, argument = spec.partition(":")
+        keywords, args = {}, ((argument,) if sep else ())
+    cls = _REGISTRY[kind].get(name)
+    if cls is None:
+        known = ", ".join(sorted(_REGISTRY[kind])) or "none"
+        raise AutoservUsageError(f"{where}: no {kind} type registered as {name!r} "
+                                 f"(registered: {known})")
+    return cls(*args, **keywords)
+
+
 class Host:
-    """The API every kind of host has.  Subclasses give run() and transfers."""
+    """The API every kind of host has, stated once here: every host class
+    takes these parameters (a class that cannot do something raises
+    AutoservNotImplementedError or AutoservUsageError saying so).  Timeouts
+    are seconds; None means no limit.
+
+    Constructor keywords every host takes: power= (a power controller, or a
+    registered power type by name: see _by_name) and console= (likewise for
+    console types).  An unknown keyword is an AutoservArgumentError naming
+    it; password= says how to log in with a key instead."""
 
     hostname = None
     power = None
     console = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, power=None, console=None, **kwargs):
+        _refuse_host_keywords(type(self).__name__, kwargs)
+        where = f"{type(self).__name__}({self.hostname!r})"
+        self.power = _by_name("power", power, where)
+        self.console = _by_name("console", console, where)
         self._tmp_dirs = []
         self._owner = os.getpid()
         _HOSTS.append(self)
@@ -1219,53 +1287,95 @@ class Host:
     def run(self, command, timeout=None, ignore_status=False, stdin=None,
             stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
             max_output=DEFAULT_MAX_OUTPUT):
+        """Runs command (a shell string; args are appended as quoted words)
+        under the target's login shell, stdin from /dev/null unless given
+        (str or bytes); output teed live to stdout_tee/stderr_tee.  timeout
+        bounds the whole command (it and what it started are killed);
+        connect_timeout bounds reaching the host.  Returns a CmdResult.
+        Raises AutoservRunError for a non-zero exit unless ignore_status,
+        AutoservTimeoutError on timeout, AutoservSSHError (a subclass) when
+        the transport fails."""
         raise NotImplementedError
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None):
+                  backend=None, timeout=None):
+        """Copies source (a path or a list; "dir/" means its contents) from
+        here to dest on the host, through a temp name (an interrupted copy
+        never replaces the old dest).  delete_dest: remove what source does
+        not have; backend: "tar", "rsync" or "scp" (remote hosts); timeout
+        bounds the whole transfer.  Returns None.  Raises
+        AutoservFileTransferError naming the file and why,
+        AutoservTimeoutError on timeout."""
         raise NotImplementedError
 
     def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None):
+                 preserve_symlinks=False, backend=None, timeout=None):
+        """Copies source on the host to dest here, as send_file() does the
+        other way; preserve_perm keeps the modes.  Returns None; raises as
+        send_file()."""
         raise NotImplementedError
 
     def get_tmp_dir(self):
+        """A new 0700 directory on the host, removed when the job ends.
+        Returns its path."""
         raise NotImplementedError
 
     def _value(self, command):
         return self.run(command, timeout=60).stdout.strip()
 
     def get_num_cpu(self):
+        """The number of online CPUs (int)."""
         out = self._value("getconf _NPROCESSORS_ONLN 2>/dev/null || "
                           "grep -c ^processor /proc/cpuinfo")
         return int(out)
 
     def get_boot_id(self, timeout=60, connect_timeout=None):
+        """The kernel's boot id (str): it changes with every boot."""
         return self.run("cat /proc/sys/kernel/random/boot_id", timeout=timeout,
                         connect_timeout=connect_timeout).stdout.strip()
 
     def get_kernel_ver(self):
+        """uname -r (str)."""
         return self._value("uname -r")
 
     def get_arch(self):
+        """uname -m (str)."""
         return self._value("uname -m")
 
-    def is_up(self):
+    def is_up(self, timeout=None):
+        """True when the host answers a command within timeout (None: the
+        host's connect timeout), else False.  Never raises for a host that
+        is down."""
         raise NotImplementedError
 
     def wait_up(self, timeout=None):
+        """Waits until the host answers; True when it does, False when
+        timeout passes first (None waits as long as it takes)."""
         raise NotImplementedError
 
     def wait_down(self, timeout=None, old_boot_id=None):
+        """Waits until the host stops answering, or its boot id differs
+        from old_boot_id; True when it does, False when timeout passes
+        first (None waits as long as it takes)."""
         raise NotImplementedError
 
     def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None):
+               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+        """Reboots the host and, with wait, checks that it did: down (within
+        down_timeout), then up with a new boot id that holds for stable_for
+        seconds, all within timeout; one hard reset if it stays down and a
+        reset path exists.  label: the boot entry to boot once; kernel_args:
+        arguments for that boot; reboot_cmd: the command (default "sync;
+        reboot", "reboot" with fastsync).  Returns None.  Raises
+        AutoservRebootError when the host did not reboot,
+        AutoservKernelBootError when an installed kernel did not come up."""
         raise AutoservNotImplementedError(
             f"{self.hostname}: {type(self).__name__} cannot reboot")
 
     def can_hardreset(self):
-        return self.power is not None
+        """True when a hard reset path exists (a power controller, or a
+        console with a hardreset())."""
+        return self.power is not None or callable(getattr(self.console, "hardreset", None))
 
     def _power(self):
         if self.power is None:
@@ -1274,8 +1384,14 @@ class Host:
         return self.power
 
     def hardreset(self, timeout=None, wait=True):
-        """A hard reset through the attached power controller (its reset() if
-        it has one, else a power cycle); with wait, until it is back."""
+        """A hard reset through the power controller (its reset(), else a
+        power cycle), else through the console's hardreset(); with wait,
+        until the host is back with a new boot id (within timeout; None: 300
+        s).  Returns None.  Raises AutoservHostError without a reset path,
+        AutoservRebootError when the host does not come back."""
+        if self.power is None and callable(getattr(self.console, "hardreset", None)):
+            self._reset_and_wait(self.console.hardreset, repr(self.console), timeout, wait)
+            return
         power = self._power()
         self._reset_and_wait(getattr(power, "reset", None) or power.cycle, repr(power),
                              timeout, wait)
@@ -1303,15 +1419,20 @@ class Host:
             raise AutoservRebootError(self.hostname, "boot id unchanged after a hard reset")
 
     def power_on(self):
+        """The power controller's on().  Raises AutoservHostError without
+        one, AutoservNotImplementedError when it cannot."""
         return self._power().on()
 
     def power_off(self):
+        """The power controller's off(); raises as power_on()."""
         return self._power().off()
 
     def power_cycle(self):
+        """The power controller's cycle(); raises as power_on()."""
         return self._power().cycle()
 
     def install(self, installable, **kwargs):
+        """installable.install(self, **kwargs): what it returns."""
         return installable.install(self, **kwargs)
 
     @property
@@ -1322,7 +1443,17 @@ class Host:
         return self._bootloader
 
     def close(self):
-        pass
+        """Ends what this host holds open (connections, its temp dirs, a
+        guest's qemu); the host may not be used after it."""
+
+
+def _keywords_of(cls):
+    """The keywords cls(...) takes by name, along its __init__ chain."""
+    import inspect
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for c in cls.__mro__ if "__init__" in vars(c)
+            for p in inspect.signature(vars(c)["__init__"]).parameters.values()
+            if p.kind in named} - {"self"}
 
 
 def _rebuild_host(cls, args, kwargs):
@@ -1422,11 +1553,11 @@ class LocalHost(SiteHost):
     """The machine autoserv runs on.  No wait_down; reboot only with
     allow_local_reboot=True."""
 
-    def __init__(self, hostname=None, allow_local_reboot=False):
+    def __init__(self, hostname=None, allow_local_reboot=False, **kwargs):
         self._init_args, self._init_kwargs = (), {"allow_local_reboot": allow_local_reboot}
         self.hostname = hostname or "localhost"
         self.allow_local_reboot = allow_local_reboot
-        super().__init__()
+        super().__init__(**kwargs)
 
     def run(self, command, timeout=None, ignore_status=False, stdin=None,
             stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
@@ -1451,7 +1582,7 @@ class LocalHost(SiteHost):
     def get_tmp_dir(self):
         return get_tmp_dir()
 
-    def is_up(self):
+    def is_up(self, timeout=None):
         return True
 
     def wait_up(self, timeout=None):
@@ -1460,20 +1591,25 @@ class LocalHost(SiteHost):
     def wait_down(self, timeout=None, old_boot_id=None):
         raise AutoservUsageError("LocalHost has no wait_down(): autoserv runs on it")
 
-    def reboot(self, *args, **kwargs):
+    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
+               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
         if not self.allow_local_reboot:
             raise AutoservUsageError("refusing to reboot the machine autoserv runs on; "
                                      "use LocalHost(allow_local_reboot=True) if you mean it")
-        return super().reboot(*args, **kwargs)
+        return super().reboot(timeout, label, kernel_args, wait, fastsync, reboot_cmd,
+                              down_timeout, stable_for)
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None):
-        _local_copy(source, dest, delete_dest, True, preserve_symlinks, self.hostname)
+                  backend=None, timeout=None):
+        """A local copy (backend is ignored: there is no transport)."""
+        _local_copy(source, dest, delete_dest, True, preserve_symlinks, self.hostname,
+                    timeout)
 
     def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None):
+                 preserve_symlinks=False, backend=None, timeout=None):
+        """A local copy (backend is ignored: there is no transport)."""
         _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks,
-                    self.hostname)
+                    self.hostname, timeout)
 
 
 class RemoteHost(SiteHost):
@@ -2107,8 +2243,35 @@ def _staging_parent(dest, mode):
     return parent
 
 
-def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, label):
+def _copy_until(deadline, timeout, label, preserve_perm):
+    """A shutil copy function that stops at deadline (AutoservTimeoutError):
+    the data in 1 MiB pieces, then the metadata when preserve_perm."""
+    import stat
+
+    def copy(src, dst):
+        if deadline is None:
+            return (shutil.copy2 if preserve_perm else shutil.copyfile)(src, dst)
+        if stat.S_ISFIFO(os.stat(src).st_mode):
+            raise shutil.SpecialFileError(f"`{src}` is a named pipe")
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            while True:
+                if _remaining(deadline) <= 0:
+                    raise AutoservTimeoutError(f"{label}: transfer timed out after "
+                                               f"{timeout} s")
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+        if preserve_perm:
+            shutil.copystat(src, dst)
+        return dst
+    return copy
+
+
+def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, label,
+                timeout=None):
     sources = _sources(source)
+    deadline = _monotonic_deadline(timeout)
     contents = [s.endswith("/") and len(s) > 1 for s in sources]
     for s in sources:
         if not os.path.lexists(s.rstrip("/") or "/"):
@@ -2119,7 +2282,7 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
     staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
     placed = False
     try:
-        copy = shutil.copy2 if preserve_perm else shutil.copyfile
+        copy = _copy_until(deadline, timeout, label, preserve_perm)
         for src, is_contents in zip(sources, contents):
             path = src.rstrip("/") or "/"
             items = [(os.path.join(path, n), os.path.join(staging, n))
@@ -3258,11 +3421,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
     _agents = 0
     poll_interval = 0.5       # s between wait_down()'s probes
 
-    def __init__(self, hostname, user=None, port=None, password=None, *,
+    def __init__(self, hostname, user=None, port=None, *,
                  identity=None, ssh_config=None, ssh_options=None,
                  host_key_policy=None, known_hosts=None, connect_timeout=None,
-                 alive_interval=None, alive_count=None, power=None, persistent=None,
-                 **kwargs):
+                 alive_interval=None, alive_count=None, persistent=None, **kwargs):
         self._init_args = (hostname,)
         self._init_kwargs = dict(user=user, port=port, identity=identity,
                                  ssh_config=ssh_config, ssh_options=ssh_options,
@@ -3286,7 +3448,6 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self.connect_timeout = connect_timeout or d["connect_timeout"]
         self.alive_interval = alive_interval or d["alive_interval"]
         self.alive_count = alive_count or d["alive_count"]
-        self.power = power
         self.persistent = d["persistent"] if persistent is None else bool(persistent)
         self._agent = None
         self._master_seen = None      # the master pid _master_alive last reached
@@ -3297,8 +3458,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self._ctrl_path = None
         self._resolved = None
         self._tools = None
-        self._password = password
-        super().__init__()
+        super().__init__(**kwargs)     # power=, console=; any other keyword is refused
 
     # ssh command lines
     def _options(self, connect_timeout=None):
@@ -4868,16 +5028,29 @@ class DEBKernel(InstallableObject):
                 + ("; ".join(reasons) or "no initramfs tool on the host") + ")")
         return None
 
-    def _add_to_bootloader(self, host, title=None, args=None, root=None, default=True,
-                           boot_once=False, **kwargs):
+    def _boot_entry(self, kwargs):
+        """install()'s keyword arguments, checked before anything is sent:
+        Bootloader.add_kernel()'s (title=, or label= as the original called
+        it; root=, args=, initrd=, default=, boot_once=, position=).  Any
+        other is an AutoservArgumentError naming it."""
+        import inspect
+        known = set(inspect.signature(Bootloader.add_kernel).parameters) - {"self", "path"}
+        _refuse_keywords(f"{type(self).__name__}.install()", set(kwargs) - known - {"label"},
+                         f" (it takes {', '.join(sorted(known))} for the boot entry)")
+        entry = dict(kwargs)
+        label = entry.pop("label", None)
+        entry["title"] = entry.get("title") or label or "autoserv"
+        return entry
+
+    def _add_to_bootloader(self, host, title, default=True, boot_once=False, **entry):
         version = self.get_version()
         image = self.get_image_name()
         if host.run(f"test -f {shlex.quote(image)}", ignore_status=True).exit_status:
             raise AutoservInstallError(f"{host.hostname}: the package installed no {image}")
-        initrd = self._initrd(host, version, self.get_initrd_name())
-        title = title or kwargs.pop("label", None) or "autoserv"
-        host.bootloader.add_kernel(image, title=title, root=root, args=args, initrd=initrd,
-                                   default=default and not boot_once, boot_once=boot_once)
+        if "initrd" not in entry:         # the caller's own initrd (or None: none)
+            entry["initrd"] = self._initrd(host, version, self.get_initrd_name())
+        host.bootloader.add_kernel(image, title=title, default=default and not boot_once,
+                                   boot_once=boot_once, **entry)
         host._expect_kernel = {"version": version, "title": title}
         _record("GOOD", None, "kernel.install",
                f"{host.hostname}: {version} as {title!r}"
@@ -4887,8 +5060,11 @@ class DEBKernel(InstallableObject):
         """Installs the package on host (dpkg -i), makes sure an initrd
         exists when a tool can make one, and adds a boot entry: the default
         (default=True), or booted once (boot_once=True, the old default stays);
-        title=, args=, root= go to the bootloader.  The next host.reboot()
-        checks that uname -r prints get_version()."""
+        title=, args=, root=, initrd=, position= go to the bootloader's
+        add_kernel() (an unknown keyword is refused by name before anything
+        is sent).  The next host.reboot() checks that uname -r prints
+        get_version()."""
+        entry = self._boot_entry(bootloader_args)
         self.verify()
         remote = self._send_checked(host, ".deb")
         out = host.run(f"DEBIAN_FRONTEND=noninteractive dpkg -i {remote}", timeout=3600,
@@ -4896,7 +5072,7 @@ class DEBKernel(InstallableObject):
         if out.exit_status:
             raise AutoservInstallError(f"{host.hostname}: dpkg -i {self.get_package_name()} "
                                        f"failed: {_why(out)}")
-        self._add_to_bootloader(host, **bootloader_args)
+        self._add_to_bootloader(host, **entry)
 
 
 # RPM header tags read here (rpm's lib/rpmtag.h numbers).
@@ -5080,13 +5256,14 @@ class RPMKernel(DEBKernel):
         """Installs the package with rpm, makes sure an initrd exists (the
         package's scripts, else dracut or the Debian tools), adds a boot entry
         as DEBKernel.install does."""
+        entry = self._boot_entry(bootloader_args)
         self.verify()
         remote = self._send_checked(host, ".rpm")
         out = host.run(f"rpm -i --replacepkgs {remote}", timeout=3600, ignore_status=True)
         if out.exit_status:
             raise AutoservInstallError(f"{host.hostname}: rpm -i {self.get_package_name()} "
                                        f"failed: {_why(out)}")
-        self._add_to_bootloader(host, **bootloader_args)
+        self._add_to_bootloader(host, **entry)
 
 
 def _boottool_source():
@@ -6267,10 +6444,16 @@ class KVMGuest(Guest):
     Takes the first free address, starts qemu detached on the hypervisor (a
     0700 run dir holding the pidfile, the QMP socket and the serial log), then
     is an SSHHost for that address, host-key policy ephemeral by default.
-    Destroyed on close() and at job end."""
+    boot_timeout: how long a boot may take before wait_up() without a
+    timeout starts saying it is still waiting (it never gives up on a qemu
+    that runs).  Destroyed on close() and at job end."""
 
     def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
                  boot_timeout=300, **ssh_kwargs):
+        # Keywords are checked before qemu starts (SSHHost's own check
+        # comes after it).
+        own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
+        _refuse_host_keywords("KVMGuest", {k: v for k, v in ssh_kwargs.items() if k not in own})
         self.kvm = kvm
         self.boot_timeout = boot_timeout
         self.qemu_options = qemu_options
@@ -6349,24 +6532,30 @@ class KVMGuest(Guest):
                                  " has exited; serial log ends:\n" + self.serial_tail())
 
     def wait_up(self, timeout=None):
-        """True once the guest answers ssh.  A qemu that exited fails at once
-        (AutoservVirtError with the serial log's tail).  timeout=None waits up
-        to boot_timeout, then fails the same way; a given timeout returns
-        False when it passes, as for any host."""
-        bounded = timeout is None
-        deadline = _monotonic_deadline(self.boot_timeout if bounded else timeout)
+        """True once the guest answers ssh; False when timeout passes first.
+        timeout=None waits as long as it takes (the seed's g.wait_up()),
+        saying so on stderr once the guest is later than boot_timeout and
+        every WAIT_PROGRESS_EVERY seconds after.  A qemu that exited fails
+        at once (AutoservVirtError with the serial log's tail)."""
+        t0 = time.monotonic()
+        deadline = _monotonic_deadline(timeout)
+        report = t0 + self.boot_timeout
         while True:
             if not self.qemu_alive():
                 raise self._dead_error()
             left = _remaining(deadline)
-            if super().wait_up(timeout=min(2.0, left)):
+            if super().wait_up(timeout=2.0 if left is None else min(2.0, left)):
                 return True
-            if time.monotonic() >= deadline:
-                if bounded:
-                    raise AutoservVirtError(
-                        f"guest {self.hostname}:{self.port} did not answer ssh within "
-                        f"{self.boot_timeout} s; serial log ends:\n" + self.serial_tail())
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return False
+            if deadline is None and now >= report:
+                report = now + WAIT_PROGRESS_EVERY
+                tail = _last_line(self.serial_tail(5)) or "empty"
+                message = (f"guest {self.hostname}:{self.port}: no ssh answer after "
+                           f"{now - t0:.0f} s; waiting on (serial log: {tail})")
+                LOG.write(message, self.hostname)
+                _say(message)
 
     def can_hardreset(self):
         return True
@@ -6413,21 +6602,61 @@ class KVMGuest(Guest):
             self.run_dir = None
 
 
-class CommandPower:
-    """A power controller made of local shell commands (on=, off=, cycle=)."""
+class PowerController:
+    """The power interface every controller has (module ``power``; a host
+    uses one through power=, host.power_on/off/cycle() and hardreset()).
+    A controller that cannot do one of these says so with
+    AutoservNotImplementedError naming itself, what it cannot do and why
+    (its `lacks` text); it never lacks the method."""
 
-    def __init__(self, on=None, off=None, cycle=None, timeout=120):
-        self.commands = {"on": on, "off": off, "cycle": cycle}
+    lacks = "this controller has no such operation"
+
+    def _cannot(self, what, why=None):
+        raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: "
+                                          f"{why or self.lacks}")
+
+    def on(self):
+        """Powers the machine on.  Raises AutoservHostError when the
+        controller fails, AutoservNotImplementedError when it cannot."""
+        self._cannot("power on")
+
+    def off(self):
+        """Powers the machine off (hard: no shutdown).  Raises as on()."""
+        self._cannot("power off")
+
+    def cycle(self):
+        """Off, then on again.  Raises as on()."""
+        self._cannot("power cycle")
+
+    def reset(self):
+        """A hard reset (what host.hardreset() uses); a power cycle unless
+        the controller has a reset of its own.  Raises as on()."""
+        return self.cycle()
+
+    def status(self):
+        """The power state, "on" or "off".  Raises as on()."""
+        self._cannot("report power status")
+
+
+class CommandPower(PowerController):
+    """A power controller made of local shell commands (on=, off=, cycle=,
+    status=: "on" when the status command exits 0, else "off")."""
+
+    _WHAT = {"on": "power on", "off": "power off", "cycle": "power cycle",
+             "status": "report power status"}
+
+    def __init__(self, on=None, off=None, cycle=None, timeout=120, status=None):
+        self.commands = {"on": on, "off": off, "cycle": cycle, "status": status}
         self.timeout = timeout
 
-    def _do(self, what):
+    def _do(self, what, ignore_status=False):
         command = self.commands[what]
         if command is None:
             if what == "cycle" and self.commands["on"] and self.commands["off"]:
                 self._do("off")
                 return self._do("on")
-            raise AutoservUsageError(f"CommandPower has no {what}= command")
-        return LocalHost().run(command, timeout=self.timeout)
+            self._cannot(self._WHAT[what], f"no {what}= command was given")
+        return LocalHost().run(command, timeout=self.timeout, ignore_status=ignore_status)
 
     def on(self):
         return self._do("on")
@@ -6437,6 +6666,9 @@ class CommandPower:
 
     def cycle(self):
         return self._do("cycle")
+
+    def status(self):
+        return "off" if self._do("status", ignore_status=True).exit_status else "on"
 
 
 def _conmux_client(client, target, stdout):
@@ -6545,8 +6777,12 @@ class ConmuxSSHHost(SSHHost):
             _end_client(proc)
 
 
-class ConmuxPower:
-    """Power through a conmux console's hardreset command (cycle and reset)."""
+class ConmuxPower(PowerController):
+    """Power through a conmux console's hardreset command (cycle and reset).
+    conmux has no power on, off or status: those raise
+    AutoservNotImplementedError."""
+
+    lacks = "conmux offers only hardreset (use cycle or reset)"
 
     def __init__(self, target, attach=None):
         self.target = target
@@ -6564,7 +6800,7 @@ class ConmuxPower:
     reset = cycle
 
 
-class QMPPower:
+class QMPPower(PowerController):
     """A QEMU guest's power through its QMP socket on host: off = stop (frozen),
     on = reset and run (a fresh boot), cycle = system_reset."""
 
@@ -6590,7 +6826,7 @@ class QMPPower:
         return "on" if self._qmp("query-status")[0].get("running") else "off"
 
 
-class IPMIPower:
+class IPMIPower(PowerController):
     """A BMC through ipmitool (lanplus).  The password travels in the
     environment (-E) or a file (-f), never on a command line, and is never
     logged.  cipher suite 3 by default: without -C every call takes 10 s."""
@@ -6651,7 +6887,7 @@ class IPMIPower:
         return "on" if self._ipmitool("chassis", "power", "status").endswith("on") else "off"
 
 
-class RedfishPower:
+class RedfishPower(PowerController):
     """A BMC through Redfish (urllib + JSON): ComputerSystem.Reset actions.
     HTTPS is verified against ca_file (or the system store) unless
     verify=False; the password (argument or password_file) goes only into the
@@ -6983,20 +7219,11 @@ def _exceptions():
 
 
 def _groups():
+    """The control-file groups of _API, built once (autoserv.hosts is the
+    hosts a control file sees)."""
     g = globals()
-    host_names = ("Host", "SiteHost", "RemoteHost", "SSHHost", "ConmuxSSHHost", "Guest",
-                  "KVMGuest", "LocalHost", "create_host", "CmdResult")
-    return {
-        "hosts": _group("hosts", **{n: g[n] for n in host_names}),
-        "autotest": _group("autotest", Autotest=Autotest),
-        "kvm": _group("kvm", KVM=KVM),
-        "deb_kernel": _group("deb_kernel", DEBKernel=DEBKernel),
-        "rpm_kernel": _group("rpm_kernel", RPMKernel=RPMKernel),
-        "power": _group("power", CommandPower=CommandPower, QMPPower=QMPPower,
-                        IPMIPower=IPMIPower, ConmuxPower=ConmuxPower,
-                        RedfishPower=RedfishPower),
-        "errors": _group("errors", **_exceptions()),
-    }
+    return {name: _group(name, **({n: g[n] for n in names} if names else _exceptions()))
+            for name, names in _API.items()}
 
 
 def control_namespace(job=None, machines=(), args=(), filename="<control>"):
@@ -7004,11 +7231,9 @@ def control_namespace(job=None, machines=(), args=(), filename="<control>"):
     ns = {"__name__": "__main__", "__file__": filename, "__builtins__": builtins,
           "os": os, "sys": sys, "time": time, "job": job,
           "machines": list(machines), "args": list(args),
-          "parallel": parallel, "parallel_simple": parallel_simple,
-          "subcommand": subcommand, "run": run, "get_tmp_dir": get_tmp_dir,
-          "sh_escape": sh_escape, "sh_quote": sh_quote,
           "_autoserv_legacy_exception": _legacy_exception}
-    ns.update(_groups())
+    g = globals()
+    ns.update((name, g[name]) for name in _API_NAMES + tuple(_API))
     ns.update(_exceptions())
     return ns
 
@@ -7323,10 +7548,11 @@ def _hosts_in(exc):
     return list(dict.fromkeys(names))
 
 
-hosts = _group("hosts", Host=Host, SiteHost=SiteHost, RemoteHost=RemoteHost,
-               SSHHost=SSHHost, ConmuxSSHHost=ConmuxSSHHost, Guest=Guest,
-               KVMGuest=KVMGuest, LocalHost=LocalHost, create_host=create_host,
-               CmdResult=CmdResult)
+globals().update(_groups())
+# The library's public names are the control-file API (_API, at the top):
+# the groups, the names in them and beside them, every exception class.
+__all__ = sorted({*_API, *_API_NAMES, *_exceptions(),
+                  *(n for names in _API.values() for n in names)})
 
 
 if __name__ == "__main__":

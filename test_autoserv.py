@@ -11,6 +11,7 @@ import builtins
 import contextlib
 import ctypes
 import difflib
+import inspect
 import io
 import json
 import os
@@ -877,11 +878,262 @@ class TestStdlibOnly(unittest.TestCase):
                          set())
 
 
+class TestPublicAPI(unittest.TestCase):
+    """The API's shape, checked without hardware: power controllers, host
+    constructors and signatures, the control-file groups.  Nothing here is
+    powered, rebooted or installed."""
+
+    POWER_METHODS = ("on", "off", "cycle", "reset", "status")
+
+    @staticmethod
+    def power_classes():
+        """Every power controller class autoserv defines: named *Power, or
+        a PowerController, or registered by name."""
+        found = {v for n, v in vars(autoserv).items() if isinstance(v, type)
+                 and (n.endswith("Power") or issubclass(v, autoserv.PowerController))}
+        found |= set(autoserv._REGISTRY["power"].values())
+        found.discard(autoserv.PowerController)
+        return sorted(found, key=lambda c: c.__name__)
+
+    def test_every_power_controller_has_on_off_cycle_reset_and_status(self):
+        classes = self.power_classes()
+        self.assertLessEqual({"CommandPower", "ConmuxPower", "IPMIPower", "QMPPower",
+                              "RedfishPower"}, {c.__name__ for c in classes})
+        for cls in classes:
+            for name in self.POWER_METHODS:
+                with self.subTest(cls=cls.__name__, method=name):
+                    self.assertTrue(issubclass(cls, autoserv.PowerController))
+                    method = getattr(cls, name, None)
+                    self.assertTrue(callable(method), f"{cls.__name__}.{name} is missing")
+                    self.assertEqual(list(inspect.signature(method).parameters), ["self"])
+
+    def test_what_a_controller_cannot_do_is_a_not_implemented_error_naming_it(self):
+        # /bin/false as the conmux client: nothing may run it for these.
+        conmux = autoserv.ConmuxPower("127.0.0.1:1", attach="/bin/false")
+        command = autoserv.CommandPower(on="true")
+        for controller, name, what in ((conmux, "on", "power on"), (conmux, "off", "power off"),
+                                       (conmux, "status", "power status"),
+                                       (command, "off", "power off"),
+                                       (command, "cycle", "power cycle"),
+                                       (command, "reset", "power cycle"),
+                                       (command, "status", "power status")):
+            with self.subTest(cls=type(controller).__name__, method=name):
+                with self.assertRaises(autoserv.AutoservNotImplementedError) as cm:
+                    getattr(controller, name)()
+                self.assertIn(type(controller).__name__, str(cm.exception))
+                self.assertIn(what, str(cm.exception))
+        self.assertEqual(command.on().exit_status, 0)
+        self.assertEqual(autoserv.CommandPower(status="exit 1").status(), "off")
+        self.assertEqual(autoserv.CommandPower(status="true").status(), "on")
+
+    def test_every_control_file_name_is_autoserv_group_name_and_listed_in_all(self):
+        ns = autoserv.control_namespace()
+        plain = {"os", "sys", "time", "job", "machines", "args"}
+        groups = {n: v for n, v in ns.items()
+                  if isinstance(v, types.ModuleType) and n not in plain and n[0] != "_"}
+        self.assertLessEqual({"hosts", "kvm", "deb_kernel", "rpm_kernel", "autotest", "power",
+                              "errors"}, set(groups))
+        listed = set()
+        for group_name, group in groups.items():
+            members = {n: v for n, v in vars(group).items() if not n.startswith("__")}
+            self.assertTrue(members, group_name)
+            listed |= {group_name, *members}
+            for name, value in members.items():
+                with self.subTest(name=f"{group_name}.{name}"):
+                    self.assertIs(getattr(getattr(autoserv, group_name), name), value)
+                    self.assertIs(getattr(autoserv, name), value)
+        for name, value in ns.items():
+            if not name.startswith("_") and name not in plain:
+                with self.subTest(name=name):
+                    self.assertIs(getattr(autoserv, name), value)
+                    listed.add(name)
+        self.assertEqual(sorted(autoserv.__all__), sorted(listed))
+        self.assertEqual(set(vars(autoserv.errors)) - {"__name__", "__doc__", "__package__",
+                                                       "__loader__", "__spec__"},
+                         {n for n, v in ns.items() if isinstance(v, type)
+                          and issubclass(v, autoserv.AutoservError)})
+        self.assertIs(autoserv.power.ConmuxPower, autoserv.ConmuxPower)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-api-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    @staticmethod
+    def lab_site_host():
+        class LabSiteHost(autoserv.SiteHost):
+            """A site's own host class, as a site file would define one."""
+
+            def __init__(self, hostname, **kwargs):
+                self._init_args, self._init_kwargs = (hostname,), {}
+                self.hostname = hostname
+                super().__init__(**kwargs)
+        return LabSiteHost
+
+    def makers(self):
+        """(class name, a function making that host from keywords); none of
+        them contacts anything."""
+        kvm = autoserv.KVM(autoserv.LocalHost())      # never installed: no address
+        lab = self.lab_site_host()
+        return (("LocalHost", lambda **kw: autoserv.LocalHost(**kw)),
+                ("SSHHost", lambda **kw: autoserv.SSHHost("lab1", **kw)),
+                ("ConmuxSSHHost", lambda **kw: autoserv.ConmuxSSHHost(
+                    "lab1", attach="/bin/false", **kw)),
+                ("KVMGuest", lambda **kw: autoserv.KVMGuest(kvm, "-m 256", **kw)),
+                ("LabSiteHost", lambda **kw: lab("lab1", **kw)),
+                ("create_host", lambda **kw: autoserv.create_host("lab1", **kw)))
+
+    def test_host_constructors_refuse_unknown_keywords_by_name_and_password_says_use_a_key(self):
+        for name, make in self.makers():
+            with self.subTest(cls=name):
+                with self.assertRaises(TypeError) as cm:
+                    make(pasword="x", identity_file="y")
+                self.assertIsInstance(cm.exception, autoserv.AutoservUsageError)
+                self.assertIn("'identity_file', 'pasword'", str(cm.exception))
+                with self.assertRaises(TypeError) as cm:
+                    make(password="s3cret-4431")
+                text = str(cm.exception)
+                self.assertEqual(len(text.splitlines()), 1, text)
+                for part in ("password=", "keys", "BatchMode", "ssh-keygen", "ssh-copy-id",
+                             "-i FILE", "identity="):
+                    self.assertIn(part, text)
+                self.assertNotIn("s3cret-4431", text)
+        self.assertEqual([h for h in autoserv._HOSTS if h.hostname == "lab1"], [])
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write("h = hosts.SSHHost('lab1', password='s3cret-4431')\n")
+        out = run_cli("-r", os.path.join(self.tmp, "res"), ctl)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertEqual(out.stderr.splitlines()[1:], [
+            f"autoserv: error: {ctl}:1: AutoservArgumentError: SSHHost(password=...): "
+            + autoserv._PASSWORD_HINT])
+
+    def test_registered_power_and_console_names_work_wherever_objects_do(self):
+        calls = []
+
+        class StandInPowerForTests(autoserv.PowerController):
+            """A stand-in for a site's PDU: it records what it is asked."""
+
+            def __init__(self, outlet=None):
+                self.outlet = outlet
+
+            def on(self):
+                calls.append(("on", self.outlet))
+
+        class StandInConsoleForTests:
+            """A stand-in for a site's console server."""
+
+            def __init__(self, line=None):
+                self.line = line
+
+            def hardreset(self):
+                calls.append(("console hardreset", self.line))
+
+        for kind, name, cls in (("power", "stand-in-pdu", StandInPowerForTests),
+                                ("console", "stand-in-console", StandInConsoleForTests)):
+            getattr(autoserv, f"register_{kind}")(name, cls)
+            self.addCleanup(autoserv._REGISTRY[kind].pop, name)
+        for maker_name, make in self.makers():
+            with self.subTest(cls=maker_name):
+                if maker_name == "KVMGuest":        # its keywords reach SSHHost (no guest here)
+                    continue
+                h = make(power="stand-in-pdu:outlet 7", console="stand-in-console:ttyS1")
+                self.addCleanup(h.close)
+                self.assertIsInstance(h.power, StandInPowerForTests)
+                self.assertEqual((h.power.outlet, h.console.line), ("outlet 7", "ttyS1"))
+                h.power_on()
+                self.assertEqual(calls.pop(), ("on", "outlet 7"))
+                with self.assertRaises(autoserv.AutoservNotImplementedError):
+                    h.power_off()
+        h = autoserv.SSHHost("lab1", power={"type": "stand-in-pdu", "outlet": "8"},
+                             console="stand-in-console")
+        self.addCleanup(h.close)
+        self.assertEqual((h.power.outlet, h.console.line), ("8", None))
+        # A console with hardreset() is a reset path of its own (a stand-in:
+        # nothing is reset).
+        local = autoserv.LocalHost(console="stand-in-console:ttyS2")
+        self.assertEqual([local.can_hardreset(), autoserv.LocalHost().can_hardreset()],
+                         [True, False])
+        local.hardreset(wait=False)
+        self.assertEqual(calls.pop(), ("console hardreset", "ttyS2"))
+        with self.assertRaises(autoserv.AutoservUsageError) as cm:
+            autoserv.SSHHost("lab1", power="no-such-pdu")
+        self.assertIn("'no-such-pdu'", str(cm.exception))
+        self.assertIn("stand-in-pdu", str(cm.exception))
+        # From a site file, in a control file.
+        site = os.path.join(self.tmp, "site_autoserv.py")
+        with open(site, "w") as f:
+            f.write("import autoserv\n"
+                    "class StandInPowerForTests(autoserv.PowerController):\n"
+                    "    def __init__(self, outlet):\n"
+                    "        self.outlet = outlet\n"
+                    "    def cycle(self):\n"
+                    "        print('stand-in cycled', self.outlet)\n"
+                    "autoserv.register_power('stand-in-pdu', StandInPowerForTests)\n")
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write("h = hosts.create_host('lab1', power='stand-in-pdu:outlet 9')\n"
+                    "h.power_cycle()\n")
+        out = run_cli("-r", os.path.join(self.tmp, "res"), ctl,
+                      env=dict(os.environ, AUTOSERV_SITE=site))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("stand-in cycled outlet 9", out.stdout)
+
+    def host_classes(self):
+        found, todo = set(), [autoserv.Host]
+        while todo:
+            cls = todo.pop()
+            for sub in cls.__subclasses__():
+                if sub.__module__ == "autoserv" and sub not in found:
+                    found.add(sub)
+                    todo.append(sub)
+        return sorted(found | set(autoserv._REGISTRY["host"].values()) | {self.lab_site_host()},
+                      key=lambda c: c.__name__)
+
+    def test_every_host_class_takes_the_base_hosts_parameters_and_the_base_documents_them(self):
+        classes = self.host_classes()
+        self.assertLessEqual({"LocalHost", "SSHHost", "ConmuxSSHHost", "KVMGuest", "Guest",
+                              "LabSiteHost"}, {c.__name__ for c in classes})
+        methods = [(n, m) for n, m in inspect.getmembers(autoserv.Host, inspect.isfunction)
+                   if not n.startswith("_")]
+        for name, method in methods:
+            with self.subTest(method=name):
+                self.assertTrue(method.__doc__, f"Host.{name} has no docstring")
+            for cls in classes:
+                with self.subTest(cls=cls.__name__, method=name):
+                    self.assertEqual(inspect.signature(getattr(cls, name)),
+                                     inspect.signature(method))
+        for name in ("send_file", "get_file", "is_up"):
+            self.assertIn("timeout", inspect.signature(getattr(autoserv.Host, name)).parameters)
+        for name in ("down_timeout", "stable_for"):
+            self.assertIn(name, inspect.signature(autoserv.Host.reboot).parameters)
+
+
 # Local processes ##############################################################
 
 class TestLocalRun(unittest.TestCase):
     def setUp(self):
         self.host = autoserv.LocalHost()
+
+    def test_local_transfers_honour_their_timeout_and_keep_the_old_file(self):
+        tmp = tempfile.mkdtemp(prefix="as-ltx-")
+        self.addCleanup(shutil.rmtree, tmp)
+        src, dest = os.path.join(tmp, "big"), os.path.join(tmp, "dest")
+        with open(src, "wb") as f:                 # 64 MiB, sparse: no disk or memory spent
+            f.truncate(64 << 20)
+        for method in (self.host.send_file, self.host.get_file):
+            with self.subTest(method=method.__name__):
+                with open(dest, "w") as f:
+                    f.write("the old file")
+                t0 = time.monotonic()
+                with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
+                    method(src, dest, timeout=0.001)
+                self.assertLess(time.monotonic() - t0, 5)
+                self.assertIn("timed out after 0.001 s", str(cm.exception))
+                self.assertEqual(open(dest).read(), "the old file")
+                self.assertEqual(sorted(os.listdir(tmp)), ["big", "dest"])   # no staging left
+                method(src, dest, timeout=60)
+                self.assertEqual(os.path.getsize(dest), 64 << 20)
+        self.assertTrue(self.host.is_up(timeout=1))
 
     def test_the_sampler_profiler_is_a_process_ended_with_its_test_or_its_parent(self):
         # A client test that forks (linus_stress does) must not fork with a
@@ -4895,6 +5147,27 @@ class TestHostileInputs(unittest.TestCase):
                 self.assertIn("EXTRACTED", out)
 
 
+    def test_an_unknown_install_keyword_is_refused_by_name_before_anything_is_sent(self):
+        # Nothing listens on the host's port: anything sent before the
+        # refusal would fail as a connection error instead.
+        host = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=2)
+        self.addCleanup(host.close)
+        member = ("./boot/vmlinuz-1.0-hostile", b"\x7fELF")
+        for cls, package in ((autoserv.DEBKernel, self._deb("k.deb")),
+                             (autoserv.RPMKernel, self._rpm("k.rpm", [member]))):
+            with self.subTest(cls=cls.__name__):
+                kernel = cls()
+                kernel.get(package)
+                with self.assertRaises(TypeError) as cm:
+                    kernel.install(host, title="t", positon="start")
+                self.assertIsInstance(cm.exception, autoserv.AutoservUsageError)
+                text = str(cm.exception)
+                self.assertIn(f"{cls.__name__}.install()", text)
+                self.assertIn("'positon'", text)
+                self.assertIn("position", text.split("'positon'", 1)[1])   # what it does take
+                self.assertEqual(len(text.splitlines()), 1)
+        self.assertEqual(host._tmp_dirs, [])
+
     def test_kvm_addresses_are_checked_before_any_command_runs(self):
         kvm = autoserv.KVM(autoserv.LocalHost())
         good = {"mac": "52:54:00:12:34:56", "ip": "192.168.122.10"}
@@ -5216,6 +5489,28 @@ class TestKVM(unittest.TestCase):
                  10, what="qemu gone")
         self.assertFalse(os.path.exists(run_dir))
         self.assertTrue(self.guest.qemu_alive())
+
+    def test_wait_up_without_timeout_waits_past_boot_timeout_saying_so_and_returns_true(self):
+        # boot_timeout=1: this guest takes longer than that to boot (TCG), so
+        # a wait capped by it would give up; without a timeout it waits on.
+        self.addCleanup(setattr, autoserv, "WAIT_PROGRESS_EVERY", autoserv.WAIT_PROGRESS_EVERY)
+        autoserv.WAIT_PROGRESS_EVERY = 1.0
+        g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"],
+                              boot_timeout=1)
+        try:
+            err = io.StringIO()
+            t0 = time.monotonic()
+            with contextlib.redirect_stderr(err):
+                self.assertIs(g.wait_up(), True)
+            took = time.monotonic() - t0
+            self.assertGreater(took, 1.0)
+            progress = [l for l in err.getvalue().splitlines() if "waiting on" in l]
+            self.assertTrue(progress, err.getvalue())
+            self.assertIn(f"guest {g.hostname}:{g.port}: no ssh answer after", progress[0])
+            self.assertLessEqual(len(progress), took + 1)         # about one a second
+            self.assertIn("guest", g.run("uname -n").stdout)
+        finally:
+            g.close()
 
     def test_a_dead_qemu_fails_wait_up_at_once_with_the_serial_log(self):
         g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"])
@@ -6255,6 +6550,27 @@ class TestKernelInstall(KernelGuestCase):
         self.assertEqual(g.run(f"test -s /boot/initrd.img-{kver}",
                                ignore_status=True).exit_status, 0)
         self.assertEqual(g.bootloader.get_default_title(), "autoserv")
+
+    def test_install_passes_position_and_initrd_on_to_the_boot_entry(self):
+        g, kg = self.start()
+        initrd = "/boot/initrd.img-made-by-hand"       # not the package's own
+        g.run(f"head -c 4096 /dev/zero > {initrd}")
+        kernel = autoserv.DEBKernel()
+        kernel.get(self.deb)
+        kernel.install(g, title="added at the end", default=False)
+        before = g.bootloader.get_titles()
+        # GRUB 2 keeps boottool's entries in one block: "start" is its start.
+        kernel.install(g, label="placed first", position="start", initrd=initrd, default=False)
+        entries = g.bootloader.get_entries()
+        self.assertEqual(len(entries), len(before) + 1)
+        titles = [e["title"] for e in entries]
+        self.assertLess(titles.index("placed first"), titles.index("added at the end"))
+        new = entries[titles.index("placed first")]
+        self.assertTrue(new["kernel"].endswith(f"/vmlinuz-{self.kver}"), new)
+        self.assertTrue(new["initrd"].endswith(initrd[len("/boot"):]), new)
+        old = entries[titles.index("added at the end")]
+        self.assertTrue(old["initrd"].endswith(f"/initrd.img-{self.kver}"), old)
+        self.assertNotIn(g.bootloader.get_default_title(), ("placed first", "added at the end"))
 
     def test_seed_03_installs_a_small_package_and_boots_it(self):
         g, kg = self.start()
