@@ -3768,14 +3768,21 @@ class SSHHost(_SSHTransfer, RemoteHost):
         must go down (unreachable, or a new boot id) and come up with a new
         boot id that stays the same for stable_for seconds.  If it stays down
         past its phase timeout and a reset path exists, one hard reset.
+        label boots that entry once.  kernel_args are for the next boot only:
+        a copy of the entry that boots next (label, else a kernel installed
+        to boot next, else the default) with them added is booted once and
+        removed once the host is back, so the menu is as it was and a hard
+        reset boots without them.  (A host that is not waited for, or does
+        not come back, keeps the copy, never the default, until the next
+        reboot with kernel_args replaces it.)
         status.log: reboot.start, reboot.verify GOOD or ABORT (with why)."""
-        if label is not None or kernel_args is not None:
-            boot = self.bootloader
-            if kernel_args:
-                boot.add_args(label if label is not None else boot.get_default(), kernel_args)
-            if label is not None:
-                boot.boot_once(label)
         expected = getattr(self, "_expect_kernel", None)
+        once = None
+        if kernel_args:
+            source = label if label is not None else (expected or {}).get("title")
+            once = self.bootloader.boot_once_with_args(source, kernel_args)
+        elif label is not None:
+            self.bootloader.boot_once(label)
         self._reset_in_reboot = False
         record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
         t0 = time.monotonic()
@@ -3797,10 +3804,17 @@ class SSHHost(_SSHTransfer, RemoteHost):
             raise
         record("GOOD", None, "reboot.verify",
                f"{self.hostname}: rebooted in {time.monotonic() - t0:.1f} s")
-        if expected and wait:
+        end = "END GOOD"
+        if once:
+            try:
+                self.bootloader.remove_kernel(once)
+            except AutoservBootloaderError as e:     # the copy is never the default
+                record("WARN", None, "reboot", f"{self.hostname}: {e}")
+                end = "END WARN"
+        if expected:
             self._expect_kernel = None
             self._verify_kernel(expected, record)
-        record("END GOOD", None, "reboot")
+        record(end, None, "reboot")
 
     def _verify_kernel(self, expected, record):
         """After a reboot that should have started an installed kernel: the
@@ -4876,7 +4890,8 @@ class DEBKernel(InstallableObject):
         title = title or kwargs.pop("label", None) or "autoserv"
         host.bootloader.add_kernel(image, title=title, root=root, args=args, initrd=initrd,
                                    default=default and not boot_once, boot_once=boot_once)
-        host._expect_kernel = {"version": version, "title": title}
+        if default or boot_once:       # only a kernel meant to boot next is checked
+            host._expect_kernel = {"version": version, "title": title}
         _record("GOOD", None, "kernel.install",
                f"{host.hostname}: {version} as {title!r}"
                + (" (boot once)" if boot_once else " (default)" if default else ""))
@@ -5221,6 +5236,17 @@ class Bootloader:
 
     def boot_once(self, title):
         self.run("--boot-once", f"--title={title}")
+
+    def boot_once_with_args(self, entry, args, title="autoserv kernel_args"):
+        """Boots entry (an index or a title; None: the default) once with
+        args added to its command line: a copy titled title, never the
+        default, replacing an older copy.  Returns title, for
+        remove_kernel() once the host is back."""
+        info = self.get_info(self.get_default() if entry is None else entry)
+        self.add_kernel(info["kernel"], title=title, root=info.get("root") or None,
+                        args=" ".join(filter(None, (info.get("args"), args))),
+                        initrd=info.get("initrd") or None, default=False, boot_once=True)
+        return title
 
 
 # Autotest client ###############################################################
