@@ -3775,7 +3775,9 @@ class SSHHost(_SSHTransfer, RemoteHost):
         reset boots without them.  (A host that is not waited for, or does
         not come back, keeps the copy, never the default, until the next
         reboot with kernel_args replaces it.)
-        status.log: reboot.start, reboot.verify GOOD or ABORT (with why)."""
+        status.log: reboot.start, reboot.verify GOOD or ABORT (with why);
+        a reboot recovered by the hard reset is a WARN (the job's exit status
+        does not change) and its END is WARN."""
         expected = getattr(self, "_expect_kernel", None)
         once = None
         if kernel_args:
@@ -3804,7 +3806,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             raise
         record("GOOD", None, "reboot.verify",
                f"{self.hostname}: rebooted in {time.monotonic() - t0:.1f} s")
-        end = "END GOOD"
+        end = "END WARN" if self._reset_in_reboot else "END GOOD"
         if once:
             try:
                 self.bootloader.remove_kernel(once)
@@ -3855,7 +3857,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
                     raise AutoservRebootError(self.hostname, "did not return",
                                               "no answer within the reboot timeout"
                                               + ("" if reset_done else "; no reset path"))
-                record("ABORT", None, "reboot.verify",
+                # Not the outcome yet: an ABORT here would outlive a reset
+                # that recovers the host (the except in reboot() says ABORT
+                # when it does not).
+                record("WARN", None, "reboot.verify",
                        f"{self.hostname}: did not return; trying one hard reset")
                 self.hardreset(wait=False)
                 self._stop_master()
