@@ -6319,6 +6319,51 @@ class TestKernelBoot(KernelGuestCase):
         self.assertIn(("END FAIL", "reboot"), codes)
         self.assertEqual(autoserv.worst_status(*[c for c, _ in codes]), "FAIL")
 
+    def test_localhost_reboot_inside_a_guest_ends_the_job_then_reboots_the_machine(self):
+        # autoserv itself runs inside the guest, detached from this ssh
+        # session, and reboots the machine it runs on.
+        g, kg = self.start()
+        d = "/root/as-local"
+        g.run(f"mkdir -p {d}")
+        g.send_file(AUTOSERV, f"{d}/autoserv.py")
+        for name, call in (("local", "h.reboot()"), ("fail", "h.reboot(reboot_cmd="
+                                                       "'echo no reboot here >&2; false')")):
+            with open(os.path.join(self.tmp, name), "w") as f:
+                f.write("h = hosts.LocalHost(allow_local_reboot=True)\n"
+                        "open('before', 'w').write(h.get_boot_id())\n"
+                        f"{call}\n"
+                        "open('after', 'w').write('the control file went on')\n")
+            g.send_file(os.path.join(self.tmp, name), f"{d}/{name}.control")
+        # A reboot command that fails: the job fails (exit 1) and says why;
+        # the machine stays up.
+        old = g.get_boot_id()
+        out = g.run(f"cd {d} && python3 autoserv.py -r {d}/fail fail.control", ignore_status=True)
+        self.assertEqual(out.exit_status, 1, out.stdout + out.stderr)
+        self.assertIn("no reboot here", out.stderr)
+        self.assertIn("exit_status=1", g.run(f"cat {d}/fail/keyval").stdout.splitlines())
+        self.assertIn(("ABORT", "reboot.verify"), [(e["code"], e["operation"]) for e in
+                      autoserv.parse_status_log(g.run(f"cat {d}/fail/status.log").stdout)])
+        self.assertEqual(g.get_boot_id(), old)
+        g.run(f"cd {d} && setsid python3 autoserv.py -r {d}/res local.control "
+              ">out 2>&1 </dev/null &")
+        if not g.wait_down(timeout=120, old_boot_id=old):
+            self.fail("still up: " + g.run(f"cat {d}/out", ignore_status=True).stdout)
+        self.assertTrue(g.wait_up(timeout=300), g.serial_tail(60))
+        self.assertNotEqual(g.get_boot_id(), old)
+        # The control file ended at reboot(); the job ended as after its last
+        # line, its outcome on disk before the machine went down.
+        self.assertEqual(g.run(f"cat {d}/res/before").stdout, old)
+        self.assertNotEqual(g.run(f"test -e {d}/res/after", ignore_status=True).exit_status, 0)
+        summary = json.loads(g.run(f"cat {d}/res/summary.json").stdout)
+        self.assertEqual(summary["job"]["outcome"], "GOOD")
+        self.assertIn("exit_status=0", g.run(f"cat {d}/res/keyval").stdout.splitlines())
+        entries = autoserv.parse_status_log(g.run(f"cat {d}/res/status.log").stdout)
+        start = [e["message"] for e in entries if e["operation"] == "reboot.start"]
+        self.assertEqual(len(start), 1, entries)
+        self.assertIn(f"(boot id {old})", start[0])
+        self.assertIn("the job ends here", start[0])
+        self.assertEqual([e for e in entries if e["code"] in ("FAIL", "ERROR", "ABORT")], [])
+
     def grub_state(self, g):
         """The boot menu and what GRUB reads from its environment (without
         the empty next_entry GRUB writes back after a boot-once boot)."""
