@@ -6248,7 +6248,8 @@ class TestKernelBoot(KernelGuestCase):
         # Kernel arguments go to the entry that boots next, for that boot only.
         g.reboot(timeout=300, kernel_args="autoserv_test_arg=1")
         self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
-        self.assertIn("autoserv_test_arg=1", g.run("cat /proc/cmdline").stdout)
+        self.assertIn("autoserv_test_arg=1", g.run("cat /proc/cmdline").stdout,
+                      "the serial console (which entry GRUB booted):\n" + g.serial_tail(40))
         self.assertEqual(self.grub_state(g), menu)
         # Booted once, the new kernel takes the default's command line: no
         # argument of that one boot is in it.
