@@ -241,6 +241,18 @@ class _Terminated(BaseException):
     """SIGTERM arrived; unwinds like KeyboardInterrupt."""
 
 
+class _LocalReboot(SystemExit):
+    """LocalHost.reboot() in a job: ends the control file like sys.exit(0);
+    the job ends, then runs command as its last act (_reboot_this_machine)."""
+
+    def __init__(self, hostname, command):
+        super().__init__(0)
+        self.hostname, self.command = hostname, command
+
+    def __reduce__(self):
+        return (type(self), (self.hostname, self.command))
+
+
 # Helpers ######################################################################
 
 def sh_escape(command):
@@ -1372,6 +1384,19 @@ class Host:
         raise AutoservNotImplementedError(
             f"{self.hostname}: {type(self).__name__} cannot reboot")
 
+    def _boot_next(self, label=None, kernel_args=None):
+        """reboot()'s label and kernel_args: label is booted once;
+        kernel_args go to a copy of the entry that boots next (label, else a
+        kernel installed to boot next, else the default), booted once.
+        Returns the copy's title, to remove once the host is back, or None."""
+        if kernel_args:
+            expected = getattr(self, "_expect_kernel", None)
+            source = label if label is not None else (expected or {}).get("title")
+            return self.bootloader.boot_once_with_args(source, kernel_args)
+        if label is not None:
+            self.bootloader.boot_once(label)
+        return None
+
     def can_hardreset(self):
         """True when a hard reset path exists (a power controller, or a
         console with a hardreset())."""
@@ -1551,7 +1576,7 @@ def load_site(search=None):
 
 class LocalHost(SiteHost):
     """The machine autoserv runs on.  No wait_down; reboot only with
-    allow_local_reboot=True."""
+    allow_local_reboot=True, and autoserv goes down with it (reboot())."""
 
     def __init__(self, hostname=None, allow_local_reboot=False, **kwargs):
         self._init_args, self._init_kwargs = (), {"allow_local_reboot": allow_local_reboot}
@@ -1593,11 +1618,40 @@ class LocalHost(SiteHost):
 
     def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
                fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+        """Reboots the machine autoserv runs on (only with
+        allow_local_reboot=True).  autoserv goes down with it, so nothing
+        here waits for it to come back or checks a kernel.  label and
+        kernel_args are set up as on any host (a kernel_args copy stays in
+        the menu, never the default).  In a job, with wait, the control file
+        ends here as with sys.exit(0): status.log gets reboot.start (the
+        command, the boot id), the job ends as after its last line (hosts
+        closed; summary.json and keyval written and synced to disk), and the
+        reboot command is the job's last act; if it fails, the job fails
+        (exit status 1).  Otherwise the command runs at once: with wait=False
+        reboot() returns, with wait it waits up to timeout for the shutdown
+        to end this process (AutoservRebootError if it does not).
+        down_timeout and stable_for (the base contract's) have nothing to
+        time here."""
         if not self.allow_local_reboot:
             raise AutoservUsageError("refusing to reboot the machine autoserv runs on; "
                                      "use LocalHost(allow_local_reboot=True) if you mean it")
-        return super().reboot(timeout, label, kernel_args, wait, fastsync, reboot_cmd,
-                              down_timeout, stable_for)
+        if wait and _JOB is not None and os.getpid() != _JOB._pid:
+            raise AutoservUsageError("LocalHost.reboot() in a parallel task: call it from "
+                                     "the control file itself (the job ends with it)")
+        self._boot_next(label, kernel_args)
+        command = reboot_cmd or ("reboot" if fastsync else "sync; reboot")
+        what = (f"{self.hostname}: {command} (boot id {self.get_boot_id()}); autoserv goes "
+                "down with this machine")
+        if wait and _JOB is not None:
+            _record("START", None, "reboot", f"{self.hostname}: reboot")
+            _record("INFO", None, "reboot.start", what + ": the job ends here")
+            raise _LocalReboot(self.hostname, command)
+        _record("INFO", None, "reboot.start", what)
+        self.run(command, timeout=60)
+        if wait:
+            time.sleep(timeout)           # the shutdown ends this process
+            raise AutoservRebootError(self.hostname, "did not go down",
+                                      f"still running {timeout} s after {command}")
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
                   backend=None, timeout=None):
@@ -3930,14 +3984,18 @@ class SSHHost(_SSHTransfer, RemoteHost):
         must go down (unreachable, or a new boot id) and come up with a new
         boot id that stays the same for stable_for seconds.  If it stays down
         past its phase timeout and a reset path exists, one hard reset.
-        status.log: reboot.start, reboot.verify GOOD or ABORT (with why)."""
-        if label is not None or kernel_args is not None:
-            boot = self.bootloader
-            if kernel_args:
-                boot.add_args(label if label is not None else boot.get_default(), kernel_args)
-            if label is not None:
-                boot.boot_once(label)
+        label boots that entry once.  kernel_args are for the next boot only:
+        a copy of the entry that boots next (label, else a kernel installed
+        to boot next, else the default) with them added is booted once and
+        removed once the host is back, so the menu is as it was and a hard
+        reset boots without them.  (A host that is not waited for, or does
+        not come back, keeps the copy, never the default, until the next
+        reboot with kernel_args replaces it.)
+        status.log: reboot.start, reboot.verify GOOD or ABORT (with why);
+        a reboot recovered by the hard reset is a WARN (the job's exit status
+        does not change) and its END is WARN."""
         expected = getattr(self, "_expect_kernel", None)
+        once = self._boot_next(label, kernel_args)
         self._reset_in_reboot = False
         record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
         t0 = time.monotonic()
@@ -3959,10 +4017,17 @@ class SSHHost(_SSHTransfer, RemoteHost):
             raise
         record("GOOD", None, "reboot.verify",
                f"{self.hostname}: rebooted in {time.monotonic() - t0:.1f} s")
-        if expected and wait:
+        end = "END WARN" if self._reset_in_reboot else "END GOOD"
+        if once:
+            try:
+                self.bootloader.remove_kernel(once)
+            except AutoservBootloaderError as e:     # the copy is never the default
+                record("WARN", None, "reboot", f"{self.hostname}: {e}")
+                end = "END WARN"
+        if expected:
             self._expect_kernel = None
             self._verify_kernel(expected, record)
-        record("END GOOD", None, "reboot")
+        record(end, None, "reboot")
 
     def _verify_kernel(self, expected, record):
         """After a reboot that should have started an installed kernel: the
@@ -4003,7 +4068,10 @@ class SSHHost(_SSHTransfer, RemoteHost):
                     raise AutoservRebootError(self.hostname, "did not return",
                                               "no answer within the reboot timeout"
                                               + ("" if reset_done else "; no reset path"))
-                record("ABORT", None, "reboot.verify",
+                # Not the outcome yet: an ABORT here would outlive a reset
+                # that recovers the host (the except in reboot() says ABORT
+                # when it does not).
+                record("WARN", None, "reboot.verify",
                        f"{self.hostname}: did not return; trying one hard reset")
                 self.hardreset(wait=False)
                 self._stop_master()
@@ -5051,7 +5119,8 @@ class DEBKernel(InstallableObject):
             entry["initrd"] = self._initrd(host, version, self.get_initrd_name())
         host.bootloader.add_kernel(image, title=title, default=default and not boot_once,
                                    boot_once=boot_once, **entry)
-        host._expect_kernel = {"version": version, "title": title}
+        if default or boot_once:       # only a kernel meant to boot next is checked
+            host._expect_kernel = {"version": version, "title": title}
         _record("GOOD", None, "kernel.install",
                f"{host.hostname}: {version} as {title!r}"
                + (" (boot once)" if boot_once else " (default)" if default else ""))
@@ -5400,6 +5469,21 @@ class Bootloader:
 
     def boot_once(self, title):
         self.run("--boot-once", f"--title={title}")
+
+    def boot_once_with_args(self, entry, args, title="autoserv kernel_args"):
+        """Boots entry (an index or a title; None: the default) once with
+        args added to its command line: a copy titled title, never the
+        default, replacing an older copy.  Returns title, for
+        remove_kernel() once the host is back."""
+        info = self.get_info(self.get_default() if entry is None else entry)
+
+        def on_system(path):      # a separate /boot: the menu's paths leave it out
+            return path if not path or path.startswith("/boot/") else "/boot" + path
+        self.add_kernel(on_system(info["kernel"]), title=title, root=info.get("root") or None,
+                        args=" ".join(filter(None, (info.get("args"), args))),
+                        initrd=on_system(info.get("initrd")) or None, default=False,
+                        boot_once=True)
+        return title
 
 
 # Autotest client ###############################################################
@@ -7477,6 +7561,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         _say(f"results in {resultdir}")
     cwd = os.getcwd()
     status, outcome, error, reason = 0, "GOOD", "", ""
+    local_reboot = None
     job.record("START", None, "autoserv", f"control file {os.path.basename(control_path)}")
     try:
         try:
@@ -7490,6 +7575,8 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
             if opts.reboot and machines:
                 job.record("INFO", None, "autoserv", "-b: rebooting every machine")
                 parallel_simple(lambda name: create_host(name).reboot(), machines, log=False)
+        except _LocalReboot as e:
+            local_reboot = e
         except SystemExit as e:
             if e.code not in (None, 0):
                 status, outcome, error = 1, "FAIL", f"control file exited with {e.code}"
@@ -7513,6 +7600,10 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     if status == 0 and job.status.worst in FAILING_CODES:
         status, outcome = 3, "FAIL"
         error = f"a test recorded {job.status.worst}"
+    if local_reboot is not None:
+        why = _reboot_this_machine(job, local_reboot, status, outcome, error)
+        if why:
+            status, outcome, error = 1, "FAIL", why
     if error:
         job.record("ABORT" if status in (130, 143) else "FAIL", None, "autoserv",
                    reason or _last_line(error))
@@ -7526,6 +7617,23 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     if error:
         _say(f"error: {error}" if status == 1 else error)
     return status
+
+
+def _reboot_this_machine(job, pending, status, outcome, error):
+    """The job's last act after LocalHost.reboot(): with its outcome on disk
+    (summary.json, keyval, synced), runs the reboot command.  Returns why it
+    failed, or "".  What is written after it may be lost to the shutdown."""
+    job.write_summary(outcome, error)
+    job.write_keyval({"job_finished": int(time.time()), "exit_status": status})
+    os.sync()
+    result = LocalHost(pending.hostname).run(pending.command, timeout=60, ignore_status=True)
+    if result.exit_status == 0:
+        job.record("END GOOD", None, "reboot", f"{pending.hostname}: rebooting")
+        return ""
+    why = f"{pending.hostname}: {pending.command}: {_why(result)}"
+    job.record("ABORT", None, "reboot.verify", why)
+    job.record("END ABORT", None, "reboot")
+    return f"AutoservRebootError: {why}"
 
 
 def _hosts_in(exc):
