@@ -6616,6 +6616,19 @@ class TestKernelInstall(KernelGuestCase):
 class TestKernelBoot(KernelGuestCase):
     """Boot-once, a kernel that does not boot, and edits that change nothing."""
 
+    def test_a_boot_once_entry_set_just_before_a_hard_reset_is_the_one_grub_boots(self):
+        # A power cut seconds after boottool's edit: fsync put it in ext4's
+        # journal, which GRUB does not replay; only a checkpoint puts the new
+        # grubenv and custom.cfg where GRUB reads them.
+        g, kg = self.start()
+        image = f"/boot/vmlinuz-{self.default_kver}"
+        g.bootloader.add_kernel(image, title="once before the cut",
+                                args="root=/dev/nvme0n1p1 rw console=ttyS0,115200 autoserv_cut=1",
+                                default=False, boot_once=True)
+        g.hardreset(timeout=300)
+        self.assertIn("autoserv_cut=1", g.run("cat /proc/cmdline").stdout,
+                      g.serial_tail(20))
+
     def test_boot_once_boots_the_new_kernel_once_and_kernel_args_last_one_boot(self):
         g, kg = self.start(job=True)
         k = autoserv.DEBKernel()
