@@ -65,6 +65,7 @@ DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_ALIVE_INTERVAL = 5
 DEFAULT_ALIVE_COUNT = 3
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 KILL_GRACE = 2.0            # seconds between TERM and KILL, locally and remotely
 POST_RESET_WAIT = 300.0     # how long reboot() waits for a host after its one hard reset
 WAIT_PROGRESS_EVERY = 30.0  # s between progress lines of a wait without a timeout
@@ -4219,6 +4220,7 @@ class subcommand:
         try:
             signal.signal(signal.SIGTERM, _raise_terminated)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked by fork_start
             if out_w is not None:
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
@@ -4404,10 +4406,18 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
         while waiting or running:
             while waiting and (not max_parallel or len(running) < max_parallel):
                 task = waiting.pop(0)
-                task.fork_start(prefix_output)
-                running[task.pid] = task
-                for fd in task.fds:
-                    sel.register(fd, selectors.EVENT_READ, task)
+                # A Ctrl-C or SIGTERM waits until the task is in running: a
+                # child can start its work (and be seen to) before fork_start
+                # returns, and one not in running would outlive the stop.
+                # The child unblocks them itself (_child).
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                try:
+                    task.fork_start(prefix_output)
+                    running[task.pid] = task
+                    for fd in task.fds:
+                        sel.register(fd, selectors.EVENT_READ, task)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             left = _remaining(deadline)
             if left == 0.0:
                 timed_out = True
