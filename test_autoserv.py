@@ -7915,9 +7915,11 @@ _CLASS_SECONDS = {
 
 def _lane_count():
     try:
-        return max(1, int(os.environ.get("AUTOSERV_TEST_LANES", "3")))
+        # Two: with three, the guests of three lanes on two cores slowed
+        # timing-bound tests past their bounds (a flaky failure or two a run).
+        return max(1, int(os.environ.get("AUTOSERV_TEST_LANES", "2")))
     except ValueError:
-        return 3
+        return 2
 
 
 def _lanes_wanted():
