@@ -6367,13 +6367,8 @@ class KernelGuest:
             self.guest.close()
             raise AssertionError("kernel disk guest did not come up:\n" + tail)
         self.ssh_config = os.path.join(tmp, "ssh_config")
-        known = os.path.join(tmp, "known_hosts")
-        with open(known, "w") as f:
-            f.write(f"[127.0.0.1]:{self.port} {open(self.img['host_pub']).read().strip()}\n")
         with open(self.ssh_config, "w") as f:
-            f.write(f"Host 192.168.1.1 192.168.1.2\n    HostName 127.0.0.1\n"
-                    f"    Port {self.port}\n    User root\n    IdentityFile {self.img['key']}\n"
-                    f"    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n")
+            f.write(kdisk_ssh_block("192.168.1.1 192.168.1.2", self.port, self.img, tmp))
 
     def close(self):
         self.guest.close()
@@ -6430,6 +6425,18 @@ def user_mode_address(ip, port):
     return {f'"ip" : "{ip}"}}': f'"ip" : "127.0.0.1", "port": {port}}}'}
 
 
+def kdisk_ssh_block(aliases, port, img, directory):
+    """An ssh config block in which aliases lead to a kernel-disk guest's
+    ssh forwarded to 127.0.0.1:port, its host key pinned (a known_hosts
+    file written in directory)."""
+    known = os.path.join(directory, "known_hosts")
+    with open(known, "w") as f:
+        f.write(f"[127.0.0.1]:{port} {open(img['host_pub']).read().strip()}\n")
+    return (f"Host {aliases}\n    HostName 127.0.0.1\n    Port {port}\n    User root\n"
+            f"    IdentityFile {img['key']}\n    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {known}\n\n")
+
+
 class NetnsKernelGuest:
     """A kernel-disk guest (GRUB, a fresh overlay) whose qemu runs inside a
     test namespace with user-mode networking: its ssh is the namespace's
@@ -6462,12 +6469,7 @@ class NetnsKernelGuest:
 
     def ssh_block(self, alias):
         """An ssh config block in which alias leads to this guest (host key pinned)."""
-        known = os.path.join(self.dir, "known_hosts")
-        with open(known, "w") as f:
-            f.write(f"[127.0.0.1]:{self.port} {open(self.img['host_pub']).read().strip()}\n")
-        return (f"Host {alias}\n    HostName 127.0.0.1\n    Port {self.port}\n    User root\n"
-                f"    IdentityFile {self.img['key']}\n    IdentitiesOnly yes\n"
-                f"    UserKnownHostsFile {known}\n\n")
+        return kdisk_ssh_block(alias, self.port, self.img, self.dir)
 
     def close(self):
         if self.pid:
@@ -8149,9 +8151,15 @@ def _run_seed_examples(numbers):
         return 2
     os.environ["AUTOSERV_SEED_SHOW"] = "1"
     sys.argv[1:] = [test for n in wanted for test in known[n]]
+    return _run_in_process(verbosity=2, warnings="ignore")
+
+
+def _run_in_process(verbosity=1, **unittest_options):
+    """unittest on sys.argv's tests in this process, then the closing lines;
+    the exit status."""
     _TimedResult.last = time.monotonic()
-    prog = unittest.main(module=__name__, exit=False, verbosity=2, testRunner=_TimedRunner,
-                         warnings="ignore")
+    prog = unittest.main(module=__name__, exit=False, verbosity=verbosity,
+                         testRunner=_TimedRunner, **unittest_options)
     outcomes, reasons = _unittest_outcomes(prog.result)
     failed = closing_lines(outcomes, reasons, _TimedResult.by_class)
     return 0 if failed == 0 and outcomes else 1
@@ -8167,11 +8175,7 @@ def main():
         return _run_seed_examples(sys.argv[2:])
     if _lanes_wanted():
         return _run_lanes()
-    _TimedResult.last = time.monotonic()
-    prog = unittest.main(module=__name__, exit=False, verbosity=1, testRunner=_TimedRunner)
-    outcomes, reasons = _unittest_outcomes(prog.result)
-    failed = closing_lines(outcomes, reasons, _TimedResult.by_class)
-    return 0 if failed == 0 and outcomes else 1
+    return _run_in_process()
 
 
 if "pytest" in sys.modules:
