@@ -3618,6 +3618,26 @@ class SSHHost(_SSHTransfer, RemoteHost):
             os.close(lock)
 
     def _start_master(self, path, connect_timeout, retried=False):
+        """Starts the master, again while the connect timeout lasts when the
+        target closed or reset the connection before the handshake ended
+        (sshd past its MaxStartups, or starting up; a QEMU user-mode port
+        whose guest is not listening yet): nothing has run, so another try
+        is safe."""
+        ct = connect_timeout or self.connect_timeout
+        budget = time.monotonic() + ct
+        pause = 0.25
+        while True:
+            try:
+                return self._start_master_once(path, connect_timeout, retried)
+            except AutoservSSHConnectionLost as e:
+                if time.monotonic() + pause >= budget:
+                    raise
+                LOG.write(f"ssh connection closed before its handshake ended; "
+                          f"trying again in {pause:.2f} s: {e.detail}", self.hostname)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _start_master_once(self, path, connect_timeout, retried):
         self._stop_master()
         try:
             os.unlink(path)
@@ -3657,7 +3677,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             LOG.write(f"host key changed on ephemeral host; accepting the new key. "
                       f"{error.detail}", self.hostname)
             os.unlink(self._known_hosts_file())
-            return self._start_master(path, connect_timeout, retried=True)
+            return self._start_master_once(path, connect_timeout, retried=True)
         raise error
 
     def _stop_master(self):

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import types
 import time
 import traceback
@@ -401,7 +402,6 @@ class CmdlineSampler:
     seen(word) lists the sampled command lines holding word."""
 
     def __init__(self):
-        import threading
         self.lines, self._stop = set(), threading.Event()
         self._thread = threading.Thread(target=self._sample)
 
@@ -616,7 +616,6 @@ def once_running(text, action, timeout=20):
     """A started thread that calls action() once remote_sleeps(text) finds
     one (at the latest after timeout s, so that a command waiting for it ends
     anyway).  After join(): .at is when action ran, .error why it ran late."""
-    import threading
 
     def wait_then_act():
         try:
@@ -1139,7 +1138,6 @@ class TestLocalRun(unittest.TestCase):
         # A client test that forks (linus_stress does) must not fork with a
         # thread alive (3.12+ warns): the sampler is a child process, ended
         # and reaped by stop(), and gone by itself if the harness is killed.
-        import threading
         tmp = tempfile.mkdtemp(prefix="as-prof-")
         self.addCleanup(shutil.rmtree, tmp)
         job = types.SimpleNamespace(record=lambda *a: None)
@@ -1694,7 +1692,10 @@ class TestSSHRun(SshdTestCase):
 
     @scenario(10)
     def test_twenty_concurrent_commands_share_one_master_then_it_is_killed(self):
-        h = self.sshd.host()          # cold: twenty tasks race to start its master
+        # Cold: twenty tasks race to start its master.  A generous connect
+        # timeout: twenty handshakes at once beside booting guests on two
+        # cores took longer than the default five seconds once.
+        h = self.sshd.host(connect_timeout=30)
         results = autoserv.parallel(
             [autoserv.subcommand(h.run, [f"echo {i}; sleep 0.2"]) for i in range(20)],
             return_results=True)
@@ -2026,7 +2027,6 @@ class TestSSHJobs(SshdTestCase):
         h = autoserv.SSHHost("127.0.0.1", port=port, identity=self.sshd.client_key,
                              known_hosts=os.path.join(self.tmp, "kh"), connect_timeout=5)
         self.assertFalse(h.wait_up(timeout=1))
-        import threading
         started = {}
 
         def start():
@@ -3063,6 +3063,43 @@ class TestFaults(SshdTestCase):
                 """))
         return relay, self.sshd.host("relayhost", alive_interval=1, alive_count=3, **kw)
 
+    def test_a_connection_closed_before_the_handshake_is_tried_again_within_the_connect_timeout(self):
+        # sshd past its MaxStartups, or a QEMU user-mode port whose guest is
+        # not listening yet: the first connection closes before (or in) the
+        # banner.  Nothing ran, so the master tries again; a target that
+        # always does so fails as connection lost, within the connect timeout.
+        for limit in (0, 5):                    # no banner, half a banner
+            with self.subTest(bytes_of_banner=limit):
+                relay, h = self.relay_host(CutRelay(self.sshd.port, limit, "down"),
+                                           connect_timeout=10)
+                self.assertEqual(h.run("echo through").stdout, "through\n")
+                self.assertTrue(relay.was_cut())
+                h.close()
+        closer = socket.socket()
+        closer.bind(("127.0.0.1", 0))
+        closer.listen(64)
+        self.addCleanup(closer.close)
+        accepted = []
+
+        def close_every_connection():
+            while True:
+                try:
+                    conn, _ = closer.accept()
+                except OSError:
+                    return
+                accepted.append(1)
+                conn.close()
+        threading.Thread(target=close_every_connection, daemon=True).start()
+        h = autoserv.SSHHost("127.0.0.1", port=closer.getsockname()[1],
+                             identity=self.sshd.client_key, connect_timeout=3)
+        self.addCleanup(h.close)
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservSSHConnectionLost) as cm:
+            h.run("true")
+        self.assertLess(time.monotonic() - t0, 3 + 5 + 5)
+        self.assertGreater(len(accepted), 1)
+        self.assertRegex(str(cm.exception), "closed|reset")
+
     @scenario(4)
     def test_transfer_cut_halfway_keeps_the_old_file_and_a_retry_succeeds(self):
         relay, h = self.relay_host()
@@ -3074,7 +3111,6 @@ class TestFaults(SshdTestCase):
         with open(os.path.join(dest, "big.bin"), "w") as f:
             f.write("the old file")
         h.run("true")
-        import threading
         # Throttle nothing: stop the relay as soon as the staging file appears.
         def stall():
             wait_for(lambda: any(n.startswith(".autoserv-") for n in os.listdir(dest)), 30,
@@ -3279,7 +3315,6 @@ class TestHostileRun(SshdTestCase):
         agent = int(h.run("echo $PPID").stdout)
         path = os.path.join([p for _, p in h._tmp_dirs][0], "agent")
         import struct
-        import threading
 
         def frame(kind, body=b""):
             return struct.pack(">cI", kind, len(body)) + body
@@ -3328,7 +3363,6 @@ class TestHostileRun(SshdTestCase):
     def stand_in_agent(self, serve_conn):
         """A stand-in agent on a local socket: `serve_conn(conn)` serves the
         one connection it accepts.  Returns the path and the serving thread."""
-        import threading
         path = tempfile.mktemp(prefix="agent-", dir=self.tmp)
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(path)
@@ -4827,7 +4861,6 @@ def serve_on_loopback(test, handler, tmp, tls=False):
     certificate for 127.0.0.1) stopped at the test's cleanup: (base URL, cert)."""
     import http.server
     import ssl
-    import threading
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     cert = None
     if tls:
@@ -5259,7 +5292,6 @@ class _Served:
 
     def __init__(self, directory):
         import http.server
-        import threading
         handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
             *a, directory=directory, **k)
         http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
@@ -5691,7 +5723,6 @@ class TestReboot(unittest.TestCase):
         # it, and once the guest says (on its serial line) that the command
         # runs, drops them, so the session that carried it dies unanswered
         # (its keepalives, or its timeout) while the guest reboots.
-        import threading
         relay = HoldRelay(self.guest.port)
         self.addCleanup(relay.close)
         h = autoserv.SSHHost("127.0.0.1", port=relay.port, identity=self.img["key"],
@@ -5733,7 +5764,6 @@ class TestReboot(unittest.TestCase):
     def test_a_machine_that_reboots_twice_is_done_only_when_stable(self):
         # The second reboot comes once autoserv has seen the first new boot
         # id (its debug log says so), inside the stable_for window.
-        import threading
         start = self.serial_readies()
         seen = []
 
@@ -7196,7 +7226,6 @@ class TestConmux(unittest.TestCase):
 # Parallel #####################################################################
 
 def _unpicklable_failure(i):
-    import threading
 
     class Bad(Exception):
         def __init__(self):
@@ -7849,14 +7878,21 @@ def _count(outcomes, reasons, test_id, outcome, reason=""):
         reasons[test_id] = reason
 
 
+def _last_line(traceback_text):
+    """A failure's reason for the closing lines: its traceback's last line
+    (the exception and its message), cut to one screen line."""
+    lines = [line for line in traceback_text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
 def _unittest_outcomes(result):
     """{test id: outcome}, {test id: reason} from a unittest result: each
     test once, with its subtests; the tests a failed or skipped setUpClass
     kept from running count as that."""
     outcomes = dict.fromkeys(_TimedResult.ran, "passed")
     reasons = {}
-    entries = [(t, "failed", "") for t, _ in result.failures + result.errors]
-    entries += [(t, "failed", "") for t in result.unexpectedSuccesses]
+    entries = [(t, "failed", _last_line(tb)) for t, tb in result.failures + result.errors]
+    entries += [(t, "failed", "unexpected success") for t in result.unexpectedSuccesses]
     entries += [(t, "skipped", why) for t, why in result.skipped]
     for test, outcome, reason in entries:
         test_id = getattr(test, "test_case", test).id()     # a subtest's own test
@@ -7887,6 +7923,10 @@ def closing_lines(outcomes, reasons, seconds_by_class):
         counts[outcome] += 1
     for reason, n in sorted(why.items(), key=lambda kv: -kv[1]):
         print(f"skipped {n}: {reason}")
+    # The failed tests by name, near the end where a CI log's tail shows them.
+    for test_id, outcome in sorted(outcomes.items()):
+        if outcome == "failed":
+            print(f"FAILED {test_id}: {reasons.get(test_id) or 'see its output above'}")
     slow = sorted(seconds_by_class.items(), key=lambda kv: -kv[1])[:10]
     print("time by class: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in slow))
     print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
@@ -8029,7 +8069,6 @@ def _lanes_run(order, count, queue, lanes, t0):
     classes of order, longest first, from the queue directory as each comes
     free; copies their lines out with a [n] prefix, and merges what they
     report: (outcomes, reasons, seconds by class, seconds by test)."""
-    import threading
     for n, name in enumerate(order):
         open(os.path.join(queue, f"{n:03d}-{name}"), "w").close()
     for i in range(1, count + 1):
@@ -8068,19 +8107,24 @@ def _lanes_run(order, count, queue, lanes, t0):
             left = json.loads(lines[1])
         if left != []:          # processes left, or the lane ended before it looked
             got["outcomes"][f"lane{i}.no_process_left"] = "failed"
+            got["reasons"][f"lane{i}.no_process_left"] = (
+                f"left running: {left}" if left else "the lane ended before it looked")
         leaked = [n for n in os.listdir(tmp) if n.startswith("autoserv-")]
         for name in leaked:
             inside = sorted(os.listdir(os.path.join(tmp, name)))
             print(f"lane {i}: left in its /tmp: {name}: {' '.join(inside[:8])}", flush=True)
         if leaked:
             got["outcomes"][f"lane{i}.tmp_left"] = "failed"
+            got["reasons"][f"lane{i}.tmp_left"] = "left in /tmp: " + " ".join(leaked)
         outcomes.update(got["outcomes"])
         reasons.update(got["reasons"])
         for name, secs in got["seconds"].items():
             seconds[name] = seconds.get(name, 0.0) + secs
         tests.update(got.get("tests", {}))
     for test_id in plan_ids(order):
-        outcomes.setdefault(test_id, "failed")      # in a lane that died, or never taken
+        if test_id not in outcomes:                 # in a lane that died, or never taken
+            outcomes[test_id] = "failed"
+            reasons[test_id] = "never ran: its lane died or never took its class"
     return outcomes, reasons, seconds, tests
 
 
