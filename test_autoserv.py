@@ -8081,10 +8081,11 @@ def _lanes_run(order, count, queue, lanes, t0):
             [os.path.abspath(__file__), "--lane", tmp, results, queue]
         lanes[-1][1] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
-    threads, ended = [], {}
+    threads, ended, last = [], {}, {}
     for i, proc, _, _ in lanes:
         def pump(i=i, proc=proc):
             for line in proc.stdout:
+                last[i] = line.decode(errors="replace").strip()
                 try:
                     sys.stdout.write(f"[{i}] " + line.decode(errors="replace"))
                     sys.stdout.flush()
@@ -8095,8 +8096,19 @@ def _lanes_run(order, count, queue, lanes, t0):
         th.start()
         threads.append(th)
     outcomes, reasons, seconds, tests = {}, {}, {}, {}
+    # A bound on the whole run: a test that hangs ends its lane (and what
+    # runs in it) here, named, rather than CI's own time limit ending all.
+    bound = float(os.environ.get("AUTOSERV_TEST_BOUND", "2700"))
     for i, proc, tmp, results in lanes:
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=max(1.0, t0 + bound - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"lane {i}: still running {bound:.0f} s after the suite began "
+                  f"(AUTOSERV_TEST_BOUND); ended; its last line: {last.get(i, '')}", flush=True)
+            proc.kill()
+            code = proc.wait()
+            outcomes[f"lane{i}.within_bound"] = "failed"
+            reasons[f"lane{i}.within_bound"] = f"hung after: {last.get(i, '')}"[:300]
         threads[i - 1].join()
         print(f"lane {i}: ended with status {code} after {ended[i]:.0f} s", flush=True)
         got, left = {"outcomes": {}, "reasons": {}, "seconds": {}}, None
@@ -8124,7 +8136,7 @@ def _lanes_run(order, count, queue, lanes, t0):
     for test_id in plan_ids(order):
         if test_id not in outcomes:                 # in a lane that died, or never taken
             outcomes[test_id] = "failed"
-            reasons[test_id] = "never ran: its lane died or never took its class"
+            reasons[test_id] = "no result: its lane died, was ended, or never took its class"
     return outcomes, reasons, seconds, tests
 
 
