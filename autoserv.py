@@ -1689,7 +1689,8 @@ class RemoteHost(SiteHost):
 # boundary for the end of the archive, and a dropped link gives just that;
 # for cat, $7 the file's name, $8 its mode (octal), $9 its mtime (UTC, touch
 # -t), $10 its size.  A stream that ended early is never placed.  Exits 1
-# with a message on failure.
+# with a message on failure.  The programs it hands to find -exec are written
+# out below it and put in at import, each in place of its '@NAME@'.
 _PLACE_SOURCE = r"""
 d=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6
 # "dest/" means "into dest"; strip the slash (but keep "/" itself).
@@ -1766,7 +1767,7 @@ if [ "$del" != 1 ]; then
   for e in * .[!.]* ..?*; do
     [ -e "$e" ] || [ -L "$e" ] || continue
     if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi
-    find "./$e" -exec sh -c 'x=$1 e=$2; shift 2; for a; do y=$x${a#"$e"}; if [ -d "$a" ] && [ ! -L "$a" ]; then if [ -e "$y" ] && [ ! -L "$y" ] && [ ! -d "$y" ]; then echo "autoserv: $y: a file is in the way" >&2; exit 1; fi; elif [ -d "$y" ] && [ ! -L "$y" ]; then echo "autoserv: $y is a directory" >&2; exit 1; fi; done' sh "$x" "./$e" {} + || exit 1
+    find "./$e" -exec sh -c '@IN_THE_WAY@' sh "$x" "./$e" {} + || exit 1
   done
 fi
 # delete (contents mode): remove what dest has and the new tree has not.
@@ -1793,8 +1794,8 @@ for e in * .[!.]* ..?*; do
   if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then
     (
       cd "$e" &&
-      find . -mindepth 1 -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done' "$x" {} + &&
-      find . ! -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; mv -f -- "$a" "$0/$a" || exit 1; done' "$x" {} +
+      find . -mindepth 1 -type d -exec sh -c '@MAKE_DIRS@' "$x" {} + &&
+      find . ! -type d -exec sh -c '@MOVE_FILES@' "$x" {} +
     ) || exit 1
   else
     if [ -d "$x" ] && [ ! -L "$x" ]; then
@@ -1822,7 +1823,51 @@ def _sh_one_line(program):
     return out
 
 
-_PLACE_SH = _sh_one_line(_PLACE_SOURCE)
+# The programs _PLACE_SOURCE hands to find -exec, each run on a batch of
+# paths at a time.
+#
+# IN_THE_WAY, before anything changes: $1 the path the staged entry $2 goes
+# to, then the entry's own paths; a path of the new tree that meets a file
+# where it has a dir, or a dir where it has a file, stops the placement.
+_PLACE_IN_THE_WAY = r"""
+x=$1 e=$2
+shift 2
+for a; do
+  y=$x${a#"$e"}
+  if [ -d "$a" ] && [ ! -L "$a" ]; then
+    if [ -e "$y" ] && [ ! -L "$y" ] && [ ! -d "$y" ]; then
+      echo "autoserv: $y: a file is in the way" >&2
+      exit 1
+    fi
+  elif [ -d "$y" ] && [ ! -L "$y" ]; then
+    echo "autoserv: $y is a directory" >&2
+    exit 1
+  fi
+done
+"""
+# MAKE_DIRS, merging a staged dir into dest's ($0): each dir of the new tree
+# made there, a symlink in its place removed first (never followed).
+_PLACE_MAKE_DIRS = r"""
+for a; do
+  if [ -L "$0/$a" ]; then
+    rm -f -- "$0/$a" || exit 1
+  fi
+  [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1
+done
+"""
+# MOVE_FILES, then: every non-dir moved into $0, over a symlink just as above.
+_PLACE_MOVE_FILES = r"""
+for a; do
+  if [ -L "$0/$a" ]; then
+    rm -f -- "$0/$a" || exit 1
+  fi
+  mv -f -- "$a" "$0/$a" || exit 1
+done
+"""
+_PLACE_FIND_PROGRAMS = {"IN_THE_WAY": _PLACE_IN_THE_WAY, "MAKE_DIRS": _PLACE_MAKE_DIRS,
+                        "MOVE_FILES": _PLACE_MOVE_FILES}
+_PLACE_SH = _sh_one_line(re.sub(r"@(\w+)@", lambda m: _sh_one_line(_PLACE_FIND_PROGRAMS[m[1]]),
+                                _PLACE_SOURCE))
 
 
 def _sources(source):
@@ -6325,27 +6370,28 @@ class Autotest(InstallableObject):
 
 
 # QMP client run on the hypervisor (python3): argv = socket, JSON commands.
-_QMP_PY = r"""
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(float(sys.argv[2]))
-s.connect(sys.argv[1])
-f = s.makefile("rwb")
-def answer():
-    while True:
-        line = f.readline()
-        if not line:
-            raise SystemExit("qmp: connection closed")
-        msg = json.loads(line)
-        if "return" in msg or "error" in msg:
-            return msg
-json.loads(f.readline())
-for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
-    f.write(cmd.encode() + b"\n"); f.flush()
-    msg = answer()
-    if n:
-        print(json.dumps(msg)); sys.stdout.flush()
-"""
+# Indented so that its functions are not read as autoserv's; dedented at import.
+_QMP_PY = textwrap.dedent(r'''
+    import json, socket, sys
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(float(sys.argv[2]))
+    s.connect(sys.argv[1])
+    f = s.makefile("rwb")
+    def answer():
+        while True:
+            line = f.readline()
+            if not line:
+                raise SystemExit("qmp: connection closed")
+            msg = json.loads(line)
+            if "return" in msg or "error" in msg:
+                return msg
+    json.loads(f.readline())
+    for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
+        f.write(cmd.encode() + b"\n"); f.flush()
+        msg = answer()
+        if n:
+            print(json.dumps(msg)); sys.stdout.flush()
+    ''')
 
 
 def qmp(host, socket_path, *commands, timeout=30):
@@ -7543,16 +7589,17 @@ def _main(argv):
 
 
 # -c: the server-side control that runs a client control file on every
-# machine at once, each with its own results subdir.
-_CLIENT_ON_MACHINES = """
-def _client_on(machine):
-    host = hosts.create_host(machine)
-    at = autotest.Autotest()
-    autodir = _client_autodir.replace("{host}", host.hostname) if _client_autodir else None
-    at.install(host, autodir=autodir)
-    at.run(_client_text, ".", host)
-parallel_simple(_client_on, machines)
-"""
+# machine at once, each with its own results subdir.  Indented so that its
+# function is not read as autoserv's; dedented at import.
+_CLIENT_ON_MACHINES = textwrap.dedent("""
+    def _client_on(machine):
+        host = hosts.create_host(machine)
+        at = autotest.Autotest()
+        autodir = _client_autodir.replace("{host}", host.hostname) if _client_autodir else None
+        at.install(host, autodir=autodir)
+        at.run(_client_text, ".", host)
+    parallel_simple(_client_on, machines)
+    """)
 
 
 def _run_job(opts, control_path, source, code, machines, args, resultdir, junit, extra=None):
