@@ -2775,26 +2775,27 @@ def parse_machine(spec):
 
 
 # The persistent agent (SSHHost(persistent=True)), run on the target as
-# `env AUTOSERV_RUN_ID=ID python3 -c _AGENT_PY GRACE`.  It listens on a socket in a fresh 0700
-# /tmp/autoserv-* dir, prints that socket's path, and serves one command per
-# connection.  Frames are kind (1 byte), length (32-bit big-endian), body.
-# Client frames: R (json: c command, r run id, i stdin follows, n its length),
-# I (stdin bytes), i (stdin end), K (kill); agent frames H (hello, empty,
-# sent on accept before anything is read), S (pgid), O/E (stdout/stderr
-# bytes), X (exit status, 128+N for signal N).  A channel that ends with no
-# H from a master that is still serving cannot have reached the agent's
-# reading of the request, so the client may send it again; any other early
-# ending may have started the command and is reported, never retried.  Every frame is
-# checked on arrival (kind known, length within its bound, in order, body
-# well formed); a peer that breaks the protocol loses its connection (and
-# its command) and nothing else.  Stdin goes to an unlinked file as it comes
-# and the command starts only once all of the announced bytes are there.  A
-# connection that closes kills its command's process group (TERM, CONT, KILL
-# after GRACE); its own stdin closing (the ssh session gone) kills every
-# group, removes the dir and exits.  A guardian process forked first, in its
-# own session, kills the groups still running if the agent dies any other
-# way.  Python 3.6+, standard library only.  Indented here so that it reads
-# as the separate program it is; dedented at import.
+# `env AUTOSERV_RUN_ID=ID python3 -c _AGENT_PY GRACE`.  It listens on a
+# socket in a fresh 0700 /tmp/autoserv-* dir, prints that socket's path, and
+# serves one command per connection.  Frames are kind (1 byte), length
+# (32-bit big-endian), body.  Client frames: R (json: c command, r run id,
+# i stdin follows, n its length), I (stdin bytes), i (stdin end), K (kill);
+# agent frames H (hello, empty, sent on accept before anything is read),
+# S (pgid), O/E (stdout/stderr bytes), X (exit status, 128+N for signal N).
+# A channel that ends with no H from a master that is still serving cannot
+# have reached the agent's reading of the request, so the client may send it
+# again; any other early ending may have started the command and is
+# reported, never retried.  Every frame is checked on arrival (kind known,
+# length within its bound, in order, body well formed); a peer that breaks
+# the protocol loses its connection (and its command) and nothing else.
+# Stdin goes to an unlinked file as it comes and the command starts only
+# once all of the announced bytes are there.  A connection that closes kills
+# its command's process group (TERM, CONT, KILL after GRACE); its own stdin
+# closing (the ssh session gone) kills every group, removes the dir and
+# exits.  A guardian process forked first, in its own session, kills the
+# groups still running if the agent dies any other way.  Python 3.6+,
+# standard library only.  Indented here so that it reads as the separate
+# program it is; dedented at import.
 _AGENT_PY = textwrap.dedent(r'''
     import json, os, selectors, signal, socket, struct, subprocess, sys, tempfile, time
     H = struct.Struct(">cI")
