@@ -7161,7 +7161,7 @@ class _LegacyTranslator:
 
     def __init__(self, src):
         import tokenize
-        self.T = tokenize
+        self.T = tokenize           # imported only when a control file comes
         self.src = self._literals(src)
         self.edits = []             # (start, end, text)
         try:
@@ -7252,14 +7252,11 @@ class _LegacyTranslator:
         depth = 0
         for k in range(i, len(self.sig) if stop is None else stop):
             op = self._op(k)
-            if op in ("(", "[", "{"):
-                yield k, depth
-                depth += 1
-            elif op in (")", "]", "}"):
+            if op in (")", "]", "}"):
                 depth -= 1
-                yield k, depth
-            else:
-                yield k, depth
+            yield k, depth
+            if op in ("(", "[", "{"):
+                depth += 1
 
     def _statement_end(self, i):
         """The NEWLINE, ";" or ENDMARKER that ends the statement at i."""
