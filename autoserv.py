@@ -1689,7 +1689,8 @@ class RemoteHost(SiteHost):
 # boundary for the end of the archive, and a dropped link gives just that;
 # for cat, $7 the file's name, $8 its mode (octal), $9 its mtime (UTC, touch
 # -t), $10 its size.  A stream that ended early is never placed.  Exits 1
-# with a message on failure.
+# with a message on failure.  The programs it hands to find -exec are written
+# out below it and put in at import, each in place of its '@NAME@'.
 _PLACE_SOURCE = r"""
 d=$1 mode=$2 del=$3 step=$4 t=$5 keep=$6
 # "dest/" means "into dest"; strip the slash (but keep "/" itself).
@@ -1766,7 +1767,7 @@ if [ "$del" != 1 ]; then
   for e in * .[!.]* ..?*; do
     [ -e "$e" ] || [ -L "$e" ] || continue
     if [ "$mode" = as ]; then x=$d; else x=$d/$e; fi
-    find "./$e" -exec sh -c 'x=$1 e=$2; shift 2; for a; do y=$x${a#"$e"}; if [ -d "$a" ] && [ ! -L "$a" ]; then if [ -e "$y" ] && [ ! -L "$y" ] && [ ! -d "$y" ]; then echo "autoserv: $y: a file is in the way" >&2; exit 1; fi; elif [ -d "$y" ] && [ ! -L "$y" ]; then echo "autoserv: $y is a directory" >&2; exit 1; fi; done' sh "$x" "./$e" {} + || exit 1
+    find "./$e" -exec sh -c '@IN_THE_WAY@' sh "$x" "./$e" {} + || exit 1
   done
 fi
 # delete (contents mode): remove what dest has and the new tree has not.
@@ -1793,8 +1794,8 @@ for e in * .[!.]* ..?*; do
   if [ -d "$e" ] && [ ! -L "$e" ] && [ -d "$x" ] && [ ! -L "$x" ]; then
     (
       cd "$e" &&
-      find . -mindepth 1 -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1; done' "$x" {} + &&
-      find . ! -type d -exec sh -c 'for a; do if [ -L "$0/$a" ]; then rm -f -- "$0/$a" || exit 1; fi; mv -f -- "$a" "$0/$a" || exit 1; done' "$x" {} +
+      find . -mindepth 1 -type d -exec sh -c '@MAKE_DIRS@' "$x" {} + &&
+      find . ! -type d -exec sh -c '@MOVE_FILES@' "$x" {} +
     ) || exit 1
   else
     if [ -d "$x" ] && [ ! -L "$x" ]; then
@@ -1822,7 +1823,51 @@ def _sh_one_line(program):
     return out
 
 
-_PLACE_SH = _sh_one_line(_PLACE_SOURCE)
+# The programs _PLACE_SOURCE hands to find -exec, each run on a batch of
+# paths at a time.
+#
+# IN_THE_WAY, before anything changes: $1 the path the staged entry $2 goes
+# to, then the entry's own paths; a path of the new tree that meets a file
+# where it has a dir, or a dir where it has a file, stops the placement.
+_PLACE_IN_THE_WAY = r"""
+x=$1 e=$2
+shift 2
+for a; do
+  y=$x${a#"$e"}
+  if [ -d "$a" ] && [ ! -L "$a" ]; then
+    if [ -e "$y" ] && [ ! -L "$y" ] && [ ! -d "$y" ]; then
+      echo "autoserv: $y: a file is in the way" >&2
+      exit 1
+    fi
+  elif [ -d "$y" ] && [ ! -L "$y" ]; then
+    echo "autoserv: $y is a directory" >&2
+    exit 1
+  fi
+done
+"""
+# MAKE_DIRS, merging a staged dir into dest's ($0): each dir of the new tree
+# made there, a symlink in its place removed first (never followed).
+_PLACE_MAKE_DIRS = r"""
+for a; do
+  if [ -L "$0/$a" ]; then
+    rm -f -- "$0/$a" || exit 1
+  fi
+  [ -d "$0/$a" ] || mkdir -- "$0/$a" || exit 1
+done
+"""
+# MOVE_FILES, then: every non-dir moved into $0, over a symlink just as above.
+_PLACE_MOVE_FILES = r"""
+for a; do
+  if [ -L "$0/$a" ]; then
+    rm -f -- "$0/$a" || exit 1
+  fi
+  mv -f -- "$a" "$0/$a" || exit 1
+done
+"""
+_PLACE_FIND_PROGRAMS = {"IN_THE_WAY": _PLACE_IN_THE_WAY, "MAKE_DIRS": _PLACE_MAKE_DIRS,
+                        "MOVE_FILES": _PLACE_MOVE_FILES}
+_PLACE_SH = _sh_one_line(re.sub(r"@(\w+)@", lambda m: _sh_one_line(_PLACE_FIND_PROGRAMS[m[1]]),
+                                _PLACE_SOURCE))
 
 
 def _sources(source):
@@ -2730,26 +2775,27 @@ def parse_machine(spec):
 
 
 # The persistent agent (SSHHost(persistent=True)), run on the target as
-# `env AUTOSERV_RUN_ID=ID python3 -c _AGENT_PY GRACE`.  It listens on a socket in a fresh 0700
-# /tmp/autoserv-* dir, prints that socket's path, and serves one command per
-# connection.  Frames are kind (1 byte), length (32-bit big-endian), body.
-# Client frames: R (json: c command, r run id, i stdin follows, n its length),
-# I (stdin bytes), i (stdin end), K (kill); agent frames H (hello, empty,
-# sent on accept before anything is read), S (pgid), O/E (stdout/stderr
-# bytes), X (exit status, 128+N for signal N).  A channel that ends with no
-# H from a master that is still serving cannot have reached the agent's
-# reading of the request, so the client may send it again; any other early
-# ending may have started the command and is reported, never retried.  Every frame is
-# checked on arrival (kind known, length within its bound, in order, body
-# well formed); a peer that breaks the protocol loses its connection (and
-# its command) and nothing else.  Stdin goes to an unlinked file as it comes
-# and the command starts only once all of the announced bytes are there.  A
-# connection that closes kills its command's process group (TERM, CONT, KILL
-# after GRACE); its own stdin closing (the ssh session gone) kills every
-# group, removes the dir and exits.  A guardian process forked first, in its
-# own session, kills the groups still running if the agent dies any other
-# way.  Python 3.6+, standard library only.  Indented here so that it reads
-# as the separate program it is; dedented at import.
+# `env AUTOSERV_RUN_ID=ID python3 -c _AGENT_PY GRACE`.  It listens on a
+# socket in a fresh 0700 /tmp/autoserv-* dir, prints that socket's path, and
+# serves one command per connection.  Frames are kind (1 byte), length
+# (32-bit big-endian), body.  Client frames: R (json: c command, r run id,
+# i stdin follows, n its length), I (stdin bytes), i (stdin end), K (kill);
+# agent frames H (hello, empty, sent on accept before anything is read),
+# S (pgid), O/E (stdout/stderr bytes), X (exit status, 128+N for signal N).
+# A channel that ends with no H from a master that is still serving cannot
+# have reached the agent's reading of the request, so the client may send it
+# again; any other early ending may have started the command and is
+# reported, never retried.  Every frame is checked on arrival (kind known,
+# length within its bound, in order, body well formed); a peer that breaks
+# the protocol loses its connection (and its command) and nothing else.
+# Stdin goes to an unlinked file as it comes and the command starts only
+# once all of the announced bytes are there.  A connection that closes kills
+# its command's process group (TERM, CONT, KILL after GRACE); its own stdin
+# closing (the ssh session gone) kills every group, removes the dir and
+# exits.  A guardian process forked first, in its own session, kills the
+# groups still running if the agent dies any other way.  Python 3.6+,
+# standard library only.  Indented here so that it reads as the separate
+# program it is; dedented at import.
 _AGENT_PY = textwrap.dedent(r'''
     import json, os, selectors, signal, socket, struct, subprocess, sys, tempfile, time
     H = struct.Struct(">cI")
@@ -6345,27 +6391,28 @@ class Autotest(InstallableObject):
 
 
 # QMP client run on the hypervisor (python3): argv = socket, JSON commands.
-_QMP_PY = r"""
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(float(sys.argv[2]))
-s.connect(sys.argv[1])
-f = s.makefile("rwb")
-def answer():
-    while True:
-        line = f.readline()
-        if not line:
-            raise SystemExit("qmp: connection closed")
-        msg = json.loads(line)
-        if "return" in msg or "error" in msg:
-            return msg
-json.loads(f.readline())
-for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
-    f.write(cmd.encode() + b"\n"); f.flush()
-    msg = answer()
-    if n:
-        print(json.dumps(msg)); sys.stdout.flush()
-"""
+# Indented so that its functions are not read as autoserv's; dedented at import.
+_QMP_PY = textwrap.dedent(r'''
+    import json, socket, sys
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(float(sys.argv[2]))
+    s.connect(sys.argv[1])
+    f = s.makefile("rwb")
+    def answer():
+        while True:
+            line = f.readline()
+            if not line:
+                raise SystemExit("qmp: connection closed")
+            msg = json.loads(line)
+            if "return" in msg or "error" in msg:
+                return msg
+    json.loads(f.readline())
+    for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
+        f.write(cmd.encode() + b"\n"); f.flush()
+        msg = answer()
+        if n:
+            print(json.dumps(msg)); sys.stdout.flush()
+    ''')
 
 
 def qmp(host, socket_path, *commands, timeout=30):
@@ -7114,180 +7161,218 @@ def create_host(spec, **kwargs):
 
 # Control files ################################################################
 
-_SPAN = re.compile(r"#|(?<![\w])[rRbBuUfF]{0,2}('''|\"\"\"|'|\")")
-_OCTAL = re.compile(r"(?<![\w.])(?<![eE][+-])0+([0-7]+)(?![\w.])")
-_LONG = re.compile(r"(?<![\w.])(0[xX][0-9a-fA-F]+|\d+)[lL](?!\w)")
-
-
-def _code_spans(src):
-    """(start, end) of the parts of src that are code (not strings, comments)."""
-    spans = []
-    pos = 0
-    while True:
-        m = _SPAN.search(src, pos)
-        if not m:
-            spans.append((pos, len(src)))
-            return spans
-        spans.append((pos, m.start()))
-        if m.group() == "#":
-            end = src.find("\n", m.start())
-            pos = len(src) if end < 0 else end
-            continue
-        quote = m.group(1)
-        i = m.end()
-        while i < len(src):
-            ch = src[i]
-            if ch == "\\":
-                i += 2
-                continue
-            if src.startswith(quote, i):
-                i += len(quote)
-                break
-            if ch == "\n" and len(quote) == 1:
-                break
-            i += 1
-        pos = i
-
-
-def _fix_literals(src):
-    out = []
-    last = 0
-    for start, end in _code_spans(src):
-        out.append(src[last:start])
-        code = src[start:end]
-        code = _OCTAL.sub(lambda m: "0o" + m.group(1), code)
-        code = _LONG.sub(lambda m: m.group(1), code)
-        out.append(code.replace("<>", "!="))
-        last = end
-    out.append(src[last:])
-    return "".join(out)
-
-
 def translate_legacy(src):
     """Python 2 control-file forms -> Python 3, keeping every line where it
     was: print and exec statements, ``print >>f``, ``except E, e``, ``raise E,
     msg``, ``0644``, ``10L``, ``<>``.  (``raise "msg"`` is done on the AST.)"""
-    import tokenize
-    src = _fix_literals(src)
-    try:
-        toks = list(tokenize.generate_tokens(io.StringIO(src).readline))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
+    return _LegacyTranslator(src).text()
+
+
+class _LegacyTranslator:
+    """translate_legacy's parts.  Literals are rewritten in the text's code
+    spans first; then each statement form has its method, which only adds
+    edits (offsets in the text, applied last to first, so that lines stay
+    where they were).  Where a statement, a call or an argument ends comes
+    from one bracket-depth scanner, _scan."""
+
+    _SPAN = re.compile(r"#|(?<![\w])[rRbBuUfF]{0,2}('''|\"\"\"|'|\")")
+    _OCTAL = re.compile(r"(?<![\w.])(?<![eE][+-])0+([0-7]+)(?![\w.])")
+    _LONG = re.compile(r"(?<![\w.])(0[xX][0-9a-fA-F]+|\d+)[lL](?!\w)")
+
+    def __init__(self, src):
+        import tokenize
+        self.T = tokenize           # imported only when a control file comes
+        self.src = self._literals(src)
+        self.edits = []             # (start, end, text)
+        try:
+            toks = list(tokenize.generate_tokens(io.StringIO(self.src).readline))
+        except (tokenize.TokenError, SyntaxError, IndentationError):
+            toks = []               # compile() will say what is wrong
+        self.sig = [t for t in toks if t.type not in (tokenize.NL, tokenize.COMMENT)]
+        self.offsets = [0]
+        for line in self.src.splitlines(True):
+            self.offsets.append(self.offsets[-1] + len(line))
+
+    def text(self):
+        forms = {"print": self._print, "exec": self._exec, "except": self._except,
+                 "raise": self._raise}
+        for i, tok in enumerate(self.sig):
+            if tok.type == self.T.NAME and tok.string in forms and self._starts_statement(i):
+                forms[tok.string](i, self._statement_end(i))
+        src = self.src
+        for start, stop, text in sorted(self.edits, reverse=True):
+            src = src[:start] + text + src[stop:]
         return src
-    lines = src.splitlines(True)
-    offsets = [0]
-    for line in lines:
-        offsets.append(offsets[-1] + len(line))
 
-    def off(pos):
-        return offsets[pos[0] - 1] + pos[1]
+    # Literals: 0644, 10L and <>, in code (not in strings or comments).
 
-    T = tokenize
-    sig = [t for t in toks if t.type not in (T.NL, T.COMMENT)]
-    edits = []          # (start, end, text)
-    starts = {T.NEWLINE, T.INDENT, T.DEDENT}
+    @classmethod
+    def _literals(cls, src):
+        out = []
+        last = 0
+        for start, end in cls._code_spans(src):
+            out.append(src[last:start])
+            code = src[start:end]
+            code = cls._OCTAL.sub(lambda m: "0o" + m.group(1), code)
+            code = cls._LONG.sub(lambda m: m.group(1), code)
+            out.append(code.replace("<>", "!="))
+            last = end
+        out.append(src[last:])
+        return "".join(out)
 
-    def stmt_end(i):
+    @classmethod
+    def _code_spans(cls, src):
+        """(start, end) of the parts of src that are code (not strings, comments)."""
+        spans = []
+        pos = 0
+        while True:
+            m = cls._SPAN.search(src, pos)
+            if not m:
+                spans.append((pos, len(src)))
+                return spans
+            spans.append((pos, m.start()))
+            if m.group() == "#":
+                end = src.find("\n", m.start())
+                pos = len(src) if end < 0 else end
+                continue
+            quote = m.group(1)
+            i = m.end()
+            while i < len(src):
+                ch = src[i]
+                if ch == "\\":
+                    i += 2
+                    continue
+                if src.startswith(quote, i):
+                    i += len(quote)
+                    break
+                if ch == "\n" and len(quote) == 1:
+                    break
+                i += 1
+            pos = i
+
+    # Tokens: the scanner and what it answers.
+
+    def _op(self, k):
+        """The operator at token k, "" for any other token."""
+        t = self.sig[k]
+        return t.string if t.type == self.T.OP else ""
+
+    def _off(self, pos):
+        """A token's (row, col) as an offset in the text."""
+        return self.offsets[pos[0] - 1] + pos[1]
+
+    def _edit(self, start, end, text):
+        """Replaces the text between two token positions."""
+        self.edits.append((self._off(start), self._off(end), text))
+
+    def _scan(self, i, stop=None):
+        """(k, depth) for each token from i (to stop), depth being the bracket
+        depth the token sits at, counted from i; a bracket sits outside the
+        pair it opens or closes."""
         depth = 0
-        j = i
-        while j < len(sig):
-            t = sig[j]
-            if t.type == T.OP and t.string in "([{":
-                depth += 1
-            elif t.type == T.OP and t.string in ")]}":
+        for k in range(i, len(self.sig) if stop is None else stop):
+            op = self._op(k)
+            if op in (")", "]", "}"):
                 depth -= 1
-            elif depth == 0 and (t.type in (T.NEWLINE, T.ENDMARKER)
-                                 or (t.type == T.OP and t.string == ";")):
-                return j
-            j += 1
-        return j
-
-    def match_paren(i):
-        depth = 0
-        for j in range(i, len(sig)):
-            s = sig[j].string if sig[j].type == T.OP else ""
-            if s in ("(", "[", "{"):
+            yield k, depth
+            if op in ("(", "[", "{"):
                 depth += 1
-            elif s in (")", "]", "}"):
-                depth -= 1
-                if depth == 0:
-                    return j
-        return len(sig) - 1
 
-    def top_commas(i, j):
-        depth, found = 0, []
-        for k in range(i, j):
-            s = sig[k].string if sig[k].type == T.OP else ""
-            if s in ("(", "[", "{"):
-                depth += 1
-            elif s in (")", "]", "}"):
-                depth -= 1
-            elif s == "," and depth == 0:
-                found.append(k)
-        return found
+    def _statement_end(self, i):
+        """The NEWLINE, ";" or ENDMARKER that ends the statement at i."""
+        ends = (self.T.NEWLINE, self.T.ENDMARKER)
+        for k, depth in self._scan(i):
+            if depth == 0 and (self.sig[k].type in ends or self._op(k) == ";"):
+                return k
+        return len(self.sig)
 
-    for i, tok in enumerate(sig):
-        prev = sig[i - 1] if i else None
-        at_start = prev is None or prev.type in starts or (
-            prev.type == T.OP and prev.string in (";", ":"))
-        if not at_start or tok.type != T.NAME:
-            continue
-        nxt = sig[i + 1] if i + 1 < len(sig) else None
-        end = stmt_end(i)
-        last = sig[end - 1]
-        if tok.string in ("print", "exec"):
-            if nxt is None or (nxt.type == T.OP and nxt.string in ("=", ".", ",", ")", "+=")):
-                continue
-            if nxt.type == T.OP and nxt.string == "(" and match_paren(i + 1) == end - 1:
-                continue      # already a call
-            if end == i + 1:
-                edits.append((off(tok.end), off(tok.end), "()"))
-                continue
-            if tok.string == "exec":
-                ins = [k for k in range(i + 1, end) if sig[k].type == T.NAME
-                       and sig[k].string == "in"]
-                edits.append((off(tok.start), off(nxt.start), "exec("))
-                if ins:
-                    edits.append((off(sig[ins[0]].start), off(sig[ins[0]].end), ","))
-                edits.append((off(last.end), off(last.end), ")"))
-                continue
-            tail = ""
-            first = i + 1
-            if nxt.type == T.OP and nxt.string == ">>":
-                commas = top_commas(i + 2, end)
-                dest_end = commas[0] if commas else end
-                dest = src[off(sig[i + 2].start):off(sig[dest_end - 1].end)]
-                tail = f"file={dest}"
-                first = dest_end + 1 if commas else end
-            trailing = sig[end - 1].type == T.OP and sig[end - 1].string == "," \
-                and end - 1 >= first
-            if trailing:
-                tail = ", ".join(x for x in ('end=" "', tail) if x)
-                edits.append((off(sig[end - 1].start), off(sig[end - 1].end), ""))
-                last_arg = sig[end - 2] if end - 2 >= first else None
-            else:
-                last_arg = sig[end - 1] if end - 1 >= first else None
-            if first < end and last_arg is not None:
-                edits.append((off(tok.start), off(sig[first].start), "print("))
-                edits.append((off(last_arg.end), off(last_arg.end),
-                              (", " + tail if tail else "") + ")"))
-            else:
-                edits.append((off(tok.start), off(last.end), f"print({tail})"))
-        elif tok.string == "except":
-            colon = next((k for k in range(i + 1, end) if sig[k].type == T.OP
-                          and sig[k].string == ":"), None)
-            if colon is None:
-                continue
-            commas = top_commas(i + 1, colon)
-            if len(commas) == 1 and colon - commas[0] == 2 and sig[colon - 1].type == T.NAME:
-                edits.append((off(sig[commas[0]].start), off(sig[commas[0]].end), " as"))
-        elif tok.string == "raise":
-            commas = top_commas(i + 1, end)
-            if len(commas) == 1:
-                edits.append((off(sig[commas[0]].start), off(sig[commas[0]].end), "("))
-                edits.append((off(last.end), off(last.end), ")"))
-    for start, stop, text in sorted(edits, reverse=True):
-        src = src[:start] + text + src[stop:]
-    return src
+    def _closing(self, i):
+        """The bracket that closes the one at i."""
+        for k, depth in self._scan(i):
+            if depth == 0 and self._op(k) in (")", "]", "}"):
+                return k
+        return len(self.sig) - 1
+
+    def _top_commas(self, i, stop):
+        """The commas between i and stop outside any brackets."""
+        return [k for k, depth in self._scan(i, stop) if depth == 0 and self._op(k) == ","]
+
+    def _starts_statement(self, i):
+        if i == 0:
+            return True
+        prev = self.sig[i - 1]
+        return prev.type in (self.T.NEWLINE, self.T.INDENT, self.T.DEDENT) \
+            or self._op(i - 1) in (";", ":")
+
+    # The statement forms: token i is the keyword, end the statement's end.
+
+    def _is_statement(self, i, end):
+        """Whether print or exec at i is the Python 2 statement (not a name
+        assigned, looked up or passed, nor a call already); a bare one is
+        made a call here."""
+        if i + 1 == len(self.sig) or self._op(i + 1) in ("=", ".", ",", ")", "+="):
+            return False
+        if self._op(i + 1) == "(" and self._closing(i + 1) == end - 1:
+            return False
+        if end == i + 1:
+            self._edit(self.sig[i].end, self.sig[i].end, "()")
+            return False
+        return True
+
+    def _print(self, i, end):
+        """print a, b[,] and print >>f, a[,] -> print(a, b[, end=" "][, file=f])."""
+        if not self._is_statement(i, end):
+            return
+        sig = self.sig
+        tail = ""
+        first = i + 1
+        if self._op(i + 1) == ">>":
+            commas = self._top_commas(i + 2, end)
+            dest_end = commas[0] if commas else end
+            dest = self.src[self._off(sig[i + 2].start):self._off(sig[dest_end - 1].end)]
+            tail = f"file={dest}"
+            first = dest_end + 1 if commas else end
+        if self._op(end - 1) == "," and end - 1 >= first:
+            # A trailing comma: a space, no newline.
+            tail = ", ".join(x for x in ('end=" "', tail) if x)
+            self._edit(sig[end - 1].start, sig[end - 1].end, "")
+            last_arg = sig[end - 2] if end - 2 >= first else None
+        else:
+            last_arg = sig[end - 1] if end - 1 >= first else None
+        if first < end and last_arg is not None:
+            self._edit(sig[i].start, sig[first].start, "print(")
+            self._edit(last_arg.end, last_arg.end, (", " + tail if tail else "") + ")")
+        else:
+            self._edit(sig[i].start, sig[end - 1].end, f"print({tail})")
+
+    def _exec(self, i, end):
+        """exec code [in g[, l]] -> exec(code[, g[, l]])."""
+        if not self._is_statement(i, end):
+            return
+        sig = self.sig
+        ins = [k for k in range(i + 1, end) if sig[k].type == self.T.NAME
+               and sig[k].string == "in"]
+        self._edit(sig[i].start, sig[i + 1].start, "exec(")
+        if ins:
+            self._edit(sig[ins[0]].start, sig[ins[0]].end, ",")
+        self._edit(sig[end - 1].end, sig[end - 1].end, ")")
+
+    def _except(self, i, end):
+        """except E, e: -> except E as e:"""
+        colon = next((k for k in range(i + 1, end) if self._op(k) == ":"), None)
+        if colon is None:
+            return
+        commas = self._top_commas(i + 1, colon)
+        if len(commas) == 1 and colon - commas[0] == 2 \
+                and self.sig[colon - 1].type == self.T.NAME:
+            self._edit(self.sig[commas[0]].start, self.sig[commas[0]].end, " as")
+
+    def _raise(self, i, end):
+        """raise E, msg -> raise E(msg)."""
+        commas = self._top_commas(i + 1, end)
+        if len(commas) == 1:
+            self._edit(self.sig[commas[0]].start, self.sig[commas[0]].end, "(")
+            self._edit(self.sig[end - 1].end, self.sig[end - 1].end, ")")
 
 
 def _legacy_exception(value):
@@ -7563,16 +7648,17 @@ def _main(argv):
 
 
 # -c: the server-side control that runs a client control file on every
-# machine at once, each with its own results subdir.
-_CLIENT_ON_MACHINES = """
-def _client_on(machine):
-    host = hosts.create_host(machine)
-    at = autotest.Autotest()
-    autodir = _client_autodir.replace("{host}", host.hostname) if _client_autodir else None
-    at.install(host, autodir=autodir)
-    at.run(_client_text, ".", host)
-parallel_simple(_client_on, machines)
-"""
+# machine at once, each with its own results subdir.  Indented so that its
+# function is not read as autoserv's; dedented at import.
+_CLIENT_ON_MACHINES = textwrap.dedent("""
+    def _client_on(machine):
+        host = hosts.create_host(machine)
+        at = autotest.Autotest()
+        autodir = _client_autodir.replace("{host}", host.hostname) if _client_autodir else None
+        at.install(host, autodir=autodir)
+        at.run(_client_text, ".", host)
+    parallel_simple(_client_on, machines)
+    """)
 
 
 def _run_job(opts, control_path, source, code, machines, args, resultdir, junit, extra=None):

@@ -2374,7 +2374,9 @@ class TestHostileTransfer(SshdTestCase):
         need("dash", "bash", "busybox")
         self.assertNotIn("\n", autoserv._PLACE_SH)
         self.assertGreater(autoserv._PLACE_SOURCE.count("\n"), 40)
-        for program in (autoserv._PLACE_SH, autoserv._PLACE_SOURCE):
+        programs = (autoserv._PLACE_SH, autoserv._PLACE_SOURCE,
+                    *autoserv._PLACE_FIND_PROGRAMS.values())
+        for program in programs:
             for shell in (["dash"], ["bash"], ["busybox", "ash"]):
                 with self.subTest(shell=shell, lines=program.count("\n")):
                     out = subprocess.run(shell + ["-n"], input=program, text=True,
@@ -3553,13 +3555,16 @@ class TestHostileRun(SshdTestCase):
         for name, src in programs.items():
             with self.subTest(program=name):
                 ast.parse(src, feature_version=(3, 6))
-        # The agent's own functions are not listed as autoserv's.
+        # The programs' own functions are not listed as autoserv's.
         source = open(AUTOSERV).read()
-        tree = ast.parse(autoserv._AGENT_PY)
-        names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        self.assertIn("guardian", names)
-        for name in names:
-            self.assertIsNone(re.search(rf"^(def|class) {name}\b", source, re.M), name)
+        for program, known in ((autoserv._AGENT_PY, "guardian"), (autoserv._QMP_PY, "answer"),
+                               (autoserv._CLIENT_ON_MACHINES, "_client_on")):
+            tree = ast.parse(program)
+            names = [n.name for n in tree.body
+                     if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+            self.assertIn(known, names)
+            for name in names:
+                self.assertIsNone(re.search(rf"^(def|class) {name}\b", source, re.M), name)
 
 
 class TestSSHRunPersistent(TestSSHRun):
