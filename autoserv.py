@@ -1269,7 +1269,17 @@ class Host:
     Constructor keywords every host takes: power= (a power controller, or a
     registered power type by name: see _by_name) and console= (likewise for
     console types).  An unknown keyword is an AutoservArgumentError naming
-    it; password= says how to log in with a key instead."""
+    it; password= says how to log in with a key instead.
+
+    Collaborators: power (on/off/cycle/reset/status, a PowerController) and
+    console (any object; one with hardreset() is a reset path, one with
+    close() is closed by the host that made it).  hardreset() has one path,
+    through them.  Hooks other objects use, instead of this host's private
+    state: expect_kernel_at_next_boot() (a kernel arms its boot check),
+    forget_tmp_dir() (a user removed a get_tmp_dir() dir itself),
+    is_owned_here() (this process made the host: it may end what the host
+    started).  Subclasses override _drop_connection() (a reset killed the
+    connection)."""
 
     hostname = None
     power = None
@@ -1281,6 +1291,7 @@ class Host:
         self.power = _by_name("power", power, where)
         self.console = _by_name("console", console, where)
         self._tmp_dirs = []
+        self._expect_kernel = None
         self._owner = os.getpid()
         _HOSTS.append(self)
         if _JOB is not None and self.hostname:
@@ -1332,6 +1343,21 @@ class Host:
         """A new 0700 directory on the host, removed when the job ends.
         Returns its path."""
         raise NotImplementedError
+
+    def is_owned_here(self):
+        """True in the process that made this host; False in a parallel
+        task's copy of it (what the host started is its maker's to end)."""
+        return self._owner == os.getpid()
+
+    def _add_tmp_dir(self, path):
+        """Registers path (a dir on the host, this process's) for close() to
+        remove."""
+        self._tmp_dirs.append((os.getpid(), path))
+
+    def forget_tmp_dir(self, path):
+        """Unregisters a get_tmp_dir() dir that its user removed itself, so
+        close() does not remove it again.  Returns None."""
+        self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p != path]
 
     def _value(self, command):
         return self.run(command, timeout=60).stdout.strip()
@@ -1391,12 +1417,20 @@ class Host:
         kernel installed to boot next, else the default), booted once.
         Returns the copy's title, to remove once the host is back, or None."""
         if kernel_args:
-            expected = getattr(self, "_expect_kernel", None)
+            expected = self._expect_kernel
             source = label if label is not None else (expected or {}).get("title")
             return self.bootloader.boot_once_with_args(source, kernel_args)
         if label is not None:
             self.bootloader.boot_once(label)
         return None
+
+    def expect_kernel_at_next_boot(self, version, title):
+        """The hook a kernel arms when it is installed to boot next: the next
+        reboot() (with wait) checks that the host came up running release
+        version, boot entry title, and fails with AutoservKernelBootError
+        when it did not; reboot(kernel_args=...) without a label adds the
+        arguments to that entry.  One reboot consumes it.  Returns None."""
+        self._expect_kernel = {"version": version, "title": title}
 
     def can_hardreset(self):
         """True when a hard reset path exists (a power controller, or a
@@ -1432,9 +1466,7 @@ class Host:
             pass
         action()
         LOG.write(f"hard reset through {how}", self.hostname)
-        stop = getattr(self, "_stop_master", None)
-        if stop:
-            stop()
+        self._drop_connection()
         if not wait:
             return
         if old and not self.wait_down(timeout=60, old_boot_id=old):
@@ -1443,6 +1475,11 @@ class Host:
             raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
         if old and self.get_boot_id() == old:
             raise AutoservRebootError(self.hostname, "boot id unchanged after a hard reset")
+
+    def _drop_connection(self):
+        """Hook: forgets any connection held open to the host (after a hard
+        reset it is dead, and a reused one would hang).  Nothing here;
+        SSHHost ends its master."""
 
     def power_on(self):
         """The power controller's on().  Raises AutoservHostError without
@@ -1607,6 +1644,10 @@ class LocalHost(SiteHost):
 
     def get_tmp_dir(self):
         return get_tmp_dir()
+
+    def forget_tmp_dir(self, path):
+        # Local temp dirs are the module's (get_tmp_dir()), not the host's.
+        _LOCAL_TMP[:] = [(pid, p) for pid, p in _LOCAL_TMP if p != path]
 
     def is_up(self, timeout=None):
         return True
@@ -2521,7 +2562,8 @@ class _SSHTransfer:
             # Where prep may make it, registered before asking, so a reply
             # lost with the link still leaves close() something to remove.
             staging = _staging_candidates(dest, name)
-            self._tmp_dirs += [(os.getpid(), c) for c in staging]
+            for candidate in staging:
+                self._add_tmp_dir(candidate)
             try:
                 staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
                                    timeout=60).stdout.strip()
@@ -3660,6 +3702,9 @@ class SSHHost(_SSHTransfer, RemoteHost):
             return self._start_master(path, connect_timeout, retried=True)
         raise error
 
+    def _drop_connection(self):
+        self._stop_master()
+
     def _stop_master(self):
         proc = self._master
         self._master = None
@@ -3824,7 +3869,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             self._agent = False
             return None
         self._agent = {"proc": proc, "local": local, "owner": os.getpid()}
-        self._tmp_dirs.append((os.getpid(), os.path.dirname(remote_path)))
+        self._add_tmp_dir(os.path.dirname(remote_path))
         LOG.write(f"persistent agent at {remote_path}", self.hostname)
         return local
 
@@ -3995,7 +4040,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         status.log: reboot.start, reboot.verify GOOD or ABORT (with why);
         a reboot recovered by the hard reset is a WARN (the job's exit status
         does not change) and its END is WARN."""
-        expected = getattr(self, "_expect_kernel", None)
+        expected = self._expect_kernel
         once = self._boot_next(label, kernel_args)
         self._reset_in_reboot = False
         record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
@@ -4121,7 +4166,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         path = self.run("umask 077; mktemp -d /tmp/autoserv-XXXXXX", timeout=60).stdout.strip()
         if not re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", path):
             raise AutoservHostError(self.hostname, "mktemp gave an unexpected path", path)
-        self._tmp_dirs.append((os.getpid(), path))
+        self._add_tmp_dir(path)
         return path
 
     def _remove_tmp_dirs(self):
@@ -5130,7 +5175,7 @@ class DEBKernel(InstallableObject):
         host.bootloader.add_kernel(image, title=title, default=default and not boot_once,
                                    boot_once=boot_once, **entry)
         if default or boot_once:       # only a kernel meant to boot next is checked
-            host._expect_kernel = {"version": version, "title": title}
+            host.expect_kernel_at_next_boot(version, title)
         _record("GOOD", None, "kernel.install",
                f"{host.hostname}: {version} as {title!r}"
                + (" (boot once)" if boot_once else " (default)" if default else ""))
@@ -6503,7 +6548,7 @@ class KVM(InstallableObject):
         """Destroys every guest; unloads the modules if autoserv loaded them."""
         for guest in list(self.in_use.values()):
             guest.close()
-        if self.modules_loaded and os.getpid() == getattr(self.host, "_owner", os.getpid()):
+        if self.modules_loaded and self.host.is_owned_here():
             self.host.run("modprobe -r " + " ".join(self.modules_loaded), ignore_status=True,
                           timeout=120)
             self.modules_loaded = []
@@ -6667,7 +6712,7 @@ class KVMGuest(Guest):
     def close(self):
         """Stops qemu (QMP quit, then the PID), removes its run dir."""
         super().close()
-        if self.qemu_pid is None or self._owner != os.getpid():
+        if self.qemu_pid is None or not self.is_owned_here():
             return
         h = self.kvm.host
         if self.qemu_alive():
@@ -6691,8 +6736,7 @@ class KVMGuest(Guest):
             self._tap = None
         if self.run_dir:
             h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
-            h._tmp_dirs = [(p, d) for p, d in h._tmp_dirs if d != self.run_dir]
-            _LOCAL_TMP[:] = [(p, d) for p, d in _LOCAL_TMP if d != self.run_dir]
+            h.forget_tmp_dir(self.run_dir)
             self.run_dir = None
 
 
