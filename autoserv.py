@@ -6574,7 +6574,8 @@ class KVM(InstallableObject):
 
 
 class Guest(SSHHost):
-    """A virtual machine reached over ssh; hardreset() asks the hypervisor."""
+    """A virtual machine reached over ssh; its power controller is the
+    hypervisor's (hardreset() asks the hypervisor)."""
 
 
 class KVMGuest(Guest):
@@ -6583,6 +6584,8 @@ class KVMGuest(Guest):
     Takes the first free address, starts qemu detached on the hypervisor (a
     0700 run dir holding the pidfile, the QMP socket and the serial log), then
     is an SSHHost for that address, host-key policy ephemeral by default.
+    Its power controller (unless power= is given) is a QMPPower on that
+    socket: hardreset() is QMP system_reset, power_off() freezes it.
     boot_timeout: how long a boot may take before wait_up() without a
     timeout starts saying it is still waiting (it never gives up on a qemu
     that runs).  Destroyed on close() and at job end."""
@@ -6606,6 +6609,7 @@ class KVMGuest(Guest):
             kvm._release(self)
             raise
         addr = self.address
+        ssh_kwargs["power"] = ssh_kwargs.get("power") or self._qmp_power
         super().__init__(addr["ip"], user=user, port=addr.get("port"),
                          host_key_policy=host_key_policy, **ssh_kwargs)
         self._init_args = (addr["ip"],)
@@ -6651,7 +6655,17 @@ class KVMGuest(Guest):
                                     + (result.stderr.strip() or result.status_text()))
         self.qemu_pid = int(result.stdout.split()[-1])
         self.serial_log = f"{rd}/serial.log"
-        self.qmp_socket = f"{rd}/qmp.sock"
+        self._qmp_power = QMPPower(f"{rd}/qmp.sock", h)
+
+    @property
+    def qmp_socket(self):
+        """The QMP socket's path on the hypervisor (its QMPPower's: setting
+        it moves both)."""
+        return self._qmp_power.socket_path
+
+    @qmp_socket.setter
+    def qmp_socket(self, path):
+        self._qmp_power.socket_path = path
 
     def qemu_alive(self):
         """True while qemu runs (a zombie is dead: PID 1 may reap it late)."""
@@ -6695,14 +6709,6 @@ class KVMGuest(Guest):
                            f"{now - t0:.0f} s; waiting on (serial log: {tail})")
                 LOG.write(message, self.hostname)
                 _say(message)
-
-    def can_hardreset(self):
-        return True
-
-    def hardreset(self, timeout=None, wait=True):
-        """A hard reset through QMP system_reset (no shutdown scripts run)."""
-        self._reset_and_wait(lambda: self.kvm.qmp(self.qmp_socket, {"execute": "system_reset"}),
-                             "QMP system_reset", timeout, wait)
 
     def monitor(self, command):
         """A human monitor command through QMP (e.g. "info status", "commit")."""
@@ -6857,20 +6863,59 @@ def _conmux_command(client, target, command, label, confirm=None, timeout=30):
     LOG.write(f"conmux {command} on {target}", label)
 
 
+def _conmux_program(attach, who):
+    """The conmux client to run: attach, else conmux-console (Debian), else
+    console (upstream); AutoservUsageError naming who when there is none."""
+    client = attach or shutil.which("conmux-console") or shutil.which("console")
+    if not client or not (os.path.isfile(client) or shutil.which(client)):
+        raise AutoservUsageError(f"{who}: no conmux client (conmux-console or console): "
+                                 "install conmux")
+    return client
+
+
+class ConmuxConsole:
+    """A machine's console behind conmux, captured: with logfilename, a
+    client stays attached (stdin kept open: it exits on EOF) until close(),
+    appending everything the machine prints to that file, reboots and
+    panics included.  target: "host:port" or "server/name"; attach: the
+    client program."""
+
+    def __init__(self, target, attach=None, logfilename=None, label=None):
+        self.target = target
+        self.client = _conmux_program(attach, f"ConmuxConsole({target!r})")
+        self.logfilename = logfilename
+        self.label = label or target
+        self._proc = None
+        self._owner = None
+        if logfilename:
+            with open(logfilename, "ab") as log:
+                self._proc = _conmux_client(self.client, target, log)
+            self._owner = os.getpid()
+            LOG.write(f"console {target} captured in {logfilename}", self.label)
+
+    def __repr__(self):
+        return f"<ConmuxConsole {self.target}>"
+
+    def close(self):
+        """Ends the capture (only in the process that started it)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and self._owner == os.getpid():
+            _end_client(proc)
+
+
 class ConmuxSSHHost(SSHHost):
-    """An SSH host whose console is behind conmux: hardreset() issues conmux's
-    hardreset command, and the console is captured for the whole job into
-    <results>/<host>/console.log (reboots and panics included).
+    """An SSH host whose console is behind conmux: its power controller
+    (unless power= is given) is a ConmuxPower, so hardreset() issues conmux's
+    hardreset command, and its console (unless console= is given) is a
+    ConmuxConsole capturing the whole job into <results>/<host>/console.log
+    (or logfilename), reboots and panics included.
 
     server: where the console is, "host:port" (a numeric listener) or a
     conmux registry host (the console is then server/hostname); attach: the
     client program (default conmux-console, upstream's console)."""
 
     def __init__(self, hostname, logfilename=None, server=None, attach=None, **kwargs):
-        client = attach or shutil.which("conmux-console") or shutil.which("console")
-        if not client or not (os.path.isfile(client) or shutil.which(client)):
-            raise AutoservUsageError(f"ConmuxSSHHost({hostname!r}): no conmux client "
-                                     "(conmux-console or console): install conmux")
+        client = _conmux_program(attach, f"ConmuxSSHHost({hostname!r})")
         super().__init__(hostname, **kwargs)
         self._init_kwargs.update(logfilename=logfilename, server=server, attach=attach)
         self.console_client = client
@@ -6878,73 +6923,59 @@ class ConmuxSSHHost(SSHHost):
             self.console_target = server
         else:
             self.console_target = f"{server or 'localhost'}/{self.hostname}"
-        if logfilename is None and _JOB is not None:
-            os.makedirs(os.path.join(_JOB.resultdir, _safe_name(self.hostname)), exist_ok=True)
-            logfilename = os.path.join(_JOB.resultdir, _safe_name(self.hostname), "console.log")
+        if self.power is None:
+            self.power = ConmuxPower(self.console_target, attach=client, label=self.hostname)
+        self._own_console = None
+        if self.console is None:
+            if logfilename is None and _JOB is not None:
+                folder = os.path.join(_JOB.resultdir, _safe_name(self.hostname))
+                os.makedirs(folder, exist_ok=True)
+                logfilename = os.path.join(folder, "console.log")
+            self.console = self._own_console = ConmuxConsole(
+                self.console_target, attach=client, logfilename=logfilename,
+                label=self.hostname)
         self.console_log = logfilename
-        self._console = None
-        if logfilename:
-            self._start_console()
-
-    def _client(self, stdout):
-        return _conmux_client(self.console_client, self.console_target, stdout)
-
-    def _start_console(self):
-        """The capture: a client attached for the job, stdin kept open (the
-        client exits on EOF), output appended to console.log."""
-        with open(self.console_log, "ab") as log:
-            self._console = self._client(log)
-        self._console_owner = os.getpid()
-        LOG.write(f"console {self.console_target} captured in {self.console_log}",
-                  self.hostname)
-
-    def can_hardreset(self):
-        return True
-
-    def hardreset(self, timeout=None, wait=True):
-        """conmux's hardreset command; with wait, until it is back."""
-        self._reset_and_wait(lambda: _conmux_command(self.console_client, self.console_target,
-                                                     "hardreset", self.hostname),
-                             f"conmux {self.console_target}", timeout, wait)
 
     def close(self):
         super().close()
-        proc = self._console
-        if proc is not None and self._console_owner == os.getpid():
-            self._console = None
-            _end_client(proc)
+        if self._own_console is not None:       # a console= given is its owner's
+            self._own_console.close()
 
 
 class ConmuxPower(PowerController):
     """Power through a conmux console's hardreset command (cycle and reset).
     conmux has no power on, off or status: those raise
-    AutoservNotImplementedError."""
+    AutoservNotImplementedError.  label: the name its errors and log lines
+    carry (default: target)."""
 
     lacks = "conmux offers only hardreset (use cycle or reset)"
 
-    def __init__(self, target, attach=None):
+    def __init__(self, target, attach=None, label=None):
         self.target = target
-        self.client = attach or shutil.which("conmux-console") or shutil.which("console")
-        if not self.client:
-            raise AutoservUsageError("ConmuxPower: no conmux client (conmux-console or "
-                                     "console): install conmux")
+        self.client = _conmux_program(attach, "ConmuxPower")
+        self.label = label or target
 
     def __repr__(self):
         return f"<ConmuxPower {self.target}>"
 
     def cycle(self):
-        _conmux_command(self.client, self.target, "hardreset", self.target)
+        _conmux_command(self.client, self.target, "hardreset", self.label)
 
     reset = cycle
 
 
 class QMPPower(PowerController):
-    """A QEMU guest's power through its QMP socket on host: off = stop (frozen),
-    on = reset and run (a fresh boot), cycle = system_reset."""
+    """A QEMU guest's power through its QMP socket on host: off = stop
+    (frozen), on and cycle = system_reset and cont (a fresh boot, running),
+    reset = system_reset alone (QEMU's reset of its own, what hardreset()
+    uses: like a reset button, it does not start a guest that is off)."""
 
     def __init__(self, socket_path, host=None):
         self.socket_path = socket_path
         self.host = host or LocalHost()
+
+    def __repr__(self):
+        return f"<QMPPower {self.host.hostname}:{self.socket_path}>"
 
     def _qmp(self, *commands):
         return qmp(self.host, self.socket_path, *[{"execute": c} for c in commands])
@@ -6958,7 +6989,8 @@ class QMPPower(PowerController):
     def cycle(self):
         self._qmp("system_reset", "cont")
 
-    reset = cycle
+    def reset(self):
+        self._qmp("system_reset")
 
     def status(self):
         return "on" if self._qmp("query-status")[0].get("running") else "off"
