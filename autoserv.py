@@ -1164,13 +1164,17 @@ class ServerJob:
                + "\n</testsuite>\n")
         _write_atomic(path, xml)
 
+    def is_job_process(self):
+        """True in the process that made the job; False in a parallel task."""
+        return os.getpid() == self._pid
+
     def add_cleanup(self, func):
         self._cleanups.append(func)
 
     def cleanup(self):
         """Closes every host (remote temp dirs, ssh masters) and runs the other
         cleanups, newest first.  Only the process that made the job does it."""
-        if os.getpid() != self._pid:
+        if not self.is_job_process():
             return
         for func in reversed(self._cleanups):
             try:
@@ -1677,7 +1681,7 @@ class LocalHost(SiteHost):
         if not self.allow_local_reboot:
             raise AutoservUsageError("refusing to reboot the machine autoserv runs on; "
                                      "use LocalHost(allow_local_reboot=True) if you mean it")
-        if wait and _JOB is not None and os.getpid() != _JOB._pid:
+        if wait and _JOB is not None and not _JOB.is_job_process():
             raise AutoservUsageError("LocalHost.reboot() in a parallel task: call it from "
                                      "the control file itself (the job ends with it)")
         self._boot_next(label, kernel_args)
@@ -4357,7 +4361,8 @@ class subcommand:
                 self.tees[stream] = _Tee(target, prefix=f"{self.name} : ")
         return pid
 
-    def _take(self, fd, data):
+    def collect(self, fd, data):
+        """parallel()'s side: data the child wrote on its pipe fd."""
         kind = self.fds[fd]
         if kind == "result":
             self.chunks.append(data)
@@ -4383,7 +4388,9 @@ class subcommand:
             _remove_quietly(self.status_path)
         return text
 
-    def _finish(self):
+    def finish(self):
+        """parallel()'s side, once the child's pipes are closed: reaps it and
+        takes its result, or the error it died with."""
         import pickle
         self.process.join(5)
         code = self.process.exitcode
@@ -4471,7 +4478,7 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
             for pid, task in list(running.items()):
                 if task.fds:
                     continue
-                task._finish()
+                task.finish()
                 del running[pid]
                 _task_ended(task)
         if timed_out:
@@ -4551,7 +4558,7 @@ def _pump(sel, wait):
         except OSError:
             data = b""
         if data:
-            key.data._take(key.fd, data)
+            key.data.collect(key.fd, data)
         else:
             sel.unregister(key.fd)
             os.close(key.fd)
@@ -4577,7 +4584,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
         for pid, task in list(running.items()):
             if task.process.exitcode is not None:
                 _drain_task(task, sel)
-                task._finish()
+                task.finish()
                 if reason:
                     task.error = (None, f"task {task.name} {reason}" + (
                         f"\n{task.error[1]}" if task.error else ""))
@@ -4590,7 +4597,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
             pass
         task.process.join()
         _drain_task(task, sel)
-        task._finish()
+        task.finish()
         task.error = (None, f"task {task.name} {reason or 'was stopped'} (killed)")
         running.pop(pid)
         _stopped(task)
@@ -4615,7 +4622,7 @@ def _drain_task(task, sel):
                 data = os.read(fd, READ_SIZE)
                 if not data:
                     break
-                task._take(fd, data)
+                task.collect(fd, data)
         except OSError:
             pass
         os.close(fd)
@@ -6111,6 +6118,25 @@ class _ClientJob:
         self._did()
         return result
 
+    def run_steps(self, namespace, cont):
+        """After the control file's top level: step_init (once per job),
+        then each step next_step() queued, in order, each removed from the
+        saved state before it runs (a reboot in one goes on with the next)."""
+        if not cont and "step_init" in namespace and not self.state["step_init_done"]:
+            self.state["step_init_done"] = True
+            self._save()
+            self._in_step = True
+            namespace["step_init"]()
+        self._in_step = True
+        while self.state["steps"]:
+            name, args = self.state["steps"].pop(0)
+            self._save()
+            if name not in namespace:
+                self.record("ERROR", None, name, f"step {name!r} is not defined in the "
+                                                 "control file")
+                continue
+            namespace[name](*args)
+
     def next_step(self, function, *args):
         name = function if isinstance(function, str) else function.__name__
         self.state["steps"].append([name, list(args)])
@@ -6179,20 +6205,7 @@ def _client_main(control_path, cont):
     namespace.update({"TestError": TestError, "TestFail": TestFail, "TestNAError": TestNAError})
     try:
         exec(code, namespace)
-        if not cont and "step_init" in namespace and not job.state["step_init_done"]:
-            job.state["step_init_done"] = True
-            job._save()
-            job._in_step = True
-            namespace["step_init"]()
-        job._in_step = True
-        while job.state["steps"]:
-            name, args = job.state["steps"].pop(0)
-            job._save()
-            if name not in namespace:
-                job.record("ERROR", None, name, f"step {name!r} is not defined in the "
-                                                "control file")
-                continue
-            namespace[name](*args)
+        job.run_steps(namespace, cont)
     except _ClientReboot:
         return _CLIENT_REBOOT
     except Exception as e:
@@ -6553,7 +6566,9 @@ class KVM(InstallableObject):
                           timeout=120)
             self.modules_loaded = []
 
-    def _reserve(self, guest):
+    def reserve(self, guest):
+        """The first free address, taken for guest: (index, address).
+        Raises AutoservVirtError before install() or when none is free."""
         if not self.installed:
             raise AutoservVirtError("KVM.install(addresses) must come before a KVMGuest")
         for i, address in enumerate(self.addresses):
@@ -6563,7 +6578,8 @@ class KVM(InstallableObject):
         raise AutoservVirtError(f"{self.host.hostname}: no free address for another guest "
                                 f"({len(self.addresses)} given to KVM.install, all in use)")
 
-    def _release(self, guest):
+    def release(self, guest):
+        """Gives back the address guest took (KVMGuest.close())."""
         for i, g in list(self.in_use.items()):
             if g is guest:
                 del self.in_use[i]
@@ -6599,14 +6615,14 @@ class KVMGuest(Guest):
         self.kvm = kvm
         self.boot_timeout = boot_timeout
         self.qemu_options = qemu_options
-        self.index, self.address = kvm._reserve(self)
+        self.index, self.address = kvm.reserve(self)
         self.qemu_pid = None
         self.run_dir = None
         try:
             self._start_qemu()
         except BaseException:
             self._remove_run_dir()      # qemu never ran: its run dir and tap go too
-            kvm._release(self)
+            kvm.release(self)
             raise
         addr = self.address
         ssh_kwargs["power"] = ssh_kwargs.get("power") or self._qmp_power
@@ -6733,7 +6749,7 @@ class KVMGuest(Guest):
                 h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
         self._remove_run_dir()
         self.qemu_pid = None
-        self.kvm._release(self)
+        self.kvm.release(self)
 
     def _remove_run_dir(self):
         h = self.kvm.host
