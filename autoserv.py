@@ -848,6 +848,22 @@ def _login_shell():
     return shell
 
 
+def _set_exit_status(result, status, shell=False):
+    """Fills in result.exit_status and .aborted as a shell reports them: a
+    command killed by signal N is exit status 128+N with aborted=N.  status
+    is a returncode as subprocess gives it (-N: killed by signal N; None:
+    none, a timeout), or with shell=True a status a shell reported (the
+    remote wrapper and agent), where 129..192 can only be read as a signal
+    (a shell's own exit 130 looks the same).  Returns result."""
+    if status is not None and status < 0:
+        result.aborted = -status
+        status = 128 - status
+    elif shell and status is not None and 128 < status <= 128 + 64:
+        result.aborted = status - 128
+    result.exit_status = status
+    return result
+
+
 def _judge(result, ignore_status, what="command"):
     if result.timed_out:
         raise AutoservTimeoutError(f"{what} timed out", result)
@@ -1636,13 +1652,7 @@ class LocalHost(SiteHost):
                         max_output=max_output)
         ex.start()
         ex.wait()
-        result = ex.result(command, self.hostname)
-        rc = ex.returncode
-        if rc is not None and rc < 0:
-            result.aborted = -rc
-            result.exit_status = 128 - rc
-        else:
-            result.exit_status = rc
+        result = _set_exit_status(ex.result(command, self.hostname), ex.returncode)
         LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
         return _judge(result, ignore_status)
 
@@ -3800,10 +3810,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             ex.wait()
             result = ex.result(command, self.hostname)
             if marker.status is not None:
-                status = marker.status
-                result.exit_status = status
-                if 128 < status <= 128 + 64:
-                    result.aborted = status - 128
+                _set_exit_status(result, marker.status, shell=True)
                 break
             if ex.timed_out:
                 break
@@ -3921,10 +3928,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 error.result = result
                 raise error
             if ex.status is not None:
-                result.exit_status = ex.status
-                if 128 < ex.status <= 128 + 64:
-                    result.aborted = ex.status - 128
-                return result
+                return _set_exit_status(result, ex.status, shell=True)
             if ex.timed_out:
                 return result
             if not ex.hello and attempt == 1 and self._master_serving(master):
