@@ -734,17 +734,9 @@ class _Execution:
             self._close_stdin()
             if self._drain_until_exit(KILL_GRACE + 3.0):
                 return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            _killpg(proc.pid, sig)
-            if sig == signal.SIGTERM:
-                _killpg(proc.pid, signal.SIGCONT)
-            self._drain_until_exit(wait)
-        else:
-            proc.poll()
-        # The leader is gone; kill whatever else is left in its group.
-        _killpg(proc.pid, signal.SIGKILL)
+        # Waiting drains the pipes: a child blocked writing to a full one
+        # never ends.  The leader gone, whatever it left in its group is killed.
+        _terminate(proc, grace, wait=self._drain_until_exit, sweep=True)
 
     def _drain_until_exit(self, seconds):
         end = time.monotonic() + seconds
@@ -835,6 +827,38 @@ def _killpg(pid, sig):
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _terminate(proc, grace=KILL_GRACE, group=True, kill_wait=5.0, wait=None, sweep=False):
+    """Stops a child started by _popen (a session of its own: its pid is its
+    group's id): TERM, up to grace s for it to end, then KILL and up to
+    kill_wait s more (None: until it is reaped).  group: TERM goes to the
+    whole group, with a CONT so a stopped one hears it; else to the process
+    alone (it ends what it started, as ssh does), the KILL to both.  wait(s):
+    how the caller waits up to s seconds, for one that must keep reading the
+    child's pipes meanwhile; by default proc.wait.  sweep: KILL the group
+    once the leader is gone (what it left behind).  Returns True when the
+    process ended."""
+    if wait is None:
+        def wait(seconds):
+            try:
+                proc.wait(seconds)
+            except _subprocess().TimeoutExpired:
+                pass
+    for sig, seconds in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        if proc.poll() is not None:
+            break
+        if group or sig == signal.SIGKILL:
+            _killpg(proc.pid, sig)
+        if not group:
+            proc.send_signal(sig)
+        if group and sig == signal.SIGTERM:
+            _killpg(proc.pid, signal.SIGCONT)
+        wait(seconds)
+    ended = proc.poll() is not None
+    if sweep:
+        _killpg(proc.pid, signal.SIGKILL)
+    return ended
 
 
 def _login_shell():
@@ -2123,13 +2147,7 @@ def _wait_all(procs, timeout, label, deadline=None):
             p.wait(_remaining(deadline))
     except sp.TimeoutExpired:
         for p in procs:
-            _killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(KILL_GRACE)
-            except sp.TimeoutExpired:
-                _killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            _terminate(p, KILL_GRACE, kill_wait=None)
         raise AutoservTimeoutError(f"{label}: transfer timed out after {timeout} s")
     except BaseException:
         for p in procs:
@@ -3512,16 +3530,8 @@ def _end_agent_process(proc):
             pass
     try:
         proc.wait(KILL_GRACE + 3)
-        return
     except _subprocess().TimeoutExpired:
-        pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        _killpg(proc.pid, sig)
-        try:
-            proc.wait(5)
-            return
-        except _subprocess().TimeoutExpired:
-            continue
+        _terminate(proc, 5.0, kill_wait=5.0)
 
 
 class SSHHost(_SSHTransfer, RemoteHost):
@@ -3726,16 +3736,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             return
         # Our own child: TERM makes ssh close the connection and remove its
         # socket as `ssh -O exit` would, without spawning a process for it.
-        for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-            if proc.poll() is None:
-                proc.send_signal(sig)
-                if sig == signal.SIGKILL:
-                    _killpg(proc.pid, sig)
-            try:
-                proc.wait(wait)
-                break
-            except _subprocess().TimeoutExpired:
-                continue
+        _terminate(proc, 2.0, group=False, kill_wait=5.0)
 
     def _transport_error(self, stderr_text, started, rc=None):
         lines = _ssh_lines(stderr_text, started)
