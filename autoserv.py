@@ -734,17 +734,9 @@ class _Execution:
             self._close_stdin()
             if self._drain_until_exit(KILL_GRACE + 3.0):
                 return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            _killpg(proc.pid, sig)
-            if sig == signal.SIGTERM:
-                _killpg(proc.pid, signal.SIGCONT)
-            self._drain_until_exit(wait)
-        else:
-            proc.poll()
-        # The leader is gone; kill whatever else is left in its group.
-        _killpg(proc.pid, signal.SIGKILL)
+        # Waiting drains the pipes: a child blocked writing to a full one
+        # never ends.  The leader gone, whatever it left in its group is killed.
+        _terminate(proc, grace, wait=self._drain_until_exit, sweep=True)
 
     def _drain_until_exit(self, seconds):
         end = time.monotonic() + seconds
@@ -837,6 +829,38 @@ def _killpg(pid, sig):
         pass
 
 
+def _terminate(proc, grace=KILL_GRACE, group=True, kill_wait=5.0, wait=None, sweep=False):
+    """Stops a child started by _popen (a session of its own: its pid is its
+    group's id): TERM, up to grace s for it to end, then KILL and up to
+    kill_wait s more (None: until it is reaped).  group: TERM goes to the
+    whole group, with a CONT so a stopped one hears it; else to the process
+    alone (it ends what it started, as ssh does), the KILL to both.  wait(s):
+    how the caller waits up to s seconds, for one that must keep reading the
+    child's pipes meanwhile; by default proc.wait.  sweep: KILL the group
+    once the leader is gone (what it left behind).  Returns True when the
+    process ended."""
+    if wait is None:
+        def wait(seconds):
+            try:
+                proc.wait(seconds)
+            except _subprocess().TimeoutExpired:
+                pass
+    for sig, seconds in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        if proc.poll() is not None:
+            break
+        if group or sig == signal.SIGKILL:
+            _killpg(proc.pid, sig)
+        if not group:
+            proc.send_signal(sig)
+        if group and sig == signal.SIGTERM:
+            _killpg(proc.pid, signal.SIGCONT)
+        wait(seconds)
+    ended = proc.poll() is not None
+    if sweep:
+        _killpg(proc.pid, signal.SIGKILL)
+    return ended
+
+
 def _login_shell():
     try:
         import pwd
@@ -846,6 +870,22 @@ def _login_shell():
     if not shell or not os.access(shell, os.X_OK) or shell.endswith(("/nologin", "/false")):
         shell = "/bin/sh"
     return shell
+
+
+def _set_exit_status(result, status, shell=False):
+    """Fills in result.exit_status and .aborted as a shell reports them: a
+    command killed by signal N is exit status 128+N with aborted=N.  status
+    is a returncode as subprocess gives it (-N: killed by signal N; None:
+    none, a timeout), or with shell=True a status a shell reported (the
+    remote wrapper and agent), where 129..192 can only be read as a signal
+    (a shell's own exit 130 looks the same).  Returns result."""
+    if status is not None and status < 0:
+        result.aborted = -status
+        status = 128 - status
+    elif shell and status is not None and 128 < status <= 128 + 64:
+        result.aborted = status - 128
+    result.exit_status = status
+    return result
 
 
 def _judge(result, ignore_status, what="command"):
@@ -1164,13 +1204,17 @@ class ServerJob:
                + "\n</testsuite>\n")
         _write_atomic(path, xml)
 
+    def is_job_process(self):
+        """True in the process that made the job; False in a parallel task."""
+        return os.getpid() == self._pid
+
     def add_cleanup(self, func):
         self._cleanups.append(func)
 
     def cleanup(self):
         """Closes every host (remote temp dirs, ssh masters) and runs the other
         cleanups, newest first.  Only the process that made the job does it."""
-        if os.getpid() != self._pid:
+        if not self.is_job_process():
             return
         for func in reversed(self._cleanups):
             try:
@@ -1269,7 +1313,17 @@ class Host:
     Constructor keywords every host takes: power= (a power controller, or a
     registered power type by name: see _by_name) and console= (likewise for
     console types).  An unknown keyword is an AutoservArgumentError naming
-    it; password= says how to log in with a key instead."""
+    it; password= says how to log in with a key instead.
+
+    Collaborators: power (on/off/cycle/reset/status, a PowerController) and
+    console (any object; one with hardreset() is a reset path, one with
+    close() is closed by the host that made it).  hardreset() has one path,
+    through them.  Hooks other objects use, instead of this host's private
+    state: expect_kernel_at_next_boot() (a kernel arms its boot check),
+    forget_tmp_dir() (a user removed a get_tmp_dir() dir itself),
+    is_owned_here() (this process made the host: it may end what the host
+    started).  Subclasses override _drop_connection() (a reset killed the
+    connection)."""
 
     hostname = None
     power = None
@@ -1281,6 +1335,7 @@ class Host:
         self.power = _by_name("power", power, where)
         self.console = _by_name("console", console, where)
         self._tmp_dirs = []
+        self._expect_kernel = None
         self._owner = os.getpid()
         _HOSTS.append(self)
         if _JOB is not None and self.hostname:
@@ -1332,6 +1387,21 @@ class Host:
         """A new 0700 directory on the host, removed when the job ends.
         Returns its path."""
         raise NotImplementedError
+
+    def is_owned_here(self):
+        """True in the process that made this host; False in a parallel
+        task's copy of it (what the host started is its maker's to end)."""
+        return self._owner == os.getpid()
+
+    def _add_tmp_dir(self, path):
+        """Registers path (a dir on the host, this process's) for close() to
+        remove."""
+        self._tmp_dirs.append((os.getpid(), path))
+
+    def forget_tmp_dir(self, path):
+        """Unregisters a get_tmp_dir() dir that its user removed itself, so
+        close() does not remove it again.  Returns None."""
+        self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p != path]
 
     def _value(self, command):
         return self.run(command, timeout=60).stdout.strip()
@@ -1391,12 +1461,20 @@ class Host:
         kernel installed to boot next, else the default), booted once.
         Returns the copy's title, to remove once the host is back, or None."""
         if kernel_args:
-            expected = getattr(self, "_expect_kernel", None)
+            expected = self._expect_kernel
             source = label if label is not None else (expected or {}).get("title")
             return self.bootloader.boot_once_with_args(source, kernel_args)
         if label is not None:
             self.bootloader.boot_once(label)
         return None
+
+    def expect_kernel_at_next_boot(self, version, title):
+        """The hook a kernel arms when it is installed to boot next: the next
+        reboot() (with wait) checks that the host came up running release
+        version, boot entry title, and fails with AutoservKernelBootError
+        when it did not; reboot(kernel_args=...) without a label adds the
+        arguments to that entry.  One reboot consumes it.  Returns None."""
+        self._expect_kernel = {"version": version, "title": title}
 
     def can_hardreset(self):
         """True when a hard reset path exists (a power controller, or a
@@ -1432,9 +1510,7 @@ class Host:
             pass
         action()
         LOG.write(f"hard reset through {how}", self.hostname)
-        stop = getattr(self, "_stop_master", None)
-        if stop:
-            stop()
+        self._drop_connection()
         if not wait:
             return
         if old and not self.wait_down(timeout=60, old_boot_id=old):
@@ -1443,6 +1519,11 @@ class Host:
             raise AutoservRebootError(self.hostname, "did not come back after a hard reset")
         if old and self.get_boot_id() == old:
             raise AutoservRebootError(self.hostname, "boot id unchanged after a hard reset")
+
+    def _drop_connection(self):
+        """Hook: forgets any connection held open to the host (after a hard
+        reset it is dead, and a reused one would hang).  Nothing here;
+        SSHHost ends its master."""
 
     def power_on(self):
         """The power controller's on().  Raises AutoservHostError without
@@ -1595,18 +1676,16 @@ class LocalHost(SiteHost):
                         max_output=max_output)
         ex.start()
         ex.wait()
-        result = ex.result(command, self.hostname)
-        rc = ex.returncode
-        if rc is not None and rc < 0:
-            result.aborted = -rc
-            result.exit_status = 128 - rc
-        else:
-            result.exit_status = rc
+        result = _set_exit_status(ex.result(command, self.hostname), ex.returncode)
         LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
         return _judge(result, ignore_status)
 
     def get_tmp_dir(self):
         return get_tmp_dir()
+
+    def forget_tmp_dir(self, path):
+        # Local temp dirs are the module's (get_tmp_dir()), not the host's.
+        _LOCAL_TMP[:] = [(pid, p) for pid, p in _LOCAL_TMP if p != path]
 
     def is_up(self, timeout=None):
         return True
@@ -1636,7 +1715,7 @@ class LocalHost(SiteHost):
         if not self.allow_local_reboot:
             raise AutoservUsageError("refusing to reboot the machine autoserv runs on; "
                                      "use LocalHost(allow_local_reboot=True) if you mean it")
-        if wait and _JOB is not None and os.getpid() != _JOB._pid:
+        if wait and _JOB is not None and not _JOB.is_job_process():
             raise AutoservUsageError("LocalHost.reboot() in a parallel task: call it from "
                                      "the control file itself (the job ends with it)")
         self._boot_next(label, kernel_args)
@@ -2113,13 +2192,7 @@ def _wait_all(procs, timeout, label, deadline=None):
             p.wait(_remaining(deadline))
     except sp.TimeoutExpired:
         for p in procs:
-            _killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(KILL_GRACE)
-            except sp.TimeoutExpired:
-                _killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            _terminate(p, KILL_GRACE, kill_wait=None)
         raise AutoservTimeoutError(f"{label}: transfer timed out after {timeout} s")
     except BaseException:
         for p in procs:
@@ -2566,7 +2639,8 @@ class _SSHTransfer:
             # Where prep may make it, registered before asking, so a reply
             # lost with the link still leaves close() something to remove.
             staging = _staging_candidates(dest, name)
-            self._tmp_dirs += [(os.getpid(), c) for c in staging]
+            for candidate in staging:
+                self._add_tmp_dir(candidate)
             try:
                 staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
                                    timeout=60).stdout.strip()
@@ -3502,16 +3576,8 @@ def _end_agent_process(proc):
             pass
     try:
         proc.wait(KILL_GRACE + 3)
-        return
     except _subprocess().TimeoutExpired:
-        pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        _killpg(proc.pid, sig)
-        try:
-            proc.wait(5)
-            return
-        except _subprocess().TimeoutExpired:
-            continue
+        _terminate(proc, 5.0, kill_wait=5.0)
 
 
 class SSHHost(_SSHTransfer, RemoteHost):
@@ -3726,6 +3792,9 @@ class SSHHost(_SSHTransfer, RemoteHost):
             return self._start_master_once(path, connect_timeout, retried=True)
         raise error
 
+    def _drop_connection(self):
+        self._stop_master()
+
     def _stop_master(self):
         proc = self._master
         self._master = None
@@ -3733,16 +3802,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             return
         # Our own child: TERM makes ssh close the connection and remove its
         # socket as `ssh -O exit` would, without spawning a process for it.
-        for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-            if proc.poll() is None:
-                proc.send_signal(sig)
-                if sig == signal.SIGKILL:
-                    _killpg(proc.pid, sig)
-            try:
-                proc.wait(wait)
-                break
-            except _subprocess().TimeoutExpired:
-                continue
+        _terminate(proc, 2.0, group=False, kill_wait=5.0)
 
     def _transport_error(self, stderr_text, started, rc=None):
         lines = _ssh_lines(stderr_text, started)
@@ -3817,10 +3877,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             ex.wait()
             result = ex.result(command, self.hostname)
             if marker.status is not None:
-                status = marker.status
-                result.exit_status = status
-                if 128 < status <= 128 + 64:
-                    result.aborted = status - 128
+                _set_exit_status(result, marker.status, shell=True)
                 break
             if ex.timed_out:
                 break
@@ -3890,7 +3947,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             self._agent = False
             return None
         self._agent = {"proc": proc, "local": local, "owner": os.getpid()}
-        self._tmp_dirs.append((os.getpid(), os.path.dirname(remote_path)))
+        self._add_tmp_dir(os.path.dirname(remote_path))
         LOG.write(f"persistent agent at {remote_path}", self.hostname)
         return local
 
@@ -3938,10 +3995,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 error.result = result
                 raise error
             if ex.status is not None:
-                result.exit_status = ex.status
-                if 128 < ex.status <= 128 + 64:
-                    result.aborted = ex.status - 128
-                return result
+                return _set_exit_status(result, ex.status, shell=True)
             if ex.timed_out:
                 return result
             if not ex.hello and attempt == 1 and self._master_serving(master):
@@ -4061,7 +4115,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         status.log: reboot.start, reboot.verify GOOD or ABORT (with why);
         a reboot recovered by the hard reset is a WARN (the job's exit status
         does not change) and its END is WARN."""
-        expected = getattr(self, "_expect_kernel", None)
+        expected = self._expect_kernel
         once = self._boot_next(label, kernel_args)
         self._reset_in_reboot = False
         record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
@@ -4187,7 +4241,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         path = self.run("umask 077; mktemp -d /tmp/autoserv-XXXXXX", timeout=60).stdout.strip()
         if not re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", path):
             raise AutoservHostError(self.hostname, "mktemp gave an unexpected path", path)
-        self._tmp_dirs.append((os.getpid(), path))
+        self._add_tmp_dir(path)
         return path
 
     def _remove_tmp_dirs(self):
@@ -4378,7 +4432,8 @@ class subcommand:
                 self.tees[stream] = _Tee(target, prefix=f"{self.name} : ")
         return pid
 
-    def _take(self, fd, data):
+    def collect(self, fd, data):
+        """parallel()'s side: data the child wrote on its pipe fd."""
         kind = self.fds[fd]
         if kind == "result":
             self.chunks.append(data)
@@ -4404,7 +4459,9 @@ class subcommand:
             _remove_quietly(self.status_path)
         return text
 
-    def _finish(self):
+    def finish(self):
+        """parallel()'s side, once the child's pipes are closed: reaps it and
+        takes its result, or the error it died with."""
         import pickle
         self.process.join(5)
         code = self.process.exitcode
@@ -4492,7 +4549,7 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
             for pid, task in list(running.items()):
                 if task.fds:
                     continue
-                task._finish()
+                task.finish()
                 del running[pid]
                 _task_ended(task)
         if timed_out:
@@ -4572,7 +4629,7 @@ def _pump(sel, wait):
         except OSError:
             data = b""
         if data:
-            key.data._take(key.fd, data)
+            key.data.collect(key.fd, data)
         else:
             sel.unregister(key.fd)
             os.close(key.fd)
@@ -4598,7 +4655,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
         for pid, task in list(running.items()):
             if task.process.exitcode is not None:
                 _drain_task(task, sel)
-                task._finish()
+                task.finish()
                 if reason:
                     task.error = (None, f"task {task.name} {reason}" + (
                         f"\n{task.error[1]}" if task.error else ""))
@@ -4611,7 +4668,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
             pass
         task.process.join()
         _drain_task(task, sel)
-        task._finish()
+        task.finish()
         task.error = (None, f"task {task.name} {reason or 'was stopped'} (killed)")
         running.pop(pid)
         _stopped(task)
@@ -4636,7 +4693,7 @@ def _drain_task(task, sel):
                 data = os.read(fd, READ_SIZE)
                 if not data:
                     break
-                task._take(fd, data)
+                task.collect(fd, data)
         except OSError:
             pass
         os.close(fd)
@@ -5196,7 +5253,7 @@ class DEBKernel(InstallableObject):
         host.bootloader.add_kernel(image, title=title, default=default and not boot_once,
                                    boot_once=boot_once, **entry)
         if default or boot_once:       # only a kernel meant to boot next is checked
-            host._expect_kernel = {"version": version, "title": title}
+            host.expect_kernel_at_next_boot(version, title)
         _record("GOOD", None, "kernel.install",
                f"{host.hostname}: {version} as {title!r}"
                + (" (boot once)" if boot_once else " (default)" if default else ""))
@@ -6132,6 +6189,25 @@ class _ClientJob:
         self._did()
         return result
 
+    def run_steps(self, namespace, cont):
+        """After the control file's top level: step_init (once per job),
+        then each step next_step() queued, in order, each removed from the
+        saved state before it runs (a reboot in one goes on with the next)."""
+        if not cont and "step_init" in namespace and not self.state["step_init_done"]:
+            self.state["step_init_done"] = True
+            self._save()
+            self._in_step = True
+            namespace["step_init"]()
+        self._in_step = True
+        while self.state["steps"]:
+            name, args = self.state["steps"].pop(0)
+            self._save()
+            if name not in namespace:
+                self.record("ERROR", None, name, f"step {name!r} is not defined in the "
+                                                 "control file")
+                continue
+            namespace[name](*args)
+
     def next_step(self, function, *args):
         name = function if isinstance(function, str) else function.__name__
         self.state["steps"].append([name, list(args)])
@@ -6200,20 +6276,7 @@ def _client_main(control_path, cont):
     namespace.update({"TestError": TestError, "TestFail": TestFail, "TestNAError": TestNAError})
     try:
         exec(code, namespace)
-        if not cont and "step_init" in namespace and not job.state["step_init_done"]:
-            job.state["step_init_done"] = True
-            job._save()
-            job._in_step = True
-            namespace["step_init"]()
-        job._in_step = True
-        while job.state["steps"]:
-            name, args = job.state["steps"].pop(0)
-            job._save()
-            if name not in namespace:
-                job.record("ERROR", None, name, f"step {name!r} is not defined in the "
-                                                "control file")
-                continue
-            namespace[name](*args)
+        job.run_steps(namespace, cont)
     except _ClientReboot:
         return _CLIENT_REBOOT
     except Exception as e:
@@ -6570,12 +6633,14 @@ class KVM(InstallableObject):
         """Destroys every guest; unloads the modules if autoserv loaded them."""
         for guest in list(self.in_use.values()):
             guest.close()
-        if self.modules_loaded and os.getpid() == getattr(self.host, "_owner", os.getpid()):
+        if self.modules_loaded and self.host.is_owned_here():
             self.host.run("modprobe -r " + " ".join(self.modules_loaded), ignore_status=True,
                           timeout=120)
             self.modules_loaded = []
 
-    def _reserve(self, guest):
+    def reserve(self, guest):
+        """The first free address, taken for guest: (index, address).
+        Raises AutoservVirtError before install() or when none is free."""
         if not self.installed:
             raise AutoservVirtError("KVM.install(addresses) must come before a KVMGuest")
         for i, address in enumerate(self.addresses):
@@ -6585,7 +6650,8 @@ class KVM(InstallableObject):
         raise AutoservVirtError(f"{self.host.hostname}: no free address for another guest "
                                 f"({len(self.addresses)} given to KVM.install, all in use)")
 
-    def _release(self, guest):
+    def release(self, guest):
+        """Gives back the address guest took (KVMGuest.close())."""
         for i, g in list(self.in_use.items()):
             if g is guest:
                 del self.in_use[i]
@@ -6596,7 +6662,8 @@ class KVM(InstallableObject):
 
 
 class Guest(SSHHost):
-    """A virtual machine reached over ssh; hardreset() asks the hypervisor."""
+    """A virtual machine reached over ssh; its power controller is the
+    hypervisor's (hardreset() asks the hypervisor)."""
 
 
 class KVMGuest(Guest):
@@ -6605,6 +6672,8 @@ class KVMGuest(Guest):
     Takes the first free address, starts qemu detached on the hypervisor (a
     0700 run dir holding the pidfile, the QMP socket and the serial log), then
     is an SSHHost for that address, host-key policy ephemeral by default.
+    Its power controller (unless power= is given) is a QMPPower on that
+    socket: hardreset() is QMP system_reset, power_off() freezes it.
     boot_timeout: how long a boot may take before wait_up() without a
     timeout starts saying it is still waiting (it never gives up on a qemu
     that runs).  Destroyed on close() and at job end."""
@@ -6618,16 +6687,17 @@ class KVMGuest(Guest):
         self.kvm = kvm
         self.boot_timeout = boot_timeout
         self.qemu_options = qemu_options
-        self.index, self.address = kvm._reserve(self)
+        self.index, self.address = kvm.reserve(self)
         self.qemu_pid = None
         self.run_dir = None
         try:
             self._start_qemu()
         except BaseException:
             self._remove_run_dir()      # qemu never ran: its run dir and tap go too
-            kvm._release(self)
+            kvm.release(self)
             raise
         addr = self.address
+        ssh_kwargs["power"] = ssh_kwargs.get("power") or self._qmp_power
         super().__init__(addr["ip"], user=user, port=addr.get("port"),
                          host_key_policy=host_key_policy, **ssh_kwargs)
         self._init_args = (addr["ip"],)
@@ -6673,7 +6743,17 @@ class KVMGuest(Guest):
                                     + (result.stderr.strip() or result.status_text()))
         self.qemu_pid = int(result.stdout.split()[-1])
         self.serial_log = f"{rd}/serial.log"
-        self.qmp_socket = f"{rd}/qmp.sock"
+        self._qmp_power = QMPPower(f"{rd}/qmp.sock", h)
+
+    @property
+    def qmp_socket(self):
+        """The QMP socket's path on the hypervisor (its QMPPower's: setting
+        it moves both)."""
+        return self._qmp_power.socket_path
+
+    @qmp_socket.setter
+    def qmp_socket(self, path):
+        self._qmp_power.socket_path = path
 
     def qemu_alive(self):
         """True while qemu runs (a zombie is dead: PID 1 may reap it late)."""
@@ -6718,14 +6798,6 @@ class KVMGuest(Guest):
                 LOG.write(message, self.hostname)
                 _say(message)
 
-    def can_hardreset(self):
-        return True
-
-    def hardreset(self, timeout=None, wait=True):
-        """A hard reset through QMP system_reset (no shutdown scripts run)."""
-        self._reset_and_wait(lambda: self.kvm.qmp(self.qmp_socket, {"execute": "system_reset"}),
-                             "QMP system_reset", timeout, wait)
-
     def monitor(self, command):
         """A human monitor command through QMP (e.g. "info status", "commit")."""
         return self.kvm.qmp(self.qmp_socket, {"execute": "human-monitor-command",
@@ -6734,7 +6806,7 @@ class KVMGuest(Guest):
     def close(self):
         """Stops qemu (QMP quit, then the PID), removes its run dir."""
         super().close()
-        if self.qemu_pid is None or self._owner != os.getpid():
+        if self.qemu_pid is None or not self.is_owned_here():
             return
         h = self.kvm.host
         if self.qemu_alive():
@@ -6749,7 +6821,7 @@ class KVMGuest(Guest):
                 h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
         self._remove_run_dir()
         self.qemu_pid = None
-        self.kvm._release(self)
+        self.kvm.release(self)
 
     def _remove_run_dir(self):
         h = self.kvm.host
@@ -6758,8 +6830,7 @@ class KVMGuest(Guest):
             self._tap = None
         if self.run_dir:
             h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
-            h._tmp_dirs = [(p, d) for p, d in h._tmp_dirs if d != self.run_dir]
-            _LOCAL_TMP[:] = [(p, d) for p, d in _LOCAL_TMP if d != self.run_dir]
+            h.forget_tmp_dir(self.run_dir)
             self.run_dir = None
 
 
@@ -6880,20 +6951,59 @@ def _conmux_command(client, target, command, label, confirm=None, timeout=30):
     LOG.write(f"conmux {command} on {target}", label)
 
 
+def _conmux_program(attach, who):
+    """The conmux client to run: attach, else conmux-console (Debian), else
+    console (upstream); AutoservUsageError naming who when there is none."""
+    client = attach or shutil.which("conmux-console") or shutil.which("console")
+    if not client or not (os.path.isfile(client) or shutil.which(client)):
+        raise AutoservUsageError(f"{who}: no conmux client (conmux-console or console): "
+                                 "install conmux")
+    return client
+
+
+class ConmuxConsole:
+    """A machine's console behind conmux, captured: with logfilename, a
+    client stays attached (stdin kept open: it exits on EOF) until close(),
+    appending everything the machine prints to that file, reboots and
+    panics included.  target: "host:port" or "server/name"; attach: the
+    client program."""
+
+    def __init__(self, target, attach=None, logfilename=None, label=None):
+        self.target = target
+        self.client = _conmux_program(attach, f"ConmuxConsole({target!r})")
+        self.logfilename = logfilename
+        self.label = label or target
+        self._proc = None
+        self._owner = None
+        if logfilename:
+            with open(logfilename, "ab") as log:
+                self._proc = _conmux_client(self.client, target, log)
+            self._owner = os.getpid()
+            LOG.write(f"console {target} captured in {logfilename}", self.label)
+
+    def __repr__(self):
+        return f"<ConmuxConsole {self.target}>"
+
+    def close(self):
+        """Ends the capture (only in the process that started it)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and self._owner == os.getpid():
+            _end_client(proc)
+
+
 class ConmuxSSHHost(SSHHost):
-    """An SSH host whose console is behind conmux: hardreset() issues conmux's
-    hardreset command, and the console is captured for the whole job into
-    <results>/<host>/console.log (reboots and panics included).
+    """An SSH host whose console is behind conmux: its power controller
+    (unless power= is given) is a ConmuxPower, so hardreset() issues conmux's
+    hardreset command, and its console (unless console= is given) is a
+    ConmuxConsole capturing the whole job into <results>/<host>/console.log
+    (or logfilename), reboots and panics included.
 
     server: where the console is, "host:port" (a numeric listener) or a
     conmux registry host (the console is then server/hostname); attach: the
     client program (default conmux-console, upstream's console)."""
 
     def __init__(self, hostname, logfilename=None, server=None, attach=None, **kwargs):
-        client = attach or shutil.which("conmux-console") or shutil.which("console")
-        if not client or not (os.path.isfile(client) or shutil.which(client)):
-            raise AutoservUsageError(f"ConmuxSSHHost({hostname!r}): no conmux client "
-                                     "(conmux-console or console): install conmux")
+        client = _conmux_program(attach, f"ConmuxSSHHost({hostname!r})")
         super().__init__(hostname, **kwargs)
         self._init_kwargs.update(logfilename=logfilename, server=server, attach=attach)
         self.console_client = client
@@ -6901,73 +7011,59 @@ class ConmuxSSHHost(SSHHost):
             self.console_target = server
         else:
             self.console_target = f"{server or 'localhost'}/{self.hostname}"
-        if logfilename is None and _JOB is not None:
-            os.makedirs(os.path.join(_JOB.resultdir, _safe_name(self.hostname)), exist_ok=True)
-            logfilename = os.path.join(_JOB.resultdir, _safe_name(self.hostname), "console.log")
+        if self.power is None:
+            self.power = ConmuxPower(self.console_target, attach=client, label=self.hostname)
+        self._own_console = None
+        if self.console is None:
+            if logfilename is None and _JOB is not None:
+                folder = os.path.join(_JOB.resultdir, _safe_name(self.hostname))
+                os.makedirs(folder, exist_ok=True)
+                logfilename = os.path.join(folder, "console.log")
+            self.console = self._own_console = ConmuxConsole(
+                self.console_target, attach=client, logfilename=logfilename,
+                label=self.hostname)
         self.console_log = logfilename
-        self._console = None
-        if logfilename:
-            self._start_console()
-
-    def _client(self, stdout):
-        return _conmux_client(self.console_client, self.console_target, stdout)
-
-    def _start_console(self):
-        """The capture: a client attached for the job, stdin kept open (the
-        client exits on EOF), output appended to console.log."""
-        with open(self.console_log, "ab") as log:
-            self._console = self._client(log)
-        self._console_owner = os.getpid()
-        LOG.write(f"console {self.console_target} captured in {self.console_log}",
-                  self.hostname)
-
-    def can_hardreset(self):
-        return True
-
-    def hardreset(self, timeout=None, wait=True):
-        """conmux's hardreset command; with wait, until it is back."""
-        self._reset_and_wait(lambda: _conmux_command(self.console_client, self.console_target,
-                                                     "hardreset", self.hostname),
-                             f"conmux {self.console_target}", timeout, wait)
 
     def close(self):
         super().close()
-        proc = self._console
-        if proc is not None and self._console_owner == os.getpid():
-            self._console = None
-            _end_client(proc)
+        if self._own_console is not None:       # a console= given is its owner's
+            self._own_console.close()
 
 
 class ConmuxPower(PowerController):
     """Power through a conmux console's hardreset command (cycle and reset).
     conmux has no power on, off or status: those raise
-    AutoservNotImplementedError."""
+    AutoservNotImplementedError.  label: the name its errors and log lines
+    carry (default: target)."""
 
     lacks = "conmux offers only hardreset (use cycle or reset)"
 
-    def __init__(self, target, attach=None):
+    def __init__(self, target, attach=None, label=None):
         self.target = target
-        self.client = attach or shutil.which("conmux-console") or shutil.which("console")
-        if not self.client:
-            raise AutoservUsageError("ConmuxPower: no conmux client (conmux-console or "
-                                     "console): install conmux")
+        self.client = _conmux_program(attach, "ConmuxPower")
+        self.label = label or target
 
     def __repr__(self):
         return f"<ConmuxPower {self.target}>"
 
     def cycle(self):
-        _conmux_command(self.client, self.target, "hardreset", self.target)
+        _conmux_command(self.client, self.target, "hardreset", self.label)
 
     reset = cycle
 
 
 class QMPPower(PowerController):
-    """A QEMU guest's power through its QMP socket on host: off = stop (frozen),
-    on = reset and run (a fresh boot), cycle = system_reset."""
+    """A QEMU guest's power through its QMP socket on host: off = stop
+    (frozen), on and cycle = system_reset and cont (a fresh boot, running),
+    reset = system_reset alone (QEMU's reset of its own, what hardreset()
+    uses: like a reset button, it does not start a guest that is off)."""
 
     def __init__(self, socket_path, host=None):
         self.socket_path = socket_path
         self.host = host or LocalHost()
+
+    def __repr__(self):
+        return f"<QMPPower {self.host.hostname}:{self.socket_path}>"
 
     def _qmp(self, *commands):
         return qmp(self.host, self.socket_path, *[{"execute": c} for c in commands])
@@ -6981,7 +7077,8 @@ class QMPPower(PowerController):
     def cycle(self):
         self._qmp("system_reset", "cont")
 
-    reset = cycle
+    def reset(self):
+        self._qmp("system_reset")
 
     def status(self):
         return "on" if self._qmp("query-status")[0].get("running") else "off"
