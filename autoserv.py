@@ -2362,10 +2362,13 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
 
 class _SSHTransfer:
     """send_file/get_file for an SSHHost, as a collaborator it holds (as
-    fabric's Connection hands transfers to a Transfer): the backends, and
-    what they run on the target through host.run().  add_tmp_dir(path) and
-    forget_tmp_dirs(name) register and unregister staging dirs with the
-    host, whose close() removes what is left."""
+    fabric's Connection hands transfers to a Transfer): the part every
+    backend shares (sources, placement mode, the local staging dir of
+    get_file, the log lines), the choice of backend (_TRANSFER_BACKENDS) and
+    what the backends ask of it.  Commands on the target go through
+    host.run(); add_tmp_dir(path) and forget_tmp_dirs(name) register and
+    unregister staging dirs with the host, whose close() removes what is
+    left."""
 
     def __init__(self, host, link, add_tmp_dir, forget_tmp_dirs):
         self.host = host
@@ -2373,6 +2376,10 @@ class _SSHTransfer:
         self.add_tmp_dir = add_tmp_dir
         self.forget_tmp_dirs = forget_tmp_dirs
         self.tools = None         # the tools the target has, asked once
+
+    @property
+    def hostname(self):
+        return self.link.hostname
 
     def _remote_tools(self):
         if self.tools is None:
@@ -2396,56 +2403,74 @@ class _SSHTransfer:
             return "rsync"
         return "scp"
 
-    def _raw_ssh(self, script, *args):
-        """ssh argv running an sh script directly (no wrapper): for streams
-        whose size is not known up front.  The script never exits 255."""
-        self.link.ensure_master()
-        return self.link.argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
-                                                     (script, "autoserv") + args)]
+    def _backend(self, name):
+        backend = _TRANSFER_BACKENDS[name](self)
+        if not isinstance(backend, _TransferBackend):     # the seam: a table entry gone wrong
+            raise TypeError(f"transfer backend {name!r} is not a _TransferBackend")
+        return backend
 
-    def _rsync_ssh(self):
-        self.link.ensure_master()
-        return " ".join(shlex.quote(a) for a in self.link.argv()[:-1])
+    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
+                  backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        _check_local_sources(sources, self.hostname)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        self._backend(backend).send(sources, contents, dest, mode, delete_dest,
+                                    preserve_symlinks, timeout)
+        LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
-    def _scp_options(self):
-        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
-        its -p keeps times, so the user and port go as -o User= and -P."""
-        opts, out = self.link.argv()[1:-1], []
-        for flag, value in zip(opts[::2], opts[1::2]):
-            if flag == "-l":
-                out += ["-o", f"User={value}"]
-            elif flag == "-p":
-                out += ["-P", value]
-            else:
-                out += [flag, value]
-        return out
-
-    def _remote_spec(self, path):
-        host = self.host.hostname
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{path}"
-
-    def _remove_staging(self, staging):
-        """Removes an scp staging dir (or the places it may be); when the link
-        is down (the very error being reported), it is left for close() and
-        never masks that error."""
-        paths = [staging] if isinstance(staging, str) else list(staging)
+    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
+                 preserve_symlinks=False, backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        dirs = [False] * len(sources)
+        if len(sources) == 1 and not contents[0]:
+            dirs = [self.host.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
+                                  timeout=60).exit_status == 0]
+        mode = _mode_for(sources, contents, dirs)
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
+        existed = os.path.lexists(dest.rstrip("/") or "/")
+        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
+                                                   dir=_staging_parent(dest, mode)))
+        placed = False
         try:
-            self.host.run("rm -rf -- " + " ".join(shlex.quote(p) for p in paths),
-                          ignore_status=True, timeout=30, connect_timeout=5)
-        except AutoservError as e:
-            LOG.write(f"staging {paths} not removed yet ({e}); retried at close",
-                      self.host.hostname)
-            return
-        self.forget_tmp_dirs(os.path.basename(paths[0]))
+            self._backend(backend).fetch(sources, contents, staging, dest, preserve_perm,
+                                         preserve_symlinks, timeout)
+            _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
+            _place_local(staging, dest, mode, delete_dest)
+            placed = True
+        except OSError as e:
+            raise AutoservFileTransferError(
+                f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not placed:
+                _drop_new_dir(dest, existed)
+        LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
-    def _raise_transfer(self, what, paths, text, rc, dest=None):
+    # for the backends
+    def ssh_argv(self):
+        """ssh's command line over the master, which is started first."""
+        self.link.ensure_master()
+        return self.link.argv()
+
+    def fail(self, what, paths, text, rc, dest=None):
+        """Raises what a failed transfer step means: ssh's 255 a transport
+        error, anything else an AutoservFileTransferError (with df's word on
+        the destination when dest is given and the text does not say)."""
         if rc == 255:
             raise self.link.transport_error(text, started=True, rc=rc)
         if dest is not None and "no space" not in text.lower():
             text += self._space_note(dest, paths)
-        raise _transfer_error(self.host.hostname, what, paths, text, rc)
+        raise _transfer_error(self.hostname, what, paths, text, rc)
 
     def _space_note(self, dest, paths):
         """tar says only "Wrote only N of M bytes" and SFTP only "failure" on a
@@ -2470,18 +2495,66 @@ class _SSHTransfer:
             return f"\nno space left on the device: {free} bytes free, {need} needed"
         return ""
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
-        sources = _sources(source)
-        dest = os.fsdecode(dest)
-        _check_local_sources(sources, self.host.hostname)
-        contents = [s.endswith("/") and len(s) > 1 for s in sources]
-        mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
-        backend = self._pick_backend(backend, delete_dest)
-        LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.host.hostname)
-        t0 = time.monotonic()
-        if backend == "tar" and len(sources) == 1 and not contents[0] \
-                and os.path.isfile(sources[0]) \
+    def run_local(self, argv, what, paths, timeout, dest=None):
+        """Runs a local transfer program (rsync, scp) to its end; its stdout.
+        Raises as fail() does; a closed connection is a transport error."""
+        LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
+        ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
+        ex.start()
+        ex.wait()
+        if ex.timed_out:
+            raise AutoservTimeoutError(f"{what} timed out",
+                                       ex.result(" ".join(argv), self.hostname))
+        if ex.returncode != 0:
+            text = _decode(ex.captures[2].value())
+            if ex.returncode == 255 or "connection unexpectedly closed" in text \
+                    or "Connection closed" in text:
+                raise self.link.transport_error(text, started=True, rc=ex.returncode)
+            if dest is not None and "no space" not in text.lower():
+                text += self._space_note(dest, paths)
+            raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
+        return _decode(ex.captures[1].value())
+
+
+class _TransferBackend:
+    """One way to move files to and from an SSHHost, made per transfer for
+    its _SSHTransfer (self.t).  send() places sources (local) at dest on the
+    target; fetch() copies sources (on the target) into staging, a local
+    dir that get_file then places at dest.  contents[i]: sources[i] ended
+    in "/" (its contents, not itself); mode: as _mode_for() says.  Both
+    raise AutoservFileTransferError or a transport error."""
+
+    def __init__(self, transfer):
+        self.t = transfer
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        raise NotImplementedError
+
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        raise NotImplementedError
+
+    def remote_spec(self, path):
+        """host:path as scp and rsync take it ([v6addr]:path)."""
+        host = self.t.hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{path}"
+
+
+class _TarTransfer(_TransferBackend):
+    """tar through a raw ssh session (one regular file: the file itself,
+    as `ssh host 'cat > f'`); on the target, _PLACE_SH places the stream."""
+
+    def _raw_ssh(self, script, *args):
+        """ssh argv running an sh script directly (no wrapper): for streams
+        whose size is not known up front.  The script never exits 255."""
+        return self.t.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
+                                                       (script, "autoserv") + args)]
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        hostname = self.t.hostname
+        if len(sources) == 1 and not contents[0] and os.path.isfile(sources[0]) \
                 and not (preserve_symlinks and os.path.islink(sources[0])):
             # One regular file: the file itself is ssh's stdin, as in
             # `ssh host 'cat > f'`, staged and renamed like the rest.
@@ -2490,155 +2563,163 @@ class _SSHTransfer:
             remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0", "cat",
                                    "", "1", os.path.basename(sources[0].rstrip("/")),
                                    "%o" % (st.st_mode & 0o7777), stamp, str(st.st_size))
-            rc, err = _stream_file(sources[0], remote, timeout, self.host.hostname)
+            rc, err = _stream_file(sources[0], remote, timeout, hostname)
             if rc != 0:
-                self._raise_transfer("send_file", sources, err, rc, dest)
-        elif backend == "tar":
-            # The last member is an empty file the target checks for: only a
-            # stream that reached it is placed.
-            marker = tempfile.mkdtemp(prefix="autoserv-")
-            name = ".autoserv-end-" + _random_name()
-            open(os.path.join(marker, name), "wb").close()
-            tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
-                + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
-            remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
-                                   "tar", "", "1", name)
-            try:
-                rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.host.hostname)
-            finally:
-                shutil.rmtree(marker, ignore_errors=True)
-            if rc2 != 0:
-                self._raise_transfer("send_file", sources, e2 + e1, rc2, dest)
-            if rc1 != 0:
-                raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
-        elif backend == "rsync":
-            # rsync would follow a symlinked dest dir: the same check first.
-            try:
-                self.host.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
-            except AutoservRunError as e:
-                self._raise_transfer("send_file", sources,
-                                     e.result.stderr if e.result else str(e), 1)
-            argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._rsync_ssh()]
-            argv += ["-l"] if preserve_symlinks else ["-L"]
-            if delete_dest:
-                argv.append("--delete")
-            rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
-            self._run_local(argv + [_local_arg(s) for s in sources]
-                            + [self._remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
-        else:
-            name = _random_name()
-            # Where prep may make it, registered before asking, so a reply
-            # lost with the link still leaves close() something to remove.
-            staging = _staging_candidates(dest, name)
-            for candidate in staging:
-                self.add_tmp_dir(candidate)
-            try:
-                staging = self.host.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
-                                        timeout=60).stdout.strip()
-                items = [_local_arg(i) for i in _expand_contents(sources, contents)]
-                argv = ["scp", "-r", "-p", "-q"] + self._scp_options()
-                self._run_local(argv + items + [self._remote_spec(staging + "/")],
-                                "send_file", sources, timeout, dest)
-                self.host.run(_raw_place_command(dest, mode, delete_dest, "install", staging),
-                              timeout=300)
-            except AutoservRunError as e:
-                self._raise_transfer("send_file", sources,
-                                     e.result.stderr if e.result else str(e), 1, dest)
-            finally:
-                self._remove_staging(staging)
-        LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.host.hostname)
-
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
-        sources = _sources(source)
-        dest = os.fsdecode(dest)
-        contents = [s.endswith("/") and len(s) > 1 for s in sources]
-        dirs = [False] * len(sources)
-        if len(sources) == 1 and not contents[0]:
-            dirs = [self.host.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
-                                  timeout=60).exit_status == 0]
-        mode = _mode_for(sources, contents, dirs)
-        backend = self._pick_backend(backend, delete_dest)
-        LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.host.hostname)
-        t0 = time.monotonic()
-        _refuse_dir_link(dest, mode, f"{self.host.hostname}: get_file")
-        existed = os.path.lexists(dest.rstrip("/") or "/")
-        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
-                                                   dir=_staging_parent(dest, mode)))
-        placed = False
+                self.t.fail("send_file", sources, err, rc, dest)
+            return
+        # The last member is an empty file the target checks for: only a
+        # stream that reached it is placed.
+        marker = tempfile.mkdtemp(prefix="autoserv-")
+        name = ".autoserv-end-" + _random_name()
+        open(os.path.join(marker, name), "wb").close()
+        tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
+            + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
+        remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
+                               "tar", "", "1", name)
         try:
-            if backend == "tar":
-                parts = []
-                for src, is_contents in zip(sources, contents):
-                    path = src.rstrip("/") or "/"
-                    where, name = (path, ".") if is_contents else \
-                        (os.path.dirname(path) or "/", "./" + os.path.basename(path))
-                    parts.append(f"cd {shlex.quote(where)} && tar -c{'' if preserve_symlinks else 'h'}f - "
-                                 f"-- {shlex.quote(name)} || exit 1")
-                remote = self._raw_ssh("; ".join(parts))
-                local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
-                local.append("-p" if preserve_perm else "--no-same-permissions")
-                ended = []
-                rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.host.hostname, ended)
-                if rc1 != 0:
-                    self._raise_transfer("get_file", sources, e1, rc1)
-                if rc2 != 0:
-                    raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
-                if not ended[0]:
-                    raise AutoservFileTransferError(
-                        f"{self.host.hostname}: get_file {sources}: the tar stream ended early "
-                        "(no end-of-archive): nothing placed")
-            else:
-                items = [self._remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
-                         for s, c in zip(sources, contents)]
-                if backend == "rsync":
-                    # No -D: rsync makes no device or FIFO here; it names
-                    # each one it skips, and that is refused below.
-                    argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
-                            "--protect-args", "-e", self._rsync_ssh()]
-                    argv += ["-l"] if preserve_symlinks else ["-L"]
-                    if preserve_perm:
-                        argv.append("-p")
-                else:
-                    argv = ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) \
-                        + self._scp_options()
-                out = self._run_local(argv + items + [staging + "/"], "get_file", sources,
-                                      timeout)
-                skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
-                           if l.startswith("skipping non-regular file ")]
-                if skipped:
-                    raise AutoservFileTransferError(
-                        f"{self.host.hostname}: get_file: refusing {', '.join(skipped)}: "
-                        "not a regular file, dir or symlink")
-            _fix_tree(staging, preserve_symlinks, f"{self.host.hostname}: get_file")
-            _place_local(staging, dest, mode, delete_dest)
-            placed = True
-        except OSError as e:
-            raise AutoservFileTransferError(
-                f"{self.host.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
+            rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, hostname)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not placed:
-                _drop_new_dir(dest, existed)
-        LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.host.hostname)
+            shutil.rmtree(marker, ignore_errors=True)
+        if rc2 != 0:
+            self.t.fail("send_file", sources, e2 + e1, rc2, dest)
+        if rc1 != 0:
+            raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
 
-    def _run_local(self, argv, what, paths, timeout, dest=None):
-        LOG.write(" ".join(shlex.quote(a) for a in argv), self.host.hostname)
-        ex = _Execution(argv, self.host.hostname, timeout=timeout, log_output=True)
-        ex.start()
-        ex.wait()
-        if ex.timed_out:
-            raise AutoservTimeoutError(f"{what} timed out",
-                                       ex.result(" ".join(argv), self.host.hostname))
-        if ex.returncode != 0:
-            text = _decode(ex.captures[2].value())
-            if ex.returncode == 255 or "connection unexpectedly closed" in text \
-                    or "Connection closed" in text:
-                raise self.link.transport_error(text, started=True, rc=ex.returncode)
-            if dest is not None and "no space" not in text.lower():
-                text += self._space_note(dest, paths)
-            raise _transfer_error(self.host.hostname, what, paths, text, ex.returncode)
-        return _decode(ex.captures[1].value())
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        parts = []
+        for src, is_contents in zip(sources, contents):
+            path = src.rstrip("/") or "/"
+            where, name = (path, ".") if is_contents else \
+                (os.path.dirname(path) or "/", "./" + os.path.basename(path))
+            parts.append(f"cd {shlex.quote(where)} && tar -c{'' if preserve_symlinks else 'h'}f - "
+                         f"-- {shlex.quote(name)} || exit 1")
+        remote = self._raw_ssh("; ".join(parts))
+        local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
+        local.append("-p" if preserve_perm else "--no-same-permissions")
+        ended = []
+        rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.t.hostname, ended)
+        if rc1 != 0:
+            self.t.fail("get_file", sources, e1, rc1)
+        if rc2 != 0:
+            raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
+        if not ended[0]:
+            raise AutoservFileTransferError(
+                f"{self.t.hostname}: get_file {sources}: the tar stream ended early "
+                "(no end-of-archive): nothing placed")
+
+
+class _CopyProgramTransfer(_TransferBackend):
+    """A backend that is a local program copying host:path specs (rsync,
+    scp): fetch() is the same for both but for the program's argv."""
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        raise NotImplementedError
+
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        items = [self.remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
+                 for s, c in zip(sources, contents)]
+        argv = self.fetch_argv(preserve_perm, preserve_symlinks)
+        out = self.t.run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
+        skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
+                   if l.startswith("skipping non-regular file ")]
+        if skipped:
+            raise AutoservFileTransferError(
+                f"{self.t.hostname}: get_file: refusing {', '.join(skipped)}: "
+                "not a regular file, dir or symlink")
+
+
+class _RsyncTransfer(_CopyProgramTransfer):
+    """rsync over the master (-e: ssh's command line)."""
+
+    def _ssh_command(self):
+        return " ".join(shlex.quote(a) for a in self.t.ssh_argv()[:-1])
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        # rsync would follow a symlinked dest dir: the same check first.
+        try:
+            self.t.host.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
+        except AutoservRunError as e:
+            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1)
+        argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._ssh_command()]
+        argv += ["-l"] if preserve_symlinks else ["-L"]
+        if delete_dest:
+            argv.append("--delete")
+        rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
+        self.t.run_local(argv + [_local_arg(s) for s in sources]
+                         + [self.remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        # No -D: rsync makes no device or FIFO here; it names each one it
+        # skips, and fetch() refuses those.
+        argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
+                "--protect-args", "-e", self._ssh_command()]
+        argv += ["-l"] if preserve_symlinks else ["-L"]
+        if preserve_perm:
+            argv.append("-p")
+        return argv
+
+
+class _ScpTransfer(_CopyProgramTransfer):
+    """scp, into a staging dir on the target that _PLACE_SH makes (prep)
+    and places (install)."""
+
+    def _options(self):
+        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
+        its -p keeps times, so the user and port go as -o User= and -P.
+        (The master is not started for it: a ControlPath only if one is up.)"""
+        opts, out = self.t.link.argv()[1:-1], []
+        for flag, value in zip(opts[::2], opts[1::2]):
+            if flag == "-l":
+                out += ["-o", f"User={value}"]
+            elif flag == "-p":
+                out += ["-P", value]
+            else:
+                out += [flag, value]
+        return out
+
+    def _remove_staging(self, staging):
+        """Removes an scp staging dir (or the places it may be); when the link
+        is down (the very error being reported), it is left for close() and
+        never masks that error."""
+        paths = [staging] if isinstance(staging, str) else list(staging)
+        try:
+            self.t.host.run("rm -rf -- " + " ".join(shlex.quote(p) for p in paths),
+                            ignore_status=True, timeout=30, connect_timeout=5)
+        except AutoservError as e:
+            LOG.write(f"staging {paths} not removed yet ({e}); retried at close",
+                      self.t.hostname)
+            return
+        self.t.forget_tmp_dirs(os.path.basename(paths[0]))
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        run = self.t.host.run
+        name = _random_name()
+        # Where prep may make it, registered before asking, so a reply
+        # lost with the link still leaves close() something to remove.
+        staging = _staging_candidates(dest, name)
+        for candidate in staging:
+            self.t.add_tmp_dir(candidate)
+        try:
+            staging = run(_raw_place_command(dest, mode, delete_dest, "prep", name),
+                          timeout=60).stdout.strip()
+            items = [_local_arg(i) for i in _expand_contents(sources, contents)]
+            argv = ["scp", "-r", "-p", "-q"] + self._options()
+            self.t.run_local(argv + items + [self.remote_spec(staging + "/")],
+                             "send_file", sources, timeout, dest)
+            run(_raw_place_command(dest, mode, delete_dest, "install", staging), timeout=300)
+        except AutoservRunError as e:
+            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1, dest)
+        finally:
+            self._remove_staging(staging)
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        return ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) + self._options()
+
+
+# The backends by name (TRANSFER_BACKENDS, the names users pass as backend=).
+_TRANSFER_BACKENDS = {"tar": _TarTransfer, "rsync": _RsyncTransfer, "scp": _ScpTransfer}
 
 
 def _random_name(length=12):
@@ -3516,11 +3597,12 @@ class _SSHLink:
     ssh's stderr says went wrong (an AutoservSSHError subclass).
 
     Its settings (the constructor's keywords, defaults from
-    set_ssh_defaults()) are plain attributes; SSHHost shows them as its own.  Read-only for others:
-    master (the ssh -M process), master_owner (the pid that started it: a
-    task forked by parallel() shares this object and must never stop its
-    parent's master), master_seen (the master pid master_alive() last
-    reached), ctrl_path (this process's control socket, or None)."""
+    set_ssh_defaults()) are plain attributes; SSHHost shows them as its
+    own.  Read-only for others: master (the ssh -M process), master_owner
+    (the pid that started it: a task forked by parallel() shares this
+    object and must never stop its parent's master), master_seen (the
+    master pid master_alive() last reached), ctrl_path (this process's
+    control socket, or None)."""
 
     _counter = 0              # links made in this process: each one's file names are its own
 
@@ -4114,8 +4196,6 @@ class SSHHost(RemoteHost):
         except AutoservError:
             return False
 
-    def _banner(self, timeout):
-        return self._link.banner(timeout)
     def wait_up(self, timeout=None):
         """True once the host answers ssh (within timeout; None waits on)."""
         deadline = _monotonic_deadline(timeout)
