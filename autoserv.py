@@ -2760,6 +2760,11 @@ def _expand_contents(sources, contents):
 
 
 # SSH ##########################################################################
+# Settings and the control dir, the persistent agent (the program, its
+# frames, _AgentExecution), the remote wrapper, ssh's error lines; then the
+# collaborators SSHHost composes: _SSHLink (options, ControlMaster, error
+# classification, a command as its own session) and _SSHAgent (the agent's
+# client), with _SSHTransfer from the file transfer section.
 
 _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
                  "ssh_options": (), "host_key_policy": "accept-new",
