@@ -2479,14 +2479,32 @@ def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, lab
 
 
 class _SSHTransfer:
-    """send_file/get_file for SSHHost: the three backends."""
+    """send_file/get_file for an SSHHost, as a collaborator it holds (as
+    fabric's Connection hands transfers to a Transfer): the part every
+    backend shares (sources, placement mode, the local staging dir of
+    get_file, the log lines), the choice of backend (_TRANSFER_BACKENDS) and
+    what the backends ask of it.  Commands on the target go through
+    host.run(); add_tmp_dir(path) and forget_tmp_dirs(name) register and
+    unregister staging dirs with the host, whose close() removes what is
+    left."""
+
+    def __init__(self, host, link, add_tmp_dir, forget_tmp_dirs):
+        self.host = host
+        self.link = link
+        self.add_tmp_dir = add_tmp_dir
+        self.forget_tmp_dirs = forget_tmp_dirs
+        self.tools = None         # the tools the target has, asked once
+
+    @property
+    def hostname(self):
+        return self.link.hostname
 
     def _remote_tools(self):
-        if self._tools is None:
-            out = self.run("for t in tar rsync; do command -v $t >/dev/null 2>&1 && "
-                           "echo $t; done; true", timeout=60).stdout.split()
-            self._tools = set(out)
-        return self._tools
+        if self.tools is None:
+            out = self.host.run("for t in tar rsync; do command -v $t >/dev/null 2>&1 && "
+                                "echo $t; done; true", timeout=60).stdout.split()
+            self.tools = set(out)
+        return self.tools
 
     def _pick_backend(self, backend, delete_dest):
         if backend is not None:
@@ -2503,55 +2521,71 @@ class _SSHTransfer:
             return "rsync"
         return "scp"
 
-    def _raw_ssh(self, script, *args):
-        """ssh argv running an sh script directly (no wrapper): for streams
-        whose size is not known up front.  The script never exits 255."""
-        self._ensure_master()
-        return self.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
-                                                     (script, "autoserv") + args)]
+    def _backend(self, name):
+        backend = _TRANSFER_BACKENDS[name](self)
+        if not isinstance(backend, _TransferBackend):     # the seam: a table entry gone wrong
+            raise TypeError(f"transfer backend {name!r} is not a _TransferBackend")
+        return backend
 
-    def _rsync_ssh(self):
-        self._ensure_master()
-        return " ".join(shlex.quote(a) for a in self.ssh_argv()[:-1])
+    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
+                  backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        _check_local_sources(sources, self.hostname)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        self._backend(backend).send(sources, contents, dest, mode, delete_dest,
+                                    preserve_symlinks, timeout)
+        LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
-    def _scp_options(self):
-        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
-        its -p keeps times, so the user and port go as -o User= and -P."""
-        opts, out = self.ssh_argv()[1:-1], []
-        for flag, value in zip(opts[::2], opts[1::2]):
-            if flag == "-l":
-                out += ["-o", f"User={value}"]
-            elif flag == "-p":
-                out += ["-P", value]
-            else:
-                out += [flag, value]
-        return out
-
-    def _remote_spec(self, path):
-        host = self.hostname
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{path}"
-
-    def _remove_staging(self, staging):
-        """Removes an scp staging dir (or the places it may be); when the link
-        is down (the very error being reported), it is left for close() and
-        never masks that error."""
-        paths = [staging] if isinstance(staging, str) else list(staging)
+    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
+                 preserve_symlinks=False, backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        dirs = [False] * len(sources)
+        if len(sources) == 1 and not contents[0]:
+            dirs = [self.host.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
+                                  timeout=60).exit_status == 0]
+        mode = _mode_for(sources, contents, dirs)
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
+        existed = os.path.lexists(dest.rstrip("/") or "/")
+        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
+                                                   dir=_staging_parent(dest, mode)))
+        placed = False
         try:
-            self.run("rm -rf -- " + " ".join(shlex.quote(p) for p in paths),
-                     ignore_status=True, timeout=30, connect_timeout=5)
-        except AutoservError as e:
-            LOG.write(f"staging {paths} not removed yet ({e}); retried at close",
-                      self.hostname)
-            return
-        self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs
-                          if not (pid == os.getpid() and os.path.basename(p)
-                                  == os.path.basename(paths[0]))]
+            self._backend(backend).fetch(sources, contents, staging, dest, preserve_perm,
+                                         preserve_symlinks, timeout)
+            _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
+            _place_local(staging, dest, mode, delete_dest)
+            placed = True
+        except OSError as e:
+            raise AutoservFileTransferError(
+                f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not placed:
+                _drop_new_dir(dest, existed)
+        LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
-    def _raise_transfer(self, what, paths, text, rc, dest=None):
+    # for the backends
+    def ssh_argv(self):
+        """ssh's command line over the master, which is started first."""
+        self.link.ensure_master()
+        return self.link.argv()
+
+    def fail(self, what, paths, text, rc, dest=None):
+        """Raises what a failed transfer step means: ssh's 255 a transport
+        error, anything else an AutoservFileTransferError (with df's word on
+        the destination when dest is given and the text does not say)."""
         if rc == 255:
-            raise self._transport_error(text, started=True, rc=rc)
+            raise self.link.transport_error(text, started=True, rc=rc)
         if dest is not None and "no space" not in text.lower():
             text += self._space_note(dest, paths)
         raise _transfer_error(self.hostname, what, paths, text, rc)
@@ -2570,8 +2604,8 @@ class _SSHTransfer:
         probe = ('d=$1; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done; '
                  'df -Pk -- "$d" | tail -n 1')
         try:
-            out = self.run("sh -c " + shlex.quote(probe) + " autoserv " + shlex.quote(dest),
-                           timeout=30).stdout.split()
+            out = self.host.run("sh -c " + shlex.quote(probe) + " autoserv " + shlex.quote(dest),
+                                timeout=30).stdout.split()
             free = int(out[3]) * 1024
         except (AutoservError, IndexError, ValueError):
             return ""
@@ -2579,18 +2613,66 @@ class _SSHTransfer:
             return f"\nno space left on the device: {free} bytes free, {need} needed"
         return ""
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
-        sources = _sources(source)
-        dest = os.fsdecode(dest)
-        _check_local_sources(sources, self.hostname)
-        contents = [s.endswith("/") and len(s) > 1 for s in sources]
-        mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
-        backend = self._pick_backend(backend, delete_dest)
-        LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
-        t0 = time.monotonic()
-        if backend == "tar" and len(sources) == 1 and not contents[0] \
-                and os.path.isfile(sources[0]) \
+    def run_local(self, argv, what, paths, timeout, dest=None):
+        """Runs a local transfer program (rsync, scp) to its end; its stdout.
+        Raises as fail() does; a closed connection is a transport error."""
+        LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
+        ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
+        ex.start()
+        ex.wait()
+        if ex.timed_out:
+            raise AutoservTimeoutError(f"{what} timed out",
+                                       ex.result(" ".join(argv), self.hostname))
+        if ex.returncode != 0:
+            text = _decode(ex.captures[2].value())
+            if ex.returncode == 255 or "connection unexpectedly closed" in text \
+                    or "Connection closed" in text:
+                raise self.link.transport_error(text, started=True, rc=ex.returncode)
+            if dest is not None and "no space" not in text.lower():
+                text += self._space_note(dest, paths)
+            raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
+        return _decode(ex.captures[1].value())
+
+
+class _TransferBackend:
+    """One way to move files to and from an SSHHost, made per transfer for
+    its _SSHTransfer (self.t).  send() places sources (local) at dest on the
+    target; fetch() copies sources (on the target) into staging, a local
+    dir that get_file then places at dest.  contents[i]: sources[i] ended
+    in "/" (its contents, not itself); mode: as _mode_for() says.  Both
+    raise AutoservFileTransferError or a transport error."""
+
+    def __init__(self, transfer):
+        self.t = transfer
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        raise NotImplementedError
+
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        raise NotImplementedError
+
+    def remote_spec(self, path):
+        """host:path as scp and rsync take it ([v6addr]:path)."""
+        host = self.t.hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{path}"
+
+
+class _TarTransfer(_TransferBackend):
+    """tar through a raw ssh session (one regular file: the file itself,
+    as `ssh host 'cat > f'`); on the target, _PLACE_SH places the stream."""
+
+    def _raw_ssh(self, script, *args):
+        """ssh argv running an sh script directly (no wrapper): for streams
+        whose size is not known up front.  The script never exits 255."""
+        return self.t.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
+                                                       (script, "autoserv") + args)]
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        hostname = self.t.hostname
+        if len(sources) == 1 and not contents[0] and os.path.isfile(sources[0]) \
                 and not (preserve_symlinks and os.path.islink(sources[0])):
             # One regular file: the file itself is ssh's stdin, as in
             # `ssh host 'cat > f'`, staged and renamed like the rest.
@@ -2599,154 +2681,163 @@ class _SSHTransfer:
             remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0", "cat",
                                    "", "1", os.path.basename(sources[0].rstrip("/")),
                                    "%o" % (st.st_mode & 0o7777), stamp, str(st.st_size))
-            rc, err = _stream_file(sources[0], remote, timeout, self.hostname)
+            rc, err = _stream_file(sources[0], remote, timeout, hostname)
             if rc != 0:
-                self._raise_transfer("send_file", sources, err, rc, dest)
-        elif backend == "tar":
-            # The last member is an empty file the target checks for: only a
-            # stream that reached it is placed.
-            marker = tempfile.mkdtemp(prefix="autoserv-")
-            name = ".autoserv-end-" + _random_name()
-            open(os.path.join(marker, name), "wb").close()
-            tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
-                + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
-            remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
-                                   "tar", "", "1", name)
-            try:
-                rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, self.hostname)
-            finally:
-                shutil.rmtree(marker, ignore_errors=True)
-            if rc2 != 0:
-                self._raise_transfer("send_file", sources, e2 + e1, rc2, dest)
-            if rc1 != 0:
-                raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
-        elif backend == "rsync":
-            # rsync would follow a symlinked dest dir: the same check first.
-            try:
-                self.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
-            except AutoservRunError as e:
-                self._raise_transfer("send_file", sources,
-                                     e.result.stderr if e.result else str(e), 1)
-            argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._rsync_ssh()]
-            argv += ["-l"] if preserve_symlinks else ["-L"]
-            if delete_dest:
-                argv.append("--delete")
-            rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
-            self._run_local(argv + [_local_arg(s) for s in sources]
-                            + [self._remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
-        else:
-            name = _random_name()
-            # Where prep may make it, registered before asking, so a reply
-            # lost with the link still leaves close() something to remove.
-            staging = _staging_candidates(dest, name)
-            for candidate in staging:
-                self._add_tmp_dir(candidate)
-            try:
-                staging = self.run(_raw_place_command(dest, mode, delete_dest, "prep", name),
-                                   timeout=60).stdout.strip()
-                items = [_local_arg(i) for i in _expand_contents(sources, contents)]
-                argv = ["scp", "-r", "-p", "-q"] + self._scp_options()
-                self._run_local(argv + items + [self._remote_spec(staging + "/")],
-                                "send_file", sources, timeout, dest)
-                self.run(_raw_place_command(dest, mode, delete_dest, "install", staging),
-                         timeout=300)
-            except AutoservRunError as e:
-                self._raise_transfer("send_file", sources,
-                                     e.result.stderr if e.result else str(e), 1, dest)
-            finally:
-                self._remove_staging(staging)
-        LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
-
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
-        sources = _sources(source)
-        dest = os.fsdecode(dest)
-        contents = [s.endswith("/") and len(s) > 1 for s in sources]
-        dirs = [False] * len(sources)
-        if len(sources) == 1 and not contents[0]:
-            dirs = [self.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
-                             timeout=60).exit_status == 0]
-        mode = _mode_for(sources, contents, dirs)
-        backend = self._pick_backend(backend, delete_dest)
-        LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
-        t0 = time.monotonic()
-        _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
-        existed = os.path.lexists(dest.rstrip("/") or "/")
-        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
-                                                   dir=_staging_parent(dest, mode)))
-        placed = False
+                self.t.fail("send_file", sources, err, rc, dest)
+            return
+        # The last member is an empty file the target checks for: only a
+        # stream that reached it is placed.
+        marker = tempfile.mkdtemp(prefix="autoserv-")
+        name = ".autoserv-end-" + _random_name()
+        open(os.path.join(marker, name), "wb").close()
+        tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
+            + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
+        remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
+                               "tar", "", "1", name)
         try:
-            if backend == "tar":
-                parts = []
-                for src, is_contents in zip(sources, contents):
-                    path = src.rstrip("/") or "/"
-                    where, name = (path, ".") if is_contents else \
-                        (os.path.dirname(path) or "/", "./" + os.path.basename(path))
-                    parts.append(f"cd {shlex.quote(where)} && tar -c{'' if preserve_symlinks else 'h'}f - "
-                                 f"-- {shlex.quote(name)} || exit 1")
-                remote = self._raw_ssh("; ".join(parts))
-                local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
-                local.append("-p" if preserve_perm else "--no-same-permissions")
-                ended = []
-                rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.hostname, ended)
-                if rc1 != 0:
-                    self._raise_transfer("get_file", sources, e1, rc1)
-                if rc2 != 0:
-                    raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
-                if not ended[0]:
-                    raise AutoservFileTransferError(
-                        f"{self.hostname}: get_file {sources}: the tar stream ended early "
-                        "(no end-of-archive): nothing placed")
-            else:
-                items = [self._remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
-                         for s, c in zip(sources, contents)]
-                if backend == "rsync":
-                    # No -D: rsync makes no device or FIFO here; it names
-                    # each one it skips, and that is refused below.
-                    argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
-                            "--protect-args", "-e", self._rsync_ssh()]
-                    argv += ["-l"] if preserve_symlinks else ["-L"]
-                    if preserve_perm:
-                        argv.append("-p")
-                else:
-                    argv = ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) \
-                        + self._scp_options()
-                out = self._run_local(argv + items + [staging + "/"], "get_file", sources,
-                                      timeout)
-                skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
-                           if l.startswith("skipping non-regular file ")]
-                if skipped:
-                    raise AutoservFileTransferError(
-                        f"{self.hostname}: get_file: refusing {', '.join(skipped)}: "
-                        "not a regular file, dir or symlink")
-            _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
-            _place_local(staging, dest, mode, delete_dest)
-            placed = True
-        except OSError as e:
-            raise AutoservFileTransferError(
-                f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
+            rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, hostname)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not placed:
-                _drop_new_dir(dest, existed)
-        LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
+            shutil.rmtree(marker, ignore_errors=True)
+        if rc2 != 0:
+            self.t.fail("send_file", sources, e2 + e1, rc2, dest)
+        if rc1 != 0:
+            raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
 
-    def _run_local(self, argv, what, paths, timeout, dest=None):
-        LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
-        ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
-        ex.start()
-        ex.wait()
-        if ex.timed_out:
-            raise AutoservTimeoutError(f"{what} timed out", ex.result(" ".join(argv), self.hostname))
-        if ex.returncode != 0:
-            text = _decode(ex.captures[2].value())
-            if ex.returncode == 255 or "connection unexpectedly closed" in text \
-                    or "Connection closed" in text:
-                raise self._transport_error(text, started=True, rc=ex.returncode)
-            if dest is not None and "no space" not in text.lower():
-                text += self._space_note(dest, paths)
-            raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
-        return _decode(ex.captures[1].value())
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        parts = []
+        for src, is_contents in zip(sources, contents):
+            path = src.rstrip("/") or "/"
+            where, name = (path, ".") if is_contents else \
+                (os.path.dirname(path) or "/", "./" + os.path.basename(path))
+            parts.append(f"cd {shlex.quote(where)} && tar -c{'' if preserve_symlinks else 'h'}f - "
+                         f"-- {shlex.quote(name)} || exit 1")
+        remote = self._raw_ssh("; ".join(parts))
+        local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
+        local.append("-p" if preserve_perm else "--no-same-permissions")
+        ended = []
+        rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.t.hostname, ended)
+        if rc1 != 0:
+            self.t.fail("get_file", sources, e1, rc1)
+        if rc2 != 0:
+            raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
+        if not ended[0]:
+            raise AutoservFileTransferError(
+                f"{self.t.hostname}: get_file {sources}: the tar stream ended early "
+                "(no end-of-archive): nothing placed")
+
+
+class _CopyProgramTransfer(_TransferBackend):
+    """A backend that is a local program copying host:path specs (rsync,
+    scp): fetch() is the same for both but for the program's argv."""
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        raise NotImplementedError
+
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        items = [self.remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
+                 for s, c in zip(sources, contents)]
+        argv = self.fetch_argv(preserve_perm, preserve_symlinks)
+        out = self.t.run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
+        skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
+                   if l.startswith("skipping non-regular file ")]
+        if skipped:
+            raise AutoservFileTransferError(
+                f"{self.t.hostname}: get_file: refusing {', '.join(skipped)}: "
+                "not a regular file, dir or symlink")
+
+
+class _RsyncTransfer(_CopyProgramTransfer):
+    """rsync over the master (-e: ssh's command line)."""
+
+    def _ssh_command(self):
+        return " ".join(shlex.quote(a) for a in self.t.ssh_argv()[:-1])
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        # rsync would follow a symlinked dest dir: the same check first.
+        try:
+            self.t.host.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
+        except AutoservRunError as e:
+            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1)
+        argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._ssh_command()]
+        argv += ["-l"] if preserve_symlinks else ["-L"]
+        if delete_dest:
+            argv.append("--delete")
+        rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
+        self.t.run_local(argv + [_local_arg(s) for s in sources]
+                         + [self.remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        # No -D: rsync makes no device or FIFO here; it names each one it
+        # skips, and fetch() refuses those.
+        argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
+                "--protect-args", "-e", self._ssh_command()]
+        argv += ["-l"] if preserve_symlinks else ["-L"]
+        if preserve_perm:
+            argv.append("-p")
+        return argv
+
+
+class _ScpTransfer(_CopyProgramTransfer):
+    """scp, into a staging dir on the target that _PLACE_SH makes (prep)
+    and places (install)."""
+
+    def _options(self):
+        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
+        its -p keeps times, so the user and port go as -o User= and -P.
+        (The master is not started for it: a ControlPath only if one is up.)"""
+        opts, out = self.t.link.argv()[1:-1], []
+        for flag, value in zip(opts[::2], opts[1::2]):
+            if flag == "-l":
+                out += ["-o", f"User={value}"]
+            elif flag == "-p":
+                out += ["-P", value]
+            else:
+                out += [flag, value]
+        return out
+
+    def _remove_staging(self, staging):
+        """Removes an scp staging dir (or the places it may be); when the link
+        is down (the very error being reported), it is left for close() and
+        never masks that error."""
+        paths = [staging] if isinstance(staging, str) else list(staging)
+        try:
+            self.t.host.run("rm -rf -- " + " ".join(shlex.quote(p) for p in paths),
+                            ignore_status=True, timeout=30, connect_timeout=5)
+        except AutoservError as e:
+            LOG.write(f"staging {paths} not removed yet ({e}); retried at close",
+                      self.t.hostname)
+            return
+        self.t.forget_tmp_dirs(os.path.basename(paths[0]))
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        run = self.t.host.run
+        name = _random_name()
+        # Where prep may make it, registered before asking, so a reply
+        # lost with the link still leaves close() something to remove.
+        staging = _staging_candidates(dest, name)
+        for candidate in staging:
+            self.t.add_tmp_dir(candidate)
+        try:
+            staging = run(_raw_place_command(dest, mode, delete_dest, "prep", name),
+                          timeout=60).stdout.strip()
+            items = [_local_arg(i) for i in _expand_contents(sources, contents)]
+            argv = ["scp", "-r", "-p", "-q"] + self._options()
+            self.t.run_local(argv + items + [self.remote_spec(staging + "/")],
+                             "send_file", sources, timeout, dest)
+            run(_raw_place_command(dest, mode, delete_dest, "install", staging), timeout=300)
+        except AutoservRunError as e:
+            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1, dest)
+        finally:
+            self._remove_staging(staging)
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        return ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) + self._options()
+
+
+# The backends by name (TRANSFER_BACKENDS, the names users pass as backend=).
+_TRANSFER_BACKENDS = {"tar": _TarTransfer, "rsync": _RsyncTransfer, "scp": _ScpTransfer}
 
 
 def _random_name(length=12):
@@ -2787,6 +2878,11 @@ def _expand_contents(sources, contents):
 
 
 # SSH ##########################################################################
+# Settings and the control dir, the persistent agent (the program, its
+# frames, _AgentExecution), the remote wrapper, ssh's error lines; then the
+# collaborators SSHHost composes: _SSHLink (options, ControlMaster, error
+# classification, a command as its own session) and _SSHAgent (the agent's
+# client), with _SSHTransfer from the file transfer section.
 
 _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
                  "ssh_options": (), "host_key_policy": "accept-new",
@@ -3580,25 +3676,55 @@ def _end_agent_process(proc):
         _terminate(proc, 5.0, kill_wait=5.0)
 
 
-class SSHHost(_SSHTransfer, RemoteHost):
-    """A machine reached with the system ssh (config, ProxyJump, aliases
-    behave as in plain ssh), one ControlMaster per host and job."""
+class _Via:
+    """A class attribute that reads and writes an attribute of one of the
+    instance's collaborators: SSHHost's hostname, user, port... live in its
+    _SSHLink, and host.user = "root" must still reach the ssh command line.
+    Before the collaborator exists (a subclass's __init__ before SSHHost's)
+    the value is `before`, or an AttributeError as for any unset attribute."""
 
-    _counter = 0
-    _agents = 0
-    poll_interval = 0.5       # s between wait_down()'s probes
+    _UNSET = object()
 
-    def __init__(self, hostname, user=None, port=None, *,
-                 identity=None, ssh_config=None, ssh_options=None,
-                 host_key_policy=None, known_hosts=None, connect_timeout=None,
-                 alive_interval=None, alive_count=None, persistent=None, **kwargs):
-        self._init_args = (hostname,)
-        self._init_kwargs = dict(user=user, port=port, identity=identity,
-                                 ssh_config=ssh_config, ssh_options=ssh_options,
-                                 host_key_policy=host_key_policy,
-                                 known_hosts=known_hosts, connect_timeout=connect_timeout,
-                                 alive_interval=alive_interval, alive_count=alive_count,
-                                 persistent=persistent)
+    def __init__(self, part, name=None, before=_UNSET):
+        self.part, self.name, self.before = part, name, before
+
+    def __set_name__(self, owner, name):
+        self.name = self.name or name       # the collaborator's name for it, if given
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        part = obj.__dict__.get(self.part)
+        if part is None:
+            if self.before is _Via._UNSET:
+                raise AttributeError(self.name)
+            return self.before
+        return getattr(part, self.name)
+
+    def __set__(self, obj, value):
+        setattr(getattr(obj, self.part), self.name, value)
+
+
+class _SSHLink:
+    """One host's ssh transport, as the system ssh makes it (config,
+    ProxyJump, aliases behave as in plain ssh): the command line (fixed
+    options, the host key policy, the caller's -o values), one ControlMaster
+    per host and process, one command as its own session over it, and what
+    ssh's stderr says went wrong (an AutoservSSHError subclass).
+
+    Its settings (the constructor's keywords, defaults from
+    set_ssh_defaults()) are plain attributes; SSHHost shows them as its
+    own.  Read-only for others: master (the ssh -M process), master_owner
+    (the pid that started it: a task forked by parallel() shares this
+    object and must never stop its parent's master), master_seen (the
+    master pid master_alive() last reached), ctrl_path (this process's
+    control socket, or None)."""
+
+    _counter = 0              # links made in this process: each one's file names are its own
+
+    def __init__(self, hostname, user=None, port=None, identity=None, ssh_config=None,
+                 ssh_options=None, host_key_policy=None, known_hosts=None,
+                 connect_timeout=None, alive_interval=None, alive_count=None):
         spec_user, host, spec_port = parse_machine(hostname)
         d = _SSH_DEFAULTS
         self.hostname = host
@@ -3615,20 +3741,16 @@ class SSHHost(_SSHTransfer, RemoteHost):
         self.connect_timeout = connect_timeout or d["connect_timeout"]
         self.alive_interval = alive_interval or d["alive_interval"]
         self.alive_count = alive_count or d["alive_count"]
-        self.persistent = d["persistent"] if persistent is None else bool(persistent)
-        self._agent = None
-        self._master_seen = None      # the master pid _master_alive last reached
-        SSHHost._counter += 1
-        self._index = SSHHost._counter
-        self._master = None
-        self._master_pid_owner = None
-        self._ctrl_path = None
+        self.master_seen = None
+        _SSHLink._counter += 1
+        self.index = _SSHLink._counter
+        self.master = None
+        self.master_owner = None
+        self.ctrl_path = None
         self._resolved = None
-        self._tools = None
-        super().__init__(**kwargs)     # power=, console=; any other keyword is refused
 
     # ssh command lines
-    def _options(self, connect_timeout=None):
+    def options(self, connect_timeout=None):
         # ssh takes the first value it sees for an option.  Fixed first (never
         # a prompt, the host key policy, no forwarding), then the caller's
         # --ssh-option values, then defaults those may override.
@@ -3638,7 +3760,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
             opts += ["-o", "StrictHostKeyChecking=yes"]
         else:
             opts += ["-o", "StrictHostKeyChecking=accept-new"]
-        known = self._known_hosts_file()
+        known = self.known_hosts_file()
         if known:
             opts += ["-o", f"UserKnownHostsFile={known}"]
         for opt in self.ssh_options:
@@ -3657,42 +3779,41 @@ class SSHHost(_SSHTransfer, RemoteHost):
             opts += ["-p", str(self.port)]
         return opts
 
-    def _known_hosts_file(self):
+    def known_hosts_file(self):
         if self.host_key_policy == "ephemeral":
-            path = os.path.join(_ctrl_dir(), f"kh-{os.getpid()}-{self._index}")
+            path = os.path.join(_ctrl_dir(), f"kh-{os.getpid()}-{self.index}")
         else:
             path = self.known_hosts
         if path and not os.path.exists(path):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         return path
 
-    def ssh_argv(self, connect_timeout=None, master=True):
+    def argv(self, connect_timeout=None, master=True):
         """The ssh command line for this host (without the remote command)."""
-        argv = ["ssh"] + self._options(connect_timeout)
-        if master and self._ctrl_path:
-            argv += ["-o", f"ControlPath={self._ctrl_path}", "-o", "ControlMaster=no",
+        argv = ["ssh"] + self.options(connect_timeout)
+        if master and self.ctrl_path:
+            argv += ["-o", f"ControlPath={self.ctrl_path}", "-o", "ControlMaster=no",
                      "-o", f"ProxyCommand=echo '{_NO_MASTER}' 1>&2"]
         return argv + [self.hostname]
 
-    # the master connection
-    def _master_alive(self):
-        path = self._ctrl_path
+    def master_alive(self):
+        path = self.ctrl_path
         if not path:
             return False
-        if self._master is not None and self._master_pid_owner == os.getpid() \
-                and self._master.poll() is not None:
+        if self.master is not None and self.master_owner == os.getpid() \
+                and self.master.poll() is not None:
             return False
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(path)
-            self._master_seen = _peer_pid(s)
+            self.master_seen = _peer_pid(s)
             return True
         except OSError:
             return False
         finally:
             s.close()
 
-    def _master_serving(self, pid):
+    def master_serving(self, pid):
         """True when master `pid` (as _master_alive last saw it) still serves
         its control socket: it says its mux hello to a new client.  A master
         tearing down after its link died has left its loop and says nothing,
@@ -3700,7 +3821,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(2.0)
-            s.connect(self._ctrl_path)
+            s.connect(self.ctrl_path)
             if pid is None or _peer_pid(s) != pid:
                 return False
             hello = b""
@@ -3715,15 +3836,15 @@ class SSHHost(_SSHTransfer, RemoteHost):
         finally:
             s.close()
 
-    def _ensure_master(self, connect_timeout=None):
-        if self._master_alive():
+    def ensure_master(self, connect_timeout=None):
+        if self.master_alive():
             return
-        path = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self._index}")
+        path = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self.index}")
         lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self._ctrl_path = path
-            if self._master_alive():
+            self.ctrl_path = path
+            if self.master_alive():
                 return
             self._start_master(path, connect_timeout)
         finally:
@@ -3750,37 +3871,37 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 pause = min(pause * 2, 2.0)
 
     def _start_master_once(self, path, connect_timeout, retried):
-        self._stop_master()
+        self.stop_master()
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
         errlog = path + ".err"
-        argv = (["ssh"] + self._options(connect_timeout)
+        argv = (["ssh"] + self.options(connect_timeout)
                 + ["-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
                    "-o", "ControlPersist=no", "-N", self.hostname])
         LOG.write("starting ssh master: " + " ".join(shlex.quote(a) for a in argv),
                   self.hostname)
         with open(errlog, "wb") as err:
             proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err)
-        self._master, self._master_pid_owner = proc, os.getpid()
+        self.master, self.master_owner = proc, os.getpid()
         ct = connect_timeout or self.connect_timeout
         deadline = time.monotonic() + ct + 5
         delay = 0.002
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if os.path.exists(path) and self._master_alive():
+            if os.path.exists(path) and self.master_alive():
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 0.005)   # a stat and a connect: cheap
         alive = proc.poll() is None
-        self._stop_master()
+        self.stop_master()
         with open(errlog, "rb") as f:
             text = _decode(f.read())
         os.unlink(errlog)
         if not alive:
-            error = self._transport_error(text, started=False)
+            error = self.transport_error(text, started=False)
         else:
             error = AutoservSSHConnectTimeout(self.hostname, "connection timed out",
                                               f"no ssh session within {ct + 5:.0f} s")
@@ -3788,23 +3909,20 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 and self.host_key_policy == "ephemeral" and not retried):
             LOG.write(f"host key changed on ephemeral host; accepting the new key. "
                       f"{error.detail}", self.hostname)
-            os.unlink(self._known_hosts_file())
+            os.unlink(self.known_hosts_file())
             return self._start_master_once(path, connect_timeout, retried=True)
         raise error
 
-    def _drop_connection(self):
-        self._stop_master()
-
-    def _stop_master(self):
-        proc = self._master
-        self._master = None
-        if proc is None or self._master_pid_owner != os.getpid():
+    def stop_master(self):
+        proc = self.master
+        self.master = None
+        if proc is None or self.master_owner != os.getpid():
             return
         # Our own child: TERM makes ssh close the connection and remove its
         # socket as `ssh -O exit` would, without spawning a process for it.
         _terminate(proc, 2.0, group=False, kill_wait=5.0)
 
-    def _transport_error(self, stderr_text, started, rc=None):
+    def transport_error(self, stderr_text, started, rc=None):
         lines = _ssh_lines(stderr_text, started)
         joined = "\n".join(lines)
         for pattern, cls_name, message in _SSH_ERRORS:
@@ -3842,30 +3960,48 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 + (f" (known_hosts {offending.group(1)}:{offending.group(2)})"
                    if offending else ""))
 
-    def _remote_command(self, command, stdin_len, token):
-        run_id = _run_id()
-        return "exec sh -c " + " ".join(shlex.quote(w) for w in (
-            _WRAPPER, "autoserv", token, str(stdin_len), command, run_id))
+    def resolve(self):
+        """(hostname, port, user, proxied) as ssh itself would use them."""
+        if self._resolved is None:
+            argv = ["ssh", "-G"] + self.options() + [self.hostname]
+            out = _subprocess().run(argv, stdin=DEVNULL, capture_output=True, timeout=10)
+            conf = {}
+            for line in _decode(out.stdout).splitlines():
+                key, _, value = line.partition(" ")
+                conf.setdefault(key.lower(), value)
+            proxied = conf.get("proxycommand", "none") != "none" or \
+                conf.get("proxyjump", "none") != "none"
+            self._resolved = (conf.get("hostname", self.hostname),
+                              int(conf.get("port", 22)), conf.get("user"), proxied)
+        return self._resolved
 
-    # running commands
-    def run(self, command, timeout=None, ignore_status=False, stdin=None,
-            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
-            max_output=DEFAULT_MAX_OUTPUT):
-        command = _with_args(command, args)
-        data = _stdin_bytes(stdin)
-        if self.persistent:
-            result = self._run_in_agent(command, data, timeout, stdout_tee, stderr_tee,
-                                        max_output, connect_timeout)
-            if result is not None:
-                LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
-                return _judge(result, ignore_status)
+    def banner(self, timeout):
+        host, port, _, proxied = self.resolve()
+        if proxied:
+            return None
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                return s.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    # one command as its own session
+    def session(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
+                connect_timeout, wrap):
+        """Runs command (stdin bytes data, or None) as its own ssh session
+        over the master; wrap(command, stdin_len, token) gives the remote
+        command line (SSHHost._remote_command: the wrapper).  Returns the
+        CmdResult, not judged; raises an AutoservSSHError carrying .result
+        when the transport failed.  A session whose master went away before
+        reaching it (nothing was sent) goes once more, over a new master."""
         for attempt in (1, 2):
-            self._ensure_master(connect_timeout)
+            self.ensure_master(connect_timeout)
             # A fresh token per command: a late marker from an earlier command
             # or from this one's background children does not match.
             token = os.urandom(8).hex()
-            argv = self.ssh_argv(connect_timeout) + [
-                self._remote_command(command, len(data or b""), token)]
+            argv = self.argv(connect_timeout) + [
+                wrap(command, len(data or b""), token)]
             LOG.write(f"run: {command}", self.hostname)
             marker = _MarkerFilter(token)
             # The trailer after stdin tells the wrapper all of it came.
@@ -3881,9 +4017,9 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 break
             if ex.timed_out:
                 break
-            error = self._transport_error(result.stderr, marker.pgid is not None,
-                                          ex.returncode)
-            if type(error) is AutoservSSHError and not self._master_alive():
+            error = self.transport_error(result.stderr, marker.pgid is not None,
+                                         ex.returncode)
+            if type(error) is AutoservSSHError and not self.master_alive():
                 # ssh said nothing, but the master it used is gone with it.
                 error = AutoservSSHConnectionLost(self.hostname, "connection lost",
                                                   error.detail + "; the ssh master is gone")
@@ -3896,44 +4032,70 @@ class SSHHost(_SSHTransfer, RemoteHost):
             LOG.write(f"transport failure: {error}", self.hostname)
             error.result = result
             raise error
-        LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
-        return _judge(result, ignore_status)
+        return result
 
-    # the persistent agent (persistent=True): one python3 process per host
-    # listening on a socket in a 0700 dir on the target, reached through a
-    # forward of the warm ControlMaster, one channel per command.
-    def _agent_socket(self, connect_timeout=None):
+    def close(self):
+        """Ends this process's master and removes its socket files."""
+        self.stop_master()
+        if self.ctrl_path and self.master_owner == os.getpid():
+            for suffix in ("", ".lock"):
+                try:
+                    os.unlink(self.ctrl_path + suffix)
+                except OSError:
+                    pass
+
+
+class _SSHAgent:
+    """A host's persistent agent (SSHHost(persistent=True)): one python3
+    process per host listening on a socket in a 0700 dir on the target,
+    reached through a forward of the link's warm ControlMaster, one channel
+    per command (_AgentExecution).  add_tmp_dir(path) registers the agent's
+    dir on the target with the host, whose close() removes it.
+
+    state: None (not started in this process), False (no agent can run
+    there: said once, every command then runs as its own session) or
+    {"proc": the ssh session running it, "local": the forwarded socket,
+    "owner": the pid that started it (a forked task's copy never ends it)}."""
+
+    _started = 0              # agents started in this process: each local socket is new
+
+    def __init__(self, link, add_tmp_dir):
+        self.link = link
+        self.add_tmp_dir = add_tmp_dir
+        self.state = None
+    def socket(self, connect_timeout=None):
         """The local socket of this host's agent, started on first use; None
         when no agent can run there (said once in the log)."""
-        agent = self._agent
+        agent = self.state
         if agent is False:
             return None
-        if agent is not None and self._master_alive():
+        if agent is not None and self.link.master_alive():
             return agent["local"]
-        return self._start_agent(connect_timeout)
+        return self.start(connect_timeout)
 
-    def _start_agent(self, connect_timeout=None):
-        self._stop_agent()
-        self._ensure_master(connect_timeout)
+    def start(self, connect_timeout=None):
+        self.stop()
+        self.link.ensure_master(connect_timeout)
         run_id = _run_id()
         remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
                   f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
-        errlog = self._ctrl_path + ".agent"
+        errlog = self.link.ctrl_path + ".agent"
         with open(errlog, "wb") as err:
-            proc = _popen(self.ssh_argv(connect_timeout) + [remote], stdin=PIPE,
+            proc = _popen(self.link.argv(connect_timeout) + [remote], stdin=PIPE,
                           stdout=PIPE, stderr=err)
-        ct = connect_timeout or self.connect_timeout
+        ct = connect_timeout or self.link.connect_timeout
         line = _read_line(proc.stdout, ct + 10)
         why = None
         if not re.fullmatch(rb"/tmp/autoserv-[A-Za-z0-9_]{6,12}/agent\n", line):
             why = "it did not start"
         else:
             remote_path = os.fsdecode(line.strip())
-            SSHHost._agents += 1
-            local = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self._index}-a{SSHHost._agents}")
+            _SSHAgent._started += 1
+            local = os.path.join(_ctrl_dir(),
+                                 f"{os.getpid()}-{self.link.index}-a{_SSHAgent._started}")
             out = _subprocess().run(
-                ["ssh", "-o", f"ControlPath={self._ctrl_path}", "-O", "forward",
-                 "-L", f"{local}:{remote_path}", self.hostname], stdin=DEVNULL,
+                ["ssh", "-o", f"ControlPath={self.link.ctrl_path}", "-O", "forward",
+                 "-L", f"{local}:{remote_path}", self.link.hostname], stdin=DEVNULL,
                 capture_output=True, timeout=10, start_new_session=True)
             if out.returncode != 0:
                 why = "the ssh master would not forward to it: " + _decode(out.stderr).strip()
@@ -3943,37 +4105,37 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 text = _decode(f.read()).strip()
             os.unlink(errlog)
             LOG.write(f"no persistent agent ({why}; {_last_lines(text, 3) or 'no message'}); "
-                      "every command runs as its own ssh session", self.hostname)
-            self._agent = False
+                      "every command runs as its own ssh session", self.link.hostname)
+            self.state = False
             return None
-        self._agent = {"proc": proc, "local": local, "owner": os.getpid()}
-        self._add_tmp_dir(os.path.dirname(remote_path))
-        LOG.write(f"persistent agent at {remote_path}", self.hostname)
+        self.state = {"proc": proc, "local": local, "owner": os.getpid()}
+        self.add_tmp_dir(os.path.dirname(remote_path))
+        LOG.write(f"persistent agent at {remote_path}", self.link.hostname)
         return local
 
-    def _stop_agent(self):
-        agent, self._agent = self._agent, None
+    def stop(self):
+        agent, self.state = self.state, None
         if not agent or agent["owner"] != os.getpid():
             return
         _end_agent_process(agent["proc"])
-        for path in (agent["local"], self._ctrl_path + ".agent"):
+        for path in (agent["local"], self.link.ctrl_path + ".agent"):
             try:
                 os.unlink(path)
             except OSError:
                 pass
 
-    def _run_in_agent(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
-                      connect_timeout):
+    def run(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
+            connect_timeout):
         """A CmdResult through the agent, or None to run it as its own ssh
         session instead (no agent can run there)."""
         run_id = _run_id()
         for attempt in (1, 2):
-            path = self._agent_socket(connect_timeout)
+            path = self.socket(connect_timeout)
             if path is None:
                 return None
-            master = self._master_seen
-            LOG.write(f"run: {command}", self.hostname)
-            ex = _AgentExecution(path, command, run_id, self.hostname, stdin=data,
+            master = self.link.master_seen
+            LOG.write(f"run: {command}", self.link.hostname)
+            ex = _AgentExecution(path, command, run_id, self.link.hostname, stdin=data,
                                  timeout=timeout, stdout_tee=stdout_tee,
                                  stderr_tee=stderr_tee, max_output=max_output)
             if len(ex.request) > _AGENT_REQUEST_MAX:
@@ -3981,41 +4143,150 @@ class SSHHost(_SSHTransfer, RemoteHost):
             try:
                 ex.start()
             except _AgentLost as e:
-                LOG.write(f"agent socket unreachable ({e}); restarting it", self.hostname)
-                self._stop_agent()
+                LOG.write(f"agent socket unreachable ({e}); restarting it", self.link.hostname)
+                self.stop()
                 continue
             ex.wait()
-            result = ex.result(command, self.hostname)
+            result = ex.result(command, self.link.hostname)
             if ex.broken:
                 error = AutoservSSHConnectionLost(
-                    self.hostname, "connection lost",
+                    self.link.hostname, "connection lost",
                     f"the persistent agent broke its protocol ({_neutralise(ex.broken)}); "
                     "hung up on it")
-                LOG.write(f"transport failure: {error}", self.hostname)
+                LOG.write(f"transport failure: {error}", self.link.hostname)
                 error.result = result
                 raise error
             if ex.status is not None:
                 return _set_exit_status(result, ex.status, shell=True)
             if ex.timed_out:
                 return result
-            if not ex.hello and attempt == 1 and self._master_serving(master):
+            if not ex.hello and attempt == 1 and self.link.master_serving(master):
                 # The same master, still serving, closed the channel with no
                 # hello: the agent never accepted it (it is gone), so it never
                 # read the request.  Start it again and send the command once more.
-                LOG.write("the agent did not answer its channel; restarting it", self.hostname)
-                self._stop_agent()
+                LOG.write("the agent did not answer its channel; restarting it",
+                          self.link.hostname)
+                self.stop()
                 continue
-            alive = self._master_alive()
+            alive = self.link.master_alive()
             error = AutoservSSHConnectionLost(
-                self.hostname, "connection lost",
+                self.link.hostname, "connection lost",
                 "the persistent session ended "
                 + ("mid-command" if ex.pgid is not None
                    else "before the agent said the command started (it may have)")
                 + ("" if alive else " (the ssh master is gone)"))
-            LOG.write(f"transport failure: {error}", self.hostname)
+            LOG.write(f"transport failure: {error}", self.link.hostname)
             error.result = result
             raise error
         return None
+
+
+class SSHHost(RemoteHost):
+    """A machine reached with the system ssh (config, ProxyJump, aliases
+    behave as in plain ssh), one ControlMaster per host and job.
+
+    A thin host over three collaborators: its _SSHLink (ssh options, the
+    master, error classification; the connection settings below are the
+    link's), its _SSHAgent (persistent=True) and its _SSHTransfer
+    (send_file/get_file and their backends)."""
+
+    poll_interval = 0.5       # s between wait_down()'s probes
+
+    # The connection settings, kept by the link (set_ssh_defaults() fills in
+    # what the constructor was not given); writing one changes the next ssh.
+    hostname = _Via("_link", before=None)
+    user = _Via("_link")
+    port = _Via("_link")
+    identity = _Via("_link")
+    ssh_config = _Via("_link")
+    ssh_options = _Via("_link")
+    host_key_policy = _Via("_link")
+    known_hosts = _Via("_link")
+    connect_timeout = _Via("_link")
+    alive_interval = _Via("_link")
+    alive_count = _Via("_link")
+    # Collaborators' state that tests and debugging sessions look at.
+    _master = _Via("_link", "master")
+    _ctrl_path = _Via("_link", "ctrl_path")
+    _agent = _Via("_agent_client", "state")
+
+    def __init__(self, hostname, user=None, port=None, *,
+                 identity=None, ssh_config=None, ssh_options=None,
+                 host_key_policy=None, known_hosts=None, connect_timeout=None,
+                 alive_interval=None, alive_count=None, persistent=None, **kwargs):
+        self._init_args = (hostname,)
+        self._init_kwargs = dict(user=user, port=port, identity=identity,
+                                 ssh_config=ssh_config, ssh_options=ssh_options,
+                                 host_key_policy=host_key_policy,
+                                 known_hosts=known_hosts, connect_timeout=connect_timeout,
+                                 alive_interval=alive_interval, alive_count=alive_count,
+                                 persistent=persistent)
+        self._link = _SSHLink(hostname, user, port, identity, ssh_config, ssh_options,
+                              host_key_policy, known_hosts, connect_timeout,
+                              alive_interval, alive_count)
+        d = _SSH_DEFAULTS
+        self.persistent = d["persistent"] if persistent is None else bool(persistent)
+        self._agent_client = _SSHAgent(self._link, self._add_tmp_dir)
+        self._transfer = _SSHTransfer(self, self._link, self._add_tmp_dir,
+                                      self._forget_tmp_dirs)
+        super().__init__(**kwargs)     # power=, console=; any other keyword is refused
+
+    # Hooks for the agent and the transfer: dirs they make on the target are
+    # this host's (Host._add_tmp_dir), removed by close() in the process that
+    # made them.
+    def _forget_tmp_dirs(self, name):
+        """Unregisters this process's dirs called name (removed already)."""
+        self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs
+                          if not (pid == os.getpid() and os.path.basename(p) == name)]
+
+    # ssh command lines and the master, delegated to the link
+    def ssh_argv(self, connect_timeout=None, master=True):
+        """The ssh command line for this host (without the remote command)."""
+        return self._link.argv(connect_timeout, master)
+
+    def resolve(self):
+        """(hostname, port, user, proxied) as ssh itself would use them."""
+        return self._link.resolve()
+
+    def _known_hosts_file(self):
+        return self._link.known_hosts_file()
+
+    def _drop_connection(self):
+        """Ends this process's master (a reset or a reboot killed its link)."""
+        self._link.stop_master()
+
+    def _remote_command(self, command, stdin_len, token):
+        run_id = _run_id()
+        return "exec sh -c " + " ".join(shlex.quote(w) for w in (
+            _WRAPPER, "autoserv", token, str(stdin_len), command, run_id))
+
+    # running commands
+    def run(self, command, timeout=None, ignore_status=False, stdin=None,
+            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
+            max_output=DEFAULT_MAX_OUTPUT):
+        command = _with_args(command, args)
+        data = _stdin_bytes(stdin)
+        result = None
+        if self.persistent:
+            result = self._agent_client.run(command, data, timeout, stdout_tee, stderr_tee,
+                                            max_output, connect_timeout)
+        if result is None:
+            # Its own session; _remote_command is looked up here, on the host,
+            # so a subclass (or a test's patch) that wraps it is the one used.
+            result = self._link.session(command, data, timeout, stdout_tee, stderr_tee,
+                                        max_output, connect_timeout, self._remote_command)
+        LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
+        return _judge(result, ignore_status)
+
+    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
+                  backend=None, timeout=None):
+        return self._transfer.send_file(source, dest, delete_dest, preserve_symlinks,
+                                        backend, timeout)
+
+    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
+                 preserve_symlinks=False, backend=None, timeout=None):
+        return self._transfer.get_file(source, dest, delete_dest, preserve_perm,
+                                       preserve_symlinks, backend, timeout)
 
     def is_up(self, timeout=None):
         t = timeout or self.connect_timeout
@@ -4025,38 +4296,12 @@ class SSHHost(_SSHTransfer, RemoteHost):
         except AutoservError:
             return False
 
-    def resolve(self):
-        """(hostname, port, user, proxied) as ssh itself would use them."""
-        if self._resolved is None:
-            argv = ["ssh", "-G"] + self._options() + [self.hostname]
-            out = _subprocess().run(argv, stdin=DEVNULL, capture_output=True, timeout=10)
-            conf = {}
-            for line in _decode(out.stdout).splitlines():
-                key, _, value = line.partition(" ")
-                conf.setdefault(key.lower(), value)
-            proxied = conf.get("proxycommand", "none") != "none" or \
-                conf.get("proxyjump", "none") != "none"
-            self._resolved = (conf.get("hostname", self.hostname),
-                              int(conf.get("port", 22)), conf.get("user"), proxied)
-        return self._resolved
-
-    def _banner(self, timeout):
-        host, port, _, proxied = self.resolve()
-        if proxied:
-            return None
-        try:
-            with socket.create_connection((host, port), timeout=timeout) as s:
-                s.settimeout(timeout)
-                return s.recv(64).startswith(b"SSH-")
-        except OSError:
-            return False
-
     def wait_up(self, timeout=None):
         """True once the host answers ssh (within timeout; None waits on)."""
         deadline = _monotonic_deadline(timeout)
         while True:
             left = _remaining(deadline)
-            banner = self._banner(min(1.0, left) if left is not None else 1.0)
+            banner = self._link.banner(min(1.0, left) if left is not None else 1.0)
             if banner is not False:
                 step = self.connect_timeout if left is None else max(1, min(left, self.connect_timeout))
                 if self.is_up(step):
@@ -4082,7 +4327,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 # One failed probe may be a blip (a master starting just as the
                 # last one ended): down only when a second probe agrees.
                 LOG.write(f"probe failed ({type(e).__name__}); probing again", self.hostname)
-                self._stop_master()
+                self._drop_connection()
                 time.sleep(0.2)
                 try:
                     boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
@@ -4174,7 +4419,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         except (AutoservSSHConnectionLost, AutoservTimeoutError) as e:
             LOG.write(f"the reboot command's connection ended ({e}); that is success",
                       self.hostname)
-        self._stop_master()
+        self._drop_connection()
 
     def _reboot_wait(self, old, deadline, down_for, record, reset_done=False, stable_for=3.0):
         went_down = self.wait_down(timeout=min(down_for, max(1, deadline - time.monotonic())),
@@ -4195,7 +4440,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
                 record("WARN", None, "reboot.verify",
                        f"{self.hostname}: did not return; trying one hard reset")
                 self.hardreset(wait=False)
-                self._stop_master()
+                self._drop_connection()
                 reset_done = True
                 self._reset_in_reboot = True
                 # A machine's POST after a reset can take minutes (servers behind
@@ -4227,7 +4472,7 @@ class SSHHost(_SSHTransfer, RemoteHost):
         except AutoservError:
             LOG.write(f"up with boot id {first}, then down again within {stable_for} s: "
                       "not stable yet", self.hostname)
-            self._stop_master()
+            self._drop_connection()
             return None
         if again != first:
             LOG.write(f"up with boot id {first}, then {again} within {stable_for} s: "
@@ -4255,10 +4500,11 @@ class SSHHost(_SSHTransfer, RemoteHost):
             self.run("rm -rf -- " + " ".join(shlex.quote(p) for p in mine),
                      timeout=60, ignore_status=True, connect_timeout=5)
 
+
     def close(self):
         """Ends its agent, removes this host's remote temp dirs (each its own
         ssh session: no new agent) and ends its ssh master."""
-        self._stop_agent()
+        self._agent_client.stop()
         persistent, self.persistent = self.persistent, False
         try:
             self._remove_tmp_dirs()
@@ -4266,13 +4512,8 @@ class SSHHost(_SSHTransfer, RemoteHost):
             LOG.write(f"could not remove temp dirs: {e}", self.hostname)
         finally:
             self.persistent = persistent
-        self._stop_master()
-        if self._ctrl_path and self._master_pid_owner == os.getpid():
-            for suffix in ("", ".lock"):
-                try:
-                    os.unlink(self._ctrl_path + suffix)
-                except OSError:
-                    pass
+        self._link.close()
+
 
 # Parallel #####################################################################
 # Each task runs in its own forked process (explicit fork: control-file

@@ -1882,7 +1882,7 @@ class TestSSHRun(SshdTestCase):
             f.write(f"[127.0.0.1]:{self.sshd.port} " +
                     open(self.sshd.keygen("fake") + ".pub").read().split(" ", 1)[0] + " " +
                     open(self.sshd.dir + "/fake.pub").read().split()[1] + "\n")
-        eph._stop_master()
+        eph._drop_connection()
         log = os.path.join(self.tmp, "debug.log")
         autoserv.LOG.open(log)
         self.addCleanup(autoserv.LOG.close)
@@ -1897,7 +1897,7 @@ class TestSSHRun(SshdTestCase):
             f.write(f"[127.0.0.1]:{self.sshd.port} "
                     + open(self.sshd.dir + "/fake.pub").read().split(" ", 2)[0] + " "
                     + open(self.sshd.dir + "/fake.pub").read().split()[1] + "\n")
-        h._stop_master()
+        h._drop_connection()
         with self.assertRaises(autoserv.AutoservSSHHostKeyError):
             h.run("true")
 
