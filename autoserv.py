@@ -9,12 +9,16 @@ drives machines through the objects it is given: ``hosts.SSHHost(name)``,
 ``host.run(cmd)``, ``send_file``/``get_file``, ``reboot``, ``parallel_simple``...
 See README.md for the whole API.  One file, standard library only.
 
-Sections (``grep -n '^# .*####' autoserv.py`` prints them):
-    constants, exceptions, helpers, local execution, results and status log,
-    hosts (base and local), file transfer, SSH, parallel, installables
-    (get(), kernels and the boot menu), autotest client (which, until the
-    file is split into sections that match, also holds KVM and guests,
-    power controllers and consoles), control files, CLI.
+Sections, in this order (``grep -n '^# .*####' autoserv.py`` prints them;
+a test holds this list to the banners):
+    Constants and module state; Exceptions; Helpers; Local execution;
+    Results and status log; Hosts: the contract, local and remote; Remote
+    programs (they run on the target); SSH transport: options, the master,
+    errors, the agent's client; File transfer: placement, local copies,
+    shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
+    Parallel; Power controllers and consoles; Installables, kernels and the
+    boot loader; KVM and guests; Autotest, server side; Autotest client
+    harness (it runs on the target); Control files; CLI.
 """
 
 __version__ = "0.1.0"
@@ -59,7 +63,7 @@ _API_NAMES = ("run", "get_tmp_dir", "sh_escape", "sh_quote", "subcommand", "para
               "parallel_simple")
 
 
-# Constants ####################################################################
+# Constants and module state ###################################################
 
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_ALIVE_INTERVAL = 5
@@ -91,7 +95,24 @@ def worst_status(*codes):
     return worst
 
 
+# The module's mutable state, all of it.  A parallel() task is a fork: it
+# starts with its parent's copy and changes only its own.
+_JOB = None             # the ServerJob running (None outside a job)
+_HOSTS = []             # every host made in this process tree, for cleanup
+_LOCAL_TMP = []         # (pid, path) of local temp dirs
+_REGISTRY = {"host": {}, "power": {}, "console": {}}     # register_host_class() and co.
+# Every SSHHost's defaults (set_ssh_defaults(); the CLI's options).
+_SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
+                 "ssh_options": (), "host_key_policy": "accept-new",
+                 "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                 "alive_interval": DEFAULT_ALIVE_INTERVAL,
+                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
+_CTRL = {"dir": None, "pid": None}      # this process's ssh control dir (_ctrl_dir)
+_PARALLEL = {"max": None}               # parallel()'s limit on tasks at once
+
+
 # Exceptions ###################################################################
+
 # Every class keeps the arguments its constructor took in self.args, so that
 # pickling (parallel() sends exceptions between processes) rebuilds it whole.
 
@@ -370,6 +391,69 @@ class _Tee:
             self.target.flush()
         except (OSError, ValueError):
             pass
+
+
+def _random_name(length=12):
+    import secrets
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def _safe_name(value):
+    name = str(value).replace("/", "_").replace("\0", "_").strip()
+    if name in ("", ".", ".."):
+        name = "_" + name
+    return name[:200]
+
+
+def _last_line(text):
+    lines = [l for l in str(text).strip().splitlines() if l.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _decode_errors():
+    """What reading a damaged compressed archive can raise."""
+    import tarfile
+    import zlib
+    errors = [EOFError, OSError, ValueError, tarfile.TarError, zlib.error]
+    try:
+        import lzma
+        errors.append(lzma.LZMAError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _why(result, lines=3):
+    """The lines of a failed command's output that say why: those naming an
+    error or conflict first, else the last ones."""
+    text = (result.stderr + "\n" + result.stdout).splitlines()
+    text = [line.strip() for line in text if line.strip()]
+    telling = [line for line in text if re.search(
+        r"(?i)error|conflict|overwrite|depend|no space|denied|not found", line)]
+    return " / ".join((telling or text)[:lines] if telling else text[-lines:]) or \
+        f"exit status {result.exit_status}"
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _run_id():
+    """The id every remote process of this job carries (AUTOSERV_RUN_ID)."""
+    return _JOB.run_id if _JOB is not None else "norun"
+
+
+def _sha256_file(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # Local execution ##############################################################
@@ -911,7 +995,8 @@ def _with_args(command, args):
         command = command + " " + " ".join(shlex.quote(str(a)) for a in args)
     return command
 
-# Results and status log ######################################################
+
+# Results and status log #######################################################
 
 _LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
@@ -1065,9 +1150,6 @@ def _claim_results_dir(path, overwrite):
             pass
     shutil.rmtree(os.path.join(path, "debug"), ignore_errors=True)
     return path
-
-
-_JOB = None
 
 
 def _user_name():
@@ -1225,11 +1307,14 @@ class ServerJob:
         _close_all_hosts()
         _cleanup_local_tmp()
 
-# Hosts: base and local ########################################################
 
-_HOSTS = []             # every host made in this process tree, for cleanup
-_LOCAL_TMP = []         # (pid, path) of local temp dirs
+def _record(*args, **kwargs):
+    """A line in the job's status.log (nothing outside a job)."""
+    if _JOB is not None:
+        _JOB.record(*args, **kwargs)
 
+
+# Hosts: the contract, local and remote ########################################
 
 def get_tmp_dir():
     """A local temp dir (0700), removed when the job ends."""
@@ -1572,9 +1657,6 @@ class SiteHost(Host):
     define a SiteHost mixin; load_site() splices it in here."""
 
 
-_REGISTRY = {"host": {}, "power": {}, "console": {}}
-
-
 def register_host_class(name, cls):
     _REGISTRY["host"][name] = cls
 
@@ -1747,17 +1829,207 @@ class LocalHost(SiteHost):
 
 
 class RemoteHost(SiteHost):
-    """A host reached over a network."""
+    """A host reached over a network, rebooted by a command and followed
+    by its boot id: the reboot contract (down, up, a stable new boot id, one
+    hard reset when it does not come back, the kernel meant to boot checked)
+    for every remote kind; a subclass supplies run, is_up and wait_up."""
+
+    def wait_down(self, timeout=None, old_boot_id=None):
+        """True once the host stops answering or its boot id changes (a
+        reboot that completed between two probes).  The debug log says which."""
+        deadline = _monotonic_deadline(timeout)
+        while True:
+            left = _remaining(deadline)
+            step = 5 if left is None else max(1, min(5, left))
+            try:
+                boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
+                if old_boot_id and boot_id and boot_id != old_boot_id:
+                    LOG.write(f"down: boot id changed from {old_boot_id} to {boot_id} "
+                              "between two probes (it answered both)", self.hostname)
+                    return True
+            except AutoservError as e:
+                # One failed probe may be a blip (a master starting just as the
+                # last one ended): down only when a second probe agrees.
+                LOG.write(f"probe failed ({type(e).__name__}); probing again", self.hostname)
+                self._drop_connection()
+                time.sleep(0.2)
+                try:
+                    boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
+                except AutoservError as e2:
+                    LOG.write(f"down: no answer ({type(e2).__name__})", self.hostname)
+                    return True
+                if old_boot_id and boot_id and boot_id != old_boot_id:
+                    LOG.write(f"down: boot id changed from {old_boot_id} to {boot_id} "
+                              "between two probes (it answered both)", self.hostname)
+                    return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(min(self.poll_interval, _remaining(deadline) or self.poll_interval))
+
+    # rebooting
+    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
+               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+        """Reboots and verifies it: the boot id is read first, the reboot is
+        issued detached (its own connection dying is success), then the host
+        must go down (unreachable, or a new boot id) and come up with a new
+        boot id that stays the same for stable_for seconds.  If it stays down
+        past its phase timeout and a reset path exists, one hard reset.
+        label boots that entry once.  kernel_args are for the next boot only:
+        a copy of the entry that boots next (label, else a kernel installed
+        to boot next, else the default) with them added is booted once and
+        removed once the host is back, so the menu is as it was and a hard
+        reset boots without them.  (A host that is not waited for, or does
+        not come back, keeps the copy, never the default, until the next
+        reboot with kernel_args replaces it.)
+        status.log: reboot.start, reboot.verify GOOD or ABORT (with why);
+        a reboot recovered by the hard reset is a WARN (the job's exit status
+        does not change) and its END is WARN."""
+        expected = self._expect_kernel
+        once = self._boot_next(label, kernel_args)
+        self._reset_in_reboot = False
+        record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        record("START", None, "reboot", f"{self.hostname}: reboot")
+        try:
+            old = self.get_boot_id(timeout=60)
+            command = reboot_cmd or ("reboot" if fastsync else "sync; reboot")
+            record("INFO", None, "reboot.start", f"{self.hostname}: {command} (boot id {old})")
+            self._issue_reboot(command)
+            if not wait:
+                record("END GOOD", None, "reboot", f"{self.hostname}: not waiting")
+                return
+            down_for = down_timeout or min(300.0, max(10.0, timeout / 4))
+            self._reboot_wait(old, deadline, down_for, record, stable_for=stable_for)
+        except BaseException as e:
+            record("ABORT", None, "reboot.verify", f"{self.hostname}: {e}")
+            record("END ABORT", None, "reboot")
+            raise
+        record("GOOD", None, "reboot.verify",
+               f"{self.hostname}: rebooted in {time.monotonic() - t0:.1f} s")
+        end = "END WARN" if self._reset_in_reboot else "END GOOD"
+        if once:
+            try:
+                self.bootloader.remove_kernel(once)
+            except AutoservBootloaderError as e:     # the copy is never the default
+                record("WARN", None, "reboot", f"{self.hostname}: {e}")
+                end = "END WARN"
+        if expected:
+            self._expect_kernel = None
+            self._verify_kernel(expected, record)
+        record(end, None, "reboot")
+
+    def _verify_kernel(self, expected, record):
+        """After a reboot that should have started an installed kernel: the
+        running release must be the installed one; else FAIL with the reason
+        (the host is up, on its default kernel) and AutoservKernelBootError."""
+        running = self.run("uname -r", timeout=60).stdout.strip()
+        if running == expected["version"]:
+            record("GOOD", None, "boot.kernel", f"{self.hostname}: running {running}")
+            return
+        why = (f"kernel {expected['version']} ({expected['title']}) did not come up"
+               + ("; one hard reset brought the host back" if self._reset_in_reboot else "")
+               + f"; running {running}")
+        record("FAIL", None, "boot.kernel", f"{self.hostname}: {why}")
+        record("END FAIL", None, "reboot")
+        raise AutoservKernelBootError(self.hostname, why)
+
+    def _issue_reboot(self, command):
+        # Detached from the session (no nohup: busybox builds may lack it).
+        detached = ("sh -c " + shlex.quote("trap '' HUP; " + command)
+                    + " </dev/null >/dev/null 2>&1 &")
+        try:
+            self.run(detached, timeout=30, connect_timeout=10)
+        except (AutoservSSHConnectionLost, AutoservTimeoutError) as e:
+            LOG.write(f"the reboot command's connection ended ({e}); that is success",
+                      self.hostname)
+        self._drop_connection()
+
+    def _reboot_wait(self, old, deadline, down_for, record, reset_done=False, stable_for=3.0):
+        went_down = self.wait_down(timeout=min(down_for, max(1, deadline - time.monotonic())),
+                                   old_boot_id=old)
+        if not went_down:
+            raise AutoservRebootError(self.hostname, "did not go down",
+                                      f"still up with boot id {old} after {down_for:.0f} s")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.wait_up(timeout=left):
+                if reset_done or not self.can_hardreset():
+                    raise AutoservRebootError(self.hostname, "did not return",
+                                              "no answer within the reboot timeout"
+                                              + ("" if reset_done else "; no reset path"))
+                # Not the outcome yet: an ABORT here would outlive a reset
+                # that recovers the host (the except in reboot() says ABORT
+                # when it does not).
+                record("WARN", None, "reboot.verify",
+                       f"{self.hostname}: did not return; trying one hard reset")
+                self.hardreset(wait=False)
+                self._drop_connection()
+                reset_done = True
+                self._reset_in_reboot = True
+                # A machine's POST after a reset can take minutes (servers behind
+                # a BMC; a TCG guest under load): bounded, but not stingy.
+                deadline = time.monotonic() + max(POST_RESET_WAIT, down_for)
+                continue
+            new = self._stable_boot_id(old, deadline, stable_for)
+            if new is not None:
+                if reset_done:
+                    record("WARN", None, "reboot.verify",
+                           f"{self.hostname}: back after a hard reset")
+                return new
+
+    def _stable_boot_id(self, old, deadline, stable_for=3.0):
+        """The boot id once it differs from old and stays the same while the
+        host stays up for stable_for seconds (a machine that reboots twice
+        on its own is not done after the first); None if it went down again."""
+        try:
+            first = self.get_boot_id(timeout=30, connect_timeout=10)
+        except AutoservError:
+            return None
+        if first == old:
+            return None
+        LOG.write(f"up with boot id {first}; checking that it stays for {stable_for} s",
+                  self.hostname)
+        time.sleep(stable_for)
+        try:
+            again = self.get_boot_id(timeout=30, connect_timeout=10)
+        except AutoservError:
+            LOG.write(f"up with boot id {first}, then down again within {stable_for} s: "
+                      "not stable yet", self.hostname)
+            self._drop_connection()
+            return None
+        if again != first:
+            LOG.write(f"up with boot id {first}, then {again} within {stable_for} s: "
+                      "not stable yet", self.hostname)
+            return None
+        LOG.write(f"up with boot id {first}, stable for {stable_for} s", self.hostname)
+        return first
 
 
-# File transfer ################################################################
-# Every backend stages into a temp dir beside the destination and renames
-# into place, so an interrupted file never replaces the old one; a
-# destination dir that does not exist yet is the staging dir renamed, in one
-# step, with the mode mkdir would have given it.  Placement
-# follows rsync: a file onto a missing path becomes that path; a directory
-# (no trailing slash) goes inside dest; "dir/" means its contents; several
-# sources, a trailing slash on dest or an existing dest dir mean "into".
+def create_host(spec, **kwargs):
+    """Builds a host from ``[user@]host[:port]``; ``localhost`` with no user or
+    port is the LocalHost; a site file may register other classes by name
+    (``kind=``)."""
+    kind = kwargs.pop("kind", None)
+    if kind:
+        cls = _REGISTRY["host"].get(kind)
+        if cls is None:
+            raise AutoservUsageError(f"no host class registered as {kind!r}")
+        return cls(spec, **kwargs)
+    if spec in ("localhost", "local") and not kwargs:
+        return LocalHost()
+    return SSHHost(spec, **kwargs)
+
+
+# Remote programs (they run on the target) #####################################
+
+# What autoserv sends to a target (or a hypervisor host) and runs there:
+# the placement program for transfers, the persistent agent, the wrapper
+# every command runs under, the QMP client.  Each sits under the comment that
+# states its protocol.  Shell programs are written readable here and joined
+# to one line at import (_sh_one_line): a login shell gets them as one word.
+# Python ones are indented here (so outline tools do not list their
+# functions as autoserv's) and dedented at import.
 
 # $1 dest, $2 mode (auto|into|contents), $3 delete, $4 step
 # (tar|cat|prep|install|check: check only refuses a symlinked dest),
@@ -1947,1001 +2219,6 @@ _PLACE_FIND_PROGRAMS = {"IN_THE_WAY": _PLACE_IN_THE_WAY, "MAKE_DIRS": _PLACE_MAK
                         "MOVE_FILES": _PLACE_MOVE_FILES}
 _PLACE_SH = _sh_one_line(re.sub(r"@(\w+)@", lambda m: _sh_one_line(_PLACE_FIND_PROGRAMS[m[1]]),
                                 _PLACE_SOURCE))
-
-
-def _sources(source):
-    if isinstance(source, (str, bytes, os.PathLike)):
-        source = [source]
-    out = [os.fsdecode(s) for s in source]
-    if not out:
-        raise AutoservUsageError("no source files given")
-    return out
-
-
-def _mode_for(sources, contents_flags, dir_flags):
-    """auto: a single file, placed as dest or inside an existing dest dir;
-    into: dest is a directory (made if missing); contents: "dir/" -> dest."""
-    if len(sources) == 1 and contents_flags[0]:
-        return "contents"
-    if len(sources) > 1 or dir_flags[0]:
-        return "into"
-    return "auto"
-
-
-def _transfer_error(host, what, paths, text, rc):
-    low = text.lower()
-    reasons = [("no space left", "no space left on the device"),
-               ("disk quota", "disk quota exceeded"),
-               ("permission denied", "permission denied"),
-               ("read-only file system", "read-only file system"),
-               ("no such file", "no such file or directory"),
-               ("not a directory", "not a directory"),
-               ("is a directory", "a directory is in the way")]
-    reason = next((r for key, r in reasons if key in low), f"exit status {rc}")
-    detail = "; ".join(l.strip() for l in text.strip().splitlines()[-4:])
-    names = ", ".join(repr(p) for p in paths)
-    return AutoservFileTransferError(
-        f"{host}: {what} {names} failed: {reason}" + (f" ({detail})" if detail else ""))
-
-
-def _pipeline(first, second, timeout, label, tar_end=None):
-    """first | second with stderr of each in a temp file; one deadline; both
-    process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2).
-    With tar_end (a list), the bytes pass through here and tar_end gets
-    whether the stream ended with a tar end-of-archive."""
-    errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    try:
-        deadline = _monotonic_deadline(timeout)
-        p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
-        try:
-            p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
-                        stdout=DEVNULL, stderr=errs[1])
-        except BaseException:
-            _killpg(p1.pid, signal.SIGKILL)
-            p1.wait()
-            p1.stdout.close()
-            raise
-        if tar_end is not None:
-            try:
-                tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline, label))
-            except BaseException:
-                for p in (p1, p2):
-                    _killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-                p1.stdout.close()
-                raise
-        p1.stdout.close()
-        _wait_all([p1, p2], timeout, label, deadline)
-        return p1.returncode, p2.returncode, _err_tail(errs[0]), _err_tail(errs[1])
-    finally:
-        for f in errs:
-            f.close()
-
-
-def _err_tail(f, limit=1 << 16):
-    """The last `limit` bytes of a transfer's stderr file, decoded: a target
-    may write any amount there."""
-    size = f.seek(0, os.SEEK_END)
-    f.seek(max(0, size - limit))
-    return _decode(f.read(limit))
-
-
-class _TarScan:
-    """Follows the headers of a tar stream on its way to the local tar, so
-    that what a target sends is judged before anything is made: devices,
-    FIFOs and other odd members are refused by name, setuid/setgid bits are
-    cleared in the header (checksum redone), and a damaged header, which
-    tar would skip over to resynchronise, is refused too."""
-
-    KEEP = {b"0": "", b"\0": "", b"7": "", b"1": "", b"2": "", b"5": ""}
-    META = (b"L", b"K", b"x", b"g")     # long names, pax records: their data is read
-    KINDS = {b"3": "a character device", b"4": "a block device", b"6": "a FIFO"}
-
-    def __init__(self, what):
-        self.what = what
-        self.header = b""
-        self.skip = 0                   # data bytes (with padding) still to pass
-        self.meta = None                # (type, bytes so far, size) while reading one
-        self.name = None                # from an L record or a pax path
-        self.size = None                # from a pax size
-
-    def feed(self, data):
-        """The bytes to pass on (headers are held until whole)."""
-        out = bytearray()
-        while data:
-            if self.skip:
-                n = min(self.skip, len(data))
-                if self.meta is not None:
-                    kind, got, size = self.meta
-                    self.meta = (kind, got + data[:n], size)
-                out += data[:n]
-                data, self.skip = data[n:], self.skip - n
-                if not self.skip and self.meta is not None:
-                    try:
-                        self._read_meta(*self.meta)
-                    except (ValueError, IndexError):
-                        self._refuse("a damaged pax header")
-                    self.meta = None
-                continue
-            need = 512 - len(self.header)
-            self.header, data = self.header + data[:need], data[need:]
-            if len(self.header) == 512:
-                out += self._judge(bytearray(self.header))
-                self.header = b""
-        return bytes(out)
-
-    @staticmethod
-    def _number(field):
-        """A numeric header field as GNU tar reads it; anything else (signs,
-        underscores, inner spaces, a negative base-256) is ValueError, never a
-        number tar would read differently."""
-        if field[0] == 0x80:                                  # base-256, positive
-            return int.from_bytes(field[1:], "big")
-        if field[0] & 0x80:
-            raise ValueError("negative base-256 number")
-        text = field.split(b"\0", 1)[0].strip(b" ")
-        if not re.fullmatch(rb"[0-7]*", text):
-            raise ValueError(f"not octal: {text!r}")
-        return int(text, 8) if text else 0
-
-    def _refuse(self, why):
-        raise AutoservFileTransferError(f"{self.what}: refusing {why}")
-
-    def _judge(self, h):
-        if not any(h):
-            return h                                           # end-of-archive blocks
-        try:
-            stored, size, mode = (self._number(h[148:156]), self._number(h[124:136]),
-                                  self._number(h[100:108]))
-        except ValueError:
-            self._refuse("a damaged tar header")
-        if stored != sum(h[:148]) + 8 * 32 + sum(h[156:]):
-            self._refuse("a damaged tar header (bad checksum)")
-        kind = bytes(h[156:157])
-        if self.size is not None:
-            size = self.size
-        name = self.name
-        if name is None:
-            prefix = bytes(h[345:500]).split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
-            base = bytes(h[:100]).split(b"\0", 1)[0]
-            name = os.fsdecode(prefix + b"/" + base if prefix else base)
-        if kind in self.META:
-            if size > 1 << 20:
-                self._refuse(f"a {size}-byte tar header record")
-            self.meta = (kind, b"", size)
-        elif kind in self.KEEP:
-            if size and kind in (b"1", b"2", b"5"):
-                self._refuse(f"{name!r}: a link or dir header that claims data")
-            self.name = self.size = None
-            if mode & 0o6000:                                  # setuid/setgid: cleared
-                h[100:108] = b"%07o\0" % (mode & ~0o6000 & 0o7777)
-                h[148:156] = b"%06o\0 " % (sum(h[:148]) + 8 * 32 + sum(h[156:]))
-        else:
-            self._refuse(f"{name!r}: it is " + self.KINDS.get(
-                kind, f"a tar member of type {kind!r}, not a file, dir or symlink"))
-        self.skip = (size + 511) // 512 * 512 if kind not in (b"1", b"2", b"5") else 0
-        return h
-
-    def _read_meta(self, kind, data, size):
-        data = data[:size]
-        if kind == b"L":
-            self.name = os.fsdecode(data.split(b"\0", 1)[0])
-        elif kind in (b"x", b"g"):                 # "len key=value\n" records
-            while data:
-                head = data.split(b" ", 1)[0]
-                if not re.fullmatch(rb"[0-9]{1,7}", head):
-                    raise ValueError("bad pax record length")
-                length = int(head)
-                key, _, value = data[:length].split(b" ", 1)[1].partition(b"=")
-                if kind == b"g" and key in (b"size", b"path", b"linkpath", b"uid",
-                                            b"gid", b"mode"):
-                    # A global record would change how every later header
-                    # reads; tar obeys it, so the scan would be judging
-                    # other members than tar makes.
-                    self._refuse(f"a global pax header that sets {key.decode()!r}")
-                if kind == b"x" and key == b"path":
-                    self.name = os.fsdecode(value[:-1])
-                elif kind == b"x" and key == b"size":
-                    if not re.fullmatch(rb"[0-9]+\n", value):
-                        raise ValueError("bad pax size")
-                    self.size = int(value)
-                data = data[length:]
-
-
-def _relay_tar(src, dest, deadline, what="get_file"):
-    """Copies a tar stream from src to dest (closed at the end) in bounded
-    blocks until EOF or the deadline, through _TarScan; True when it ended
-    with tar's end-of-archive (two zero blocks): EOF at a member boundary,
-    from a dropped link or a sender that stopped early, looks whole to tar."""
-    import selectors
-    zeros = bytes(1024)
-    tail, total = b"", 0
-    scan = _TarScan(what)
-    with selectors.DefaultSelector() as sel:
-        sel.register(src, selectors.EVENT_READ)
-        try:
-            while True:
-                wait = _remaining(deadline)
-                if wait == 0 or not sel.select(wait):
-                    return False            # timed out: _wait_all says so
-                data = os.read(src.fileno(), 1 << 16)
-                if not data:
-                    break
-                total += len(data)
-                tail = (tail + data)[-1024:]
-                dest.write(scan.feed(data))
-        except BrokenPipeError:             # the reader failed: its error tells
-            return False
-        finally:
-            try:
-                dest.close()
-            except BrokenPipeError:
-                pass
-    return total % 512 == 0 and total >= 1024 and tail == zeros
-
-
-def _wait_all(procs, timeout, label, deadline=None):
-    """Waits for every process under one deadline (timeout's, unless given);
-    on timeout their groups get TERM then KILL and AutoservTimeoutError; on
-    interrupt, KILL."""
-    sp = _subprocess()
-    if deadline is None:
-        deadline = _monotonic_deadline(timeout)
-    try:
-        for p in procs:
-            p.wait(_remaining(deadline))
-    except sp.TimeoutExpired:
-        for p in procs:
-            _terminate(p, KILL_GRACE, kill_wait=None)
-        raise AutoservTimeoutError(f"{label}: transfer timed out after {timeout} s")
-    except BaseException:
-        for p in procs:
-            _killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        raise
-
-
-def _stream_file(path, argv, timeout, label):
-    """argv with path as its stdin, its stderr in a temp file, one deadline,
-    its group killed on timeout or interrupt.  Returns (rc, stderr text)."""
-    with open(path, "rb") as src, tempfile.TemporaryFile() as err:
-        proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
-        _wait_all([proc], timeout, label)
-        return proc.returncode, _err_tail(err)
-
-
-def _tar_member_args(sources, contents_flags):
-    """GNU tar arguments (-C dir ./name ...) that put each source at the top
-    of the archive (or, for "dir/", its contents)."""
-    args = []
-    for src, contents in zip(sources, contents_flags):
-        path = os.path.abspath(src.rstrip("/") or "/")
-        if contents:
-            args += ["-C", path, "."]
-        else:
-            args += ["-C", os.path.dirname(path) or "/", "./" + os.path.basename(path)]
-    return args
-
-
-def _check_local_sources(sources, host):
-    for s in sources:
-        if not os.path.lexists(s.rstrip("/") or "/"):
-            raise AutoservFileTransferError(
-                f"{host}: send_file: local source {s!r} does not exist")
-
-
-_KINDS = {0o010000: "a FIFO", 0o020000: "a character device", 0o060000: "a block device",
-          0o140000: "a socket"}
-
-
-def _fix_tree(root, preserve_symlinks, what):
-    """Refuses what a target must not be able to do to us: anything but
-    regular files, dirs and symlinks; symlinks when they were not asked for,
-    and symlinks that point out of the fetched tree.  Strips setuid/setgid
-    and makes everything the controller user's own."""
-    import stat
-    root_real = os.path.realpath(root)
-    uid, gid = os.geteuid(), os.getegid()
-    def unreadable(error):      # a dir it cannot list is never passed over unseen
-        raise AutoservFileTransferError(f"{what}: cannot check {error.filename!r}: "
-                                        f"{error.strerror}")
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
-                    or stat.S_ISLNK(st.st_mode)):
-                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file, dir or symlink")
-                raise AutoservFileTransferError(
-                    f"{what}: refusing {os.path.relpath(path, root)!r}: it is {kind}")
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                os.lchown(path, uid, gid)
-            if not os.path.islink(path):
-                if st.st_mode & 0o6000:
-                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o6000)
-                continue
-            target = os.path.realpath(path)
-            inside = target == root_real or target.startswith(root_real + os.sep)
-            if not preserve_symlinks or not inside:
-                raise AutoservFileTransferError(
-                    f"{what}: refusing symlink {os.path.relpath(path, root)!r} -> "
-                    f"{os.readlink(path)!r}: it points out of the fetched tree")
-
-
-# What the job writes in its results dir and in each host's or task's dir
-# there: a transfer may add files beside the ones there, never replace them.
-_JOB_NAMES = ("status.log", "summary.json", "keyval", "control.srv", "junit.xml",
-              "debug", "console.log")
-
-
-def _job_dirs():
-    """The dirs whose _JOB_NAMES are the job's own: the results dir, the
-    running task's dir and each host's dir in it."""
-    if _JOB is None:
-        return set()
-    root = _JOB.resultdir
-    dirs = {root, os.path.dirname(_JOB.status.path)}
-    dirs |= {os.path.join(root, _safe_name(h.hostname)) for h in _JOB.hosts if h.hostname}
-    return {os.path.realpath(d) for d in dirs}
-
-
-def _refuse_job_names(dest_dir, names):
-    """A transfer that would replace, merge into or delete one of the job's
-    own files (those of _JOB_NAMES that are there)."""
-    if os.path.realpath(dest_dir) in _job_dirs():
-        for name in sorted(set(names) & set(_JOB_NAMES)):
-            if not os.path.lexists(os.path.join(dest_dir, name)):
-                continue
-            raise AutoservFileTransferError(
-                f"refusing to replace the job's own {os.path.join(dest_dir, name)}: "
-                "fetch into a subdir of the results dir")
-
-
-def _place_local(staging, dest, mode, delete):
-    """Moves staged entries into place, the same way _PLACE_SH does remotely."""
-    if dest.endswith("/") and mode == "auto":
-        mode = "into"
-    dest = dest.rstrip("/") or "/"
-    if mode == "auto":
-        mode = "into" if os.path.isdir(dest) else "as"
-    entries = os.listdir(staging)
-    if mode == "as":
-        _refuse_job_names(os.path.dirname(os.path.abspath(dest)), [os.path.basename(dest)])
-    else:
-        _refuse_job_names(dest, entries + (os.listdir(dest) if delete and mode == "contents"
-                                           and os.path.isdir(dest) else []))
-        os.makedirs(dest, exist_ok=True)
-    if not delete:
-        for name in entries:
-            _check_in_the_way(os.path.join(staging, name),
-                              dest if mode == "as" else os.path.join(dest, name))
-    if delete and mode == "contents":
-        # The staging dir may live in dest (see _staging_parent): never removed here.
-        ours = os.path.basename(staging)
-        for name in os.listdir(dest):
-            if name not in entries and name != ours:
-                _remove_any(os.path.join(dest, name))
-    for name in entries:
-        src = os.path.join(staging, name)
-        target = dest if mode == "as" else os.path.join(dest, name)
-        if delete:
-            _remove_any(target)
-        if _real_dir(src) and _real_dir(target):
-            _merge_dirs(src, target)
-        else:
-            if _real_dir(target):
-                raise AutoservFileTransferError(f"{target}: a directory is in the way")
-            if os.path.islink(target):      # replaced, never followed
-                os.unlink(target)
-            os.replace(src, target)
-
-
-def _check_in_the_way(src, target):
-    """Before anything moves: a file where src has a dir, or a dir where it
-    has a file, stops the whole placement (links in the way are replaced)."""
-    if not _real_dir(src):
-        if _real_dir(target):
-            raise AutoservFileTransferError(f"{target}: a directory is in the way")
-        return
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        out = target if rel == "." else os.path.join(target, rel)
-        if _real_dir(dirpath) and os.path.lexists(out) and not os.path.islink(out) \
-                and not os.path.isdir(out):
-            raise AutoservFileTransferError(f"{out}: a file is in the way")
-        for name in filenames + [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]:
-            if _real_dir(os.path.join(out, name)):
-                raise AutoservFileTransferError(
-                    f"{os.path.join(out, name)}: a directory is in the way")
-
-
-def _real_dir(path):
-    return os.path.isdir(path) and not os.path.islink(path)
-
-
-def _remove_any(path):
-    if _real_dir(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _merge_dirs(src, dest):
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        out = os.path.normpath(os.path.join(dest, rel))
-        for name in list(dirnames):
-            s, t = os.path.join(dirpath, name), os.path.join(out, name)
-            if os.path.islink(t):           # replaced, never followed
-                os.unlink(t)
-            if os.path.islink(s) or not _real_dir(t):
-                if os.path.lexists(t) and not os.path.islink(s):
-                    raise AutoservFileTransferError(f"{t}: a file is in the way")
-                os.replace(s, t)
-                dirnames.remove(name)
-        for name in filenames:
-            t = os.path.join(out, name)
-            if _real_dir(t):
-                raise AutoservFileTransferError(f"{t}: a directory is in the way")
-            os.replace(os.path.join(dirpath, name), t)
-
-
-def _refuse_dir_link(dest, mode, label):
-    """The local side of _PLACE_SH's rule: a symlink at dest that leads to a
-    dir is refused, never written through."""
-    base = dest.rstrip("/") or "/"
-    if os.path.islink(base) and (mode != "auto" or dest.endswith("/")
-                                 or os.path.isdir(base)):
-        raise AutoservFileTransferError(
-            f"{label}: refusing to write through the symlink {base} -> {os.readlink(base)}")
-
-
-def _drop_new_dir(path, existed):
-    """After a failed placement: the dest dir _staging_parent made, if empty."""
-    if not existed:
-        try:
-            os.rmdir(path.rstrip("/") or "/")
-        except OSError:
-            pass
-
-
-def _staging_parent(dest, mode):
-    base = dest.rstrip("/") or "/"
-    if mode in ("into", "contents") or dest.endswith("/") or os.path.isdir(base):
-        os.makedirs(base, exist_ok=True)
-        return base
-    parent = os.path.dirname(os.path.abspath(base))
-    if not os.path.isdir(parent):
-        raise AutoservFileTransferError(f"{dest}: its directory {parent} does not exist")
-    return parent
-
-
-def _copy_until(deadline, timeout, label, preserve_perm):
-    """A shutil copy function that stops at deadline (AutoservTimeoutError):
-    the data in 1 MiB pieces, then the metadata when preserve_perm."""
-    import stat
-
-    def copy(src, dst):
-        if deadline is None:
-            return (shutil.copy2 if preserve_perm else shutil.copyfile)(src, dst)
-        if stat.S_ISFIFO(os.stat(src).st_mode):
-            raise shutil.SpecialFileError(f"`{src}` is a named pipe")
-        with open(src, "rb") as f, open(dst, "wb") as out:
-            while True:
-                if _remaining(deadline) <= 0:
-                    raise AutoservTimeoutError(f"{label}: transfer timed out after "
-                                               f"{timeout} s")
-                block = f.read(1 << 20)
-                if not block:
-                    break
-                out.write(block)
-        if preserve_perm:
-            shutil.copystat(src, dst)
-        return dst
-    return copy
-
-
-def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, label,
-                timeout=None):
-    sources = _sources(source)
-    deadline = _monotonic_deadline(timeout)
-    contents = [s.endswith("/") and len(s) > 1 for s in sources]
-    for s in sources:
-        if not os.path.lexists(s.rstrip("/") or "/"):
-            raise AutoservFileTransferError(f"{label}: source {s!r} does not exist")
-    mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
-    _refuse_dir_link(dest, mode, label)
-    existed = os.path.lexists(dest.rstrip("/") or "/")
-    staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
-    placed = False
-    try:
-        copy = _copy_until(deadline, timeout, label, preserve_perm)
-        for src, is_contents in zip(sources, contents):
-            path = src.rstrip("/") or "/"
-            items = [(os.path.join(path, n), os.path.join(staging, n))
-                     for n in os.listdir(path)] if is_contents else \
-                [(path, os.path.join(staging, os.path.basename(path)))]
-            for s, t in items:
-                if os.path.isdir(s) and not (preserve_symlinks and os.path.islink(s)):
-                    shutil.copytree(s, t, symlinks=preserve_symlinks, copy_function=copy)
-                elif os.path.islink(s) and preserve_symlinks:
-                    os.symlink(os.readlink(s), t)
-                else:
-                    copy(s, t)
-        _place_local(staging, dest, mode, delete_dest)
-        placed = True
-    except OSError as e:
-        raise AutoservFileTransferError(f"{label}: copying {sources} to {dest!r} failed: {e}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not placed:
-            _drop_new_dir(dest, existed)
-
-
-class _SSHTransfer:
-    """send_file/get_file for an SSHHost, as a collaborator it holds (as
-    fabric's Connection hands transfers to a Transfer): the part every
-    backend shares (sources, placement mode, the local staging dir of
-    get_file, the log lines), the choice of backend (_TRANSFER_BACKENDS) and
-    what the backends ask of it.  Commands on the target go through
-    host.run(); add_tmp_dir(path) and forget_tmp_dirs(name) register and
-    unregister staging dirs with the host, whose close() removes what is
-    left."""
-
-    def __init__(self, host, link, add_tmp_dir, forget_tmp_dirs):
-        self.host = host
-        self.link = link
-        self.add_tmp_dir = add_tmp_dir
-        self.forget_tmp_dirs = forget_tmp_dirs
-        self.tools = None         # the tools the target has, asked once
-
-    @property
-    def hostname(self):
-        return self.link.hostname
-
-    def _remote_tools(self):
-        if self.tools is None:
-            out = self.host.run("for t in tar rsync; do command -v $t >/dev/null 2>&1 && "
-                                "echo $t; done; true", timeout=60).stdout.split()
-            self.tools = set(out)
-        return self.tools
-
-    def _pick_backend(self, backend, delete_dest):
-        if backend is not None:
-            if backend not in TRANSFER_BACKENDS:
-                raise AutoservUsageError(f"transfer backend {backend!r}: use one of "
-                                         + ", ".join(TRANSFER_BACKENDS))
-            return backend
-        tools = self._remote_tools()
-        if delete_dest and "rsync" in tools and shutil.which("rsync"):
-            return "rsync"
-        if "tar" in tools and shutil.which("tar"):
-            return "tar"
-        if "rsync" in tools and shutil.which("rsync"):
-            return "rsync"
-        return "scp"
-
-    def _backend(self, name):
-        backend = _TRANSFER_BACKENDS[name](self)
-        if not isinstance(backend, _TransferBackend):     # the seam: a table entry gone wrong
-            raise TypeError(f"transfer backend {name!r} is not a _TransferBackend")
-        return backend
-
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
-        sources = _sources(source)
-        dest = os.fsdecode(dest)
-        _check_local_sources(sources, self.hostname)
-        contents = [s.endswith("/") and len(s) > 1 for s in sources]
-        mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
-        backend = self._pick_backend(backend, delete_dest)
-        LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
-        t0 = time.monotonic()
-        self._backend(backend).send(sources, contents, dest, mode, delete_dest,
-                                    preserve_symlinks, timeout)
-        LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
-
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
-        sources = _sources(source)
-        dest = os.fsdecode(dest)
-        contents = [s.endswith("/") and len(s) > 1 for s in sources]
-        dirs = [False] * len(sources)
-        if len(sources) == 1 and not contents[0]:
-            dirs = [self.host.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
-                                  timeout=60).exit_status == 0]
-        mode = _mode_for(sources, contents, dirs)
-        backend = self._pick_backend(backend, delete_dest)
-        LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
-        t0 = time.monotonic()
-        _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
-        existed = os.path.lexists(dest.rstrip("/") or "/")
-        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
-                                                   dir=_staging_parent(dest, mode)))
-        placed = False
-        try:
-            self._backend(backend).fetch(sources, contents, staging, dest, preserve_perm,
-                                         preserve_symlinks, timeout)
-            _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
-            _place_local(staging, dest, mode, delete_dest)
-            placed = True
-        except OSError as e:
-            raise AutoservFileTransferError(
-                f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not placed:
-                _drop_new_dir(dest, existed)
-        LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
-
-    # for the backends
-    def ssh_argv(self):
-        """ssh's command line over the master, which is started first."""
-        self.link.ensure_master()
-        return self.link.argv()
-
-    def fail(self, what, paths, text, rc, dest=None):
-        """Raises what a failed transfer step means: ssh's 255 a transport
-        error, anything else an AutoservFileTransferError (with df's word on
-        the destination when dest is given and the text does not say)."""
-        if rc == 255:
-            raise self.link.transport_error(text, started=True, rc=rc)
-        if dest is not None and "no space" not in text.lower():
-            text += self._space_note(dest, paths)
-        raise _transfer_error(self.hostname, what, paths, text, rc)
-
-    def _space_note(self, dest, paths):
-        """tar says only "Wrote only N of M bytes" and SFTP only "failure" on a
-        full disk: ask the target's df about the destination's filesystem."""
-        need = 0
-        for p in paths:
-            for dirpath, _, files in os.walk(p) if os.path.isdir(p) else [("", [], [p])]:
-                for name in files:
-                    try:
-                        need += os.lstat(os.path.join(dirpath, name)).st_size
-                    except OSError:
-                        pass
-        probe = ('d=$1; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done; '
-                 'df -Pk -- "$d" | tail -n 1')
-        try:
-            out = self.host.run("sh -c " + shlex.quote(probe) + " autoserv " + shlex.quote(dest),
-                                timeout=30).stdout.split()
-            free = int(out[3]) * 1024
-        except (AutoservError, IndexError, ValueError):
-            return ""
-        if free < need or free < 65536:
-            return f"\nno space left on the device: {free} bytes free, {need} needed"
-        return ""
-
-    def run_local(self, argv, what, paths, timeout, dest=None):
-        """Runs a local transfer program (rsync, scp) to its end; its stdout.
-        Raises as fail() does; a closed connection is a transport error."""
-        LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
-        ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
-        ex.start()
-        ex.wait()
-        if ex.timed_out:
-            raise AutoservTimeoutError(f"{what} timed out",
-                                       ex.result(" ".join(argv), self.hostname))
-        if ex.returncode != 0:
-            text = _decode(ex.captures[2].value())
-            if ex.returncode == 255 or "connection unexpectedly closed" in text \
-                    or "Connection closed" in text:
-                raise self.link.transport_error(text, started=True, rc=ex.returncode)
-            if dest is not None and "no space" not in text.lower():
-                text += self._space_note(dest, paths)
-            raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
-        return _decode(ex.captures[1].value())
-
-
-class _TransferBackend:
-    """One way to move files to and from an SSHHost, made per transfer for
-    its _SSHTransfer (self.t).  send() places sources (local) at dest on the
-    target; fetch() copies sources (on the target) into staging, a local
-    dir that get_file then places at dest.  contents[i]: sources[i] ended
-    in "/" (its contents, not itself); mode: as _mode_for() says.  Both
-    raise AutoservFileTransferError or a transport error."""
-
-    def __init__(self, transfer):
-        self.t = transfer
-
-    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
-        raise NotImplementedError
-
-    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
-              timeout):
-        raise NotImplementedError
-
-    def remote_spec(self, path):
-        """host:path as scp and rsync take it ([v6addr]:path)."""
-        host = self.t.hostname
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{path}"
-
-
-class _TarTransfer(_TransferBackend):
-    """tar through a raw ssh session (one regular file: the file itself,
-    as `ssh host 'cat > f'`); on the target, _PLACE_SH places the stream."""
-
-    def _raw_ssh(self, script, *args):
-        """ssh argv running an sh script directly (no wrapper): for streams
-        whose size is not known up front.  The script never exits 255."""
-        return self.t.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
-                                                       (script, "autoserv") + args)]
-
-    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
-        hostname = self.t.hostname
-        if len(sources) == 1 and not contents[0] and os.path.isfile(sources[0]) \
-                and not (preserve_symlinks and os.path.islink(sources[0])):
-            # One regular file: the file itself is ssh's stdin, as in
-            # `ssh host 'cat > f'`, staged and renamed like the rest.
-            st = os.stat(sources[0])
-            stamp = time.strftime("%Y%m%d%H%M.%S", time.gmtime(st.st_mtime))
-            remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0", "cat",
-                                   "", "1", os.path.basename(sources[0].rstrip("/")),
-                                   "%o" % (st.st_mode & 0o7777), stamp, str(st.st_size))
-            rc, err = _stream_file(sources[0], remote, timeout, hostname)
-            if rc != 0:
-                self.t.fail("send_file", sources, err, rc, dest)
-            return
-        # The last member is an empty file the target checks for: only a
-        # stream that reached it is placed.
-        marker = tempfile.mkdtemp(prefix="autoserv-")
-        name = ".autoserv-end-" + _random_name()
-        open(os.path.join(marker, name), "wb").close()
-        tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
-            + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
-        remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
-                               "tar", "", "1", name)
-        try:
-            rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, hostname)
-        finally:
-            shutil.rmtree(marker, ignore_errors=True)
-        if rc2 != 0:
-            self.t.fail("send_file", sources, e2 + e1, rc2, dest)
-        if rc1 != 0:
-            raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
-
-    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
-              timeout):
-        parts = []
-        for src, is_contents in zip(sources, contents):
-            path = src.rstrip("/") or "/"
-            where, name = (path, ".") if is_contents else \
-                (os.path.dirname(path) or "/", "./" + os.path.basename(path))
-            parts.append(f"cd {shlex.quote(where)} && tar -c{'' if preserve_symlinks else 'h'}f - "
-                         f"-- {shlex.quote(name)} || exit 1")
-        remote = self._raw_ssh("; ".join(parts))
-        local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
-        local.append("-p" if preserve_perm else "--no-same-permissions")
-        ended = []
-        rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.t.hostname, ended)
-        if rc1 != 0:
-            self.t.fail("get_file", sources, e1, rc1)
-        if rc2 != 0:
-            raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
-        if not ended[0]:
-            raise AutoservFileTransferError(
-                f"{self.t.hostname}: get_file {sources}: the tar stream ended early "
-                "(no end-of-archive): nothing placed")
-
-
-class _CopyProgramTransfer(_TransferBackend):
-    """A backend that is a local program copying host:path specs (rsync,
-    scp): fetch() is the same for both but for the program's argv."""
-
-    def fetch_argv(self, preserve_perm, preserve_symlinks):
-        raise NotImplementedError
-
-    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
-              timeout):
-        items = [self.remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
-                 for s, c in zip(sources, contents)]
-        argv = self.fetch_argv(preserve_perm, preserve_symlinks)
-        out = self.t.run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
-        skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
-                   if l.startswith("skipping non-regular file ")]
-        if skipped:
-            raise AutoservFileTransferError(
-                f"{self.t.hostname}: get_file: refusing {', '.join(skipped)}: "
-                "not a regular file, dir or symlink")
-
-
-class _RsyncTransfer(_CopyProgramTransfer):
-    """rsync over the master (-e: ssh's command line)."""
-
-    def _ssh_command(self):
-        return " ".join(shlex.quote(a) for a in self.t.ssh_argv()[:-1])
-
-    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
-        # rsync would follow a symlinked dest dir: the same check first.
-        try:
-            self.t.host.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
-        except AutoservRunError as e:
-            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1)
-        argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._ssh_command()]
-        argv += ["-l"] if preserve_symlinks else ["-L"]
-        if delete_dest:
-            argv.append("--delete")
-        rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
-        self.t.run_local(argv + [_local_arg(s) for s in sources]
-                         + [self.remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
-
-    def fetch_argv(self, preserve_perm, preserve_symlinks):
-        # No -D: rsync makes no device or FIFO here; it names each one it
-        # skips, and fetch() refuses those.
-        argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
-                "--protect-args", "-e", self._ssh_command()]
-        argv += ["-l"] if preserve_symlinks else ["-L"]
-        if preserve_perm:
-            argv.append("-p")
-        return argv
-
-
-class _ScpTransfer(_CopyProgramTransfer):
-    """scp, into a staging dir on the target that _PLACE_SH makes (prep)
-    and places (install)."""
-
-    def _options(self):
-        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
-        its -p keeps times, so the user and port go as -o User= and -P.
-        (The master is not started for it: a ControlPath only if one is up.)"""
-        opts, out = self.t.link.argv()[1:-1], []
-        for flag, value in zip(opts[::2], opts[1::2]):
-            if flag == "-l":
-                out += ["-o", f"User={value}"]
-            elif flag == "-p":
-                out += ["-P", value]
-            else:
-                out += [flag, value]
-        return out
-
-    def _remove_staging(self, staging):
-        """Removes an scp staging dir (or the places it may be); when the link
-        is down (the very error being reported), it is left for close() and
-        never masks that error."""
-        paths = [staging] if isinstance(staging, str) else list(staging)
-        try:
-            self.t.host.run("rm -rf -- " + " ".join(shlex.quote(p) for p in paths),
-                            ignore_status=True, timeout=30, connect_timeout=5)
-        except AutoservError as e:
-            LOG.write(f"staging {paths} not removed yet ({e}); retried at close",
-                      self.t.hostname)
-            return
-        self.t.forget_tmp_dirs(os.path.basename(paths[0]))
-
-    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
-        run = self.t.host.run
-        name = _random_name()
-        # Where prep may make it, registered before asking, so a reply
-        # lost with the link still leaves close() something to remove.
-        staging = _staging_candidates(dest, name)
-        for candidate in staging:
-            self.t.add_tmp_dir(candidate)
-        try:
-            staging = run(_raw_place_command(dest, mode, delete_dest, "prep", name),
-                          timeout=60).stdout.strip()
-            items = [_local_arg(i) for i in _expand_contents(sources, contents)]
-            argv = ["scp", "-r", "-p", "-q"] + self._options()
-            self.t.run_local(argv + items + [self.remote_spec(staging + "/")],
-                             "send_file", sources, timeout, dest)
-            run(_raw_place_command(dest, mode, delete_dest, "install", staging), timeout=300)
-        except AutoservRunError as e:
-            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1, dest)
-        finally:
-            self._remove_staging(staging)
-
-    def fetch_argv(self, preserve_perm, preserve_symlinks):
-        return ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) + self._options()
-
-
-# The backends by name (TRANSFER_BACKENDS, the names users pass as backend=).
-_TRANSFER_BACKENDS = {"tar": _TarTransfer, "rsync": _RsyncTransfer, "scp": _ScpTransfer}
-
-
-def _random_name(length=12):
-    import secrets
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    return "".join(secrets.choice(alphabet) for _ in range(length))
-
-
-def _staging_candidates(dest, name):
-    """The two dirs _PLACE_SH's prep step may make for dest: beside it (dest
-    becomes that path) or inside it (dest is a dir)."""
-    d = dest if dest == "/" else (dest.rstrip("/") or ".")
-    base = ".autoserv-" + name
-    return [posixpath.join(d, base), posixpath.join(posixpath.dirname(d) or ".", base)]
-
-
-def _raw_place_command(dest, mode, delete, step, staging=""):
-    return "sh -c " + " ".join(shlex.quote(w) for w in (
-        _PLACE_SH, "autoserv", dest, mode, "1" if delete else "0", step, staging, "1"))
-
-
-def _local_arg(path):
-    """A local path as scp/rsync must get it: never read as an option (a
-    leading "-") or as host:path (a ":" before any "/")."""
-    return path if path.startswith("/") else "./" + path
-
-
-def _expand_contents(sources, contents):
-    items = []
-    for s, c in zip(sources, contents):
-        if c:
-            path = s.rstrip("/")
-            items += [os.path.join(path, n) for n in sorted(os.listdir(path))]
-        else:
-            items.append(s.rstrip("/") or "/")
-    return items
-
-
-
-# SSH ##########################################################################
-# Settings and the control dir, the persistent agent (the program, its
-# frames, _AgentExecution), the remote wrapper, ssh's error lines; then the
-# collaborators SSHHost composes: _SSHLink (options, ControlMaster, error
-# classification, a command as its own session) and _SSHAgent (the agent's
-# client), with _SSHTransfer from the file transfer section.
-
-_SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
-                 "ssh_options": (), "host_key_policy": "accept-new",
-                 "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-                 "alive_interval": DEFAULT_ALIVE_INTERVAL,
-                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
-
-
-def set_ssh_defaults(**kwargs):
-    """Defaults for every SSHHost made after this (the CLI sets them)."""
-    for key, value in kwargs.items():
-        if key not in _SSH_DEFAULTS:
-            raise AutoservUsageError(f"unknown ssh default {key!r}")
-        _SSH_DEFAULTS[key] = value
-
-
-_CTRL = {"dir": None, "pid": None}
-
-
-def _ctrl_dir():
-    """A private 0700 dir with a short path for control sockets and per-job
-    known_hosts files (a socket path has about 90 usable bytes)."""
-    if _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"]):
-        base = tempfile.gettempdir()
-        if len(base) > 40 or not os.access(base, os.W_OK):
-            base = "/tmp"
-        _CTRL["dir"] = tempfile.mkdtemp(prefix="as-", dir=base)
-        _CTRL["pid"] = os.getpid()
-    return _CTRL["dir"]
-
-
-def _remove_ctrl_dir():
-    if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
-        shutil.rmtree(_CTRL["dir"], ignore_errors=True)
-        _CTRL["dir"] = None
-
-
-def parse_machine(spec):
-    """``[user@]host[:port]`` -> (user, host, port); raises on nonsense."""
-    text = str(spec).strip()
-    user = port = None
-    if "@" in text:
-        user, _, text = text.rpartition("@")
-    if text.startswith("["):                       # [v6addr]:port
-        host, _, rest = text[1:].partition("]")
-        if rest.startswith(":"):
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host = text
-    if not host or host.startswith("-") or any(c.isspace() for c in host) \
-            or (user is not None and (not user or user.startswith("-"))):
-        raise AutoservUsageError(f"machine {spec!r} is not [user@]host[:port]")
-    if port is not None:
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise AutoservUsageError(f"machine {spec!r}: port {port!r} is not 1-65535")
-        port = int(port)
-    return user, host, port
 
 
 # The persistent agent (SSHHost(persistent=True)), run on the target as
@@ -3341,6 +2618,135 @@ _AGENT_PY = textwrap.dedent(r'''
 ''')
 
 
+# The remote wrapper: ssh runs `exec sh -c WRAPPER autoserv TOKEN N COMMAND
+# RUN_ID` under the login shell; POSIX sh (dash, bash, busybox ash).
+#  TOKEN    fresh random hex per command: marks its markers and ends its stdin.
+#  N        stdin's length.  When N > 0 autoserv sends N bytes then TOKEN (the
+#           trailer); all N + len(TOKEN) bytes, trailer intact, are staged in an
+#           unlinked temp file, or nothing runs (status 125): a link cut
+#           mid-stdin never runs the command on part of its input.
+#  stdin    then stays open for the command's whole life; its EOF (autoserv
+#           closes it on timeout, or the link drops) makes a watcher job tell
+#           the wrapper (USR1) to kill the command's process group: TERM,
+#           CONT, then KILL after 2 s.
+#  stderr   markers, taken out by _MarkerFilter: "\036TOKEN s PGID" once the
+#           command runs (own session, login shell), "\036TOKEN e STATUS" once
+#           it ended, so a remote 'exit 255' is not a transport failure.
+# SIGPIPE is ignored once the command runs (the command itself keeps the
+# default): a marker written to a dead channel fails quietly instead of
+# killing the wrapper before its kill loop.  The kill comes first, the report
+# after.  The loop looks at the USR1 flag before it waits, so a USR1 that came
+# early (the link already gone) is not lost.
+_WRAPPER_SH = r"""
+    exec 3<&0 5</dev/null
+    t=$1 n=$2 c=$3 AUTOSERV_RUN_ID=$4
+    export AUTOSERV_RUN_ID
+    k=
+    trap 'k=1' USR1
+    s=
+    command -v setsid >/dev/null 2>&1 && s=setsid
+    if [ "$n" -gt 0 ]; then
+        # N bytes and the trailer, exactly, then the trailer cut off again.
+        m=$((n + ${#t}))
+        i=$(umask 077; mktemp /tmp/autoserv-in-XXXXXX) &&
+            head -c "$m" <&3 >"$i" &&
+            [ $(wc -c <"$i") -eq "$m" ] &&
+            [ "$(tail -c ${#t} "$i")" = "$t" ] &&
+            dd if=/dev/null of="$i" bs=1 seek="$n" 2>/dev/null &&
+            exec 5<"$i"
+        r=$?
+        rm -f ${i:+"$i"}
+        if [ $r != 0 ]; then
+            echo 'autoserv: stdin did not arrive whole on the target; nothing ran' >&2
+            printf '\036%s e 125\n' "$t" >&2
+            exit 125
+        fi
+    fi
+    $s "${SHELL:-/bin/sh}" -c "$c" <&5 3<&- 5<&- &
+    p=$!
+    exec 5<&-
+    trap '' PIPE
+    { while read -r _; do :; done; kill -USR1 $$; } <&3 >/dev/null 2>&1 &
+    w=$!
+    exec 3<&-
+    printf '\036%s s %s\n' "$t" "$p" >&2
+    r=
+    while :; do
+        # wait returns early on USR1 (k set): kill the group, then wait again.
+        [ -z "$k" ] && { wait "$p"; r=$?; }
+        [ -z "$k" ] && break
+        k=
+        kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null
+        kill -CONT -$p 2>/dev/null
+        (sleep 2; kill -KILL -$p || kill -KILL $p) >/dev/null 2>&1 &
+    done
+    kill $w 2>/dev/null
+    printf '\036%s e %s\n' "$t" "$r" >&2
+    exit "$r"
+"""
+_WRAPPER = _sh_one_line(_WRAPPER_SH)
+
+
+# QMP client run on the hypervisor (python3): argv = socket, JSON commands.
+# Indented so that its functions are not read as autoserv's; dedented at import.
+_QMP_PY = textwrap.dedent(r'''
+    import json, socket, sys
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(float(sys.argv[2]))
+    s.connect(sys.argv[1])
+    f = s.makefile("rwb")
+    def answer():
+        while True:
+            line = f.readline()
+            if not line:
+                raise SystemExit("qmp: connection closed")
+            msg = json.loads(line)
+            if "return" in msg or "error" in msg:
+                return msg
+    json.loads(f.readline())
+    for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
+        f.write(cmd.encode() + b"\n"); f.flush()
+        msg = answer()
+        if n:
+            print(json.dumps(msg)); sys.stdout.flush()
+    ''')
+
+
+# SSH transport: options, the master, errors, the agent's client ###############
+
+# Settings (set_ssh_defaults) and the control dir, the agent's frames and
+# _AgentExecution, ssh's error lines; then the collaborators SSHHost
+# composes: _SSHLink (options, ControlMaster, error classification, a
+# command as its own session) and _SSHAgent (the agent's client).  The
+# programs they start on the target are under "Remote programs"; the third
+# collaborator, _SSHTransfer, under "File transfer over SSH".
+
+def set_ssh_defaults(**kwargs):
+    """Defaults for every SSHHost made after this (the CLI sets them)."""
+    for key, value in kwargs.items():
+        if key not in _SSH_DEFAULTS:
+            raise AutoservUsageError(f"unknown ssh default {key!r}")
+        _SSH_DEFAULTS[key] = value
+
+
+def _ctrl_dir():
+    """A private 0700 dir with a short path for control sockets and per-job
+    known_hosts files (a socket path has about 90 usable bytes)."""
+    if _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"]):
+        base = tempfile.gettempdir()
+        if len(base) > 40 or not os.access(base, os.W_OK):
+            base = "/tmp"
+        _CTRL["dir"] = tempfile.mkdtemp(prefix="as-", dir=base)
+        _CTRL["pid"] = os.getpid()
+    return _CTRL["dir"]
+
+
+def _remove_ctrl_dir():
+    if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
+        shutil.rmtree(_CTRL["dir"], ignore_errors=True)
+        _CTRL["dir"] = None
+
+
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
 # The longest body of each kind the agent may send (it sends output in 64 KiB
 # pieces), and the longest request and stdin piece it takes (its MAX_BODY).
@@ -3526,75 +2932,6 @@ class _AgentExecution(_Execution):
             c.close()
         self.returncode = self.status
 
-
-# The remote wrapper: ssh runs `exec sh -c WRAPPER autoserv TOKEN N COMMAND
-# RUN_ID` under the login shell; POSIX sh (dash, bash, busybox ash).
-#  TOKEN    fresh random hex per command: marks its markers and ends its stdin.
-#  N        stdin's length.  When N > 0 autoserv sends N bytes then TOKEN (the
-#           trailer); all N + len(TOKEN) bytes, trailer intact, are staged in an
-#           unlinked temp file, or nothing runs (status 125): a link cut
-#           mid-stdin never runs the command on part of its input.
-#  stdin    then stays open for the command's whole life; its EOF (autoserv
-#           closes it on timeout, or the link drops) makes a watcher job tell
-#           the wrapper (USR1) to kill the command's process group: TERM,
-#           CONT, then KILL after 2 s.
-#  stderr   markers, taken out by _MarkerFilter: "\036TOKEN s PGID" once the
-#           command runs (own session, login shell), "\036TOKEN e STATUS" once
-#           it ended, so a remote 'exit 255' is not a transport failure.
-# SIGPIPE is ignored once the command runs (the command itself keeps the
-# default): a marker written to a dead channel fails quietly instead of
-# killing the wrapper before its kill loop.  The kill comes first, the report
-# after.  The loop looks at the USR1 flag before it waits, so a USR1 that came
-# early (the link already gone) is not lost.
-_WRAPPER_SH = r"""
-    exec 3<&0 5</dev/null
-    t=$1 n=$2 c=$3 AUTOSERV_RUN_ID=$4
-    export AUTOSERV_RUN_ID
-    k=
-    trap 'k=1' USR1
-    s=
-    command -v setsid >/dev/null 2>&1 && s=setsid
-    if [ "$n" -gt 0 ]; then
-        # N bytes and the trailer, exactly, then the trailer cut off again.
-        m=$((n + ${#t}))
-        i=$(umask 077; mktemp /tmp/autoserv-in-XXXXXX) &&
-            head -c "$m" <&3 >"$i" &&
-            [ $(wc -c <"$i") -eq "$m" ] &&
-            [ "$(tail -c ${#t} "$i")" = "$t" ] &&
-            dd if=/dev/null of="$i" bs=1 seek="$n" 2>/dev/null &&
-            exec 5<"$i"
-        r=$?
-        rm -f ${i:+"$i"}
-        if [ $r != 0 ]; then
-            echo 'autoserv: stdin did not arrive whole on the target; nothing ran' >&2
-            printf '\036%s e 125\n' "$t" >&2
-            exit 125
-        fi
-    fi
-    $s "${SHELL:-/bin/sh}" -c "$c" <&5 3<&- 5<&- &
-    p=$!
-    exec 5<&-
-    trap '' PIPE
-    { while read -r _; do :; done; kill -USR1 $$; } <&3 >/dev/null 2>&1 &
-    w=$!
-    exec 3<&-
-    printf '\036%s s %s\n' "$t" "$p" >&2
-    r=
-    while :; do
-        # wait returns early on USR1 (k set): kill the group, then wait again.
-        [ -z "$k" ] && { wait "$p"; r=$?; }
-        [ -z "$k" ] && break
-        k=
-        kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null
-        kill -CONT -$p 2>/dev/null
-        (sleep 2; kill -KILL -$p || kill -KILL $p) >/dev/null 2>&1 &
-    done
-    kill $w 2>/dev/null
-    printf '\036%s e %s\n' "$t" "$r" >&2
-    exit "$r"
-"""
-_WRAPPER = _sh_one_line(_WRAPPER_SH)
-
 # What a session's ssh says when its master is not there to carry it: with a
 # ControlPath, OpenSSH falls back to a direct connection of its own when the
 # master cannot be reached, or when it dies during the session request (after
@@ -3674,35 +3011,6 @@ def _end_agent_process(proc):
         proc.wait(KILL_GRACE + 3)
     except _subprocess().TimeoutExpired:
         _terminate(proc, 5.0, kill_wait=5.0)
-
-
-class _Via:
-    """A class attribute that reads and writes an attribute of one of the
-    instance's collaborators: SSHHost's hostname, user, port... live in its
-    _SSHLink, and host.user = "root" must still reach the ssh command line.
-    Before the collaborator exists (a subclass's __init__ before SSHHost's)
-    the value is `before`, or an AttributeError as for any unset attribute."""
-
-    _UNSET = object()
-
-    def __init__(self, part, name=None, before=_UNSET):
-        self.part, self.name, self.before = part, name, before
-
-    def __set_name__(self, owner, name):
-        self.name = self.name or name       # the collaborator's name for it, if given
-
-    def __get__(self, obj, cls=None):
-        if obj is None:
-            return self
-        part = obj.__dict__.get(self.part)
-        if part is None:
-            if self.before is _Via._UNSET:
-                raise AttributeError(self.name)
-            return self.before
-        return getattr(part, self.name)
-
-    def __set__(self, obj, value):
-        setattr(getattr(obj, self.part), self.name, value)
 
 
 class _SSHLink:
@@ -4181,6 +3489,994 @@ class _SSHAgent:
         return None
 
 
+# File transfer: placement, local copies, shared pieces ########################
+
+# Every backend stages into a temp dir beside the destination and renames
+# into place, so an interrupted file never replaces the old one; a
+# destination dir that does not exist yet is the staging dir renamed, in one
+# step, with the mode mkdir would have given it.  Placement
+# follows rsync: a file onto a missing path becomes that path; a directory
+# (no trailing slash) goes inside dest; "dir/" means its contents; several
+# sources, a trailing slash on dest or an existing dest dir mean "into".
+
+def _sources(source):
+    if isinstance(source, (str, bytes, os.PathLike)):
+        source = [source]
+    out = [os.fsdecode(s) for s in source]
+    if not out:
+        raise AutoservUsageError("no source files given")
+    return out
+
+
+def _mode_for(sources, contents_flags, dir_flags):
+    """auto: a single file, placed as dest or inside an existing dest dir;
+    into: dest is a directory (made if missing); contents: "dir/" -> dest."""
+    if len(sources) == 1 and contents_flags[0]:
+        return "contents"
+    if len(sources) > 1 or dir_flags[0]:
+        return "into"
+    return "auto"
+
+
+def _transfer_error(host, what, paths, text, rc):
+    low = text.lower()
+    reasons = [("no space left", "no space left on the device"),
+               ("disk quota", "disk quota exceeded"),
+               ("permission denied", "permission denied"),
+               ("read-only file system", "read-only file system"),
+               ("no such file", "no such file or directory"),
+               ("not a directory", "not a directory"),
+               ("is a directory", "a directory is in the way")]
+    reason = next((r for key, r in reasons if key in low), f"exit status {rc}")
+    detail = "; ".join(l.strip() for l in text.strip().splitlines()[-4:])
+    names = ", ".join(repr(p) for p in paths)
+    return AutoservFileTransferError(
+        f"{host}: {what} {names} failed: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def _err_tail(f, limit=1 << 16):
+    """The last `limit` bytes of a transfer's stderr file, decoded: a target
+    may write any amount there."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - limit))
+    return _decode(f.read(limit))
+
+
+def _check_local_sources(sources, host):
+    for s in sources:
+        if not os.path.lexists(s.rstrip("/") or "/"):
+            raise AutoservFileTransferError(
+                f"{host}: send_file: local source {s!r} does not exist")
+
+
+_KINDS = {0o010000: "a FIFO", 0o020000: "a character device", 0o060000: "a block device",
+          0o140000: "a socket"}
+
+
+def _fix_tree(root, preserve_symlinks, what):
+    """Refuses what a target must not be able to do to us: anything but
+    regular files, dirs and symlinks; symlinks when they were not asked for,
+    and symlinks that point out of the fetched tree.  Strips setuid/setgid
+    and makes everything the controller user's own."""
+    import stat
+    root_real = os.path.realpath(root)
+    uid, gid = os.geteuid(), os.getegid()
+    def unreadable(error):      # a dir it cannot list is never passed over unseen
+        raise AutoservFileTransferError(f"{what}: cannot check {error.filename!r}: "
+                                        f"{error.strerror}")
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+                    or stat.S_ISLNK(st.st_mode)):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file, dir or symlink")
+                raise AutoservFileTransferError(
+                    f"{what}: refusing {os.path.relpath(path, root)!r}: it is {kind}")
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.lchown(path, uid, gid)
+            if not os.path.islink(path):
+                if st.st_mode & 0o6000:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o6000)
+                continue
+            target = os.path.realpath(path)
+            inside = target == root_real or target.startswith(root_real + os.sep)
+            if not preserve_symlinks or not inside:
+                raise AutoservFileTransferError(
+                    f"{what}: refusing symlink {os.path.relpath(path, root)!r} -> "
+                    f"{os.readlink(path)!r}: it points out of the fetched tree")
+
+
+# What the job writes in its results dir and in each host's or task's dir
+# there: a transfer may add files beside the ones there, never replace them.
+_JOB_NAMES = ("status.log", "summary.json", "keyval", "control.srv", "junit.xml",
+              "debug", "console.log")
+
+
+def _job_dirs():
+    """The dirs whose _JOB_NAMES are the job's own: the results dir, the
+    running task's dir and each host's dir in it."""
+    if _JOB is None:
+        return set()
+    root = _JOB.resultdir
+    dirs = {root, os.path.dirname(_JOB.status.path)}
+    dirs |= {os.path.join(root, _safe_name(h.hostname)) for h in _JOB.hosts if h.hostname}
+    return {os.path.realpath(d) for d in dirs}
+
+
+def _refuse_job_names(dest_dir, names):
+    """A transfer that would replace, merge into or delete one of the job's
+    own files (those of _JOB_NAMES that are there)."""
+    if os.path.realpath(dest_dir) in _job_dirs():
+        for name in sorted(set(names) & set(_JOB_NAMES)):
+            if not os.path.lexists(os.path.join(dest_dir, name)):
+                continue
+            raise AutoservFileTransferError(
+                f"refusing to replace the job's own {os.path.join(dest_dir, name)}: "
+                "fetch into a subdir of the results dir")
+
+
+def _place_local(staging, dest, mode, delete):
+    """Moves staged entries into place, the same way _PLACE_SH does remotely."""
+    if dest.endswith("/") and mode == "auto":
+        mode = "into"
+    dest = dest.rstrip("/") or "/"
+    if mode == "auto":
+        mode = "into" if os.path.isdir(dest) else "as"
+    entries = os.listdir(staging)
+    if mode == "as":
+        _refuse_job_names(os.path.dirname(os.path.abspath(dest)), [os.path.basename(dest)])
+    else:
+        _refuse_job_names(dest, entries + (os.listdir(dest) if delete and mode == "contents"
+                                           and os.path.isdir(dest) else []))
+        os.makedirs(dest, exist_ok=True)
+    if not delete:
+        for name in entries:
+            _check_in_the_way(os.path.join(staging, name),
+                              dest if mode == "as" else os.path.join(dest, name))
+    if delete and mode == "contents":
+        # The staging dir may live in dest (see _staging_parent): never removed here.
+        ours = os.path.basename(staging)
+        for name in os.listdir(dest):
+            if name not in entries and name != ours:
+                _remove_any(os.path.join(dest, name))
+    for name in entries:
+        src = os.path.join(staging, name)
+        target = dest if mode == "as" else os.path.join(dest, name)
+        if delete:
+            _remove_any(target)
+        if _real_dir(src) and _real_dir(target):
+            _merge_dirs(src, target)
+        else:
+            if _real_dir(target):
+                raise AutoservFileTransferError(f"{target}: a directory is in the way")
+            if os.path.islink(target):      # replaced, never followed
+                os.unlink(target)
+            os.replace(src, target)
+
+
+def _check_in_the_way(src, target):
+    """Before anything moves: a file where src has a dir, or a dir where it
+    has a file, stops the whole placement (links in the way are replaced)."""
+    if not _real_dir(src):
+        if _real_dir(target):
+            raise AutoservFileTransferError(f"{target}: a directory is in the way")
+        return
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out = target if rel == "." else os.path.join(target, rel)
+        if _real_dir(dirpath) and os.path.lexists(out) and not os.path.islink(out) \
+                and not os.path.isdir(out):
+            raise AutoservFileTransferError(f"{out}: a file is in the way")
+        for name in filenames + [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]:
+            if _real_dir(os.path.join(out, name)):
+                raise AutoservFileTransferError(
+                    f"{os.path.join(out, name)}: a directory is in the way")
+
+
+def _real_dir(path):
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def _remove_any(path):
+    if _real_dir(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _merge_dirs(src, dest):
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out = os.path.normpath(os.path.join(dest, rel))
+        for name in list(dirnames):
+            s, t = os.path.join(dirpath, name), os.path.join(out, name)
+            if os.path.islink(t):           # replaced, never followed
+                os.unlink(t)
+            if os.path.islink(s) or not _real_dir(t):
+                if os.path.lexists(t) and not os.path.islink(s):
+                    raise AutoservFileTransferError(f"{t}: a file is in the way")
+                os.replace(s, t)
+                dirnames.remove(name)
+        for name in filenames:
+            t = os.path.join(out, name)
+            if _real_dir(t):
+                raise AutoservFileTransferError(f"{t}: a directory is in the way")
+            os.replace(os.path.join(dirpath, name), t)
+
+
+def _refuse_dir_link(dest, mode, label):
+    """The local side of _PLACE_SH's rule: a symlink at dest that leads to a
+    dir is refused, never written through."""
+    base = dest.rstrip("/") or "/"
+    if os.path.islink(base) and (mode != "auto" or dest.endswith("/")
+                                 or os.path.isdir(base)):
+        raise AutoservFileTransferError(
+            f"{label}: refusing to write through the symlink {base} -> {os.readlink(base)}")
+
+
+def _drop_new_dir(path, existed):
+    """After a failed placement: the dest dir _staging_parent made, if empty."""
+    if not existed:
+        try:
+            os.rmdir(path.rstrip("/") or "/")
+        except OSError:
+            pass
+
+
+def _staging_parent(dest, mode):
+    base = dest.rstrip("/") or "/"
+    if mode in ("into", "contents") or dest.endswith("/") or os.path.isdir(base):
+        os.makedirs(base, exist_ok=True)
+        return base
+    parent = os.path.dirname(os.path.abspath(base))
+    if not os.path.isdir(parent):
+        raise AutoservFileTransferError(f"{dest}: its directory {parent} does not exist")
+    return parent
+
+
+def _copy_until(deadline, timeout, label, preserve_perm):
+    """A shutil copy function that stops at deadline (AutoservTimeoutError):
+    the data in 1 MiB pieces, then the metadata when preserve_perm."""
+    import stat
+
+    def copy(src, dst):
+        if deadline is None:
+            return (shutil.copy2 if preserve_perm else shutil.copyfile)(src, dst)
+        if stat.S_ISFIFO(os.stat(src).st_mode):
+            raise shutil.SpecialFileError(f"`{src}` is a named pipe")
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            while True:
+                if _remaining(deadline) <= 0:
+                    raise AutoservTimeoutError(f"{label}: transfer timed out after "
+                                               f"{timeout} s")
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+        if preserve_perm:
+            shutil.copystat(src, dst)
+        return dst
+    return copy
+
+
+def _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks, label,
+                timeout=None):
+    sources = _sources(source)
+    deadline = _monotonic_deadline(timeout)
+    contents = [s.endswith("/") and len(s) > 1 for s in sources]
+    for s in sources:
+        if not os.path.lexists(s.rstrip("/") or "/"):
+            raise AutoservFileTransferError(f"{label}: source {s!r} does not exist")
+    mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+    _refuse_dir_link(dest, mode, label)
+    existed = os.path.lexists(dest.rstrip("/") or "/")
+    staging = tempfile.mkdtemp(prefix=".autoserv-", dir=_staging_parent(dest, mode))
+    placed = False
+    try:
+        copy = _copy_until(deadline, timeout, label, preserve_perm)
+        for src, is_contents in zip(sources, contents):
+            path = src.rstrip("/") or "/"
+            items = [(os.path.join(path, n), os.path.join(staging, n))
+                     for n in os.listdir(path)] if is_contents else \
+                [(path, os.path.join(staging, os.path.basename(path)))]
+            for s, t in items:
+                if os.path.isdir(s) and not (preserve_symlinks and os.path.islink(s)):
+                    shutil.copytree(s, t, symlinks=preserve_symlinks, copy_function=copy)
+                elif os.path.islink(s) and preserve_symlinks:
+                    os.symlink(os.readlink(s), t)
+                else:
+                    copy(s, t)
+        _place_local(staging, dest, mode, delete_dest)
+        placed = True
+    except OSError as e:
+        raise AutoservFileTransferError(f"{label}: copying {sources} to {dest!r} failed: {e}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not placed:
+            _drop_new_dir(dest, existed)
+
+
+def _staging_candidates(dest, name):
+    """The two dirs _PLACE_SH's prep step may make for dest: beside it (dest
+    becomes that path) or inside it (dest is a dir)."""
+    d = dest if dest == "/" else (dest.rstrip("/") or ".")
+    base = ".autoserv-" + name
+    return [posixpath.join(d, base), posixpath.join(posixpath.dirname(d) or ".", base)]
+
+
+def _raw_place_command(dest, mode, delete, step, staging=""):
+    return "sh -c " + " ".join(shlex.quote(w) for w in (
+        _PLACE_SH, "autoserv", dest, mode, "1" if delete else "0", step, staging, "1"))
+
+
+def _local_arg(path):
+    """A local path as scp/rsync must get it: never read as an option (a
+    leading "-") or as host:path (a ":" before any "/")."""
+    return path if path.startswith("/") else "./" + path
+
+
+def _expand_contents(sources, contents):
+    items = []
+    for s, c in zip(sources, contents):
+        if c:
+            path = s.rstrip("/")
+            items += [os.path.join(path, n) for n in sorted(os.listdir(path))]
+        else:
+            items.append(s.rstrip("/") or "/")
+    return items
+
+
+# File transfer over SSH: pipelines and backends ###############################
+
+def _pipeline(first, second, timeout, label, tar_end=None):
+    """first | second with stderr of each in a temp file; one deadline; both
+    process groups killed on timeout or interrupt.  Returns (rc1, rc2, err1, err2).
+    With tar_end (a list), the bytes pass through here and tar_end gets
+    whether the stream ended with a tar end-of-archive."""
+    errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    try:
+        deadline = _monotonic_deadline(timeout)
+        p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
+        try:
+            p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
+                        stdout=DEVNULL, stderr=errs[1])
+        except BaseException:
+            _killpg(p1.pid, signal.SIGKILL)
+            p1.wait()
+            p1.stdout.close()
+            raise
+        if tar_end is not None:
+            try:
+                tar_end.append(_relay_tar(p1.stdout, p2.stdin, deadline, label))
+            except BaseException:
+                for p in (p1, p2):
+                    _killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                p1.stdout.close()
+                raise
+        p1.stdout.close()
+        _wait_all([p1, p2], timeout, label, deadline)
+        return p1.returncode, p2.returncode, _err_tail(errs[0]), _err_tail(errs[1])
+    finally:
+        for f in errs:
+            f.close()
+
+
+class _TarScan:
+    """Follows the headers of a tar stream on its way to the local tar, so
+    that what a target sends is judged before anything is made: devices,
+    FIFOs and other odd members are refused by name, setuid/setgid bits are
+    cleared in the header (checksum redone), and a damaged header, which
+    tar would skip over to resynchronise, is refused too."""
+
+    KEEP = {b"0": "", b"\0": "", b"7": "", b"1": "", b"2": "", b"5": ""}
+    META = (b"L", b"K", b"x", b"g")     # long names, pax records: their data is read
+    KINDS = {b"3": "a character device", b"4": "a block device", b"6": "a FIFO"}
+
+    def __init__(self, what):
+        self.what = what
+        self.header = b""
+        self.skip = 0                   # data bytes (with padding) still to pass
+        self.meta = None                # (type, bytes so far, size) while reading one
+        self.name = None                # from an L record or a pax path
+        self.size = None                # from a pax size
+
+    def feed(self, data):
+        """The bytes to pass on (headers are held until whole)."""
+        out = bytearray()
+        while data:
+            if self.skip:
+                n = min(self.skip, len(data))
+                if self.meta is not None:
+                    kind, got, size = self.meta
+                    self.meta = (kind, got + data[:n], size)
+                out += data[:n]
+                data, self.skip = data[n:], self.skip - n
+                if not self.skip and self.meta is not None:
+                    try:
+                        self._read_meta(*self.meta)
+                    except (ValueError, IndexError):
+                        self._refuse("a damaged pax header")
+                    self.meta = None
+                continue
+            need = 512 - len(self.header)
+            self.header, data = self.header + data[:need], data[need:]
+            if len(self.header) == 512:
+                out += self._judge(bytearray(self.header))
+                self.header = b""
+        return bytes(out)
+
+    @staticmethod
+    def _number(field):
+        """A numeric header field as GNU tar reads it; anything else (signs,
+        underscores, inner spaces, a negative base-256) is ValueError, never a
+        number tar would read differently."""
+        if field[0] == 0x80:                                  # base-256, positive
+            return int.from_bytes(field[1:], "big")
+        if field[0] & 0x80:
+            raise ValueError("negative base-256 number")
+        text = field.split(b"\0", 1)[0].strip(b" ")
+        if not re.fullmatch(rb"[0-7]*", text):
+            raise ValueError(f"not octal: {text!r}")
+        return int(text, 8) if text else 0
+
+    def _refuse(self, why):
+        raise AutoservFileTransferError(f"{self.what}: refusing {why}")
+
+    def _judge(self, h):
+        if not any(h):
+            return h                                           # end-of-archive blocks
+        try:
+            stored, size, mode = (self._number(h[148:156]), self._number(h[124:136]),
+                                  self._number(h[100:108]))
+        except ValueError:
+            self._refuse("a damaged tar header")
+        if stored != sum(h[:148]) + 8 * 32 + sum(h[156:]):
+            self._refuse("a damaged tar header (bad checksum)")
+        kind = bytes(h[156:157])
+        if self.size is not None:
+            size = self.size
+        name = self.name
+        if name is None:
+            prefix = bytes(h[345:500]).split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
+            base = bytes(h[:100]).split(b"\0", 1)[0]
+            name = os.fsdecode(prefix + b"/" + base if prefix else base)
+        if kind in self.META:
+            if size > 1 << 20:
+                self._refuse(f"a {size}-byte tar header record")
+            self.meta = (kind, b"", size)
+        elif kind in self.KEEP:
+            if size and kind in (b"1", b"2", b"5"):
+                self._refuse(f"{name!r}: a link or dir header that claims data")
+            self.name = self.size = None
+            if mode & 0o6000:                                  # setuid/setgid: cleared
+                h[100:108] = b"%07o\0" % (mode & ~0o6000 & 0o7777)
+                h[148:156] = b"%06o\0 " % (sum(h[:148]) + 8 * 32 + sum(h[156:]))
+        else:
+            self._refuse(f"{name!r}: it is " + self.KINDS.get(
+                kind, f"a tar member of type {kind!r}, not a file, dir or symlink"))
+        self.skip = (size + 511) // 512 * 512 if kind not in (b"1", b"2", b"5") else 0
+        return h
+
+    def _read_meta(self, kind, data, size):
+        data = data[:size]
+        if kind == b"L":
+            self.name = os.fsdecode(data.split(b"\0", 1)[0])
+        elif kind in (b"x", b"g"):                 # "len key=value\n" records
+            while data:
+                head = data.split(b" ", 1)[0]
+                if not re.fullmatch(rb"[0-9]{1,7}", head):
+                    raise ValueError("bad pax record length")
+                length = int(head)
+                key, _, value = data[:length].split(b" ", 1)[1].partition(b"=")
+                if kind == b"g" and key in (b"size", b"path", b"linkpath", b"uid",
+                                            b"gid", b"mode"):
+                    # A global record would change how every later header
+                    # reads; tar obeys it, so the scan would be judging
+                    # other members than tar makes.
+                    self._refuse(f"a global pax header that sets {key.decode()!r}")
+                if kind == b"x" and key == b"path":
+                    self.name = os.fsdecode(value[:-1])
+                elif kind == b"x" and key == b"size":
+                    if not re.fullmatch(rb"[0-9]+\n", value):
+                        raise ValueError("bad pax size")
+                    self.size = int(value)
+                data = data[length:]
+
+
+def _relay_tar(src, dest, deadline, what="get_file"):
+    """Copies a tar stream from src to dest (closed at the end) in bounded
+    blocks until EOF or the deadline, through _TarScan; True when it ended
+    with tar's end-of-archive (two zero blocks): EOF at a member boundary,
+    from a dropped link or a sender that stopped early, looks whole to tar."""
+    import selectors
+    zeros = bytes(1024)
+    tail, total = b"", 0
+    scan = _TarScan(what)
+    with selectors.DefaultSelector() as sel:
+        sel.register(src, selectors.EVENT_READ)
+        try:
+            while True:
+                wait = _remaining(deadline)
+                if wait == 0 or not sel.select(wait):
+                    return False            # timed out: _wait_all says so
+                data = os.read(src.fileno(), 1 << 16)
+                if not data:
+                    break
+                total += len(data)
+                tail = (tail + data)[-1024:]
+                dest.write(scan.feed(data))
+        except BrokenPipeError:             # the reader failed: its error tells
+            return False
+        finally:
+            try:
+                dest.close()
+            except BrokenPipeError:
+                pass
+    return total % 512 == 0 and total >= 1024 and tail == zeros
+
+
+def _wait_all(procs, timeout, label, deadline=None):
+    """Waits for every process under one deadline (timeout's, unless given);
+    on timeout their groups get TERM then KILL and AutoservTimeoutError; on
+    interrupt, KILL."""
+    sp = _subprocess()
+    if deadline is None:
+        deadline = _monotonic_deadline(timeout)
+    try:
+        for p in procs:
+            p.wait(_remaining(deadline))
+    except sp.TimeoutExpired:
+        for p in procs:
+            _terminate(p, KILL_GRACE, kill_wait=None)
+        raise AutoservTimeoutError(f"{label}: transfer timed out after {timeout} s")
+    except BaseException:
+        for p in procs:
+            _killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        raise
+
+
+def _stream_file(path, argv, timeout, label):
+    """argv with path as its stdin, its stderr in a temp file, one deadline,
+    its group killed on timeout or interrupt.  Returns (rc, stderr text)."""
+    with open(path, "rb") as src, tempfile.TemporaryFile() as err:
+        proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
+        _wait_all([proc], timeout, label)
+        return proc.returncode, _err_tail(err)
+
+
+def _tar_member_args(sources, contents_flags):
+    """GNU tar arguments (-C dir ./name ...) that put each source at the top
+    of the archive (or, for "dir/", its contents)."""
+    args = []
+    for src, contents in zip(sources, contents_flags):
+        path = os.path.abspath(src.rstrip("/") or "/")
+        if contents:
+            args += ["-C", path, "."]
+        else:
+            args += ["-C", os.path.dirname(path) or "/", "./" + os.path.basename(path)]
+    return args
+
+
+class _SSHTransfer:
+    """send_file/get_file for an SSHHost, as a collaborator it holds (as
+    fabric's Connection hands transfers to a Transfer): the part every
+    backend shares (sources, placement mode, the local staging dir of
+    get_file, the log lines), the choice of backend (_TRANSFER_BACKENDS) and
+    what the backends ask of it.  Commands on the target go through
+    host.run(); add_tmp_dir(path) and forget_tmp_dirs(name) register and
+    unregister staging dirs with the host, whose close() removes what is
+    left."""
+
+    def __init__(self, host, link, add_tmp_dir, forget_tmp_dirs):
+        self.host = host
+        self.link = link
+        self.add_tmp_dir = add_tmp_dir
+        self.forget_tmp_dirs = forget_tmp_dirs
+        self.tools = None         # the tools the target has, asked once
+
+    @property
+    def hostname(self):
+        return self.link.hostname
+
+    def _remote_tools(self):
+        if self.tools is None:
+            out = self.host.run("for t in tar rsync; do command -v $t >/dev/null 2>&1 && "
+                                "echo $t; done; true", timeout=60).stdout.split()
+            self.tools = set(out)
+        return self.tools
+
+    def _pick_backend(self, backend, delete_dest):
+        if backend is not None:
+            if backend not in TRANSFER_BACKENDS:
+                raise AutoservUsageError(f"transfer backend {backend!r}: use one of "
+                                         + ", ".join(TRANSFER_BACKENDS))
+            return backend
+        tools = self._remote_tools()
+        if delete_dest and "rsync" in tools and shutil.which("rsync"):
+            return "rsync"
+        if "tar" in tools and shutil.which("tar"):
+            return "tar"
+        if "rsync" in tools and shutil.which("rsync"):
+            return "rsync"
+        return "scp"
+
+    def _backend(self, name):
+        backend = _TRANSFER_BACKENDS[name](self)
+        if not isinstance(backend, _TransferBackend):     # the seam: a table entry gone wrong
+            raise TypeError(f"transfer backend {name!r} is not a _TransferBackend")
+        return backend
+
+    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
+                  backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        _check_local_sources(sources, self.hostname)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        self._backend(backend).send(sources, contents, dest, mode, delete_dest,
+                                    preserve_symlinks, timeout)
+        LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
+
+    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
+                 preserve_symlinks=False, backend=None, timeout=None):
+        sources = _sources(source)
+        dest = os.fsdecode(dest)
+        contents = [s.endswith("/") and len(s) > 1 for s in sources]
+        dirs = [False] * len(sources)
+        if len(sources) == 1 and not contents[0]:
+            dirs = [self.host.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
+                                  timeout=60).exit_status == 0]
+        mode = _mode_for(sources, contents, dirs)
+        backend = self._pick_backend(backend, delete_dest)
+        LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
+        t0 = time.monotonic()
+        _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
+        existed = os.path.lexists(dest.rstrip("/") or "/")
+        staging = os.path.abspath(tempfile.mkdtemp(prefix=".autoserv-",
+                                                   dir=_staging_parent(dest, mode)))
+        placed = False
+        try:
+            self._backend(backend).fetch(sources, contents, staging, dest, preserve_perm,
+                                         preserve_symlinks, timeout)
+            _fix_tree(staging, preserve_symlinks, f"{self.hostname}: get_file")
+            _place_local(staging, dest, mode, delete_dest)
+            placed = True
+        except OSError as e:
+            raise AutoservFileTransferError(
+                f"{self.hostname}: get_file {sources} to {dest!r}: placing failed: {e}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not placed:
+                _drop_new_dir(dest, existed)
+        LOG.write(f"get_file done in {time.monotonic() - t0:.3f}s", self.hostname)
+
+    # for the backends
+    def ssh_argv(self):
+        """ssh's command line over the master, which is started first."""
+        self.link.ensure_master()
+        return self.link.argv()
+
+    def fail(self, what, paths, text, rc, dest=None):
+        """Raises what a failed transfer step means: ssh's 255 a transport
+        error, anything else an AutoservFileTransferError (with df's word on
+        the destination when dest is given and the text does not say)."""
+        if rc == 255:
+            raise self.link.transport_error(text, started=True, rc=rc)
+        if dest is not None and "no space" not in text.lower():
+            text += self._space_note(dest, paths)
+        raise _transfer_error(self.hostname, what, paths, text, rc)
+
+    def _space_note(self, dest, paths):
+        """tar says only "Wrote only N of M bytes" and SFTP only "failure" on a
+        full disk: ask the target's df about the destination's filesystem."""
+        need = 0
+        for p in paths:
+            for dirpath, _, files in os.walk(p) if os.path.isdir(p) else [("", [], [p])]:
+                for name in files:
+                    try:
+                        need += os.lstat(os.path.join(dirpath, name)).st_size
+                    except OSError:
+                        pass
+        probe = ('d=$1; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done; '
+                 'df -Pk -- "$d" | tail -n 1')
+        try:
+            out = self.host.run("sh -c " + shlex.quote(probe) + " autoserv " + shlex.quote(dest),
+                                timeout=30).stdout.split()
+            free = int(out[3]) * 1024
+        except (AutoservError, IndexError, ValueError):
+            return ""
+        if free < need or free < 65536:
+            return f"\nno space left on the device: {free} bytes free, {need} needed"
+        return ""
+
+    def run_local(self, argv, what, paths, timeout, dest=None):
+        """Runs a local transfer program (rsync, scp) to its end; its stdout.
+        Raises as fail() does; a closed connection is a transport error."""
+        LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
+        ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
+        ex.start()
+        ex.wait()
+        if ex.timed_out:
+            raise AutoservTimeoutError(f"{what} timed out",
+                                       ex.result(" ".join(argv), self.hostname))
+        if ex.returncode != 0:
+            text = _decode(ex.captures[2].value())
+            if ex.returncode == 255 or "connection unexpectedly closed" in text \
+                    or "Connection closed" in text:
+                raise self.link.transport_error(text, started=True, rc=ex.returncode)
+            if dest is not None and "no space" not in text.lower():
+                text += self._space_note(dest, paths)
+            raise _transfer_error(self.hostname, what, paths, text, ex.returncode)
+        return _decode(ex.captures[1].value())
+
+
+class _TransferBackend:
+    """One way to move files to and from an SSHHost, made per transfer for
+    its _SSHTransfer (self.t).  send() places sources (local) at dest on the
+    target; fetch() copies sources (on the target) into staging, a local
+    dir that get_file then places at dest.  contents[i]: sources[i] ended
+    in "/" (its contents, not itself); mode: as _mode_for() says.  Both
+    raise AutoservFileTransferError or a transport error."""
+
+    def __init__(self, transfer):
+        self.t = transfer
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        raise NotImplementedError
+
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        raise NotImplementedError
+
+    def remote_spec(self, path):
+        """host:path as scp and rsync take it ([v6addr]:path)."""
+        host = self.t.hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{path}"
+
+
+class _TarTransfer(_TransferBackend):
+    """tar through a raw ssh session (one regular file: the file itself,
+    as `ssh host 'cat > f'`); on the target, _PLACE_SH places the stream."""
+
+    def _raw_ssh(self, script, *args):
+        """ssh argv running an sh script directly (no wrapper): for streams
+        whose size is not known up front.  The script never exits 255."""
+        return self.t.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
+                                                       (script, "autoserv") + args)]
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        hostname = self.t.hostname
+        if len(sources) == 1 and not contents[0] and os.path.isfile(sources[0]) \
+                and not (preserve_symlinks and os.path.islink(sources[0])):
+            # One regular file: the file itself is ssh's stdin, as in
+            # `ssh host 'cat > f'`, staged and renamed like the rest.
+            st = os.stat(sources[0])
+            stamp = time.strftime("%Y%m%d%H%M.%S", time.gmtime(st.st_mtime))
+            remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0", "cat",
+                                   "", "1", os.path.basename(sources[0].rstrip("/")),
+                                   "%o" % (st.st_mode & 0o7777), stamp, str(st.st_size))
+            rc, err = _stream_file(sources[0], remote, timeout, hostname)
+            if rc != 0:
+                self.t.fail("send_file", sources, err, rc, dest)
+            return
+        # The last member is an empty file the target checks for: only a
+        # stream that reached it is placed.
+        marker = tempfile.mkdtemp(prefix="autoserv-")
+        name = ".autoserv-end-" + _random_name()
+        open(os.path.join(marker, name), "wb").close()
+        tar = ["tar", "-c", "-f", "-"] + ([] if preserve_symlinks else ["-h"]) \
+            + _tar_member_args(sources, contents) + ["-C", marker, "./" + name]
+        remote = self._raw_ssh(_PLACE_SH, dest, mode, "1" if delete_dest else "0",
+                               "tar", "", "1", name)
+        try:
+            rc1, rc2, e1, e2 = _pipeline(tar, remote, timeout, hostname)
+        finally:
+            shutil.rmtree(marker, ignore_errors=True)
+        if rc2 != 0:
+            self.t.fail("send_file", sources, e2 + e1, rc2, dest)
+        if rc1 != 0:
+            raise _transfer_error("localhost", "send_file: reading", sources, e1, rc1)
+
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        parts = []
+        for src, is_contents in zip(sources, contents):
+            path = src.rstrip("/") or "/"
+            where, name = (path, ".") if is_contents else \
+                (os.path.dirname(path) or "/", "./" + os.path.basename(path))
+            parts.append(f"cd {shlex.quote(where)} && tar -c{'' if preserve_symlinks else 'h'}f - "
+                         f"-- {shlex.quote(name)} || exit 1")
+        remote = self._raw_ssh("; ".join(parts))
+        local = ["tar", "-x", "-i", "-f", "-", "-C", staging, "--no-same-owner"]
+        local.append("-p" if preserve_perm else "--no-same-permissions")
+        ended = []
+        rc1, rc2, e1, e2 = _pipeline(remote, local, timeout, self.t.hostname, ended)
+        if rc1 != 0:
+            self.t.fail("get_file", sources, e1, rc1)
+        if rc2 != 0:
+            raise _transfer_error("localhost", "get_file: writing", [dest], e2, rc2)
+        if not ended[0]:
+            raise AutoservFileTransferError(
+                f"{self.t.hostname}: get_file {sources}: the tar stream ended early "
+                "(no end-of-archive): nothing placed")
+
+
+class _CopyProgramTransfer(_TransferBackend):
+    """A backend that is a local program copying host:path specs (rsync,
+    scp): fetch() is the same for both but for the program's argv."""
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        raise NotImplementedError
+
+    def fetch(self, sources, contents, staging, dest, preserve_perm, preserve_symlinks,
+              timeout):
+        items = [self.remote_spec(s.rstrip("/") + "/." if c else s.rstrip("/") or "/")
+                 for s, c in zip(sources, contents)]
+        argv = self.fetch_argv(preserve_perm, preserve_symlinks)
+        out = self.t.run_local(argv + items + [staging + "/"], "get_file", sources, timeout)
+        skipped = [l[len("skipping non-regular file "):] for l in out.splitlines()
+                   if l.startswith("skipping non-regular file ")]
+        if skipped:
+            raise AutoservFileTransferError(
+                f"{self.t.hostname}: get_file: refusing {', '.join(skipped)}: "
+                "not a regular file, dir or symlink")
+
+
+class _RsyncTransfer(_CopyProgramTransfer):
+    """rsync over the master (-e: ssh's command line)."""
+
+    def _ssh_command(self):
+        return " ".join(shlex.quote(a) for a in self.t.ssh_argv()[:-1])
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        # rsync would follow a symlinked dest dir: the same check first.
+        try:
+            self.t.host.run(_raw_place_command(dest, mode, delete_dest, "check"), timeout=60)
+        except AutoservRunError as e:
+            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1)
+        argv = ["rsync", "-rltD", "-p", "--protect-args", "-e", self._ssh_command()]
+        argv += ["-l"] if preserve_symlinks else ["-L"]
+        if delete_dest:
+            argv.append("--delete")
+        rsync_dest = dest if not (mode == "into" and not dest.endswith("/")) else dest + "/"
+        self.t.run_local(argv + [_local_arg(s) for s in sources]
+                         + [self.remote_spec(rsync_dest)], "send_file", sources, timeout, dest)
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        # No -D: rsync makes no device or FIFO here; it names each one it
+        # skips, and fetch() refuses those.
+        argv = ["rsync", "-rlt", "--info=skip1", "--chmod=ug-s",
+                "--protect-args", "-e", self._ssh_command()]
+        argv += ["-l"] if preserve_symlinks else ["-L"]
+        if preserve_perm:
+            argv.append("-p")
+        return argv
+
+
+class _ScpTransfer(_CopyProgramTransfer):
+    """scp, into a staging dir on the target that _PLACE_SH makes (prep)
+    and places (install)."""
+
+    def _options(self):
+        """ssh's options as scp takes them: scp's -l is a bandwidth limit and
+        its -p keeps times, so the user and port go as -o User= and -P.
+        (The master is not started for it: a ControlPath only if one is up.)"""
+        opts, out = self.t.link.argv()[1:-1], []
+        for flag, value in zip(opts[::2], opts[1::2]):
+            if flag == "-l":
+                out += ["-o", f"User={value}"]
+            elif flag == "-p":
+                out += ["-P", value]
+            else:
+                out += [flag, value]
+        return out
+
+    def _remove_staging(self, staging):
+        """Removes an scp staging dir (or the places it may be); when the link
+        is down (the very error being reported), it is left for close() and
+        never masks that error."""
+        paths = [staging] if isinstance(staging, str) else list(staging)
+        try:
+            self.t.host.run("rm -rf -- " + " ".join(shlex.quote(p) for p in paths),
+                            ignore_status=True, timeout=30, connect_timeout=5)
+        except AutoservError as e:
+            LOG.write(f"staging {paths} not removed yet ({e}); retried at close",
+                      self.t.hostname)
+            return
+        self.t.forget_tmp_dirs(os.path.basename(paths[0]))
+
+    def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
+        run = self.t.host.run
+        name = _random_name()
+        # Where prep may make it, registered before asking, so a reply
+        # lost with the link still leaves close() something to remove.
+        staging = _staging_candidates(dest, name)
+        for candidate in staging:
+            self.t.add_tmp_dir(candidate)
+        try:
+            staging = run(_raw_place_command(dest, mode, delete_dest, "prep", name),
+                          timeout=60).stdout.strip()
+            items = [_local_arg(i) for i in _expand_contents(sources, contents)]
+            argv = ["scp", "-r", "-p", "-q"] + self._options()
+            self.t.run_local(argv + items + [self.remote_spec(staging + "/")],
+                             "send_file", sources, timeout, dest)
+            run(_raw_place_command(dest, mode, delete_dest, "install", staging), timeout=300)
+        except AutoservRunError as e:
+            self.t.fail("send_file", sources, e.result.stderr if e.result else str(e), 1, dest)
+        finally:
+            self._remove_staging(staging)
+
+    def fetch_argv(self, preserve_perm, preserve_symlinks):
+        return ["scp", "-r", "-q"] + (["-p"] if preserve_perm else []) + self._options()
+
+
+# The backends by name (TRANSFER_BACKENDS, the names users pass as backend=).
+_TRANSFER_BACKENDS = {"tar": _TarTransfer, "rsync": _RsyncTransfer, "scp": _ScpTransfer}
+
+
+# SSHHost ######################################################################
+
+def parse_machine(spec):
+    """``[user@]host[:port]`` -> (user, host, port); raises on nonsense."""
+    text = str(spec).strip()
+    user = port = None
+    if "@" in text:
+        user, _, text = text.rpartition("@")
+    if text.startswith("["):                       # [v6addr]:port
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host = text
+    if not host or host.startswith("-") or any(c.isspace() for c in host) \
+            or (user is not None and (not user or user.startswith("-"))):
+        raise AutoservUsageError(f"machine {spec!r} is not [user@]host[:port]")
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise AutoservUsageError(f"machine {spec!r}: port {port!r} is not 1-65535")
+        port = int(port)
+    return user, host, port
+
+
+class _Via:
+    """A class attribute that reads and writes an attribute of one of the
+    instance's collaborators: SSHHost's hostname, user, port... live in its
+    _SSHLink, and host.user = "root" must still reach the ssh command line.
+    Before the collaborator exists (a subclass's __init__ before SSHHost's)
+    the value is `before`, or an AttributeError as for any unset attribute."""
+
+    _UNSET = object()
+
+    def __init__(self, part, name=None, before=_UNSET):
+        self.part, self.name, self.before = part, name, before
+
+    def __set_name__(self, owner, name):
+        self.name = self.name or name       # the collaborator's name for it, if given
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        part = obj.__dict__.get(self.part)
+        if part is None:
+            if self.before is _Via._UNSET:
+                raise AttributeError(self.name)
+            return self.before
+        return getattr(part, self.name)
+
+    def __set__(self, obj, value):
+        setattr(getattr(obj, self.part), self.name, value)
+
+
 class SSHHost(RemoteHost):
     """A machine reached with the system ssh (config, ProxyJump, aliases
     behave as in plain ssh), one ControlMaster per host and job.
@@ -4310,177 +4606,6 @@ class SSHHost(RemoteHost):
                 return False
             time.sleep(0.05 if banner is False else 0.5)
 
-    def wait_down(self, timeout=None, old_boot_id=None):
-        """True once the host stops answering or its boot id changes (a
-        reboot that completed between two probes).  The debug log says which."""
-        deadline = _monotonic_deadline(timeout)
-        while True:
-            left = _remaining(deadline)
-            step = 5 if left is None else max(1, min(5, left))
-            try:
-                boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
-                if old_boot_id and boot_id and boot_id != old_boot_id:
-                    LOG.write(f"down: boot id changed from {old_boot_id} to {boot_id} "
-                              "between two probes (it answered both)", self.hostname)
-                    return True
-            except AutoservError as e:
-                # One failed probe may be a blip (a master starting just as the
-                # last one ended): down only when a second probe agrees.
-                LOG.write(f"probe failed ({type(e).__name__}); probing again", self.hostname)
-                self._drop_connection()
-                time.sleep(0.2)
-                try:
-                    boot_id = self.get_boot_id(timeout=step, connect_timeout=step)
-                except AutoservError as e2:
-                    LOG.write(f"down: no answer ({type(e2).__name__})", self.hostname)
-                    return True
-                if old_boot_id and boot_id and boot_id != old_boot_id:
-                    LOG.write(f"down: boot id changed from {old_boot_id} to {boot_id} "
-                              "between two probes (it answered both)", self.hostname)
-                    return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(min(self.poll_interval, _remaining(deadline) or self.poll_interval))
-
-    # rebooting
-    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
-        """Reboots and verifies it: the boot id is read first, the reboot is
-        issued detached (its own connection dying is success), then the host
-        must go down (unreachable, or a new boot id) and come up with a new
-        boot id that stays the same for stable_for seconds.  If it stays down
-        past its phase timeout and a reset path exists, one hard reset.
-        label boots that entry once.  kernel_args are for the next boot only:
-        a copy of the entry that boots next (label, else a kernel installed
-        to boot next, else the default) with them added is booted once and
-        removed once the host is back, so the menu is as it was and a hard
-        reset boots without them.  (A host that is not waited for, or does
-        not come back, keeps the copy, never the default, until the next
-        reboot with kernel_args replaces it.)
-        status.log: reboot.start, reboot.verify GOOD or ABORT (with why);
-        a reboot recovered by the hard reset is a WARN (the job's exit status
-        does not change) and its END is WARN."""
-        expected = self._expect_kernel
-        once = self._boot_next(label, kernel_args)
-        self._reset_in_reboot = False
-        record = _JOB.record if _JOB is not None else (lambda *a, **k: None)
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        record("START", None, "reboot", f"{self.hostname}: reboot")
-        try:
-            old = self.get_boot_id(timeout=60)
-            command = reboot_cmd or ("reboot" if fastsync else "sync; reboot")
-            record("INFO", None, "reboot.start", f"{self.hostname}: {command} (boot id {old})")
-            self._issue_reboot(command)
-            if not wait:
-                record("END GOOD", None, "reboot", f"{self.hostname}: not waiting")
-                return
-            down_for = down_timeout or min(300.0, max(10.0, timeout / 4))
-            self._reboot_wait(old, deadline, down_for, record, stable_for=stable_for)
-        except BaseException as e:
-            record("ABORT", None, "reboot.verify", f"{self.hostname}: {e}")
-            record("END ABORT", None, "reboot")
-            raise
-        record("GOOD", None, "reboot.verify",
-               f"{self.hostname}: rebooted in {time.monotonic() - t0:.1f} s")
-        end = "END WARN" if self._reset_in_reboot else "END GOOD"
-        if once:
-            try:
-                self.bootloader.remove_kernel(once)
-            except AutoservBootloaderError as e:     # the copy is never the default
-                record("WARN", None, "reboot", f"{self.hostname}: {e}")
-                end = "END WARN"
-        if expected:
-            self._expect_kernel = None
-            self._verify_kernel(expected, record)
-        record(end, None, "reboot")
-
-    def _verify_kernel(self, expected, record):
-        """After a reboot that should have started an installed kernel: the
-        running release must be the installed one; else FAIL with the reason
-        (the host is up, on its default kernel) and AutoservKernelBootError."""
-        running = self.run("uname -r", timeout=60).stdout.strip()
-        if running == expected["version"]:
-            record("GOOD", None, "boot.kernel", f"{self.hostname}: running {running}")
-            return
-        why = (f"kernel {expected['version']} ({expected['title']}) did not come up"
-               + ("; one hard reset brought the host back" if self._reset_in_reboot else "")
-               + f"; running {running}")
-        record("FAIL", None, "boot.kernel", f"{self.hostname}: {why}")
-        record("END FAIL", None, "reboot")
-        raise AutoservKernelBootError(self.hostname, why)
-
-    def _issue_reboot(self, command):
-        # Detached from the session (no nohup: busybox builds may lack it).
-        detached = ("sh -c " + shlex.quote("trap '' HUP; " + command)
-                    + " </dev/null >/dev/null 2>&1 &")
-        try:
-            self.run(detached, timeout=30, connect_timeout=10)
-        except (AutoservSSHConnectionLost, AutoservTimeoutError) as e:
-            LOG.write(f"the reboot command's connection ended ({e}); that is success",
-                      self.hostname)
-        self._drop_connection()
-
-    def _reboot_wait(self, old, deadline, down_for, record, reset_done=False, stable_for=3.0):
-        went_down = self.wait_down(timeout=min(down_for, max(1, deadline - time.monotonic())),
-                                   old_boot_id=old)
-        if not went_down:
-            raise AutoservRebootError(self.hostname, "did not go down",
-                                      f"still up with boot id {old} after {down_for:.0f} s")
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.wait_up(timeout=left):
-                if reset_done or not self.can_hardreset():
-                    raise AutoservRebootError(self.hostname, "did not return",
-                                              "no answer within the reboot timeout"
-                                              + ("" if reset_done else "; no reset path"))
-                # Not the outcome yet: an ABORT here would outlive a reset
-                # that recovers the host (the except in reboot() says ABORT
-                # when it does not).
-                record("WARN", None, "reboot.verify",
-                       f"{self.hostname}: did not return; trying one hard reset")
-                self.hardreset(wait=False)
-                self._drop_connection()
-                reset_done = True
-                self._reset_in_reboot = True
-                # A machine's POST after a reset can take minutes (servers behind
-                # a BMC; a TCG guest under load): bounded, but not stingy.
-                deadline = time.monotonic() + max(POST_RESET_WAIT, down_for)
-                continue
-            new = self._stable_boot_id(old, deadline, stable_for)
-            if new is not None:
-                if reset_done:
-                    record("WARN", None, "reboot.verify",
-                           f"{self.hostname}: back after a hard reset")
-                return new
-
-    def _stable_boot_id(self, old, deadline, stable_for=3.0):
-        """The boot id once it differs from old and stays the same while the
-        host stays up for stable_for seconds (a machine that reboots twice
-        on its own is not done after the first); None if it went down again."""
-        try:
-            first = self.get_boot_id(timeout=30, connect_timeout=10)
-        except AutoservError:
-            return None
-        if first == old:
-            return None
-        LOG.write(f"up with boot id {first}; checking that it stays for {stable_for} s",
-                  self.hostname)
-        time.sleep(stable_for)
-        try:
-            again = self.get_boot_id(timeout=30, connect_timeout=10)
-        except AutoservError:
-            LOG.write(f"up with boot id {first}, then down again within {stable_for} s: "
-                      "not stable yet", self.hostname)
-            self._drop_connection()
-            return None
-        if again != first:
-            LOG.write(f"up with boot id {first}, then {again} within {stable_for} s: "
-                      "not stable yet", self.hostname)
-            return None
-        LOG.write(f"up with boot id {first}, stable for {stable_for} s", self.hostname)
-        return first
-
     def get_tmp_dir(self):
         """A new 0700 dir on the host, removed when the job ends."""
         path = self.run("umask 077; mktemp -d /tmp/autoserv-XXXXXX", timeout=60).stdout.strip()
@@ -4516,18 +4641,12 @@ class SSHHost(RemoteHost):
 
 
 # Parallel #####################################################################
+
 # Each task runs in its own forked process (explicit fork: control-file
 # functions and closures cannot be pickled, so spawn/forkserver and Pool are
 # out).  The parent starts no threads; it drains every child's result pipe and
 # output pipes in one selector loop, so results of any size come back without
 # the wait-then-read deadlock.
-
-def _safe_name(value):
-    name = str(value).replace("/", "_").replace("\0", "_").strip()
-    if name in ("", ".", ".."):
-        name = "_" + name
-    return name[:200]
-
 
 class subcommand:
     """One task: func(*args), optionally in its own results subdir.
@@ -4877,11 +4996,6 @@ def _pump(sel, wait):
             del key.data.fds[key.fd]
 
 
-def _last_line(text):
-    lines = [l for l in str(text).strip().splitlines() if l.strip()]
-    return lines[-1].strip() if lines else ""
-
-
 def _stop_tasks(running, sel, reason=None, grace=8.0):
     """TERM every running child (each then ends its ssh and remote commands),
     KILL what is left after the grace, reap them all: no zombies."""
@@ -4941,9 +5055,6 @@ def _drain_task(task, sel):
         del task.fds[fd]
 
 
-_PARALLEL = {"max": None}
-
-
 def parallel_simple(function, arglist, log=True, timeout=None, return_results=False):
     """function(arg) for every arg at once; with log, each in its own results
     subdir named after the argument (a host: its host name)."""
@@ -4966,7 +5077,416 @@ def parallel_simple(function, arglist, log=True, timeout=None, return_results=Fa
                     prefix_output=True)
 
 
-# Installables and KVM #########################################################
+# Power controllers and consoles ###############################################
+
+class PowerController:
+    """The power interface every controller has (module ``power``; a host
+    uses one through power=, host.power_on/off/cycle() and hardreset()).
+    A controller that cannot do one of these says so with
+    AutoservNotImplementedError naming itself, what it cannot do and why
+    (its `lacks` text); it never lacks the method."""
+
+    lacks = "this controller has no such operation"
+
+    def _cannot(self, what, why=None):
+        raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: "
+                                          f"{why or self.lacks}")
+
+    def on(self):
+        """Powers the machine on.  Raises AutoservHostError when the
+        controller fails, AutoservNotImplementedError when it cannot."""
+        self._cannot("power on")
+
+    def off(self):
+        """Powers the machine off (hard: no shutdown).  Raises as on()."""
+        self._cannot("power off")
+
+    def cycle(self):
+        """Off, then on again.  Raises as on()."""
+        self._cannot("power cycle")
+
+    def reset(self):
+        """A hard reset (what host.hardreset() uses); a power cycle unless
+        the controller has a reset of its own.  Raises as on()."""
+        return self.cycle()
+
+    def status(self):
+        """The power state, "on" or "off".  Raises as on()."""
+        self._cannot("report power status")
+
+
+class CommandPower(PowerController):
+    """A power controller made of local shell commands (on=, off=, cycle=,
+    status=: "on" when the status command exits 0, else "off")."""
+
+    _WHAT = {"on": "power on", "off": "power off", "cycle": "power cycle",
+             "status": "report power status"}
+
+    def __init__(self, on=None, off=None, cycle=None, timeout=120, status=None):
+        self.commands = {"on": on, "off": off, "cycle": cycle, "status": status}
+        self.timeout = timeout
+
+    def _do(self, what, ignore_status=False):
+        command = self.commands[what]
+        if command is None:
+            if what == "cycle" and self.commands["on"] and self.commands["off"]:
+                self._do("off")
+                return self._do("on")
+            self._cannot(self._WHAT[what], f"no {what}= command was given")
+        return LocalHost().run(command, timeout=self.timeout, ignore_status=ignore_status)
+
+    def on(self):
+        return self._do("on")
+
+    def off(self):
+        return self._do("off")
+
+    def cycle(self):
+        return self._do("cycle")
+
+    def status(self):
+        return "off" if self._do("status", ignore_status=True).exit_status else "on"
+
+
+def _conmux_client(client, target, stdout):
+    env = dict(os.environ)
+    env.setdefault("LOGNAME", env.get("USER") or "autoserv")   # conmux wants a user
+    return _popen([client, target], stdin=PIPE, stdout=stdout,
+                  stderr=_subprocess().STDOUT, env=env)
+
+
+def _end_client(proc):
+    """Ends a conmux client: it exits when its stdin closes; KILL after 5 s."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(5)
+    except _subprocess().TimeoutExpired:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _conmux_command(client, target, command, label, confirm=None, timeout=30):
+    """Sends ~$command through a conmux client and waits for conmux's
+    confirmation line (for hardreset: "... hard reset")."""
+    import selectors
+    confirm = confirm or command.replace("hard", "hard ").encode()
+    proc = _conmux_client(client, target, PIPE)
+    seen = b""
+    try:
+        proc.stdin.write(b"~$" + command.encode() + b"\n")
+        proc.stdin.flush()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            end = time.monotonic() + timeout
+            while confirm not in seen and time.monotonic() < end:
+                if sel.select(0.2):
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    seen += chunk
+    finally:
+        _end_client(proc)
+        proc.stdout.close()
+    if confirm not in seen:
+        raise AutoservHostError(label, f"conmux {command} was not confirmed",
+                                _decode(seen[-300:]).strip() or f"no answer from {target}")
+    LOG.write(f"conmux {command} on {target}", label)
+
+
+def _conmux_program(attach, who):
+    """The conmux client to run: attach, else conmux-console (Debian), else
+    console (upstream); AutoservUsageError naming who when there is none."""
+    client = attach or shutil.which("conmux-console") or shutil.which("console")
+    if not client or not (os.path.isfile(client) or shutil.which(client)):
+        raise AutoservUsageError(f"{who}: no conmux client (conmux-console or console): "
+                                 "install conmux")
+    return client
+
+
+class ConmuxConsole:
+    """A machine's console behind conmux, captured: with logfilename, a
+    client stays attached (stdin kept open: it exits on EOF) until close(),
+    appending everything the machine prints to that file, reboots and
+    panics included.  target: "host:port" or "server/name"; attach: the
+    client program."""
+
+    def __init__(self, target, attach=None, logfilename=None, label=None):
+        self.target = target
+        self.client = _conmux_program(attach, f"ConmuxConsole({target!r})")
+        self.logfilename = logfilename
+        self.label = label or target
+        self._proc = None
+        self._owner = None
+        if logfilename:
+            with open(logfilename, "ab") as log:
+                self._proc = _conmux_client(self.client, target, log)
+            self._owner = os.getpid()
+            LOG.write(f"console {target} captured in {logfilename}", self.label)
+
+    def __repr__(self):
+        return f"<ConmuxConsole {self.target}>"
+
+    def close(self):
+        """Ends the capture (only in the process that started it)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and self._owner == os.getpid():
+            _end_client(proc)
+
+
+class ConmuxSSHHost(SSHHost):
+    """An SSH host whose console is behind conmux: its power controller
+    (unless power= is given) is a ConmuxPower, so hardreset() issues conmux's
+    hardreset command, and its console (unless console= is given) is a
+    ConmuxConsole capturing the whole job into <results>/<host>/console.log
+    (or logfilename), reboots and panics included.
+
+    server: where the console is, "host:port" (a numeric listener) or a
+    conmux registry host (the console is then server/hostname); attach: the
+    client program (default conmux-console, upstream's console)."""
+
+    def __init__(self, hostname, logfilename=None, server=None, attach=None, **kwargs):
+        client = _conmux_program(attach, f"ConmuxSSHHost({hostname!r})")
+        super().__init__(hostname, **kwargs)
+        self._init_kwargs.update(logfilename=logfilename, server=server, attach=attach)
+        self.console_client = client
+        if server and (":" in server or "/" in server):
+            self.console_target = server
+        else:
+            self.console_target = f"{server or 'localhost'}/{self.hostname}"
+        if self.power is None:
+            self.power = ConmuxPower(self.console_target, attach=client, label=self.hostname)
+        self._own_console = None
+        if self.console is None:
+            if logfilename is None and _JOB is not None:
+                folder = os.path.join(_JOB.resultdir, _safe_name(self.hostname))
+                os.makedirs(folder, exist_ok=True)
+                logfilename = os.path.join(folder, "console.log")
+            self.console = self._own_console = ConmuxConsole(
+                self.console_target, attach=client, logfilename=logfilename,
+                label=self.hostname)
+        self.console_log = logfilename
+
+    def close(self):
+        super().close()
+        if self._own_console is not None:       # a console= given is its owner's
+            self._own_console.close()
+
+
+class ConmuxPower(PowerController):
+    """Power through a conmux console's hardreset command (cycle and reset).
+    conmux has no power on, off or status: those raise
+    AutoservNotImplementedError.  label: the name its errors and log lines
+    carry (default: target)."""
+
+    lacks = "conmux offers only hardreset (use cycle or reset)"
+
+    def __init__(self, target, attach=None, label=None):
+        self.target = target
+        self.client = _conmux_program(attach, "ConmuxPower")
+        self.label = label or target
+
+    def __repr__(self):
+        return f"<ConmuxPower {self.target}>"
+
+    def cycle(self):
+        _conmux_command(self.client, self.target, "hardreset", self.label)
+
+    reset = cycle
+
+
+class QMPPower(PowerController):
+    """A QEMU guest's power through its QMP socket on host: off = stop
+    (frozen), on and cycle = system_reset and cont (a fresh boot, running),
+    reset = system_reset alone (QEMU's reset of its own, what hardreset()
+    uses: like a reset button, it does not start a guest that is off)."""
+
+    def __init__(self, socket_path, host=None):
+        self.socket_path = socket_path
+        self.host = host or LocalHost()
+
+    def __repr__(self):
+        return f"<QMPPower {self.host.hostname}:{self.socket_path}>"
+
+    def _qmp(self, *commands):
+        return qmp(self.host, self.socket_path, *[{"execute": c} for c in commands])
+
+    def on(self):
+        self._qmp("system_reset", "cont")
+
+    def off(self):
+        self._qmp("stop")
+
+    def cycle(self):
+        self._qmp("system_reset", "cont")
+
+    def reset(self):
+        self._qmp("system_reset")
+
+    def status(self):
+        return "on" if self._qmp("query-status")[0].get("running") else "off"
+
+
+class IPMIPower(PowerController):
+    """A BMC through ipmitool (lanplus).  The password travels in the
+    environment (-E) or a file (-f), never on a command line, and is never
+    logged.  cipher suite 3 by default: without -C every call takes 10 s."""
+
+    def __init__(self, bmc, user="admin", password=None, password_file=None, port=623,
+                 interface="lanplus", cipher=3, timeout=30):
+        self.bmc, self.user, self.port = bmc, user, int(port)
+        self.interface, self.cipher, self.timeout = interface, cipher, timeout
+        self._password = password
+        self.password_file = password_file
+        if password is None and password_file is None and "IPMI_PASSWORD" not in os.environ:
+            raise AutoservUsageError("IPMIPower: give password=, password_file= or set "
+                                     "IPMI_PASSWORD in the environment")
+
+    def __repr__(self):
+        return f"<IPMIPower {self.user}@{self.bmc}:{self.port}>"
+
+    def _argv(self, *words):
+        argv = ["ipmitool", "-I", self.interface, "-H", self.bmc, "-p", str(self.port),
+                "-U", self.user]
+        if self.cipher is not None:
+            argv += ["-C", str(self.cipher)]
+        argv += ["-f", self.password_file] if self.password_file else ["-E"]
+        return argv + list(words)
+
+    def _ipmitool(self, *words):
+        if shutil.which("ipmitool") is None:
+            raise AutoservHostError(self.bmc, "ipmitool is not installed",
+                                    "install the ipmitool package")
+        env = dict(os.environ)
+        if self._password is not None:
+            env["IPMI_PASSWORD"] = self._password
+        LOG.write("ipmitool " + " ".join(words), f"bmc {self.bmc}")
+        ex = _Execution(self._argv(*words), f"bmc {self.bmc}", timeout=self.timeout, env=env)
+        ex.start()
+        ex.wait()
+        result = ex.result(" ".join(["ipmitool"] + list(words)), self.bmc)
+        if ex.timed_out or ex.returncode != 0:
+            text = _last_line(result.stderr) or result.status_text()
+            if "establish" in text or "password" in text.lower() or "auth" in text.lower():
+                text += " (wrong user or password, or not a BMC there)"
+            raise AutoservHostError(self.bmc, f"IPMI chassis {' '.join(words[2:])} failed", text)
+        return result.stdout.strip()
+
+    def on(self):
+        return self._ipmitool("chassis", "power", "on")
+
+    def off(self):
+        return self._ipmitool("chassis", "power", "off")
+
+    def cycle(self):
+        return self._ipmitool("chassis", "power", "cycle")
+
+    def reset(self):
+        return self._ipmitool("chassis", "power", "reset")
+
+    def status(self):
+        return "on" if self._ipmitool("chassis", "power", "status").endswith("on") else "off"
+
+
+class RedfishPower(PowerController):
+    """A BMC through Redfish (urllib + JSON): ComputerSystem.Reset actions.
+    HTTPS is verified against ca_file (or the system store) unless
+    verify=False; the password (argument or password_file) goes only into the
+    Authorization header and is never logged."""
+
+    RESET = {"on": "On", "off": "ForceOff", "cycle": "PowerCycle", "reset": "ForceRestart"}
+
+    def __init__(self, url, user=None, password=None, password_file=None, system=None,
+                 verify=True, ca_file=None, timeout=30):
+        self.url = url.rstrip("/")
+        self.user = user
+        if password is None and password_file:
+            with open(password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        self._password = password
+        self.system = system
+        self.verify, self.ca_file, self.timeout = verify, ca_file, timeout
+
+    def __repr__(self):
+        return f"<RedfishPower {_redact_url(self.url)}>"
+
+    def _request(self, path, body=None):
+        """One call to the BMC.  Credentials go to the BMC's own origin only:
+        an absolute path (an @odata.id) or a redirect to any other scheme,
+        host or port is an error naming that URL."""
+        import base64
+        import ssl
+        import urllib.error
+        url = path if re.match(r"(?i)^[a-z][a-z0-9+.-]*:", path) else self.url + path
+        shown = _redact_url(url)
+        method = "POST" if body is not None else "GET"
+        if _origin(url) != _origin(self.url):
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} refused",
+                                    "not the BMC's origin (scheme, host and port): "
+                                    "credentials go nowhere else")
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.user is not None:
+            token = base64.b64encode(f"{self.user}:{self._password or ''}".encode()).decode()
+            headers["Authorization"] = "Basic " + token
+        context = None
+        if url.lower().startswith("https:"):
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if not self.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        LOG.write(f"redfish {method} {shown}")
+        try:
+            with _urlopen(url, data=data, method=method, headers=headers,
+                          timeout=self.timeout, context=context, same_origin=True) as resp:
+                text = resp.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            reason = "authentication failed" if e.code in (401, 403) else e.reason
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} failed",
+                                    f"HTTP {e.code}: {reason}")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise AutoservHostError(_redact_url(self.url), f"Redfish {shown} unreachable",
+                                    _redact_url(getattr(e, "reason", e)))
+        return json.loads(text) if text.strip() else {}
+
+    def _system(self):
+        if self.system is None:
+            members = self._request("/redfish/v1/Systems").get("Members", [])
+            if not members:
+                raise AutoservHostError(self.url, "Redfish lists no systems")
+            self.system = members[0]["@odata.id"]
+        return self.system
+
+    def _reset(self, kind):
+        self._request(f"{self._system()}/Actions/ComputerSystem.Reset",
+                      {"ResetType": self.RESET[kind]})
+
+    def on(self):
+        self._reset("on")
+
+    def off(self):
+        self._reset("off")
+
+    def cycle(self):
+        self._reset("cycle")
+
+    def reset(self):
+        self._reset("reset")
+
+    def status(self):
+        return "on" if self._request(self._system()).get("PowerState") == "On" else "off"
+
+
+register_power("command", CommandPower)
+register_power("qmp", QMPPower)
+register_power("ipmi", IPMIPower)
+register_power("conmux", ConmuxPower)
+register_power("redfish", RedfishPower)
+
+
+# Installables, kernels and the boot loader ####################################
 
 def _looks_like_path(text):
     return ("\n" not in text and not any(q in text for q in "'\"")
@@ -5162,63 +5682,12 @@ class _PathGuard:
             self.links.add("/".join(parts))
 
 
-def _decode_errors():
-    """What reading a damaged compressed archive can raise."""
-    import tarfile
-    import zlib
-    errors = [EOFError, OSError, ValueError, tarfile.TarError, zlib.error]
-    try:
-        import lzma
-        errors.append(lzma.LZMAError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def _why(result, lines=3):
-    """The lines of a failed command's output that say why: those naming an
-    error or conflict first, else the last ones."""
-    text = (result.stderr + "\n" + result.stdout).splitlines()
-    text = [line.strip() for line in text if line.strip()]
-    telling = [line for line in text if re.search(
-        r"(?i)error|conflict|overwrite|depend|no space|denied|not found", line)]
-    return " / ".join((telling or text)[:lines] if telling else text[-lines:]) or \
-        f"exit status {result.exit_status}"
-
-
-def _remove_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _run_id():
-    """The id every remote process of this job carries (AUTOSERV_RUN_ID)."""
-    return _JOB.run_id if _JOB is not None else "norun"
-
-
-def _record(*args, **kwargs):
-    """A line in the job's status.log (nothing outside a job)."""
-    if _JOB is not None:
-        _JOB.record(*args, **kwargs)
-
-
 def _remote_sha256(path):
     """Shell that prints a file's sha256 on a target: sha256sum, else python3."""
     q = shlex.quote(path)
     return (f"if command -v sha256sum >/dev/null; then sha256sum {q}; else python3 -c "
             f"'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\"rb\").read())"
             f".hexdigest())' {q}; fi")
-
-
-def _sha256_file(path):
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Slice(io.RawIOBase):
@@ -5860,7 +6329,533 @@ class Bootloader:
         return title
 
 
-# Autotest client ###############################################################
+# KVM and guests ###############################################################
+
+def qmp(host, socket_path, *commands, timeout=30):
+    """Sends QMP commands (dicts) to a QEMU monitor socket on host (through
+    host.run, so a remote hypervisor works the same); returns the replies."""
+    argv = " ".join(shlex.quote(a) for a in ["python3", "-c", _QMP_PY, socket_path,
+                                             str(timeout)] + [json.dumps(c) for c in commands])
+    out = host.run(argv, timeout=timeout + 15, ignore_status=True)
+    if out.exit_status != 0:
+        raise AutoservVirtError(f"{host.hostname}: QMP {socket_path}: "
+                                f"{_last_line(out.stderr) or out.status_text()}")
+    replies = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    for reply in replies:
+        if "error" in reply:
+            raise AutoservVirtError(f"QMP: {reply['error'].get('desc', reply['error'])}")
+    return [r.get("return") for r in replies]
+
+
+def _qemu_value(text):
+    """text as the value of a qemu -option key=value list: commas doubled, as
+    qemu reads a literal comma there."""
+    return str(text).replace(",", ",,")
+
+
+class KVM(InstallableObject):
+    """A QEMU/KVM hypervisor bound to one host.  get(source) is optional (a
+    QEMU source tarball or tree); install(addresses) picks the binary, the
+    accelerator and, where the CPU can, the kvm modules."""
+
+    def __init__(self, host):
+        super().__init__()
+        self.host = host
+        self.tree = None
+        self.binary = None
+        self.accel = None
+        self.addresses = []
+        self.in_use = {}
+        self.modules_loaded = []
+        self.installed = False
+        if _JOB is not None:
+            _JOB.add_cleanup(self.uninstall)
+
+    def install(self, addresses, build=True, insert_modules=True):
+        """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
+        (user-mode networking, the guest's ssh forwarded to ip:port)."""
+        checked = [self._checked_address(a) for a in addresses]
+        if not checked:
+            raise AutoservUsageError("KVM.install(): no addresses")
+        self.addresses = checked
+        h = self.host
+        if self.source_material:
+            self.binary = self._build(build)
+        else:
+            found = h.run("command -v qemu-system-x86_64", ignore_status=True, timeout=60)
+            if found.exit_status != 0:
+                raise AutoservVirtError(f"{h.hostname}: no qemu-system-x86_64 on the hypervisor "
+                                        "(install qemu-system-x86, or give KVM.get() a source)")
+            self.binary = found.stdout.strip()
+        flags = h.run("grep -m1 -o -w -E 'vmx|svm' /proc/cpuinfo", ignore_status=True,
+                      timeout=60).stdout.split()
+        vendor = {"vmx": "kvm_intel", "svm": "kvm_amd"}.get(flags[0]) if flags else None
+        if vendor and insert_modules:
+            self._load_modules(vendor)
+        usable = vendor and h.run("test -w /dev/kvm", ignore_status=True,
+                                  timeout=60).exit_status == 0
+        if usable:
+            self.accel = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            self.accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+            why = "the CPU has no vmx/svm flag" if not vendor else "/dev/kvm is not usable"
+            message = f"{h.hostname}: {why}; guests run under TCG (software emulation, slow)"
+            LOG.write(message)
+            if _JOB is not None:
+                _JOB.record("WARN", None, "kvm.install", message)
+        self.installed = True
+        LOG.write(f"KVM on {h.hostname}: {self.binary} {' '.join(self.accel)}, "
+                  f"{len(self.addresses)} address(es)")
+
+    @staticmethod
+    def _checked_address(a):
+        """A copy of one address entry, every field checked before it can
+        reach a shell or a qemu option: mac, ip (ipaddress), port
+        (1-65535), tap and bridge (interface names: [A-Za-z0-9_.-], 1-15)."""
+        import ipaddress
+        if not isinstance(a, dict) or "mac" not in a or "ip" not in a:
+            raise AutoservUsageError(f"KVM address {a!r}: needs 'mac' and 'ip' keys")
+        if not isinstance(a["mac"], str) or \
+                not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", a["mac"]):
+            raise AutoservUsageError(f"KVM address {a!r}: bad mac")
+        try:
+            ip = ipaddress.ip_address(a["ip"])
+        except ValueError:
+            raise AutoservUsageError(f"KVM address {a!r}: ip {a['ip']!r} is not an IPv4 or "
+                                     "IPv6 address")
+        checked = dict(a, ip=str(ip))
+        if "port" in a:
+            port = a["port"]
+            if isinstance(port, bool) or not isinstance(port, (int, str)) or \
+                    not str(port).isdigit() or not 0 < int(port) < 65536:
+                raise AutoservUsageError(f"KVM address {a!r}: port {port!r} is not 1-65535")
+            checked["port"] = int(port)
+        for key in ("tap", "bridge"):
+            if a.get(key) is not None and (not isinstance(a[key], str) or
+                                           not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", a[key])):
+                raise AutoservUsageError(f"KVM address {a!r}: {key} {a[key]!r} is not an "
+                                         "interface name (letters, digits, _ . -; at most 15)")
+        return checked
+
+    def _build(self, build):
+        h = self.host
+        src = self.source_material
+        tmp = h.get_tmp_dir()
+        if os.path.isdir(src):
+            h.send_file(src.rstrip("/") + "/", tmp + "/src")
+        else:
+            h.send_file(src, tmp + "/source.tar")
+            h.run(f"mkdir {tmp}/src && tar -xf {tmp}/source.tar -C {tmp}/src", timeout=600)
+        top = h.run(f"cd {tmp}/src && set -- *; if [ $# = 1 ] && [ -d \"$1\" ]; "
+                    f"then echo \"$PWD/$1\"; else echo \"$PWD\"; fi", timeout=60).stdout.strip()
+        self.tree = top
+        if build:
+            h.run(f"cd {shlex.quote(top)} && ./configure && make", timeout=3 * 3600)
+        for rel in ("qemu-system-x86_64", "build/qemu-system-x86_64",
+                    "x86_64-softmmu/qemu-system-x86_64"):
+            path = f"{top}/{rel}"
+            if h.run(f"test -x {shlex.quote(path)}", ignore_status=True,
+                     timeout=60).exit_status == 0:
+                return path
+        raise AutoservVirtError(f"{h.hostname}: the KVM source tree has no qemu-system-x86_64 "
+                                "at its top, in build/ or in x86_64-softmmu/"
+                                + ("" if build else " (build=False: was it built?)"))
+
+    def _load_modules(self, vendor):
+        h = self.host
+        can = h.run("test -w /proc/sys/kernel/modules_disabled && "
+                    "[ \"$(cat /proc/sys/kernel/modules_disabled)\" = 0 ]",
+                    ignore_status=True, timeout=60).exit_status == 0
+        if not can:
+            LOG.write(f"{h.hostname}: cannot load kernel modules; leaving kvm as it is")
+            return
+        h.run(f"modprobe -r {vendor} kvm", ignore_status=True, timeout=120)
+        tree = self.tree
+        built = tree and h.run(f"cd {shlex.quote(tree)} && find . -name 'kvm*.ko'",
+                               ignore_status=True, timeout=60).stdout.split()
+        if built:
+            core = [m for m in built if m.endswith("/kvm.ko")]
+            vendor_ko = [m for m in built if vendor.replace("_", "-") in m or vendor in m]
+            h.run(f"cd {shlex.quote(tree)} && insmod {shlex.quote(core[0])} && "
+                  f"insmod {shlex.quote(vendor_ko[0])}", timeout=120)
+        else:
+            h.run(f"modprobe kvm && modprobe {vendor}", timeout=120)
+        self.modules_loaded = [vendor, "kvm"]
+
+    def uninstall(self):
+        """Destroys every guest; unloads the modules if autoserv loaded them."""
+        for guest in list(self.in_use.values()):
+            guest.close()
+        if self.modules_loaded and self.host.is_owned_here():
+            self.host.run("modprobe -r " + " ".join(self.modules_loaded), ignore_status=True,
+                          timeout=120)
+            self.modules_loaded = []
+
+    def reserve(self, guest):
+        """The first free address, taken for guest: (index, address).
+        Raises AutoservVirtError before install() or when none is free."""
+        if not self.installed:
+            raise AutoservVirtError("KVM.install(addresses) must come before a KVMGuest")
+        for i, address in enumerate(self.addresses):
+            if i not in self.in_use:
+                self.in_use[i] = guest
+                return i, address
+        raise AutoservVirtError(f"{self.host.hostname}: no free address for another guest "
+                                f"({len(self.addresses)} given to KVM.install, all in use)")
+
+    def release(self, guest):
+        """Gives back the address guest took (KVMGuest.close())."""
+        for i, g in list(self.in_use.items()):
+            if g is guest:
+                del self.in_use[i]
+
+    def qmp(self, socket_path, *commands, timeout=30):
+        """Sends QMP commands (dicts) through the hypervisor; returns the replies."""
+        return qmp(self.host, socket_path, *commands, timeout=timeout)
+
+
+class Guest(SSHHost):
+    """A virtual machine reached over ssh; its power controller is the
+    hypervisor's (hardreset() asks the hypervisor)."""
+
+
+class KVMGuest(Guest):
+    """A QEMU/KVM guest on a KVM hypervisor, driven like any SSH host.
+
+    Takes the first free address, starts qemu detached on the hypervisor (a
+    0700 run dir holding the pidfile, the QMP socket and the serial log), then
+    is an SSHHost for that address, host-key policy ephemeral by default.
+    Its power controller (unless power= is given) is a QMPPower on that
+    socket: hardreset() is QMP system_reset, power_off() freezes it.
+    boot_timeout: how long a boot may take before wait_up() without a
+    timeout starts saying it is still waiting (it never gives up on a qemu
+    that runs).  Destroyed on close() and at job end."""
+
+    def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
+                 boot_timeout=300, **ssh_kwargs):
+        # Keywords are checked before qemu starts (SSHHost's own check
+        # comes after it).
+        own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
+        _refuse_host_keywords("KVMGuest", {k: v for k, v in ssh_kwargs.items() if k not in own})
+        self.kvm = kvm
+        self.boot_timeout = boot_timeout
+        self.qemu_options = qemu_options
+        self.index, self.address = kvm.reserve(self)
+        self.qemu_pid = None
+        self.run_dir = None
+        try:
+            self._start_qemu()
+        except BaseException:
+            self._remove_run_dir()      # qemu never ran: its run dir and tap go too
+            kvm.release(self)
+            raise
+        addr = self.address
+        ssh_kwargs["power"] = ssh_kwargs.get("power") or self._qmp_power
+        super().__init__(addr["ip"], user=user, port=addr.get("port"),
+                         host_key_policy=host_key_policy, **ssh_kwargs)
+        self._init_args = (addr["ip"],)
+        self._init_kwargs = dict(user=user, port=addr.get("port"),
+                                 host_key_policy=host_key_policy)
+
+    def __reduce__(self):
+        # In another process a guest is a plain ssh host for the same address.
+        return (_rebuild_host, (Guest, self._init_args, self._init_kwargs))
+
+    def _start_qemu(self):
+        kvm, h, a = self.kvm, self.kvm.host, self.address
+        self.run_dir = rd = h.get_tmp_dir()
+        v = _qemu_value
+        if "port" in a:
+            ip = f"[{a['ip']}]" if ":" in a["ip"] else a["ip"]
+            forward = f"tcp:{ip}:{int(a['port'])}-:22"
+            net = f"user,id=n0,hostfwd={v(forward)}"
+        else:
+            tap = a.get("tap") or f"ast{os.getpid() % 100000}x{self.index}"
+            bridge = a.get("bridge") or "br0"
+            q = shlex.quote(tap)
+            h.run(f"ip tuntap add dev {q} mode tap && ip link set {q} master "
+                  f"{shlex.quote(bridge)} && ip link set {q} up", timeout=60)
+            self._tap = tap
+            net = f"tap,id=n0,ifname={v(tap)},script=no,downscript=no"
+        fixed = [kvm.binary, *kvm.accel, "-nodefaults", "-no-user-config", "-display", "none",
+                 "-netdev", net, "-device", f"virtio-net-pci,netdev=n0,mac={v(a['mac'])}",
+                 "-device", "virtio-rng-pci",
+                 "-chardev", f"socket,id=ser0,path={v(rd + '/serial.sock')},server=on,"
+                             f"wait=off,logfile={v(rd + '/serial.log')},logappend=on",
+                 "-serial", "chardev:ser0",
+                 "-qmp", f"unix:{v(rd + '/qmp.sock')},server=on,wait=off",
+                 "-pidfile", f"{rd}/qemu.pid", "-daemonize"]
+        # qemu_options is a shell string (the seed builds it with sh_escape
+        # inside double quotes): the hypervisor's shell splits it.
+        command = (f"cd {rd} && " + " ".join(shlex.quote(w) for w in fixed) + " "
+                   + self.qemu_options + f" && cat {rd}/qemu.pid")
+        LOG.write(f"starting guest: {command}", h.hostname)
+        result = h.run(command, timeout=120, ignore_status=True)
+        if result.exit_status != 0:
+            raise AutoservVirtError(f"{h.hostname}: qemu did not start: "
+                                    + (result.stderr.strip() or result.status_text()))
+        self.qemu_pid = int(result.stdout.split()[-1])
+        self.serial_log = f"{rd}/serial.log"
+        self._qmp_power = QMPPower(f"{rd}/qmp.sock", h)
+
+    @property
+    def qmp_socket(self):
+        """The QMP socket's path on the hypervisor (its QMPPower's: setting
+        it moves both)."""
+        return self._qmp_power.socket_path
+
+    @qmp_socket.setter
+    def qmp_socket(self, path):
+        self._qmp_power.socket_path = path
+
+    def qemu_alive(self):
+        """True while qemu runs (a zombie is dead: PID 1 may reap it late)."""
+        if self.qemu_pid is None:
+            return False
+        out = self.kvm.host.run(f"cat /proc/{self.qemu_pid}/stat 2>/dev/null", timeout=30,
+                                ignore_status=True).stdout
+        state = out.rsplit(")", 1)[-1].split()[:1]
+        return bool(state) and state[0] not in ("Z", "X")
+
+    def serial_tail(self, lines=20):
+        return self.kvm.host.run(f"tail -n {lines} {self.serial_log} 2>/dev/null",
+                                 timeout=30, ignore_status=True).stdout
+
+    def _dead_error(self):
+        return AutoservVirtError(f"guest {self.hostname}:{self.port}: qemu (pid {self.qemu_pid})"
+                                 " has exited; serial log ends:\n" + self.serial_tail())
+
+    def wait_up(self, timeout=None):
+        """True once the guest answers ssh; False when timeout passes first.
+        timeout=None waits as long as it takes (the seed's g.wait_up()),
+        saying so on stderr once the guest is later than boot_timeout and
+        every WAIT_PROGRESS_EVERY seconds after.  A qemu that exited fails
+        at once (AutoservVirtError with the serial log's tail)."""
+        t0 = time.monotonic()
+        deadline = _monotonic_deadline(timeout)
+        report = t0 + self.boot_timeout
+        while True:
+            if not self.qemu_alive():
+                raise self._dead_error()
+            left = _remaining(deadline)
+            if super().wait_up(timeout=2.0 if left is None else min(2.0, left)):
+                return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if deadline is None and now >= report:
+                report = now + WAIT_PROGRESS_EVERY
+                tail = _last_line(self.serial_tail(5)) or "empty"
+                message = (f"guest {self.hostname}:{self.port}: no ssh answer after "
+                           f"{now - t0:.0f} s; waiting on (serial log: {tail})")
+                LOG.write(message, self.hostname)
+                _say(message)
+
+    def monitor(self, command):
+        """A human monitor command through QMP (e.g. "info status", "commit")."""
+        return self.kvm.qmp(self.qmp_socket, {"execute": "human-monitor-command",
+                                              "arguments": {"command-line": command}})[-1]
+
+    def close(self):
+        """Stops qemu (QMP quit, then the PID), removes its run dir."""
+        super().close()
+        if self.qemu_pid is None or not self.is_owned_here():
+            return
+        h = self.kvm.host
+        if self.qemu_alive():
+            try:
+                self.kvm.qmp(self.qmp_socket, {"execute": "quit"}, timeout=10)
+            except AutoservError as e:
+                LOG.write(f"QMP quit failed: {e}", self.hostname)
+            end = time.monotonic() + 10
+            while self.qemu_alive() and time.monotonic() < end:
+                time.sleep(0.1)
+            if self.qemu_alive():
+                h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
+        self._remove_run_dir()
+        self.qemu_pid = None
+        self.kvm.release(self)
+
+    def _remove_run_dir(self):
+        h = self.kvm.host
+        if getattr(self, "_tap", None):
+            h.run(f"ip link del {shlex.quote(self._tap)}", ignore_status=True, timeout=30)
+            self._tap = None
+        if self.run_dir:
+            h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
+            h.forget_tmp_dir(self.run_dir)
+            self.run_dir = None
+
+
+# Autotest, server side ########################################################
+
+class _StatusRelay:
+    """A stdout tee for the client harness: status lines go into the server's
+    status.log as they come, the rest into the debug log."""
+
+    def __init__(self, hostname):
+        self.hostname = hostname
+        self.buffer = ""
+        self.worst = None
+        self.reason = ""          # the first entry with the worst status: what failed
+        self.reboot = False
+
+    def write(self, text):
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self._line(line)
+
+    def flush(self):
+        pass
+
+    def _line(self, line):
+        if line.startswith(_CLIENT_STATUS):
+            entry = line[len(_CLIENT_STATUS):]
+            if _JOB is not None:
+                try:
+                    worst = _JOB.status.relay(entry)
+                except ValueError:
+                    LOG.write(f"client: {line}", self.hostname)
+                    return
+                if worst and worst_status(worst, self.worst) != worst_status(self.worst):
+                    self.worst = worst
+                    first = parse_status_log(entry.lstrip("\t"))[0]
+                    self.reason = f"{first['operation']}: {_last_line(first['message'])}"
+        else:
+            LOG.write(f"client: {line}", self.hostname)
+
+
+def _remote_autodir(host):
+    """autodir= from /etc/autotest.conf on the host, else /usr/local/autotest."""
+    out = host.run("cat /etc/autotest.conf 2>/dev/null", ignore_status=True, timeout=60)
+    m = re.search(r"^\s*autodir\s*=\s*(\S+)", out.stdout, re.M)
+    return m.group(1) if m else _AUTODIR
+
+
+class Autotest(InstallableObject):
+    """The autotest client on a host: get(client tree or nothing),
+    install(host, autodir=None), run(control_file, results_dir, host)."""
+
+    def __init__(self, host=None):
+        super().__init__()
+        self.host = host
+        self.installed = {}
+
+    def get(self, location=None):
+        """A client tree in Autotest layout (a dir with tests/<name>/<name>.py,
+        or the tests dir itself), or nothing: the built-in tests only."""
+        if location is None:
+            self.source_material = None
+            return None
+        path = super().get(location)
+        if not os.path.isdir(path):
+            raise AutoservInstallError(f"Autotest.get({location!r}): not a directory; give "
+                                       "a client tree (with tests/<name>/<name>.py)")
+        return path
+
+    def _tests_dir(self):
+        if not self.source_material:
+            return None
+        tests = os.path.join(self.source_material, "tests")
+        return tests if os.path.isdir(tests) else self.source_material
+
+    def install(self, host=None, autodir=None):
+        host = host or self.host
+        if host is None:
+            raise AutoservUsageError("Autotest.install(): which host?")
+        autodir = autodir or _remote_autodir(host)
+        if host.run("command -v python3", ignore_status=True, timeout=60).exit_status:
+            raise AutoservInstallError(f"{host.hostname}: no python3 on the host; the "
+                                       "autotest client harness needs it")
+        q = shlex.quote(autodir)
+        host.run(f"mkdir -p {q}/tests {q}/results {q}/tmp", timeout=60)
+        host.send_file(os.path.abspath(__file__), f"{autodir}/autoserv.py")
+        tests = self._tests_dir()
+        if tests:
+            host.send_file(tests.rstrip("/") + "/", f"{autodir}/tests/")
+        self.installed[host.hostname] = autodir
+        _record("GOOD", None, "autotest.install", f"{host.hostname}: {autodir}")
+        return autodir
+
+    def _control_text(self, control_file):
+        if hasattr(control_file, "read"):
+            data = control_file.read()
+            return data.decode() if isinstance(data, bytes) else data
+        if os.path.isfile(os.path.expanduser(str(control_file))):
+            with open(os.path.expanduser(str(control_file)), encoding="utf-8") as f:
+                return f.read()
+        if _looks_like_path(str(control_file)):
+            raise AutoservInstallError(f"Autotest.run(): control file {control_file!r} "
+                                       "does not exist")
+        return str(control_file)
+
+    def run(self, control_file, results_dir=".", host=None, timeout=None, tag=None,
+            reboot_timeout=1800):
+        """Runs a client control file on the host: its status lines stream
+        into the server's status.log, a reboot it asks for is done here (then
+        the client resumes with --continue), and its results/default/ is
+        copied into results_dir (relative to the job's results dir, or to a
+        parallel task's subdir)."""
+        host = host or self.host
+        if host is None:
+            raise AutoservUsageError("Autotest.run(): which host?")
+        autodir = self.installed.get(host.hostname) or self.install(host)
+        text = self._control_text(control_file)
+        q = shlex.quote(autodir)
+        host.run(f"rm -rf {q}/results/default && mkdir -p {q}/results/default", timeout=120)
+        local = os.path.join(get_tmp_dir(), "control")
+        with open(local, "w", encoding="utf-8") as f:
+            f.write(text)
+        host.send_file(local, f"{autodir}/control")
+        # Relative to the current dir: the job's results dir, or a parallel
+        # task's own subdir in it.  Never merged into the results dir itself
+        # (the client's keyval and debug/ would meet the job's): there, into
+        # the host's dir, as -c lays it out.
+        results_dir = os.path.abspath(results_dir)
+        if _JOB is not None and os.path.realpath(results_dir) == \
+                os.path.realpath(_JOB.resultdir):
+            results_dir = os.path.join(results_dir, _safe_name(host.hostname))
+        name = tag or "autotest.run"
+        _record("START", None, name, f"{host.hostname}: client control file")
+        relay = _StatusRelay(host.hostname)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cont, outcome, reason = False, "GOOD", ""
+        started = time.time()
+        try:
+            while True:
+                left = None if deadline is None else max(1.0, deadline - time.monotonic())
+                out = host.run(f"cd {q} && exec python3 autoserv.py --client-harness"
+                               + (" --continue" if cont else "") + " control",
+                               timeout=left, ignore_status=True, stdout_tee=relay)
+                if out.exit_status == _CLIENT_REBOOT:
+                    host.reboot(timeout=reboot_timeout)
+                    cont = True
+                    continue
+                if out.exit_status != 0:
+                    outcome = "FAIL"
+                    raise AutoservRunError("the client control file failed", out)
+                break
+            outcome, reason = relay.worst or "GOOD", relay.reason
+        except BaseException as e:
+            outcome = "ABORT" if outcome == "GOOD" else outcome
+            reason = f"{type(e).__name__}: {_last_line(str(e))}"
+            raise
+        finally:
+            try:
+                os.makedirs(results_dir, exist_ok=True)
+                host.get_file(f"{autodir}/results/default/", results_dir.rstrip("/") + "/")
+                _remove_quietly(os.path.join(results_dir, ".client_state"))
+            except AutoservError as e:
+                LOG.write(f"could not fetch the client's results: {e}", host.hostname)
+            _record(f"END {outcome}", None, name, f"{host.hostname}")
+            if _JOB is not None:
+                _JOB.host_status(host.hostname, outcome, reason, [started, time.time()])
+        return outcome == "GOOD"
+
+
+# Autotest client harness (it runs on the target) ##############################
+
 # The real Autotest client is Python 2 only, so autoserv carries a client
 # harness of its own: `python3 autoserv.py --client-harness CONTROL` on the
 # target runs a client control file with `job`, tests in Autotest layout
@@ -6529,974 +7524,6 @@ def _client_main(control_path, cont):
     return 0
 
 
-class _StatusRelay:
-    """A stdout tee for the client harness: status lines go into the server's
-    status.log as they come, the rest into the debug log."""
-
-    def __init__(self, hostname):
-        self.hostname = hostname
-        self.buffer = ""
-        self.worst = None
-        self.reason = ""          # the first entry with the worst status: what failed
-        self.reboot = False
-
-    def write(self, text):
-        self.buffer += text
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self._line(line)
-
-    def flush(self):
-        pass
-
-    def _line(self, line):
-        if line.startswith(_CLIENT_STATUS):
-            entry = line[len(_CLIENT_STATUS):]
-            if _JOB is not None:
-                try:
-                    worst = _JOB.status.relay(entry)
-                except ValueError:
-                    LOG.write(f"client: {line}", self.hostname)
-                    return
-                if worst and worst_status(worst, self.worst) != worst_status(self.worst):
-                    self.worst = worst
-                    first = parse_status_log(entry.lstrip("\t"))[0]
-                    self.reason = f"{first['operation']}: {_last_line(first['message'])}"
-        else:
-            LOG.write(f"client: {line}", self.hostname)
-
-
-def _remote_autodir(host):
-    """autodir= from /etc/autotest.conf on the host, else /usr/local/autotest."""
-    out = host.run("cat /etc/autotest.conf 2>/dev/null", ignore_status=True, timeout=60)
-    m = re.search(r"^\s*autodir\s*=\s*(\S+)", out.stdout, re.M)
-    return m.group(1) if m else _AUTODIR
-
-
-class Autotest(InstallableObject):
-    """The autotest client on a host: get(client tree or nothing),
-    install(host, autodir=None), run(control_file, results_dir, host)."""
-
-    def __init__(self, host=None):
-        super().__init__()
-        self.host = host
-        self.installed = {}
-
-    def get(self, location=None):
-        """A client tree in Autotest layout (a dir with tests/<name>/<name>.py,
-        or the tests dir itself), or nothing: the built-in tests only."""
-        if location is None:
-            self.source_material = None
-            return None
-        path = super().get(location)
-        if not os.path.isdir(path):
-            raise AutoservInstallError(f"Autotest.get({location!r}): not a directory; give "
-                                       "a client tree (with tests/<name>/<name>.py)")
-        return path
-
-    def _tests_dir(self):
-        if not self.source_material:
-            return None
-        tests = os.path.join(self.source_material, "tests")
-        return tests if os.path.isdir(tests) else self.source_material
-
-    def install(self, host=None, autodir=None):
-        host = host or self.host
-        if host is None:
-            raise AutoservUsageError("Autotest.install(): which host?")
-        autodir = autodir or _remote_autodir(host)
-        if host.run("command -v python3", ignore_status=True, timeout=60).exit_status:
-            raise AutoservInstallError(f"{host.hostname}: no python3 on the host; the "
-                                       "autotest client harness needs it")
-        q = shlex.quote(autodir)
-        host.run(f"mkdir -p {q}/tests {q}/results {q}/tmp", timeout=60)
-        host.send_file(os.path.abspath(__file__), f"{autodir}/autoserv.py")
-        tests = self._tests_dir()
-        if tests:
-            host.send_file(tests.rstrip("/") + "/", f"{autodir}/tests/")
-        self.installed[host.hostname] = autodir
-        _record("GOOD", None, "autotest.install", f"{host.hostname}: {autodir}")
-        return autodir
-
-    def _control_text(self, control_file):
-        if hasattr(control_file, "read"):
-            data = control_file.read()
-            return data.decode() if isinstance(data, bytes) else data
-        if os.path.isfile(os.path.expanduser(str(control_file))):
-            with open(os.path.expanduser(str(control_file)), encoding="utf-8") as f:
-                return f.read()
-        if _looks_like_path(str(control_file)):
-            raise AutoservInstallError(f"Autotest.run(): control file {control_file!r} "
-                                       "does not exist")
-        return str(control_file)
-
-    def run(self, control_file, results_dir=".", host=None, timeout=None, tag=None,
-            reboot_timeout=1800):
-        """Runs a client control file on the host: its status lines stream
-        into the server's status.log, a reboot it asks for is done here (then
-        the client resumes with --continue), and its results/default/ is
-        copied into results_dir (relative to the job's results dir, or to a
-        parallel task's subdir)."""
-        host = host or self.host
-        if host is None:
-            raise AutoservUsageError("Autotest.run(): which host?")
-        autodir = self.installed.get(host.hostname) or self.install(host)
-        text = self._control_text(control_file)
-        q = shlex.quote(autodir)
-        host.run(f"rm -rf {q}/results/default && mkdir -p {q}/results/default", timeout=120)
-        local = os.path.join(get_tmp_dir(), "control")
-        with open(local, "w", encoding="utf-8") as f:
-            f.write(text)
-        host.send_file(local, f"{autodir}/control")
-        # Relative to the current dir: the job's results dir, or a parallel
-        # task's own subdir in it.  Never merged into the results dir itself
-        # (the client's keyval and debug/ would meet the job's): there, into
-        # the host's dir, as -c lays it out.
-        results_dir = os.path.abspath(results_dir)
-        if _JOB is not None and os.path.realpath(results_dir) == \
-                os.path.realpath(_JOB.resultdir):
-            results_dir = os.path.join(results_dir, _safe_name(host.hostname))
-        name = tag or "autotest.run"
-        _record("START", None, name, f"{host.hostname}: client control file")
-        relay = _StatusRelay(host.hostname)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cont, outcome, reason = False, "GOOD", ""
-        started = time.time()
-        try:
-            while True:
-                left = None if deadline is None else max(1.0, deadline - time.monotonic())
-                out = host.run(f"cd {q} && exec python3 autoserv.py --client-harness"
-                               + (" --continue" if cont else "") + " control",
-                               timeout=left, ignore_status=True, stdout_tee=relay)
-                if out.exit_status == _CLIENT_REBOOT:
-                    host.reboot(timeout=reboot_timeout)
-                    cont = True
-                    continue
-                if out.exit_status != 0:
-                    outcome = "FAIL"
-                    raise AutoservRunError("the client control file failed", out)
-                break
-            outcome, reason = relay.worst or "GOOD", relay.reason
-        except BaseException as e:
-            outcome = "ABORT" if outcome == "GOOD" else outcome
-            reason = f"{type(e).__name__}: {_last_line(str(e))}"
-            raise
-        finally:
-            try:
-                os.makedirs(results_dir, exist_ok=True)
-                host.get_file(f"{autodir}/results/default/", results_dir.rstrip("/") + "/")
-                _remove_quietly(os.path.join(results_dir, ".client_state"))
-            except AutoservError as e:
-                LOG.write(f"could not fetch the client's results: {e}", host.hostname)
-            _record(f"END {outcome}", None, name, f"{host.hostname}")
-            if _JOB is not None:
-                _JOB.host_status(host.hostname, outcome, reason, [started, time.time()])
-        return outcome == "GOOD"
-
-
-# QMP client run on the hypervisor (python3): argv = socket, JSON commands.
-# Indented so that its functions are not read as autoserv's; dedented at import.
-_QMP_PY = textwrap.dedent(r'''
-    import json, socket, sys
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(float(sys.argv[2]))
-    s.connect(sys.argv[1])
-    f = s.makefile("rwb")
-    def answer():
-        while True:
-            line = f.readline()
-            if not line:
-                raise SystemExit("qmp: connection closed")
-            msg = json.loads(line)
-            if "return" in msg or "error" in msg:
-                return msg
-    json.loads(f.readline())
-    for n, cmd in enumerate(['{"execute": "qmp_capabilities"}'] + sys.argv[3:]):
-        f.write(cmd.encode() + b"\n"); f.flush()
-        msg = answer()
-        if n:
-            print(json.dumps(msg)); sys.stdout.flush()
-    ''')
-
-
-def qmp(host, socket_path, *commands, timeout=30):
-    """Sends QMP commands (dicts) to a QEMU monitor socket on host (through
-    host.run, so a remote hypervisor works the same); returns the replies."""
-    argv = " ".join(shlex.quote(a) for a in ["python3", "-c", _QMP_PY, socket_path,
-                                             str(timeout)] + [json.dumps(c) for c in commands])
-    out = host.run(argv, timeout=timeout + 15, ignore_status=True)
-    if out.exit_status != 0:
-        raise AutoservVirtError(f"{host.hostname}: QMP {socket_path}: "
-                                f"{_last_line(out.stderr) or out.status_text()}")
-    replies = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-    for reply in replies:
-        if "error" in reply:
-            raise AutoservVirtError(f"QMP: {reply['error'].get('desc', reply['error'])}")
-    return [r.get("return") for r in replies]
-
-
-def _qemu_value(text):
-    """text as the value of a qemu -option key=value list: commas doubled, as
-    qemu reads a literal comma there."""
-    return str(text).replace(",", ",,")
-
-
-class KVM(InstallableObject):
-    """A QEMU/KVM hypervisor bound to one host.  get(source) is optional (a
-    QEMU source tarball or tree); install(addresses) picks the binary, the
-    accelerator and, where the CPU can, the kvm modules."""
-
-    def __init__(self, host):
-        super().__init__()
-        self.host = host
-        self.tree = None
-        self.binary = None
-        self.accel = None
-        self.addresses = []
-        self.in_use = {}
-        self.modules_loaded = []
-        self.installed = False
-        if _JOB is not None:
-            _JOB.add_cleanup(self.uninstall)
-
-    def install(self, addresses, build=True, insert_modules=True):
-        """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
-        (user-mode networking, the guest's ssh forwarded to ip:port)."""
-        checked = [self._checked_address(a) for a in addresses]
-        if not checked:
-            raise AutoservUsageError("KVM.install(): no addresses")
-        self.addresses = checked
-        h = self.host
-        if self.source_material:
-            self.binary = self._build(build)
-        else:
-            found = h.run("command -v qemu-system-x86_64", ignore_status=True, timeout=60)
-            if found.exit_status != 0:
-                raise AutoservVirtError(f"{h.hostname}: no qemu-system-x86_64 on the hypervisor "
-                                        "(install qemu-system-x86, or give KVM.get() a source)")
-            self.binary = found.stdout.strip()
-        flags = h.run("grep -m1 -o -w -E 'vmx|svm' /proc/cpuinfo", ignore_status=True,
-                      timeout=60).stdout.split()
-        vendor = {"vmx": "kvm_intel", "svm": "kvm_amd"}.get(flags[0]) if flags else None
-        if vendor and insert_modules:
-            self._load_modules(vendor)
-        usable = vendor and h.run("test -w /dev/kvm", ignore_status=True,
-                                  timeout=60).exit_status == 0
-        if usable:
-            self.accel = ["-accel", "kvm", "-cpu", "host"]
-        else:
-            self.accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
-            why = "the CPU has no vmx/svm flag" if not vendor else "/dev/kvm is not usable"
-            message = f"{h.hostname}: {why}; guests run under TCG (software emulation, slow)"
-            LOG.write(message)
-            if _JOB is not None:
-                _JOB.record("WARN", None, "kvm.install", message)
-        self.installed = True
-        LOG.write(f"KVM on {h.hostname}: {self.binary} {' '.join(self.accel)}, "
-                  f"{len(self.addresses)} address(es)")
-
-    @staticmethod
-    def _checked_address(a):
-        """A copy of one address entry, every field checked before it can
-        reach a shell or a qemu option: mac, ip (ipaddress), port
-        (1-65535), tap and bridge (interface names: [A-Za-z0-9_.-], 1-15)."""
-        import ipaddress
-        if not isinstance(a, dict) or "mac" not in a or "ip" not in a:
-            raise AutoservUsageError(f"KVM address {a!r}: needs 'mac' and 'ip' keys")
-        if not isinstance(a["mac"], str) or \
-                not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", a["mac"]):
-            raise AutoservUsageError(f"KVM address {a!r}: bad mac")
-        try:
-            ip = ipaddress.ip_address(a["ip"])
-        except ValueError:
-            raise AutoservUsageError(f"KVM address {a!r}: ip {a['ip']!r} is not an IPv4 or "
-                                     "IPv6 address")
-        checked = dict(a, ip=str(ip))
-        if "port" in a:
-            port = a["port"]
-            if isinstance(port, bool) or not isinstance(port, (int, str)) or \
-                    not str(port).isdigit() or not 0 < int(port) < 65536:
-                raise AutoservUsageError(f"KVM address {a!r}: port {port!r} is not 1-65535")
-            checked["port"] = int(port)
-        for key in ("tap", "bridge"):
-            if a.get(key) is not None and (not isinstance(a[key], str) or
-                                           not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", a[key])):
-                raise AutoservUsageError(f"KVM address {a!r}: {key} {a[key]!r} is not an "
-                                         "interface name (letters, digits, _ . -; at most 15)")
-        return checked
-
-    def _build(self, build):
-        h = self.host
-        src = self.source_material
-        tmp = h.get_tmp_dir()
-        if os.path.isdir(src):
-            h.send_file(src.rstrip("/") + "/", tmp + "/src")
-        else:
-            h.send_file(src, tmp + "/source.tar")
-            h.run(f"mkdir {tmp}/src && tar -xf {tmp}/source.tar -C {tmp}/src", timeout=600)
-        top = h.run(f"cd {tmp}/src && set -- *; if [ $# = 1 ] && [ -d \"$1\" ]; "
-                    f"then echo \"$PWD/$1\"; else echo \"$PWD\"; fi", timeout=60).stdout.strip()
-        self.tree = top
-        if build:
-            h.run(f"cd {shlex.quote(top)} && ./configure && make", timeout=3 * 3600)
-        for rel in ("qemu-system-x86_64", "build/qemu-system-x86_64",
-                    "x86_64-softmmu/qemu-system-x86_64"):
-            path = f"{top}/{rel}"
-            if h.run(f"test -x {shlex.quote(path)}", ignore_status=True,
-                     timeout=60).exit_status == 0:
-                return path
-        raise AutoservVirtError(f"{h.hostname}: the KVM source tree has no qemu-system-x86_64 "
-                                "at its top, in build/ or in x86_64-softmmu/"
-                                + ("" if build else " (build=False: was it built?)"))
-
-    def _load_modules(self, vendor):
-        h = self.host
-        can = h.run("test -w /proc/sys/kernel/modules_disabled && "
-                    "[ \"$(cat /proc/sys/kernel/modules_disabled)\" = 0 ]",
-                    ignore_status=True, timeout=60).exit_status == 0
-        if not can:
-            LOG.write(f"{h.hostname}: cannot load kernel modules; leaving kvm as it is")
-            return
-        h.run(f"modprobe -r {vendor} kvm", ignore_status=True, timeout=120)
-        tree = self.tree
-        built = tree and h.run(f"cd {shlex.quote(tree)} && find . -name 'kvm*.ko'",
-                               ignore_status=True, timeout=60).stdout.split()
-        if built:
-            core = [m for m in built if m.endswith("/kvm.ko")]
-            vendor_ko = [m for m in built if vendor.replace("_", "-") in m or vendor in m]
-            h.run(f"cd {shlex.quote(tree)} && insmod {shlex.quote(core[0])} && "
-                  f"insmod {shlex.quote(vendor_ko[0])}", timeout=120)
-        else:
-            h.run(f"modprobe kvm && modprobe {vendor}", timeout=120)
-        self.modules_loaded = [vendor, "kvm"]
-
-    def uninstall(self):
-        """Destroys every guest; unloads the modules if autoserv loaded them."""
-        for guest in list(self.in_use.values()):
-            guest.close()
-        if self.modules_loaded and self.host.is_owned_here():
-            self.host.run("modprobe -r " + " ".join(self.modules_loaded), ignore_status=True,
-                          timeout=120)
-            self.modules_loaded = []
-
-    def reserve(self, guest):
-        """The first free address, taken for guest: (index, address).
-        Raises AutoservVirtError before install() or when none is free."""
-        if not self.installed:
-            raise AutoservVirtError("KVM.install(addresses) must come before a KVMGuest")
-        for i, address in enumerate(self.addresses):
-            if i not in self.in_use:
-                self.in_use[i] = guest
-                return i, address
-        raise AutoservVirtError(f"{self.host.hostname}: no free address for another guest "
-                                f"({len(self.addresses)} given to KVM.install, all in use)")
-
-    def release(self, guest):
-        """Gives back the address guest took (KVMGuest.close())."""
-        for i, g in list(self.in_use.items()):
-            if g is guest:
-                del self.in_use[i]
-
-    def qmp(self, socket_path, *commands, timeout=30):
-        """Sends QMP commands (dicts) through the hypervisor; returns the replies."""
-        return qmp(self.host, socket_path, *commands, timeout=timeout)
-
-
-class Guest(SSHHost):
-    """A virtual machine reached over ssh; its power controller is the
-    hypervisor's (hardreset() asks the hypervisor)."""
-
-
-class KVMGuest(Guest):
-    """A QEMU/KVM guest on a KVM hypervisor, driven like any SSH host.
-
-    Takes the first free address, starts qemu detached on the hypervisor (a
-    0700 run dir holding the pidfile, the QMP socket and the serial log), then
-    is an SSHHost for that address, host-key policy ephemeral by default.
-    Its power controller (unless power= is given) is a QMPPower on that
-    socket: hardreset() is QMP system_reset, power_off() freezes it.
-    boot_timeout: how long a boot may take before wait_up() without a
-    timeout starts saying it is still waiting (it never gives up on a qemu
-    that runs).  Destroyed on close() and at job end."""
-
-    def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
-                 boot_timeout=300, **ssh_kwargs):
-        # Keywords are checked before qemu starts (SSHHost's own check
-        # comes after it).
-        own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
-        _refuse_host_keywords("KVMGuest", {k: v for k, v in ssh_kwargs.items() if k not in own})
-        self.kvm = kvm
-        self.boot_timeout = boot_timeout
-        self.qemu_options = qemu_options
-        self.index, self.address = kvm.reserve(self)
-        self.qemu_pid = None
-        self.run_dir = None
-        try:
-            self._start_qemu()
-        except BaseException:
-            self._remove_run_dir()      # qemu never ran: its run dir and tap go too
-            kvm.release(self)
-            raise
-        addr = self.address
-        ssh_kwargs["power"] = ssh_kwargs.get("power") or self._qmp_power
-        super().__init__(addr["ip"], user=user, port=addr.get("port"),
-                         host_key_policy=host_key_policy, **ssh_kwargs)
-        self._init_args = (addr["ip"],)
-        self._init_kwargs = dict(user=user, port=addr.get("port"),
-                                 host_key_policy=host_key_policy)
-
-    def __reduce__(self):
-        # In another process a guest is a plain ssh host for the same address.
-        return (_rebuild_host, (Guest, self._init_args, self._init_kwargs))
-
-    def _start_qemu(self):
-        kvm, h, a = self.kvm, self.kvm.host, self.address
-        self.run_dir = rd = h.get_tmp_dir()
-        v = _qemu_value
-        if "port" in a:
-            ip = f"[{a['ip']}]" if ":" in a["ip"] else a["ip"]
-            forward = f"tcp:{ip}:{int(a['port'])}-:22"
-            net = f"user,id=n0,hostfwd={v(forward)}"
-        else:
-            tap = a.get("tap") or f"ast{os.getpid() % 100000}x{self.index}"
-            bridge = a.get("bridge") or "br0"
-            q = shlex.quote(tap)
-            h.run(f"ip tuntap add dev {q} mode tap && ip link set {q} master "
-                  f"{shlex.quote(bridge)} && ip link set {q} up", timeout=60)
-            self._tap = tap
-            net = f"tap,id=n0,ifname={v(tap)},script=no,downscript=no"
-        fixed = [kvm.binary, *kvm.accel, "-nodefaults", "-no-user-config", "-display", "none",
-                 "-netdev", net, "-device", f"virtio-net-pci,netdev=n0,mac={v(a['mac'])}",
-                 "-device", "virtio-rng-pci",
-                 "-chardev", f"socket,id=ser0,path={v(rd + '/serial.sock')},server=on,"
-                             f"wait=off,logfile={v(rd + '/serial.log')},logappend=on",
-                 "-serial", "chardev:ser0",
-                 "-qmp", f"unix:{v(rd + '/qmp.sock')},server=on,wait=off",
-                 "-pidfile", f"{rd}/qemu.pid", "-daemonize"]
-        # qemu_options is a shell string (the seed builds it with sh_escape
-        # inside double quotes): the hypervisor's shell splits it.
-        command = (f"cd {rd} && " + " ".join(shlex.quote(w) for w in fixed) + " "
-                   + self.qemu_options + f" && cat {rd}/qemu.pid")
-        LOG.write(f"starting guest: {command}", h.hostname)
-        result = h.run(command, timeout=120, ignore_status=True)
-        if result.exit_status != 0:
-            raise AutoservVirtError(f"{h.hostname}: qemu did not start: "
-                                    + (result.stderr.strip() or result.status_text()))
-        self.qemu_pid = int(result.stdout.split()[-1])
-        self.serial_log = f"{rd}/serial.log"
-        self._qmp_power = QMPPower(f"{rd}/qmp.sock", h)
-
-    @property
-    def qmp_socket(self):
-        """The QMP socket's path on the hypervisor (its QMPPower's: setting
-        it moves both)."""
-        return self._qmp_power.socket_path
-
-    @qmp_socket.setter
-    def qmp_socket(self, path):
-        self._qmp_power.socket_path = path
-
-    def qemu_alive(self):
-        """True while qemu runs (a zombie is dead: PID 1 may reap it late)."""
-        if self.qemu_pid is None:
-            return False
-        out = self.kvm.host.run(f"cat /proc/{self.qemu_pid}/stat 2>/dev/null", timeout=30,
-                                ignore_status=True).stdout
-        state = out.rsplit(")", 1)[-1].split()[:1]
-        return bool(state) and state[0] not in ("Z", "X")
-
-    def serial_tail(self, lines=20):
-        return self.kvm.host.run(f"tail -n {lines} {self.serial_log} 2>/dev/null",
-                                 timeout=30, ignore_status=True).stdout
-
-    def _dead_error(self):
-        return AutoservVirtError(f"guest {self.hostname}:{self.port}: qemu (pid {self.qemu_pid})"
-                                 " has exited; serial log ends:\n" + self.serial_tail())
-
-    def wait_up(self, timeout=None):
-        """True once the guest answers ssh; False when timeout passes first.
-        timeout=None waits as long as it takes (the seed's g.wait_up()),
-        saying so on stderr once the guest is later than boot_timeout and
-        every WAIT_PROGRESS_EVERY seconds after.  A qemu that exited fails
-        at once (AutoservVirtError with the serial log's tail)."""
-        t0 = time.monotonic()
-        deadline = _monotonic_deadline(timeout)
-        report = t0 + self.boot_timeout
-        while True:
-            if not self.qemu_alive():
-                raise self._dead_error()
-            left = _remaining(deadline)
-            if super().wait_up(timeout=2.0 if left is None else min(2.0, left)):
-                return True
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return False
-            if deadline is None and now >= report:
-                report = now + WAIT_PROGRESS_EVERY
-                tail = _last_line(self.serial_tail(5)) or "empty"
-                message = (f"guest {self.hostname}:{self.port}: no ssh answer after "
-                           f"{now - t0:.0f} s; waiting on (serial log: {tail})")
-                LOG.write(message, self.hostname)
-                _say(message)
-
-    def monitor(self, command):
-        """A human monitor command through QMP (e.g. "info status", "commit")."""
-        return self.kvm.qmp(self.qmp_socket, {"execute": "human-monitor-command",
-                                              "arguments": {"command-line": command}})[-1]
-
-    def close(self):
-        """Stops qemu (QMP quit, then the PID), removes its run dir."""
-        super().close()
-        if self.qemu_pid is None or not self.is_owned_here():
-            return
-        h = self.kvm.host
-        if self.qemu_alive():
-            try:
-                self.kvm.qmp(self.qmp_socket, {"execute": "quit"}, timeout=10)
-            except AutoservError as e:
-                LOG.write(f"QMP quit failed: {e}", self.hostname)
-            end = time.monotonic() + 10
-            while self.qemu_alive() and time.monotonic() < end:
-                time.sleep(0.1)
-            if self.qemu_alive():
-                h.run(f"kill -9 {self.qemu_pid}", ignore_status=True, timeout=30)
-        self._remove_run_dir()
-        self.qemu_pid = None
-        self.kvm.release(self)
-
-    def _remove_run_dir(self):
-        h = self.kvm.host
-        if getattr(self, "_tap", None):
-            h.run(f"ip link del {shlex.quote(self._tap)}", ignore_status=True, timeout=30)
-            self._tap = None
-        if self.run_dir:
-            h.run(f"rm -rf -- {shlex.quote(self.run_dir)}", ignore_status=True, timeout=30)
-            h.forget_tmp_dir(self.run_dir)
-            self.run_dir = None
-
-
-class PowerController:
-    """The power interface every controller has (module ``power``; a host
-    uses one through power=, host.power_on/off/cycle() and hardreset()).
-    A controller that cannot do one of these says so with
-    AutoservNotImplementedError naming itself, what it cannot do and why
-    (its `lacks` text); it never lacks the method."""
-
-    lacks = "this controller has no such operation"
-
-    def _cannot(self, what, why=None):
-        raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: "
-                                          f"{why or self.lacks}")
-
-    def on(self):
-        """Powers the machine on.  Raises AutoservHostError when the
-        controller fails, AutoservNotImplementedError when it cannot."""
-        self._cannot("power on")
-
-    def off(self):
-        """Powers the machine off (hard: no shutdown).  Raises as on()."""
-        self._cannot("power off")
-
-    def cycle(self):
-        """Off, then on again.  Raises as on()."""
-        self._cannot("power cycle")
-
-    def reset(self):
-        """A hard reset (what host.hardreset() uses); a power cycle unless
-        the controller has a reset of its own.  Raises as on()."""
-        return self.cycle()
-
-    def status(self):
-        """The power state, "on" or "off".  Raises as on()."""
-        self._cannot("report power status")
-
-
-class CommandPower(PowerController):
-    """A power controller made of local shell commands (on=, off=, cycle=,
-    status=: "on" when the status command exits 0, else "off")."""
-
-    _WHAT = {"on": "power on", "off": "power off", "cycle": "power cycle",
-             "status": "report power status"}
-
-    def __init__(self, on=None, off=None, cycle=None, timeout=120, status=None):
-        self.commands = {"on": on, "off": off, "cycle": cycle, "status": status}
-        self.timeout = timeout
-
-    def _do(self, what, ignore_status=False):
-        command = self.commands[what]
-        if command is None:
-            if what == "cycle" and self.commands["on"] and self.commands["off"]:
-                self._do("off")
-                return self._do("on")
-            self._cannot(self._WHAT[what], f"no {what}= command was given")
-        return LocalHost().run(command, timeout=self.timeout, ignore_status=ignore_status)
-
-    def on(self):
-        return self._do("on")
-
-    def off(self):
-        return self._do("off")
-
-    def cycle(self):
-        return self._do("cycle")
-
-    def status(self):
-        return "off" if self._do("status", ignore_status=True).exit_status else "on"
-
-
-def _conmux_client(client, target, stdout):
-    env = dict(os.environ)
-    env.setdefault("LOGNAME", env.get("USER") or "autoserv")   # conmux wants a user
-    return _popen([client, target], stdin=PIPE, stdout=stdout,
-                  stderr=_subprocess().STDOUT, env=env)
-
-
-def _end_client(proc):
-    """Ends a conmux client: it exits when its stdin closes; KILL after 5 s."""
-    try:
-        proc.stdin.close()
-    except OSError:
-        pass
-    try:
-        proc.wait(5)
-    except _subprocess().TimeoutExpired:
-        _killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _conmux_command(client, target, command, label, confirm=None, timeout=30):
-    """Sends ~$command through a conmux client and waits for conmux's
-    confirmation line (for hardreset: "... hard reset")."""
-    import selectors
-    confirm = confirm or command.replace("hard", "hard ").encode()
-    proc = _conmux_client(client, target, PIPE)
-    seen = b""
-    try:
-        proc.stdin.write(b"~$" + command.encode() + b"\n")
-        proc.stdin.flush()
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            end = time.monotonic() + timeout
-            while confirm not in seen and time.monotonic() < end:
-                if sel.select(0.2):
-                    chunk = os.read(proc.stdout.fileno(), 65536)
-                    if not chunk:
-                        break
-                    seen += chunk
-    finally:
-        _end_client(proc)
-        proc.stdout.close()
-    if confirm not in seen:
-        raise AutoservHostError(label, f"conmux {command} was not confirmed",
-                                _decode(seen[-300:]).strip() or f"no answer from {target}")
-    LOG.write(f"conmux {command} on {target}", label)
-
-
-def _conmux_program(attach, who):
-    """The conmux client to run: attach, else conmux-console (Debian), else
-    console (upstream); AutoservUsageError naming who when there is none."""
-    client = attach or shutil.which("conmux-console") or shutil.which("console")
-    if not client or not (os.path.isfile(client) or shutil.which(client)):
-        raise AutoservUsageError(f"{who}: no conmux client (conmux-console or console): "
-                                 "install conmux")
-    return client
-
-
-class ConmuxConsole:
-    """A machine's console behind conmux, captured: with logfilename, a
-    client stays attached (stdin kept open: it exits on EOF) until close(),
-    appending everything the machine prints to that file, reboots and
-    panics included.  target: "host:port" or "server/name"; attach: the
-    client program."""
-
-    def __init__(self, target, attach=None, logfilename=None, label=None):
-        self.target = target
-        self.client = _conmux_program(attach, f"ConmuxConsole({target!r})")
-        self.logfilename = logfilename
-        self.label = label or target
-        self._proc = None
-        self._owner = None
-        if logfilename:
-            with open(logfilename, "ab") as log:
-                self._proc = _conmux_client(self.client, target, log)
-            self._owner = os.getpid()
-            LOG.write(f"console {target} captured in {logfilename}", self.label)
-
-    def __repr__(self):
-        return f"<ConmuxConsole {self.target}>"
-
-    def close(self):
-        """Ends the capture (only in the process that started it)."""
-        proc, self._proc = self._proc, None
-        if proc is not None and self._owner == os.getpid():
-            _end_client(proc)
-
-
-class ConmuxSSHHost(SSHHost):
-    """An SSH host whose console is behind conmux: its power controller
-    (unless power= is given) is a ConmuxPower, so hardreset() issues conmux's
-    hardreset command, and its console (unless console= is given) is a
-    ConmuxConsole capturing the whole job into <results>/<host>/console.log
-    (or logfilename), reboots and panics included.
-
-    server: where the console is, "host:port" (a numeric listener) or a
-    conmux registry host (the console is then server/hostname); attach: the
-    client program (default conmux-console, upstream's console)."""
-
-    def __init__(self, hostname, logfilename=None, server=None, attach=None, **kwargs):
-        client = _conmux_program(attach, f"ConmuxSSHHost({hostname!r})")
-        super().__init__(hostname, **kwargs)
-        self._init_kwargs.update(logfilename=logfilename, server=server, attach=attach)
-        self.console_client = client
-        if server and (":" in server or "/" in server):
-            self.console_target = server
-        else:
-            self.console_target = f"{server or 'localhost'}/{self.hostname}"
-        if self.power is None:
-            self.power = ConmuxPower(self.console_target, attach=client, label=self.hostname)
-        self._own_console = None
-        if self.console is None:
-            if logfilename is None and _JOB is not None:
-                folder = os.path.join(_JOB.resultdir, _safe_name(self.hostname))
-                os.makedirs(folder, exist_ok=True)
-                logfilename = os.path.join(folder, "console.log")
-            self.console = self._own_console = ConmuxConsole(
-                self.console_target, attach=client, logfilename=logfilename,
-                label=self.hostname)
-        self.console_log = logfilename
-
-    def close(self):
-        super().close()
-        if self._own_console is not None:       # a console= given is its owner's
-            self._own_console.close()
-
-
-class ConmuxPower(PowerController):
-    """Power through a conmux console's hardreset command (cycle and reset).
-    conmux has no power on, off or status: those raise
-    AutoservNotImplementedError.  label: the name its errors and log lines
-    carry (default: target)."""
-
-    lacks = "conmux offers only hardreset (use cycle or reset)"
-
-    def __init__(self, target, attach=None, label=None):
-        self.target = target
-        self.client = _conmux_program(attach, "ConmuxPower")
-        self.label = label or target
-
-    def __repr__(self):
-        return f"<ConmuxPower {self.target}>"
-
-    def cycle(self):
-        _conmux_command(self.client, self.target, "hardreset", self.label)
-
-    reset = cycle
-
-
-class QMPPower(PowerController):
-    """A QEMU guest's power through its QMP socket on host: off = stop
-    (frozen), on and cycle = system_reset and cont (a fresh boot, running),
-    reset = system_reset alone (QEMU's reset of its own, what hardreset()
-    uses: like a reset button, it does not start a guest that is off)."""
-
-    def __init__(self, socket_path, host=None):
-        self.socket_path = socket_path
-        self.host = host or LocalHost()
-
-    def __repr__(self):
-        return f"<QMPPower {self.host.hostname}:{self.socket_path}>"
-
-    def _qmp(self, *commands):
-        return qmp(self.host, self.socket_path, *[{"execute": c} for c in commands])
-
-    def on(self):
-        self._qmp("system_reset", "cont")
-
-    def off(self):
-        self._qmp("stop")
-
-    def cycle(self):
-        self._qmp("system_reset", "cont")
-
-    def reset(self):
-        self._qmp("system_reset")
-
-    def status(self):
-        return "on" if self._qmp("query-status")[0].get("running") else "off"
-
-
-class IPMIPower(PowerController):
-    """A BMC through ipmitool (lanplus).  The password travels in the
-    environment (-E) or a file (-f), never on a command line, and is never
-    logged.  cipher suite 3 by default: without -C every call takes 10 s."""
-
-    def __init__(self, bmc, user="admin", password=None, password_file=None, port=623,
-                 interface="lanplus", cipher=3, timeout=30):
-        self.bmc, self.user, self.port = bmc, user, int(port)
-        self.interface, self.cipher, self.timeout = interface, cipher, timeout
-        self._password = password
-        self.password_file = password_file
-        if password is None and password_file is None and "IPMI_PASSWORD" not in os.environ:
-            raise AutoservUsageError("IPMIPower: give password=, password_file= or set "
-                                     "IPMI_PASSWORD in the environment")
-
-    def __repr__(self):
-        return f"<IPMIPower {self.user}@{self.bmc}:{self.port}>"
-
-    def _argv(self, *words):
-        argv = ["ipmitool", "-I", self.interface, "-H", self.bmc, "-p", str(self.port),
-                "-U", self.user]
-        if self.cipher is not None:
-            argv += ["-C", str(self.cipher)]
-        argv += ["-f", self.password_file] if self.password_file else ["-E"]
-        return argv + list(words)
-
-    def _ipmitool(self, *words):
-        if shutil.which("ipmitool") is None:
-            raise AutoservHostError(self.bmc, "ipmitool is not installed",
-                                    "install the ipmitool package")
-        env = dict(os.environ)
-        if self._password is not None:
-            env["IPMI_PASSWORD"] = self._password
-        LOG.write("ipmitool " + " ".join(words), f"bmc {self.bmc}")
-        ex = _Execution(self._argv(*words), f"bmc {self.bmc}", timeout=self.timeout, env=env)
-        ex.start()
-        ex.wait()
-        result = ex.result(" ".join(["ipmitool"] + list(words)), self.bmc)
-        if ex.timed_out or ex.returncode != 0:
-            text = _last_line(result.stderr) or result.status_text()
-            if "establish" in text or "password" in text.lower() or "auth" in text.lower():
-                text += " (wrong user or password, or not a BMC there)"
-            raise AutoservHostError(self.bmc, f"IPMI chassis {' '.join(words[2:])} failed", text)
-        return result.stdout.strip()
-
-    def on(self):
-        return self._ipmitool("chassis", "power", "on")
-
-    def off(self):
-        return self._ipmitool("chassis", "power", "off")
-
-    def cycle(self):
-        return self._ipmitool("chassis", "power", "cycle")
-
-    def reset(self):
-        return self._ipmitool("chassis", "power", "reset")
-
-    def status(self):
-        return "on" if self._ipmitool("chassis", "power", "status").endswith("on") else "off"
-
-
-class RedfishPower(PowerController):
-    """A BMC through Redfish (urllib + JSON): ComputerSystem.Reset actions.
-    HTTPS is verified against ca_file (or the system store) unless
-    verify=False; the password (argument or password_file) goes only into the
-    Authorization header and is never logged."""
-
-    RESET = {"on": "On", "off": "ForceOff", "cycle": "PowerCycle", "reset": "ForceRestart"}
-
-    def __init__(self, url, user=None, password=None, password_file=None, system=None,
-                 verify=True, ca_file=None, timeout=30):
-        self.url = url.rstrip("/")
-        self.user = user
-        if password is None and password_file:
-            with open(password_file, encoding="utf-8") as f:
-                password = f.read().strip()
-        self._password = password
-        self.system = system
-        self.verify, self.ca_file, self.timeout = verify, ca_file, timeout
-
-    def __repr__(self):
-        return f"<RedfishPower {_redact_url(self.url)}>"
-
-    def _request(self, path, body=None):
-        """One call to the BMC.  Credentials go to the BMC's own origin only:
-        an absolute path (an @odata.id) or a redirect to any other scheme,
-        host or port is an error naming that URL."""
-        import base64
-        import ssl
-        import urllib.error
-        url = path if re.match(r"(?i)^[a-z][a-z0-9+.-]*:", path) else self.url + path
-        shown = _redact_url(url)
-        method = "POST" if body is not None else "GET"
-        if _origin(url) != _origin(self.url):
-            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} refused",
-                                    "not the BMC's origin (scheme, host and port): "
-                                    "credentials go nowhere else")
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.user is not None:
-            token = base64.b64encode(f"{self.user}:{self._password or ''}".encode()).decode()
-            headers["Authorization"] = "Basic " + token
-        context = None
-        if url.lower().startswith("https:"):
-            context = ssl.create_default_context(cafile=self.ca_file)
-            if not self.verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        LOG.write(f"redfish {method} {shown}")
-        try:
-            with _urlopen(url, data=data, method=method, headers=headers,
-                          timeout=self.timeout, context=context, same_origin=True) as resp:
-                text = resp.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            reason = "authentication failed" if e.code in (401, 403) else e.reason
-            raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} failed",
-                                    f"HTTP {e.code}: {reason}")
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise AutoservHostError(_redact_url(self.url), f"Redfish {shown} unreachable",
-                                    _redact_url(getattr(e, "reason", e)))
-        return json.loads(text) if text.strip() else {}
-
-    def _system(self):
-        if self.system is None:
-            members = self._request("/redfish/v1/Systems").get("Members", [])
-            if not members:
-                raise AutoservHostError(self.url, "Redfish lists no systems")
-            self.system = members[0]["@odata.id"]
-        return self.system
-
-    def _reset(self, kind):
-        self._request(f"{self._system()}/Actions/ComputerSystem.Reset",
-                      {"ResetType": self.RESET[kind]})
-
-    def on(self):
-        self._reset("on")
-
-    def off(self):
-        self._reset("off")
-
-    def cycle(self):
-        self._reset("cycle")
-
-    def reset(self):
-        self._reset("reset")
-
-    def status(self):
-        return "on" if self._request(self._system()).get("PowerState") == "On" else "off"
-
-
-register_power("command", CommandPower)
-register_power("qmp", QMPPower)
-register_power("ipmi", IPMIPower)
-register_power("conmux", ConmuxPower)
-register_power("redfish", RedfishPower)
-
-
-def create_host(spec, **kwargs):
-    """Builds a host from ``[user@]host[:port]``; ``localhost`` with no user or
-    port is the LocalHost; a site file may register other classes by name
-    (``kind=``)."""
-    kind = kwargs.pop("kind", None)
-    if kind:
-        cls = _REGISTRY["host"].get(kind)
-        if cls is None:
-            raise AutoservUsageError(f"no host class registered as {kind!r}")
-        return cls(spec, **kwargs)
-    if spec in ("localhost", "local") and not kwargs:
-        return LocalHost()
-    return SSHHost(spec, **kwargs)
-
-
 # Control files ################################################################
 
 def translate_legacy(src):
@@ -7773,6 +7800,7 @@ def control_namespace(job=None, machines=(), args=(), filename="<control>"):
     ns.update((name, g[name]) for name in _API_NAMES + tuple(_API))
     ns.update(_exceptions())
     return ns
+
 
 # CLI ##########################################################################
 
