@@ -16,6 +16,7 @@ import builtins
 import contextlib
 import ctypes
 import difflib
+import glob
 import inspect
 import io
 import json
@@ -2150,7 +2151,11 @@ class TestSSHJobs(SshdTestCase):
                                         {"failure": "ValueError",
                                          "timeout": "AutoservTimeoutError",
                                          "lost-connection": "AutoservSSHConnectionLost"}.get(name))
-                self.assertEqual(_remote_autoserv_dirs() - before, set())
+                # On failure, what the job's debug log says of its cleanup.
+                said = "".join(line for path in glob.glob(os.path.join(
+                    self.tmp, "r-" + name, "debug", "*")) for line in open(path, errors="replace")
+                    if re.search(r"temp dir|rm -rf|master|connection", line))
+                self.assertEqual(_remote_autoserv_dirs() - before, set(), said[-3000:])
                 self.assertEqual(_ctrl_dirs() - sockets_before, set())
         wait_for(lambda: not processes_with("sleep 4247."), 10, what="remote sleeps gone")
 
