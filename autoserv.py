@@ -1447,7 +1447,21 @@ class Host:
         connect_timeout bounds reaching the host.  Returns a CmdResult.
         Raises AutoservRunError for a non-zero exit unless ignore_status,
         AutoservTimeoutError on timeout, AutoservSSHError (a subclass) when
-        the transport fails."""
+        the transport fails.
+
+        The one run body for every kind of host: a subclass supplies the
+        transport's primitive, _execute()."""
+        command = _with_args(command, args)
+        result = self._execute(command, _stdin_bytes(stdin), timeout, stdout_tee,
+                               stderr_tee, max_output, connect_timeout)
+        LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
+        return _judge(result, ignore_status)
+
+    def _execute(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
+                 connect_timeout):
+        """Runs command (its args appended already) with data (bytes) on its
+        stdin; returns its CmdResult, unjudged: exit status, signal, timed_out
+        and output set.  Raises only for a transport that failed."""
         raise NotImplementedError
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
@@ -1748,19 +1762,15 @@ class LocalHost(SiteHost):
         self.allow_local_reboot = allow_local_reboot
         super().__init__(**kwargs)
 
-    def run(self, command, timeout=None, ignore_status=False, stdin=None,
-            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
-            max_output=DEFAULT_MAX_OUTPUT):
-        command = _with_args(command, args)
+    def _execute(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
+                 connect_timeout):
         LOG.write(f"run: {command}", self.hostname)
-        ex = _Execution([_login_shell(), "-c", command], self.hostname, stdin=stdin,
+        ex = _Execution([_login_shell(), "-c", command], self.hostname, stdin=data,
                         timeout=timeout, stdout_tee=stdout_tee, stderr_tee=stderr_tee,
                         max_output=max_output)
         ex.start()
         ex.wait()
-        result = _set_exit_status(ex.result(command, self.hostname), ex.returncode)
-        LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
-        return _judge(result, ignore_status)
+        return _set_exit_status(ex.result(command, self.hostname), ex.returncode)
 
     def get_tmp_dir(self):
         return get_tmp_dir()
@@ -4557,11 +4567,8 @@ class SSHHost(RemoteHost):
             _WRAPPER, "autoserv", token, str(stdin_len), command, run_id))
 
     # running commands
-    def run(self, command, timeout=None, ignore_status=False, stdin=None,
-            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
-            max_output=DEFAULT_MAX_OUTPUT):
-        command = _with_args(command, args)
-        data = _stdin_bytes(stdin)
+    def _execute(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
+                 connect_timeout):
         result = None
         if self.persistent:
             result = self._agent_client.run(command, data, timeout, stdout_tee, stderr_tee,
@@ -4571,8 +4578,7 @@ class SSHHost(RemoteHost):
             # so a subclass (or a test's patch) that wraps it is the one used.
             result = self._link.session(command, data, timeout, stdout_tee, stderr_tee,
                                         max_output, connect_timeout, self._remote_command)
-        LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
-        return _judge(result, ignore_status)
+        return result
 
     def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
                   backend=None, timeout=None):
@@ -7141,19 +7147,37 @@ _BUILTIN_TESTS = {"sleeptest": _sleeptest, "linus_stress": _linus_stress,
                   "netperf2": _netperf2}
 
 
+class _Forked:
+    """A forked child (a pid, not a Popen) as _terminate() handles one."""
+
+    def __init__(self, pid):
+        self.pid, self.returncode = pid, None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise _subprocess().TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig):
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _end_child(pid, grace=10.0):
     """Ends a forked child of ours: TERM, then KILL after grace s; reaped."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    _terminate(_Forked(pid), grace, group=False, kill_wait=None)
 
 
 class _Profilers:
