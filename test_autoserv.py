@@ -7936,11 +7936,16 @@ def _count(outcomes, reasons, test_id, outcome, reason=""):
         reasons[test_id] = reason
 
 
-def _last_line(traceback_text):
-    """A failure's reason for the closing lines: its traceback's last line
-    (the exception and its message), cut to one screen line."""
+def _failure_reason(traceback_text):
+    """A failure's reason for the closing lines: the exception and its
+    message from its traceback, on one line of at most 300 characters."""
     lines = [line for line in traceback_text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+    # The exception: the first unindented line after the last frame, with
+    # the lines of its message after it.
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    rest = lines[frames[-1] + 1:] if frames else lines
+    start = next((i for i, line in enumerate(rest) if not line.startswith(" ")), 0)
+    return " | ".join(line.strip() for line in rest[start:])[:300]
 
 
 def _unittest_outcomes(result):
@@ -7949,7 +7954,7 @@ def _unittest_outcomes(result):
     kept from running count as that."""
     outcomes = dict.fromkeys(_TimedResult.ran, "passed")
     reasons = {}
-    entries = [(t, "failed", _last_line(tb)) for t, tb in result.failures + result.errors]
+    entries = [(t, "failed", _failure_reason(tb)) for t, tb in result.failures + result.errors]
     entries += [(t, "failed", "unexpected success") for t in result.unexpectedSuccesses]
     entries += [(t, "skipped", why) for t, why in result.skipped]
     for test, outcome, reason in entries:
