@@ -18,7 +18,8 @@ a test holds this list to the banners):
     shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
     Parallel; Power controllers and consoles; Installables, kernels and the
     boot loader; KVM and guests; Autotest, server side; Autotest client
-    harness (it runs on the target); Control files; CLI.
+    harness (it runs on the target); Control files; Shards, merge and
+    Slurm; CLI.
 """
 
 __version__ = "0.1.0"
@@ -1170,7 +1171,7 @@ class ServerJob:
     sees it as ``job``."""
 
     def __init__(self, resultdir, control=None, machines=(), args=(), user=None,
-                 label=None, options=None):
+                 label=None, options=None, shard=None):
         global _JOB
         self.resultdir = resultdir
         self.debugdir = os.path.join(resultdir, "debug")
@@ -1181,6 +1182,7 @@ class ServerJob:
         self.user = user or _user_name()
         self.label = label or ""
         self.options = options
+        self.shard = shard        # --shard: what _shard_record() gives, else None
         self.run_id = os.urandom(6).hex()
         self.status = StatusLog(os.path.join(resultdir, "status.log"))
         self.started = time.time()
@@ -1203,6 +1205,10 @@ class ServerJob:
                   "hostnames": ",".join(self.machines),
                   "autoserv_version": __version__,
                   "job_started": int(self.started), "run_id": self.run_id}
+        if self.shard:
+            values.update({"shard": self.shard["shard"], "shard_source": self.shard["source"],
+                           "machines_digest": self.shard["machines_digest"],
+                           "control_digest": self.shard["control_digest"]})
         if extra:
             values.update(extra)
         path = os.path.join(self.resultdir, "keyval")
@@ -1259,32 +1265,14 @@ class ServerJob:
                         "user": self.user, "label": self.label,
                         "run_id": self.run_id, "version": __version__},
                 "hosts": self.host_outcomes}
+        if self.shard:
+            data["job"]["shard"] = self.shard
         _write_atomic(os.path.join(self.resultdir, "summary.json"),
                       json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def write_junit(self, path, outcome, error=""):
-        from xml.sax.saxutils import escape, quoteattr
-        cases = []
-        failures = 0
-        for name, info in sorted(self.host_outcomes.items()):
-            body = ""
-            if info["outcome"] != "GOOD":
-                failures += 1
-                body = (f"<failure message={quoteattr(info['outcome'])}>"
-                        f"{escape(info['error'])}</failure>")
-            cases.append(f'  <testcase classname="autoserv" name={quoteattr(name)} '
-                         f'time="{info["duration"]}">{body}</testcase>')
-        if not cases:
-            body = ""
-            if outcome != "GOOD":
-                failures = 1
-                body = f"<failure message={quoteattr(outcome)}>{escape(error)}</failure>"
-            cases.append(f'  <testcase classname="autoserv" name="job">{body}</testcase>')
-        xml = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-               f'<testsuite name="autoserv" tests="{len(cases)}" failures="{failures}" '
-               f'time="{time.time() - self.started:.3f}">\n' + "\n".join(cases)
-               + "\n</testsuite>\n")
-        _write_atomic(path, xml)
+        _write_atomic(path, _junit_xml(self.host_outcomes, outcome, error,
+                                       time.time() - self.started))
 
     def is_job_process(self):
         """True in the process that made the job; False in a parallel task."""
@@ -1306,6 +1294,31 @@ class ServerJob:
         self._cleanups = []
         _close_all_hosts()
         _cleanup_local_tmp()
+
+
+def _junit_xml(host_outcomes, outcome, error, seconds):
+    """JUnit XML: one test case per host (or one for the job when no host
+    was recorded), failed unless its outcome is GOOD."""
+    from xml.sax.saxutils import escape, quoteattr
+    cases = []
+    failures = 0
+    for name, info in sorted(host_outcomes.items()):
+        body = ""
+        if info["outcome"] != "GOOD":
+            failures += 1
+            body = (f"<failure message={quoteattr(info['outcome'])}>"
+                    f"{escape(info['error'])}</failure>")
+        cases.append(f'  <testcase classname="autoserv" name={quoteattr(name)} '
+                     f'time="{info["duration"]}">{body}</testcase>')
+    if not cases:
+        body = ""
+        if outcome != "GOOD":
+            failures = 1
+            body = f"<failure message={quoteattr(outcome)}>{escape(error)}</failure>"
+        cases.append(f'  <testcase classname="autoserv" name="job">{body}</testcase>')
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<testsuite name="autoserv" tests="{len(cases)}" failures="{failures}" '
+            f'time="{seconds:.3f}">\n' + "\n".join(cases) + "\n</testsuite>\n")
 
 
 def _record(*args, **kwargs):
@@ -7832,6 +7845,433 @@ def control_namespace(job=None, machines=(), args=(), filename="<control>"):
     return ns
 
 
+# Shards, merge and Slurm ######################################################
+
+# A job too big for one box is split across a job engine's array tasks: each
+# task runs this same file on its share of the machine groups (a machines-file
+# line is a group a control file uses together, so a line is never split),
+# and `merge` puts the shards' results dirs back together as one.
+
+# Where `--shard env` finds a task's index and the number of tasks, in the
+# order tried: (index variable, count variable, what the first index is).
+# Kubernetes puts only the index in an Indexed Job's pods (the completion
+# count is in the Job spec, not the env), so there the count is given as
+# `--shard env/N`.
+_SHARD_ENV = (("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
+              ("CI_NODE_INDEX", "CI_NODE_TOTAL", 1),        # GitLab parallel: from 1
+              ("JOB_COMPLETION_INDEX", None, 0))           # Kubernetes Indexed Job
+SLURM_POLL = 1.0            # s between squeue polls while a --slurm job runs
+SLURM_CANCEL_WAIT = 60.0    # s a cancelled array gets to end before the merge
+
+
+def _shard_int(text, what):
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise AutoservUsageError(f"--shard: {what} is {text!r}, not a whole number")
+    return value
+
+
+def parse_shard(spec, environ=None):
+    """(index, count, source) for ``--shard I/N``, ``env`` or ``env/N``:
+    the index counts from 0, source says where the numbers came from.
+    Raises AutoservUsageError with one line saying what is wrong."""
+    env = os.environ if environ is None else environ
+    head, slash, tail = str(spec).partition("/")
+    given = _shard_int(tail, "N") if slash else None
+    if head != "env":
+        if given is None:
+            raise AutoservUsageError(f"--shard {spec}: give I/N (e.g. 0/4), env or env/N")
+        index, count, source = _shard_int(head, "I"), given, f"--shard {spec}"
+    else:
+        for index_var, count_var, first in _SHARD_ENV:
+            if env.get(index_var, "") == "":
+                continue
+            index = _shard_int(env[index_var], index_var)
+            if isinstance(first, str):      # Slurm: --array=M-K starts at M
+                index -= _shard_int(env.get(first) or 0, first)
+            elif first:
+                index -= first
+            used = [index_var]
+            count = given
+            if count_var and env.get(count_var, "") != "":
+                from_env = _shard_int(env[count_var], count_var)
+                if given is not None and given != from_env:
+                    raise AutoservUsageError(f"--shard {spec}: {count_var} says "
+                                             f"{from_env} shards, not {given}")
+                count = from_env
+                used.append(count_var)
+            if count is None:
+                raise AutoservUsageError(
+                    f"--shard env: {index_var} is set but no count of shards is; "
+                    "give it as --shard env/N")
+            source = ", ".join(f"{v}={env[v]}" for v in used)
+            if given is not None and len(used) == 1:
+                source += f", N={given} from --shard {spec}"
+            break
+        else:
+            raise AutoservUsageError(
+                "--shard env: none of " + ", ".join(v for v, _, _ in _SHARD_ENV)
+                + " is set (not inside an array task?); use --shard I/N")
+    if count < 1:
+        raise AutoservUsageError(f"--shard {spec}: the number of shards must be 1 or more")
+    if not 0 <= index < count:
+        raise AutoservUsageError(f"--shard {spec}: shard index {index} is outside "
+                                 f"0..{count - 1} ({source})")
+    return index, count, source
+
+
+def shard_groups(groups, index, count):
+    """The groups shard index/count takes: those whose position mod count is
+    index (stable: a line's shard depends only on its place in the file)."""
+    return [list(group) for n, group in enumerate(groups) if n % count == index]
+
+
+def _digest(text):
+    import hashlib
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _shard_record(groups, index, count, source, control_text):
+    """What a shard records about itself (summary.json's job.shard, keyval):
+    enough for merge to check shards belong together and to name the hosts
+    of a shard that never reported."""
+    return {"shard": f"{index}/{count}", "index": index, "count": count,
+            "source": source, "groups": [list(g) for g in groups],
+            "machines_digest": _digest("\n".join(" ".join(g) for g in groups)),
+            "control_digest": _digest(control_text)}
+
+
+def _read_keyval(path):
+    values = {}
+    try:
+        with open(os.path.join(path, "keyval"), encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.rstrip("\n").partition("=")
+                if sep:
+                    values[key] = value
+    except OSError:
+        pass
+    return values
+
+
+def _load_shard(path):
+    """A shard's results dir, read: its summary, shard record and exit status
+    (None when it never wrote one: killed before its end)."""
+    path = os.path.abspath(path)
+    try:
+        with open(os.path.join(path, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+    except FileNotFoundError:
+        raise AutoservUsageError(f"merge: {path}: no summary.json (not a results dir, "
+                                 "or its shard never started)")
+    except (OSError, ValueError) as e:
+        raise AutoservUsageError(f"merge: {path}: summary.json unreadable: {e}")
+    shard = (summary.get("job") or {}).get("shard")
+    if not isinstance(shard, dict):
+        raise AutoservUsageError(f"merge: {path}: not a shard (it ran without --shard)")
+    status = _read_keyval(path).get("exit_status")
+    return {"dir": path, "summary": summary, "shard": shard,
+            "exit_status": int(status) if status and status.lstrip("-").isdigit() else None}
+
+
+def _check_shards(shards, expect=None):
+    """Refuses (AutoservUsageError naming why) shards that do not belong to
+    one job: different control files, machine lists or splits, or two
+    results for the same shard."""
+    first = expect or shards[0]["shard"]
+    where = "the job submitted" if expect else shards[0]["dir"]
+    for s in shards:
+        for key, what in (("control_digest", "ran different control files"),
+                          ("machines_digest", "had different machine lists"),
+                          ("count", "were split into different numbers of shards")):
+            if s["shard"].get(key) != first.get(key):
+                raise AutoservUsageError(
+                    f"merge: refusing: {where} and {s['dir']} {what} "
+                    f"({key} {first.get(key)} vs {s['shard'].get(key)})")
+    seen = {}
+    for s in shards:
+        other = seen.setdefault(s["shard"]["index"], s)
+        if other is not s:
+            raise AutoservUsageError(f"merge: refusing: {other['dir']} and {s['dir']} are "
+                                     f"both shard {s['shard']['shard']} (overlapping shards)")
+
+
+def _link_host_dirs(out, shard):
+    """Links each per-host (per-task) dir of a shard into the merged dir and
+    its debug dir as debug/shard.I: linked, so nothing is copied twice and
+    the shard's own dir stays whole."""
+    index = shard["shard"]["index"]
+    made = []
+    for name in sorted(os.listdir(shard["dir"])):
+        src = os.path.join(shard["dir"], name)
+        if os.path.islink(src) or not os.path.isdir(src):
+            continue
+        dest = (os.path.join(out, "debug", f"shard.{index}") if name == "debug"
+                else os.path.join(out, name))
+        if os.path.lexists(dest):       # the same name from two shards: keep both
+            dest = f"{dest}.shard{index}"
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.symlink(os.path.relpath(src, os.path.dirname(dest)), dest)
+        made.append(dest)
+    return made
+
+
+def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
+    """Merges shard results dirs into the results dir `out` (made already):
+    status.log (each shard's lines under a `shard.I` group), summary.json,
+    junit.xml, keyval, per-host dirs linked.  `expect` (a shard record) is
+    the job as submitted, `notes` {index: text} what the engine said of a
+    shard.  Returns the exit status: 1 when a shard is missing or did not
+    finish, or one exited 1; else 3 when one recorded a failed test; else 0."""
+    shards = [_load_shard(d) for d in dirs]
+    if not shards and not expect:
+        raise AutoservUsageError("merge: no shard results dirs given")
+    _check_shards(shards, expect)
+    info = expect or shards[0]["shard"]
+    count, groups = info["count"], info["groups"]
+    present = {s["shard"]["index"]: s for s in shards}
+    notes = notes or {}
+    log = StatusLog(os.path.join(out, "status.log"))
+    hosts, missing, codes = {}, [], []
+    for index in range(count):
+        spec = f"{index}/{count}"
+        share = [h for g in shard_groups(groups, index, count) for h in g]
+        s = present.get(index)
+        log.record("START", None, f"shard.{index}",
+                   f"shard {spec}: " + (s["dir"] if s else "no results"))
+        worst = "GOOD"
+        if s:
+            try:
+                with open(os.path.join(s["dir"], "status.log"), encoding="utf-8",
+                          errors="surrogateescape") as f:
+                    worst = log.relay(f.read()) or "GOOD"
+            except (OSError, ValueError) as e:
+                log.record("WARN", None, f"shard.{index}", f"its status.log: {e}")
+            for name, entry in s["summary"].get("hosts", {}).items():
+                old = hosts.get(name)
+                if old is None or _SEVERITY.get(entry["outcome"], 0) > _SEVERITY.get(
+                        old["outcome"], 0):
+                    hosts[name] = entry
+        done = s is not None and s["exit_status"] not in (None, 130, 143)
+        if done:
+            codes.append(s["exit_status"])
+        else:
+            why = ("no results dir" if s is None else "did not finish" if
+                   s["exit_status"] is None else f"interrupted (exit status {s['exit_status']})")
+            if notes.get(index):
+                why += f"; {notes[index]}"
+            not_run = [h for h in share if h not in hosts]
+            for h in not_run:
+                hosts[h] = {"outcome": "ABORT", "duration": 0.0,
+                            "error": f"not run: shard {spec} {why}"}
+            missing.append({"shard": spec, "hosts": share, "not_run": not_run, "why": why})
+            log.record("ABORT", None, f"shard.{index}", f"shard {spec} missing: {why}; "
+                       f"its hosts: {', '.join(share) or '(none)'}")
+            worst = "ABORT"
+        log.record(f"END {worst_status(worst)}", None, f"shard.{index}")
+        if s:
+            _link_host_dirs(out, s)
+    status = (1 if missing or any(c not in (0, 3) for c in codes)
+              else 3 if 3 in codes else 0)
+    errors = [f"shard {m['shard']} missing ({m['why']}): its hosts "
+              f"{', '.join(m['hosts']) or '(none)'}" for m in missing]
+    errors += [f"{name}: {e['outcome']}: {_last_line(e['error'])}"
+               for name, e in sorted(hosts.items())
+               if e["outcome"] != "GOOD" and not e["error"].startswith("not run:")]
+    outcome = "GOOD" if status == 0 else "FAIL"
+    jobs = [s["summary"]["job"] for s in shards]
+    started = min((j.get("started", time.time()) for j in jobs), default=time.time())
+    ended = max((j.get("started", 0) + j.get("duration", 0) for j in jobs), default=started)
+    machines = [h for g in groups for h in g]
+    job = {"outcome": outcome, "exit_status": status, "error": "\n".join(errors),
+           "started": started, "duration": round(max(ended, started) - started, 3),
+           "control": jobs[0].get("control") if jobs else None, "machines": machines,
+           "user": jobs[0].get("user") if jobs else _user_name(),
+           "label": jobs[0].get("label", "") if jobs else "", "version": __version__,
+           "control_digest": info["control_digest"],
+           "machines_digest": info["machines_digest"],
+           "shards": {"count": count, "merged": sorted(s["shard"]["shard"] for s in shards),
+                      "missing": missing, "dirs": [s["dir"] for s in shards]}}
+    _write_atomic(os.path.join(out, "summary.json"),
+                  json.dumps({"job": job, "hosts": hosts}, indent=2, sort_keys=True) + "\n")
+    _write_atomic(os.path.join(out, "junit.xml"),
+                  _junit_xml(hosts, outcome, job["error"], job["duration"]))
+    keyval = {"user": job["user"], "label": job["label"], "hostnames": ",".join(machines),
+              "autoserv_version": __version__, "job_started": int(started),
+              "shards": count, "shards_merged": ",".join(str(i) for i in sorted(present)),
+              "shards_missing": ",".join(m["shard"].split("/")[0] for m in missing),
+              "machines_digest": info["machines_digest"],
+              "control_digest": info["control_digest"],
+              "job_finished": int(time.time()), "exit_status": status}
+    _write_atomic(os.path.join(out, "keyval"),
+                  "".join(f"{k}={v}\n" for k, v in keyval.items()))
+    for line in errors:
+        _say(line, quiet and status == 0)
+    _say(f"merged {len(shards)} of {count} shards into {out}: {outcome}, "
+         f"exit status {status}", quiet)
+    return status
+
+
+def _merge_main(argv):
+    """`autoserv.py merge -r OUT RESULTS_DIR...`."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise AutoservUsageError(f"merge: {message} (see merge --help)")
+
+    p = Parser(prog="autoserv merge", description="Merge the results dirs of a "
+               "job's shards (--shard) into one results dir.")
+    p.add_argument("-r", "--results", required=True, metavar="OUT")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
+    try:
+        opts = p.parse_args(argv)
+        for d in opts.dirs:
+            _load_shard(d)              # refuse before claiming OUT
+        out = _claim_results_dir(opts.results, False)
+        return merge_shards(out, opts.dirs, quiet=opts.quiet)
+    except AutoservUsageError as e:
+        _say(f"error: {e}")
+        return 2
+
+
+def _argv_for_shards(argv, opts):
+    """The command line each array task runs: this one without the options
+    that make it the submitter (--slurm..., -r, --overwrite)."""
+    cut = len(argv) - len(opts.args) - 1      # where CONTROL_FILE is
+    head, tail = argv[:cut], argv[cut:]
+    kept, skip = [], False
+    for word in head:
+        if skip:
+            skip = False
+        elif word in ("--slurm", "--slurm-option", "--slurm-timeout", "-r", "--results"):
+            skip = True
+        elif word == "--overwrite" or word.startswith(
+                ("--slurm=", "--slurm-option=", "--slurm-timeout=", "--results=")) or (
+                word.startswith("-r") and not word.startswith("--")):
+            continue
+        else:
+            kept.append(word)
+    return kept + tail
+
+
+def _slurm(*argv, timeout=30):
+    """A Slurm client command, bounded; its CmdResult."""
+    return run(shlex.join(argv), timeout=timeout, ignore_status=True)
+
+
+def _slurm_tasks(job_id):
+    """{array index: (state, exit code)} from `scontrol show job`, which
+    still knows a task for MinJobAge after it ended."""
+    result = _slurm("scontrol", "-o", "show", "job", job_id)
+    tasks = {}
+    for line in result.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("ArrayTaskId", "").isdigit():
+            tasks[int(fields["ArrayTaskId"])] = (fields.get("JobState", "?"),
+                                                 fields.get("ExitCode", "?"))
+    return tasks
+
+
+def _slurm_run(opts, argv, resultdir, groups, control_text):
+    """--slurm N: submits an sbatch array of N shards, shows their states
+    while waiting, merges when all have ended; returns the merged status."""
+    count = opts.slurm
+    shards = os.path.join(resultdir, "shards")
+    os.mkdir(shards)
+    python = shlex.quote(sys.executable)
+    me = shlex.quote(os.path.abspath(__file__))
+    args = " ".join(shlex.quote(a) for a in _argv_for_shards(argv, opts))
+    q = shlex.quote
+    script = os.path.join(shards, "autoserv.sbatch")
+    _write_atomic(script, textwrap.dedent(f"""\
+        #!/bin/sh
+        #SBATCH --job-name=autoserv
+        #SBATCH --array=0-{count - 1}
+        #SBATCH --output={shards}/slurm-%a.out
+        #SBATCH --chdir={os.getcwd()}
+        # Written by autoserv --slurm {count}: one array task per shard.
+        # The results dir must be on a filesystem every node shares.
+        dir={q(shards)}/$SLURM_ARRAY_TASK_ID
+        if ! mkdir "$dir"; then
+            echo "autoserv shard $SLURM_ARRAY_TASK_ID on $(hostname): cannot write $dir:" \\
+                 "the results dir must be on a filesystem the nodes share," \\
+                 "writable by the job's user" >&2
+            exit 2
+        fi
+        exec {python} {me} --shard env -r "$dir" --overwrite {args}
+        """))
+    submit = _slurm("sbatch", "--parsable", *opts.slurm_option, script, timeout=60)
+    job_id = submit.stdout.strip().split(";")[0]
+    if submit.exit_status != 0 or not job_id.isdigit():
+        _say(f"error: sbatch failed (exit status {submit.exit_status}): "
+             f"{_last_line(submit.stderr or submit.stdout)}")
+        return 2
+    LOG.write(f"--slurm: submitted {script} as job {job_id}")
+    _say(f"slurm job {job_id}: {count} shards, results in {shards}", opts.quiet)
+    status, seen, failing = None, {}, None
+    deadline = time.monotonic() + opts.slurm_timeout
+    try:
+        while True:
+            r = _slurm("squeue", "-h", "-r", "-j", job_id, "-o", "%K %T")
+            if r.exit_status == 0:
+                failing = None
+                states = dict(line.split(None, 1) for line in r.stdout.splitlines()
+                              if len(line.split(None, 1)) == 2)
+                for index, state in sorted(states.items()):
+                    if seen.get(index) != state:
+                        seen[index] = state
+                        _say(f"slurm job {job_id}: shard {index}/{count} {state}", opts.quiet)
+                if not states:
+                    break
+            elif "Invalid job id" in r.stderr:      # ended and already purged
+                break
+            else:   # the controller may restart; a minute of errors is the end
+                failing = failing or time.monotonic()
+                if time.monotonic() - failing > 60:
+                    _say(f"error: squeue keeps failing: {_last_line(r.stderr)}; "
+                         "cancelling the job")
+                    _slurm("scancel", job_id)
+                    break
+            if time.monotonic() > deadline:
+                _say(f"error: --slurm-timeout {opts.slurm_timeout:g} s passed; "
+                     f"cancelling job {job_id}")
+                _slurm("scancel", job_id)
+                _slurm_wait_gone(job_id)
+                break
+            time.sleep(SLURM_POLL)
+    except (KeyboardInterrupt, _Terminated) as e:
+        status = 130 if isinstance(e, KeyboardInterrupt) else 143
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _say(f"interrupted: cancelling slurm job {job_id}, then merging what finished")
+        _slurm("scancel", job_id)
+        _slurm_wait_gone(job_id)
+    tasks = _slurm_tasks(job_id)
+    notes = {}
+    for index in range(count):
+        state, code = tasks.get(index, ("no record left", "?"))
+        notes[index] = f"slurm: {state}, exit code {code}, see {shards}/slurm-{index}.out"
+        LOG.write(f"--slurm: shard {index}/{count}: {state} {code}")
+    dirs = [os.path.join(shards, str(i)) for i in range(count)
+            if os.path.exists(os.path.join(shards, str(i), "summary.json"))]
+    expect = _shard_record(groups, 0, count, "--slurm", control_text)
+    merged = merge_shards(resultdir, dirs, expect=expect,
+                          notes=notes, quiet=opts.quiet)
+    return status or merged
+
+
+def _slurm_wait_gone(job_id):
+    """Waits (at most SLURM_CANCEL_WAIT) for a cancelled job to leave squeue."""
+    end = time.monotonic() + SLURM_CANCEL_WAIT
+    while time.monotonic() < end:
+        r = _slurm("squeue", "-h", "-j", job_id, "-o", "%T")
+        if r.exit_status != 0 or not r.stdout.strip():
+            return
+        time.sleep(SLURM_POLL)
+
+
 # CLI ##########################################################################
 
 def _parser():
@@ -7881,6 +8321,14 @@ def _parser():
       "else /usr/local/autotest)")
     a("--client-harness", action="store_true", help=argparse.SUPPRESS)
     a("--continue", dest="cont", action="store_true", help=argparse.SUPPRESS)
+    a("--shard", metavar="I/N", help="run only machines-file lines whose index mod N "
+      "is I; 'env' or 'env/N' takes them from an array job's environment")
+    a("--slurm", type=int, metavar="N", help="run the job as a Slurm array of N shards "
+      "and merge their results (RESULTS must be on a filesystem the nodes share)")
+    a("--slurm-option", action="append", default=[], metavar="OPT",
+      help="passed to sbatch (repeatable), e.g. --slurm-option=--partition=lab")
+    a("--slurm-timeout", type=float, default=7 * 86400.0, metavar="S",
+      help="--slurm: cancel the array if it has not ended after S seconds (default 7 days)")
     a("-v", "--verbose", action="store_true", help="echo the debug log")
     a("-q", "--quiet", action="store_true", help="say nothing but errors")
     a("--version", action="version", version=f"autoserv {__version__}")
@@ -7902,13 +8350,37 @@ def _split_machines(values, source):
 
 
 def _read_machines_file(path):
+    """The file's groups: each line one group (several hosts, space or comma
+    separated, that a control file uses together)."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = [l.split("#", 1)[0].strip() for l in f]
     except OSError as e:
         raise AutoservUsageError(f"machines file {path}: {e.strerror}")
-    return _split_machines([l for l in lines if l], f"machines file {path}") \
-        if any(lines) else []
+    return [_split_machines([l], f"machines file {path}, line {n}")
+            for n, l in enumerate(lines, 1) if l]
+
+
+def _machine_groups(opts):
+    """-m's machines (each its own group) then -M's lines, a machine kept
+    once: a repeated single machine is dropped, but a group that repeats
+    one is an error, since a shard would take a group apart."""
+    groups, seen = [], {}
+    candidates = [([m], "-m") for m in (_split_machines(opts.machines, "-m")
+                                        if opts.machines else [])]
+    if opts.machines_file:
+        path = os.path.abspath(opts.machines_file)
+        candidates += [(g, f"machines file {path}") for g in _read_machines_file(path)]
+    for group, where in candidates:
+        again = [m for m in group if m in seen]
+        if again and len(group) > 1:
+            raise AutoservUsageError(f"{where}: group {' '.join(group)}: {again[0]} is "
+                                     f"already in {seen[again[0]]}; a machine belongs "
+                                     "to one group")
+        if not again:
+            groups.append(group)
+            seen.update((m, where) for m in group)
+    return groups
 
 
 def _read_control(path):
@@ -7987,6 +8459,8 @@ def main(argv=None):
 
 
 def _main(argv):
+    if argv[:1] == ["merge"]:       # a control file named merge: ./merge
+        return _merge_main(argv[1:])
     try:
         opts = _parser().parse_args(argv)
         if opts.control is None:
@@ -7996,11 +8470,26 @@ def _main(argv):
             return _client_main(control_path, opts.cont)
         source = _read_control(control_path)
         code = _compile_or_usage(source, control_path)
-        machines = _split_machines(opts.machines, "-m") if opts.machines else []
-        if opts.machines_file:
-            for m in _read_machines_file(os.path.abspath(opts.machines_file)):
-                if m not in machines:
-                    machines.append(m)
+        groups = _machine_groups(opts)
+        shard = None
+        if opts.shard is not None:
+            if opts.slurm is not None:
+                raise AutoservUsageError("--shard and --slurm: --slurm makes the shards "
+                                         "itself; give one of them")
+            index, count, how = parse_shard(opts.shard)
+            shard = _shard_record(groups, index, count, how, source)
+            groups = shard_groups(groups, index, count)
+        machines = [m for g in groups for m in g]
+        if opts.slurm is not None:
+            if opts.slurm < 1:
+                raise AutoservUsageError("--slurm N: N must be 1 or more")
+            if not machines:
+                raise AutoservUsageError("--slurm: give the machines to share out (-m or -M)")
+            missing = [t for t in ("sbatch", "squeue", "scontrol", "scancel")
+                       if not shutil.which(t)]
+            if missing:
+                raise AutoservUsageError(f"--slurm: {', '.join(missing)} not found "
+                                         "(install slurm-client)")
         args = list(opts.args)
         for extra in opts.extra_args:
             try:
@@ -8040,7 +8529,10 @@ def _main(argv):
         return 2
     _PARALLEL["max"] = opts.max_parallel
     LOG.echo = opts.verbose
-    return _run_job(opts, control_path, source, code, machines, args, resultdir, junit, extra)
+    if opts.slurm is not None:
+        return _slurm_run(opts, argv, resultdir, groups, source)
+    return _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
+                    extra, shard)
 
 
 # -c: the server-side control that runs a client control file on every
@@ -8057,10 +8549,13 @@ _CLIENT_ON_MACHINES = textwrap.dedent("""
     """)
 
 
-def _run_job(opts, control_path, source, code, machines, args, resultdir, junit, extra=None):
+def _run_job(opts, control_path, source, code, machines, args, resultdir, junit, extra=None,
+             shard=None):
     import traceback
     job = ServerJob(resultdir, control=control_path, machines=machines, args=args,
-                    user=opts.user, label=opts.label, options=opts)
+                    user=opts.user, label=opts.label, options=opts, shard=shard)
+    if shard:
+        LOG.write(f"shard {shard['shard']} ({shard['source']}): machines {machines}")
     # The control file may hold secrets: only its owner reads the copy.
     fd = os.open(os.path.join(resultdir, "control.srv"),
                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

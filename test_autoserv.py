@@ -7889,6 +7889,420 @@ class TestKernelBootEdits(KernelGuestCase):
         g.run("mv /boot/grub/grub.cfg.away /boot/grub/grub.cfg")
 
 
+# Shards, merge and Slurm ######################################################
+
+SHARD_CONTROL = """\
+def work(name):
+    hosts.create_host(name).run("echo " + name + "; sleep %s")
+parallel_simple(work, machines)
+"""
+
+
+def shard_files(tmp, lines, pause=0, hosts_as="local"):
+    """A machines file of `lines` and a control file running one command on
+    each machine (LocalHost-named machines unless an ssh config names them)."""
+    mf = os.path.join(tmp, "machines")
+    with open(mf, "w") as f:
+        f.write("# the lab\n" + "\n".join(lines) + "\n")
+    ctl = os.path.join(tmp, "job.control")
+    with open(ctl, "w") as f:
+        f.write(SHARD_CONTROL % pause if hosts_as != "local" else
+                "def work(name):\n    hosts.LocalHost(name).run('echo ' + name)\n"
+                "parallel_simple(work, machines)\n")
+    return mf, ctl
+
+
+def read_results(path):
+    with open(os.path.join(path, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(path, "status.log")) as f:
+        status = autoserv.parse_status_log(f.read())
+    keyval = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(path, "keyval")))
+    return summary, status, keyval
+
+
+class TestShards(unittest.TestCase):
+    """Machine groups, --shard and merge on LocalHost-named machines: no job engine."""
+
+    LINES = ["a1", "b1 b2", "c1,c2", "d1", "e1  # a comment", "f1", "g1"]
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-shard-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+        self.mf, self.ctl = shard_files(self.tmp, self.LINES)
+
+    def shard(self, spec, name=None, env=None, mf=None, ctl=None):
+        out = os.path.join(self.tmp, name or "r" + spec.replace("/", "of"))
+        r = run_cli("-M", mf or self.mf, "--shard", spec, "-r", out, ctl or self.ctl, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return out
+
+    def test_every_line_lands_in_one_shard_and_a_group_is_never_split(self):
+        seen = []
+        for i in range(3):
+            summary, _, keyval = read_results(self.shard(f"{i}/3"))
+            machines = summary["job"]["machines"]
+            self.assertEqual(sorted(summary["hosts"]), sorted(machines))
+            self.assertEqual(summary["job"]["shard"]["shard"], f"{i}/3")
+            self.assertEqual(keyval["shard"], f"{i}/3")
+            self.assertEqual(keyval["machines_digest"], summary["job"]["shard"]["machines_digest"])
+            self.assertEqual(len(keyval["control_digest"]), 64)
+            seen += machines
+            for pair in (("b1", "b2"), ("c1", "c2")):
+                self.assertIn(sum(h in machines for h in pair), (0, 2), machines)
+        self.assertEqual(sorted(seen), sorted("a1 b1 b2 c1 c2 d1 e1 f1 g1".split()))
+        # Stable: lines whose index mod 3 is 1 (b-group, e1) make shard 1.
+        self.assertEqual(read_results(os.path.join(self.tmp, "r1of3"))[0]["job"]["machines"],
+                         ["b1", "b2", "e1"])
+
+    def test_shard_env_reads_slurm_gitlab_and_kubernetes_variables(self):
+        cases = [({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
+                   "SLURM_ARRAY_TASK_MIN": "3"}, "env", (2, 4), "SLURM_ARRAY_TASK_ID=5"),
+                 ({"CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "3"}, "env", (0, 3), "CI_NODE_TOTAL=3"),
+                 ({"JOB_COMPLETION_INDEX": "2"}, "env/5", (2, 5), "JOB_COMPLETION_INDEX=2")]
+        for environ, spec, expected, source in cases:
+            with self.subTest(environ=environ):
+                index, count, how = autoserv.parse_shard(spec, environ)
+                self.assertEqual((index, count), expected)
+                self.assertIn(source, how)
+        env = dict(os.environ, CI_NODE_INDEX="3", CI_NODE_TOTAL="3")
+        env.pop("SLURM_ARRAY_TASK_ID", None)
+        out = self.shard("env", "gitlab", env=env)
+        _, _, keyval = read_results(out)
+        self.assertEqual(keyval["shard"], "2/3")
+        self.assertEqual(keyval["shard_source"], "CI_NODE_INDEX=3, CI_NODE_TOTAL=3")
+        with open(os.path.join(out, "debug", "autoserv.log")) as f:
+            self.assertIn("shard 2/3 (CI_NODE_INDEX=3, CI_NODE_TOTAL=3)", f.read())
+
+    def test_bad_shard_input_is_one_line_and_exit_status_2(self):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("SLURM_ARRAY_TASK_ID", "CI_NODE_INDEX", "JOB_COMPLETION_INDEX")}
+        cases = [("3/3", "outside 0..2"), ("x/2", "not a whole number"), ("1", "give I/N"),
+                 ("0/0", "1 or more"), ("env", "none of SLURM_ARRAY_TASK_ID")]
+        for spec, words in cases:
+            with self.subTest(spec=spec):
+                r = run_cli("-M", self.mf, "--shard", spec, "-r",
+                            os.path.join(self.tmp, "bad"), self.ctl, env=env)
+                self.assertEqual(r.returncode, 2)
+                self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+                self.assertIn(words, r.stderr)
+                self.assertNotIn("Traceback", r.stderr)
+        r = run_cli("-M", self.mf, "--shard", "env", self.ctl,
+                    env=dict(env, JOB_COMPLETION_INDEX="1"))
+        self.assertIn("--shard env/N", r.stderr)
+        with open(self.mf, "a") as f:
+            f.write("d1 z1\n")
+        r = run_cli("-M", self.mf, "--shard", "0/2", self.ctl)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("d1 is already in", r.stderr)
+
+    def test_merge_puts_the_shards_back_together(self):
+        dirs = [self.shard(f"{i}/3") for i in range(3)]
+        out = os.path.join(self.tmp, "merged")
+        r = run_cli("merge", "-r", out, *dirs)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        summary, status, keyval = read_results(out)
+        everyone = "a1 b1 b2 c1 c2 d1 e1 f1 g1".split()
+        self.assertEqual(sorted(summary["hosts"]), everyone)
+        self.assertEqual(summary["job"]["exit_status"], 0)
+        self.assertEqual(summary["job"]["shards"]["merged"], ["0/3", "1/3", "2/3"])
+        groups = [e["operation"] for e in status if e["indent"] == 0 and e["code"] == "START"]
+        self.assertEqual(groups, ["shard.0", "shard.1", "shard.2"])
+        self.assertEqual([e["code"] for e in status if e["indent"] == 0].count("END GOOD"), 3)
+        self.assertEqual(keyval["hostnames"], ",".join(everyone))
+        self.assertEqual(keyval["exit_status"], "0")
+        import xml.etree.ElementTree as ET
+        suite = ET.parse(os.path.join(out, "junit.xml")).getroot()
+        self.assertEqual((suite.get("tests"), suite.get("failures")), ("9", "0"))
+        for host in everyone:       # linked, not copied
+            self.assertTrue(os.path.islink(os.path.join(out, host)), host)
+            self.assertTrue(os.path.isdir(os.path.join(out, host)), host)
+        self.assertTrue(os.path.isdir(os.path.join(out, "debug", "shard.1")))
+
+    def test_merge_refuses_shards_that_are_not_one_job(self):
+        dirs = [self.shard(f"{i}/3") for i in range(3)]
+        other_ctl = os.path.join(self.tmp, "other.control")
+        with open(self.ctl) as f, open(other_ctl, "w") as g:
+            g.write(f.read() + "# changed\n")
+        other_mf = os.path.join(self.tmp, "other.machines")
+        with open(other_mf, "w") as f:
+            f.write("\n".join(self.LINES + ["h1"]) + "\n")
+        cases = [([dirs[0], self.shard("1/3", "ctl2", ctl=other_ctl)], "different control files"),
+                 ([dirs[0], self.shard("1/3", "mf2", mf=other_mf)], "different machine lists"),
+                 ([dirs[0], self.shard("1/2", "n2")], "different numbers of shards"),
+                 ([dirs[1], self.shard("1/3", "again")], "overlapping shards"),
+                 ([dirs[0], self.tmp], "no summary.json")]
+        for n, (given, words) in enumerate(cases):
+            with self.subTest(words=words):
+                out = os.path.join(self.tmp, f"m{n}")
+                r = run_cli("merge", "-r", out, *given)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(words, r.stderr)
+                self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+                self.assertFalse(os.path.exists(os.path.join(out, "summary.json")))
+
+    def test_merge_names_a_missing_shard_and_its_hosts_as_not_run(self):
+        dirs = [self.shard(f"{i}/3") for i in (0, 2)]
+        out = os.path.join(self.tmp, "merged")
+        r = run_cli("merge", "-r", out, *dirs)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("shard 1/3 missing", r.stderr)
+        self.assertIn("b1, b2, e1", r.stderr)
+        summary, status, keyval = read_results(out)
+        self.assertEqual(summary["job"]["shards"]["missing"][0]["hosts"], ["b1", "b2", "e1"])
+        for host in ("b1", "b2", "e1"):
+            self.assertTrue(summary["hosts"][host]["error"].startswith("not run: shard 1/3"))
+        self.assertEqual(summary["hosts"]["a1"]["outcome"], "GOOD")
+        self.assertEqual(keyval["shards_missing"], "1")
+        self.assertIn("END ABORT", [e["code"] for e in status if e["operation"] == "shard.1"])
+
+    def test_slurm_argv_for_the_tasks_drops_what_makes_the_submitter(self):
+        # An sbatch option starts with "-", so argparse wants it after "=".
+        argv = ["--slurm", "4", "-r", "out", "--overwrite", "--slurm-option=-p x",
+                "--slurm-option=--time=5", "--slurm-timeout", "60", "-M", "mf",
+                "job.control", "-r", "kept"]
+        opts = autoserv._parser().parse_args(argv)
+        self.assertEqual(autoserv._argv_for_shards(argv, opts),
+                         ["-M", "mf", "job.control", "-r", "kept"])
+
+
+class Slurm:
+    """A single-node Slurm cluster (munged, slurmctld, slurmd) from a temp
+    dir, per TESTBED §7: own munge socket and own ports, so it never meets
+    another cluster on this machine; stopped by PID."""
+
+    def __init__(self):
+        need_root()
+        need("munged", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "squeue",
+             "scontrol", "scancel", "sinfo", "runuser")
+        self.node = socket.gethostname().split(".")[0]
+        try:
+            socket.gethostbyname(self.node)
+        except OSError:
+            unavailable(f"this machine's name {self.node} does not resolve (Slurm needs it)")
+        self.dir = tempfile.mkdtemp(prefix="as-slurm-")
+        os.chmod(self.dir, 0o755)
+        self.procs, self.munged = [], None
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self):
+        d = self.dir
+        munge_dir = os.path.join(d, "munge")
+        os.mkdir(munge_dir, 0o700)
+        shutil.chown(munge_dir, "munge", "munge")
+        if not os.path.exists("/etc/munge/munge.key"):
+            sh("runuser", "-u", "munge", "--", "mungekey", "--create")
+        self.socket = os.path.join(munge_dir, "munge.socket")
+        pidfile = os.path.join(munge_dir, "munged.pid")
+        sh("runuser", "-u", "munge", "--", "munged", "-S", self.socket, "--pid-file", pidfile,
+           "--log-file", os.path.join(munge_dir, "munged.log"),
+           "--seed-file", os.path.join(munge_dir, "munged.seed"))
+        wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), 10,
+                 what="munged's pid file")
+        self.munged = int(open(pidfile).read())
+        wait_for(lambda: subprocess.run(
+            f"munge -n -S {self.socket} | unmunge -S {self.socket}", shell=True,
+            capture_output=True).returncode == 0, 10, what="munge")
+        node_line = subprocess.run(["slurmd", "-C"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines()[0]
+        fields = dict(f.split("=", 1) for f in node_line.split())
+        fields["RealMemory"] = str(max(100, int(fields.get("RealMemory", "1000")) - 200))
+        fields["NodeName"] = self.node
+        node = " ".join(f"{k}={v}" for k, v in fields.items())
+        self.conf = os.path.join(d, "slurm.conf")
+        with open(self.conf, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                ClusterName=astest
+                SlurmctldHost={self.node}
+                SlurmctldPort={free_port()}
+                SlurmdPort={free_port()}
+                SlurmUser=root
+                SlurmdUser=root
+                AuthType=auth/munge
+                CredType=cred/munge
+                AuthInfo=socket={self.socket}
+                ProctrackType=proctrack/linuxproc
+                TaskPlugin=task/none
+                JobAcctGatherType=jobacct_gather/none
+                AccountingStorageType=accounting_storage/none
+                JobCompType=jobcomp/none
+                MpiDefault=none
+                MailProg=/bin/true
+                SchedulerType=sched/backfill
+                SelectType=select/cons_tres
+                SelectTypeParameters=CR_Core
+                SchedulerParameters=batch_sched_delay=0
+                ReturnToService=2
+                KillWait=5
+                MinJobAge=600
+                StateSaveLocation={d}/state
+                SlurmdSpoolDir={d}/spool
+                SlurmctldPidFile={d}/slurmctld.pid
+                SlurmdPidFile={d}/slurmd.pid
+                SlurmctldLogFile={d}/slurmctld.log
+                SlurmdLogFile={d}/slurmd.log
+                {node} State=UNKNOWN
+                PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
+                """))
+        os.makedirs(os.path.join(d, "state"))
+        os.makedirs(os.path.join(d, "spool"))
+        self.env = dict(os.environ, SLURM_CONF=self.conf)
+        for daemon in ("slurmctld", "slurmd"):
+            self.procs.append(subprocess.Popen(
+                [daemon, "-D"], env=self.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(d, daemon + ".err"), "wb")))
+        wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", self.node, "-o", "%T"],
+                                        env=self.env, capture_output=True,
+                                        text=True).stdout.strip() == "idle",
+                 30, interval=0.2, what="the Slurm node idle")
+
+    def close(self):
+        if self.procs:
+            subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True,
+                           timeout=30)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.munged:
+            try:
+                os.kill(self.munged, signal.SIGTERM)
+                wait_for(lambda: not os.path.exists(f"/proc/{self.munged}") or
+                         open(f"/proc/{self.munged}/stat").read().split(") ")[1][0] == "Z",
+                         10, what="munged to end")
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TestSlurm(unittest.TestCase):
+    """--slurm on a real single-node Slurm: twelve ssh aliases to a loopback
+    sshd (one machines-file line a two-host group), four shards."""
+
+    ALIASES = [f"h{i:02d}" for i in range(1, 13)]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.slurm = Slurm()
+        try:
+            cls.sshd = Sshd()
+        except BaseException:
+            cls.slurm.close()
+            raise
+        cls.sshd.write_ssh_config(aliases=cls.ALIASES)
+        # A dead host: an alias whose port nobody listens on.
+        with open(cls.sshd.ssh_config, "a") as f:
+            f.write(f"\nHost deadhost\n    HostName 127.0.0.1\n    Port {free_port()}\n"
+                    "    User root\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sshd.stop()
+        cls.slurm.close()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-slurm-job-")
+        os.chmod(self.tmp, 0o755)
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        # Eleven lines: h01+h02 a group, then one host a line.
+        self.lines = ["h01 h02"] + self.ALIASES[2:]
+
+    def run_slurm(self, lines, *extra, pause=2, timeout=300, name="r"):
+        mf, ctl = shard_files(self.tmp, lines, pause=pause, hosts_as="ssh")
+        out = os.path.join(self.tmp, name)
+        argv = [sys.executable, AUTOSERV, "-M", mf, "--ssh-config", self.sshd.ssh_config,
+                "--connect-timeout", "5", "-r", out, *extra, ctl]
+        return out, subprocess.Popen(argv, env=self.slurm.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(self, proc, timeout=300):
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return proc.returncode, stderr
+
+    def test_four_shards_over_twelve_hosts_run_every_host_once_and_merge_whole(self):
+        t0 = time.monotonic()
+        out, proc = self.run_slurm(self.lines, "--slurm", "4")
+        status, stderr = self.finish(proc)
+        sharded = time.monotonic() - t0
+        self.assertEqual(status, 0, stderr)
+        self.assertRegex(stderr, r"shard 3/4 (RUNNING|PENDING)")
+        summary, log, keyval = read_results(out)
+        self.assertEqual(sorted(summary["hosts"]), self.ALIASES)
+        self.assertTrue(all(h["outcome"] == "GOOD" for h in summary["hosts"].values()))
+        self.assertEqual(summary["job"]["shards"]["merged"], ["0/4", "1/4", "2/4", "3/4"])
+        ran = {}
+        for i in range(4):
+            shard = json.load(open(os.path.join(out, "shards", str(i), "summary.json")))
+            for host in shard["job"]["machines"]:
+                ran.setdefault(host, []).append(i)
+            self.assertEqual(shard["job"]["shard"]["source"],
+                             "SLURM_ARRAY_TASK_ID=%d, SLURM_ARRAY_TASK_COUNT=4" % i)
+        self.assertEqual(sorted(ran), self.ALIASES)
+        self.assertTrue(all(len(v) == 1 for v in ran.values()), ran)
+        self.assertEqual(ran["h01"], ran["h02"])
+        self.assertEqual([e["operation"] for e in log if e["indent"] == 0 and
+                          e["code"] == "START"], [f"shard.{i}" for i in range(4)])
+        import xml.etree.ElementTree as ET
+        suite = ET.parse(os.path.join(out, "junit.xml")).getroot()
+        self.assertEqual((suite.get("tests"), suite.get("failures")), ("12", "0"))
+        self.assertEqual(keyval["exit_status"], "0")
+        # The same job in one process, for the wall-time figure.
+        t0 = time.monotonic()
+        mf = os.path.join(self.tmp, "machines")
+        r = subprocess.run([sys.executable, AUTOSERV, "-M", mf, "--ssh-config",
+                            self.sshd.ssh_config, "-r", os.path.join(self.tmp, "one"),
+                            os.path.join(self.tmp, "job.control")],
+                           capture_output=True, text=True, timeout=300)
+        single = time.monotonic() - t0
+        self.assertEqual(r.returncode, 0, r.stderr)
+        print(f"\n12 hosts: --slurm 4 {sharded:.1f} s, unsharded {single:.1f} s",
+              file=sys.stderr)
+
+    def test_a_dead_host_fails_the_merged_job_by_name(self):
+        out, proc = self.run_slurm(self.lines[:-1] + ["deadhost"], "--slurm", "4", pause=0)
+        status, stderr = self.finish(proc)
+        self.assertEqual(status, 1, stderr)
+        self.assertIn("deadhost", stderr)
+        summary, _, _ = read_results(out)
+        self.assertEqual(summary["hosts"]["deadhost"]["outcome"], "FAIL")
+        self.assertEqual([h for h, e in summary["hosts"].items() if e["outcome"] != "GOOD"],
+                         ["deadhost"])
+
+    def test_a_shard_cancelled_mid_run_is_named_with_its_hosts(self):
+        out, proc = self.run_slurm(self.lines, "--slurm", "4", pause=20)
+        shard1 = os.path.join(out, "shards", "1")
+        # Once shard 1's hosts are at work, cancel that one array task.
+        wait_for(lambda: os.path.exists(os.path.join(shard1, "h03")), 60,
+                 what="shard 1 at work")
+        script = open(os.path.join(out, "shards", "autoserv.sbatch")).read()
+        job_id = subprocess.run(["squeue", "-h", "-o", "%F", "-n", "autoserv"],
+                                env=self.slurm.env, capture_output=True,
+                                text=True).stdout.split()[0]
+        self.assertIn("--shard env", script)
+        subprocess.run(["scancel", f"{job_id}_1"], env=self.slurm.env, check=True)
+        status, stderr = self.finish(proc)
+        self.assertNotEqual(status, 0, stderr)
+        self.assertIn("shard 1/4 missing", stderr)
+        summary, _, keyval = read_results(out)
+        missing = summary["job"]["shards"]["missing"]
+        self.assertEqual([m["shard"] for m in missing], ["1/4"])
+        self.assertEqual(missing[0]["hosts"], ["h03", "h07", "h11"])
+        self.assertEqual(keyval["shards_missing"], "1")
+        # Nothing of that shard is left: not autoserv, not its remote commands.
+        leftovers = [shard1, "SLURM_ARRAY_TASK_ID=1 "] + [
+            f"echo {h}; sleep 20" for h in ("h03", "h07", "h11")]
+        wait_for(lambda: not any(processes_with(x) for x in leftovers), 20,
+                 what="shard 1's processes to end")
+
+
 # Closing lines and lanes ######################################################
 
 class _TimedResult(unittest.TextTestResult):
@@ -8014,6 +8428,7 @@ _CLASS_SECONDS = {
     "TestKernelBootEdits": 250, "TestPower": 240, "TestReboot": 200, "TestKVM": 150,
     "TestConmux": 65, "TestJobOutcome": 60, "TestAutotest": 60,
     "TestSSHRun": 30, "TestSSHRunPersistent": 30, "TestFaults": 25, "TestFanOut": 25,
+    "TestSlurm": 90,
 }
 
 
