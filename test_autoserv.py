@@ -8080,6 +8080,10 @@ class Slurm:
             socket.gethostbyname(self.node)
         except OSError:
             unavailable(f"this machine's name {self.node} does not resolve (Slurm needs it)")
+        if not os.listdir("/sys/fs/cgroup"):
+            # slurmd 22.05 loads its cgroup plugin even with task/none and fails
+            # without one (e.g. under a fresh sysfs in a test namespace).
+            unavailable("slurmd needs a cgroup filesystem on /sys/fs/cgroup")
         self.dir = tempfile.mkdtemp(prefix="as-slurm-")
         os.chmod(self.dir, 0o755)
         self.procs, self.munged = [], None
@@ -8092,7 +8096,7 @@ class Slurm:
     def _start(self):
         d = self.dir
         munge_dir = os.path.join(d, "munge")
-        os.mkdir(munge_dir, 0o700)
+        os.mkdir(munge_dir, 0o755)     # munged: its socket dir must be searchable by all
         shutil.chown(munge_dir, "munge", "munge")
         if not os.path.exists("/etc/munge/munge.key"):
             sh("runuser", "-u", "munge", "--", "mungekey", "--create")
@@ -8156,10 +8160,20 @@ class Slurm:
                 [daemon, "-D"], env=self.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=open(os.path.join(d, daemon + ".err"), "wb")))
-        wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", self.node, "-o", "%T"],
-                                        env=self.env, capture_output=True,
-                                        text=True).stdout.strip() == "idle",
-                 30, interval=0.2, what="the Slurm node idle")
+        try:
+            wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", self.node, "-o", "%T"],
+                                            env=self.env, capture_output=True,
+                                            text=True).stdout.strip() == "idle",
+                     30, interval=0.2, what="the Slurm node idle")
+        except AssertionError as e:
+            tails = ""
+            for name in ("slurmctld.log", "slurmd.log", "slurmctld.err", "slurmd.err"):
+                try:
+                    with open(os.path.join(d, name), errors="replace") as f:
+                        tails += f"\n{name}: " + "".join(f.readlines()[-8:])
+                except OSError:
+                    pass
+            raise AssertionError(f"{e}{tails}")
 
     def close(self):
         if self.procs:
