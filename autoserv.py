@@ -8057,7 +8057,8 @@ def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
         if done:
             codes.append(s["exit_status"])
         else:
-            why = ("no results dir" if s is None else "did not finish" if
+            why = ("no results dir (is the results dir on a filesystem the nodes share, "
+                   "writable by the job's user?)" if s is None else "did not finish" if
                    s["exit_status"] is None else f"interrupted (exit status {s['exit_status']})")
             if notes.get(index):
                 why += f"; {notes[index]}"
@@ -8180,6 +8181,8 @@ def _slurm_run(opts, argv, resultdir, groups, control_text):
     while waiting, merges when all have ended; returns the merged status."""
     count = opts.slurm
     shards = os.path.join(resultdir, "shards")
+    if opts.overwrite:          # an earlier run's shards would be merged as ours
+        shutil.rmtree(shards, ignore_errors=True)
     os.mkdir(shards)
     python = shlex.quote(sys.executable)
     me = shlex.quote(os.path.abspath(__file__))

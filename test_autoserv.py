@@ -8290,6 +8290,36 @@ class TestSlurm(unittest.TestCase):
         self.assertEqual([h for h, e in summary["hosts"].items() if e["outcome"] != "GOOD"],
                          ["deadhost"])
 
+    def test_shards_that_cannot_write_the_results_dir_fail_clearly(self):
+        # The tasks run as nobody, who cannot write the root-owned results dir:
+        # as on a node that does not share it.
+        out, proc = self.run_slurm(self.lines, "--slurm", "4", "--slurm-option=--uid=nobody",
+                                   pause=0)
+        status, stderr = self.finish(proc)
+        self.assertEqual(status, 1, stderr)
+        summary, _, _ = read_results(out)
+        missing = summary["job"]["shards"]["missing"]
+        self.assertEqual([m["shard"] for m in missing], ["0/4", "1/4", "2/4", "3/4"])
+        self.assertIn("filesystem the nodes share", missing[0]["why"])
+        self.assertIn("slurm: ", missing[0]["why"])
+        self.assertIn("shard 0/4 missing", stderr)
+
+    def test_ctrl_c_cancels_the_array_and_still_merges(self):
+        out, proc = self.run_slurm(self.lines, "--slurm", "4", pause=20)
+        wait_for(lambda: os.path.exists(os.path.join(out, "shards", "1", "h03")), 60,
+                 what="the shards at work")
+        proc.send_signal(signal.SIGINT)
+        status, stderr = self.finish(proc, timeout=120)
+        self.assertEqual(status, 130, stderr)
+        self.assertIn("cancelling slurm job", stderr)
+        summary, _, _ = read_results(out)
+        self.assertTrue(summary["job"]["shards"]["missing"])
+        self.assertEqual(sorted(summary["hosts"]), self.ALIASES)
+        shards = os.path.join(out, "shards")
+        wait_for(lambda: not processes_with(shards), 20, what="the shards' processes to end")
+        self.assertEqual(subprocess.run(["squeue", "-h", "-n", "autoserv"], env=self.slurm.env,
+                                        capture_output=True, text=True).stdout.strip(), "")
+
     def test_a_shard_cancelled_mid_run_is_named_with_its_hosts(self):
         out, proc = self.run_slurm(self.lines, "--slurm", "4", pause=20)
         shard1 = os.path.join(out, "shards", "1")
@@ -8442,7 +8472,7 @@ _CLASS_SECONDS = {
     "TestKernelBootEdits": 250, "TestPower": 240, "TestReboot": 200, "TestKVM": 150,
     "TestConmux": 65, "TestJobOutcome": 60, "TestAutotest": 60,
     "TestSSHRun": 30, "TestSSHRunPersistent": 30, "TestFaults": 25, "TestFanOut": 25,
-    "TestSlurm": 90,
+    "TestSlurm": 150,
 }
 
 
