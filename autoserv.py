@@ -8140,18 +8140,19 @@ def _merge_main(argv):
 
 def _argv_for_shards(argv, opts):
     """The command line each array task runs: this one without the options
-    that make it the submitter (--slurm..., -r, --overwrite)."""
+    that make it the submitter (--slurm..., -r, --overwrite, --junit)."""
     cut = len(argv) - len(opts.args) - 1      # where CONTROL_FILE is
     head, tail = argv[:cut], argv[cut:]
     kept, skip = [], False
     for word in head:
         if skip:
             skip = False
-        elif word in ("--slurm", "--slurm-option", "--slurm-timeout", "-r", "--results"):
+        elif word in ("--slurm", "--slurm-option", "--slurm-timeout", "-r", "--results",
+                      "--junit"):     # the merge writes the one junit file
             skip = True
         elif word == "--overwrite" or word.startswith(
-                ("--slurm=", "--slurm-option=", "--slurm-timeout=", "--results=")) or (
-                word.startswith("-r") and not word.startswith("--")):
+                ("--slurm=", "--slurm-option=", "--slurm-timeout=", "--results=",
+                 "--junit=")) or (word.startswith("-r") and not word.startswith("--")):
             continue
         else:
             kept.append(word)
@@ -8184,6 +8185,8 @@ def _slurm_run(opts, argv, resultdir, groups, control_text):
     if opts.overwrite:          # an earlier run's shards would be merged as ours
         shutil.rmtree(shards, ignore_errors=True)
     os.mkdir(shards)
+    os.makedirs(os.path.join(resultdir, "debug"), exist_ok=True)
+    LOG.open(os.path.join(resultdir, "debug", "autoserv.log"))
     python = shlex.quote(sys.executable)
     me = shlex.quote(os.path.abspath(__file__))
     args = " ".join(shlex.quote(a) for a in _argv_for_shards(argv, opts))
@@ -8247,7 +8250,9 @@ def _slurm_run(opts, argv, resultdir, groups, control_text):
             time.sleep(SLURM_POLL)
     except (KeyboardInterrupt, _Terminated) as e:
         status = 130 if isinstance(e, KeyboardInterrupt) else 143
+        # A second signal must not cut the cancel and the merge short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _say(f"interrupted: cancelling slurm job {job_id}, then merging what finished")
         _slurm("scancel", job_id)
         _slurm_wait_gone(job_id)
@@ -8260,8 +8265,11 @@ def _slurm_run(opts, argv, resultdir, groups, control_text):
     dirs = [os.path.join(shards, str(i)) for i in range(count)
             if os.path.exists(os.path.join(shards, str(i), "summary.json"))]
     expect = _shard_record(groups, 0, count, "--slurm", control_text)
-    merged = merge_shards(resultdir, dirs, expect=expect,
-                          notes=notes, quiet=opts.quiet)
+    merged = merge_shards(resultdir, dirs, expect=expect, notes=notes, quiet=opts.quiet)
+    if opts.junit:
+        shutil.copyfile(os.path.join(resultdir, "junit.xml"), os.path.abspath(opts.junit))
+    LOG.write(f"--slurm: merged, exit status {status or merged}")
+    LOG.close()
     return status or merged
 
 

@@ -8059,8 +8059,8 @@ class TestShards(unittest.TestCase):
     def test_slurm_argv_for_the_tasks_drops_what_makes_the_submitter(self):
         # An sbatch option starts with "-", so argparse wants it after "=".
         argv = ["--slurm", "4", "-r", "out", "--overwrite", "--slurm-option=-p x",
-                "--slurm-option=--time=5", "--slurm-timeout", "60", "-M", "mf",
-                "job.control", "-r", "kept"]
+                "--slurm-option=--time=5", "--slurm-timeout", "60", "--junit", "j.xml",
+                "-M", "mf", "job.control", "-r", "kept"]
         opts = autoserv._parser().parse_args(argv)
         self.assertEqual(autoserv._argv_for_shards(argv, opts),
                          ["-M", "mf", "job.control", "-r", "kept"])
@@ -8472,7 +8472,7 @@ _CLASS_SECONDS = {
     "TestKernelBootEdits": 250, "TestPower": 240, "TestReboot": 200, "TestKVM": 150,
     "TestConmux": 65, "TestJobOutcome": 60, "TestAutotest": 60,
     "TestSSHRun": 30, "TestSSHRunPersistent": 30, "TestFaults": 25, "TestFanOut": 25,
-    "TestSlurm": 150,
+    "TestSlurm": 60,
 }
 
 
