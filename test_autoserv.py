@@ -8080,18 +8080,48 @@ class Slurm:
             socket.gethostbyname(self.node)
         except OSError:
             unavailable(f"this machine's name {self.node} does not resolve (Slurm needs it)")
-        if not os.listdir("/sys/fs/cgroup"):
-            # slurmd 22.05 loads its cgroup plugin even with task/none and fails
-            # without one (e.g. under a fresh sysfs in a test namespace).
-            unavailable("slurmd needs a cgroup filesystem on /sys/fs/cgroup")
         self.dir = tempfile.mkdtemp(prefix="as-slurm-")
         os.chmod(self.dir, 0o755)
-        self.procs, self.munged = [], None
+        self.procs, self.munged, self.cgroup, self.link = [], None, False, None
         try:
+            self._namespace_fixes()
             self._start()
         except BaseException:
             self.close()
             raise
+
+    def _namespace_fixes(self):
+        """What a test lane (or iso.sh) lacks and Slurm needs, added inside
+        the lane's own namespaces only.  slurmd 22.05 loads its cgroup plugin
+        even with task/none and fails without a cgroup filesystem; a fresh
+        sysfs (a private mount namespace: the real one always has it) has
+        none, so mount there the hierarchies this process is in (cgroup v1
+        ones under a tmpfs, as on this machine, or the one cgroup2).
+        slurmctld resolves its listening
+        address with AI_ADDRCONFIG, which fails where loopback is the only
+        interface (a private network namespace): give it a bridge with an
+        address of its own."""
+        if not os.listdir("/sys/fs/cgroup"):
+            with open("/proc/self/cgroup") as f:
+                v1 = [line.split(":")[1] for line in f if line.split(":")[1]]
+            mounts = ([["-t", "cgroup2", "as-slurm-cgroup", "/sys/fs/cgroup"]] if not v1 else
+                      [["-t", "tmpfs", "-o", "mode=755", "as-slurm-cgroup", "/sys/fs/cgroup"]]
+                      + [["-t", "cgroup", "-o", opts, "cgroup",
+                          "/sys/fs/cgroup/" + opts.replace("name=", "")] for opts in v1])
+            self.cgroup = True
+            for argv in mounts:
+                os.makedirs(argv[-1], exist_ok=True)
+                out = subprocess.run(["mount", *argv], capture_output=True, text=True)
+                if out.returncode:
+                    unavailable(f"slurmd needs a cgroup filesystem: mount {' '.join(argv)}: "
+                                f"{out.stderr.strip()}")
+        links = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                               text=True).stdout
+        if all(" lo " in line for line in links.splitlines()):
+            self.link = f"asslurm{os.getpid() % 10000}"
+            sh("ip", "link", "add", self.link, "type", "bridge")
+            sh("ip", "addr", "add", f"10.233.{os.getpid() % 250}.1/24", "dev", self.link)
+            sh("ip", "link", "set", self.link, "up")
 
     def _start(self):
         d = self.dir
@@ -8193,6 +8223,10 @@ class Slurm:
                          10, what="munged to end")
             except ProcessLookupError:
                 pass
+        if self.link:
+            sh("ip", "link", "del", self.link, check=False)
+        if self.cgroup:
+            sh("umount", "-R", "/sys/fs/cgroup", check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
