@@ -2595,6 +2595,14 @@ _AGENT_PY = textwrap.dedent(r'''
         waits = [c.kill_at - now for c in conns if c.kill_at is not None and c.proc is not None]
         for key, ev in sel.select(max(0.0, min(waits)) if waits else None):
             what = key.data
+            # An event of a file an earlier one of this batch unregistered
+            # (a pipe paused while the client's buffer is full) is stale:
+            # skipped, it comes again once the file is watched again.
+            # Handled, a pipe's EOF unregistered it twice: a KeyError that
+            # killed the agent mid-command.
+            now_key = sel.get_map().get(key.fd)
+            if now_key is None or now_key.data is not what:
+                continue
             if what == "listen":
                 try:
                     Conn(listener.accept()[0])

@@ -3636,6 +3636,50 @@ class TestHostileRun(SshdTestCase):
         wait_for(lambda: len(os.listdir(f"/proc/{agent}/fd")) <= fds, 5,
                  what=f"the agent back to {fds} fds")
 
+    def test_a_slow_reader_and_a_stream_closing_mid_flood_do_not_kill_the_agent(self):
+        # The agent stops reading a command's pipes while its client is slow
+        # (1 MiB unsent); a pipe's EOF seen in the same select batch as the
+        # pause was handled after it and unregistered the pipe a second time:
+        # the agent died of a KeyError and the client saw "the persistent
+        # session ended mid-command" (the flood test, once, under load).  A
+        # peer that reads in small slow pieces while the command closes its
+        # stderr in the middle of a stdout flood gets its whole output and
+        # its exit status, from the same agent.
+        h = self.sshd.host(persistent=True)
+        agent = int(h.run("echo $PPID").stdout)
+        path = os.path.join([p for _, p in h._tmp_dirs][0], "agent")
+        import struct
+        size = struct.calcsize(">cI")
+        command = ("head -c 3000000 /dev/zero; echo x >&2; exec 2>&-; "
+                   "head -c 3000000 /dev/zero")
+        for attempt in range(12):       # the race is lost in about one try of four
+            got = {b"O": 0, b"E": 0}
+            status = None
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.settimeout(20)
+                peer.connect(path)
+                body = json.dumps({"c": command}).encode()
+                peer.sendall(struct.pack(">cI", b"R", len(body)) + body)
+                buf = b""
+                while status is None:
+                    piece = peer.recv(16384)
+                    if not piece:
+                        break
+                    buf += piece
+                    while len(buf) >= size:
+                        kind, n = struct.unpack_from(">cI", buf)
+                        if len(buf) < size + n:
+                            break
+                        if kind in got:
+                            got[kind] += n
+                        elif kind == b"X":
+                            status = int(buf[size:size + n])
+                        buf = buf[size + n:]
+                    time.sleep(0.001)
+            with self.subTest(attempt=attempt):
+                self.assertEqual((status, got), (0, {b"O": 6000000, b"E": 2}))
+        self.assertEqual(int(h.run("echo $PPID").stdout), agent, "the agent died")
+
     def stand_in_agent(self, serve_conn):
         """A stand-in agent on a local socket: `serve_conn(conn)` serves the
         one connection it accepts.  Returns the path and the serving thread."""
