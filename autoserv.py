@@ -13,14 +13,13 @@ Sections, in this order (``grep -n '^# .*####' autoserv.py`` prints them;
 a test holds this list to the banners):
     Constants and module state; Exceptions; Helpers; Local execution;
     Results and status log; Hosts: the contract, local and remote; Remote
-    programs (they run on the target); SSH transport: the control dir,
-    job-wide masters and their watchdog; SSH transport: options, the master,
-    errors; SSH transport: the persistent agent's client; File transfer:
-    placement, local copies, shared pieces; File transfer over SSH:
-    pipelines and backends; SSHHost; Parallel; Power controllers and
-    consoles; Installables, kernels and the boot loader; KVM and guests;
-    Autotest, server side; Autotest client harness (it runs on the target);
-    Control files; Shards, merge and Slurm; CLI.
+    programs (they run on the target); SSH transport: options, the master,
+    errors, the agent's client; File transfer: placement, local copies,
+    shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
+    Parallel; Power controllers and consoles; Installables, kernels and the
+    boot loader; KVM and guests; Autotest, server side; Autotest client
+    harness (it runs on the target); Control files; Shards, merge and
+    Slurm; CLI.
 """
 
 __version__ = "0.1.0"
@@ -109,7 +108,7 @@ _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": Non
                  "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
                  "alive_interval": DEFAULT_ALIVE_INTERVAL,
                  "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
-_CTRL = {"dir": None, "pid": None}      # the job's ssh control dir (_ctrl_dir)
+_CTRL = {"dir": None, "pid": None}      # this process's ssh control dir (_ctrl_dir)
 _PARALLEL = {"max": None}               # parallel()'s limit on tasks at once
 
 
@@ -906,19 +905,6 @@ def _stdin_bytes(stdin):
         data = stdin.read()
         return data.encode() if isinstance(data, str) else data
     raise AutoservUsageError(f"stdin must be str, bytes or a file object, not {type(stdin).__name__}")
-
-
-def _default_stop_signals():
-    """A preexec_fn for children that must hear SIGTERM and SIGINT (an ssh
-    master, the masters' watchdog): an ignored signal stays ignored across
-    exec and a blocked one blocked, and OpenSSH keeps an ignored TERM
-    ignored.  The job's cleanup runs with both ignored (a master restarted
-    there to remove temp dirs) and parallel() blocks them around its forks;
-    a master started then sat out its TERM until the KILL after the 2 s
-    grace (measured: 2.00 s to stop one started with TERM ignored)."""
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _killpg(pid, sig):
@@ -2757,12 +2743,14 @@ _QMP_PY = textwrap.dedent(r'''
     ''')
 
 
-# SSH transport: the control dir, job-wide masters and their watchdog ##########
+# SSH transport: options, the master, errors, the agent's client ###############
 
-# Settings (set_ssh_defaults) and the job's control dir: one per job, made
-# before parallel() forks, so a master any process of the job starts serves
-# them all; each master's PID registered beside its socket, ended by the
-# dir's owner at the end (or by the watchdog when the owner is killed).
+# Settings (set_ssh_defaults) and the control dir, the agent's frames and
+# _AgentExecution, ssh's error lines; then the collaborators SSHHost
+# composes: _SSHLink (options, ControlMaster, error classification, a
+# command as its own session) and _SSHAgent (the agent's client).  The
+# programs they start on the target are under "Remote programs"; the third
+# collaborator, _SSHTransfer, under "File transfer over SSH".
 
 def set_ssh_defaults(**kwargs):
     """Defaults for every SSHHost made after this (the CLI sets them)."""
@@ -2773,11 +2761,8 @@ def set_ssh_defaults(**kwargs):
 
 
 def _ctrl_dir():
-    """The job's private 0700 dir with a short path for control sockets,
-    their registry and per-job known_hosts files (a socket path has about
-    90 usable bytes).  Made once by the job process (or a library script's
-    main process), which owns it: parallel() makes it before forking, so
-    every task shares it and finds the masters the others started."""
+    """A private 0700 dir with a short path for control sockets and per-job
+    known_hosts files (a socket path has about 90 usable bytes)."""
     if _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"]):
         base = tempfile.gettempdir()
         if len(base) > 40 or not os.access(base, os.W_OK):
@@ -2788,710 +2773,10 @@ def _ctrl_dir():
 
 
 def _remove_ctrl_dir():
-    """In the process that owns the control dir: ends every master any
-    process of the job started (by the PIDs they registered) and the
-    watchdog, and removes the dir.  Elsewhere (a task) nothing: the
-    masters serve the rest of the job."""
     if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
-        top = _CTRL["dir"]
-        dog = _registered_pid(os.path.join(top, "watchdog"), top)
-        _end_registered_masters(top)
-        if dog is not None:
-            _end_processes([dog], grace=1.0)
-        shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(_CTRL["dir"], ignore_errors=True)
         _CTRL["dir"] = None
 
-
-# The job's masters must end with the process that owns them however it ends,
-# SIGKILL included, when none of its Python code runs.  Why a watchdog and not
-# prctl(PR_SET_PDEATHSIG) on each master: the death signal follows the
-# *thread* that forked the master, and a master must outlive the parallel()
-# task that started it (the point of job-wide connections), so it would need
-# re-parenting to the job process first.  Pipes held by the job are no good
-# either: every forked task inherits them.  So the job has one small process
-# (its own session: a Ctrl-C does not reach it) that waits for the owner's
-# death (a pidfd; without one, kill(pid, 0) every 0.5 s) and then does
-# what the owner's cleanup would have: TERM, then KILL, every registered
-# master, and removes the control dir.  It starts with the job's first master
-# (a job that never uses ssh has none), started by whichever process starts
-# that master, and registers itself as top/watchdog.  On a normal end the
-# owner does the sweep itself and TERMs the watchdog (default action: it dies
-# at once); one whose control dir is gone leaves on its own.
-_WATCHDOG_PY = textwrap.dedent(r'''
-    import os, select, shutil, signal, sys, time
-    top, owner = sys.argv[1], int(sys.argv[2])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Wait for the owner to die (or its dir to go: it ended normally).
-    try:
-        fd = os.pidfd_open(owner)
-    except (AttributeError, OSError):
-        fd = None
-    while os.path.isdir(top):
-        if fd is not None:
-            if select.select([fd], [], [], 5.0)[0]:
-                break
-        else:
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                break
-            except OSError:
-                pass
-            time.sleep(0.5)
-    if not os.path.isdir(top):
-        sys.exit(0)
-    # End each registered master that still is one of this dir's.
-    left = []
-    for name in os.listdir(top):
-        if not (name.startswith("m-") and name.endswith(".pid")):
-            continue
-        try:
-            with open(os.path.join(top, name)) as f:
-                pid = int(f.read())
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                if ("ControlPath=" + top + "/").encode() not in f.read():
-                    continue
-            os.kill(pid, signal.SIGTERM)
-            left.append(pid)
-        except (OSError, ValueError):
-            pass
-    def running(pid):
-        try:
-            with open("/proc/%d/stat" % pid, "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-        except (OSError, IndexError):
-            return False
-    end = time.monotonic() + 2.0
-    while left and time.monotonic() < end:
-        time.sleep(0.05)
-        left = [p for p in left if running(p)]
-        for pid in left:        # again: see _end_processes
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    shutil.rmtree(top, ignore_errors=True)
-''')
-
-
-def _ensure_watchdog(top):
-    """Starts the job's watchdog over control dir top (see _WATCHDOG_PY)
-    unless one runs; any process of the job may, once it has registered a
-    master.  Its owner is the dir's owner, wherever it is started."""
-    path = os.path.join(top, "watchdog")
-    lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _registered_pid(path, top) is not None:
-            return
-        try:
-            proc = _popen([sys.executable or "python3", "-I", "-S", "-c", _WATCHDOG_PY,
-                           top, str(_CTRL["pid"])], stdin=DEVNULL, stdout=DEVNULL,
-                          stderr=DEVNULL, preexec_fn=_default_stop_signals)
-        except OSError as e:
-            LOG.write(f"no watchdog for the job's ssh masters: {e}")
-            return
-        proc.returncode = 0     # ended by PID, by the dir's owner: no Popen wait here
-        _write_atomic(path + ".pid", f"{proc.pid}\n")
-    finally:
-        os.close(lock)
-
-
-def _registered_pid(path, word):
-    """The PID registered in path.pid, if that process still runs and its
-    command line holds `word` (a master: its ControlPath=...; the watchdog:
-    its dir), so that a reused PID is never taken for it; else None."""
-    try:
-        with open(path + ".pid") as f:
-            pid = int(f.read())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except (OSError, ValueError):
-        return None
-    if not _pid_running(pid) or word.encode() + b"\0" not in cmdline:
-        return None
-    return pid
-
-
-def _registered_master(path):
-    """The PID of the master registered for control path `path`, or None."""
-    return _registered_pid(path, f"ControlPath={path}")
-
-
-def _end_processes(pids, grace=2.0):
-    """TERM every pid at once (ssh closes its connection and removes its
-    socket, as `-O exit` would), then KILL what is left after grace: one
-    grace for all of them, not one each.
-
-    The TERM is sent again every 50 ms, so that one a busy master missed
-    is heard as soon as it can be (cheap: a master that hears none is
-    KILLed after the grace, which is what a job used to wait 2 s for)."""
-    left = list(pids)
-    end = time.monotonic() + grace
-    next_term = 0.0
-    while True:
-        if time.monotonic() >= next_term:
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except OSError:
-                    pass
-            next_term = time.monotonic() + 0.05
-        for pid in list(left):
-            try:                 # our child (we or a task started it): reap it
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    left.remove(pid)
-                    continue
-            except ChildProcessError:
-                pass
-            if not _pid_running(pid):
-                left.remove(pid)
-        if not left or time.monotonic() >= end:
-            break
-        time.sleep(0.01)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def _pid_running(pid):
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
-
-class _PidHandle:
-    """A process known by its PID only (a master another process of the job
-    started): pid, poll() (None while it runs) and wait(timeout), as a
-    Popen has them."""
-
-    def __init__(self, pid):
-        self.pid = pid
-
-    def __repr__(self):
-        return f"<_PidHandle {self.pid}>"
-
-    def poll(self):
-        try:                        # our child after all (a task's, re-parented)
-            if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
-                return 0
-        except ChildProcessError:
-            pass
-        return None if _pid_running(self.pid) else 0
-
-    def wait(self, timeout=None):
-        end = _monotonic_deadline(timeout)
-        while self.poll() is None:
-            if end is not None and time.monotonic() >= end:
-                raise _subprocess().TimeoutExpired(f"pid {self.pid}", timeout)
-            time.sleep(0.01)
-        return 0
-
-
-def _end_registered_masters(top):
-    """Ends every master registered in control dir top (see _SSHLink)."""
-    try:
-        names = [n for n in os.listdir(top) if n.startswith("m-") and n.endswith(".pid")]
-    except OSError:
-        return
-    pids = []
-    for name in names:
-        pid = _registered_master(os.path.join(top, name[:-4]))
-        if pid is not None:
-            pids.append(pid)
-    _end_processes(pids)
-    for name in names:
-        _remove_quietly(os.path.join(top, name))
-
-
-# SSH transport: options, the master, errors ###################################
-
-# _SSHLink, the first collaborator SSHHost composes: ssh options and argv,
-# the ControlMaster (started, found, retried, stopped), ssh's error lines
-# read into exception classes, one command as its own session.  The
-# programs it starts on the target are under "Remote programs".
-
-def _peer_pid(sock):
-    """The pid of the process at the other end of a connected unix socket."""
-    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                               struct.calcsize("3i")))[0]
-
-# What a session's ssh says when its master is not there to carry it: with a
-# ControlPath, OpenSSH falls back to a direct connection of its own when the
-# master cannot be reached, or when it dies during the session request (after
-# the command may have gone out).  Sessions of autoserv never fall back: this
-# ProxyCommand, used only by such a fallback, writes the line and ends.  Seen
-# without any mux_client error, it proves the master was never reached, so
-# nothing was sent and the command may go again over a new master.
-_NO_MASTER = "autoserv: no ssh master to carry the session"
-_MUX_REACHED = re.compile(r"mux_client|master")
-
-_SSH_ERRORS = [
-    (re.compile(re.escape(_NO_MASTER)), "AutoservSSHConnectionLost", "the ssh master went away"),
-    (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
-                r"|No \S+ host key is known|host key for .* has changed"),
-     "AutoservSSHHostKeyError", "host key verification failed"),
-    (re.compile(r"Could not resolve hostname|Name or service not known"
-                r"|Temporary failure in name resolution|No address associated"),
-     "AutoservSSHUnknownHost", "host name does not resolve"),
-    (re.compile(r"Connection refused"), "AutoservSSHConnectionRefused",
-     "connection refused"),
-    (re.compile(r"Permission denied|Too many authentication failures"
-                r"|Authentication failed"),
-     "AutoservSSHPermissionDenied", "authentication failed"),
-    (re.compile(r"timed out|No route to host|Network is unreachable"),
-     "AutoservSSHConnectTimeout", "connection timed out"),
-    (re.compile(r"not responding|Broken pipe|Connection reset|closed by remote host"
-                r"|Connection closed|read header failed|client_loop|mux_client"),
-     "AutoservSSHConnectionLost", "connection lost"),
-]
-
-
-def _never_reached_master(stderr_text):
-    """True when ssh's stderr shows a session that never reached its master
-    (the fallback refused, and no word from the mux client)."""
-    lines = stderr_text.splitlines()
-    return (any(_NO_MASTER in line for line in lines)
-            and not any(_MUX_REACHED.search(line) for line in lines if _NO_MASTER not in line))
-
-
-def _ssh_lines(text, started):
-    """The lines of a stderr stream that ssh itself wrote: before the command
-    started that is all of it; afterwards the lines that match ssh's errors."""
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("@")]
-    if started:
-        lines = [l for l in lines if any(p.search(l) for p, _, _ in _SSH_ERRORS)]
-    return [_neutralise(l) for l in lines[-6:]]
-
-
-def _read_line(pipe, timeout):
-    """One line from a pipe within timeout seconds (b"" on EOF or time-out)."""
-    import selectors
-    fd = pipe.fileno()
-    data = b""
-    end = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while not data.endswith(b"\n") and len(data) < 4096:
-            left = end - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                return b""
-            chunk = os.read(fd, 4096 - len(data))
-            if not chunk:
-                return b""
-            data += chunk
-    return data
-
-
-class _SSHLink:
-    """One host's ssh transport, as the system ssh makes it (config,
-    ProxyJump, aliases behave as in plain ssh): the command line (fixed
-    options, the host key policy, the caller's -o values), one ControlMaster
-    per connection and job, one command as its own session over it, and
-    what ssh's stderr says went wrong (an AutoservSSHError subclass).
-
-    The master is the job's, not the process's: its socket is in the job's
-    control dir (_ctrl_dir) under a name made of the connection's identity
-    (host, user, port, config, options...), so any process of the job (a
-    parallel() task, a later round's task, the job process) that makes a
-    host for the same machine finds it warm.  Whoever starts it does so under
-    a flock of that name (two tasks never both start one) and registers its
-    PID beside the socket (name.pid); the process that owns the control dir
-    ends every registered master at its end, or its watchdog does if it dies
-    (see _WATCHDOG_PY).  A task's close() leaves the master to the job.
-
-    Its settings (the constructor's keywords, defaults from
-    set_ssh_defaults()) are plain attributes; SSHHost shows them as its
-    own.  Read-only for others: master (the ssh -M process this process
-    started, or None), master_owner (the pid that started it),
-    master_seen (the master pid master_alive() last reached), ctrl_path
-    (the control socket last used, or None)."""
-
-    _counter = 0              # links made in this process: each one's file names are its own
-
-    def __init__(self, hostname, user=None, port=None, identity=None, ssh_config=None,
-                 ssh_options=None, host_key_policy=None, known_hosts=None,
-                 connect_timeout=None, alive_interval=None, alive_count=None):
-        spec_user, host, spec_port = parse_machine(hostname)
-        d = _SSH_DEFAULTS
-        self.hostname = host
-        self.user = user or spec_user or d["user"]
-        self.port = int(port or spec_port or d["port"] or 0) or None
-        self.identity = identity or d["identity"]
-        self.ssh_config = ssh_config or d["ssh_config"]
-        self.ssh_options = list(ssh_options if ssh_options is not None else d["ssh_options"])
-        self.host_key_policy = host_key_policy or d["host_key_policy"]
-        if self.host_key_policy not in HOST_KEY_POLICIES:
-            raise AutoservUsageError(f"host key policy {self.host_key_policy!r}: use one of "
-                                     + ", ".join(HOST_KEY_POLICIES))
-        self.known_hosts = known_hosts or d["known_hosts"]
-        self.connect_timeout = connect_timeout or d["connect_timeout"]
-        self.alive_interval = alive_interval or d["alive_interval"]
-        self.alive_count = alive_count or d["alive_count"]
-        self.master_seen = None
-        _SSHLink._counter += 1
-        self.index = _SSHLink._counter
-        self.master = None
-        self.master_owner = None
-        self.ctrl_path = None
-        self._resolved = None
-
-    # ssh command lines
-    def options(self, connect_timeout=None):
-        # ssh takes the first value it sees for an option.  Fixed first (never
-        # a prompt, the host key policy, no forwarding), then the caller's
-        # --ssh-option values, then defaults those may override.
-        ct = connect_timeout or self.connect_timeout
-        opts = ["-o", "BatchMode=yes", "-o", "ForwardAgent=no", "-o", "ForwardX11=no"]
-        if self.host_key_policy == "strict":
-            opts += ["-o", "StrictHostKeyChecking=yes"]
-        else:
-            opts += ["-o", "StrictHostKeyChecking=accept-new"]
-        known = self.known_hosts_file()
-        if known:
-            opts += ["-o", f"UserKnownHostsFile={known}"]
-        for opt in self.ssh_options:
-            opts += ["-o", opt]
-        opts += ["-o", f"ConnectTimeout={int(max(1, round(ct)))}",
-                 "-o", f"ServerAliveInterval={self.alive_interval}",
-                 "-o", f"ServerAliveCountMax={self.alive_count}",
-                 "-o", "LogLevel=ERROR"]
-        if self.ssh_config:
-            opts += ["-F", self.ssh_config]
-        if self.identity:
-            opts += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
-        if self.user:
-            opts += ["-l", self.user]
-        if self.port:
-            opts += ["-p", str(self.port)]
-        return opts
-
-    def identity_key(self):
-        """A short name for this connection's identity: what decides which
-        master may carry it (never the connect timeout: it only bounds the
-        start)."""
-        import hashlib
-        ident = repr((self.hostname, self.user, self.port, self.identity, self.ssh_config,
-                      tuple(self.ssh_options), self.host_key_policy, self.known_hosts,
-                      self.alive_interval, self.alive_count))
-        return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-    def known_hosts_file(self):
-        if self.host_key_policy == "ephemeral":
-            # The job's, per connection: every process of the job passes the
-            # same options to the master it shares.
-            path = os.path.join(_ctrl_dir(), f"kh-{self.identity_key()}")
-        else:
-            path = self.known_hosts
-        if path and not os.path.exists(path):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        return path
-
-    def argv(self, connect_timeout=None, master=True):
-        """The ssh command line for this host (without the remote command)."""
-        argv = ["ssh"] + self.options(connect_timeout)
-        if master and self.ctrl_path:
-            argv += ["-o", f"ControlPath={self.ctrl_path}", "-o", "ControlMaster=no",
-                     "-o", f"ProxyCommand=echo '{_NO_MASTER}' 1>&2"]
-        return argv + [self.hostname]
-
-    def master_alive(self):
-        path = self.ctrl_path
-        if not path:
-            return False
-        if self.master is not None and self.master_owner == os.getpid() \
-                and self.master.poll() is not None:
-            # Ours died; another process of the job may serve the path now.
-            self.master = None
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            self.master_seen = _peer_pid(s)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def master_serving(self, pid):
-        """True when master `pid` (as _master_alive last saw it) still serves
-        its control socket: it says its mux hello to a new client.  A master
-        tearing down after its link died has left its loop and says nothing,
-        so a channel it closed before this answer came ended in order."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.settimeout(2.0)
-            s.connect(self.ctrl_path)
-            if pid is None or _peer_pid(s) != pid:
-                return False
-            hello = b""
-            while len(hello) < 8:
-                piece = s.recv(8 - len(hello))
-                if not piece:
-                    return False
-                hello += piece
-            return hello[4:8] == b"\x00\x00\x00\x01"      # MUX_MSG_HELLO
-        except (OSError, TypeError):
-            return False
-        finally:
-            s.close()
-
-    def ensure_master(self, connect_timeout=None):
-        """A live master for this connection: the job's if one serves
-        (whoever started it), else one started here under the name's lock."""
-        path = os.path.join(_ctrl_dir(), "m-" + self.identity_key())
-        if path == self.ctrl_path and self.master_alive():
-            return
-        self.ctrl_path = path
-        if self.master_alive():        # another process of the job started it
-            return
-        lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.master_alive():    # started while we waited for the lock
-                return
-            self._start_master(path, connect_timeout)
-        finally:
-            os.close(lock)
-
-    @property
-    def master_process(self):
-        """The master this process reached last: its ssh Popen when this
-        process started it, else a handle on its PID (pid, poll(), wait())."""
-        if self.master is not None and self.master_owner == os.getpid() \
-                and (self.master_seen in (None, self.master.pid)):
-            return self.master
-        if self.master_seen is None:
-            return None
-        return _PidHandle(self.master_seen)
-
-    def _start_master(self, path, connect_timeout, retried=False):
-        """Starts the master, again while the connect timeout lasts when the
-        target closed or reset the connection before the handshake ended
-        (sshd past its MaxStartups, or starting up; a QEMU user-mode port
-        whose guest is not listening yet): nothing has run, so another try
-        is safe."""
-        ct = connect_timeout or self.connect_timeout
-        budget = time.monotonic() + ct
-        pause = 0.25
-        while True:
-            try:
-                return self._start_master_once(path, connect_timeout, retried)
-            except AutoservSSHConnectionLost as e:
-                if time.monotonic() + pause >= budget:
-                    raise
-                LOG.write(f"ssh connection closed before its handshake ended; "
-                          f"trying again in {pause:.2f} s: {e.detail}", self.hostname)
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
-
-    def _start_master_once(self, path, connect_timeout, retried):
-        self.stop_master()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        errlog = path + ".err"
-        argv = (["ssh"] + self.options(connect_timeout)
-                + ["-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-                   "-o", "ControlPersist=no", "-N", self.hostname])
-        LOG.write("starting ssh master: " + " ".join(shlex.quote(a) for a in argv),
-                  self.hostname)
-        with open(errlog, "wb") as err:
-            proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err,
-                          preexec_fn=_default_stop_signals)
-        self.master, self.master_owner = proc, os.getpid()
-        ct = connect_timeout or self.connect_timeout
-        deadline = time.monotonic() + ct + 5
-        delay = 0.002
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            if os.path.exists(path) and self.master_alive():
-                # Registered with the job: its owner (or its watchdog) ends it.
-                _write_atomic(path + ".pid", f"{proc.pid}\n")
-                _ensure_watchdog(os.path.dirname(path))
-                return
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.005)   # a stat and a connect: cheap
-        alive = proc.poll() is None
-        self.stop_master()
-        with open(errlog, "rb") as f:
-            text = _decode(f.read())
-        os.unlink(errlog)
-        if not alive:
-            error = self.transport_error(text, started=False)
-        else:
-            error = AutoservSSHConnectTimeout(self.hostname, "connection timed out",
-                                              f"no ssh session within {ct + 5:.0f} s")
-        if (isinstance(error, AutoservSSHHostKeyError)
-                and self.host_key_policy == "ephemeral" and not retried):
-            LOG.write(f"host key changed on ephemeral host; accepting the new key. "
-                      f"{error.detail}", self.hostname)
-            os.unlink(self.known_hosts_file())
-            return self._start_master_once(path, connect_timeout, retried=True)
-        raise error
-
-    def stop_master(self):
-        """Ends the master of this connection, whichever process of the job
-        started it (a reset or a reboot killed its link; a dead one is
-        restarted): TERM makes ssh close the connection and remove its
-        socket as `ssh -O exit` would, without a process for it."""
-        proc, self.master = self.master, None
-        pids = []
-        if proc is not None and self.master_owner == os.getpid() and proc.poll() is None:
-            pids.append(proc.pid)
-        registered = self.ctrl_path and _registered_master(self.ctrl_path)
-        if registered and registered not in pids:
-            pids.append(registered)
-        if pids:
-            _end_processes(pids)
-        if proc is not None and self.master_owner == os.getpid():
-            _terminate(proc, 0, group=False, kill_wait=5.0)     # reaped (KILLed if need be)
-        if self.ctrl_path:
-            _remove_quietly(self.ctrl_path + ".pid")
-
-    def transport_error(self, stderr_text, started, rc=None):
-        lines = _ssh_lines(stderr_text, started)
-        joined = "\n".join(lines)
-        for pattern, cls_name, message in _SSH_ERRORS:
-            if pattern.search(joined):
-                cls = globals()[cls_name]
-                break
-        else:
-            cls, message = AutoservSSHError, "ssh failed"
-        if started and cls not in (AutoservSSHHostKeyError,):
-            cls, message = AutoservSSHConnectionLost, "connection lost"
-        detail = "; ".join(lines)[:600] or f"ssh exited with status {rc}"
-        if cls is AutoservSSHHostKeyError:
-            detail = self._key_change_detail(stderr_text) or detail
-        return cls(self.hostname, message, detail)
-
-    def _key_change_detail(self, text):
-        new = re.search(r"(SHA256:[A-Za-z0-9+/=]+)", text)
-        offending = re.search(r"Offending \S+ key in (\S+):(\d+)", text)
-        if not new:
-            return None
-        old = "unknown"
-        if offending:
-            try:
-                with open(offending.group(1), encoding="utf-8", errors="replace") as f:
-                    line = f.read().splitlines()[int(offending.group(2)) - 1]
-                fields = line.split()
-                key = " ".join(fields[1:3]) if not fields[0].startswith("ssh-") and \
-                    not fields[0].startswith("ecdsa") else " ".join(fields[0:2])
-                out = _subprocess().run(["ssh-keygen", "-l", "-f", "-"], input=key.encode(),
-                                        capture_output=True, timeout=10)
-                old = _decode(out.stdout).split()[1] if out.stdout else "unknown"
-            except (OSError, IndexError, ValueError, _subprocess().TimeoutExpired):
-                pass
-        return (f"host key changed: known {old}, offered {new.group(1)}"
-                + (f" (known_hosts {offending.group(1)}:{offending.group(2)})"
-                   if offending else ""))
-
-    def resolve(self):
-        """(hostname, port, user, proxied) as ssh itself would use them."""
-        if self._resolved is None:
-            argv = ["ssh", "-G"] + self.options() + [self.hostname]
-            out = _subprocess().run(argv, stdin=DEVNULL, capture_output=True, timeout=10)
-            conf = {}
-            for line in _decode(out.stdout).splitlines():
-                key, _, value = line.partition(" ")
-                conf.setdefault(key.lower(), value)
-            proxied = conf.get("proxycommand", "none") != "none" or \
-                conf.get("proxyjump", "none") != "none"
-            self._resolved = (conf.get("hostname", self.hostname),
-                              int(conf.get("port", 22)), conf.get("user"), proxied)
-        return self._resolved
-
-    def banner(self, timeout):
-        host, port, _, proxied = self.resolve()
-        if proxied:
-            return None
-        try:
-            with socket.create_connection((host, port), timeout=timeout) as s:
-                s.settimeout(timeout)
-                return s.recv(64).startswith(b"SSH-")
-        except OSError:
-            return False
-
-    # one command as its own session
-    def session(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
-                connect_timeout, wrap):
-        """Runs command (stdin bytes data, or None) as its own ssh session
-        over the master; wrap(command, stdin_len, token) gives the remote
-        command line (SSHHost._remote_command: the wrapper).  Returns the
-        CmdResult, not judged; raises an AutoservSSHError carrying .result
-        when the transport failed.  A session whose master went away before
-        reaching it (nothing was sent) goes once more, over a new master."""
-        for attempt in (1, 2):
-            self.ensure_master(connect_timeout)
-            # A fresh token per command: a late marker from an earlier command
-            # or from this one's background children does not match.
-            token = os.urandom(8).hex()
-            argv = self.argv(connect_timeout) + [
-                wrap(command, len(data or b""), token)]
-            LOG.write(f"run: {command}", self.hostname)
-            marker = _MarkerFilter(token)
-            # The trailer after stdin tells the wrapper all of it came.
-            payload = data + token.encode() if data else data
-            ex = _Execution(argv, self.hostname, stdin=payload, timeout=timeout,
-                            stdout_tee=stdout_tee, stderr_tee=stderr_tee,
-                            max_output=max_output, remote=True, marker=marker)
-            ex.start()
-            ex.wait()
-            result = ex.result(command, self.hostname)
-            if marker.status is not None:
-                _set_exit_status(result, marker.status, shell=True)
-                break
-            if ex.timed_out:
-                break
-            error = self.transport_error(result.stderr, marker.pgid is not None,
-                                         ex.returncode)
-            if type(error) is AutoservSSHError and not self.master_alive():
-                # ssh said nothing, but the master it used is gone with it.
-                error = AutoservSSHConnectionLost(self.hostname, "connection lost",
-                                                  error.detail + "; the ssh master is gone")
-            # A master gone before the session reached it: nothing was sent, so
-            # one retry over a new master.  Any other ending may have run it.
-            if attempt == 1 and _never_reached_master(result.stderr):
-                LOG.write("ssh master went away before the session reached it; "
-                          "reconnecting once", self.hostname)
-                continue
-            LOG.write(f"transport failure: {error}", self.hostname)
-            error.result = result
-            raise error
-        return result
-
-    def close(self):
-        """In the process that owns the job's control dir: ends the master
-        and removes its socket files.  In any other (a parallel() task) it
-        leaves the master to serve the rest of the job, which ends it."""
-        if _CTRL["pid"] != os.getpid():
-            self.master = None
-            return
-        self.stop_master()
-        if self.ctrl_path:
-            for suffix in ("", ".lock", ".err"):
-                _remove_quietly(self.ctrl_path + suffix)
-
-
-# SSH transport: the persistent agent's client #################################
-
-# _SSHAgent, the second collaborator: it starts the agent program (under
-# "Remote programs") over the master and runs commands through it in frames
-# (_AgentExecution).  The third, _SSHTransfer, is under "File transfer over
-# SSH".
 
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
 # The longest body of each kind the agent may send (it sends output in 64 KiB
@@ -3499,6 +2784,12 @@ _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
 _AGENT_FRAMES = {b"H": 0, b"S": 20, b"O": 1 << 20, b"E": 1 << 20, b"X": 20}
 _AGENT_REQUEST_MAX = 4 << 20
 _AGENT_STDIN_PIECE = 1 << 20
+
+
+def _peer_pid(sock):
+    """The pid of the process at the other end of a connected unix socket."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                               struct.calcsize("3i")))[0]
 
 
 def _frame(kind, data=b""):
@@ -3672,6 +2963,72 @@ class _AgentExecution(_Execution):
             c.close()
         self.returncode = self.status
 
+# What a session's ssh says when its master is not there to carry it: with a
+# ControlPath, OpenSSH falls back to a direct connection of its own when the
+# master cannot be reached, or when it dies during the session request (after
+# the command may have gone out).  Sessions of autoserv never fall back: this
+# ProxyCommand, used only by such a fallback, writes the line and ends.  Seen
+# without any mux_client error, it proves the master was never reached, so
+# nothing was sent and the command may go again over a new master.
+_NO_MASTER = "autoserv: no ssh master to carry the session"
+_MUX_REACHED = re.compile(r"mux_client|master")
+
+_SSH_ERRORS = [
+    (re.compile(re.escape(_NO_MASTER)), "AutoservSSHConnectionLost", "the ssh master went away"),
+    (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
+                r"|No \S+ host key is known|host key for .* has changed"),
+     "AutoservSSHHostKeyError", "host key verification failed"),
+    (re.compile(r"Could not resolve hostname|Name or service not known"
+                r"|Temporary failure in name resolution|No address associated"),
+     "AutoservSSHUnknownHost", "host name does not resolve"),
+    (re.compile(r"Connection refused"), "AutoservSSHConnectionRefused",
+     "connection refused"),
+    (re.compile(r"Permission denied|Too many authentication failures"
+                r"|Authentication failed"),
+     "AutoservSSHPermissionDenied", "authentication failed"),
+    (re.compile(r"timed out|No route to host|Network is unreachable"),
+     "AutoservSSHConnectTimeout", "connection timed out"),
+    (re.compile(r"not responding|Broken pipe|Connection reset|closed by remote host"
+                r"|Connection closed|read header failed|client_loop|mux_client"),
+     "AutoservSSHConnectionLost", "connection lost"),
+]
+
+
+def _never_reached_master(stderr_text):
+    """True when ssh's stderr shows a session that never reached its master
+    (the fallback refused, and no word from the mux client)."""
+    lines = stderr_text.splitlines()
+    return (any(_NO_MASTER in line for line in lines)
+            and not any(_MUX_REACHED.search(line) for line in lines if _NO_MASTER not in line))
+
+
+def _ssh_lines(text, started):
+    """The lines of a stderr stream that ssh itself wrote: before the command
+    started that is all of it; afterwards the lines that match ssh's errors."""
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("@")]
+    if started:
+        lines = [l for l in lines if any(p.search(l) for p, _, _ in _SSH_ERRORS)]
+    return [_neutralise(l) for l in lines[-6:]]
+
+
+def _read_line(pipe, timeout):
+    """One line from a pipe within timeout seconds (b"" on EOF or time-out)."""
+    import selectors
+    fd = pipe.fileno()
+    data = b""
+    end = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not data.endswith(b"\n") and len(data) < 4096:
+            left = end - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return b""
+            chunk = os.read(fd, 4096 - len(data))
+            if not chunk:
+                return b""
+            data += chunk
+    return data
+
 
 def _end_agent_process(proc):
     """Ends an agent's ssh session: its stdin closes, so the agent kills what
@@ -3685,6 +3042,346 @@ def _end_agent_process(proc):
         proc.wait(KILL_GRACE + 3)
     except _subprocess().TimeoutExpired:
         _terminate(proc, 5.0, kill_wait=5.0)
+
+
+class _SSHLink:
+    """One host's ssh transport, as the system ssh makes it (config,
+    ProxyJump, aliases behave as in plain ssh): the command line (fixed
+    options, the host key policy, the caller's -o values), one ControlMaster
+    per host and process, one command as its own session over it, and what
+    ssh's stderr says went wrong (an AutoservSSHError subclass).
+
+    Its settings (the constructor's keywords, defaults from
+    set_ssh_defaults()) are plain attributes; SSHHost shows them as its
+    own.  Read-only for others: master (the ssh -M process), master_owner
+    (the pid that started it: a task forked by parallel() shares this
+    object and must never stop its parent's master), master_seen (the
+    master pid master_alive() last reached), ctrl_path (this process's
+    control socket, or None)."""
+
+    _counter = 0              # links made in this process: each one's file names are its own
+
+    def __init__(self, hostname, user=None, port=None, identity=None, ssh_config=None,
+                 ssh_options=None, host_key_policy=None, known_hosts=None,
+                 connect_timeout=None, alive_interval=None, alive_count=None):
+        spec_user, host, spec_port = parse_machine(hostname)
+        d = _SSH_DEFAULTS
+        self.hostname = host
+        self.user = user or spec_user or d["user"]
+        self.port = int(port or spec_port or d["port"] or 0) or None
+        self.identity = identity or d["identity"]
+        self.ssh_config = ssh_config or d["ssh_config"]
+        self.ssh_options = list(ssh_options if ssh_options is not None else d["ssh_options"])
+        self.host_key_policy = host_key_policy or d["host_key_policy"]
+        if self.host_key_policy not in HOST_KEY_POLICIES:
+            raise AutoservUsageError(f"host key policy {self.host_key_policy!r}: use one of "
+                                     + ", ".join(HOST_KEY_POLICIES))
+        self.known_hosts = known_hosts or d["known_hosts"]
+        self.connect_timeout = connect_timeout or d["connect_timeout"]
+        self.alive_interval = alive_interval or d["alive_interval"]
+        self.alive_count = alive_count or d["alive_count"]
+        self.master_seen = None
+        _SSHLink._counter += 1
+        self.index = _SSHLink._counter
+        self.master = None
+        self.master_owner = None
+        self.ctrl_path = None
+        self._resolved = None
+
+    # ssh command lines
+    def options(self, connect_timeout=None):
+        # ssh takes the first value it sees for an option.  Fixed first (never
+        # a prompt, the host key policy, no forwarding), then the caller's
+        # --ssh-option values, then defaults those may override.
+        ct = connect_timeout or self.connect_timeout
+        opts = ["-o", "BatchMode=yes", "-o", "ForwardAgent=no", "-o", "ForwardX11=no"]
+        if self.host_key_policy == "strict":
+            opts += ["-o", "StrictHostKeyChecking=yes"]
+        else:
+            opts += ["-o", "StrictHostKeyChecking=accept-new"]
+        known = self.known_hosts_file()
+        if known:
+            opts += ["-o", f"UserKnownHostsFile={known}"]
+        for opt in self.ssh_options:
+            opts += ["-o", opt]
+        opts += ["-o", f"ConnectTimeout={int(max(1, round(ct)))}",
+                 "-o", f"ServerAliveInterval={self.alive_interval}",
+                 "-o", f"ServerAliveCountMax={self.alive_count}",
+                 "-o", "LogLevel=ERROR"]
+        if self.ssh_config:
+            opts += ["-F", self.ssh_config]
+        if self.identity:
+            opts += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
+        if self.user:
+            opts += ["-l", self.user]
+        if self.port:
+            opts += ["-p", str(self.port)]
+        return opts
+
+    def known_hosts_file(self):
+        if self.host_key_policy == "ephemeral":
+            path = os.path.join(_ctrl_dir(), f"kh-{os.getpid()}-{self.index}")
+        else:
+            path = self.known_hosts
+        if path and not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        return path
+
+    def argv(self, connect_timeout=None, master=True):
+        """The ssh command line for this host (without the remote command)."""
+        argv = ["ssh"] + self.options(connect_timeout)
+        if master and self.ctrl_path:
+            argv += ["-o", f"ControlPath={self.ctrl_path}", "-o", "ControlMaster=no",
+                     "-o", f"ProxyCommand=echo '{_NO_MASTER}' 1>&2"]
+        return argv + [self.hostname]
+
+    def master_alive(self):
+        path = self.ctrl_path
+        if not path:
+            return False
+        if self.master is not None and self.master_owner == os.getpid() \
+                and self.master.poll() is not None:
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            self.master_seen = _peer_pid(s)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def master_serving(self, pid):
+        """True when master `pid` (as _master_alive last saw it) still serves
+        its control socket: it says its mux hello to a new client.  A master
+        tearing down after its link died has left its loop and says nothing,
+        so a channel it closed before this answer came ended in order."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(2.0)
+            s.connect(self.ctrl_path)
+            if pid is None or _peer_pid(s) != pid:
+                return False
+            hello = b""
+            while len(hello) < 8:
+                piece = s.recv(8 - len(hello))
+                if not piece:
+                    return False
+                hello += piece
+            return hello[4:8] == b"\x00\x00\x00\x01"      # MUX_MSG_HELLO
+        except (OSError, TypeError):
+            return False
+        finally:
+            s.close()
+
+    def ensure_master(self, connect_timeout=None):
+        if self.master_alive():
+            return
+        path = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self.index}")
+        lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.ctrl_path = path
+            if self.master_alive():
+                return
+            self._start_master(path, connect_timeout)
+        finally:
+            os.close(lock)
+
+    def _start_master(self, path, connect_timeout, retried=False):
+        """Starts the master, again while the connect timeout lasts when the
+        target closed or reset the connection before the handshake ended
+        (sshd past its MaxStartups, or starting up; a QEMU user-mode port
+        whose guest is not listening yet): nothing has run, so another try
+        is safe."""
+        ct = connect_timeout or self.connect_timeout
+        budget = time.monotonic() + ct
+        pause = 0.25
+        while True:
+            try:
+                return self._start_master_once(path, connect_timeout, retried)
+            except AutoservSSHConnectionLost as e:
+                if time.monotonic() + pause >= budget:
+                    raise
+                LOG.write(f"ssh connection closed before its handshake ended; "
+                          f"trying again in {pause:.2f} s: {e.detail}", self.hostname)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _start_master_once(self, path, connect_timeout, retried):
+        self.stop_master()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        errlog = path + ".err"
+        argv = (["ssh"] + self.options(connect_timeout)
+                + ["-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                   "-o", "ControlPersist=no", "-N", self.hostname])
+        LOG.write("starting ssh master: " + " ".join(shlex.quote(a) for a in argv),
+                  self.hostname)
+        with open(errlog, "wb") as err:
+            proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err)
+        self.master, self.master_owner = proc, os.getpid()
+        ct = connect_timeout or self.connect_timeout
+        deadline = time.monotonic() + ct + 5
+        delay = 0.002
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if os.path.exists(path) and self.master_alive():
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.005)   # a stat and a connect: cheap
+        alive = proc.poll() is None
+        self.stop_master()
+        with open(errlog, "rb") as f:
+            text = _decode(f.read())
+        os.unlink(errlog)
+        if not alive:
+            error = self.transport_error(text, started=False)
+        else:
+            error = AutoservSSHConnectTimeout(self.hostname, "connection timed out",
+                                              f"no ssh session within {ct + 5:.0f} s")
+        if (isinstance(error, AutoservSSHHostKeyError)
+                and self.host_key_policy == "ephemeral" and not retried):
+            LOG.write(f"host key changed on ephemeral host; accepting the new key. "
+                      f"{error.detail}", self.hostname)
+            os.unlink(self.known_hosts_file())
+            return self._start_master_once(path, connect_timeout, retried=True)
+        raise error
+
+    def stop_master(self):
+        proc = self.master
+        self.master = None
+        if proc is None or self.master_owner != os.getpid():
+            return
+        # Our own child: TERM makes ssh close the connection and remove its
+        # socket as `ssh -O exit` would, without spawning a process for it.
+        _terminate(proc, 2.0, group=False, kill_wait=5.0)
+
+    def transport_error(self, stderr_text, started, rc=None):
+        lines = _ssh_lines(stderr_text, started)
+        joined = "\n".join(lines)
+        for pattern, cls_name, message in _SSH_ERRORS:
+            if pattern.search(joined):
+                cls = globals()[cls_name]
+                break
+        else:
+            cls, message = AutoservSSHError, "ssh failed"
+        if started and cls not in (AutoservSSHHostKeyError,):
+            cls, message = AutoservSSHConnectionLost, "connection lost"
+        detail = "; ".join(lines)[:600] or f"ssh exited with status {rc}"
+        if cls is AutoservSSHHostKeyError:
+            detail = self._key_change_detail(stderr_text) or detail
+        return cls(self.hostname, message, detail)
+
+    def _key_change_detail(self, text):
+        new = re.search(r"(SHA256:[A-Za-z0-9+/=]+)", text)
+        offending = re.search(r"Offending \S+ key in (\S+):(\d+)", text)
+        if not new:
+            return None
+        old = "unknown"
+        if offending:
+            try:
+                with open(offending.group(1), encoding="utf-8", errors="replace") as f:
+                    line = f.read().splitlines()[int(offending.group(2)) - 1]
+                fields = line.split()
+                key = " ".join(fields[1:3]) if not fields[0].startswith("ssh-") and \
+                    not fields[0].startswith("ecdsa") else " ".join(fields[0:2])
+                out = _subprocess().run(["ssh-keygen", "-l", "-f", "-"], input=key.encode(),
+                                        capture_output=True, timeout=10)
+                old = _decode(out.stdout).split()[1] if out.stdout else "unknown"
+            except (OSError, IndexError, ValueError, _subprocess().TimeoutExpired):
+                pass
+        return (f"host key changed: known {old}, offered {new.group(1)}"
+                + (f" (known_hosts {offending.group(1)}:{offending.group(2)})"
+                   if offending else ""))
+
+    def resolve(self):
+        """(hostname, port, user, proxied) as ssh itself would use them."""
+        if self._resolved is None:
+            argv = ["ssh", "-G"] + self.options() + [self.hostname]
+            out = _subprocess().run(argv, stdin=DEVNULL, capture_output=True, timeout=10)
+            conf = {}
+            for line in _decode(out.stdout).splitlines():
+                key, _, value = line.partition(" ")
+                conf.setdefault(key.lower(), value)
+            proxied = conf.get("proxycommand", "none") != "none" or \
+                conf.get("proxyjump", "none") != "none"
+            self._resolved = (conf.get("hostname", self.hostname),
+                              int(conf.get("port", 22)), conf.get("user"), proxied)
+        return self._resolved
+
+    def banner(self, timeout):
+        host, port, _, proxied = self.resolve()
+        if proxied:
+            return None
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                return s.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    # one command as its own session
+    def session(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
+                connect_timeout, wrap):
+        """Runs command (stdin bytes data, or None) as its own ssh session
+        over the master; wrap(command, stdin_len, token) gives the remote
+        command line (SSHHost._remote_command: the wrapper).  Returns the
+        CmdResult, not judged; raises an AutoservSSHError carrying .result
+        when the transport failed.  A session whose master went away before
+        reaching it (nothing was sent) goes once more, over a new master."""
+        for attempt in (1, 2):
+            self.ensure_master(connect_timeout)
+            # A fresh token per command: a late marker from an earlier command
+            # or from this one's background children does not match.
+            token = os.urandom(8).hex()
+            argv = self.argv(connect_timeout) + [
+                wrap(command, len(data or b""), token)]
+            LOG.write(f"run: {command}", self.hostname)
+            marker = _MarkerFilter(token)
+            # The trailer after stdin tells the wrapper all of it came.
+            payload = data + token.encode() if data else data
+            ex = _Execution(argv, self.hostname, stdin=payload, timeout=timeout,
+                            stdout_tee=stdout_tee, stderr_tee=stderr_tee,
+                            max_output=max_output, remote=True, marker=marker)
+            ex.start()
+            ex.wait()
+            result = ex.result(command, self.hostname)
+            if marker.status is not None:
+                _set_exit_status(result, marker.status, shell=True)
+                break
+            if ex.timed_out:
+                break
+            error = self.transport_error(result.stderr, marker.pgid is not None,
+                                         ex.returncode)
+            if type(error) is AutoservSSHError and not self.master_alive():
+                # ssh said nothing, but the master it used is gone with it.
+                error = AutoservSSHConnectionLost(self.hostname, "connection lost",
+                                                  error.detail + "; the ssh master is gone")
+            # A master gone before the session reached it: nothing was sent, so
+            # one retry over a new master.  Any other ending may have run it.
+            if attempt == 1 and _never_reached_master(result.stderr):
+                LOG.write("ssh master went away before the session reached it; "
+                          "reconnecting once", self.hostname)
+                continue
+            LOG.write(f"transport failure: {error}", self.hostname)
+            error.result = result
+            raise error
+        return result
+
+    def close(self):
+        """Ends this process's master and removes its socket files."""
+        self.stop_master()
+        if self.ctrl_path and self.master_owner == os.getpid():
+            for suffix in ("", ".lock"):
+                try:
+                    os.unlink(self.ctrl_path + suffix)
+                except OSError:
+                    pass
 
 
 class _SSHAgent:
@@ -3721,7 +3418,7 @@ class _SSHAgent:
         run_id = _run_id()
         remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
                   f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
-        errlog = f"{self.link.ctrl_path}.{os.getpid()}.agent"
+        errlog = self.link.ctrl_path + ".agent"
         with open(errlog, "wb") as err:
             proc = _popen(self.link.argv(connect_timeout) + [remote], stdin=PIPE,
                           stdout=PIPE, stderr=err)
@@ -3760,7 +3457,7 @@ class _SSHAgent:
         if not agent or agent["owner"] != os.getpid():
             return
         _end_agent_process(agent["proc"])
-        for path in (agent["local"], f"{self.link.ctrl_path}.{os.getpid()}.agent"):
+        for path in (agent["local"], self.link.ctrl_path + ".agent"):
             try:
                 os.unlink(path)
             except OSError:
@@ -4836,7 +4533,7 @@ class SSHHost(RemoteHost):
     alive_interval = _Via("_link")
     alive_count = _Via("_link")
     # Collaborators' state that tests and debugging sessions look at.
-    _master = _Via("_link", "master_process")
+    _master = _Via("_link", "master")
     _ctrl_path = _Via("_link", "ctrl_path")
     _agent = _Via("_agent_client", "state")
 
@@ -4958,17 +4655,16 @@ class SSHHost(RemoteHost):
 
     def close(self):
         """Ends its agent, removes this host's remote temp dirs (each its own
-        ssh session: no new agent) and ends its ssh master (in the process
-        that owns the job's connections; whatever went wrong before)."""
+        ssh session: no new agent) and ends its ssh master."""
+        self._agent_client.stop()
         persistent, self.persistent = self.persistent, False
         try:
-            self._agent_client.stop()
             self._remove_tmp_dirs()
         except AutoservError as e:
             LOG.write(f"could not remove temp dirs: {e}", self.hostname)
         finally:
             self.persistent = persistent
-            self._link.close()
+        self._link.close()
 
 
 # Parallel #####################################################################
@@ -5208,9 +4904,6 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
     if prefix_output is None:
         prefix_output = any(t.subdir for t in tasks)
     deadline = _monotonic_deadline(timeout)
-    # The job's control dir exists before any fork, so that every task (and
-    # every later round) shares it: a master one task starts serves them all.
-    _ctrl_dir()
     sel = selectors.DefaultSelector()
     waiting = list(tasks)
     running = {}
