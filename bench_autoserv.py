@@ -293,6 +293,7 @@ class Bench:
         os.environ["TMPDIR"] = self.tmpdir
         tempfile.tempdir = self.tmpdir
         self.remote_tmp_before = set(glob.glob("/tmp/autoserv-*"))
+        self.closed = False
         self.sshds = []
         self.sshd_lock = threading.Lock()
         self.ports_given = set()
@@ -310,6 +311,9 @@ class Bench:
                   flush=True)
 
     def close(self):
+        if self.closed:
+            return
+        self.closed = True
         autoserv._close_all_hosts()
         self.end_ansible_masters()
         for s in self.sshds:
@@ -1148,6 +1152,9 @@ def main():
         for name in chosen:
             getattr(b, name)()
             b.remove_spill(name)
+    except KeyboardInterrupt:
+        b.close()
+        sys.exit("bench_autoserv.py: interrupted; its sshd, ssh and temp files are gone")
     finally:
         b.close()
     print()
