@@ -4,6 +4,7 @@
     python3 bench_autoserv.py            # autoserv (per-command and persistent) and raw ssh
     python3 bench_autoserv.py --peers    # also Fabric, parallel-ssh and Ansible
     python3 bench_autoserv.py --quick    # fewer repetitions and smaller files
+    python3 bench_autoserv.py --scale 16,64,256 --only scale   # the scale row alone
 
 It starts its own sshd hosts on 127.0.0.1 (the test suite's fixture: own keys,
 own config, clean remote HOME), measures each row's work with autoserv, with
@@ -11,26 +12,46 @@ the floor (plain OpenSSH or a TCP poll doing the same work) and, with --peers,
 with Fabric, parallel-ssh and ansible-core installed into a throwaway
 virtualenv in a temp dir (removed at the end; never a dependency of
 autoserv), each out of the box and with TCP_NODELAY set on its socket.  It
-prints medians, p95s and each contender's ratio to the floor.  Needs root
-(sshd) and the tools the tests need.
+prints medians, p95s (only where a row has at least 20 samples) and each
+contender's ratio to the floor.  Needs root (sshd) and the tools the tests
+need.
+
+Everything it makes locally (sshd dirs, spill files of huge output, control
+sockets) lives under one temp dir, TMPDIR for itself and its children, which
+is removed at the end, also on Ctrl-C or SIGTERM; each row's spill files are
+removed when the row ends, and the run ends by listing whatever it finds left
+behind (ssh processes of its own, new /tmp/autoserv-* dirs).
 """
 
 import argparse
+import concurrent.futures
 import glob
 import json
 import os
+import resource
+import selectors
+import shlex
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import autoserv  # noqa: E402
 import test_autoserv as fixtures  # noqa: E402
+
+# The test module makes its importer a child subreaper (its invariant checks
+# need it); a job's process is none, and this one never waits for orphans,
+# which would pile up here as zombies (over a thousand in a run).
+_prctl = fixtures.ctypes.CDLL(None, use_errno=True).prctl
+_prctl.argtypes = [fixtures.ctypes.c_int] + [fixtures.ctypes.c_ulong] * 4
+_prctl(fixtures.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 PEER_PACKAGES = ["fabric", "parallel-ssh", "ansible-core"]
 
@@ -45,26 +66,289 @@ def timed(fn, repeat):
     return times
 
 
+MIN_P95_SAMPLES = 20
+
+
 def summary(times):
+    """(median, p95); p95 is None under MIN_P95_SAMPLES samples (too few to
+    say anything about a tail)."""
     times = sorted(times)
+    if len(times) < MIN_P95_SAMPLES:
+        return statistics.median(times), None
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
     return statistics.median(times), p95
 
 
-class Bench:
-    def __init__(self, quick, peers, venv=None):
-        self.quick = quick
-        self.rows = []             # (work, who, median, p95, unit, ratio, note)
-        self.tmp = tempfile.mkdtemp(prefix="as-bench-")
-        self.sshds = []
-        self.venv = self.make_venv(venv) if peers or venv else None
+def mem_available_kb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise SystemExit("bench_autoserv.py: no MemAvailable in /proc/meminfo")
+
+
+class MemSampler:
+    """MemAvailable every 20 ms on a thread, as (time.monotonic(), kB): the
+    clock is system-wide, so a child's round marks select its samples."""
+
+    def __init__(self):
+        self.samples = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic(), mem_available_kb()))
+            self.stop.wait(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def before(self, t):
+        """The last sample taken before t."""
+        earlier = [kb for at, kb in self.samples if at <= t]
+        return earlier[-1] if earlier else self.samples[0][1]
+
+    def lowest(self, t0, t1):
+        inside = [kb for at, kb in self.samples if t0 <= at <= t1]
+        return min(inside + [self.before(t1)])
+
+
+def run_child(argv, timeout, what):
+    """Runs argv (stdout to a file, returned; stderr to a file) to its end;
+    on a timeout, Ctrl-C or SIGTERM it gets SIGTERM (autoserv ends its
+    tasks and masters on it) and 30 s before SIGKILL: never a hang, never a
+    child killed before it could clean up."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        try:
+            proc.wait(timeout)
+        except BaseException as e:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise SystemExit(f"bench_autoserv.py: {what} took over {timeout} s; stopped it")
+            raise
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_autoserv.py: {what} failed (exit {proc.returncode}):\n"
+                             + err.read().decode(errors="replace")[-2000:])
+        return out.read().decode()
+
+
+def cgroup_pids_room():
+    """(room, limit) for new processes in this process's cgroups (v2), the
+    tightest along the path; (None, None) when no pids controller limits it."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = [l.split(":", 2)[2].strip() for l in f if l.startswith("0::")][0]
+    except (OSError, IndexError):
+        return None, None
+    best = (None, None)
+    while True:
+        d = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+        try:
+            with open(os.path.join(d, "pids.max")) as f:
+                limit = f.read().strip()
+            with open(os.path.join(d, "pids.current")) as f:
+                current = int(f.read())
+            if limit != "max":
+                room = int(limit) - current
+                if best[0] is None or room < best[0]:
+                    best = (room, int(limit))
+        except (OSError, ValueError):
+            pass
+        if path in ("", "/"):
+            return best
+        path = os.path.dirname(path)
+
+
+FDS_PER_HOST = 4          # a task's result/stdout/stderr pipes in the job, and slack
+PROCS_PER_HOST = 12       # task, ssh (and master), sshd's two, shell, command, wrapper...
+
+
+def check_scale_limits(n):
+    """Exits with one line when this machine cannot hold n hosts at once;
+    raises the soft open-file limit to the hard one when that is enough."""
+    need = FDS_PER_HOST * n + 128
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    if soft != inf and soft < need:
+        if hard != inf and hard < need:
+            sys.exit(f"bench_autoserv.py: --scale {n} needs about {need} open files a "
+                     f"process; ulimit -n is {soft} (hard {hard}): raise it (ulimit -n "
+                     f"{need}) or choose smaller sizes with --scale")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        print(f"raised the soft open-file limit from {soft} to {hard} for {n} hosts", flush=True)
+    procs = PROCS_PER_HOST * n + 64
+    running = sum(1 for p in os.listdir("/proc") if p.isdigit())
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    with open("/proc/sys/kernel/threads-max") as f:
+        threads_max = int(f.read())
+    room, limit = cgroup_pids_room()
+    checks = [("kernel.pid_max", pid_max - running, pid_max),
+              ("kernel.threads-max", threads_max - running, threads_max)]
+    if room is not None:
+        checks.append(("the cgroup's pids.max", room, limit))
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if os.geteuid() != 0 and nproc != inf:
+        checks.append(("ulimit -u", nproc - running, nproc))
+    for name, free, limit in checks:
+        if free < procs:
+            sys.exit(f"bench_autoserv.py: --scale {n} needs about {procs} more processes; "
+                     f"{name} ({limit}) leaves room for {free}: choose smaller sizes with --scale")
+    return need, procs
+
+
+def own_ssh_pids(text):
+    """PIDs of ssh processes whose command line or environment holds text (a
+    path of this run's own temp dir, or its TMPDIR: only this run's name it)."""
+    return sorted(set(fixtures.comm_pids("ssh")) & set(fixtures.processes_with(text)))
+
+
+class ShPipe:
+    """The persistent floor: one long-lived `ssh host sh`; a command is
+    written to it as `sh -c CMD` (one process start, as autoserv's agent
+    makes for a command: `true` alone would be the shell's builtin) and its
+    output read up to a marker line."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv + ["sh"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, bufsize=0)
+        self.marker = b"__as_bench_end_%d__ " % os.getpid()
+        self.fd = self.proc.stdout.fileno()
+        self.buf = b""
+        self.run("true")
+
+    def send(self, command):
+        self.proc.stdin.write(b"sh -c " + shlex.quote(command).encode() + b"\necho "
+                              + self.marker + b"$?\n")
+
+    def feed(self):
+        """Reads once; the command's status once its marker line is in."""
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            raise SystemExit("bench_autoserv.py: the ssh sh pipe ended")
+        self.buf += chunk
+        at = self.buf.rfind(self.marker)
+        if at < 0 or not self.buf.endswith(b"\n"):
+            return None
+        status = int(self.buf[at + len(self.marker):].strip() or b"-1")
+        self.buf = b""
+        return status
+
+    def run(self, command):
+        self.send(command)
+        while True:
+            status = self.feed()
+            if status is not None:
+                return status
 
     def close(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def run_on_pipes(pipes, command):
+    """command on every pipe at once; returns when all have answered."""
+    sel = selectors.DefaultSelector()
+    for p in pipes:
+        p.send(command)
+        sel.register(p.fd, selectors.EVENT_READ, p)
+    left = len(pipes)
+    while left:
+        for key, _ in sel.select():
+            if key.data.feed() is not None:
+                sel.unregister(key.fd)
+                left -= 1
+    sel.close()
+
+
+class Bench:
+    def __init__(self, quick, peers, venv=None, scale=None):
+        self.quick = quick
+        self.scale_sizes = scale or ([16] if quick else [16, 64, 256])
+        self.rows = []             # (work, who, median, p95, unit, ratio, note)
+        self.tmp = tempfile.mkdtemp(prefix="as-bench-")
+        # TMPDIR for this process and every child: sshd dirs, autoserv's
+        # spill files and control dirs all land under self.tmp.
+        self.tmpdir = os.path.join(self.tmp, "t")
+        os.mkdir(self.tmpdir, 0o700)
+        os.environ["TMPDIR"] = self.tmpdir
+        tempfile.tempdir = self.tmpdir
+        self.remote_tmp_before = set(glob.glob("/tmp/autoserv-*"))
+        self.closed = False
+        self.sshds = []
+        self.sshd_lock = threading.Lock()
+        self.ports_given = set()
+        self.versions = {}
+        self.venv = None
+        self.want_venv = (peers or bool(venv), venv)
+
+    def setup_peers(self):
+        """The peers' virtualenv (inside the run's try: a failed pip still
+        ends in close()), and their versions, printed."""
+        if self.want_venv[0]:
+            self.venv = self.make_venv(self.want_venv[1])
+            self.versions = self.peer_versions()
+            print("peers: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
+                  flush=True)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
         autoserv._close_all_hosts()
         self.end_ansible_masters()
         for s in self.sshds:
             s.stop()
+        left = own_ssh_pids(self.tmp)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        if left:
+            print(f"left behind: {len(left)} ssh processes of this run (PIDs "
+                  f"{' '.join(map(str, left))}); ended them", flush=True)
+        self.remove_spill("the end")
         shutil.rmtree(self.tmp, ignore_errors=True)
+        new = sorted(set(glob.glob("/tmp/autoserv-*")) - self.remote_tmp_before)
+        if new:
+            print(f"left behind: {len(new)} new /tmp/autoserv-* ({', '.join(new[:5])}): "
+                  "not removed (maybe not this run's)", flush=True)
+
+    def remove_spill(self, row):
+        """Removes spill files (autoserv's whole-stream files of output past
+        max_output) left in this run's TMPDIR; says so when there were any."""
+        found = [os.path.join(d, f) for d, _, files in os.walk(self.tmpdir)
+                 for f in files if f.startswith("output-") and f.endswith(".log")]
+        size = 0
+        for path in found:
+            try:
+                size += os.path.getsize(path)
+                os.unlink(path)
+            except OSError:
+                pass
+        if found:
+            print(f"  {row}: removed {len(found)} spill files left in TMPDIR "
+                  f"({size / 2**20:.0f} MiB)", flush=True)
 
     # peers ######################################################################
 
@@ -82,6 +366,20 @@ class Bench:
             raise SystemExit("bench_autoserv.py: pip could not install the peers:\n"
                              + out.stderr[-2000:])
         return venv
+
+    def peer_versions(self):
+        """{package: version} of the peers in the virtualenv."""
+        code = ("import importlib.metadata as m, json, sys\n"
+                "v = {}\n"
+                "for p in sys.argv[1:]:\n"
+                "    try:\n"
+                "        v[p] = m.version(p)\n"
+                "    except m.PackageNotFoundError:\n"
+                "        v[p] = 'missing'\n"
+                "print(json.dumps(v))\n")
+        out = subprocess.run([os.path.join(self.venv, "bin", "python"), "-c", code]
+                             + PEER_PACKAGES, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
 
     def peer(self, row, sshds, n, **extra):
         """{label: samples} from the peer script in the virtualenv."""
@@ -130,20 +428,31 @@ class Bench:
     # recording ##################################################################
 
     def record(self, work, entries, floor, unit="ms", note=""):
-        """entries: [(who, samples)] (unit ms: seconds each; MB/s: one rate);
-        floor: the index of the floor's entry."""
-        base = entries[floor][1]
-        for i, (who, value) in enumerate(entries):
+        """entries: [(who, samples)] or [(who, samples, {"floor": i, "note": s})]
+        (unit ms: seconds each; MB/s: rates); floor: the index of the row's
+        floor entry; an entry's own "floor" (another entry: a persistent
+        floor for persistent rows) is named beside its ratio."""
+        def med(samples):
+            return statistics.median(samples) if unit == "MB/s" else summary(samples)[0]
+        floors = {floor} | {e[2]["floor"] for e in entries if len(e) > 2 and "floor" in e[2]}
+        for i, entry in enumerate(entries):
+            who, value = entry[0], entry[1]
+            extra = entry[2] if len(entry) > 2 else {}
+            against = extra.get("floor", floor)
+            ratio = med(value) / med(entries[against][1])
             if unit == "MB/s":
-                med, p95 = value[0], None
-                ratio = med / base[0]
-                shown = (f"{med:.0f} MB/s", "")
+                shown = (f"{med(value):.0f} MB/s", "-")
             else:
-                med, p95 = summary(value)
-                ratio = med / summary(base)[0]
-                shown = (f"{med * 1000:.1f} ms", f"{p95 * 1000:.1f}")
-            row = (work if i == 0 else "", who + (" (floor)" if i == floor else ""),
-                   shown[0], shown[1], f"{ratio:.2f}x", note if i == 0 else "")
+                m, p95 = summary(value)
+                shown = (f"{m * 1000:.1f} ms", "-" if p95 is None else f"{p95 * 1000:.1f}")
+            ratio_text = f"{ratio:.2f}x"
+            if against != floor:
+                ratio_text += f" of {extra.get('vs', entries[against][0])}"
+            notes = [n for n in (note if i == 0 else "", extra.get("note", "")) if n]
+            if len(value) < MIN_P95_SAMPLES:
+                notes.append(f"{len(value)} samples")
+            row = (work if i == 0 else "", who + (" (floor)" if i in floors else ""),
+                   shown[0], shown[1], ratio_text, "; ".join(notes))
             self.rows.append(row)
             print("  " + " | ".join(row), flush=True)
 
@@ -152,16 +461,51 @@ class Bench:
         that imports autoserv alone, as a job's process does (this process
         also holds the test suite's fixtures, which doubles a fork's cost)."""
         cfg = dict(kind=kind, n=n, persistent=persistent, configs=[s.ssh_config for s in sshds])
-        out = subprocess.run([sys.executable, "-c", JOB_TIMER, HERE, json.dumps(cfg)],
-                             capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:
-            raise SystemExit(f"bench job failed: {out.stderr[-2000:]}")
-        return json.loads(out.stdout)
+        return json.loads(run_child([sys.executable, "-c", JOB_TIMER, HERE, json.dumps(cfg)],
+                                    600, f"the {kind} fan-out job"))
 
     def hosts(self, count):
-        while len(self.sshds) < count:
-            self.sshds.append(fixtures.Sshd())
+        """The first count sshds, started as needed, four at a time (each
+        start is two ssh-keygen runs and a wait for the listener)."""
+        def start():
+            # Ports handed out here, never twice: the fixture picks one at
+            # random and, were it another of ours, its readiness probe
+            # could reach that other sshd before its own had died of the clash.
+            for attempt in range(5):
+                with self.sshd_lock:
+                    taken = {x.port for x in self.sshds} | self.ports_given
+                    port = fixtures.free_port()
+                    while port in taken:
+                        port = fixtures.free_port()
+                    self.ports_given.add(port)
+                try:
+                    s = fixtures.Sshd(port=port)
+                    break
+                except AssertionError as e:
+                    if "Address already in use" not in str(e) or attempt == 4:
+                        raise
+            with self.sshd_lock:
+                self.sshds.append(s)
+        need = count - len(self.sshds)
+        if need > 0:
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(start) for _ in range(need)]
+                try:
+                    for f in futures:
+                        f.result()
+                except BaseException:       # the started ones are in self.sshds
+                    for f in futures:
+                        f.cancel()
+                    raise
+        dead = [x.port for x in self.sshds[:count] if x.proc.poll() is not None]
+        if dead:
+            raise SystemExit(f"bench_autoserv.py: sshd on ports {dead} died after starting")
         return self.sshds[:count]
+
+    def stop_hosts_beyond(self, count):
+        extra, self.sshds[count:] = self.sshds[count:], []
+        for s in extra:
+            s.stop()
 
     @staticmethod
     def raw_ssh(sshd, control=None):
@@ -196,7 +540,12 @@ class Bench:
         path = self.master(sshd)
         floor = timed(lambda: subprocess.run(self.raw_ssh(sshd, path) + ["true"], check=True), n)
         self.end_master(sshd, path)
-        entries = [("autoserv", ours), ("autoserv persistent", persistent), ("ssh, warm master", floor)]
+        pipe = ShPipe(self.raw_ssh(sshd))
+        on_pipe = timed(lambda: pipe.run("true"), n)
+        pipe.close()
+        entries = [("autoserv", ours), ("autoserv persistent", persistent, {"floor": 3, "vs": "the sh pipe"}),
+                   ("ssh, warm master", floor),
+                   ("one long-lived `ssh host sh`, sh -c CMD and a marker", on_pipe)]
         entries += list(self.peer("run_true", [sshd], n).items())
         if self.venv:
             entries.append(("ansible ad-hoc", self.ansible([sshd], "true", 3 if self.quick else 10)))
@@ -215,13 +564,19 @@ class Bench:
                 p.wait()
         entries = [("autoserv parallel_simple", self.in_job("warm", sshds, n)),
                    ("autoserv parallel_simple, persistent",
-                    self.in_job("warm", sshds, n, persistent=True)),
-                   ("16 ssh at once, warm masters", timed(floor, n))]
+                    self.in_job("warm", sshds, n, persistent=True),
+                    {"floor": 3, "vs": "the sh pipes"}),
+                   (f"{count} ssh at once, warm masters", timed(floor, n))]
+        pipes = [ShPipe(self.raw_ssh(s)) for s in sshds]
+        entries.append((f"{count} long-lived `ssh host sh`, sh -c 'uname -r' on all at once",
+                        timed(lambda: run_on_pipes(pipes, "uname -r"), n)))
+        for p in pipes:
+            p.close()
         for s, p in zip(sshds, paths):
             self.end_master(s, p)
         entries += list(self.peer("fan_out", sshds, n).items())
         if self.venv:
-            entries.append(("ansible ad-hoc -f 16",
+            entries.append((f"ansible ad-hoc -f {count}",
                             self.ansible(sshds, "uname -r", 3 if self.quick else 5)))
         self.record(f"uname -r on {count} warm hosts", entries, 2)
 
@@ -232,38 +587,47 @@ class Bench:
                 p.wait()
         n = 3 if self.quick else 8
         entries = [("autoserv parallel_simple", self.in_job("cold", sshds, n)),
-                   ("16 fresh ssh at once", timed(floor_cold, n))]
+                   (f"{count} fresh ssh at once", timed(floor_cold, n))]
         entries += list(self.peer("fan_out_cold", sshds, n).items())
         self.record(f"uname -r on {count} cold hosts", entries, 1,
                     note="kex curve25519 in the test ssh config (see README)")
 
     def send_file(self):
+        """Rates of several sends each (autoserv and the floor interleaved,
+        after one warm-up each); the median is shown."""
         sshd = self.hosts(1)[0]
         h = sshd.host()
         size = (64 if self.quick else 512) << 20
+        n = 3 if self.quick else 7
         src = os.path.join(self.tmp, "big")
         with open(src, "wb") as f:
             for _ in range(size >> 20):
                 f.write(os.urandom(1 << 20))
         remote = h.get_tmp_dir()
-        h.send_file(src, remote + "/warm")
+        path = self.master(sshd)
 
         def rate(fn):
             t0 = time.perf_counter()
             fn()
-            return [size / (time.perf_counter() - t0) / 1e6]
-        ours = rate(lambda: h.send_file(src, remote + "/big"))
-        path = self.master(sshd)
+            return size / (time.perf_counter() - t0) / 1e6
+
+        def ours():
+            h.send_file(src, remote + "/big")
 
         def raw():
             with open(src, "rb") as f:
                 subprocess.run(self.raw_ssh(sshd, path) + [f"cat > {remote}/raw"], stdin=f,
                                check=True)
-        floor = rate(raw)
+        ours()
+        raw()
+        samples = ([], [])
+        for _ in range(n):
+            samples[0].append(rate(ours))
+            samples[1].append(rate(raw))
         self.end_master(sshd, path)
-        h.run(f"rm -f {remote}/big {remote}/raw {remote}/warm")
-        entries = [("autoserv send_file", ours), ("ssh host 'cat > f'", floor)]
-        entries += list(self.peer("send_file", [sshd], 1, src=src, remote=remote,
+        h.run(f"rm -f {remote}/big {remote}/raw")
+        entries = [("autoserv send_file", samples[0]), ("ssh host 'cat > f'", samples[1])]
+        entries += list(self.peer("send_file", [sshd], n, src=src, remote=remote,
                                   size=size).items())
         os.unlink(src)
         self.record(f"send_file {size >> 20} MiB", entries, 1, unit="MB/s",
@@ -370,8 +734,15 @@ class Bench:
 
     def startup(self):
         n = 5 if self.quick else 20
-        cached = timed(lambda: subprocess.run([sys.executable, "-m", "autoserv", "--version"],
-                                              cwd=HERE, capture_output=True, check=True), n)
+        # The cached row's bytecode: PYTHONDONTWRITEBYTECODE (set in some
+        # shells) would make it recompile every time, as the script row does.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+        def cached_run():
+            subprocess.run([sys.executable, "-m", "autoserv", "--version"], cwd=HERE, env=env,
+                           capture_output=True, check=True)
+        cached_run()
+        cached = timed(cached_run, n)
         script = timed(lambda: subprocess.run([sys.executable, os.path.join(HERE, "autoserv.py"),
                                                "--version"], capture_output=True, check=True), n)
         floor = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), n)
@@ -382,25 +753,134 @@ class Bench:
         self.record("start-up", entries, 2)
 
     def flood(self):
+        """A command writing size_mb MB, half on each stream at the same time,
+        each framed by a head and a tail marker: peak RSS of the process that
+        runs it, and checks that each result keeps its stream's head and
+        tail and that the spill file (the whole stream, past max_output)
+        holds every byte.  The spill files are removed here: outside a job
+        autoserv leaves them (in TMPDIR) for the caller, named in
+        CmdResult.output_files."""
         sshd = self.hosts(1)[0]
         size_mb = 256 if self.quick else 2048
+        half = size_mb // 2
+        command = (f"{{ echo OUT-HEAD; head -c {half}M /dev/zero; echo; echo OUT-TAIL; }} & "
+                   f"{{ echo ERR-HEAD; head -c {half}M /dev/zero; echo; echo ERR-TAIL; }} >&2; "
+                   "wait")
         for persistent in (False, True):
-            code = (f"import sys; sys.path.insert(0, {HERE!r}); import autoserv\n"
+            code = (f"import json, os, sys; sys.path.insert(0, {HERE!r}); import autoserv\n"
                     f"h = autoserv.SSHHost('testhost', ssh_config={sshd.ssh_config!r}, "
                     f"persistent={persistent})\n"
-                    f"r = h.run('head -c {size_mb // 2}M /dev/zero; head -c {size_mb // 2}M "
-                    f"/dev/zero >&2', timeout=600)\n"
-                    "print(len(r.stdout), len(r.stderr))\n"
+                    f"r = h.run({command!r}, timeout=600)\n"
+                    f"want = {half << 20} + 9 + 10\n"
+                    "checks = {}\n"
+                    "for name, tag in (('stdout', 'OUT'), ('stderr', 'ERR')):\n"
+                    "    text = getattr(r, name)\n"
+                    "    checks[name + ' head'] = text.startswith(tag + '-HEAD\\n')\n"
+                    "    checks[name + ' tail'] = text.endswith('\\n' + tag + '-TAIL\\n')\n"
+                    "    path = r.output_files.get(name)\n"
+                    "    checks[name + ' spilled whole'] = bool(path) and "
+                    "os.path.getsize(path) == want\n"
+                    "    if path:\n"
+                    "        with open(path, 'rb') as f:\n"
+                    "            first = f.read(9)\n"
+                    "            f.seek(-10, 2)\n"
+                    "            last = f.read()\n"
+                    "        checks[name + ' file head and tail'] = (first == (tag + '-HEAD\\n')"
+                    ".encode() and last == ('\\n' + tag + '-TAIL\\n').encode())\n"
+                    "        os.unlink(path)\n"
+                    "print('CHECKS', json.dumps(checks))\n"
                     "autoserv._close_all_hosts()\n")
             t0 = time.perf_counter()
-            _, rss = fixtures.max_rss_of(code, timeout=900)
+            try:
+                out, rss = fixtures.max_rss_of(code, timeout=900)
+            finally:
+                self.remove_spill("flood")
             took = time.perf_counter() - t0
-            row = (f"a command printing {size_mb} MB (stdout+stderr)" if not persistent else "",
+            checks = json.loads(out.split("CHECKS ", 1)[1].splitlines()[0])
+            failed = [k for k, ok in checks.items() if not ok]
+            verdict = ("head and tail kept, whole streams in the spill files"
+                       if not failed else "FAILED: " + ", ".join(failed))
+            row = (f"a command printing {size_mb} MB, both streams at once"
+                   if not persistent else "",
                    "autoserv persistent" if persistent else "autoserv",
-                   f"{rss:.0f} MB RSS", "", f"took {took:.1f} s",
-                   "no deadlock; head and tail kept" if not persistent else "")
+                   f"{rss:.0f} MB RSS", "-", f"took {took:.1f} s", verdict)
             self.rows.append(row)
             print("  " + " | ".join(row), flush=True)
+
+    def scale(self):
+        for n in self.scale_sizes:
+            self.scale_one(n)
+        self.stop_hosts_beyond(16)
+
+    def scale_config(self, sshds):
+        """One ssh config naming the hosts h0..h{n-1}, as a lab's would."""
+        path = os.path.join(self.tmp, f"scale-{len(sshds)}.ssh_config")
+        with open(path, "w") as f:
+            for i, s in enumerate(sshds):
+                f.write(f"Host h{i}\n    HostName 127.0.0.1\n    Port {s.port}\n"
+                        f"    User root\n    IdentityFile {s.client_key}\n"
+                        f"    IdentitiesOnly yes\n    UserKnownHostsFile {s.known_hosts}\n"
+                        "    StrictHostKeyChecking accept-new\n"
+                        "    KexAlgorithms curve25519-sha256\n\n")
+        return path
+
+    def scale_one(self, n):
+        """uname -r on n hosts (one sshd each) with parallel_simple: a cold
+        round and a second round, hosts made in the parent and hosts made in
+        the task (create_host(m), as control files do), against n fresh ssh
+        at once.  Each timed in a child that imports autoserv alone; the
+        machine's memory use is the deepest MemAvailable drop during the
+        round, from just before the shape's first round (so a second round
+        counts what the first left running)."""
+        check_scale_limits(n)
+        print(f"  starting {n} sshd ...", flush=True)
+        t0 = time.monotonic()
+        sshds = self.hosts(n)
+        print(f"  {n} sshd up in {time.monotonic() - t0:.1f} s", flush=True)
+        config = self.scale_config(sshds)
+        reps = 1 if n > 64 else (3 if n > 16 else 5)
+        if self.quick:
+            reps = min(reps, 2)
+        shapes = ["floor", "parent", "inside"]
+        walls = {}                    # (shape, round) -> [s]
+        mems = {}                     # (shape, round) -> [kB]
+        timeout = 120 + 3 * n
+        with MemSampler() as mem:
+            for rep in range(reps):
+                for shape in shapes:
+                    cfg = dict(n=n, shape=shape, config=config)
+                    out = run_child([sys.executable, "-c", SCALE_TIMER, HERE, json.dumps(cfg)],
+                                    timeout, f"the {n}-host {shape} fan-out")
+                    rounds = json.loads(out)
+                    base = mem.before(rounds[0][1])
+                    for label, t_start, t_end in rounds:
+                        walls.setdefault((shape, label), []).append(t_end - t_start)
+                        mems.setdefault((shape, label), []).append(
+                            base - mem.lowest(t_start, t_end))
+                    left = own_ssh_pids(config)
+                    if left:
+                        print(f"  left behind by the {shape} job: {len(left)} ssh "
+                              f"processes (PIDs {' '.join(map(str, left[:10]))}); ending them",
+                              flush=True)
+                        for pid in left:
+                            try:
+                                os.kill(pid, signal.SIGTERM)
+                            except OSError:
+                                pass
+                    self.remove_spill(f"scale {n}")
+        names = {("floor", "cold"): f"{n} fresh ssh at once",
+                 ("parent", "cold"): "hosts made in the parent, cold round",
+                 ("parent", "second"): "hosts made in the parent, second round",
+                 ("inside", "cold"): "create_host(m) in the task, cold round",
+                 ("inside", "second"): "create_host(m) in the task, second round"}
+        entries = []
+        for key, who in names.items():
+            wall = statistics.median(walls[key])
+            mb = statistics.median(mems[key]) / 1024
+            entries.append((who, walls[key],
+                            {"note": f"{wall / n * 1000:.1f} ms/host; memory {mb:.0f} MB, "
+                                     f"{mb / n:.2f} MB/host"}))
+        self.record(f"scale: uname -r on {n} hosts, parallel_simple", entries, 0)
 
     def table(self):
         head = ("work", "who", "median", "p95", "vs floor", "note")
@@ -444,6 +924,51 @@ for _ in range(cfg["n"]):
     times.append(time.perf_counter() - t0)
 autoserv._close_all_hosts()
 print(json.dumps(times))
+'''
+
+
+SCALE_TIMER = r'''
+import json, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+cfg = json.loads(sys.argv[2])
+names = ["h%d" % i for i in range(cfg["n"])]
+config = cfg["config"]
+rounds = []
+
+
+def mark(label, fn):
+    t0 = time.monotonic()
+    fn()
+    rounds.append([label, t0, time.monotonic()])
+
+
+if cfg["shape"] == "floor":
+    def fresh():
+        procs = [subprocess.Popen(["ssh", "-F", config, "-o", "BatchMode=yes", "-o",
+                                   "LogLevel=ERROR", name, "uname -r"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                 for name in names]
+        failed = sum(1 for p in procs if p.wait() != 0)
+        if failed:
+            sys.exit("%d of %d fresh ssh failed" % (failed, len(procs)))
+    mark("cold", fresh)
+else:
+    import autoserv
+    if cfg["shape"] == "parent":
+        hosts = [autoserv.hosts.create_host(name, ssh_config=config) for name in names]
+
+        def one_round():
+            autoserv.parallel_simple(lambda h: h.run("uname -r"), hosts, log=False)
+    else:
+        def task(name):
+            autoserv.hosts.create_host(name, ssh_config=config).run("uname -r")
+
+        def one_round():
+            autoserv.parallel_simple(task, names, log=False)
+    mark("cold", one_round)
+    mark("second", one_round)
+    autoserv._close_all_hosts()
+print(json.dumps(rounds))
 '''
 
 
@@ -562,23 +1087,23 @@ elif row == "fan_out_cold":
     out["parallel-ssh"] = timed(ps, n)
 elif row == "send_file":
     src, remote, size = cfg["src"], cfg["remote"], cfg["size"]
+
+    def rates(fn, count):
+        fn()
+        return [size / t / 1e6 for t in timed(fn, count)]
     c = fabric_conn(hosts[0])
     c.run("true", hide=True)
-    t = timed(lambda: c.put(src, remote + "/fabric"), 1)
-    out["Fabric put"] = [size / t[0] / 1e6]
+    out["Fabric put"] = rates(lambda: c.put(src, remote + "/fabric"), n)
     fabric_nodelay(c)
-    t = timed(lambda: c.put(src, remote + "/fabric2"), 1)
-    out["Fabric put+NODELAY"] = [size / t[0] / 1e6]
-    c.run(f"rm -f {remote}/fabric {remote}/fabric2", hide=True)
+    out["Fabric put+NODELAY"] = rates(lambda: c.put(src, remote + "/fabric"), n)
+    c.run(f"rm -f {remote}/fabric", hide=True)
     c.close()
     p = pssh_single(hosts[0])
     pssh_run(p, "true")
-    t = timed(lambda: p.scp_send(src, remote + "/pssh"), 1)
-    out["parallel-ssh scp_send"] = [size / t[0] / 1e6]
+    out["parallel-ssh scp_send"] = rates(lambda: p.scp_send(src, remote + "/pssh"), n)
     nodelay(p.sock)
-    t = timed(lambda: p.scp_send(src, remote + "/pssh2"), 1)
-    out["parallel-ssh scp_send+NODELAY"] = [size / t[0] / 1e6]
-    pssh_run(p, f"rm -f {remote}/pssh {remote}/pssh2")
+    out["parallel-ssh scp_send+NODELAY"] = rates(lambda: p.scp_send(src, remote + "/pssh"), n)
+    pssh_run(p, f"rm -f {remote}/pssh")
 elif row == "startup":
     py = sys.executable
     import subprocess
@@ -593,28 +1118,51 @@ print(json.dumps(out))
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer repetitions, smaller files")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions, smaller files, "
+                   "the scale row at 16 hosts only")
     p.add_argument("--peers", action="store_true",
                    help="also Fabric, parallel-ssh, Ansible (pip into a throwaway virtualenv)")
     p.add_argument("--venv", metavar="DIR", help="--peers with the virtualenv in DIR (made "
                    "there if missing, and kept): saves the install between runs")
     p.add_argument("--only", action="append", help="run only these rows (method names)")
+    p.add_argument("--scale", metavar="N1,N2,...", help="the scale row's host counts "
+                   "(default 16,64,256; 16 with --quick)")
     opts = p.parse_args()
+    sizes = None
+    if opts.scale:
+        try:
+            sizes = [int(x) for x in opts.scale.split(",") if x.strip()]
+        except ValueError:
+            p.error("--scale takes counts separated by commas, e.g. 16,64,256")
+        if not sizes or min(sizes) < 1:
+            p.error("--scale takes counts of 1 or more")
     if os.geteuid() != 0:
         sys.exit("bench_autoserv.py: needs root (it starts its own sshd hosts)")
-    b = Bench(opts.quick, opts.peers, opts.venv and os.path.abspath(opts.venv))
-    rows = ["run_true", "fan_out", "send_file", "tree", "wait_up", "startup", "flood"]
+    rows = ["run_true", "fan_out", "send_file", "tree", "wait_up", "startup", "scale", "flood"]
+    chosen = [r for r in rows if not opts.only or r in opts.only]
+    if "scale" in chosen:               # before anything starts: one line, no hang
+        check_scale_limits(max(sizes or ([16] if opts.quick else [16, 64, 256])))
+
+    def stop(signum, frame):            # SIGTERM ends the run as Ctrl-C does
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, stop)
+    b = Bench(opts.quick, opts.peers, opts.venv and os.path.abspath(opts.venv), sizes)
     try:
-        for name in rows:
-            if opts.only and name not in opts.only:
-                continue
+        b.setup_peers()
+        for name in chosen:
             getattr(b, name)()
+            b.remove_spill(name)
+    except KeyboardInterrupt:
+        b.close()
+        sys.exit("bench_autoserv.py: interrupted; its sshd, ssh and temp files are gone")
     finally:
         b.close()
     print()
     print(f"autoserv {autoserv.__version__}, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs, "
           f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
+    if b.versions:
+        print("peers: " + ", ".join(f"{k} {v}" for k, v in b.versions.items()))
     print(b.table())
 
 
