@@ -29,6 +29,7 @@ import collections
 import fcntl
 import io
 import json
+import logging
 import os
 import posixpath
 import re
@@ -48,7 +49,7 @@ import time
 # autoserv.power...); the names beside the groups are there as themselves,
 # and so is every exception class (the errors group: every AutoservError
 # subclass).  control_namespace() and __all__ (at the end of this file) are
-# both built from it.
+# both built from it (and __all__ adds _LIBRARY_NAMES).
 _API = {
     "hosts": ("Host", "SiteHost", "RemoteHost", "SSHHost", "ConmuxSSHHost", "Guest",
               "KVMGuest", "LocalHost", "create_host", "CmdResult"),
@@ -62,6 +63,10 @@ _API = {
 }
 _API_NAMES = ("run", "get_tmp_dir", "sh_escape", "sh_quote", "subcommand", "parallel",
               "parallel_simple")
+# What a Python program importing autoserv uses beyond that (README: "Using
+# autoserv from Python"); not in a control file's namespace (it has its job).
+_LIBRARY_NAMES = ("Job", "close_all", "set_ssh_defaults", "register_host_class",
+                  "register_power", "register_console", "parse_status_log")
 
 
 # Constants and module state ###################################################
@@ -101,6 +106,7 @@ def worst_status(*codes):
 _JOB = None             # the ServerJob running (None outside a job)
 _HOSTS = []             # every host made in this process tree, for cleanup
 _LOCAL_TMP = []         # (pid, path) of local temp dirs
+_CLEANUPS = []          # (pid, function): close_all() runs this process's, newest first
 _REGISTRY = {"host": {}, "power": {}, "console": {}}     # register_host_class() and co.
 # Every SSHHost's defaults (set_ssh_defaults(); the CLI's options).
 _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
@@ -319,40 +325,158 @@ def _remaining(deadline):
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-class _Log:
-    """The debug log: timestamped lines, raw bytes kept, one write() each on
-    an O_APPEND file, so forked children may share it."""
+# autoserv logs on the standard logging tree: every line is a record of the
+# logger "autoserv" or a child of it: "autoserv.host.<name>" for a host's
+# commands, exits and output, "autoserv.status" for status entries.  Its
+# message is text any handler can write (bytes that are not UTF-8 as \xNN);
+# the bytes as they came are in record.raw, and record.tag holds the line's
+# label.  Importing autoserv adds only a NullHandler: the program decides
+# where records go.  The CLI (and a Job) add _DebugFile, the results'
+# debug/autoserv.log with the raw bytes, and the CLI adds _Console (-v, -q).
+# Nearly everything is DEBUG; what a person waiting should see (a guest
+# still booting) is INFO.
 
-    def __init__(self):
-        self.fd = None
-        self.echo = False       # -v: also to stderr
+_LOGGER = logging.getLogger("autoserv")
+_LOGGER.addHandler(logging.NullHandler())
 
-    def open(self, path):
+
+def _record_bytes(record):
+    """A record as debug-log lines: "date time.ms [pid] tag: line" for each
+    line of its raw bytes (its message's, for a record not autoserv's)."""
+    raw = getattr(record, "raw", None)
+    if raw is None:
+        raw = record.getMessage().encode("utf-8", "surrogateescape")
+    tag = getattr(record, "tag", None)
+    if tag is None and record.name.startswith("autoserv.host."):
+        tag = record.name[len("autoserv.host."):]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+    head = f"{stamp}.{int(record.msecs):03d} [{record.process}]"
+    if tag:
+        head += f" {tag}" if tag.endswith("|") else f" {tag}:"
+    head = head.encode("utf-8", "surrogateescape") + b" "
+    return b"".join(head + line + b"\n" for line in raw.split(b"\n"))
+
+
+class _DebugFile(logging.Handler):
+    """A debug log file: every record's raw bytes, timestamped, one write()
+    each on an O_APPEND file, so forked children may share it."""
+
+    def __init__(self, path, level=logging.DEBUG):
+        super().__init__(level)
+        self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+    def emit(self, record):
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, _record_bytes(record))
+        except (OSError, ValueError):
+            pass
 
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        super().close()
 
-    def write(self, message, host=None):
+
+class _Console(logging.Handler):
+    """The CLI's stderr: with -v every record as its debug-log line, else
+    INFO and worse as "autoserv: message"; control bytes made visible.
+    sys.stderr is looked up per record (a parallel task's is its pipe)."""
+
+    def __init__(self, verbose=False, quiet=False):
+        super().__init__(logging.DEBUG if verbose else
+                         logging.WARNING if quiet else logging.INFO)
+        self.verbose = verbose
+
+    def emit(self, record):
+        try:
+            if self.verbose:
+                text = _neutralise(_decode(_record_bytes(record))).replace("^J", "\n")
+            else:
+                text = f"autoserv: {_neutralise(record.getMessage())}\n"
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _Log:
+    """The debug log's writer, as every call site knows it: LOG.write(message,
+    host) makes a record on the logging tree; LOG.open(path)/close() add
+    and remove the debug file's handler, LOG.console() the CLI's stderr."""
+
+    def __init__(self):
+        self.file = None          # the _DebugFile of open(), else None
+        self.stderr = None        # the _Console of console(), else None
+        self.loggers = {}         # tag -> logger
+
+    def _set_handler(self, attr, handler):
+        old = getattr(self, attr)
+        if old is not None:
+            _LOGGER.removeHandler(old)
+            old.close()
+        setattr(self, attr, handler)
+        if handler is not None:
+            _LOGGER.addHandler(handler)
+
+    def open(self, path):
+        """Records go (also) to the file at path, raw bytes kept."""
+        self._set_handler("file", _DebugFile(path))
+
+    def close(self):
+        self._set_handler("file", None)
+
+    def console(self, verbose=False, quiet=False):
+        """The CLI's stderr handler: -v every record, -q only warnings and
+        errors, else INFO and worse."""
+        self._set_handler("stderr", _Console(verbose, quiet))
+
+    @property
+    def echo(self):
+        return self.stderr is not None and self.stderr.verbose
+
+    @echo.setter
+    def echo(self, on):
+        self.console(verbose=on) if on else self._set_handler("stderr", None)
+
+    def logger(self, tag=None):
+        """The logger for a line's tag: a host's name, "<host> stdout|"
+        (its output), "status"; none: "autoserv"."""
+        found = self.loggers.get(tag)
+        if found is None:
+            if not tag:
+                found = _LOGGER
+            elif tag == "status":
+                found = logging.getLogger("autoserv.status")
+            else:
+                name = tag[:-1].rsplit(" ", 1)[0] if tag.endswith("|") else tag
+                found = logging.getLogger("autoserv.host." + name)
+            self.loggers[tag] = found
+        return found
+
+    def write(self, message, host=None, level=logging.DEBUG):
+        """One record (str or bytes, several lines allowed) from host.  It
+        goes through the tree when the program's levels let it (its handlers
+        and ours get it), else to our own handlers only: a job's debug log
+        holds everything without raising the program's levels."""
+        logger = self.logger(host)
+        wanted = logger.isEnabledFor(level)
+        ours = [h for h in (self.file, self.stderr) if h is not None and level >= h.level]
+        if not wanted and not ours:
+            return
         if isinstance(message, str):
             message = message.encode("utf-8", "surrogateescape")
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        head = f"{stamp}.{int(now * 1000) % 1000:03d} [{os.getpid()}]"
-        if host:
-            head += f" {host}" if host.endswith("|") else f" {host}:"
-        lines = message.split(b"\n")
-        data = b"".join(head.encode() + b" " + line + b"\n" for line in lines)
-        if self.fd is not None:
-            try:
-                os.write(self.fd, data)
-            except OSError:
-                pass
-        if self.echo:
-            sys.stderr.write(_neutralise(_decode(data)).replace("^J", "\n"))
-            sys.stderr.flush()
+        record = logger.makeRecord(logger.name, level, __file__, 0,
+                                   message.decode("utf-8", "backslashreplace"), (), None,
+                                   extra={"raw": message, "tag": host})
+        if wanted:
+            logger.handle(record)
+        else:
+            for handler in ours:
+                handler.handle(record)
 
 
 LOG = _Log()
@@ -1168,7 +1292,12 @@ def _user_name():
 
 class ServerJob:
     """The running job: results dir, status log, cleanups.  A control file
-    sees it as ``job``."""
+    sees it as ``job``; a script may make one (``Job``, the same class) to
+    get a results dir: ``with Job("results/run1") as job: ...`` makes
+    resultdir (and debug/), is the current job (status entries, parallel
+    tasks' subdirs and records land in it) until end(), which the with
+    block calls, writes status.log's end, summary.json and keyval.  One
+    job at a time in a process."""
 
     def __init__(self, resultdir, control=None, machines=(), args=(), user=None,
                  label=None, options=None, shard=None):
@@ -1189,7 +1318,6 @@ class ServerJob:
         self.host_outcomes = {}
         self._spans = {}          # host name -> [first seen, last work ended or None]
         self.hosts = []
-        self._cleanups = []
         self._pid = os.getpid()
         LOG.open(os.path.join(self.debugdir, "autoserv.log"))
         _JOB = self
@@ -1278,22 +1406,50 @@ class ServerJob:
         """True in the process that made the job; False in a parallel task."""
         return os.getpid() == self._pid
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.end(exc)
+
+    def end(self, error=None):
+        """Ends a job a script made (the CLI ends its own): FAIL when error
+        (an exception) is given or a test recorded FAIL, ERROR or ABORT,
+        else GOOD; status.log says why, summary.json and keyval hold the
+        outcome, the debug log closes and the job stops being the current
+        one.  Hosts stay open (close them, or close_all()).  Returns the
+        outcome."""
+        global _JOB
+        outcome, why = "GOOD", ""
+        if error is not None:
+            outcome, why = "FAIL", f"{type(error).__name__}: {_last_line(error)}"
+            self.record("FAIL", None, "job", why)
+            for name in _hosts_in(error):
+                self.host_status(name, "FAIL", _last_line(str(error)))
+        elif self.status.worst in FAILING_CODES:
+            outcome, why = "FAIL", f"a test recorded {self.status.worst}"
+        self.write_summary(outcome, why)
+        self.write_keyval({"job_finished": int(time.time()),
+                           "exit_status": 0 if outcome == "GOOD" else 1})
+        if self.is_job_process():
+            LOG.close()
+        if _JOB is self:
+            _JOB = None
+        return outcome
+
     def add_cleanup(self, func):
-        self._cleanups.append(func)
+        """func() runs when the job ends (close_all(): newest first, before
+        the hosts close), in the process that added it."""
+        _add_cleanup(func)
 
     def cleanup(self):
-        """Closes every host (remote temp dirs, ssh masters) and runs the other
-        cleanups, newest first.  Only the process that made the job does it."""
-        if not self.is_job_process():
-            return
-        for func in reversed(self._cleanups):
-            try:
-                func()
-            except Exception as e:   # keep cleaning up
-                LOG.write(f"cleanup {func!r} failed: {e}")
-        self._cleanups = []
-        _close_all_hosts()
-        _cleanup_local_tmp()
+        """Ends what the job's process opened: close_all().  Only the process
+        that made the job does it."""
+        if self.is_job_process():
+            close_all()
+
+
+Job = ServerJob
 
 
 def _junit_xml(host_outcomes, outcome, error, seconds):
@@ -1344,6 +1500,12 @@ def _cleanup_local_tmp():
             _LOCAL_TMP.remove((pid, path))
 
 
+def _add_cleanup(func):
+    """func() runs at close_all() in this process (KVM.uninstall, a job's
+    add_cleanup); a parallel task's copy of the list is not its to run."""
+    _CLEANUPS.append((os.getpid(), func))
+
+
 def _close_all_hosts():
     for host in reversed(list(_HOSTS)):
         try:
@@ -1353,18 +1515,31 @@ def _close_all_hosts():
     _remove_ctrl_dir()
 
 
-def _at_exit():
-    """A script that imported autoserv and ends, normally or by an uncaught
-    exception, ends what this process opened (masters, agents, guests, temp
-    dirs) the way a job's end does.  Forked tasks leave by os._exit and
-    clean up for themselves."""
+def close_all() -> None:
+    """Ends everything this process opened: the cleanups registered with it
+    (a KVM's uninstall: its guests, the modules it loaded), then every host
+    (its agent, remote temp dirs, ssh master), the ssh control dir and the
+    local temp dirs.  The one cleanup path: a job's end, a parallel task's
+    end and the interpreter's exit (normal or by an uncaught exception) all
+    come here.  Hosts made in another process (a task's copies of its
+    parent's) are left to their maker.  Safe to call more than once."""
+    me = os.getpid()
     try:
+        while True:
+            mine = [entry for entry in _CLEANUPS if entry[0] == me]
+            if not mine:
+                break
+            _CLEANUPS.remove(mine[-1])
+            try:
+                mine[-1][1]()
+            except Exception as e:   # keep cleaning up
+                LOG.write(f"cleanup {mine[-1][1]!r} failed: {e}")
         _close_all_hosts()
     finally:
         _cleanup_local_tmp()
 
 
-atexit.register(_at_exit)
+atexit.register(close_all)
 
 
 _PASSWORD_HINT = ("autoserv logs in with ssh keys only (BatchMode: never a password "
@@ -1444,6 +1619,13 @@ class Host:
 
     def __str__(self):
         return str(self.hostname)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        """``with SSHHost(name) as h:`` closes h however the block ends."""
+        self.close()
 
     def __reduce__(self):
         # Hosts cross process boundaries (parallel) by being rebuilt from
@@ -4754,8 +4936,7 @@ class subcommand:
                     text = payload[2]
                 data = pickle.dumps((("err", None, text), hosts))
                 code = 1
-            _close_all_hosts()
-            _cleanup_local_tmp()
+            close_all()
             view = memoryview(data)
             while view:
                 view = view[os.write(result_w, view[:READ_SIZE]):]
@@ -5082,6 +5263,21 @@ def _drain_task(task, sel):
         del task.fds[fd]
 
 
+def _results_here():
+    """Where parallel_simple(log=True) puts its tasks' subdirs: the working
+    directory when it is inside the job's results dir (a control file runs
+    there, a task in its own subdir), else the results dir of the job a
+    script made ("." for the working directory: a task's name stays its
+    subdir's); None outside a job (no subdirs: a script's working directory
+    is not a results dir)."""
+    if _JOB is None:
+        return None
+    here, top = os.getcwd(), os.path.realpath(_JOB.resultdir)
+    inside = os.path.realpath(here) == top or \
+        os.path.realpath(here).startswith(top + os.sep)
+    return "." if inside else _JOB.resultdir
+
+
 def parallel_simple(function, arglist, log=True, timeout=None, return_results=False):
     """function(arg) for every arg at once; with log, each in its own results
     subdir named after the argument (a host: its host name)."""
@@ -5090,15 +5286,18 @@ def parallel_simple(function, arglist, log=True, timeout=None, return_results=Fa
         return [] if return_results else None
     tasks = []
     seen = set()
+    where = _results_here() if log else None
     for arg in arglist:
         subdir = None
-        if log:
+        if where:
             subdir = _safe_name(getattr(arg, "hostname", None) or arg)
             base, n = subdir, 1
             while subdir in seen:
                 n += 1
                 subdir = f"{base}.{n}"
             seen.add(subdir)
+            if where != ".":
+                subdir = os.path.join(where, subdir)
         tasks.append(subcommand(function, [arg], subdir))
     return parallel(tasks, timeout=timeout, return_results=return_results,
                     prefix_output=True)
@@ -6395,8 +6594,7 @@ class KVM(InstallableObject):
         self.in_use = {}
         self.modules_loaded = []
         self.installed = False
-        if _JOB is not None:
-            _JOB.add_cleanup(self.uninstall)
+        _add_cleanup(self.uninstall)
 
     def install(self, addresses, build=True, insert_modules=True):
         """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
@@ -6508,6 +6706,14 @@ class KVM(InstallableObject):
         else:
             h.run(f"modprobe kvm && modprobe {vendor}", timeout=120)
         self.modules_loaded = [vendor, "kvm"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        """``with KVM(host) as kvm:`` uninstalls (its guests end) however
+        the block ends."""
+        self.uninstall()
 
     def uninstall(self):
         """Destroys every guest; unloads the modules if autoserv loaded them."""
@@ -6681,8 +6887,7 @@ class KVMGuest(Guest):
                 tail = _last_line(self.serial_tail(5)) or "empty"
                 message = (f"guest {self.hostname}:{self.port}: no ssh answer after "
                            f"{now - t0:.0f} s; waiting on (serial log: {tail})")
-                LOG.write(message, self.hostname)
-                _say(message)
+                LOG.write(message, self.hostname, logging.INFO)
 
     def monitor(self, command):
         """A human monitor command through QMP (e.g. "info status", "commit")."""
@@ -8547,7 +8752,7 @@ def _main(argv):
         _say(f"error: {e}")
         return 2
     _PARALLEL["max"] = opts.max_parallel
-    LOG.echo = opts.verbose
+    LOG.console(verbose=opts.verbose, quiet=opts.quiet)
     if opts.slurm is not None:
         return _slurm_run(opts, argv, resultdir, groups, source)
     return _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
@@ -8684,8 +8889,9 @@ def _hosts_in(exc):
 
 globals().update(_groups())
 # The library's public names are the control-file API (_API, at the top):
-# the groups, the names in them and beside them, every exception class.
-__all__ = sorted({*_API, *_API_NAMES, *_exceptions(),
+# the groups, the names in them and beside them, every exception class; and
+# the library's own (_LIBRARY_NAMES).
+__all__ = sorted({*_API, *_API_NAMES, *_exceptions(), *_LIBRARY_NAMES,
                   *(n for names in _API.values() for n in names)})
 
 

@@ -986,7 +986,8 @@ class TestPublicAPI(unittest.TestCase):
                 with self.subTest(name=name):
                     self.assertIs(getattr(autoserv, name), value)
                     listed.add(name)
-        self.assertEqual(sorted(autoserv.__all__), sorted(listed))
+        self.assertEqual(sorted(set(autoserv.__all__) - set(autoserv._LIBRARY_NAMES)),
+                         sorted(listed))
         self.assertEqual(set(vars(autoserv.errors)) - {"__name__", "__doc__", "__package__",
                                                        "__loader__", "__spec__"},
                          {n for n, v in ns.items() if isinstance(v, type)
@@ -4884,6 +4885,172 @@ class TestFanOut(unittest.TestCase):
                 job = [e["code"] for e in entries if e["operation"] == "autoserv"]
                 self.assertEqual(job[-2:], ["ABORT", "END ABORT"], job)
                 Invariants.check_status(self, os.path.join(res, "status.log"))
+
+
+class TestLibrary(unittest.TestCase):
+    """autoserv imported by a plain Python program, no job and no CLI, against
+    namespace hosts: the example script, what a script leaves when it dies,
+    the logging tree."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hosts = NamespaceHosts(3)
+        # A host whose address answers but whose port refuses: unreachable.
+        with open(cls.hosts.ssh_config, "a") as f:
+            f.write(f"Host deadhost\n    HostName {cls.hosts.addrs[0]}\n    Port 1\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.hosts.close()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-lib-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.before = _autoserv_paths()
+        self.fixtures = {proc.pid for proc in self.hosts.procs}
+
+    def script(self, text, *args, timeout=120):
+        """Runs text as a program importing autoserv (as a vendored copy is)."""
+        path = os.path.join(self.tmp, "script.py")
+        with open(path, "w") as f:
+            f.write(f"import sys\nsys.path.insert(0, {HERE!r})\nimport autoserv\n"
+                    f"autoserv.set_ssh_defaults(ssh_config={self.hosts.ssh_config!r})\n"
+                    + textwrap.dedent(text))
+        return subprocess.run([sys.executable, path, *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=self.tmp)
+
+    def assert_nothing_left(self):
+        """From outside the script: no process of it (reparented to us, the
+        subreaper), no remote process of its commands, no temp dir, control
+        dir or socket of autoserv's."""
+        def clean():
+            reap()
+            return not [k for k in our_children() if k[0] not in self.fixtures]
+        wait_for(clean, 10, what="no process of the script left")
+        wait_for(lambda: not processes_with("AUTOSERV_RUN_ID="), 10,
+                 what="no remote process of the script left")
+        self.assertEqual(_autoserv_paths() - self.before, set())
+        self.assertEqual([n for n in os.listdir(tempfile.gettempdir()) if n.startswith("autoserv-")],
+                         [])
+
+    def test_the_fanout_example_prints_every_hosts_answer_and_writes_a_results_dir(self):
+        example = os.path.join(HERE, "examples", "library_fanout.py")
+        res = os.path.join(self.tmp, "res")
+        out = subprocess.run([sys.executable, example, "--ssh-config", self.hosts.ssh_config,
+                              "--results", res, *self.hosts.names], capture_output=True,
+                             text=True, timeout=120, cwd=self.tmp)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stderr, "")
+        release = os.uname().release
+        self.assertEqual(out.stdout.splitlines(), [f"{n:20} {n} {release}"
+                                                   for n in self.hosts.names])
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(summary["job"]["outcome"], "GOOD")
+        self.assertEqual({n: v["outcome"] for n, v in summary["hosts"].items()},
+                         {n: "GOOD" for n in self.hosts.names})
+        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        self.assertEqual([e["code"] for e in entries if e["operation"] == "parallel"],
+                         ["START", "END GOOD"])
+        for name in self.hosts.names:
+            self.assertTrue(os.path.isdir(os.path.join(res, name)), name)
+        self.assertIn(b"run: uname -n -r", open(os.path.join(res, "debug", "autoserv.log"),
+                                                 "rb").read())
+        # A host that cannot be reached is told apart by its class; exit 1.
+        out = subprocess.run([sys.executable, example, "--ssh-config", self.hosts.ssh_config,
+                              "--command", "exit 3", self.hosts.names[0], "deadhost"],
+                             capture_output=True, text=True, timeout=120, cwd=self.tmp)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        lines = out.stdout.splitlines()
+        self.assertEqual(lines[0], f"{self.hosts.names[0]:20} failed: exit status 3")
+        self.assertRegex(lines[1], r"^deadhost +unreachable: deadhost: connection refused")
+        self.assertEqual(os.listdir(self.tmp), ["res"])     # no job: no task subdirs
+        self.assert_nothing_left()
+
+    def test_a_script_that_raises_midway_leaves_no_process_socket_or_temp_dir(self):
+        for persistent in (False, True):
+            with self.subTest(persistent=persistent):
+                out = self.script(f"""\
+                    h = autoserv.SSHHost("nshost01", persistent={persistent})
+                    g = autoserv.SSHHost("nshost02")
+                    d = h.get_tmp_dir()
+                    h.run("touch " + d + "/file")
+                    g.run("true")
+                    local = autoserv.get_tmp_dir()
+                    print(d, local, flush=True)
+                    raise RuntimeError("mid-way")
+                    """)
+                self.assertEqual(out.returncode, 1)
+                self.assertIn("RuntimeError: mid-way", out.stderr)
+                remote, local = out.stdout.split()
+                self.assertFalse(os.path.exists(remote))
+                self.assertFalse(os.path.exists(local))
+                self.assert_nothing_left()
+
+    def test_with_blocks_close_hosts_and_close_all_ends_the_rest(self):
+        out = self.script("""\
+            import os, stat
+            ctrl = autoserv._ctrl_dir()
+            def masters():
+                return [n for n in os.listdir(ctrl)
+                        if stat.S_ISSOCK(os.lstat(os.path.join(ctrl, n)).st_mode)]
+            with autoserv.SSHHost("nshost01") as h:
+                h.run("true")
+                print("in", len(masters()))
+            try:
+                with autoserv.SSHHost("nshost02") as g:
+                    g.run("true")
+                    raise KeyError("inside")
+            except KeyError:
+                pass
+            print("after", len(masters()))
+            k = autoserv.SSHHost("nshost03")
+            k.run("true")
+            print("open", len(masters()))
+            autoserv.close_all()
+            print("closed", os.path.exists(ctrl))
+            sys.stdout.flush()
+            os._exit(0)             # no atexit: close_all() alone must have done it
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.split(), ["in", "1", "after", "0", "open", "1",
+                                              "closed", "False"])
+        self.assert_nothing_left()
+
+    def test_after_sigkill_of_the_script_its_remote_command_ends(self):
+        # A SIGKILLed script runs no cleanup: what is guaranteed is that its
+        # command on the host ends (the session's stdin closes with the
+        # script; the wrapper kills the command's group).  The ssh master
+        # (its own session) is ended here by the test; see README.
+        path = os.path.join(self.tmp, "killed.py")
+        with open(path, "w") as f:
+            f.write(f"import sys\nsys.path.insert(0, {HERE!r})\nimport autoserv\n"
+                    f"autoserv.set_ssh_defaults(ssh_config={self.hosts.ssh_config!r})\n"
+                    "autoserv.SSHHost('nshost01').run('sleep 4249.5')\n")
+        p = subprocess.Popen([sys.executable, path], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=self.tmp)
+        try:
+            wait_for(lambda: [x for x in comm_pids("sleep") if x in processes_with("4249.5")],
+                     30, what="the remote sleep")
+            p.kill()
+            p.wait(10)
+            wait_for(lambda: not [x for x in comm_pids("sleep")
+                                  if x in processes_with("4249.5")], 10,
+                     what="the remote command gone after SIGKILL")
+            wait_for(lambda: not processes_with("AUTOSERV_RUN_ID="), 10,
+                     what="no remote process of the killed script")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            # What the killed script left (its master, its control dir): ours to end.
+            for pid in processes_with(self.hosts.ssh_config):
+                if pid in {k[0] for k in our_children()}:
+                    os.kill(pid, signal.SIGTERM)
+            reap()
+            for name in _autoserv_paths() - self.before:
+                shutil.rmtree(name, ignore_errors=True)
+        self.assert_nothing_left()
 
 
 # Boot loader and installables (no guest) ######################################
