@@ -43,6 +43,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Union
 
 # The control-file API, one table: each group is a module-like object in
 # a control file's namespace and an attribute of this module (autoserv.hosts,
@@ -70,6 +71,11 @@ _LIBRARY_NAMES = ("Job", "close_all", "set_ssh_defaults", "register_host_class",
 
 
 # Constants and module state ###################################################
+
+# The public API's type hints (standard typing, valid on Python 3.9).
+_Paths = Union[str, Sequence[str]]         # one path, or several
+_Stdin = Union[str, bytes, None]
+_Tee = Optional[IO[str]]                   # a file object output is copied to live
 
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_ALIVE_INTERVAL = 5
@@ -284,7 +290,7 @@ class _LocalReboot(SystemExit):
 
 # Helpers ######################################################################
 
-def sh_escape(command):
+def sh_escape(command: str) -> str:
     """Escape a string for use inside double quotes in a POSIX shell."""
     command = command.replace("\\", "\\\\")
     command = command.replace("$", r"\$")
@@ -293,7 +299,7 @@ def sh_escape(command):
     return command
 
 
-def sh_quote(word):
+def sh_quote(word: str) -> str:
     """Quote one word for a POSIX shell (shlex.quote)."""
     return shlex.quote(word)
 
@@ -586,9 +592,10 @@ def _sha256_file(path):
 class CmdResult:
     """What a command did.  Inert data: judging it is run()'s job."""
 
-    def __init__(self, command="", stdout="", stderr="", exit_status=None,
-                 duration=0.0, aborted=0, timed_out=False, hostname=None,
-                 truncated=False, output_files=None):
+    def __init__(self, command: str = "", stdout: str = "", stderr: str = "",
+                 exit_status: Optional[int] = None, duration: float = 0.0, aborted: int = 0,
+                 timed_out: bool = False, hostname: Optional[str] = None,
+                 truncated: bool = False, output_files: Optional[Dict[str, str]] = None):
         self.command = command
         self.stdout = stdout
         self.stderr = stderr
@@ -604,7 +611,7 @@ class CmdResult:
     def ok(self):
         return self.exit_status == 0 and not self.aborted and not self.timed_out
 
-    def status_text(self):
+    def status_text(self) -> str:
         if self.timed_out:
             return f"timed out after {self.duration:.1f} s"
         if self.aborted:
@@ -1105,8 +1112,10 @@ def _judge(result, ignore_status, what="command"):
     return result
 
 
-def run(command, timeout=None, ignore_status=False, stdin=None, stdout_tee=None,
-        stderr_tee=None, args=(), max_output=DEFAULT_MAX_OUTPUT, **_ignored):
+def run(command: str, timeout: Optional[float] = None, ignore_status: bool = False,
+        stdin: _Stdin = None, stdout_tee: _Tee = None, stderr_tee: _Tee = None,
+        args: Sequence[str] = (), max_output: int = DEFAULT_MAX_OUTPUT,
+        **_ignored: Any) -> "CmdResult":
     """Runs a command on the machine autoserv runs on (the login shell's -c)."""
     return LocalHost().run(command, timeout=timeout, ignore_status=ignore_status,
                            stdin=stdin, stdout_tee=stdout_tee, stderr_tee=stderr_tee,
@@ -1143,7 +1152,7 @@ def _status_line(code, subdir, operation, message, indent=0, when=None):
     return text
 
 
-def parse_status_log(text):
+def parse_status_log(text: str) -> List[Dict[str, Any]]:
     """Parses an autotest status log into dicts (code, subdir, operation,
     fields, message, indent).  Raises ValueError on a malformed line."""
     entries = []
@@ -1299,8 +1308,10 @@ class ServerJob:
     block calls, writes status.log's end, summary.json and keyval.  One
     job at a time in a process."""
 
-    def __init__(self, resultdir, control=None, machines=(), args=(), user=None,
-                 label=None, options=None, shard=None):
+    def __init__(self, resultdir: str, control: Optional[str] = None,
+                 machines: Sequence[str] = (), args: Sequence[str] = (),
+                 user: Optional[str] = None, label: Optional[str] = None, options: Any = None,
+                 shard: Optional[Dict[str, Any]] = None):
         global _JOB
         self.resultdir = resultdir
         self.debugdir = os.path.join(resultdir, "debug")
@@ -1325,7 +1336,8 @@ class ServerJob:
         self.write_summary("RUNNING")
 
     # the original's API
-    def record(self, status_code, subdir=None, operation=None, status=""):
+    def record(self, status_code: str, subdir: Optional[str] = None,
+               operation: Optional[str] = None, status: str = "") -> None:
         self.status.record(status_code, subdir, operation, status)
 
     def write_keyval(self, extra=None):
@@ -1412,7 +1424,7 @@ class ServerJob:
     def __exit__(self, exc_type, exc, tb):
         self.end(exc)
 
-    def end(self, error=None):
+    def end(self, error: Optional[BaseException] = None) -> str:
         """Ends a job a script made (the CLI ends its own): FAIL when error
         (an exception) is given or a test recorded FAIL, ERROR or ABORT,
         else GOOD; status.log says why, summary.json and keyval hold the
@@ -1437,7 +1449,7 @@ class ServerJob:
             _JOB = None
         return outcome
 
-    def add_cleanup(self, func):
+    def add_cleanup(self, func: Callable[[], Any]) -> None:
         """func() runs when the job ends (close_all(): newest first, before
         the hosts close), in the process that added it."""
         _add_cleanup(func)
@@ -1485,7 +1497,7 @@ def _record(*args, **kwargs):
 
 # Hosts: the contract, local and remote ########################################
 
-def get_tmp_dir():
+def get_tmp_dir() -> str:
     """A local temp dir (0700), removed when the job ends."""
     path = tempfile.mkdtemp(prefix="autoserv-")
     _LOCAL_TMP.append((os.getpid(), path))
@@ -1602,7 +1614,7 @@ class Host:
     power = None
     console = None
 
-    def __init__(self, power=None, console=None, **kwargs):
+    def __init__(self, power: Any = None, console: Any = None, **kwargs: Any):
         _refuse_host_keywords(type(self).__name__, kwargs)
         where = f"{type(self).__name__}({self.hostname!r})"
         self.power = _by_name("power", power, where)
@@ -1632,9 +1644,10 @@ class Host:
         # their constructor arguments, never with live connections.
         return (_rebuild_host, (type(self), self._init_args, self._init_kwargs))
 
-    def run(self, command, timeout=None, ignore_status=False, stdin=None,
-            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
-            max_output=DEFAULT_MAX_OUTPUT):
+    def run(self, command: str, timeout: Optional[float] = None, ignore_status: bool = False,
+            stdin: _Stdin = None, stdout_tee: _Tee = None, stderr_tee: _Tee = None,
+            args: Sequence[str] = (), connect_timeout: Optional[float] = None,
+            max_output: int = DEFAULT_MAX_OUTPUT) -> "CmdResult":
         """Runs command (a shell string; args are appended as quoted words)
         under the target's login shell, stdin from /dev/null unless given
         (str or bytes); output teed live to stdout_tee/stderr_tee.  timeout
@@ -1659,8 +1672,9 @@ class Host:
         and output set.  Raises only for a transport that failed."""
         raise NotImplementedError
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         """Copies source (a path or a list; "dir/" means its contents) from
         here to dest on the host, through a temp name (an interrupted copy
         never replaces the old dest).  delete_dest: remove what source does
@@ -1670,19 +1684,20 @@ class Host:
         AutoservTimeoutError on timeout."""
         raise NotImplementedError
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         """Copies source on the host to dest here, as send_file() does the
         other way; preserve_perm keeps the modes.  Returns None; raises as
         send_file()."""
         raise NotImplementedError
 
-    def get_tmp_dir(self):
+    def get_tmp_dir(self) -> str:
         """A new 0700 directory on the host, removed when the job ends.
         Returns its path."""
         raise NotImplementedError
 
-    def is_owned_here(self):
+    def is_owned_here(self) -> bool:
         """True in the process that made this host; False in a parallel
         task's copy of it (what the host started is its maker's to end)."""
         return self._owner == os.getpid()
@@ -1692,7 +1707,7 @@ class Host:
         remove."""
         self._tmp_dirs.append((os.getpid(), path))
 
-    def forget_tmp_dir(self, path):
+    def forget_tmp_dir(self, path: str) -> None:
         """Unregisters a get_tmp_dir() dir that its user removed itself, so
         close() does not remove it again.  Returns None."""
         self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p != path]
@@ -1700,44 +1715,48 @@ class Host:
     def _value(self, command):
         return self.run(command, timeout=60).stdout.strip()
 
-    def get_num_cpu(self):
+    def get_num_cpu(self) -> int:
         """The number of online CPUs (int)."""
         out = self._value("getconf _NPROCESSORS_ONLN 2>/dev/null || "
                           "grep -c ^processor /proc/cpuinfo")
         return int(out)
 
-    def get_boot_id(self, timeout=60, connect_timeout=None):
+    def get_boot_id(self, timeout: Optional[float] = 60,
+                    connect_timeout: Optional[float] = None) -> str:
         """The kernel's boot id (str): it changes with every boot."""
         return self.run("cat /proc/sys/kernel/random/boot_id", timeout=timeout,
                         connect_timeout=connect_timeout).stdout.strip()
 
-    def get_kernel_ver(self):
+    def get_kernel_ver(self) -> str:
         """uname -r (str)."""
         return self._value("uname -r")
 
-    def get_arch(self):
+    def get_arch(self) -> str:
         """uname -m (str)."""
         return self._value("uname -m")
 
-    def is_up(self, timeout=None):
+    def is_up(self, timeout: Optional[float] = None) -> bool:
         """True when the host answers a command within timeout (None: the
         host's connect timeout), else False.  Never raises for a host that
         is down."""
         raise NotImplementedError
 
-    def wait_up(self, timeout=None):
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         """Waits until the host answers; True when it does, False when
         timeout passes first (None waits as long as it takes)."""
         raise NotImplementedError
 
-    def wait_down(self, timeout=None, old_boot_id=None):
+    def wait_down(self, timeout: Optional[float] = None,
+                  old_boot_id: Optional[str] = None) -> bool:
         """Waits until the host stops answering, or its boot id differs
         from old_boot_id; True when it does, False when timeout passes
         first (None waits as long as it takes)."""
         raise NotImplementedError
 
-    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+    def reboot(self, timeout: Optional[float] = 1800, label: Optional[str] = None,
+               kernel_args: Optional[str] = None, wait: bool = True, fastsync: bool = False,
+               reboot_cmd: Optional[str] = None, down_timeout: Optional[float] = None,
+               stable_for: float = 3.0) -> None:
         """Reboots the host and, with wait, checks that it did: down (within
         down_timeout), then up with a new boot id that holds for stable_for
         seconds, all within timeout; one hard reset if it stays down and a
@@ -1762,7 +1781,7 @@ class Host:
             self.bootloader.boot_once(label)
         return None
 
-    def expect_kernel_at_next_boot(self, version, title):
+    def expect_kernel_at_next_boot(self, version: str, title: str) -> None:
         """The hook a kernel arms when it is installed to boot next: the next
         reboot() (with wait) checks that the host came up running release
         version, boot entry title, and fails with AutoservKernelBootError
@@ -1770,7 +1789,7 @@ class Host:
         arguments to that entry.  One reboot consumes it.  Returns None."""
         self._expect_kernel = {"version": version, "title": title}
 
-    def can_hardreset(self):
+    def can_hardreset(self) -> bool:
         """True when a hard reset path exists (a power controller, or a
         console with a hardreset())."""
         return self.power is not None or callable(getattr(self.console, "hardreset", None))
@@ -1781,7 +1800,7 @@ class Host:
                                     "pass power= or set host.power")
         return self.power
 
-    def hardreset(self, timeout=None, wait=True):
+    def hardreset(self, timeout: Optional[float] = None, wait: bool = True) -> None:
         """A hard reset through the power controller (its reset(), else a
         power cycle), else through the console's hardreset(); with wait,
         until the host is back with a new boot id (within timeout; None: 300
@@ -1832,7 +1851,7 @@ class Host:
         """The power controller's cycle(); raises as power_on()."""
         return self._power().cycle()
 
-    def install(self, installable, **kwargs):
+    def install(self, installable: Any, **kwargs: Any) -> Any:
         """installable.install(self, **kwargs): what it returns."""
         return installable.install(self, **kwargs)
 
@@ -1843,7 +1862,7 @@ class Host:
             self._bootloader = Bootloader(self)
         return self._bootloader
 
-    def close(self):
+    def close(self) -> None:
         """Ends what this host holds open (connections, its temp dirs, a
         guest's qemu); the host may not be used after it."""
 
@@ -1866,15 +1885,15 @@ class SiteHost(Host):
     define a SiteHost mixin; load_site() splices it in here."""
 
 
-def register_host_class(name, cls):
+def register_host_class(name: str, cls: type) -> None:
     _REGISTRY["host"][name] = cls
 
 
-def register_power(name, cls):
+def register_power(name: str, cls: type) -> None:
     _REGISTRY["power"][name] = cls
 
 
-def register_console(name, cls):
+def register_console(name: str, cls: type) -> None:
     _REGISTRY["console"][name] = cls
 
 
@@ -1951,7 +1970,8 @@ class LocalHost(SiteHost):
     """The machine autoserv runs on.  No wait_down; reboot only with
     allow_local_reboot=True, and autoserv goes down with it (reboot())."""
 
-    def __init__(self, hostname=None, allow_local_reboot=False, **kwargs):
+    def __init__(self, hostname: Optional[str] = None, allow_local_reboot: bool = False,
+                 **kwargs: Any):
         self._init_args, self._init_kwargs = (), {"allow_local_reboot": allow_local_reboot}
         self.hostname = hostname or "localhost"
         self.allow_local_reboot = allow_local_reboot
@@ -1967,24 +1987,27 @@ class LocalHost(SiteHost):
         ex.wait()
         return _set_exit_status(ex.result(command, self.hostname), ex.returncode)
 
-    def get_tmp_dir(self):
+    def get_tmp_dir(self) -> str:
         return get_tmp_dir()
 
-    def forget_tmp_dir(self, path):
+    def forget_tmp_dir(self, path: str) -> None:
         # Local temp dirs are the module's (get_tmp_dir()), not the host's.
         _LOCAL_TMP[:] = [(pid, p) for pid, p in _LOCAL_TMP if p != path]
 
-    def is_up(self, timeout=None):
+    def is_up(self, timeout: Optional[float] = None) -> bool:
         return True
 
-    def wait_up(self, timeout=None):
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         return True
 
-    def wait_down(self, timeout=None, old_boot_id=None):
+    def wait_down(self, timeout: Optional[float] = None,
+                  old_boot_id: Optional[str] = None) -> bool:
         raise AutoservUsageError("LocalHost has no wait_down(): autoserv runs on it")
 
-    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+    def reboot(self, timeout: Optional[float] = 1800, label: Optional[str] = None,
+               kernel_args: Optional[str] = None, wait: bool = True, fastsync: bool = False,
+               reboot_cmd: Optional[str] = None, down_timeout: Optional[float] = None,
+               stable_for: float = 3.0) -> None:
         """Reboots the machine autoserv runs on (only with
         allow_local_reboot=True).  autoserv goes down with it, so nothing
         here waits for it to come back or checks a kernel.  label and
@@ -2020,14 +2043,16 @@ class LocalHost(SiteHost):
             raise AutoservRebootError(self.hostname, "did not go down",
                                       f"still running {timeout} s after {command}")
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         """A local copy (backend is ignored: there is no transport)."""
         _local_copy(source, dest, delete_dest, True, preserve_symlinks, self.hostname,
                     timeout)
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         """A local copy (backend is ignored: there is no transport)."""
         _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks,
                     self.hostname, timeout)
@@ -2039,7 +2064,8 @@ class RemoteHost(SiteHost):
     hard reset when it does not come back, the kernel meant to boot checked)
     for every remote kind; a subclass supplies run, is_up and wait_up."""
 
-    def wait_down(self, timeout=None, old_boot_id=None):
+    def wait_down(self, timeout: Optional[float] = None,
+                  old_boot_id: Optional[str] = None) -> bool:
         """True once the host stops answering or its boot id changes (a
         reboot that completed between two probes).  The debug log says which."""
         deadline = _monotonic_deadline(timeout)
@@ -2072,8 +2098,10 @@ class RemoteHost(SiteHost):
             time.sleep(min(self.poll_interval, _remaining(deadline) or self.poll_interval))
 
     # rebooting
-    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+    def reboot(self, timeout: Optional[float] = 1800, label: Optional[str] = None,
+               kernel_args: Optional[str] = None, wait: bool = True, fastsync: bool = False,
+               reboot_cmd: Optional[str] = None, down_timeout: Optional[float] = None,
+               stable_for: float = 3.0) -> None:
         """Reboots and verifies it: the boot id is read first, the reboot is
         issued detached (its own connection dying is success), then the host
         must go down (unreachable, or a new boot id) and come up with a new
@@ -2211,7 +2239,7 @@ class RemoteHost(SiteHost):
         return first
 
 
-def create_host(spec, **kwargs):
+def create_host(spec: str, **kwargs: Any) -> "Host":
     """Builds a host from ``[user@]host[:port]``; ``localhost`` with no user or
     port is the LocalHost; a site file may register other classes by name
     (``kind=``)."""
@@ -2934,7 +2962,7 @@ _QMP_PY = textwrap.dedent(r'''
 # programs they start on the target are under "Remote programs"; the third
 # collaborator, _SSHTransfer, under "File transfer over SSH".
 
-def set_ssh_defaults(**kwargs):
+def set_ssh_defaults(**kwargs: Any) -> None:
     """Defaults for every SSHHost made after this (the CLI sets them)."""
     for key, value in kwargs.items():
         if key not in _SSH_DEFAULTS:
@@ -4322,8 +4350,9 @@ class _SSHTransfer:
             raise TypeError(f"transfer backend {name!r} is not a _TransferBackend")
         return backend
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         sources = _sources(source)
         dest = os.fsdecode(dest)
         _check_local_sources(sources, self.hostname)
@@ -4336,8 +4365,9 @@ class _SSHTransfer:
                                     preserve_symlinks, timeout)
         LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         sources = _sources(source)
         dest = os.fsdecode(dest)
         contents = [s.endswith("/") and len(s) > 1 for s in sources]
@@ -4719,10 +4749,13 @@ class SSHHost(RemoteHost):
     _ctrl_path = _Via("_link", "ctrl_path")
     _agent = _Via("_agent_client", "state")
 
-    def __init__(self, hostname, user=None, port=None, *,
-                 identity=None, ssh_config=None, ssh_options=None,
-                 host_key_policy=None, known_hosts=None, connect_timeout=None,
-                 alive_interval=None, alive_count=None, persistent=None, **kwargs):
+    def __init__(self, hostname: str, user: Optional[str] = None,
+                 port: Union[int, str, None] = None, *, identity: Optional[str] = None,
+                 ssh_config: Optional[str] = None, ssh_options: Optional[Sequence[str]] = None,
+                 host_key_policy: Optional[str] = None, known_hosts: Optional[str] = None,
+                 connect_timeout: Optional[float] = None,
+                 alive_interval: Optional[float] = None, alive_count: Optional[int] = None,
+                 persistent: Optional[bool] = None, **kwargs: Any):
         self._init_args = (hostname,)
         self._init_kwargs = dict(user=user, port=port, identity=identity,
                                  ssh_config=ssh_config, ssh_options=ssh_options,
@@ -4783,17 +4816,19 @@ class SSHHost(RemoteHost):
                                         max_output, connect_timeout, self._remote_command)
         return result
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         return self._transfer.send_file(source, dest, delete_dest, preserve_symlinks,
                                         backend, timeout)
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         return self._transfer.get_file(source, dest, delete_dest, preserve_perm,
                                        preserve_symlinks, backend, timeout)
 
-    def is_up(self, timeout=None):
+    def is_up(self, timeout: Optional[float] = None) -> bool:
         t = timeout or self.connect_timeout
         try:
             self.run("true", timeout=t + 1, connect_timeout=t)
@@ -4801,7 +4836,7 @@ class SSHHost(RemoteHost):
         except AutoservError:
             return False
 
-    def wait_up(self, timeout=None):
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         """True once the host answers ssh (within timeout; None waits on)."""
         deadline = _monotonic_deadline(timeout)
         while True:
@@ -4815,7 +4850,7 @@ class SSHHost(RemoteHost):
                 return False
             time.sleep(0.05 if banner is False else 0.5)
 
-    def get_tmp_dir(self):
+    def get_tmp_dir(self) -> str:
         """A new 0700 dir on the host, removed when the job ends."""
         path = self.run("umask 077; mktemp -d /tmp/autoserv-XXXXXX", timeout=60).stdout.strip()
         if not re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", path):
@@ -4835,7 +4870,7 @@ class SSHHost(RemoteHost):
                      timeout=60, ignore_status=True, connect_timeout=5)
 
 
-    def close(self):
+    def close(self) -> None:
         """Ends its agent, removes this host's remote temp dirs (each its own
         ssh session: no new agent) and ends its ssh master."""
         self._agent_client.stop()
@@ -4866,7 +4901,8 @@ class subcommand:
     status.log: START, the task's entries one level deeper, END with the
     worst status of them all."""
 
-    def __init__(self, func, args=(), subdir=None):
+    def __init__(self, func: Callable[..., Any], args: Sequence[Any] = (),
+                 subdir: Optional[str] = None):
         self.func = func
         self.args = list(args)
         self.subdir = subdir
@@ -5067,8 +5103,9 @@ def _tasks_outcome(tasks):
             else t.result for t in tasks]
 
 
-def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
-             prefix_output=None):
+def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
+             return_results: bool = False, max_parallel: Optional[int] = None,
+             prefix_output: Optional[bool] = None) -> Optional[List[Any]]:
     """Runs every subcommand at once (at most max_parallel, -j, at a time), each
     to its end or the timeout; then raises AutoservSubcommandError naming every
     failed task, or with return_results gives a list of results/exceptions.
@@ -5278,9 +5315,12 @@ def _results_here():
     return "." if inside else _JOB.resultdir
 
 
-def parallel_simple(function, arglist, log=True, timeout=None, return_results=False):
-    """function(arg) for every arg at once; with log, each in its own results
-    subdir named after the argument (a host: its host name)."""
+def parallel_simple(function: Callable[[Any], Any], arglist: Sequence[Any], log: bool = True,
+                    timeout: Optional[float] = None,
+                    return_results: bool = False) -> Optional[List[Any]]:
+    """function(arg) for every arg at once; with log, each named after the
+    argument (a host: its host name) in its output's prefix and, in a job,
+    its results subdir."""
     arglist = list(arglist)
     if not arglist:
         return [] if return_results else None
@@ -5288,17 +5328,19 @@ def parallel_simple(function, arglist, log=True, timeout=None, return_results=Fa
     seen = set()
     where = _results_here() if log else None
     for arg in arglist:
-        subdir = None
-        if where:
-            subdir = _safe_name(getattr(arg, "hostname", None) or arg)
-            base, n = subdir, 1
-            while subdir in seen:
+        name = subdir = None
+        if log:
+            name = _safe_name(getattr(arg, "hostname", None) or arg)
+            base, n = name, 1
+            while name in seen:
                 n += 1
-                subdir = f"{base}.{n}"
-            seen.add(subdir)
-            if where != ".":
-                subdir = os.path.join(where, subdir)
+                name = f"{base}.{n}"
+            seen.add(name)
+        if where:
+            subdir = name if where == "." else os.path.join(where, name)
         tasks.append(subcommand(function, [arg], subdir))
+        if name and not subdir:
+            tasks[-1].name = name        # no results dir: its output is still named so
     return parallel(tasks, timeout=timeout, return_results=return_results,
                     prefix_output=True)
 
@@ -5318,25 +5360,25 @@ class PowerController:
         raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: "
                                           f"{why or self.lacks}")
 
-    def on(self):
+    def on(self) -> Any:
         """Powers the machine on.  Raises AutoservHostError when the
         controller fails, AutoservNotImplementedError when it cannot."""
         self._cannot("power on")
 
-    def off(self):
+    def off(self) -> Any:
         """Powers the machine off (hard: no shutdown).  Raises as on()."""
         self._cannot("power off")
 
-    def cycle(self):
+    def cycle(self) -> Any:
         """Off, then on again.  Raises as on()."""
         self._cannot("power cycle")
 
-    def reset(self):
+    def reset(self) -> Any:
         """A hard reset (what host.hardreset() uses); a power cycle unless
         the controller has a reset of its own.  Raises as on()."""
         return self.cycle()
 
-    def status(self):
+    def status(self) -> str:
         """The power state, "on" or "off".  Raises as on()."""
         self._cannot("report power status")
 
@@ -5495,7 +5537,7 @@ class ConmuxSSHHost(SSHHost):
                 label=self.hostname)
         self.console_log = logfilename
 
-    def close(self):
+    def close(self) -> None:
         super().close()
         if self._own_console is not None:       # a console= given is its owner's
             self._own_console.close()
@@ -6584,7 +6626,7 @@ class KVM(InstallableObject):
     QEMU source tarball or tree); install(addresses) picks the binary, the
     accelerator and, where the CPU can, the kvm modules."""
 
-    def __init__(self, host):
+    def __init__(self, host: "Host"):
         super().__init__()
         self.host = host
         self.tree = None
@@ -6596,7 +6638,8 @@ class KVM(InstallableObject):
         self.installed = False
         _add_cleanup(self.uninstall)
 
-    def install(self, addresses, build=True, insert_modules=True):
+    def install(self, addresses: Sequence[Dict[str, Any]], build: bool = True,
+                insert_modules: bool = True) -> None:
         """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
         (user-mode networking, the guest's ssh forwarded to ip:port)."""
         checked = [self._checked_address(a) for a in addresses]
@@ -6715,7 +6758,7 @@ class KVM(InstallableObject):
         the block ends."""
         self.uninstall()
 
-    def uninstall(self):
+    def uninstall(self) -> None:
         """Destroys every guest; unloads the modules if autoserv loaded them."""
         for guest in list(self.in_use.values()):
             guest.close()
@@ -6764,8 +6807,9 @@ class KVMGuest(Guest):
     timeout starts saying it is still waiting (it never gives up on a qemu
     that runs).  Destroyed on close() and at job end."""
 
-    def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
-                 boot_timeout=300, **ssh_kwargs):
+    def __init__(self, kvm: KVM, qemu_options: str = "", user: str = "root",
+                 host_key_policy: str = "ephemeral", boot_timeout: float = 300,
+                 **ssh_kwargs: Any):
         # Keywords are checked before qemu starts (SSHHost's own check
         # comes after it).
         own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
@@ -6864,7 +6908,7 @@ class KVMGuest(Guest):
         return AutoservVirtError(f"guest {self.hostname}:{self.port}: qemu (pid {self.qemu_pid})"
                                  " has exited; serial log ends:\n" + self.serial_tail())
 
-    def wait_up(self, timeout=None):
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         """True once the guest answers ssh; False when timeout passes first.
         timeout=None waits as long as it takes (the seed's g.wait_up()),
         saying so on stderr once the guest is later than boot_timeout and
@@ -6894,7 +6938,7 @@ class KVMGuest(Guest):
         return self.kvm.qmp(self.qmp_socket, {"execute": "human-monitor-command",
                                               "arguments": {"command-line": command}})[-1]
 
-    def close(self):
+    def close(self) -> None:
         """Stops qemu (QMP quit, then the PID), removes its run dir."""
         super().close()
         if self.qemu_pid is None or not self.is_owned_here():
@@ -6975,7 +7019,7 @@ class Autotest(InstallableObject):
     """The autotest client on a host: get(client tree or nothing),
     install(host, autodir=None), run(control_file, results_dir, host)."""
 
-    def __init__(self, host=None):
+    def __init__(self, host: Optional["Host"] = None):
         super().__init__()
         self.host = host
         self.installed = {}
@@ -7028,8 +7072,9 @@ class Autotest(InstallableObject):
                                        "does not exist")
         return str(control_file)
 
-    def run(self, control_file, results_dir=".", host=None, timeout=None, tag=None,
-            reboot_timeout=1800):
+    def run(self, control_file: str, results_dir: str = ".", host: Optional["Host"] = None,
+            timeout: Optional[float] = None, tag: Optional[str] = None,
+            reboot_timeout: float = 1800) -> None:
         """Runs a client control file on the host: its status lines stream
         into the server's status.log, a reboot it asks for is done here (then
         the client resumes with --continue), and its results/default/ is

@@ -994,6 +994,91 @@ class TestPublicAPI(unittest.TestCase):
                           and issubclass(v, autoserv.AutoservError)})
         self.assertIs(autoserv.power.ConmuxPower, autoserv.ConmuxPower)
 
+    # What a script uses most: every parameter and the return annotated.
+    FULLY_HINTED = ("run", "get_tmp_dir", "sh_escape", "sh_quote", "parallel", "parallel_simple",
+                    "close_all", "create_host", "set_ssh_defaults", "parse_status_log",
+                    "register_host_class", "register_power", "register_console",
+                    "Host.run", "Host.send_file", "Host.get_file", "Host.get_tmp_dir",
+                    "Host.is_up", "Host.wait_up", "Host.wait_down", "Host.reboot",
+                    "Host.hardreset", "Host.get_boot_id", "Host.get_kernel_ver", "Host.get_arch",
+                    "Host.get_num_cpu", "Host.close", "SSHHost.__init__", "SSHHost.send_file",
+                    "SSHHost.get_file", "LocalHost.__init__", "KVM.__init__", "KVM.install",
+                    "KVM.uninstall", "KVMGuest.__init__", "Job.__init__", "Job.end",
+                    "Job.record", "subcommand.__init__", "CmdResult.__init__",
+                    "CmdResult.status_text", "PowerController.status")
+
+    @staticmethod
+    def public_callables():
+        """(name, callable) for every public function, class, constructor
+        and public method autoserv exports."""
+        found = []
+        for name in autoserv.__all__:
+            obj = getattr(autoserv, name)
+            if isinstance(obj, types.ModuleType):
+                continue
+            found.append((name, obj))
+            if isinstance(obj, type) and obj.__module__ == autoserv.__name__:
+                seen = set()
+                for cls in obj.__mro__:        # the one an instance gets: the first
+                    for attr, value in vars(cls).items():
+                        if attr.startswith("_") and attr != "__init__" or attr in seen:
+                            continue
+                        seen.add(attr)
+                        value = value.fget if isinstance(value, property) else value
+                        if callable(value) and getattr(value, "__module__", None) == \
+                                autoserv.__name__:
+                            found.append((f"{name}.{attr}", value))
+        return found
+
+    def test_type_hints_resolve_on_every_public_callable_and_the_main_ones_are_complete(self):
+        import ast
+        import typing
+        callables = dict(self.public_callables())
+        self.assertGreater(len(callables), 150)
+        for name, obj in callables.items():
+            with self.subTest(name=name):
+                typing.get_type_hints(obj)
+        for name in self.FULLY_HINTED:
+            with self.subTest(fully=name):
+                fn = callables[name]
+                hints = typing.get_type_hints(fn)
+                params = [p for p in inspect.signature(fn).parameters if p != "self"]
+                self.assertEqual([p for p in params if p not in hints], [], name)
+                if not name.endswith("__init__"):
+                    self.assertIn("return", hints, name)
+        self.assertIs(typing.get_type_hints(autoserv.Host.run)["return"], autoserv.CmdResult)
+        # Valid on Python 3.9: no "X | Y" in an annotation, no postponed
+        # evaluation (a control file compiled here would inherit it).
+        for path in (autoserv.__file__, os.path.join(HERE, "examples", "library_fanout.py")):
+            tree = ast.parse(open(path, encoding="utf-8").read())
+            annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, ast.arg)
+                           and n.annotation] + [n.returns for n in ast.walk(tree)
+                                                if isinstance(n, ast.FunctionDef) and n.returns]
+            bad = [ast.unparse(a) for a in annotations
+                   if any(isinstance(b, ast.BinOp) for b in ast.walk(a))]
+            self.assertEqual(bad, [], path)
+            self.assertFalse([n for n in tree.body if isinstance(n, ast.ImportFrom)
+                              and n.module == "__future__"], path)
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(
+            "library_fanout", os.path.join(HERE, "examples", "library_fanout.py"))
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        for fn in (example.fan_out, example.main):
+            self.assertIn("return", typing.get_type_hints(fn))
+
+    def test_all_is_what_readme_documents(self):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+            readme = f.read()
+        self.assertEqual([n for n in autoserv.__all__
+                          if not re.search(rf"`(autoserv\.)?{n}\b", readme)], [])
+        section = readme.split("## Using autoserv from Python", 1)[1].split("\n## ", 1)[0]
+        table = section.split("| name beyond a control file's |", 1)[1].split("\n\n", 1)[0]
+        listed = [name for row in table.splitlines()[2:]
+                  for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+        self.assertEqual(sorted(listed), sorted(autoserv._LIBRARY_NAMES))
+        self.assertEqual(autoserv.__all__, sorted(set(autoserv.__all__)))
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="as-api-")
         self.addCleanup(shutil.rmtree, self.tmp)
@@ -5015,6 +5100,61 @@ class TestLibrary(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.split(), ["in", "1", "after", "0", "open", "1",
                                               "closed", "False"])
+        self.assert_nothing_left()
+
+    def test_a_hosts_commands_reach_a_handler_the_program_installs_bytes_and_all(self):
+        import logging
+        records = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record)
+        mine = logging.getLogger("autoserv.host.nshost01")
+        handler = Keep()
+        mine.addHandler(handler)
+        mine.setLevel(logging.DEBUG)
+        self.addCleanup(mine.setLevel, logging.NOTSET)
+        self.addCleanup(mine.removeHandler, handler)
+        debug_log = os.path.join(self.tmp, "debug.log")
+        autoserv.LOG.open(debug_log)
+        self.addCleanup(autoserv.LOG.close)
+        autoserv.set_ssh_defaults(ssh_config=self.hosts.ssh_config)
+        self.addCleanup(autoserv.set_ssh_defaults, ssh_config=None)
+        with autoserv.SSHHost("nshost01") as h, autoserv.SSHHost("nshost02") as other:
+            h.run(r"printf 'raw\377\033[31m\n'")
+            other.run("echo not-this-host")
+        self.assertEqual({r.name for r in records}, {"autoserv.host.nshost01"})
+        self.assertEqual({r.levelno for r in records}, {logging.DEBUG})
+        texts = [r.getMessage() for r in records]
+        self.assertIn(r"run: printf 'raw\377\033[31m\n'", texts)
+        self.assertIn("raw\\xff\x1b[31m", texts)          # text a handler can write
+        self.assertIn(b"raw\xff\x1b[31m", [r.raw for r in records])
+        self.assertTrue(any(t.startswith("exit status 0 in ") for t in texts), texts)
+        with open(debug_log, "rb") as f:
+            log = f.read()
+        self.assertIn(b"nshost01 stdout| raw\xff\x1b[31m\n", log)   # unaltered
+        self.assertIn(b"nshost02 stdout| not-this-host\n", log)
+
+    def test_nothing_is_printed_when_the_program_configured_no_logging(self):
+        for setup in ("", "import logging; logging.basicConfig()"):
+            with self.subTest(setup=setup):
+                out = self.script(setup + "\n" + textwrap.dedent("""\
+                    h = autoserv.SSHHost("nshost01")
+                    h.run("echo to-the-log; echo err >&2")
+                    try:
+                        h.run("exit 4")
+                    except autoserv.AutoservRunError:
+                        pass
+                    autoserv.LocalHost().run("echo local")
+                    autoserv.parallel_simple(lambda n: autoserv.SSHHost(n).run("true"),
+                                             ["nshost02", "nshost03"])
+                    with autoserv.Job("res") as job:
+                        h.run("true")
+                    """))
+                self.assertEqual((out.returncode, out.stdout, out.stderr), (0, "", ""))
+                log = open(os.path.join(self.tmp, "res", "debug", "autoserv.log")).read()
+                self.assertIn("nshost01: run: true", log)
+                shutil.rmtree(os.path.join(self.tmp, "res"))
         self.assert_nothing_left()
 
     def test_after_sigkill_of_the_script_its_remote_command_ends(self):
