@@ -346,6 +346,19 @@ _LOGGER = logging.getLogger("autoserv")
 _LOGGER.addHandler(logging.NullHandler())
 
 
+class _LogText:
+    """A record's message: its bytes, made text (undecodable bytes as \\xNN)
+    only when a handler asks (the debug file writes the bytes as they are)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def __str__(self):
+        return self.raw.decode("utf-8", "backslashreplace")
+
+
 def _record_bytes(record):
     """A record as debug-log lines: "date time.ms [pid] tag: line" for each
     line of its raw bytes (its message's, for a record not autoserv's)."""
@@ -475,9 +488,8 @@ class _Log:
             return
         if isinstance(message, str):
             message = message.encode("utf-8", "surrogateescape")
-        record = logger.makeRecord(logger.name, level, __file__, 0,
-                                   message.decode("utf-8", "backslashreplace"), (), None,
-                                   extra={"raw": message, "tag": host})
+        record = logger.makeRecord(logger.name, level, __file__, 0, _LogText(message), (),
+                                   None, extra={"raw": message, "tag": host})
         if wanted:
             logger.handle(record)
         else:
@@ -1426,16 +1438,18 @@ class ServerJob:
 
     def end(self, error: Optional[BaseException] = None) -> str:
         """Ends a job a script made (the CLI ends its own): FAIL when error
-        (an exception) is given or a test recorded FAIL, ERROR or ABORT,
-        else GOOD; status.log says why, summary.json and keyval hold the
+        (an exception; ABORT for Ctrl-C or SIGTERM) is given or a test
+        recorded FAIL, ERROR or ABORT, else GOOD; status.log says why, summary.json and keyval hold the
         outcome, the debug log closes and the job stops being the current
         one.  Hosts stay open (close them, or close_all()).  Returns the
         outcome."""
         global _JOB
         outcome, why = "GOOD", ""
         if error is not None:
-            outcome, why = "FAIL", f"{type(error).__name__}: {_last_line(error)}"
-            self.record("FAIL", None, "job", why)
+            stopped = isinstance(error, (KeyboardInterrupt, _Terminated))
+            outcome = "ABORT" if stopped else "FAIL"
+            why = f"{type(error).__name__}: {_last_line(error)}"
+            self.record(outcome, None, "job", why)
             for name in _hosts_in(error):
                 self.host_status(name, "FAIL", _last_line(str(error)))
         elif self.status.worst in FAILING_CODES:

@@ -1054,8 +1054,14 @@ class TestPublicAPI(unittest.TestCase):
             annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, ast.arg)
                            and n.annotation] + [n.returns for n in ast.walk(tree)
                                                 if isinstance(n, ast.FunctionDef) and n.returns]
+
+            def nodes(a):          # a string annotation ("Host") is parsed too
+                for b in ast.walk(a):
+                    yield b
+                    if isinstance(b, ast.Constant) and isinstance(b.value, str):
+                        yield from nodes(ast.parse(b.value, mode="eval"))
             bad = [ast.unparse(a) for a in annotations
-                   if any(isinstance(b, ast.BinOp) for b in ast.walk(a))]
+                   if any(isinstance(b, ast.BinOp) for b in nodes(a))]
             self.assertEqual(bad, [], path)
             self.assertFalse([n for n in tree.body if isinstance(n, ast.ImportFrom)
                               and n.module == "__future__"], path)
@@ -6550,6 +6556,41 @@ class TestKVM(unittest.TestCase):
         self.assertFalse(os.path.exists(run_dir))
         self.assertTrue(self.guest.qemu_alive())
 
+    def test_with_blocks_end_a_kvms_guests_and_a_script_that_raises_ends_its_qemu(self):
+        def qemu_gone(pid):
+            return lambda: pid not in comm_pids("qemu-system-x86")
+        address = {"mac": "02:00:00:00:02:01", "ip": "127.0.0.1", "port": guest_ports(1)}
+        with autoserv.KVM(autoserv.LocalHost()) as kvm:
+            kvm.install([address])
+            with autoserv.KVMGuest(kvm, self.kernel_opts, identity=self.img["key"]) as g:
+                pid, run_dir = g.qemu_pid, g.run_dir
+                self.assertIn(pid, comm_pids("qemu-system-x86"))
+            wait_for(qemu_gone(pid), 10, what="the guest's qemu gone at its block's end")
+            self.assertFalse(os.path.exists(run_dir))
+            g = autoserv.KVMGuest(kvm, self.kernel_opts, identity=self.img["key"])
+            pid = g.qemu_pid
+        wait_for(qemu_gone(pid), 10, what="the guest's qemu gone at the KVM's block's end")
+        self.assertEqual(kvm.in_use, {})
+        # A script that starts a guest and dies of an exception.
+        script = os.path.join(self.tmp, "guest.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                import sys
+                sys.path.insert(0, {HERE!r})
+                import autoserv
+                kvm = autoserv.KVM(autoserv.LocalHost())
+                kvm.install([{address!r}])
+                g = autoserv.KVMGuest(kvm, {self.kernel_opts!r})
+                print(g.qemu_pid, g.run_dir, flush=True)
+                raise RuntimeError("mid-way")
+                """))
+        out = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                             timeout=120)
+        self.assertIn("RuntimeError: mid-way", out.stderr)
+        pid, run_dir = out.stdout.split()
+        wait_for(qemu_gone(int(pid)), 10, what="the script's qemu gone")
+        self.assertFalse(os.path.exists(run_dir))
+
     def test_wait_up_without_timeout_waits_past_boot_timeout_saying_so_and_returns_true(self):
         # boot_timeout=1: this guest takes longer than that to boot (TCG), so
         # a wait capped by it would give up; without a timeout it waits on.
@@ -6558,14 +6599,15 @@ class TestKVM(unittest.TestCase):
         g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"],
                               boot_timeout=1)
         try:
-            err = io.StringIO()
+            # Said at INFO on the host's logger (the CLI prints INFO on stderr).
             t0 = time.monotonic()
-            with contextlib.redirect_stderr(err):
+            with self.assertLogs("autoserv", "INFO") as said:
                 self.assertIs(g.wait_up(), True)
             took = time.monotonic() - t0
             self.assertGreater(took, 1.0)
-            progress = [l for l in err.getvalue().splitlines() if "waiting on" in l]
-            self.assertTrue(progress, err.getvalue())
+            progress = [r.getMessage() for r in said.records if "waiting on" in r.getMessage()]
+            self.assertTrue(progress, said.output)
+            self.assertEqual({r.name for r in said.records}, {f"autoserv.host.{g.hostname}"})
             self.assertIn(f"guest {g.hostname}:{g.port}: no ssh answer after", progress[0])
             self.assertLessEqual(len(progress), took + 1)         # about one a second
             self.assertIn("guest", g.run("uname -n").stdout)
