@@ -368,6 +368,8 @@ def _record_bytes(record):
     tag = getattr(record, "tag", None)
     if tag is None and record.name.startswith("autoserv.host."):
         tag = record.name[len("autoserv.host."):]
+    elif tag is None and record.name != "autoserv":
+        tag = record.name         # another program's record: its logger's name
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
     head = f"{stamp}.{int(record.msecs):03d} [{record.process}]"
     if tag:
@@ -450,8 +452,11 @@ class _Log:
 
     def console(self, verbose=False, quiet=False):
         """The CLI's stderr handler: -v every record, -q only warnings and
-        errors, else INFO and worse."""
+        errors, else INFO and worse.  The CLI is the program: it also lets
+        records of every level be made, so a control file's own (under
+        "autoserv.") reach the debug log."""
         self._set_handler("stderr", _Console(verbose, quiet))
+        _LOGGER.setLevel(logging.DEBUG)
 
     @property
     def echo(self):

@@ -1468,6 +1468,30 @@ class TestCLI(unittest.TestCase):
         self.assertIn(b"run: uname -a", log)
         self.assertRegex(log, rb"exit status 0 in \d+\.\d+s")
 
+    def test_the_debug_log_and_v_and_q_are_handlers_on_the_autoserv_logger_tree(self):
+        ctl = self.control("""\
+            import logging
+            mine = logging.getLogger("autoserv.mycheck")
+            mine.debug("a detail")
+            mine.info("a progress line")
+            mine.warning("a warning")
+            hosts.LocalHost().run("echo out")
+            """)
+        said = {}
+        for flag in ("", "-v", "-q"):
+            out = run_cli(*([flag] if flag else []), "-r", self.results(f"r{flag}"), ctl)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            said[flag] = [line for line in out.stderr.splitlines() if "results in" not in line]
+            log = open(os.path.join(self.results(f"r{flag}"), "debug", "autoserv.log")).read()
+            for text in ("a detail", "a progress line", "a warning", "localhost: run: echo out"):
+                self.assertIn(text, log)
+        self.assertEqual(said[""], ["autoserv: a progress line", "autoserv: a warning"])
+        self.assertEqual(said["-q"], ["autoserv: a warning"])
+        self.assertTrue(any(line.endswith("localhost stdout| out") for line in said["-v"]),
+                        said["-v"])
+        self.assertTrue(any(line.endswith("autoserv.mycheck: a detail") for line in said["-v"]),
+                        said["-v"])
+
     def test_exit_codes(self):
         cases = {
             0: "x = 1\n",
@@ -5152,6 +5176,11 @@ class TestLibrary(unittest.TestCase):
                     except autoserv.AutoservRunError:
                         pass
                     autoserv.LocalHost().run("echo local")
+                    d = h.get_tmp_dir()
+                    h.send_file("script.py", d + "/copy")
+                    h.get_file(d + "/copy", "back.py")
+                    assert open("back.py").read() == open("script.py").read()
+                    autoserv.CommandPower(on="echo powered").on()
                     autoserv.parallel_simple(lambda n: autoserv.SSHHost(n).run("true"),
                                              ["nshost02", "nshost03"])
                     with autoserv.Job("res") as job:
