@@ -5025,15 +5025,29 @@ class TestLibrary(unittest.TestCase):
         self.before = _autoserv_paths()
         self.fixtures = {proc.pid for proc in self.hosts.procs}
 
-    def script(self, text, *args, timeout=120):
-        """Runs text as a program importing autoserv (as a vendored copy is)."""
+    def write_script(self, text):
+        """text as a program importing autoserv (as a vendored copy is)."""
         path = os.path.join(self.tmp, "script.py")
         with open(path, "w") as f:
-            f.write(f"import sys\nsys.path.insert(0, {HERE!r})\nimport autoserv\n"
+            f.write(f"import signal, sys\nsys.path.insert(0, {HERE!r})\nimport autoserv\n"
                     f"autoserv.set_ssh_defaults(ssh_config={self.hosts.ssh_config!r})\n"
                     + textwrap.dedent(text))
-        return subprocess.run([sys.executable, path, *args], capture_output=True, text=True,
-                              timeout=timeout, cwd=self.tmp)
+        return path
+
+    def script(self, text, *args, timeout=120):
+        """Runs text as a program importing autoserv."""
+        return subprocess.run([sys.executable, self.write_script(text), *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
+
+    def sleeping_script(self, text, tag):
+        """Starts text, a script ending in a remote sleep that has tag in its
+        command line; returns its Popen once the sleep runs on the host."""
+        p = subprocess.Popen([sys.executable, self.write_script(text)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.tmp)
+        self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
+        wait_for(lambda: [x for x in comm_pids("sleep") if x in processes_with(tag)],
+                 30, what="the remote sleep")
+        return p
 
     def assert_nothing_left(self):
         """From outside the script: no process of it (reparented to us, the
@@ -5192,32 +5206,37 @@ class TestLibrary(unittest.TestCase):
                 shutil.rmtree(os.path.join(self.tmp, "res"))
         self.assert_nothing_left()
 
+    def test_a_script_that_turns_sigterm_into_an_exit_leaves_nothing_when_terminated(self):
+        # SIGTERM's default action skips atexit; README's one line makes it
+        # an exit, and then close_all() runs as for any other exception.
+        p = self.sleeping_script("""\
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            h = autoserv.SSHHost("nshost01", persistent=True)
+            h.get_tmp_dir()
+            autoserv.get_tmp_dir()
+            h.run("sleep 4248.5")
+            """, "4248.5")
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 143, err)
+        self.assert_nothing_left()
+
     def test_after_sigkill_of_the_script_its_remote_command_ends(self):
         # A SIGKILLed script runs no cleanup: what is guaranteed is that its
         # command on the host ends (the session's stdin closes with the
         # script; the wrapper kills the command's group).  The ssh master
         # (its own session) is ended here by the test; see README.
-        path = os.path.join(self.tmp, "killed.py")
-        with open(path, "w") as f:
-            f.write(f"import sys\nsys.path.insert(0, {HERE!r})\nimport autoserv\n"
-                    f"autoserv.set_ssh_defaults(ssh_config={self.hosts.ssh_config!r})\n"
-                    "autoserv.SSHHost('nshost01').run('sleep 4249.5')\n")
-        p = subprocess.Popen([sys.executable, path], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, cwd=self.tmp)
+        p = self.sleeping_script('autoserv.SSHHost("nshost01").run("sleep 4249.5")\n',
+                                 "4249.5")
         try:
-            wait_for(lambda: [x for x in comm_pids("sleep") if x in processes_with("4249.5")],
-                     30, what="the remote sleep")
             p.kill()
-            p.wait(10)
+            p.communicate(timeout=10)
             wait_for(lambda: not [x for x in comm_pids("sleep")
                                   if x in processes_with("4249.5")], 10,
                      what="the remote command gone after SIGKILL")
             wait_for(lambda: not processes_with("AUTOSERV_RUN_ID="), 10,
                      what="no remote process of the killed script")
         finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
             # What the killed script left (its master, its control dir): ours to end.
             for pid in processes_with(self.hosts.ssh_config):
                 if pid in {k[0] for k in our_children()}:

@@ -13,6 +13,7 @@ same way.  Exit status: 0 when every host answered, 1 when one did not.
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import List, Optional, Tuple
 
@@ -53,6 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="autoserv's debug lines (each command, exit, output) on stderr")
     opts = parser.parse_args(argv)
+    # A SIGTERM (a cancelled CI job) becomes an exit, so that autoserv's exit
+    # handler ends the ssh masters and temp dirs as it does for an exception.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # autoserv adds no handler of its own: this program decides what is shown.
     logging.basicConfig(level=logging.DEBUG if opts.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
