@@ -402,6 +402,54 @@ def run_cli(*args, cwd=None, timeout=120, env=None, input=None):
                           input=input)
 
 
+def run_in_pty(*args, timeout=120, env=None, cwd=None, columns=140, term="xterm"):
+    """autoserv with stdin, stdout and stderr on a new pseudo-terminal:
+    (exit status, everything it wrote there, as text)."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = dict(env or os.environ, TERM=term)
+    env.pop("COLUMNS", None)
+    p = subprocess.Popen([sys.executable, AUTOSERV, *args], stdin=slave, stdout=slave,
+                         stderr=slave, env=env, cwd=cwd, start_new_session=True)
+    os.close(slave)
+    data, end = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:         # EIO: every writer has closed it
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            elif p.poll() is not None:
+                break
+        else:
+            p.kill()
+            raise AssertionError(f"autoserv on a pty still running after {timeout} s")
+        return p.wait(10), data.decode("utf-8", "replace")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+
+
+def live_view_frames(text):
+    """The live view's frames: the rows drawn between two cursor-up moves."""
+    frames = []
+    for part in re.split(r"\x1b\[\d+A", text):
+        rows = [r for r in part.split("\r\x1b[K")[1:]]
+        if rows:
+            frames.append([r.rstrip("\r\n") for r in rows])
+    return frames
+
+
 class CmdlineSampler:
     """What `ps` could have shown while a block ran: every process's command
     line sampled every few ms by a thread; `with` starts and stops it.
@@ -4769,6 +4817,130 @@ class TestFanOut(unittest.TestCase):
         self.assertTrue(all(v["outcome"] == "GOOD" for v in summary["hosts"].values()))
         import xml.etree.ElementTree as ET
         self.assertEqual(len(ET.parse(junit).getroot()), 16)
+
+    def watch_control(self, text):
+        ctl = os.path.join(self.tmp, "watch.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(text))
+        return ctl
+
+    def test_on_a_terminal_the_live_view_redraws_a_row_per_host_to_its_final_state(self):
+        names = self.hosts.names[:4]
+        ctl = self.watch_control("""\
+            def work(name):
+                h = hosts.SSHHost(name)
+                job.record("START", None, "warmup")
+                h.run("sleep 1.2")
+                job.record("END GOOD", None, "warmup")
+                job.record("START", None, "soak")
+                h.run("sleep 1.2; echo soaked on $(uname -n)", stdout_tee=sys.stdout)
+                if name.endswith("2"):
+                    job.record("FAIL", None, "soak", "it broke")
+                job.record("END GOOD", None, "soak")
+            import sys
+            parallel_simple(work, machines)
+            """)
+        res = os.path.join(self.tmp, "res")
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r", res,
+                                  "-m", ",".join(names), ctl)
+        self.assertEqual(status, 3, text)
+        frames = live_view_frames(text)
+        self.assertGreater(len(frames), 3, text)
+        self.assertTrue(all(len(f) == len(names) for f in frames), frames)
+        for row, name in enumerate(names):
+            mine = [f[row] for f in frames]
+            self.assertTrue(all(r.startswith(name + " ") for r in mine), mine)
+            self.assertTrue(any(" running " in r and "warmup" in r for r in mine), mine)
+            self.assertTrue(any(" running " in r and "soak" in r for r in mine), mine)
+            final = "FAIL" if name.endswith("2") else "GOOD"
+            self.assertIn(f" {final} ", frames[-1][row])
+            self.assertIn(f"soaked on {name}", frames[-1][row])
+        # The output went to the hosts' files, not as prefixed lines.
+        self.assertNotIn(f"{names[0]} : soaked", text)
+        self.assertIn(f"soaked on {names[0]}",
+                      open(os.path.join(res, names[0], "debug", "stdout")).read())
+
+    def test_off_a_terminal_parallel_output_stays_prefixed_lines(self):
+        names = self.hosts.names[:2]
+        ctl = self.watch_control("""\
+            def work(name):
+                print(hosts.SSHHost(name).run("uname -n").stdout.strip())
+            parallel_simple(work, machines)
+            """)
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
+                      os.path.join(self.tmp, "res"), "-m", ",".join(names), ctl,
+                      env=dict(os.environ, TERM="xterm"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for name in names:
+            self.assertIn(f"{name} : {name}\n", out.stdout)
+        self.assertNotIn("\x1b[", out.stdout + out.stderr)
+        # TERM=dumb on a terminal: the same prefixed lines, no redraw.
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res2"), "-m", ",".join(names), ctl,
+                                  term="dumb")
+        self.assertEqual(status, 0, text)
+        self.assertNotIn("\x1b[", text)
+        for name in names:
+            self.assertIn(f"{name} : {name}", text)
+
+    def test_off_a_terminal_a_wait_prints_a_plain_progress_line_each_interval(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            print("went down:", h.wait_down(timeout=4.5))
+            """)
+        env = dict(os.environ, AUTOSERV_PROGRESS_EVERY="1")
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
+                      os.path.join(self.tmp, "res"), "-m", name, ctl, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "went down: False\n")
+        lines = [l for l in out.stderr.splitlines() if "going down" in l]
+        self.assertTrue(3 <= len(lines) <= 5, out.stderr)
+        seconds = [int(re.fullmatch(rf"autoserv: {name}: going down (\d+) s / 4 s", l).group(1))
+                   for l in lines]
+        self.assertEqual(seconds, sorted(seconds))
+        self.assertEqual(len(set(seconds)), len(seconds))
+        self.assertNotIn("\r", out.stderr)
+        # -q: none of it.
+        quiet = run_cli("-q", "--ssh-config", self.hosts.ssh_config, "-r",
+                        os.path.join(self.tmp, "res2"), "-m", name, ctl, env=env)
+        self.assertEqual(quiet.returncode, 0, quiet.stderr)
+        self.assertNotIn("going down", quiet.stderr)
+
+    def test_on_a_terminal_a_wait_is_one_line_redrawn_then_cleared(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            print("went down:", h.wait_down(timeout=2.5))
+            """)
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res"), "-m", name, ctl)
+        self.assertEqual(status, 0, text)
+        draws = re.findall(rf"\r\x1b\[Kautoserv: {name}: going down (\d+) s / 2 s", text)
+        self.assertGreaterEqual(len(draws), 3, repr(text))
+        # Cleared at the end: the next output starts on a blank line.
+        self.assertIn("\r\x1b[Kwent down: False", text)
+
+    def test_a_silent_command_gets_exactly_the_expected_stall_warnings(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            r = h.run("sleep 5.5")
+            print(repr(r.stdout), repr(r.stderr))
+            h.run("sleep 3", stall_warn=0)
+            h.run("for i in 1 2 3 4 5; do echo $i; sleep 1; done")
+            """)
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("--stall-warn", "2", "--ssh-config", self.hosts.ssh_config, "-r", res,
+                      "-m", name, ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "'' ''\n")
+        warnings = [l for l in out.stderr.splitlines() if "stall" in l]
+        self.assertEqual(warnings, [
+            f"autoserv: stall: {name}: 'sleep 5.5' has printed nothing for {n} s; still "
+            "running (stall warning after 2 s)" for n in (2, 4)], out.stderr)
+        log = open(os.path.join(res, "debug", "autoserv.log")).read()
+        self.assertEqual(log.count("stall: "), 2, log)
 
     def test_one_host_partitioned_mid_run_the_others_complete(self):
         res = os.path.join(self.tmp, "res")
