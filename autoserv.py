@@ -8694,7 +8694,7 @@ pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:.3em 0;font-size:.85em;
  background:#f3f4f6;padding:6px;border-radius:4px}
 details summary{cursor:pointer;overflow-wrap:anywhere}
 .links a{margin-right:10px;white-space:nowrap}
-svg text{font:12px system-ui,sans-serif}
+svg text{font:12px system-ui,sans-serif}svg.timeline{min-width:760px}
 .err{overflow-wrap:anywhere;max-width:46em}
 @media (max-width:640px){body{font-size:14px}main{padding:8px}
  th,td{padding:4px 6px}}

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import difflib
 import glob
+import html
 import inspect
 import io
 import json
@@ -6696,6 +6697,86 @@ class TestReboot(unittest.TestCase):
             self.assertIn("QMP", str(cm.exception))
         finally:
             self.guest.qmp_socket = sock
+
+    def test_the_report_of_a_job_with_a_reboot_a_failure_and_hostile_output_renders_inert(self):
+        """index.html of a job over several hosts (this guest rebooted, a
+        failed test, output and errors holding markup and escapes), opened
+        in headless chromium: no console message (a blocked script or load
+        would say so), the host table and a timeline lane per host in the
+        DOM, nothing of the hosts' text turned into markup.  The screenshot
+        is copied to $AUTOSERV_REPORT_PNG when that is set (README's)."""
+        need("chromium")
+        hostile = "<script>document.title='pwned'</script>\\033[31mred\\033]0;t\\a<img src=x>"
+        ctl = os.path.join(self.tmp, "report.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                def work(name):
+                    if name == "guest":
+                        g = hosts.SSHHost("127.0.0.1", port={self.guest.port},
+                                          identity={self.img["key"]!r},
+                                          host_key_policy="ephemeral")
+                        g.run("echo booted once")
+                        g.reboot(reboot_cmd="sleep 1; reboot -f", timeout=180)
+                    elif name == "failing":
+                        job.record("START", None, "unit")
+                        job.record("FAIL", None, "unit", "Traceback (most recent call "
+                                   "last):\\n  File 't.py', line 3\\nAssertionError: 2 != 3")
+                        job.record("END FAIL", None, "unit")
+                    else:
+                        out = hosts.create_host("localhost").run("printf '{hostile}'").stdout
+                        job.record("INFO", None, "echo", out)
+                        raise ValueError(out)
+                parallel_simple(work, ["guest", "failing", "hostile<i>x"])
+                """))
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("-r", res, ctl, timeout=300)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        page = os.path.join(res, "index.html")
+        html_text = open(page, encoding="utf-8").read()
+        self.assertNotIn("<script", html_text.lower())
+        self.assertNotIn("\x1b", html_text)
+        self.assertIn("&lt;script&gt;document.title=", html_text)
+        # `report` writes the same page again from the files alone.
+        os.unlink(page)
+        again = run_cli("report", res)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        hosts = sorted(summary["hosts"])
+        self.assertTrue({"guest", "failing", "hostile<i>x"} <= set(hosts), hosts)
+        chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--enable-logging=stderr", "--v=0", "--window-size=1280,900"]
+        dump = subprocess.run(chromium + ["--dump-dom", "file://" + page],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(dump.returncode, 0, dump.stderr)
+        dom = dump.stdout
+        console = [l for l in dump.stderr.splitlines() if ":CONSOLE" in l]
+        self.assertEqual(console, [])
+        self.assertIn("<title>autoserv: FAIL: res</title>", dom)
+        self.assertNotIn("<script", dom.lower())
+        self.assertNotIn("<img", dom.lower())
+        self.assertEqual(sorted(html.unescape(h) for h in re.findall(
+            r'<tr class="host" data-host="([^"]*)"', dom)), hosts)
+        self.assertEqual(sorted(html.unescape(h) for h in re.findall(
+            r'<g class="lane" data-host="([^"]*)"', dom)), hosts)
+        guest_lane = dom[dom.index('<g class="lane" data-host="guest"'):]
+        guest_lane = guest_lane[:guest_lane.index("</g>")]
+        self.assertIn("reboot: GOOD", guest_lane)
+        self.assertRegex(dom, r'(?s)<details><summary>AssertionError: 2 != 3</summary>'
+                              r'<pre>Traceback')
+        for link in ("control.srv", "debug/autoserv.log", "guest/debug/stdout",
+                     "hostile%3Ci%3Ex/debug/stderr"):
+            self.assertIn(f'href="./{link}"', dom)
+        shot = os.path.join(self.tmp, "report.png")
+        for width, path in ((1280, shot), (390, os.path.join(self.tmp, "phone.png"))):
+            taken = subprocess.run(chromium[:-1] + [f"--window-size={width},900",
+                                                    f"--screenshot={path}", "file://" + page],
+                                   capture_output=True, text=True, timeout=120)
+            self.assertEqual(taken.returncode, 0, taken.stderr)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        if os.environ.get("AUTOSERV_REPORT_PNG"):
+            shutil.copy(shot, os.environ["AUTOSERV_REPORT_PNG"])
+
 
 
 _CHASSIS_PY = """#!%(python)s
