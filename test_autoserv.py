@@ -8316,6 +8316,31 @@ class TestShards(unittest.TestCase):
             self.assertTrue(os.path.isdir(os.path.join(out, host)), host)
         self.assertTrue(os.path.isdir(os.path.join(out, "debug", "shard.1")))
 
+    def test_a_merged_dir_has_a_report_with_a_lane_per_host_through_the_shards(self):
+        dirs = [self.shard(f"{i}/2") for i in range(2)]
+        out = os.path.join(self.tmp, "merged")
+        r = run_cli("merge", "-r", out, *dirs)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+        everyone = "a1 b1 b2 c1 c2 d1 e1 f1 g1".split()
+        self.assertEqual(sorted(re.findall(r'<tr class="host" data-host="([^"]*)"', page)),
+                         everyone)
+        lanes = re.findall(r'(?s)<g class="lane" data-host="([^"]*)">(.*?)</g>', page)
+        self.assertEqual(sorted(name for name, _ in lanes), everyone)
+        for name, body in lanes:        # each host's task group, found under its shard's
+            self.assertIn('class="bar"', body, name)
+        self.assertIn('href="./a1/debug/stdout"', page)
+        self.assertIn("2 of 2 merged", page)
+        # `report` again on it, on a shard, and on a dir that is no results dir.
+        again = run_cli("report", out, dirs[0])
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertTrue(os.path.isfile(os.path.join(dirs[0], "index.html")))
+        bad = run_cli("report", self.tmp)
+        self.assertEqual(bad.returncode, 2)
+        self.assertEqual(bad.stderr.strip().splitlines(), [
+            f"autoserv: error: report: {self.tmp}: not a results dir (no summary.json or "
+            "status.log); give the dir a job wrote (-r)"])
+
     def test_merge_refuses_shards_that_are_not_one_job(self):
         dirs = [self.shard(f"{i}/3") for i in range(3)]
         other_ctl = os.path.join(self.tmp, "other.control")
