@@ -1373,12 +1373,16 @@ def _human_bytes(count):
         count /= 1024.0
 
 
-def _written_by(pid):
-    """Bytes process pid has written (Linux /proc/PID/io), or None."""
+def _proc_bytes(pid, kind):
+    """Linux's count for process pid, or None: "wchar", the bytes it has
+    written (/proc/PID/io); "stdin", how far it has read its stdin file
+    (/proc/PID/fdinfo/0)."""
+    path, key = ((f"/proc/{pid}/io", b"wchar:") if kind == "wchar" else
+                 (f"/proc/{pid}/fdinfo/0", b"pos:"))
     try:
-        with open(f"/proc/{pid}/io", "rb") as f:
+        with open(path, "rb") as f:
             for line in f:
-                if line.startswith(b"wchar:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
@@ -1425,12 +1429,13 @@ class _Progress:
         self.counted += count
         self.total = total or self.total
 
-    def watch_pid(self, pid):
-        self.pids[pid] = 0
+    def watch_pid(self, pid, kind="wchar", total=0):
+        self.pids[pid, kind] = 0
+        self.total = total or self.total
 
     def done(self):
-        for pid in self.pids:
-            self.pids[pid] = _written_by(pid) or self.pids[pid]
+        for key in self.pids:
+            self.pids[key] = _proc_bytes(*key) or self.pids[key]
         return self.counted + sum(self.pids.values())
 
     def line(self):
@@ -1475,10 +1480,10 @@ def _progress_add(count, total=0):
         _WATCH["stack"][-1].add(count, total)
 
 
-def _progress_pid(pid):
-    """A process whose written bytes are the innermost wait's progress."""
+def _progress_pid(pid, kind="wchar", total=0):
+    """A process whose count (_proc_bytes) is the innermost wait's progress."""
     if _WATCH["stack"]:
-        _WATCH["stack"][-1].watch_pid(pid)
+        _WATCH["stack"][-1].watch_pid(pid, kind, total)
 
 
 def _watched(what, limit="timeout", default=None, host=None):
@@ -4424,6 +4429,7 @@ def _stream_file(path, argv, timeout, label):
     its group killed on timeout or interrupt.  Returns (rc, stderr text)."""
     with open(path, "rb") as src, tempfile.TemporaryFile() as err:
         proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
+        _progress_pid(proc.pid, "stdin", os.fstat(src.fileno()).st_size)
         _wait_all([proc], timeout, label)
         return proc.returncode, _err_tail(err)
 

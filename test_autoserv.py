@@ -4922,6 +4922,30 @@ class TestFanOut(unittest.TestCase):
         # Cleared at the end: the next output starts on a blank line.
         self.assertIn("\r\x1b[Kwent down: False", text)
 
+    def test_on_a_terminal_a_big_send_file_shows_its_bytes_and_rate(self):
+        name = self.hosts.names[0]
+        big = os.path.join(self.tmp, "big")
+        with open(big, "wb") as f:          # sparse here; 2 GiB on the wire
+            f.truncate(2 << 30)
+        os.chmod(self.tmp, 0o755)
+        ctl = self.watch_control(f"""\
+            h = hosts.SSHHost(machines[0])
+            d = h.get_tmp_dir()
+            h.send_file({big!r}, d + "/big")
+            print("size", h.run("stat -c %s " + d + "/big").stdout.strip())
+            """)
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res"), "-m", name, ctl, timeout=300)
+        self.assertEqual(status, 0, text)
+        self.assertIn(f"size {2 << 30}", text)
+        rates = re.findall(rf"\r\x1b\[Kautoserv: {name}: send_file \d+ s, ([\d.]+) (MiB|GiB) "
+                           r"of 2\.0 GiB at ([\d.]+) [MG]iB/s", text)
+        self.assertTrue(rates, repr(text[-2000:]))
+        sizes = [float(n) * (1024 if unit == "GiB" else 1) for n, unit, _ in rates]
+        self.assertEqual(sizes, sorted(sizes))
+        self.assertLessEqual(sizes[-1], 2048 * 1.01)
+        self.assertTrue(all(float(rate) > 0 for _, _, rate in rates))
+
     def test_a_silent_command_gets_exactly_the_expected_stall_warnings(self):
         name = self.hosts.names[0]
         ctl = self.watch_control("""\
