@@ -3202,7 +3202,10 @@ class _AgentExecution(_Execution):
                 if left == 0.0:
                     self.timed_out = True
                     break
-                for _, events in sel.select(left):
+                ready = sel.select(self.watch.wait(left) if self.watch else left)
+                if self.watch and not ready:
+                    self.watch.check()
+                for _, events in ready:
                     if events & selectors.EVENT_WRITE:
                         self._write(sel)
                     if events & selectors.EVENT_READ and not self._read():

@@ -4955,17 +4955,19 @@ class TestFanOut(unittest.TestCase):
             h.run("sleep 3", stall_warn=0)
             h.run("for i in 1 2 3 4 5; do echo $i; sleep 1; done")
             """)
-        res = os.path.join(self.tmp, "res")
-        out = run_cli("--stall-warn", "2", "--ssh-config", self.hosts.ssh_config, "-r", res,
-                      "-m", name, ctl)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(out.stdout, "'' ''\n")
-        warnings = [l for l in out.stderr.splitlines() if "stall" in l]
-        self.assertEqual(warnings, [
-            f"autoserv: stall: {name}: 'sleep 5.5' has printed nothing for {n} s; still "
-            "running (stall warning after 2 s)" for n in (2, 4)], out.stderr)
-        log = open(os.path.join(res, "debug", "autoserv.log")).read()
-        self.assertEqual(log.count("stall: "), 2, log)
+        for how in ([], ["--persistent"]):     # its own ssh session; the agent
+            with self.subTest(how=how):
+                res = os.path.join(self.tmp, "res" + "".join(how))
+                out = run_cli("--stall-warn", "2", *how, "--ssh-config", self.hosts.ssh_config,
+                              "-r", res, "-m", name, ctl)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout, "'' ''\n")
+                warnings = [l for l in out.stderr.splitlines() if "stall" in l]
+                self.assertEqual(warnings, [
+                    f"autoserv: stall: {name}: 'sleep 5.5' has printed nothing for {n} s; "
+                    "still running (stall warning after 2 s)" for n in (2, 4)], out.stderr)
+                log = open(os.path.join(res, "debug", "autoserv.log")).read()
+                self.assertEqual(log.count("stall: "), 2, log)
 
     def test_one_host_partitioned_mid_run_the_others_complete(self):
         res = os.path.join(self.tmp, "res")
