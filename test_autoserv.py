@@ -403,9 +403,12 @@ def run_cli(*args, cwd=None, timeout=120, env=None, input=None):
                           input=input)
 
 
-def run_in_pty(*args, timeout=120, env=None, cwd=None, columns=140, term="xterm"):
+def run_in_pty(*args, timeout=120, env=None, cwd=None, columns=140, term="xterm",
+               interrupt_when=None):
     """autoserv with stdin, stdout and stderr on a new pseudo-terminal:
-    (exit status, everything it wrote there, as text)."""
+    (exit status, everything it wrote there, as text).  interrupt_when(text
+    so far): once it says True, SIGINT to autoserv's process group, as a
+    terminal's Ctrl-C."""
     import fcntl
     import select
     import struct
@@ -430,6 +433,9 @@ def run_in_pty(*args, timeout=120, env=None, cwd=None, columns=140, term="xterm"
                 data += chunk
             elif p.poll() is not None:
                 break
+            if interrupt_when and interrupt_when(data.decode("utf-8", "replace")):
+                interrupt_when = None
+                os.killpg(p.pid, signal.SIGINT)
         else:
             p.kill()
             raise AssertionError(f"autoserv on a pty still running after {timeout} s")
@@ -4860,6 +4866,25 @@ class TestFanOut(unittest.TestCase):
         self.assertNotIn(f"{names[0]} : soaked", text)
         self.assertIn(f"soaked on {names[0]}",
                       open(os.path.join(res, names[0], "debug", "stdout")).read())
+
+    def test_ctrl_c_under_the_live_view_stops_every_task_and_leaves_the_final_rows(self):
+        names = self.hosts.names[:3]
+        ctl = self.watch_control("""\
+            def work(name):
+                hosts.SSHHost(name).run("sleep 41.25")
+            parallel_simple(work, machines)
+            """)
+        t0 = time.monotonic()
+        status, text = run_in_pty(
+            "--ssh-config", self.hosts.ssh_config, "-r", os.path.join(self.tmp, "res"),
+            "-m", ",".join(names), ctl, timeout=60,
+            interrupt_when=lambda text: len([p for p in comm_pids("sleep")
+                                             if p in processes_with("41.25")]) >= 3)
+        self.assertEqual(status, 130, text)
+        self.assertLess(time.monotonic() - t0, 35)
+        last = live_view_frames(text)[-1]
+        self.assertEqual([row.split()[:2] for row in last], [[n, "ABORT"] for n in names])
+        wait_for(lambda: not processes_with("41.25"), 15, what="the remote sleeps ending")
 
     def test_off_a_terminal_parallel_output_stays_prefixed_lines(self):
         names = self.hosts.names[:2]
