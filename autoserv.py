@@ -6018,8 +6018,10 @@ class InstallableObject:
             with _urlopen(url, timeout=60) as response, open(path, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0)
                 done, last = 0, time.monotonic()
+                # read1: what has come so far (read() would wait for the whole MiB)
+                read = getattr(response, "read1", response.read)
                 while True:
-                    block = response.read(1 << 20)
+                    block = read(1 << 20)
                     if not block:
                         break
                     out.write(block)

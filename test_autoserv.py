@@ -5595,6 +5595,41 @@ class TestInstallables(unittest.TestCase):
             got = obj.get(f"{self.served.ftp_url}/{os.path.basename(self.rpm)}")
             self.assertEqual(open(got, "rb").read(), open(self.rpm, "rb").read())
 
+    def test_a_slow_download_prints_its_bytes_and_rate_off_a_terminal(self):
+        import http.server
+
+        class Slow(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(8 * 65536))
+                self.end_headers()
+                for _ in range(8):              # 512 KiB in about 2.4 s
+                    self.wfile.write(b"x" * 65536)
+                    self.wfile.flush()
+                    time.sleep(0.3)
+
+            def log_message(self, *args):
+                pass
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        err = io.StringIO()
+        os.environ["AUTOSERV_PROGRESS_EVERY"] = "0.5"
+        try:
+            with contextlib.redirect_stderr(err):
+                got = autoserv.InstallableObject().get(
+                    f"http://127.0.0.1:{server.server_address[1]}/pkg.deb")
+        finally:
+            del os.environ["AUTOSERV_PROGRESS_EVERY"]
+        self.assertEqual(os.path.getsize(got), 8 * 65536)
+        lines = err.getvalue().splitlines()
+        sizes = [float(m.group(1)) for m in (re.fullmatch(
+            r"autoserv: server: downloading \d+ s, ([\d.]+) KiB of 512\.0 KiB at [\d.]+ KiB/s",
+            line) for line in lines) if m]
+        self.assertGreaterEqual(len(sizes), 2, lines)
+        self.assertEqual(sizes, sorted(sizes))
+
     def test_get_errors_name_the_location_and_the_reason(self):
         obj = autoserv.InstallableObject()
         port = free_port()
