@@ -1589,11 +1589,13 @@ class _LiveView:
     current step from its status entries, last line of output or its wait's
     progress), redrawn in place with ANSI cursor moves; the final state stays
     on the screen.  Only for tasks that each have a results subdir (their
-    output is in its debug/ files)."""
+    output is in its debug/ files), and not with -v (the debug log's lines
+    would scroll it away)."""
 
     @classmethod
     def wanted(cls, tasks):
-        return (not _WATCH["quiet"] and bool(tasks) and all(t.subdir for t in tasks)
+        return (not _WATCH["quiet"] and not LOG.echo and bool(tasks)
+                and all(t.subdir for t in tasks)
                 and _is_terminal(sys.stdout) and _JOB is not None
                 and _JOB.is_job_process())
 
