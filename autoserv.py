@@ -8869,8 +8869,9 @@ def report_html(resultdir):
     hosts = summary.get("hosts") or {}
     keyval = dict(line.split("=", 1) for line in
                   _report_read(os.path.join(resultdir, "keyval")).splitlines() if "=" in line)
+    text = _report_read(os.path.join(resultdir, "status.log"), 64 << 20)
     try:
-        entries = parse_status_log(_report_read(os.path.join(resultdir, "status.log")))
+        entries = parse_status_log(text[:text.rfind("\n") + 1])
     except ValueError as e:
         entries = []
         job.setdefault("error", f"status.log does not parse: {e}")
