@@ -12,14 +12,15 @@ See README.md for the whole API.  One file, standard library only.
 Sections, in this order (``grep -n '^# .*####' autoserv.py`` prints them;
 a test holds this list to the banners):
     Constants and module state; Exceptions; Helpers; Local execution;
-    Results and status log; Hosts: the contract, local and remote; Remote
+    Results and status log; Watching the job: progress, stalls, the live
+    view; Hosts: the contract, local and remote; Remote
     programs (they run on the target); SSH transport: options, the master,
     errors, the agent's client; File transfer: placement, local copies,
     shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
     Parallel; Power controllers and consoles; Installables, kernels and the
     boot loader; KVM and guests; Autotest, server side; Autotest client
     harness (it runs on the target); Control files; Shards, merge and
-    Slurm; CLI.
+    Slurm; The HTML report; CLI.
 """
 
 __version__ = "0.1.0"
@@ -851,6 +852,7 @@ class _Execution:
         self.returncode = None
         self.duration = 0.0
         self._buf = None
+        self.watch = _stall_watch()
 
     def start(self):
         need_stdin = self.remote or self.stdin_data is not None
@@ -886,7 +888,9 @@ class _Execution:
                 if wait_for == 0.0:
                     self.timed_out = True
                     break
-                events = sel.select(wait_for)
+                events = sel.select(self.watch.wait(wait_for) if self.watch else wait_for)
+                if not events and self.watch:
+                    self.watch.check()
                 for key, _ in events:
                     fd = key.fd
                     if fd == stdin_fd:
@@ -942,6 +946,8 @@ class _Execution:
             if not data:
                 return
         self.captures[stream].add(data)
+        if self.watch:
+            self.watch.heard()
         tee = self.tees[stream]
         if tee is not None:
             tee.feed(data)
@@ -1132,11 +1138,11 @@ def _judge(result, ignore_status, what="command"):
 def run(command: str, timeout: Optional[float] = None, ignore_status: bool = False,
         stdin: _Stdin = None, stdout_tee: _Tee = None, stderr_tee: _Tee = None,
         args: Sequence[str] = (), max_output: int = DEFAULT_MAX_OUTPUT,
-        **_ignored: Any) -> "CmdResult":
+        stall_warn: Optional[float] = None, **_ignored: Any) -> "CmdResult":
     """Runs a command on the machine autoserv runs on (the login shell's -c)."""
     return LocalHost().run(command, timeout=timeout, ignore_status=ignore_status,
                            stdin=stdin, stdout_tee=stdout_tee, stderr_tee=stderr_tee,
-                           args=args, max_output=max_output)
+                           args=args, max_output=max_output, stall_warn=stall_warn)
 
 
 def _with_args(command, args):
@@ -1419,7 +1425,7 @@ class ServerJob:
         data = {"job": {"outcome": outcome, "started": self.started,
                         "duration": round(now - self.started, 3), "error": error,
                         "control": self.control, "machines": self.machines,
-                        "user": self.user, "label": self.label,
+                        "args": self.args, "user": self.user, "label": self.label,
                         "run_id": self.run_id, "version": __version__},
                 "hosts": self.host_outcomes}
         if self.shard:
@@ -1512,6 +1518,348 @@ def _record(*args, **kwargs):
     """A line in the job's status.log (nothing outside a job)."""
     if _JOB is not None:
         _JOB.record(*args, **kwargs)
+
+
+# Watching the job: progress, stalls, the live view #############################
+
+# What a person at the terminal sees while the job waits.  A long wait (a
+# reboot's phases, wait_up/wait_down, a hard reset, a kernel install, a
+# transfer, a download) is a _Progress: on a terminal one line redrawn in
+# place, off one a plain line every AUTOSERV_PROGRESS_EVERY (default
+# WAIT_PROGRESS_EVERY) seconds, inside a parallel task under the live view
+# a row of that view.  All of it goes to stderr or the view, never to a
+# command's output or its CmdResult; -q silences it.  A run() that prints
+# nothing for stall_warn seconds gets a warning line (_StallWatch).
+
+STALL_WARN = 300.0          # s of silence before run() warns (--stall-warn)
+LIVE_REDRAW = 0.5           # s between redraws of a live line or the live view
+_WATCH = {"quiet": False, "stall_warn": STALL_WARN, "stack": [], "pipe": None,
+          "run": None, "live": False}
+
+
+def _progress_every():
+    """Seconds between plain progress lines (AUTOSERV_PROGRESS_EVERY)."""
+    try:
+        return max(0.05, float(os.environ.get("AUTOSERV_PROGRESS_EVERY", "")))
+    except ValueError:
+        return WAIT_PROGRESS_EVERY
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty() and os.environ.get("TERM", "") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+def _human_bytes(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024.0
+
+
+def _proc_bytes(pid, kind):
+    """Linux's count for process pid, or None: "wchar", the bytes it has
+    written (/proc/PID/io); "stdin", how far it has read its stdin file
+    (/proc/PID/fdinfo/0)."""
+    path, key = ((f"/proc/{pid}/io", b"wchar:") if kind == "wchar" else
+                 (f"/proc/{pid}/fdinfo/0", b"pos:"))
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class _Progress:
+    """One long wait, as a context manager.  Nested waits on one host show
+    as one line ("reboot > coming up"); a wait inside the same wait (a
+    subclass's wait_up calling its parent's) adds nothing.  Bytes come from
+    add() or from the processes given to watch_pid() (what they wrote)."""
+
+    def __init__(self, what, host, limit=None):
+        self.what, self.host, self.limit = what, host or "server", limit
+        self.active = False
+        self.counted, self.total, self.pids = 0, 0, {}
+
+    def __enter__(self):
+        same = [p for p in _WATCH["stack"] if p.host == self.host and p.what == self.what]
+        if same or _WATCH["quiet"]:
+            return same[-1] if same else self
+        self.active = True
+        self.t0 = time.monotonic()
+        self.stop = threading.Event()
+        _WATCH["stack"].append(self)
+        self.drawn = False
+        self.thread = threading.Thread(target=self._loop, name="autoserv-progress",
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.active:
+            return
+        self.stop.set()
+        self.thread.join(5)
+        if self in _WATCH["stack"]:
+            _WATCH["stack"].remove(self)
+        if self.drawn and _WATCH["pipe"] is None:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+    def add(self, count, total=0):
+        self.counted += count
+        self.total = total or self.total
+
+    def watch_pid(self, pid, kind="wchar", total=0):
+        self.pids[pid, kind] = 0
+        self.total = total or self.total
+
+    def done(self):
+        for key in self.pids:
+            self.pids[key] = _proc_bytes(*key) or self.pids[key]
+        return self.counted + sum(self.pids.values())
+
+    def line(self):
+        elapsed = time.monotonic() - self.t0
+        whats = [p.what for p in _WATCH["stack"] if p.host == self.host and p is not self]
+        text = f"{self.host}: {' > '.join(whats + [self.what])} {elapsed:.0f} s"
+        if self.limit:
+            text += f" / {float(self.limit):.0f} s"
+        done = self.done()
+        if done:
+            text += f", {_human_bytes(done)}"
+            if self.total:
+                text += f" of {_human_bytes(self.total)}"
+            text += f" at {_human_bytes(done / max(elapsed, 0.001))}/s"
+        return _neutralise(text)
+
+    def _loop(self):
+        pipe = _WATCH["pipe"]
+        live = pipe is not None or _is_terminal(sys.stderr)
+        every = LIVE_REDRAW if live else _progress_every()
+        while not self.stop.wait(every):
+            if not _WATCH["stack"] or _WATCH["stack"][-1] is not self:
+                continue
+            try:
+                if pipe is not None:
+                    os.write(pipe, (self.line()[:300] + "\n").encode())
+                elif live:
+                    width = shutil.get_terminal_size().columns
+                    sys.stderr.write("\r\x1b[K" + ("autoserv: " + self.line())[:width - 1])
+                    sys.stderr.flush()
+                    self.drawn = True
+                else:
+                    sys.stderr.write(f"autoserv: {self.line()}\n")
+                    sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _progress_add(count, total=0):
+    """Bytes moved by the innermost wait running (a transfer, a download)."""
+    if _WATCH["stack"]:
+        _WATCH["stack"][-1].add(count, total)
+
+
+def _progress_pid(pid, kind="wchar", total=0):
+    """A process whose count (_proc_bytes) is the innermost wait's progress."""
+    if _WATCH["stack"]:
+        _WATCH["stack"][-1].watch_pid(pid, kind, total)
+
+
+def _watched(what, limit="timeout", default=None, host=None):
+    """Decorator: the method runs as a _Progress named what, on the host of
+    the argument named host (else self), limited by its argument named
+    limit (default when not given)."""
+    def wrap(func):
+        names = func.__code__.co_varnames[:func.__code__.co_argcount]
+
+        def argument(name, args, kwargs, fallback):
+            if name in kwargs:
+                return kwargs[name]
+            index = names.index(name) if name in names else len(args) + 1
+            return args[index] if index < len(args) else fallback
+
+        def watched(*args, **kwargs):
+            target = argument(host, args, kwargs, None) if host else args[0]
+            name = getattr(target, "hostname", None)
+            wait = argument(limit, args, kwargs, default) if limit else None
+            with _Progress(what, name, wait if isinstance(wait, (int, float)) else None):
+                return func(*args, **kwargs)
+        import functools
+        return functools.wraps(func)(watched)
+    return wrap
+
+
+class _StallWatch:
+    """run()'s watchdog: a command silent for threshold seconds gets a line
+    in the debug log and on stderr, again at twice the silence, four times...
+    Output starts the count again.  It never stops the command."""
+
+    def __init__(self, threshold, host, command):
+        self.threshold, self.host = float(threshold), host
+        self.command = _neutralise(command if len(command) <= 80 else command[:77] + "...")
+        self.heard()
+
+    def heard(self):
+        self.last = time.monotonic()
+        self.next = self.threshold
+
+    def wait(self, other):
+        """The select timeout: other's (None: none), or sooner for a warning."""
+        until = max(0.0, self.last + self.next - time.monotonic())
+        return until if other is None else min(other, until)
+
+    def check(self):
+        silent = time.monotonic() - self.last
+        if silent < self.next:
+            return
+        self.next *= 2
+        message = (f"{self.host}: {self.command!r} has printed nothing for {silent:.0f} s; "
+                   f"still running (stall warning after {self.threshold:g} s)")
+        LOG.write("stall: " + message, self.host)
+        if not _WATCH["quiet"]:
+            _say(f"stall: {message}")
+
+
+def _stall_watch():
+    """The watchdog for the command run() is running now, or None."""
+    current = _WATCH["run"]
+    if current is None:
+        return None
+    threshold, host, command = current
+    threshold = _WATCH["stall_warn"] if threshold is None else threshold
+    return _StallWatch(threshold, host, command) if threshold and threshold > 0 else None
+
+
+class _Running:
+    """run()'s context: the command and stall threshold its execution's
+    watchdog takes (_stall_watch)."""
+
+    def __init__(self, stall_warn, host, command):
+        self.entry = (stall_warn, host, command)
+
+    def __enter__(self):
+        self.saved, _WATCH["run"] = _WATCH["run"], self.entry
+
+    def __exit__(self, *exc):
+        _WATCH["run"] = self.saved
+
+
+class _RowSink:
+    """A task's output under the live view: keeps its last line."""
+
+    def __init__(self, row):
+        self.row = row
+        self.partial = ""
+
+    def write(self, text):
+        lines = (self.partial + text).split("\n")
+        self.partial = lines[-1][-500:]
+        done = [l for l in lines[:-1] if l.strip()]
+        if done or self.partial.strip():
+            self.row["last"] = (self.partial if self.partial.strip() else done[-1])[-300:]
+
+    def flush(self):
+        pass
+
+
+class _LiveView:
+    """parallel()'s view on a terminal: a row per task (name, state, elapsed,
+    current step from its status entries, last line of output or its wait's
+    progress), redrawn in place with ANSI cursor moves; the final state stays
+    on the screen.  Only for tasks that each have a results subdir (their
+    output is in its debug/ files), and not with -v (the debug log's lines
+    would scroll it away)."""
+
+    @classmethod
+    def wanted(cls, tasks):
+        return (not _WATCH["quiet"] and not LOG.echo and bool(tasks)
+                and all(t.subdir for t in tasks)
+                and _is_terminal(sys.stdout) and _JOB is not None
+                and _JOB.is_job_process())
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.rows = {id(t): {"last": "", "step": "", "stack": [], "offset": None}
+                     for t in tasks}
+        self.lines = 0
+        self.drawn_at = 0.0
+        _WATCH["live"] = True
+
+    def sink(self, task):
+        return _RowSink(self.rows[id(task)])
+
+    def progress(self, task, data):
+        text = _decode(data).rstrip("\n").rsplit("\n", 1)[-1]
+        if text:
+            self.rows[id(task)]["last"] = text
+
+    def _step(self, task, row):
+        """The task's current step: its innermost open status group, else
+        its last entry, from what it wrote to its status log so far."""
+        path = task.status_path
+        if not path:
+            return row["step"]
+        if row["offset"] is None:
+            row["offset"] = task.status_offset
+        try:
+            with open(path, "rb") as f:
+                f.seek(row["offset"])
+                data = f.read(1 << 20)
+        except OSError:
+            return row["step"]
+        complete = data[:data.rfind(b"\n") + 1]
+        row["offset"] += len(complete)
+        for line in _decode(complete).split("\n"):
+            fields = line.lstrip("\t").split("\t")
+            if len(fields) < 5 or line.lstrip("\t").startswith("  "):
+                continue
+            code, operation = fields[0], fields[2]
+            if code == "START":
+                row["stack"].append(operation)
+            elif code.startswith("END ") and row["stack"]:
+                row["stack"].pop()
+            row["step"] = row["stack"][-1] if row["stack"] else f"{code} {operation}"
+        return row["step"]
+
+    def _text(self, task, width):
+        row = self.rows[id(task)]
+        if task.started is None:
+            state, elapsed = "waiting", ""
+        elif task.duration is not None:
+            state = getattr(task, "status", None) or ("FAIL" if task.error else "done")
+            elapsed = _report_seconds(task.duration)
+        else:
+            state, elapsed = "running", _report_seconds(time.monotonic() - task.started)
+        name = os.path.basename(task.subdir)[:20]
+        text = (f"{name:<20} {state:<7} {elapsed:>9}  {self._step(task, row)[:24]:<24} "
+                f"{row['last']}")
+        return _neutralise(text)[:max(20, width - 1)]
+
+    def draw(self, force=False):
+        now = time.monotonic()
+        if not force and now - self.drawn_at < LIVE_REDRAW:
+            return
+        self.drawn_at = now
+        width = shutil.get_terminal_size().columns
+        out = [f"\x1b[{self.lines}A"] if self.lines else []
+        out += ["\r\x1b[K" + self._text(t, width) + "\n" for t in self.tasks]
+        self.lines = len(self.tasks)
+        try:
+            sys.stdout.write("".join(out))
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        _WATCH["live"] = False
+        self.draw(force=True)
 
 
 # Hosts: the contract, local and remote ########################################
@@ -1666,7 +2014,8 @@ class Host:
     def run(self, command: str, timeout: Optional[float] = None, ignore_status: bool = False,
             stdin: _Stdin = None, stdout_tee: _Tee = None, stderr_tee: _Tee = None,
             args: Sequence[str] = (), connect_timeout: Optional[float] = None,
-            max_output: int = DEFAULT_MAX_OUTPUT) -> "CmdResult":
+            max_output: int = DEFAULT_MAX_OUTPUT,
+            stall_warn: Optional[float] = None) -> "CmdResult":
         """Runs command (a shell string; args are appended as quoted words)
         under the target's login shell, stdin from /dev/null unless given
         (str or bytes); output teed live to stdout_tee/stderr_tee.  timeout
@@ -1674,13 +2023,16 @@ class Host:
         connect_timeout bounds reaching the host.  Returns a CmdResult.
         Raises AutoservRunError for a non-zero exit unless ignore_status,
         AutoservTimeoutError on timeout, AutoservSSHError (a subclass) when
-        the transport fails.
+        the transport fails.  A command silent for stall_warn seconds (None:
+        --stall-warn's, default STALL_WARN; 0: never) gets a warning line
+        in the debug log and on stderr, again with back-off; never killed.
 
         The one run body for every kind of host: a subclass supplies the
         transport's primitive, _execute()."""
         command = _with_args(command, args)
-        result = self._execute(command, _stdin_bytes(stdin), timeout, stdout_tee,
-                               stderr_tee, max_output, connect_timeout)
+        with _Running(stall_warn, self.hostname, command):
+            result = self._execute(command, _stdin_bytes(stdin), timeout, stdout_tee,
+                                   stderr_tee, max_output, connect_timeout)
         LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
         return _judge(result, ignore_status)
 
@@ -1819,6 +2171,7 @@ class Host:
                                     "pass power= or set host.power")
         return self.power
 
+    @_watched("hard reset", default=POST_RESET_WAIT)
     def hardreset(self, timeout: Optional[float] = None, wait: bool = True) -> None:
         """A hard reset through the power controller (its reset(), else a
         power cycle), else through the console's hardreset(); with wait,
@@ -2083,6 +2436,7 @@ class RemoteHost(SiteHost):
     hard reset when it does not come back, the kernel meant to boot checked)
     for every remote kind; a subclass supplies run, is_up and wait_up."""
 
+    @_watched("going down")
     def wait_down(self, timeout: Optional[float] = None,
                   old_boot_id: Optional[str] = None) -> bool:
         """True once the host stops answering or its boot id changes (a
@@ -2117,6 +2471,7 @@ class RemoteHost(SiteHost):
             time.sleep(min(self.poll_interval, _remaining(deadline) or self.poll_interval))
 
     # rebooting
+    @_watched("reboot", default=1800)
     def reboot(self, timeout: Optional[float] = 1800, label: Optional[str] = None,
                kernel_args: Optional[str] = None, wait: bool = True, fastsync: bool = False,
                reboot_cmd: Optional[str] = None, down_timeout: Optional[float] = None,
@@ -3077,7 +3432,10 @@ class _AgentExecution(_Execution):
                 if left == 0.0:
                     self.timed_out = True
                     break
-                for _, events in sel.select(left):
+                ready = sel.select(self.watch.wait(left) if self.watch else left)
+                if self.watch and not ready:
+                    self.watch.check()
+                for _, events in ready:
                     if events & selectors.EVENT_WRITE:
                         self._write(sel)
                     if events & selectors.EVENT_READ and not self._read():
@@ -4098,6 +4456,7 @@ def _pipeline(first, second, timeout, label, tar_end=None):
     try:
         deadline = _monotonic_deadline(timeout)
         p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
+        _progress_pid(p1.pid)
         try:
             p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
                         stdout=DEVNULL, stderr=errs[1])
@@ -4303,6 +4662,7 @@ def _stream_file(path, argv, timeout, label):
     its group killed on timeout or interrupt.  Returns (rc, stderr text)."""
     with open(path, "rb") as src, tempfile.TemporaryFile() as err:
         proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
+        _progress_pid(proc.pid, "stdin", os.fstat(src.fileno()).st_size)
         _wait_all([proc], timeout, label)
         return proc.returncode, _err_tail(err)
 
@@ -4369,6 +4729,7 @@ class _SSHTransfer:
             raise TypeError(f"transfer backend {name!r} is not a _TransferBackend")
         return backend
 
+    @_watched("send_file")
     def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
                   preserve_symlinks: bool = False, backend: Optional[str] = None,
                   timeout: Optional[float] = None) -> None:
@@ -4384,6 +4745,7 @@ class _SSHTransfer:
                                     preserve_symlinks, timeout)
         LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
+    @_watched("get_file")
     def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
                  preserve_perm: bool = True, preserve_symlinks: bool = False,
                  backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
@@ -4463,6 +4825,7 @@ class _SSHTransfer:
         LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
         ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
         ex.start()
+        _progress_pid(ex.proc.pid)
         ex.wait()
         if ex.timed_out:
             raise AutoservTimeoutError(f"{what} timed out",
@@ -4855,6 +5218,7 @@ class SSHHost(RemoteHost):
         except AutoservError:
             return False
 
+    @_watched("coming up")
     def wait_up(self, timeout: Optional[float] = None) -> bool:
         """True once the host answers ssh (within timeout; None waits on)."""
         deadline = _monotonic_deadline(timeout)
@@ -4938,6 +5302,7 @@ class subcommand:
         self.status_path = None      # where the child writes its status entries
         self.status_offset = 0
         self.host_records = {}       # what the child recorded about hosts
+        self.view = None             # parallel()'s _LiveView, when it has one
 
     def host_names(self):
         """The hosts this task works on: hosts among its arguments."""
@@ -4952,9 +5317,10 @@ class subcommand:
     def __repr__(self):
         return f"<subcommand {self.name} pid={self.pid}>"
 
-    def _forked(self, readers, result_w, out_w, err_w):
+    def _forked(self, readers, result_w, out_w, err_w, watch_w=None):
         for fd in readers:
             os.close(fd)
+        _WATCH.update(pipe=watch_w, stack=[], live=False)
         self._child(result_w, out_w, err_w)
 
     def _child(self, result_w, out_w, err_w):
@@ -5029,19 +5395,22 @@ class subcommand:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         self.started = time.monotonic()
-        readers = [fd for fd in (result_r, out[0], err[0]) if fd is not None]
+        watch = os.pipe() if self.view else (None, None)
+        readers = [fd for fd in (result_r, out[0], err[0], watch[0]) if fd is not None]
         proc = multiprocessing.get_context("fork").Process(
-            target=self._forked, args=(readers, result_w, out[1], err[1]),
+            target=self._forked, args=(readers, result_w, out[1], err[1], watch[1]),
             name=f"autoserv-{self.name}")
         proc.start()
         self.process = proc
         pid = proc.pid
         self.pid = pid
         os.close(result_w)
-        for w in (out[1], err[1]):
+        for w in (out[1], err[1], watch[1]):
             if w is not None:
                 os.close(w)
         self.fds = {result_r: "result"}
+        if self.view:
+            self.fds[watch[0]] = "progress"
         if prefix_output:
             self.fds[out[0]] = "stdout"
             self.fds[err[0]] = "stderr"
@@ -5052,7 +5421,8 @@ class subcommand:
             if self.subdir and prefix_output:
                 self.files[stream] = open(os.path.join(self.subdir, "debug", stream), "ab")
             if prefix_output:
-                self.tees[stream] = _Tee(target, prefix=f"{self.name} : ")
+                self.tees[stream] = (_Tee(self.view.sink(self)) if self.view else
+                                     _Tee(target, prefix=f"{self.name} : "))
         return pid
 
     def collect(self, fd, data):
@@ -5060,6 +5430,9 @@ class subcommand:
         kind = self.fds[fd]
         if kind == "result":
             self.chunks.append(data)
+            return
+        if kind == "progress":
+            self.view.progress(self, data)
             return
         f = self.files.get(kind)
         if f is not None:
@@ -5146,6 +5519,9 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
     running = {}
     timed_out = False
     log = _JOB.status if _JOB is not None else None
+    view = _LiveView(tasks) if prefix_output and _LiveView.wanted(tasks) else None
+    for task in tasks:
+        task.view = view
     if log:
         log.record("START", None, "parallel",
                    f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
@@ -5170,6 +5546,8 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
                 timed_out = True
                 break
             _pump(sel, 0.2 if left is None else min(0.2, left))
+            if view:
+                view.draw()
             for pid, task in list(running.items()):
                 if task.fds:
                     continue
@@ -5187,6 +5565,8 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
         raise
     finally:
         sel.close()
+        if view:
+            view.close()
         if log:
             log.record("END " + worst_status(*(t.status for t in tasks
                                                 if getattr(t, "status", None))),
@@ -5888,6 +6268,7 @@ class InstallableObject:
             f.write(data)
         return path
 
+    @_watched("downloading", limit=None)
     def _download(self, url):
         import urllib.error
         shown = _redact_url(url)
@@ -5898,12 +6279,15 @@ class InstallableObject:
             with _urlopen(url, timeout=60) as response, open(path, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0)
                 done, last = 0, time.monotonic()
+                # read1: what has come so far (read() would wait for the whole MiB)
+                read = getattr(response, "read1", response.read)
                 while True:
-                    block = response.read(1 << 20)
+                    block = read(1 << 20)
                     if not block:
                         break
                     out.write(block)
                     done += len(block)
+                    _progress_add(len(block), total)
                     if time.monotonic() - last > 2:
                         last = time.monotonic()
                         LOG.write(f"fetching {shown}: {done}" + (f"/{total}" if total else "")
@@ -6255,6 +6639,7 @@ class DEBKernel(InstallableObject):
                f"{host.hostname}: {version} as {title!r}"
                + (" (boot once)" if boot_once else " (default)" if default else ""))
 
+    @_watched("installing the kernel", limit=None, host="host")
     def install(self, host, **bootloader_args):
         """Installs the package on host (dpkg -i), makes sure an initrd
         exists when a tool can make one, and adds a boot entry: the default
@@ -6451,6 +6836,7 @@ class RPMKernel(DEBKernel):
                  f"cpio -idm --quiet --no-absolute-filenames && rm -f {q}", timeout=600)
         return f"{remote}.root"
 
+    @_watched("installing the kernel", limit=None, host="host")
     def install(self, host, **bootloader_args):
         """Installs the package with rpm, makes sure an initrd exists (the
         package's scripts, else dracut or the Debian tools), adds a boot entry
@@ -6927,6 +7313,7 @@ class KVMGuest(Guest):
         return AutoservVirtError(f"guest {self.hostname}:{self.port}: qemu (pid {self.qemu_pid})"
                                  " has exited; serial log ends:\n" + self.serial_tail())
 
+    @_watched("coming up")
     def wait_up(self, timeout: Optional[float] = None) -> bool:
         """True once the guest answers ssh; False when timeout passes first.
         timeout=None waits as long as it takes (the seed's g.wait_up()),
@@ -8384,6 +8771,7 @@ def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
               "job_finished": int(time.time()), "exit_status": status}
     _write_atomic(os.path.join(out, "keyval"),
                   "".join(f"{k}={v}\n" for k, v in keyval.items()))
+    _report_quietly(out)
     for line in errors:
         _say(line, quiet and status == 0)
     _say(f"merged {len(shards)} of {count} shards into {out}: {outcome}, "
@@ -8560,6 +8948,313 @@ def _slurm_wait_gone(job_id):
         time.sleep(SLURM_POLL)
 
 
+# The HTML report ##############################################################
+
+# index.html in a results dir: one self-contained page (inline CSS and SVG; a
+# Content-Security-Policy that allows no script, no fetch) made only from the
+# files there (summary.json, status.log, keyval, the host dirs), so it serves
+# a finished job, a merged one and one that died alike.  Everything shown is
+# escaped: host output is hostile input.
+
+_REPORT_COLOURS = {"GOOD": "#2e7d32", "WARN": "#f9a825", "FAIL": "#c62828",
+                   "ERROR": "#8e24aa", "ABORT": "#455a64", "RUNNING": "#1565c0"}
+_REPORT_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
+ color:#1c2126;background:#f6f7f9}
+main{max-width:1200px;margin:0 auto;padding:12px 16px 40px}
+h1{font-size:1.35em;margin:.4em 0}h2{font-size:1.1em;margin:1.4em 0 .5em}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;
+ font-size:.85em}
+.wrap{overflow-x:auto;background:#fff;border:1px solid #d8dde3;border-radius:6px}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e6e9ed;vertical-align:top}
+th{background:#eef1f4;font-weight:600}
+dl.args{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
+dl.args dt{color:#57606a}dl.args dd{margin:0;overflow-wrap:anywhere}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:.3em 0;font-size:.85em;
+ background:#f3f4f6;padding:6px;border-radius:4px}
+details summary{cursor:pointer;overflow-wrap:anywhere}
+.links a{margin-right:10px;white-space:nowrap}
+svg text{font:12px system-ui,sans-serif}svg.timeline{min-width:760px}
+.err{overflow-wrap:anywhere;max-width:46em}
+@media (max-width:640px){body{font-size:14px}main{padding:8px}
+ th,td{padding:4px 6px}}
+"""
+
+
+def _report_text(value):
+    """Text for the page: control characters made visible, then escaped."""
+    import html
+    return html.escape(_neutralise(str(value)), quote=True)
+
+
+def _report_href(path):
+    """A link to a file inside the results dir (relative, %-quoted, escaped)."""
+    import html
+    from urllib.parse import quote
+    return html.escape("./" + quote(path.replace(os.sep, "/")), quote=True)
+
+
+def _report_badge(code):
+    colour = _REPORT_COLOURS.get(code, "#757575")
+    return f'<span class="badge" style="background:{colour}">{_report_text(code)}</span>'
+
+
+def _report_seconds(seconds):
+    seconds = max(0.0, float(seconds or 0))
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _report_read(path, limit=4 << 20):
+    try:
+        with open(path, "rb") as f:
+            return _decode(f.read(limit))
+    except OSError:
+        return ""
+
+
+def _status_groups(entries, hosts):
+    """The status log's groups as dicts (operation, host, depth under the
+    host's outermost group, start, end, code, message), and its failing
+    entries (host, operation, code, message).  A group's host is its subdir
+    when that is a host, else its enclosing group's, else the host its START
+    message begins with ("HOST: reboot")."""
+
+    def named(text):
+        head = text.split(": ", 1)[0] if ": " in text else None
+        return head if head in hosts else None
+
+    groups, problems, stack = [], [], []
+    last = 0
+    for e in entries:
+        when = int(e["fields"].get("timestamp", "0") or 0) or last
+        last = when
+        code = e["code"]
+        parent = stack[-1] if stack else None
+        if code == "START":
+            host = (e["subdir"] if e["subdir"] in hosts else parent and parent["host"]
+                    or named(e["message"]))
+            depth = (parent["depth"] + 1 if parent and parent["host"] == host
+                     and host is not None else 0)
+            stack.append({"operation": e["operation"], "host": host, "depth": depth,
+                          "start": when, "end": None, "code": "RUNNING",
+                          "message": e["message"]})
+        elif code.startswith("END "):
+            if stack:
+                group = stack.pop()
+                group["end"], group["code"] = when, code[4:]
+                groups.append(group)
+        elif code in FAILING_CODES or code == "WARN":
+            host = parent and parent["host"] or named(e["message"])
+            problems.append({"host": host, "operation": e["operation"], "code": code,
+                             "message": e["message"]})
+    for group in stack:         # never ended: the job died or still runs
+        group["end"] = last
+        groups.append(group)
+    return groups, problems
+
+
+def _report_timeline(groups, lanes):
+    """The SVG timeline: a lane per host, a bar per status group."""
+    label_w, width, lane_h = 170, 1100, 34
+    mine = [g for g in groups if g["host"] in lanes]
+    if not mine:
+        return "<p>No status groups were recorded for a host.</p>"
+    t0 = min(g["start"] for g in mine)
+    span = max(1, max(g["end"] for g in mine) - t0)
+    scale = (width - label_w - 10) / span
+    height = lane_h * len(lanes) + 24
+    out = [f'<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" '
+           f'role="img" aria-label="timeline" xmlns="http://www.w3.org/2000/svg">']
+    for n in range(6):
+        x = label_w + (width - label_w - 10) * n / 5
+        out.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" '
+                   'stroke="#dfe3e8"/>')
+        anchor = ("start", "middle", "middle", "middle", "middle", "end")[n]
+        out.append(f'<text x="{x:.1f}" y="{height - 5}" text-anchor="{anchor}" '
+                   f'fill="#57606a">+{_report_text(_report_seconds(span * n / 5))}</text>')
+    for row, lane in enumerate(lanes):
+        y = row * lane_h
+        out.append(f'<g class="lane" data-host="{_report_text(lane)}">')
+        out.append(f'<text x="4" y="{y + 21}" fill="#1c2126">'
+                   f'{_report_text(lane[:24])}</text>')
+        for g in sorted((g for g in mine if g["host"] == lane),
+                        key=lambda g: (g["depth"], g["start"])):
+            inset = min(g["depth"], 3) * 4
+            x = label_w + (g["start"] - t0) * scale
+            w = max(3.0, (g["end"] - g["start"]) * scale)
+            colour = _REPORT_COLOURS.get(g["code"], "#757575")
+            took = _report_seconds(g["end"] - g["start"])
+            tip = f"{g['operation']}: {g['code']}, {took}" + (
+                f" ({_last_line(g['message'])})" if g["message"] else "")
+            out.append(f'<rect class="bar" x="{x:.1f}" y="{y + 4 + inset}" width="{w:.1f}" '
+                       f'height="{lane_h - 8 - 2 * inset}" rx="3" fill="{colour}" '
+                       f'fill-opacity="{0.35 + 0.2 * min(g["depth"], 3):.2f}" '
+                       f'stroke="{colour}"><title>{_report_text(tip)}</title></rect>')
+            label = f"{g['operation']} {took}"
+            if g["depth"] > 0 and w > 7 * len(label):
+                out.append(f'<text x="{x + 4:.1f}" y="{y + 21}" fill="#fff">'
+                           f'{_report_text(label)}</text>')
+        out.append("</g>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _report_files(resultdir, sub, limit=40):
+    """Links to the files under resultdir/sub (following a merge's links)."""
+    found = []
+    base = os.path.join(resultdir, sub)
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = os.path.relpath(os.path.join(dirpath, name), resultdir)
+            if not rel.endswith(".tmp") and len(found) < limit:
+                found.append(rel)
+    return " ".join(f'<a href="{_report_href(rel)}">'
+                    f'{_report_text(os.path.relpath(rel, sub))}</a>' for rel in found)
+
+
+def _report_folded(text):
+    """Error text: its last line shown, the whole of it folded."""
+    text = str(text or "")
+    if "\n" not in text.strip():
+        return _report_text(text)
+    return (f"<details><summary>{_report_text(_last_line(text))}</summary>"
+            f"<pre>{_report_text(text)}</pre></details>")
+
+
+def report_html(resultdir):
+    """The report page for a results dir, as text (see write_report)."""
+    try:
+        summary = json.loads(_report_read(os.path.join(resultdir, "summary.json")) or "{}")
+    except ValueError:
+        summary = {}
+    job = summary.get("job") or {}
+    hosts = summary.get("hosts") or {}
+    keyval = dict(line.split("=", 1) for line in
+                  _report_read(os.path.join(resultdir, "keyval")).splitlines() if "=" in line)
+    text = _report_read(os.path.join(resultdir, "status.log"), 64 << 20)
+    try:
+        entries = parse_status_log(text[:text.rfind("\n") + 1])
+    except ValueError as e:
+        entries = []
+        job.setdefault("error", f"status.log does not parse: {e}")
+    lanes = sorted(hosts)
+    groups, problems = _status_groups(entries, set(lanes))
+    outcome = job.get("outcome") or ("RUNNING" if "exit_status" not in keyval else "FAIL")
+    started = job.get("started") or float(keyval.get("job_started") or 0)
+    title = f"autoserv: {outcome}: {os.path.basename(os.path.normpath(resultdir))}"
+    facts = [("outcome", _report_badge(outcome)),
+             ("started", _report_text(time.strftime("%Y-%m-%d %H:%M:%S %Z",
+                                                    time.localtime(started)))
+              if started else ""),
+             ("duration", _report_text(_report_seconds(job.get("duration", 0)))),
+             ("exit status", _report_text(keyval.get("exit_status", job.get("exit_status", "")))),
+             ("control file", _report_text(job.get("control") or "")),
+             ("arguments", _report_text(" ".join(shlex.quote(str(a))
+                                                 for a in job.get("args") or []))),
+             ("machines", _report_text(", ".join(job.get("machines") or []))),
+             ("user", _report_text(job.get("user") or keyval.get("user", ""))),
+             ("label", _report_text(job.get("label") or keyval.get("label", ""))),
+             ("run id", _report_text(job.get("run_id") or keyval.get("run_id", "")))]
+    if job.get("shard"):
+        facts.append(("shard", _report_text(job["shard"].get("shard", ""))))
+    if job.get("shards"):
+        facts.append(("shards", _report_text(
+            f"{len(job['shards'].get('merged', []))} of {job['shards'].get('count')} merged")))
+    if job.get("error"):
+        facts.append(("error", _report_folded(job["error"])))
+    rows = []
+    for name in lanes:
+        info = hosts[name]
+        rows.append(f'<tr class="host" data-host="{_report_text(name)}">'
+                    f"<td>{_report_text(name)}</td>"
+                    f"<td>{_report_badge(info.get('outcome', ''))}</td>"
+                    f"<td>{_report_text(_report_seconds(info.get('duration', 0)))}</td>"
+                    f'<td class="err">{_report_folded(info.get("error", ""))}</td>'
+                    f'<td class="links">{_report_files(resultdir, name)}</td></tr>')
+    job_links = [p for p in ("status.log", "summary.json", "keyval", "control.srv",
+                             "junit.xml", "console.log")
+                 if os.path.isfile(os.path.join(resultdir, p))]
+    debug = _report_files(resultdir, "debug")
+    failing = [p for p in problems if p["code"] != "WARN"] + [
+        p for p in problems if p["code"] == "WARN"]
+    problem_rows = "".join(
+        f"<tr><td>{_report_badge(p['code'])}</td><td>{_report_text(p['host'] or '')}</td>"
+        f"<td>{_report_text(p['operation'])}</td>"
+        f'<td class="err">{_report_folded(p["message"])}</td></tr>' for p in failing[:200])
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:\">",
+        f"<title>{_report_text(title)}</title><style>{_REPORT_CSS}</style></head><body><main>",
+        f"<h1>autoserv job {_report_badge(outcome)} "
+        f"<small>{_report_text(os.path.basename(os.path.normpath(resultdir)))}</small></h1>",
+        '<div class="wrap" style="padding:10px"><dl class="args">',
+        "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts if v), "</dl></div>",
+        "<h2>Hosts</h2>",
+        '<div class="wrap"><table class="hosts"><thead><tr><th>host</th><th>outcome</th>'
+        "<th>duration</th><th>error</th><th>logs</th></tr></thead><tbody>",
+        "".join(rows) or '<tr><td colspan="5">no hosts recorded</td></tr>',
+        "</tbody></table></div>",
+        "<h2>Timeline</h2>", '<div class="wrap" style="padding:6px">',
+        _report_timeline(groups, lanes), "</div>",
+        '<p class="legend">' + " ".join(_report_badge(c) for c in _REPORT_COLOURS) + "</p>"]
+    if problem_rows:
+        parts += ["<h2>Failures and warnings</h2>",
+                  '<div class="wrap"><table class="problems"><thead><tr><th>status</th>'
+                  "<th>host</th><th>operation</th><th>message</th></tr></thead><tbody>",
+                  problem_rows, "</tbody></table></div>"]
+    parts += ["<h2>Job files</h2>", '<p class="links">',
+              " ".join(f'<a href="{_report_href(p)}">{_report_text(p)}</a>' for p in job_links),
+              "</p>", f'<p class="links">debug: {debug}</p>' if debug else "",
+              f"<p><small>autoserv {_report_text(__version__)}, report written "
+              f"{_report_text(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}</small></p>",
+              "</main></body></html>", ""]
+    return "\n".join(parts)
+
+
+def write_report(resultdir):
+    """Writes resultdir/index.html (see report_html); returns its path.
+    Raises AutoservUsageError when resultdir is not a results dir."""
+    if not any(os.path.isfile(os.path.join(resultdir, n)) for n in ("summary.json",
+                                                                    "status.log")):
+        raise AutoservUsageError(f"report: {resultdir}: not a results dir (no summary.json "
+                                 "or status.log); give the dir a job wrote (-r)")
+    path = os.path.join(resultdir, "index.html")
+    _write_atomic(path, report_html(resultdir))
+    return path
+
+
+def _report_quietly(resultdir):
+    """write_report at a job's end: a report that cannot be written is a
+    line in the debug log, never a change to the job's outcome."""
+    try:
+        write_report(resultdir)
+    except Exception as e:
+        LOG.write(f"report: could not write {resultdir}/index.html: {e}")
+
+
+def _report_main(argv):
+    """`autoserv.py report RESULTS_DIR...`: (re)writes each one's index.html."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: autoserv report RESULTS_DIR...\n\nWrites RESULTS_DIR/index.html, "
+              "the job's report page, from the files in it.")
+        return 0 if argv else 2
+    try:
+        for resultdir in argv:
+            _say(f"wrote {write_report(os.path.abspath(resultdir))}")
+    except AutoservUsageError as e:
+        _say(f"error: {e}")
+        return 2
+    return 0
+
+
 # CLI ##########################################################################
 
 def _parser():
@@ -8618,7 +9313,11 @@ def _parser():
     a("--slurm-timeout", type=float, default=7 * 86400.0, metavar="S",
       help="--slurm: cancel the array if it has not ended after S seconds (default 7 days)")
     a("-v", "--verbose", action="store_true", help="echo the debug log")
-    a("-q", "--quiet", action="store_true", help="say nothing but errors")
+    a("-q", "--quiet", action="store_true", help="say nothing but errors (no progress "
+      "lines, no live view)")
+    a("--stall-warn", type=float, default=STALL_WARN, metavar="S",
+      help="warn when a command has printed nothing for S seconds (again with back-off; "
+      "0: never; default %(default)g)")
     a("--version", action="version", version=f"autoserv {__version__}")
     return p
 
@@ -8749,6 +9448,8 @@ def main(argv=None):
 def _main(argv):
     if argv[:1] == ["merge"]:       # a control file named merge: ./merge
         return _merge_main(argv[1:])
+    if argv[:1] == ["report"]:      # likewise: ./report
+        return _report_main(argv[1:])
     try:
         opts = _parser().parse_args(argv)
         if opts.control is None:
@@ -8786,6 +9487,8 @@ def _main(argv):
                 raise AutoservUsageError(f"-a {extra!r}: {e}")
         if opts.max_parallel is not None and opts.max_parallel < 1:
             raise AutoservUsageError("-j/--max-parallel must be 1 or more")
+        if opts.stall_warn < 0:
+            raise AutoservUsageError("--stall-warn S: S must be 0 (never) or more seconds")
         for flag, value in (("--ssh-config", opts.ssh_config), ("-i", opts.identity)):
             if value and not os.path.isfile(value):
                 raise AutoservUsageError(f"{flag} {value}: no such file")
@@ -8816,6 +9519,7 @@ def _main(argv):
         _say(f"error: {e}")
         return 2
     _PARALLEL["max"] = opts.max_parallel
+    _WATCH.update(quiet=opts.quiet, stall_warn=opts.stall_warn)
     LOG.console(verbose=opts.verbose, quiet=opts.quiet)
     if opts.slurm is not None:
         return _slurm_run(opts, argv, resultdir, groups, source)
@@ -8907,6 +9611,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     if junit:
         job.write_junit(junit, outcome, error)
     job.write_keyval({"job_finished": int(time.time()), "exit_status": status})
+    _report_quietly(resultdir)
     LOG.write(f"job ended: {outcome}, exit status {status}")
     LOG.close()
     if error:

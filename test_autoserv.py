@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import difflib
 import glob
+import html
 import inspect
 import io
 import json
@@ -400,6 +401,60 @@ def run_cli(*args, cwd=None, timeout=120, env=None, input=None):
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL if input is None else None,
                           input=input)
+
+
+def run_in_pty(*args, timeout=120, env=None, cwd=None, columns=140, term="xterm",
+               interrupt_when=None):
+    """autoserv with stdin, stdout and stderr on a new pseudo-terminal:
+    (exit status, everything it wrote there, as text).  interrupt_when(text
+    so far): once it says True, SIGINT to autoserv's process group, as a
+    terminal's Ctrl-C."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = dict(env or os.environ, TERM=term)
+    env.pop("COLUMNS", None)
+    p = subprocess.Popen([sys.executable, AUTOSERV, *args], stdin=slave, stdout=slave,
+                         stderr=slave, env=env, cwd=cwd, start_new_session=True)
+    os.close(slave)
+    data, end = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:         # EIO: every writer has closed it
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            elif p.poll() is not None:
+                break
+            if interrupt_when and interrupt_when(data.decode("utf-8", "replace")):
+                interrupt_when = None
+                os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.kill()
+            raise AssertionError(f"autoserv on a pty still running after {timeout} s")
+        return p.wait(10), data.decode("utf-8", "replace")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+
+
+def live_view_frames(text):
+    """The live view's frames: the rows drawn between two cursor-up moves."""
+    frames = []
+    for part in re.split(r"\x1b\[\d+A", text):
+        rows = [r for r in part.split("\r\x1b[K")[1:]]
+        if rows:
+            frames.append([r.rstrip("\r\n") for r in rows])
+    return frames
 
 
 class CmdlineSampler:
@@ -4886,6 +4941,175 @@ class TestFanOut(unittest.TestCase):
         import xml.etree.ElementTree as ET
         self.assertEqual(len(ET.parse(junit).getroot()), 16)
 
+    def watch_control(self, text):
+        ctl = os.path.join(self.tmp, "watch.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(text))
+        return ctl
+
+    def test_on_a_terminal_the_live_view_redraws_a_row_per_host_to_its_final_state(self):
+        names = self.hosts.names[:4]
+        ctl = self.watch_control("""\
+            def work(name):
+                h = hosts.SSHHost(name)
+                job.record("START", None, "warmup")
+                h.run("sleep 1.2")
+                job.record("END GOOD", None, "warmup")
+                job.record("START", None, "soak")
+                h.run("sleep 1.2; echo soaked on $(uname -n)", stdout_tee=sys.stdout)
+                if name.endswith("2"):
+                    job.record("FAIL", None, "soak", "it broke")
+                job.record("END GOOD", None, "soak")
+            import sys
+            parallel_simple(work, machines)
+            """)
+        res = os.path.join(self.tmp, "res")
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r", res,
+                                  "-m", ",".join(names), ctl)
+        self.assertEqual(status, 3, text)
+        frames = live_view_frames(text)
+        self.assertGreater(len(frames), 3, text)
+        self.assertTrue(all(len(f) == len(names) for f in frames), frames)
+        for row, name in enumerate(names):
+            mine = [f[row] for f in frames]
+            self.assertTrue(all(r.startswith(name + " ") for r in mine), mine)
+            self.assertTrue(any(" running " in r and "warmup" in r for r in mine), mine)
+            self.assertTrue(any(" running " in r and "soak" in r for r in mine), mine)
+            final = "FAIL" if name.endswith("2") else "GOOD"
+            self.assertIn(f" {final} ", frames[-1][row])
+            self.assertIn(f"soaked on {name}", frames[-1][row])
+        # The output went to the hosts' files, not as prefixed lines.
+        self.assertNotIn(f"{names[0]} : soaked", text)
+        self.assertIn(f"soaked on {names[0]}",
+                      open(os.path.join(res, names[0], "debug", "stdout")).read())
+
+    def test_ctrl_c_under_the_live_view_stops_every_task_and_leaves_the_final_rows(self):
+        names = self.hosts.names[:3]
+        ctl = self.watch_control("""\
+            def work(name):
+                hosts.SSHHost(name).run("sleep 41.25")
+            parallel_simple(work, machines)
+            """)
+        t0 = time.monotonic()
+        status, text = run_in_pty(
+            "--ssh-config", self.hosts.ssh_config, "-r", os.path.join(self.tmp, "res"),
+            "-m", ",".join(names), ctl, timeout=60,
+            interrupt_when=lambda text: len([p for p in comm_pids("sleep")
+                                             if p in processes_with("41.25")]) >= 3)
+        self.assertEqual(status, 130, text)
+        self.assertLess(time.monotonic() - t0, 35)
+        last = live_view_frames(text)[-1]
+        self.assertEqual([row.split()[:2] for row in last], [[n, "ABORT"] for n in names])
+        wait_for(lambda: not processes_with("41.25"), 15, what="the remote sleeps ending")
+
+    def test_off_a_terminal_parallel_output_stays_prefixed_lines(self):
+        names = self.hosts.names[:2]
+        ctl = self.watch_control("""\
+            def work(name):
+                print(hosts.SSHHost(name).run("uname -n").stdout.strip())
+            parallel_simple(work, machines)
+            """)
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
+                      os.path.join(self.tmp, "res"), "-m", ",".join(names), ctl,
+                      env=dict(os.environ, TERM="xterm"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for name in names:
+            self.assertIn(f"{name} : {name}\n", out.stdout)
+        self.assertNotIn("\x1b[", out.stdout + out.stderr)
+        # TERM=dumb on a terminal: the same prefixed lines, no redraw.
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res2"), "-m", ",".join(names), ctl,
+                                  term="dumb")
+        self.assertEqual(status, 0, text)
+        self.assertNotIn("\x1b[", text)
+        for name in names:
+            self.assertIn(f"{name} : {name}", text)
+
+    def test_off_a_terminal_a_wait_prints_a_plain_progress_line_each_interval(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            print("went down:", h.wait_down(timeout=4.5))
+            """)
+        env = dict(os.environ, AUTOSERV_PROGRESS_EVERY="1")
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
+                      os.path.join(self.tmp, "res"), "-m", name, ctl, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "went down: False\n")
+        lines = [l for l in out.stderr.splitlines() if "going down" in l]
+        self.assertTrue(3 <= len(lines) <= 5, out.stderr)
+        seconds = [int(re.fullmatch(rf"autoserv: {name}: going down (\d+) s / 4 s", l).group(1))
+                   for l in lines]
+        self.assertEqual(seconds, sorted(seconds))
+        self.assertEqual(len(set(seconds)), len(seconds))
+        self.assertNotIn("\r", out.stderr)
+        # -q: none of it.
+        quiet = run_cli("-q", "--ssh-config", self.hosts.ssh_config, "-r",
+                        os.path.join(self.tmp, "res2"), "-m", name, ctl, env=env)
+        self.assertEqual(quiet.returncode, 0, quiet.stderr)
+        self.assertNotIn("going down", quiet.stderr)
+
+    def test_on_a_terminal_a_wait_is_one_line_redrawn_then_cleared(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            print("went down:", h.wait_down(timeout=2.5))
+            """)
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res"), "-m", name, ctl)
+        self.assertEqual(status, 0, text)
+        draws = re.findall(rf"\r\x1b\[Kautoserv: {name}: going down (\d+) s / 2 s", text)
+        self.assertGreaterEqual(len(draws), 3, repr(text))
+        # Cleared at the end: the next output starts on a blank line.
+        self.assertIn("\r\x1b[Kwent down: False", text)
+
+    def test_on_a_terminal_a_big_send_file_shows_its_bytes_and_rate(self):
+        name = self.hosts.names[0]
+        big = os.path.join(self.tmp, "big")
+        with open(big, "wb") as f:          # sparse here; 2 GiB on the wire
+            f.truncate(2 << 30)
+        os.chmod(self.tmp, 0o755)
+        ctl = self.watch_control(f"""\
+            h = hosts.SSHHost(machines[0])
+            d = h.get_tmp_dir()
+            h.send_file({big!r}, d + "/big")
+            print("size", h.run("stat -c %s " + d + "/big").stdout.strip())
+            """)
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res"), "-m", name, ctl, timeout=300)
+        self.assertEqual(status, 0, text)
+        self.assertIn(f"size {2 << 30}", text)
+        rates = re.findall(rf"\r\x1b\[Kautoserv: {name}: send_file \d+ s, ([\d.]+) (MiB|GiB) "
+                           r"of 2\.0 GiB at ([\d.]+) [MG]iB/s", text)
+        self.assertTrue(rates, repr(text[-2000:]))
+        sizes = [float(n) * (1024 if unit == "GiB" else 1) for n, unit, _ in rates]
+        self.assertEqual(sizes, sorted(sizes))
+        self.assertLessEqual(sizes[-1], 2048 * 1.01)
+        self.assertTrue(all(float(rate) > 0 for _, _, rate in rates))
+
+    def test_a_silent_command_gets_exactly_the_expected_stall_warnings(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            r = h.run("sleep 5.5")
+            print(repr(r.stdout), repr(r.stderr))
+            h.run("sleep 3", stall_warn=0)
+            h.run("for i in 1 2 3 4 5; do echo $i; sleep 1; done")
+            """)
+        for how in ([], ["--persistent"]):     # its own ssh session; the agent
+            with self.subTest(how=how):
+                res = os.path.join(self.tmp, "res" + "".join(how))
+                out = run_cli("--stall-warn", "2", *how, "--ssh-config", self.hosts.ssh_config,
+                              "-r", res, "-m", name, ctl)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout, "'' ''\n")
+                warnings = [l for l in out.stderr.splitlines() if "stall" in l]
+                self.assertEqual(warnings, [
+                    f"autoserv: stall: {name}: 'sleep 5.5' has printed nothing for {n} s; "
+                    "still running (stall warning after 2 s)" for n in (2, 4)], out.stderr)
+                log = open(os.path.join(res, "debug", "autoserv.log")).read()
+                self.assertEqual(log.count("stall: "), 2, log)
+
     def test_one_host_partitioned_mid_run_the_others_complete(self):
         res = os.path.join(self.tmp, "res")
         victim = 5
@@ -5731,6 +5955,41 @@ class TestInstallables(unittest.TestCase):
                 unavailable("python3-pyftpdlib is missing: no FTP server on loopback")
             got = obj.get(f"{self.served.ftp_url}/{os.path.basename(self.rpm)}")
             self.assertEqual(open(got, "rb").read(), open(self.rpm, "rb").read())
+
+    def test_a_slow_download_prints_its_bytes_and_rate_off_a_terminal(self):
+        import http.server
+
+        class Slow(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(8 * 65536))
+                self.end_headers()
+                for _ in range(8):              # 512 KiB in about 2.4 s
+                    self.wfile.write(b"x" * 65536)
+                    self.wfile.flush()
+                    time.sleep(0.3)
+
+            def log_message(self, *args):
+                pass
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        err = io.StringIO()
+        os.environ["AUTOSERV_PROGRESS_EVERY"] = "0.5"
+        try:
+            with contextlib.redirect_stderr(err):
+                got = autoserv.InstallableObject().get(
+                    f"http://127.0.0.1:{server.server_address[1]}/pkg.deb")
+        finally:
+            del os.environ["AUTOSERV_PROGRESS_EVERY"]
+        self.assertEqual(os.path.getsize(got), 8 * 65536)
+        lines = err.getvalue().splitlines()
+        sizes = [float(m.group(1)) for m in (re.fullmatch(
+            r"autoserv: server: downloading \d+ s, ([\d.]+) KiB of 512\.0 KiB at [\d.]+ KiB/s",
+            line) for line in lines) if m]
+        self.assertGreaterEqual(len(sizes), 2, lines)
+        self.assertEqual(sizes, sorted(sizes))
 
     def test_get_errors_name_the_location_and_the_reason(self):
         obj = autoserv.InstallableObject()
@@ -6921,6 +7180,86 @@ class TestReboot(unittest.TestCase):
             self.assertIn("QMP", str(cm.exception))
         finally:
             self.guest.qmp_socket = sock
+
+    def test_the_report_of_a_job_with_a_reboot_a_failure_and_hostile_output_renders_inert(self):
+        """index.html of a job over several hosts (this guest rebooted, a
+        failed test, output and errors holding markup and escapes), opened
+        in headless chromium: no console message (a blocked script or load
+        would say so), the host table and a timeline lane per host in the
+        DOM, nothing of the hosts' text turned into markup.  The screenshot
+        is copied to $AUTOSERV_REPORT_PNG when that is set (README's)."""
+        need("chromium")
+        hostile = "<script>document.title='pwned'</script>\\033[31mred\\033]0;t\\a<img src=x>"
+        ctl = os.path.join(self.tmp, "report.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                def work(name):
+                    if name == "guest":
+                        g = hosts.SSHHost("127.0.0.1", port={self.guest.port},
+                                          identity={self.img["key"]!r},
+                                          host_key_policy="ephemeral")
+                        g.run("echo booted once")
+                        g.reboot(reboot_cmd="sleep 1; reboot -f", timeout=180)
+                    elif name == "failing":
+                        job.record("START", None, "unit")
+                        job.record("FAIL", None, "unit", "Traceback (most recent call "
+                                   "last):\\n  File 't.py', line 3\\nAssertionError: 2 != 3")
+                        job.record("END FAIL", None, "unit")
+                    else:
+                        out = hosts.create_host("localhost").run("printf '{hostile}'").stdout
+                        job.record("INFO", None, "echo", out)
+                        raise ValueError(out)
+                parallel_simple(work, ["guest", "failing", "hostile<i>x"])
+                """))
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("-r", res, ctl, timeout=300)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        page = os.path.join(res, "index.html")
+        html_text = open(page, encoding="utf-8").read()
+        self.assertNotIn("<script", html_text.lower())
+        self.assertNotIn("\x1b", html_text)
+        self.assertIn("&lt;script&gt;document.title=", html_text)
+        # `report` writes the same page again from the files alone.
+        os.unlink(page)
+        again = run_cli("report", res)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        hosts = sorted(summary["hosts"])
+        self.assertTrue({"guest", "failing", "hostile<i>x"} <= set(hosts), hosts)
+        chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--enable-logging=stderr", "--v=0", "--window-size=1280,900"]
+        dump = subprocess.run(chromium + ["--dump-dom", "file://" + page],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(dump.returncode, 0, dump.stderr)
+        dom = dump.stdout
+        console = [l for l in dump.stderr.splitlines() if ":CONSOLE" in l]
+        self.assertEqual(console, [])
+        self.assertIn("<title>autoserv: FAIL: res</title>", dom)
+        self.assertNotIn("<script", dom.lower())
+        self.assertNotIn("<img", dom.lower())
+        self.assertEqual(sorted(html.unescape(h) for h in re.findall(
+            r'<tr class="host" data-host="([^"]*)"', dom)), hosts)
+        self.assertEqual(sorted(html.unescape(h) for h in re.findall(
+            r'<g class="lane" data-host="([^"]*)"', dom)), hosts)
+        guest_lane = dom[dom.index('<g class="lane" data-host="guest"'):]
+        guest_lane = guest_lane[:guest_lane.index("</g>")]
+        self.assertIn("reboot: GOOD", guest_lane)
+        self.assertRegex(dom, r'(?s)<details><summary>AssertionError: 2 != 3</summary>'
+                              r'<pre>Traceback')
+        for link in ("control.srv", "debug/autoserv.log", "guest/debug/stdout",
+                     "hostile%3Ci%3Ex/debug/stderr"):
+            self.assertIn(f'href="./{link}"', dom)
+        shot = os.path.join(self.tmp, "report.png")
+        for width, path in ((1280, shot), (390, os.path.join(self.tmp, "phone.png"))):
+            taken = subprocess.run(chromium[:-1] + [f"--window-size={width},900",
+                                                    f"--screenshot={path}", "file://" + page],
+                                   capture_output=True, text=True, timeout=120)
+            self.assertEqual(taken.returncode, 0, taken.stderr)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        if os.environ.get("AUTOSERV_REPORT_PNG"):
+            shutil.copy(shot, os.environ["AUTOSERV_REPORT_PNG"])
+
 
 
 _CHASSIS_PY = """#!%(python)s
@@ -8459,6 +8798,31 @@ class TestShards(unittest.TestCase):
             self.assertTrue(os.path.islink(os.path.join(out, host)), host)
             self.assertTrue(os.path.isdir(os.path.join(out, host)), host)
         self.assertTrue(os.path.isdir(os.path.join(out, "debug", "shard.1")))
+
+    def test_a_merged_dir_has_a_report_with_a_lane_per_host_through_the_shards(self):
+        dirs = [self.shard(f"{i}/2") for i in range(2)]
+        out = os.path.join(self.tmp, "merged")
+        r = run_cli("merge", "-r", out, *dirs)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+        everyone = "a1 b1 b2 c1 c2 d1 e1 f1 g1".split()
+        self.assertEqual(sorted(re.findall(r'<tr class="host" data-host="([^"]*)"', page)),
+                         everyone)
+        lanes = re.findall(r'(?s)<g class="lane" data-host="([^"]*)">(.*?)</g>', page)
+        self.assertEqual(sorted(name for name, _ in lanes), everyone)
+        for name, body in lanes:        # each host's task group, found under its shard's
+            self.assertIn('class="bar"', body, name)
+        self.assertIn('href="./a1/debug/stdout"', page)
+        self.assertIn("2 of 2 merged", page)
+        # `report` again on it, on a shard, and on a dir that is no results dir.
+        again = run_cli("report", out, dirs[0])
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertTrue(os.path.isfile(os.path.join(dirs[0], "index.html")))
+        bad = run_cli("report", self.tmp)
+        self.assertEqual(bad.returncode, 2)
+        self.assertEqual(bad.stderr.strip().splitlines(), [
+            f"autoserv: error: report: {self.tmp}: not a results dir (no summary.json or "
+            "status.log); give the dir a job wrote (-r)"])
 
     def test_merge_refuses_shards_that_are_not_one_job(self):
         dirs = [self.shard(f"{i}/3") for i in range(3)]
