@@ -108,7 +108,7 @@ _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": Non
                  "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
                  "alive_interval": DEFAULT_ALIVE_INTERVAL,
                  "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
-_CTRL = {"dir": None, "pid": None}      # this process's ssh control dir (_ctrl_dir)
+_CTRL = {"dir": None, "pid": None}      # the job's ssh control dir (_ctrl_dir)
 _PARALLEL = {"max": None}               # parallel()'s limit on tasks at once
 
 
@@ -905,6 +905,19 @@ def _stdin_bytes(stdin):
         data = stdin.read()
         return data.encode() if isinstance(data, str) else data
     raise AutoservUsageError(f"stdin must be str, bytes or a file object, not {type(stdin).__name__}")
+
+
+def _default_stop_signals():
+    """A preexec_fn for children that must hear SIGTERM and SIGINT (an ssh
+    master, the masters' watchdog): an ignored signal stays ignored across
+    exec and a blocked one blocked, and OpenSSH keeps an ignored TERM
+    ignored.  The job's cleanup runs with both ignored (a master restarted
+    there to remove temp dirs) and parallel() blocks them around its forks;
+    a master started then sat out its TERM until the KILL after the 2 s
+    grace (measured: 2.00 s to stop one started with TERM ignored)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _killpg(pid, sig):
@@ -2761,8 +2774,11 @@ def set_ssh_defaults(**kwargs):
 
 
 def _ctrl_dir():
-    """A private 0700 dir with a short path for control sockets and per-job
-    known_hosts files (a socket path has about 90 usable bytes)."""
+    """The job's private 0700 dir with a short path for control sockets,
+    their registry and per-job known_hosts files (a socket path has about
+    90 usable bytes).  Made once by the job process (or a library script's
+    main process), which owns it: parallel() makes it before forking, so
+    every task shares it and finds the masters the others started."""
     if _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"]):
         base = tempfile.gettempdir()
         if len(base) > 40 or not os.access(base, os.W_OK):
@@ -2773,9 +2789,230 @@ def _ctrl_dir():
 
 
 def _remove_ctrl_dir():
+    """In the process that owns the control dir: ends every master any
+    process of the job started (by the PIDs they registered) and the
+    watchdog, and removes the dir.  Elsewhere (a task) nothing: the
+    masters serve the rest of the job."""
     if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
-        shutil.rmtree(_CTRL["dir"], ignore_errors=True)
+        top = _CTRL["dir"]
+        dog = _registered_pid(os.path.join(top, "watchdog"), top)
+        _end_registered_masters(top)
+        if dog is not None:
+            _end_processes([dog], grace=1.0)
+        shutil.rmtree(top, ignore_errors=True)
         _CTRL["dir"] = None
+
+
+# The job's masters must end with the process that owns them however it ends,
+# SIGKILL included, when none of its Python code runs.  Why a watchdog and not
+# prctl(PR_SET_PDEATHSIG) on each master: the death signal follows the
+# *thread* that forked the master, and a master must outlive the parallel()
+# task that started it (the point of job-wide connections), so it would need
+# re-parenting to the job process first.  Pipes held by the job are no good
+# either: every forked task inherits them.  So the job has one small process
+# (its own session: a Ctrl-C does not reach it) that waits for the owner's
+# death (a pidfd; without one, kill(pid, 0) every 0.5 s) and then does
+# what the owner's cleanup would have: TERM, then KILL, every registered
+# master, and removes the control dir.  It starts with the job's first master
+# (a job that never uses ssh has none), started by whichever process starts
+# that master, and registers itself as top/watchdog.  On a normal end the
+# owner does the sweep itself and TERMs the watchdog (default action: it dies
+# at once); one whose control dir is gone leaves on its own.
+_WATCHDOG_PY = textwrap.dedent(r'''
+    import os, select, shutil, signal, sys, time
+    top, owner = sys.argv[1], int(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Wait for the owner to die (or its dir to go: it ended normally).
+    try:
+        fd = os.pidfd_open(owner)
+    except (AttributeError, OSError):
+        fd = None
+    while os.path.isdir(top):
+        if fd is not None:
+            if select.select([fd], [], [], 5.0)[0]:
+                break
+        else:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                break
+            except OSError:
+                pass
+            time.sleep(0.5)
+    if not os.path.isdir(top):
+        sys.exit(0)
+    # End each registered master that still is one of this dir's.
+    left = []
+    for name in os.listdir(top):
+        if not (name.startswith("m-") and name.endswith(".pid")):
+            continue
+        try:
+            with open(os.path.join(top, name)) as f:
+                pid = int(f.read())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                if ("ControlPath=" + top + "/").encode() not in f.read():
+                    continue
+            os.kill(pid, signal.SIGTERM)
+            left.append(pid)
+        except (OSError, ValueError):
+            pass
+    def running(pid):
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except (OSError, IndexError):
+            return False
+    end = time.monotonic() + 2.0
+    while left and time.monotonic() < end:
+        time.sleep(0.05)
+        left = [p for p in left if running(p)]
+        for pid in left:        # again: see _end_processes
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    shutil.rmtree(top, ignore_errors=True)
+''')
+
+
+def _ensure_watchdog(top):
+    """Starts the job's watchdog over control dir top (see _WATCHDOG_PY)
+    unless one runs; any process of the job may, once it has registered a
+    master.  Its owner is the dir's owner, wherever it is started."""
+    path = os.path.join(top, "watchdog")
+    lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _registered_pid(path, top) is not None:
+            return
+        try:
+            proc = _popen([sys.executable or "python3", "-I", "-S", "-c", _WATCHDOG_PY,
+                           top, str(_CTRL["pid"])], stdin=DEVNULL, stdout=DEVNULL,
+                          stderr=DEVNULL, preexec_fn=_default_stop_signals)
+        except OSError as e:
+            LOG.write(f"no watchdog for the job's ssh masters: {e}")
+            return
+        proc.returncode = 0     # ended by PID, by the dir's owner: no Popen wait here
+        _write_atomic(path + ".pid", f"{proc.pid}\n")
+    finally:
+        os.close(lock)
+
+
+def _registered_pid(path, word):
+    """The PID registered in path.pid, if that process still runs and its
+    command line holds `word` (a master: its ControlPath=...; the watchdog:
+    its dir), so that a reused PID is never taken for it; else None."""
+    try:
+        with open(path + ".pid") as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return None
+    if not _pid_running(pid) or word.encode() + b"\0" not in cmdline:
+        return None
+    return pid
+
+
+def _registered_master(path):
+    """The PID of the master registered for control path `path`, or None."""
+    return _registered_pid(path, f"ControlPath={path}")
+
+
+def _end_processes(pids, grace=2.0):
+    """TERM every pid at once (ssh closes its connection and removes its
+    socket, as `-O exit` would), then KILL what is left after grace: one
+    grace for all of them, not one each.
+
+    The TERM is sent again every 50 ms, so that one a busy master missed
+    is heard as soon as it can be (cheap: a master that hears none is
+    KILLed after the grace, which is what a job used to wait 2 s for)."""
+    left = list(pids)
+    end = time.monotonic() + grace
+    next_term = 0.0
+    while True:
+        if time.monotonic() >= next_term:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+            next_term = time.monotonic() + 0.05
+        for pid in list(left):
+            try:                 # our child (we or a task started it): reap it
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    left.remove(pid)
+                    continue
+            except ChildProcessError:
+                pass
+            if not _pid_running(pid):
+                left.remove(pid)
+        if not left or time.monotonic() >= end:
+            break
+        time.sleep(0.01)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _pid_running(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+class _PidHandle:
+    """A process known by its PID only (a master another process of the job
+    started): pid, poll() (None while it runs) and wait(timeout), as a
+    Popen has them."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def __repr__(self):
+        return f"<_PidHandle {self.pid}>"
+
+    def poll(self):
+        try:                        # our child after all (a task's, re-parented)
+            if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                return 0
+        except ChildProcessError:
+            pass
+        return None if _pid_running(self.pid) else 0
+
+    def wait(self, timeout=None):
+        end = _monotonic_deadline(timeout)
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise _subprocess().TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.01)
+        return 0
+
+
+def _end_registered_masters(top):
+    """Ends every master registered in control dir top (see _SSHLink)."""
+    try:
+        names = [n for n in os.listdir(top) if n.startswith("m-") and n.endswith(".pid")]
+    except OSError:
+        return
+    pids = []
+    for name in names:
+        pid = _registered_master(os.path.join(top, name[:-4]))
+        if pid is not None:
+            pids.append(pid)
+    _end_processes(pids)
+    for name in names:
+        _remove_quietly(os.path.join(top, name))
 
 
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
@@ -3048,16 +3285,25 @@ class _SSHLink:
     """One host's ssh transport, as the system ssh makes it (config,
     ProxyJump, aliases behave as in plain ssh): the command line (fixed
     options, the host key policy, the caller's -o values), one ControlMaster
-    per host and process, one command as its own session over it, and what
-    ssh's stderr says went wrong (an AutoservSSHError subclass).
+    per connection and job, one command as its own session over it, and
+    what ssh's stderr says went wrong (an AutoservSSHError subclass).
+
+    The master is the job's, not the process's: its socket is in the job's
+    control dir (_ctrl_dir) under a name made of the connection's identity
+    (host, user, port, config, options...), so any process of the job (a
+    parallel() task, a later round's task, the job process) that makes a
+    host for the same machine finds it warm.  Whoever starts it does so under
+    a flock of that name (two tasks never both start one) and registers its
+    PID beside the socket (name.pid); the process that owns the control dir
+    ends every registered master at its end, or its watchdog does if it dies
+    (see _WATCHDOG_PY).  A task's close() leaves the master to the job.
 
     Its settings (the constructor's keywords, defaults from
     set_ssh_defaults()) are plain attributes; SSHHost shows them as its
-    own.  Read-only for others: master (the ssh -M process), master_owner
-    (the pid that started it: a task forked by parallel() shares this
-    object and must never stop its parent's master), master_seen (the
-    master pid master_alive() last reached), ctrl_path (this process's
-    control socket, or None)."""
+    own.  Read-only for others: master (the ssh -M process this process
+    started, or None), master_owner (the pid that started it),
+    master_seen (the master pid master_alive() last reached), ctrl_path
+    (the control socket last used, or None)."""
 
     _counter = 0              # links made in this process: each one's file names are its own
 
@@ -3118,9 +3364,21 @@ class _SSHLink:
             opts += ["-p", str(self.port)]
         return opts
 
+    def identity_key(self):
+        """A short name for this connection's identity: what decides which
+        master may carry it (never the connect timeout: it only bounds the
+        start)."""
+        import hashlib
+        ident = repr((self.hostname, self.user, self.port, self.identity, self.ssh_config,
+                      tuple(self.ssh_options), self.host_key_policy, self.known_hosts,
+                      self.alive_interval, self.alive_count))
+        return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
     def known_hosts_file(self):
         if self.host_key_policy == "ephemeral":
-            path = os.path.join(_ctrl_dir(), f"kh-{os.getpid()}-{self.index}")
+            # The job's, per connection: every process of the job passes the
+            # same options to the master it shares.
+            path = os.path.join(_ctrl_dir(), f"kh-{self.identity_key()}")
         else:
             path = self.known_hosts
         if path and not os.path.exists(path):
@@ -3141,7 +3399,8 @@ class _SSHLink:
             return False
         if self.master is not None and self.master_owner == os.getpid() \
                 and self.master.poll() is not None:
-            return False
+            # Ours died; another process of the job may serve the path now.
+            self.master = None
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(path)
@@ -3176,18 +3435,33 @@ class _SSHLink:
             s.close()
 
     def ensure_master(self, connect_timeout=None):
-        if self.master_alive():
+        """A live master for this connection: the job's if one serves
+        (whoever started it), else one started here under the name's lock."""
+        path = os.path.join(_ctrl_dir(), "m-" + self.identity_key())
+        if path == self.ctrl_path and self.master_alive():
             return
-        path = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self.index}")
+        self.ctrl_path = path
+        if self.master_alive():        # another process of the job started it
+            return
         lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.ctrl_path = path
-            if self.master_alive():
+            if self.master_alive():    # started while we waited for the lock
                 return
             self._start_master(path, connect_timeout)
         finally:
             os.close(lock)
+
+    @property
+    def master_process(self):
+        """The master this process reached last: its ssh Popen when this
+        process started it, else a handle on its PID (pid, poll(), wait())."""
+        if self.master is not None and self.master_owner == os.getpid() \
+                and (self.master_seen in (None, self.master.pid)):
+            return self.master
+        if self.master_seen is None:
+            return None
+        return _PidHandle(self.master_seen)
 
     def _start_master(self, path, connect_timeout, retried=False):
         """Starts the master, again while the connect timeout lasts when the
@@ -3222,7 +3496,8 @@ class _SSHLink:
         LOG.write("starting ssh master: " + " ".join(shlex.quote(a) for a in argv),
                   self.hostname)
         with open(errlog, "wb") as err:
-            proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err)
+            proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err,
+                          preexec_fn=_default_stop_signals)
         self.master, self.master_owner = proc, os.getpid()
         ct = connect_timeout or self.connect_timeout
         deadline = time.monotonic() + ct + 5
@@ -3231,6 +3506,9 @@ class _SSHLink:
             if proc.poll() is not None:
                 break
             if os.path.exists(path) and self.master_alive():
+                # Registered with the job: its owner (or its watchdog) ends it.
+                _write_atomic(path + ".pid", f"{proc.pid}\n")
+                _ensure_watchdog(os.path.dirname(path))
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 0.005)   # a stat and a connect: cheap
@@ -3253,13 +3531,23 @@ class _SSHLink:
         raise error
 
     def stop_master(self):
-        proc = self.master
-        self.master = None
-        if proc is None or self.master_owner != os.getpid():
-            return
-        # Our own child: TERM makes ssh close the connection and remove its
-        # socket as `ssh -O exit` would, without spawning a process for it.
-        _terminate(proc, 2.0, group=False, kill_wait=5.0)
+        """Ends the master of this connection, whichever process of the job
+        started it (a reset or a reboot killed its link; a dead one is
+        restarted): TERM makes ssh close the connection and remove its
+        socket as `ssh -O exit` would, without a process for it."""
+        proc, self.master = self.master, None
+        pids = []
+        if proc is not None and self.master_owner == os.getpid() and proc.poll() is None:
+            pids.append(proc.pid)
+        registered = self.ctrl_path and _registered_master(self.ctrl_path)
+        if registered and registered not in pids:
+            pids.append(registered)
+        if pids:
+            _end_processes(pids)
+        if proc is not None and self.master_owner == os.getpid():
+            _terminate(proc, 0, group=False, kill_wait=5.0)     # reaped (KILLed if need be)
+        if self.ctrl_path:
+            _remove_quietly(self.ctrl_path + ".pid")
 
     def transport_error(self, stderr_text, started, rc=None):
         lines = _ssh_lines(stderr_text, started)
@@ -3374,14 +3662,16 @@ class _SSHLink:
         return result
 
     def close(self):
-        """Ends this process's master and removes its socket files."""
+        """In the process that owns the job's control dir: ends the master
+        and removes its socket files.  In any other (a parallel() task) it
+        leaves the master to serve the rest of the job, which ends it."""
+        if _CTRL["pid"] != os.getpid():
+            self.master = None
+            return
         self.stop_master()
-        if self.ctrl_path and self.master_owner == os.getpid():
-            for suffix in ("", ".lock"):
-                try:
-                    os.unlink(self.ctrl_path + suffix)
-                except OSError:
-                    pass
+        if self.ctrl_path:
+            for suffix in ("", ".lock", ".err"):
+                _remove_quietly(self.ctrl_path + suffix)
 
 
 class _SSHAgent:
@@ -3418,7 +3708,7 @@ class _SSHAgent:
         run_id = _run_id()
         remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
                   f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
-        errlog = self.link.ctrl_path + ".agent"
+        errlog = f"{self.link.ctrl_path}.{os.getpid()}.agent"
         with open(errlog, "wb") as err:
             proc = _popen(self.link.argv(connect_timeout) + [remote], stdin=PIPE,
                           stdout=PIPE, stderr=err)
@@ -3457,7 +3747,7 @@ class _SSHAgent:
         if not agent or agent["owner"] != os.getpid():
             return
         _end_agent_process(agent["proc"])
-        for path in (agent["local"], self.link.ctrl_path + ".agent"):
+        for path in (agent["local"], f"{self.link.ctrl_path}.{os.getpid()}.agent"):
             try:
                 os.unlink(path)
             except OSError:
@@ -4533,7 +4823,7 @@ class SSHHost(RemoteHost):
     alive_interval = _Via("_link")
     alive_count = _Via("_link")
     # Collaborators' state that tests and debugging sessions look at.
-    _master = _Via("_link", "master")
+    _master = _Via("_link", "master_process")
     _ctrl_path = _Via("_link", "ctrl_path")
     _agent = _Via("_agent_client", "state")
 
@@ -4655,16 +4945,17 @@ class SSHHost(RemoteHost):
 
     def close(self):
         """Ends its agent, removes this host's remote temp dirs (each its own
-        ssh session: no new agent) and ends its ssh master."""
-        self._agent_client.stop()
+        ssh session: no new agent) and ends its ssh master (in the process
+        that owns the job's connections; whatever went wrong before)."""
         persistent, self.persistent = self.persistent, False
         try:
+            self._agent_client.stop()
             self._remove_tmp_dirs()
         except AutoservError as e:
             LOG.write(f"could not remove temp dirs: {e}", self.hostname)
         finally:
             self.persistent = persistent
-        self._link.close()
+            self._link.close()
 
 
 # Parallel #####################################################################
@@ -4904,6 +5195,9 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
     if prefix_output is None:
         prefix_output = any(t.subdir for t in tasks)
     deadline = _monotonic_deadline(timeout)
+    # The job's control dir exists before any fork, so that every task (and
+    # every later round) shares it: a master one task starts serves them all.
+    _ctrl_dir()
     sel = selectors.DefaultSelector()
     waiting = list(tasks)
     running = {}

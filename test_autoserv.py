@@ -243,6 +243,10 @@ class Invariants:
             master = getattr(h, "_master", None)
             agent = getattr(h, "_agent", None)
             shared |= {p.pid for p in (master, agent and agent["proc"]) if p}
+        # So is the watchdog of the connections that remain (one per job).
+        top = autoserv._CTRL["dir"]
+        if top:
+            shared.add(autoserv._registered_pid(os.path.join(top, "watchdog"), top))
         return [(pid, state, name) for pid, state, name in our_children()
                 if pid not in self.children and pid not in shared]
 
@@ -609,6 +613,18 @@ def comm_pids(name, env_text=None):
             continue
         found.append(int(pid))
     return found
+
+
+def master_running(pid):
+    """True while pid runs (not a zombie) as an ssh ControlMaster."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ControlMaster=yes" in f.read()
+    except OSError:
+        return False
 
 
 def remote_sleeps(text):
@@ -1993,6 +2009,155 @@ class TestSSHJobs(SshdTestCase):
         self.assertFalse(os.path.exists(remote))        # loopback: the same /tmp
         self.assertFalse(os.path.exists(local))
         wait_for(lambda: not os.path.exists(f"/proc/{master}"), 10, what="master gone")
+
+    # Job-wide connections (issue 17): a master outlives the task that
+    # started it, serves every process of the job, and ends with the job.
+    def logins(self):
+        """How many connections the sshd has authenticated so far."""
+        with open(os.path.join(self.sshd.dir, "sshd.log"), errors="replace") as f:
+            return f.read().count("Accepted publickey")
+
+    def test_a_second_round_of_tasks_making_their_own_hosts_finds_the_masters_warm(self):
+        sshd = self.sshd
+
+        def task(i):            # a host made inside the task, as seed 09 does
+            h = sshd.host()
+            h.run("true")
+            return h._master.pid
+        before = self.logins()
+        first = autoserv.parallel_simple(task, [1, 2, 3, 4], log=False, return_results=True)
+        second = autoserv.parallel_simple(task, [1, 2, 3, 4], log=False,
+                                          return_results=True)
+        self.assertEqual(len(set(first + second)), 1, (first, second))
+        master = first[0]
+        self.assertTrue(master_running(master), "the master ended with its task")
+        h = sshd.host()         # the parent finds it warm too
+        self.assertEqual(h.run("echo warm").stdout, "warm\n")
+        self.assertEqual(h._master.pid, master)
+        self.assertEqual(self.logins() - before, 1, "one key exchange for the whole job")
+        autoserv._close_all_hosts()
+        wait_for(lambda: not master_running(master), 10, what="the master ended with the job")
+
+    def test_a_host_whose_close_fails_midway_still_ends_its_master(self):
+        # Anything that went wrong before the master's turn (here the temp
+        # dirs' removal: an OSError, as a fork under memory pressure gives)
+        # left the master running with nothing left to end it.
+        from unittest import mock
+        h = self.sshd.host()
+        h.run("true")
+        master = h._master.pid
+        with mock.patch.object(autoserv.SSHHost, "_remove_tmp_dirs",
+                               side_effect=OSError(12, "Cannot allocate memory")):
+            with self.assertRaises(OSError):
+                h.close()
+        wait_for(lambda: not master_running(master), 10, what="the master ended")
+
+    def test_a_master_started_while_term_is_ignored_still_ends_on_term(self):
+        # The job's cleanup runs with SIGTERM and SIGINT ignored, and an
+        # ignored signal stays so across exec: a master (re)started there sat
+        # out its TERM and was KILLed after 2 s, leaving its socket behind.
+        # Ended by TERM, ssh removes its socket itself.
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            h = self.sshd.host()
+            h.run("true")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        path, master = h._ctrl_path, h._master.pid
+        h._drop_connection()
+        self.assertFalse(master_running(master))
+        self.assertFalse(os.path.exists(path), "the master was KILLed, not ended by its TERM")
+
+    JOB_ENDS = {"success": "", "failure": "raise RuntimeError('the control file fails')\n",
+                "SIGINT": "import time; time.sleep(600)\n",
+                "SIGTERM": "import time; time.sleep(600)\n",
+                "SIGKILL": "import time; time.sleep(600)\n"}
+
+    def test_no_master_outlives_the_job_however_it_ends(self):
+        # Masters started by tasks (two hosts: two masters) and by the job
+        # process; the job then ends each way.  SIGKILL runs none of the job's
+        # code: its watchdog ends them.
+        for end, tail in self.JOB_ENDS.items():
+            with self.subTest(end=end):
+                pids = os.path.join(self.tmp, f"pids-{end}")
+                ctl = self.control(textwrap.dedent(f"""\
+                    import os
+
+                    def task(m):
+                        h = hosts.create_host(m)
+                        h.run("true")
+                        return h._master.pid
+                    found = parallel_simple(task, machines, return_results=True)
+                    h = hosts.create_host("testhost")
+                    h.run("true")
+                    found.append(h._master.pid)
+                    found.append(os.path.dirname(h._ctrl_path))
+                    open({pids + ".tmp"!r}, "w").write(" ".join(map(str, found)))
+                    os.rename({pids + ".tmp"!r}, {pids!r})
+                    """) + tail, name=f"{end}.control")
+                res = os.path.join(self.tmp, f"res-{end}")
+                p = subprocess.Popen([sys.executable, AUTOSERV, *self.sshd.cli_opts(),
+                                      "-r", res, "-m", "testhost,192.168.1.1", ctl],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+                try:
+                    wait_for(lambda: os.path.exists(pids) or p.poll() is not None, 60,
+                             what="the job's masters started")
+                    with open(pids) as f:
+                        *masters, ctrl = f.read().split()
+                    masters = [int(x) for x in masters]
+                    self.assertEqual(len(set(masters)), 2, masters)   # one per machine
+                    if end.startswith("SIG"):
+                        p.send_signal(getattr(signal, end))
+                    out, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                expected = {"success": 0, "failure": 1, "SIGINT": 130, "SIGTERM": 143,
+                            "SIGKILL": -9}[end]
+                self.assertEqual(p.returncode, expected, err.decode(errors="replace")[-2000:])
+                wait_for(lambda: not [m for m in masters if master_running(m)], 10,
+                         what=f"no master left after the job's {end}")
+                wait_for(lambda: not os.path.exists(ctrl), 10, what="the control dir removed")
+
+    def test_a_library_script_leaves_no_master_however_it_dies(self):
+        # No job: the script's own process owns the masters, its tasks'
+        # included; an uncaught exception runs its exit, a SIGKILL does not
+        # (the watchdog ends them).
+        for end, tail in (("exception", "raise RuntimeError('the script fails')\n"),
+                          ("SIGKILL", "import time; time.sleep(600)\n")):
+            with self.subTest(end=end):
+                code = textwrap.dedent(f"""\
+                    import sys
+                    sys.path.insert(0, {HERE!r})
+                    import autoserv
+
+                    def task(i):
+                        h = autoserv.SSHHost("testhost", ssh_config={self.sshd.ssh_config!r})
+                        h.run("true")
+                        return h._master.pid
+                    print(*autoserv.parallel_simple(task, [1, 2], log=False,
+                                                    return_results=True), flush=True)
+                    """) + tail
+                p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                try:
+                    line = p.stdout.readline()
+                    masters = [int(x) for x in line.split()]
+                    self.assertEqual(len(set(masters)), 1, (line, p.stderr.read() if
+                                                            not line else ""))
+                    if end == "SIGKILL":
+                        p.kill()
+                    out, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                if end == "exception":
+                    self.assertIn(b"the script fails", err)
+                wait_for(lambda: not master_running(masters[0]), 10,
+                         what=f"no master left after the script's {end}")
 
     def test_seed_lines_in_python2_syntax_run_unmodified(self):
         ctl = self.control("""\
