@@ -13,8 +13,9 @@ Sections, in this order (``grep -n '^# .*####' autoserv.py`` prints them;
 a test holds this list to the banners):
     Constants and module state; Exceptions; Helpers; Local execution;
     Results and status log; Hosts: the contract, local and remote; Remote
-    programs (they run on the target); SSH transport: options, the master,
-    errors, the agent's client; File transfer: placement, local copies,
+    programs (they run on the target); SSH connections: settings, the job's
+    control dir, its masters; SSH transport: options, the master, errors,
+    the agent's client; File transfer: placement, local copies,
     shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
     Parallel; Power controllers and consoles; Installables, kernels and the
     boot loader; KVM and guests; Autotest, server side; Autotest client
@@ -2756,14 +2757,12 @@ _QMP_PY = textwrap.dedent(r'''
     ''')
 
 
-# SSH transport: options, the master, errors, the agent's client ###############
+# SSH connections: settings, the job's control dir, its masters ###############
 
-# Settings (set_ssh_defaults) and the control dir, the agent's frames and
-# _AgentExecution, ssh's error lines; then the collaborators SSHHost
-# composes: _SSHLink (options, ControlMaster, error classification, a
-# command as its own session) and _SSHAgent (the agent's client).  The
-# programs they start on the target are under "Remote programs"; the third
-# collaborator, _SSHTransfer, under "File transfer over SSH".
+# Settings (set_ssh_defaults); the job's control dir, shared by all its
+# processes; who owns the masters (PIDs registered beside their sockets) and
+# how they end: with the job, or by the job's watchdog when the job process
+# dies without running its cleanup.
 
 def set_ssh_defaults(**kwargs):
     """Defaults for every SSHHost made after this (the CLI sets them)."""
@@ -2797,8 +2796,11 @@ def _remove_ctrl_dir():
         top = _CTRL["dir"]
         dog = _registered_pid(os.path.join(top, "watchdog"), top)
         _end_registered_masters(top)
-        if dog is not None:
-            _end_processes([dog], grace=1.0)
+        if dog is not None:     # it ignores TERM (see _WATCHDOG_PY)
+            try:
+                os.kill(dog, signal.SIGKILL)
+            except OSError:
+                pass
         shutil.rmtree(top, ignore_errors=True)
         _CTRL["dir"] = None
 
@@ -2816,12 +2818,28 @@ def _remove_ctrl_dir():
 # master, and removes the control dir.  It starts with the job's first master
 # (a job that never uses ssh has none), started by whichever process starts
 # that master, and registers itself as top/watchdog.  On a normal end the
-# owner does the sweep itself and TERMs the watchdog (default action: it dies
-# at once); one whose control dir is gone leaves on its own.
+# owner does the sweep itself and then KILLs the watchdog; one whose control
+# dir is gone leaves on its own.
+#
+# A batch system ends a job by signalling its whole process tree: Slurm's
+# proctrack/linuxproc sends TERM to every descendant of the step, then KILL
+# after KillWait.  A master whose task has ended is no descendant any more
+# (re-parented), so it escapes both; if the owner is KILLed before its own
+# sweep ends, only the watchdog is left to end it.  So the watchdog leaves
+# the tree too (it forks, and the middle process exits at once) and ignores
+# TERM, INT and HUP; a kill of a whole cgroup (proctrack/cgroup) takes the
+# masters with it anyway.
 _WATCHDOG_PY = textwrap.dedent(r'''
     import os, select, shutil, signal, sys, time
     top, owner = sys.argv[1], int(sys.argv[2])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    child = os.fork()
+    if child:                   # the middle process: say who watches, and go
+        os.write(1, b"%d\n" % child)
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)            # the starter reads our PID to EOF
     # Wait for the owner to die (or its dir to go: it ended normally).
     try:
         fd = os.pidfd_open(owner)
@@ -2892,13 +2910,18 @@ def _ensure_watchdog(top):
             return
         try:
             proc = _popen([sys.executable or "python3", "-I", "-S", "-c", _WATCHDOG_PY,
-                           top, str(_CTRL["pid"])], stdin=DEVNULL, stdout=DEVNULL,
+                           top, str(_CTRL["pid"])], stdin=DEVNULL, stdout=PIPE,
                           stderr=DEVNULL, preexec_fn=_default_stop_signals)
         except OSError as e:
             LOG.write(f"no watchdog for the job's ssh masters: {e}")
             return
-        proc.returncode = 0     # ended by PID, by the dir's owner: no Popen wait here
-        _write_atomic(path + ".pid", f"{proc.pid}\n")
+        try:                    # its middle process prints the watcher's PID
+            dog = int(proc.communicate(timeout=30)[0])
+        except (ValueError, _subprocess().TimeoutExpired) as e:
+            LOG.write(f"no watchdog for the job's ssh masters: {e!r}")
+            _terminate(proc, 0, group=False, kill_wait=1.0)
+            return
+        _write_atomic(path + ".pid", f"{dog}\n")
     finally:
         os.close(lock)
 
@@ -3014,6 +3037,15 @@ def _end_registered_masters(top):
     for name in names:
         _remove_quietly(os.path.join(top, name))
 
+
+# SSH transport: options, the master, errors, the agent's client ###############
+
+# The agent's frames and _AgentExecution, ssh's error lines; then the
+# collaborators SSHHost composes: _SSHLink (options, ControlMaster, error
+# classification, a command as its own session) and _SSHAgent (the agent's
+# client).  The programs they start on the target are under "Remote
+# programs"; the third collaborator, _SSHTransfer, under "File transfer over
+# SSH".
 
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
 # The longest body of each kind the agent may send (it sends output in 64 KiB

@@ -178,6 +178,24 @@ def processes_with(text):
     return found
 
 
+def descendants(root):
+    """PIDs of every process below root in the process tree, as it is now."""
+    parent = {}
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [root]
+    while todo:
+        kids = [pid for pid, ppid in parent.items() if ppid == todo[-1]]
+        todo.pop()
+        found += kids
+        todo += kids
+    return found
+
+
 def our_children():
     """Live (non-zombie) child processes of this test process."""
     kids = []
@@ -1971,9 +1989,16 @@ def _remote_autoserv_dirs():
     return {n for n in os.listdir("/tmp") if n.startswith("autoserv-")}
 
 
-def _ctrl_dirs():
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("as-")
+def _ctrl_dirs(tmp=None):
+    """The ssh control dirs (as-XXXXXXXX) in tmp, by default the temp dir."""
+    return {n for n in os.listdir(tmp or tempfile.gettempdir()) if n.startswith("as-")
             and len(n) == 11}
+
+
+def _autoserv_tmp(tmp):
+    """What autoserv makes in a /tmp: remote-style autoserv-* dirs and the
+    jobs' ssh control dirs."""
+    return sorted({n for n in os.listdir(tmp) if n.startswith("autoserv-")} | _ctrl_dirs(tmp))
 
 
 class TestSSHJobs(SshdTestCase):
@@ -2120,6 +2145,57 @@ class TestSSHJobs(SshdTestCase):
                 wait_for(lambda: not [m for m in masters if master_running(m)], 10,
                          what=f"no master left after the job's {end}")
                 wait_for(lambda: not os.path.exists(ctrl), 10, what="the control dir removed")
+
+    def test_a_batch_system_ending_the_jobs_process_tree_leaves_no_master(self):
+        # As Slurm's proctrack/linuxproc ends a job (scancel, or its time
+        # limit): TERM to every process descended from the job, then KILL,
+        # here with no time between them (a cleanup slower than KillWait:
+        # the job process is stopped while the tree is signalled).
+        # The task's master is no descendant once its task ended, so both
+        # signals miss it; the job process that owned it dies before its
+        # sweep, and so did a watchdog that was still the job's child.
+        pids = os.path.join(self.tmp, "pids-tree")
+        ctl = self.control(textwrap.dedent(f"""\
+            import os, time
+            h = hosts.create_host("testhost")      # the job's first master
+            h.run("true")
+
+            def task(m):
+                t = hosts.create_host(m)
+                t.run("true")
+                return t._master.pid
+            found = parallel_simple(task, ["192.168.1.1"], return_results=True)
+            found.append(os.path.dirname(h._ctrl_path))
+            open({pids + ".tmp"!r}, "w").write(" ".join(map(str, found)))
+            os.rename({pids + ".tmp"!r}, {pids!r})
+            time.sleep(600)
+            """), name="tree.control")
+        p = subprocess.Popen([sys.executable, AUTOSERV, *self.sshd.cli_opts(),
+                              "-r", os.path.join(self.tmp, "res-tree"), ctl],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: os.path.exists(pids) or p.poll() is not None, 60,
+                     what="the job's masters started")
+            with open(pids) as f:
+                master, ctrl = f.read().split()
+            master = int(master)
+            self.assertTrue(master_running(master))
+            self.assertNotIn(master, descendants(p.pid), "the task's master is still in the tree")
+            os.kill(p.pid, signal.SIGSTOP)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in [p.pid] + descendants(p.pid):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        wait_for(lambda: not master_running(master), 15, what="the escaped master ended")
+        wait_for(lambda: not os.path.exists(ctrl), 10, what="the control dir removed")
 
     def test_a_library_script_leaves_no_master_however_it_dies(self):
         # No job: the script's own process owns the masters, its tasks'
@@ -8790,7 +8866,7 @@ def _lane_child(tmp, results, queue_dir):
                                      "tests": _TimedResult.by_test}) + "\n")
             report.flush()
             code = 0
-            held = sorted(n for n in os.listdir("/tmp") if n.startswith("autoserv-"))
+            held = _autoserv_tmp("/tmp")
             if held:
                 print("lane: held until the exit hook: " + ", ".join(
                     f"{n} ({' '.join(sorted(os.listdir('/tmp/' + n))[:6])})" for n in held))
@@ -8885,7 +8961,7 @@ def _lanes_run(order, count, queue, lanes, t0):
             got["outcomes"][f"lane{i}.no_process_left"] = "failed"
             got["reasons"][f"lane{i}.no_process_left"] = (
                 f"left running: {left}" if left else "the lane ended before it looked")
-        leaked = [n for n in os.listdir(tmp) if n.startswith("autoserv-")]
+        leaked = _autoserv_tmp(tmp)
         for name in leaked:
             inside = sorted(os.listdir(os.path.join(tmp, name)))
             print(f"lane {i}: left in its /tmp: {name}: {' '.join(inside[:8])}", flush=True)
