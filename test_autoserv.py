@@ -2093,6 +2093,22 @@ class TestSSHJobs(SshdTestCase):
         self.assertFalse(master_running(master))
         self.assertFalse(os.path.exists(path), "the master was KILLed, not ended by its TERM")
 
+    def start_job(self, ctl, results, ready, *args):
+        """Starts a CLI job on the sshd; returns its Popen once the job wrote
+        the file ready (or ended: the caller's read then fails)."""
+        p = subprocess.Popen([sys.executable, AUTOSERV, *self.sshd.cli_opts(),
+                              "-r", os.path.join(self.tmp, results), *args, ctl],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: os.path.exists(ready) or p.poll() is not None, 60,
+                     what="the job's masters started")
+        except BaseException:
+            p.kill()
+            p.communicate()
+            raise
+        return p
+
     JOB_ENDS = {"success": "", "failure": "raise RuntimeError('the control file fails')\n",
                 "SIGINT": "import time; time.sleep(600)\n",
                 "SIGTERM": "import time; time.sleep(600)\n",
@@ -2120,14 +2136,8 @@ class TestSSHJobs(SshdTestCase):
                     open({pids + ".tmp"!r}, "w").write(" ".join(map(str, found)))
                     os.rename({pids + ".tmp"!r}, {pids!r})
                     """) + tail, name=f"{end}.control")
-                res = os.path.join(self.tmp, f"res-{end}")
-                p = subprocess.Popen([sys.executable, AUTOSERV, *self.sshd.cli_opts(),
-                                      "-r", res, "-m", "testhost,192.168.1.1", ctl],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                p = self.start_job(ctl, f"res-{end}", pids, "-m", "testhost,192.168.1.1")
                 try:
-                    wait_for(lambda: os.path.exists(pids) or p.poll() is not None, 60,
-                             what="the job's masters started")
                     with open(pids) as f:
                         *masters, ctrl = f.read().split()
                     masters = [int(x) for x in masters]
@@ -2170,13 +2180,8 @@ class TestSSHJobs(SshdTestCase):
             os.rename({pids + ".tmp"!r}, {pids!r})
             time.sleep(600)
             """), name="tree.control")
-        p = subprocess.Popen([sys.executable, AUTOSERV, *self.sshd.cli_opts(),
-                              "-r", os.path.join(self.tmp, "res-tree"), ctl],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+        p = self.start_job(ctl, "res-tree", pids)
         try:
-            wait_for(lambda: os.path.exists(pids) or p.poll() is not None, 60,
-                     what="the job's masters started")
             with open(pids) as f:
                 master, ctrl = f.read().split()
             master = int(master)
