@@ -108,7 +108,7 @@ _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": Non
                  "ssh_options": (), "host_key_policy": "accept-new",
                  "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
                  "alive_interval": DEFAULT_ALIVE_INTERVAL,
-                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
+                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": "auto"}
 _CTRL = {"dir": None, "pid": None}      # the job's ssh control dir (_ctrl_dir)
 _PARALLEL = {"max": None}               # parallel()'s limit on tasks at once
 
@@ -2616,7 +2616,10 @@ _AGENT_PY = textwrap.dedent(r'''
     sel.register(listener, selectors.EVENT_READ, "listen")
     sel.register(0, selectors.EVENT_READ, "stdin")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
-    os.write(1, (path + "\n").encode())
+    try:                        # autoserv may have left before it read this
+        os.write(1, (path + "\n").encode())
+    except OSError:
+        shutdown()
     while True:
         now = time.monotonic()
         waits = [c.kill_at - now for c in conns if c.kill_at is not None and c.proc is not None]
@@ -2769,7 +2772,19 @@ def set_ssh_defaults(**kwargs):
     for key, value in kwargs.items():
         if key not in _SSH_DEFAULTS:
             raise AutoservUsageError(f"unknown ssh default {key!r}")
-        _SSH_DEFAULTS[key] = value
+        _SSH_DEFAULTS[key] = _persistent_mode(value) if key == "persistent" else value
+
+
+def _persistent_mode(value):
+    """persistent=: "auto" (the default: commands go through the host's agent
+    once it is up, started in the background by its second command), True
+    (the first command waits for the agent) or False (every command its own
+    ssh session)."""
+    if value == "auto":
+        return value
+    if isinstance(value, (bool, int)) or value is None:
+        return bool(value)
+    raise AutoservUsageError(f"persistent={value!r}: use True, False or 'auto'")
 
 
 def _ctrl_dir():
@@ -3280,6 +3295,12 @@ def _ssh_lines(text, started):
     return [_neutralise(l) for l in lines[-6:]]
 
 
+def _readable(pipe):
+    """True when a read of pipe would not block (data or EOF waits)."""
+    import select
+    return bool(select.select([pipe.fileno()], [], [], 0)[0])
+
+
 def _read_line(pipe, timeout):
     """One line from a pipe within timeout seconds (b"" on EOF or time-out)."""
     import selectors
@@ -3724,19 +3745,57 @@ class _SSHAgent:
         self.link = link
         self.add_tmp_dir = add_tmp_dir
         self.state = None
+        self.asked = 0          # commands asked for in "auto" mode before an agent
+
     def socket(self, connect_timeout=None):
         """The local socket of this host's agent, started on first use; None
         when no agent can run there (said once in the log)."""
         agent = self.state
         if agent is False:
             return None
-        if agent is not None and self.link.master_alive():
+        if agent is not None and "local" in agent and self.link.master_alive():
             return agent["local"]
         return self.start(connect_timeout)
 
     def start(self, connect_timeout=None):
+        """Starts the agent and waits for it (persistent=True)."""
         self.stop()
         self.link.ensure_master(connect_timeout)
+        pending = self._begin(connect_timeout)
+        ct = connect_timeout or self.link.connect_timeout
+        return self._finish(pending, _read_line(pending["proc"].stdout, ct + 10))
+
+    def ready_socket(self):
+        """persistent="auto": the agent's socket once it is up, else None
+        (the command runs as its own session).  Nothing here waits: the
+        second command of a host in this process starts the agent, and a
+        later one finds it ready (one that runs a single command never pays
+        for an agent)."""
+        agent = self.state
+        if agent is False:
+            return None
+        if agent is None:
+            self.asked += 1
+            if self.asked >= 2 and self.link.master_alive():
+                try:
+                    self.state = self._begin(None)
+                except OSError as e:
+                    self._give_up(None, f"it did not start: {e}", "")
+            return None
+        if "pending" not in agent:
+            return agent["local"] if self.link.master_alive() else self.stop()
+        if agent["owner"] != os.getpid():
+            return None         # a forked task: the parent's start is not ours to finish
+        proc = agent["proc"]
+        if _readable(proc.stdout):
+            return self._finish(agent, _read_line(proc.stdout, self.link.connect_timeout))
+        if proc.poll() is not None or time.monotonic() > agent["until"]:
+            return self._finish(agent, b"")
+        return None
+
+    def _begin(self, connect_timeout):
+        """Starts the agent's ssh session over the master; it prints the
+        agent's socket path on the target when it listens."""
         run_id = _run_id()
         remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
                   f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
@@ -3745,7 +3804,13 @@ class _SSHAgent:
             proc = _popen(self.link.argv(connect_timeout) + [remote], stdin=PIPE,
                           stdout=PIPE, stderr=err)
         ct = connect_timeout or self.link.connect_timeout
-        line = _read_line(proc.stdout, ct + 10)
+        return {"proc": proc, "pending": True, "owner": os.getpid(), "errlog": errlog,
+                "until": time.monotonic() + ct + 10}
+
+    def _finish(self, pending, line):
+        """The agent's socket, forwarded by the master, from the line the
+        agent printed; None (said once) when no agent can run there."""
+        proc = pending["proc"]
         why = None
         if not re.fullmatch(rb"/tmp/autoserv-[A-Za-z0-9_]{6,12}/agent\n", line):
             why = "it did not start"
@@ -3762,36 +3827,39 @@ class _SSHAgent:
                 why = "the ssh master would not forward to it: " + _decode(out.stderr).strip()
         if why is not None:
             _end_agent_process(proc)
-            with open(errlog, "rb") as f:
+            with open(pending["errlog"], "rb") as f:
                 text = _decode(f.read()).strip()
-            os.unlink(errlog)
-            LOG.write(f"no persistent agent ({why}; {_last_lines(text, 3) or 'no message'}); "
-                      "every command runs as its own ssh session", self.link.hostname)
-            self.state = False
-            return None
+            return self._give_up(pending["errlog"], why, text)
         self.state = {"proc": proc, "local": local, "owner": os.getpid()}
         self.add_tmp_dir(os.path.dirname(remote_path))
         LOG.write(f"persistent agent at {remote_path}", self.link.hostname)
         return local
+
+    def _give_up(self, errlog, why, text):
+        if errlog:
+            _remove_quietly(errlog)
+        LOG.write(f"no persistent agent ({why}; {_last_lines(text, 3) or 'no message'}); "
+                  "every command runs as its own ssh session", self.link.hostname)
+        self.state = False
+        return None
 
     def stop(self):
         agent, self.state = self.state, None
         if not agent or agent["owner"] != os.getpid():
             return
         _end_agent_process(agent["proc"])
-        for path in (agent["local"], f"{self.link.ctrl_path}.{os.getpid()}.agent"):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        for path in (agent.get("local"), f"{self.link.ctrl_path}.{os.getpid()}.agent"):
+            if path:
+                _remove_quietly(path)
 
     def run(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
-            connect_timeout):
+            connect_timeout, wait=True):
         """A CmdResult through the agent, or None to run it as its own ssh
-        session instead (no agent can run there)."""
+        session instead (no agent can run there; with wait=False, none is
+        up yet: see ready_socket)."""
         run_id = _run_id()
         for attempt in (1, 2):
-            path = self.socket(connect_timeout)
+            path = self.socket(connect_timeout) if wait else self.ready_socket()
             if path is None:
                 return None
             master = self.link.master_seen
@@ -4874,7 +4942,7 @@ class SSHHost(RemoteHost):
                               host_key_policy, known_hosts, connect_timeout,
                               alive_interval, alive_count)
         d = _SSH_DEFAULTS
-        self.persistent = d["persistent"] if persistent is None else bool(persistent)
+        self.persistent = _persistent_mode(d["persistent"] if persistent is None else persistent)
         self._agent_client = _SSHAgent(self._link, self._add_tmp_dir)
         self._transfer = _SSHTransfer(self, self._link, self._add_tmp_dir,
                                       self._forget_tmp_dirs)
@@ -4913,9 +4981,10 @@ class SSHHost(RemoteHost):
     def _execute(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
                  connect_timeout):
         result = None
-        if self.persistent:
+        if self.persistent:     # True: wait for the agent; "auto": only once it is up
             result = self._agent_client.run(command, data, timeout, stdout_tee, stderr_tee,
-                                            max_output, connect_timeout)
+                                            max_output, connect_timeout,
+                                            wait=self.persistent is True)
         if result is None:
             # Its own session; _remote_command is looked up here, on the host,
             # so a subclass (or a test's patch) that wraps it is the one used.
@@ -8655,8 +8724,11 @@ def _parser():
     a("--host-key-policy", choices=HOST_KEY_POLICIES, default="accept-new")
     a("--known-hosts", metavar="F", help="known_hosts file for accept-new/strict")
     a("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S")
-    a("--persistent", action="store_true",
-      help="run each host's commands through one persistent agent (needs python3 there)")
+    a("--persistent", action="store_const", const=True, default="auto",
+      help="every host's first command waits for its persistent agent (by default "
+           "commands use the agent once it is up; it needs python3 there)")
+    a("--no-persistent", dest="persistent", action="store_const", const=False,
+      help="no persistent agent: every command is its own ssh session")
     a("-j", "--max-parallel", type=int, metavar="N",
       help="cap on concurrent subcommands in parallel*()")
     a("--junit", metavar="F", help="also write a JUnit XML summary")

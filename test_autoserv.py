@@ -1764,6 +1764,68 @@ class TestSSHRun(SshdTestCase):
             """)
         assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
 
+    # The agent by default (persistent="auto", issue 17): a host's second
+    # command starts it in the background; later ones use it once it is up.
+    PARENT = "tr '\\0' ' ' </proc/$PPID/cmdline"
+
+    def test_by_default_warm_commands_use_the_agent_and_none_waits_for_it(self):
+        self.assertEqual(autoserv._SSH_DEFAULTS["persistent"], "auto")
+        h = self.sshd.host()
+        first = h.run(self.PARENT).stdout
+        self.assertIsNone(h._agent, "the first command started an agent")
+        second = h.run(self.PARENT).stdout
+        self.assertTrue(h._agent and "local" not in h._agent, h._agent)   # starting
+        for parent in (first, second):    # neither waited for it: their own sessions
+            self.assertFalse(parent.startswith("python3 -c "), parent)
+        wait_for(lambda: h.run(self.PARENT).stdout.startswith("python3 -c "), 20,
+                 what="a command through the agent")
+        self.assertEqual(h.run("echo warm; exit 3", ignore_status=True).exit_status, 3)
+        agent = h._agent["proc"].pid
+        h.close()
+        self.assertFalse(master_running(agent) or os.path.exists(f"/proc/{agent}/stat")
+                         and open(f"/proc/{agent}/stat").read().split()[2] != "Z")
+
+    def test_persistent_false_and_no_persistent_never_start_an_agent(self):
+        h = self.sshd.host(persistent=False)
+        for _ in range(8):
+            self.assertFalse(h.run(self.PARENT).stdout.startswith("python3 -c "))
+        self.assertIsNone(h._agent)
+        ctl = os.path.join(self.tmp, "agents.control")
+        with open(ctl, "w") as f:
+            f.write("h = hosts.create_host('testhost')\n"
+                    f"print([h.run({self.PARENT!r}).stdout[:10] for _ in range(8)])\n")
+        out = subprocess.run([sys.executable, AUTOSERV, *self.sshd.cli_opts(), "--no-persistent",
+                              "-r", os.path.join(self.tmp, "res-np"), ctl],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn("python3 -c", out.stdout)
+        self.assertEqual(out.stdout.count("'"), 16, out.stdout)
+
+    def test_without_python3_there_every_command_is_its_own_session_said_once(self):
+        bindir = os.path.join(self.tmp, "no-python3")
+        os.mkdir(bindir)
+        fake = os.path.join(bindir, "python3")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho 'sh: 1: python3: not found' >&2\nexit 127\n")
+        os.chmod(fake, 0o755)
+        sshd = Sshd(extra=f'ForceCommand PATH={bindir}:$PATH; export PATH; '
+                          'eval "$SSH_ORIGINAL_COMMAND"\n')
+        self.addCleanup(sshd.stop)
+        log = os.path.join(self.tmp, "no-python3.log")
+        autoserv.LOG.open(log)
+        self.addCleanup(autoserv.LOG.close)
+        h = sshd.host()
+        self.addCleanup(h.close)
+        for i in range(4):
+            self.assertEqual(h.run(f"echo {i}").stdout, f"{i}\n")
+        wait_for(lambda: h.run("true") and h._agent is False, 20, what="the agent given up")
+        for i in range(4):
+            self.assertEqual(h.run(f"echo {i}").stdout, f"{i}\n")
+        with open(log, errors="replace") as f:
+            text = f.read()
+        self.assertEqual(text.count("no persistent agent"), 1, text[-2000:])
+        self.assertIn("python3: not found", text)
+
     @scenario(10)
     def test_twenty_concurrent_commands_share_one_master_then_it_is_killed(self):
         # Cold: twenty tasks race to start its master.  A generous connect
