@@ -1764,13 +1764,12 @@ class TestSSHRun(SshdTestCase):
             """)
         assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
 
-    # The agent by default (persistent="auto", issue 17): a host's second
-    # command starts it in the background; later ones use it once it is up.
+    # persistent="auto" (issue 17): a host's second command starts the agent
+    # in the background; later ones use it once it is up.
     PARENT = "tr '\\0' ' ' </proc/$PPID/cmdline"
 
-    def test_by_default_warm_commands_use_the_agent_and_none_waits_for_it(self):
-        self.assertEqual(autoserv._SSH_DEFAULTS["persistent"], "auto")
-        h = self.sshd.host()
+    def test_auto_mode_sends_warm_commands_through_the_agent_and_none_waits_for_it(self):
+        h = self.sshd.host(persistent="auto")
         first = h.run(self.PARENT).stdout
         self.assertIsNone(h._agent, "the first command started an agent")
         second = h.run(self.PARENT).stdout
@@ -1792,14 +1791,19 @@ class TestSSHRun(SshdTestCase):
         self.assertIsNone(h._agent)
         ctl = os.path.join(self.tmp, "agents.control")
         with open(ctl, "w") as f:
-            f.write("h = hosts.create_host('testhost')\n"
-                    f"print([h.run({self.PARENT!r}).stdout[:10] for _ in range(8)])\n")
-        out = subprocess.run([sys.executable, AUTOSERV, *self.sshd.cli_opts(), "--no-persistent",
-                              "-r", os.path.join(self.tmp, "res-np"), ctl],
-                             capture_output=True, text=True, timeout=120)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertNotIn("python3 -c", out.stdout)
-        self.assertEqual(out.stdout.count("'"), 16, out.stdout)
+            f.write("import time\n"
+                    "h = hosts.create_host('testhost')\n"
+                    f"print([(h.run({self.PARENT!r}).stdout[:10], time.sleep(0.1))[0] "
+                    "for _ in range(20)])\n")
+        for opts, agent in ((["--persistent-auto"], True),
+                            (["--persistent-auto", "--no-persistent"], False)):
+            with self.subTest(opts=opts):
+                out = subprocess.run([sys.executable, AUTOSERV, *self.sshd.cli_opts(), *opts,
+                                      "-r", os.path.join(self.tmp, "res-" + opts[-1]), ctl],
+                                     capture_output=True, text=True, timeout=120)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual("python3 -c" in out.stdout, agent, out.stdout)
+                self.assertEqual(out.stdout.count("'"), 40, out.stdout)
 
     def test_without_python3_there_every_command_is_its_own_session_said_once(self):
         bindir = os.path.join(self.tmp, "no-python3")
@@ -1814,7 +1818,7 @@ class TestSSHRun(SshdTestCase):
         log = os.path.join(self.tmp, "no-python3.log")
         autoserv.LOG.open(log)
         self.addCleanup(autoserv.LOG.close)
-        h = sshd.host()
+        h = sshd.host(persistent="auto")
         self.addCleanup(h.close)
         for i in range(4):
             self.assertEqual(h.run(f"echo {i}").stdout, f"{i}\n")
