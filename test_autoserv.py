@@ -5564,6 +5564,8 @@ class TestLibrary(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="as-lib-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.before = _autoserv_paths()
+        self.tmp_before = {n for n in os.listdir(tempfile.gettempdir())
+                           if n.startswith("autoserv-")}
         self.fixtures = {proc.pid for proc in self.hosts.procs}
 
     def write_script(self, text):
@@ -5605,8 +5607,8 @@ class TestLibrary(unittest.TestCase):
         wait_for(lambda: not processes_with("AUTOSERV_RUN_ID="), 10,
                  what="no remote process of the script left")
         self.assertEqual(_autoserv_paths() - self.before, set())
-        self.assertEqual([n for n in os.listdir(tempfile.gettempdir()) if n.startswith("autoserv-")],
-                         [])
+        self.assertEqual({n for n in os.listdir(tempfile.gettempdir())
+                          if n.startswith("autoserv-")} - self.tmp_before, set())
 
     def test_the_fanout_example_prints_every_hosts_answer_and_writes_a_results_dir(self):
         example = os.path.join(HERE, "examples", "library_fanout.py")
