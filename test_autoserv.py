@@ -205,8 +205,10 @@ def own_watchdog():
 
 
 def our_children():
-    """Live (non-zombie) child processes of this test process."""
+    """Live (non-zombie) child processes of this test process, but its own
+    ssh watchdog (kept for the connections its in-process hosts hold)."""
     kids = []
+    dog = own_watchdog()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -216,7 +218,7 @@ def our_children():
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == os.getpid():
+        if int(fields[1]) == os.getpid() and int(pid) != dog:
             kids.append((int(pid), fields[0], stat.split("(", 1)[1].rsplit(")", 1)[0]))
     return kids
 
