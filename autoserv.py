@@ -326,6 +326,22 @@ class _Log:
     def __init__(self):
         self.fd = None
         self.echo = False       # -v: also to stderr
+        self.echo_to = None     # where -v writes, when not sys.stderr (a parallel task)
+        self.muted = 0          # inside quiet(): lines about a host are left out
+
+    def quiet(self):
+        """A with-block in which lines about a host are not written (the
+        host's probes: Host._probe)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def muted():
+            self.muted += 1
+            try:
+                yield
+            finally:
+                self.muted -= 1
+        return muted()
 
     def open(self, path):
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -336,6 +352,8 @@ class _Log:
             self.fd = None
 
     def write(self, message, host=None):
+        if self.muted and host:
+            return
         if isinstance(message, str):
             message = message.encode("utf-8", "surrogateescape")
         now = time.time()
@@ -351,8 +369,9 @@ class _Log:
             except OSError:
                 pass
         if self.echo:
-            sys.stderr.write(_neutralise(_decode(data)).replace("^J", "\n"))
-            sys.stderr.flush()
+            out = self.echo_to or sys.stderr
+            out.write(_neutralise(_decode(data)).replace("^J", "\n"))
+            out.flush()
 
 
 LOG = _Log()
@@ -464,8 +483,9 @@ class CmdResult:
 
     def __init__(self, command="", stdout="", stderr="", exit_status=None,
                  duration=0.0, aborted=0, timed_out=False, hostname=None,
-                 truncated=False, output_files=None):
+                 truncated=False, output_files=None, timeout=None):
         self.command = command
+        self.timeout = timeout      # the limit it ran under (None: none)
         self.stdout = stdout
         self.stderr = stderr
         self.exit_status = exit_status
@@ -1057,6 +1077,7 @@ class StatusLog:
         self.indent = 0
         self.worst = None
         self.echo = echo          # called with each entry's text (the client harness)
+        self.open = []            # (subdir, operation) of each START not ended yet
 
     def record(self, code, subdir=None, operation=None, message="", indent=None):
         """Writes one entry.  START nests what follows one level deeper and
@@ -1069,6 +1090,7 @@ class StatusLog:
         nesting = indent is None
         if code.startswith("END ") and nesting:
             self.indent = max(0, self.indent - 1)
+            self.open = self.open[:-1]
         level = self.indent if indent is None else indent
         if base in FAILING_CODES and not code.startswith("END "):
             self._note(base)
@@ -1077,9 +1099,16 @@ class StatusLog:
         self._append(data)
         if code == "START" and nesting:
             self.indent += 1
+            self.open.append((subdir, operation))
         LOG.write(data.rstrip(b"\n"), "status")
         if self.echo:
             self.echo(data.decode("utf-8", "surrogateescape"))
+
+    def close_open(self, code, keep=0):
+        """Ends every group still open but the `keep` outermost with END code
+        (a run cut short: no group is left without its END)."""
+        while len(self.open) > keep:
+            self.record(f"END {code}", *self.open[-1])
 
     def _note(self, code):
         """Keeps the worst failing code recorded so far (the job's exit status)."""
@@ -1107,6 +1136,51 @@ class StatusLog:
             os.write(fd, data)
         finally:
             os.close(fd)
+
+
+def _end_open_groups(entries, code):
+    """END lines (code) for the groups a task's entries opened and never
+    ended (it was stopped or killed inside one), innermost first."""
+    stack = []
+    for e in entries:
+        if e["code"] == "START":
+            stack.append(e)
+        elif e["code"].startswith("END ") and stack:
+            stack.pop()
+    return "".join(_status_line(f"END {code}", e["subdir"], e["operation"], "", e["indent"])
+                   for e in reversed(stack))
+
+
+def _cause(exc):
+    """One line naming what went wrong: the exception's class, and for a
+    command its command and how it ended (the output is kept apart:
+    _output_tail)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, _Terminated):
+        return "terminated (SIGTERM)"
+    name = type(exc).__name__
+    r = getattr(exc, "result", None)
+    if isinstance(exc, AutoservRunError) and r is not None:
+        how = (f"timed out after {float(r.timeout)} s" if r.timed_out and r.timeout
+               else r.status_text() if r.timed_out else f"failed with {r.status_text()}")
+        return _neutralise(f"{name}: {_shorten(r.command)!r} {how}")
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{name}: {text}" if text else name
+
+
+def _shorten(text, size=200):
+    text = " ".join(str(text).split("\n"))
+    return text if len(text) <= size else text[:size - 3] + "..."
+
+
+def _output_tail(exc, count=10):
+    """The last lines of a failed command's output (stderr, then stdout),
+    or ""."""
+    r = getattr(exc, "result", None)
+    if not isinstance(exc, AutoservRunError) or r is None:
+        return ""
+    return _neutralise("\n".join(_last_lines(r.stderr, count) + _last_lines(r.stdout, count)))
 
 
 def _write_atomic(path, data):
@@ -1221,21 +1295,22 @@ class ServerJob:
 
     def note_host(self, host):
         self.hosts.append(host)
-        self.host_outcomes.setdefault(host.hostname, {"outcome": "GOOD",
-                                                      "duration": 0.0, "error": ""})
+        self.host_outcomes.setdefault(host.hostname, {"outcome": "GOOD", "duration": 0.0,
+                                                      "error": "", "output": ""})
         self._spans.setdefault(host.hostname, [time.time(), None])
 
-    def host_status(self, name, code, error="", span=None):
+    def host_status(self, name, code, error="", span=None, output=""):
         """A status for a host's work: its outcome becomes the worse of the
-        two (the first error text of the worst status stays), and its work
-        span (wall clock start, end) grows to cover `span`."""
-        entry = self.host_outcomes.setdefault(name, {"outcome": "GOOD",
-                                                     "duration": 0.0, "error": ""})
+        two (the first error text of the worst status stays, and the output
+        tail that goes with it), and its work span (wall clock start, end)
+        grows to cover `span`; a span that ends marks the host's work done."""
+        entry = self.host_outcomes.setdefault(name, {"outcome": "GOOD", "duration": 0.0,
+                                                     "error": "", "output": ""})
         code = worst_status(code)
         if _SEVERITY[code] > _SEVERITY.get(entry["outcome"], 0):
-            entry["outcome"], entry["error"] = code, error
+            entry["outcome"], entry["error"], entry["output"] = code, error, output
         elif code == entry["outcome"] and error and not entry["error"]:
-            entry["error"] = error
+            entry["error"], entry["output"] = error, output
         if span:
             old = self._spans.get(name)
             self._spans[name] = [min(span[0], old[0]) if old else span[0],
@@ -1252,7 +1327,43 @@ class ServerJob:
     def merge_host_records(self, data):
         for name, (entry, span) in data.items():
             self.host_status(name, entry["outcome"], entry["error"],
-                             span and [span[0], span[1] or time.time()])
+                             span and [span[0], span[1] or time.time()],
+                             entry.get("output", ""))
+
+    def hosts_cut_short(self, reason):
+        """The job was stopped: every host whose work had not ended (no task
+        of its ended before the stop) is ABORT with the reason."""
+        for name, span in self._spans.items():
+            if span[1] is None:
+                self.host_status(name, "ABORT", reason)
+
+    def host_log(self, name, text):
+        """Appends text to the host's own debug log, <results>/<host>/debug/
+        host.log: the commands run on it and their output."""
+        path = os.path.join(self.resultdir, _safe_name(name), "debug")
+        try:
+            os.makedirs(path, exist_ok=True)
+            fd = os.open(os.path.join(path, "host.log"),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, text.encode("utf-8", "surrogateescape"))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            LOG.write(f"host log {path}: {e}", name)
+
+    def closing_line(self, outcome):
+        """The run in one line: hosts GOOD of all, each other one named with
+        its outcome and cause, and where the results are."""
+        hosts = self.host_outcomes
+        good = [n for n, v in hosts.items() if v["outcome"] == "GOOD"]
+        parts = [f"{len(good)} of {len(hosts)} host{'s' if len(hosts) != 1 else ''} GOOD"
+                 if hosts else f"job {outcome}"]
+        parts += [f"{n} {v['outcome']} {v['error']}".rstrip()
+                  for n, v in sorted(hosts.items()) if v["outcome"] != "GOOD"]
+        where = os.path.relpath(self.resultdir)
+        parts.append("results in " + (where if not where.startswith("..") else self.resultdir))
+        return "; ".join(parts)
 
     def write_summary(self, outcome, error=""):
         now = time.time()
@@ -1306,8 +1417,9 @@ def _junit_xml(host_outcomes, outcome, error, seconds):
         body = ""
         if info["outcome"] != "GOOD":
             failures += 1
+            text = "\n".join(t for t in (info["error"], info.get("output")) if t)
             body = (f"<failure message={quoteattr(info['outcome'])}>"
-                    f"{escape(info['error'])}</failure>")
+                    f"{escape(text)}</failure>")
         cases.append(f'  <testcase classname="autoserv" name={quoteattr(name)} '
                      f'time="{info["duration"]}">{body}</testcase>')
     if not cases:
@@ -1319,6 +1431,34 @@ def _junit_xml(host_outcomes, outcome, error, seconds):
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             f'<testsuite name="autoserv" tests="{len(cases)}" failures="{failures}" '
             f'time="{seconds:.3f}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def _probe(host, command, timeout=60):
+    """A question autoserv asks a host for itself (is this a dir? is qemu
+    alive?): host.run(command, ignore_status=True), kept out of the debug
+    logs, where its failing answer would read as a failed command."""
+    with LOG.quiet():
+        return host.run(command, timeout=timeout, ignore_status=True)
+
+
+def _log_command(hostname, command=None, result=None, cap=64 * 1024):
+    """In the host's own debug log: a command as it starts, then its result
+    with its output (each stream's last `cap` bytes); nothing outside a
+    job, nothing for a probe."""
+    if _JOB is None or not hostname or LOG.muted:
+        return
+    if result is None:
+        _JOB.host_log(hostname, time.strftime("%Y-%m-%d %H:%M:%S ") + f"run: {command}\n")
+        return
+    lines = []
+    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if len(text) > cap:
+            lines.append(f"{name}| [... {len(text) - cap} characters left out; whole "
+                         "stream in debug/autoserv.log ...]")
+            text = text[-cap:]
+        lines += [f"{name}| {line}" for line in text.splitlines()]
+    lines.append(f"{result.status_text()} in {result.duration:.3f} s")
+    _JOB.host_log(hostname, "\n".join(lines) + "\n")
 
 
 def _record(*args, **kwargs):
@@ -1465,9 +1605,12 @@ class Host:
         The one run body for every kind of host: a subclass supplies the
         transport's primitive, _execute()."""
         command = _with_args(command, args)
+        _log_command(self.hostname, command)
         result = self._execute(command, _stdin_bytes(stdin), timeout, stdout_tee,
                                stderr_tee, max_output, connect_timeout)
+        result.timeout = timeout
         LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
+        _log_command(self.hostname, result=result)
         return _judge(result, ignore_status)
 
     def _execute(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
@@ -1606,11 +1749,12 @@ class Host:
         s).  Returns None.  Raises AutoservHostError without a reset path,
         AutoservRebootError when the host does not come back."""
         if self.power is None and callable(getattr(self.console, "hardreset", None)):
-            self._reset_and_wait(self.console.hardreset, repr(self.console), timeout, wait)
+            self._reset_and_wait(self.console.hardreset, type(self.console).__name__, timeout,
+                                 wait)
             return
         power = self._power()
-        self._reset_and_wait(getattr(power, "reset", None) or power.cycle, repr(power),
-                             timeout, wait)
+        self._reset_and_wait(getattr(power, "reset", None) or power.cycle,
+                             type(power).__name__, timeout, wait)
 
     def _reset_and_wait(self, action, how, timeout=None, wait=True):
         """Runs a reset action; with wait, until the host is back with a new
@@ -1622,6 +1766,7 @@ class Host:
             pass
         action()
         LOG.write(f"hard reset through {how}", self.hostname)
+        _record("INFO", None, "hardreset", f"{self.hostname}: hard reset through {how}")
         self._drop_connection()
         if not wait:
             return
@@ -4161,8 +4306,7 @@ class _SSHTransfer:
         contents = [s.endswith("/") and len(s) > 1 for s in sources]
         dirs = [False] * len(sources)
         if len(sources) == 1 and not contents[0]:
-            dirs = [self.host.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
-                                  timeout=60).exit_status == 0]
+            dirs = [_probe(self.host, "test -d " + shlex.quote(sources[0])).exit_status == 0]
         mode = _mode_for(sources, contents, dirs)
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
@@ -4696,6 +4840,7 @@ class subcommand:
         self.result = None
         self.error = None            # (exception or None, traceback text)
         self.stopped = False         # ended by parallel() (timeout or signal)
+        self.stop_reason = ""        # why parallel() ended it, for its hosts' error
         self.started = self.duration = None
         self.wall_started = None
         self.status_path = None      # where the child writes its status entries
@@ -4729,6 +4874,8 @@ class subcommand:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked by fork_start
             if out_w is not None:
+                if LOG.echo:      # -v lines name their host already: not prefixed again
+                    LOG.echo_to = os.fdopen(os.dup(2), "w", closefd=True)
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
             if self.subdir:
@@ -4945,8 +5092,9 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
                 task.stopped = True
                 task.error = (None, f"task {task.name} never started: parallel() timed out")
                 _task_ended(task)
-    except BaseException:
-        _stop_tasks(running, sel)
+    except BaseException as e:
+        _stop_tasks(running, sel, _cause(e) if isinstance(e, (KeyboardInterrupt, _Terminated))
+                    else None)
         raise
     finally:
         sel.close()
@@ -4983,12 +5131,22 @@ def _task_ended(task):
         body = _status_line("WARN", None, task.label, f"unparsable status entries: {e}")
         entries = parse_status_log(body)
     codes = [e["code"] for e in entries]
-    error = ""
+    error = output = added = ""
     if task.error:
-        error = _last_line(task.error[1])
-        code = "ABORT" if task.stopped else "FAIL"
-        body += _status_line(code, None, task.label, task.error[1])
+        exc = task.error[0]
+        stop = isinstance(exc, (KeyboardInterrupt, _Terminated))
+        error = task.stop_reason or (_cause(exc) if exc is not None
+                                     else _last_line(task.error[1]))
+        output = _output_tail(exc)
+        code = "ABORT" if task.stopped or stop else "FAIL"
+        added = _end_open_groups(entries, code) + _status_line(code, None, task.label,
+                                                               error)
         codes.append(code)
+        if task.subdir:
+            _task_file(task, "traceback", task.error[1])
+    if task.subdir:       # the subdir's own status.log ends as the job's copy does
+        _task_file(task, "../status.log", added, append=True)
+    body += added
     worst = task.status = worst_status(*codes)
     if not error and worst != "GOOD":
         error = next((f"{e['operation']}: {_last_line(e['message'])}"
@@ -5004,7 +5162,18 @@ def _task_ended(task):
     _JOB.merge_host_records(task.host_records)
     span = [task.wall_started or time.time(), time.time()]
     for name in ([sub] if sub else []) + task.host_names():
-        _JOB.host_status(name, worst, error, span)
+        _JOB.host_status(name, worst, error, span, output)
+
+
+def _task_file(task, name, text, append=False):
+    """Writes text to a file in the task's subdir's debug/ (a name with ../
+    reaches the subdir itself)."""
+    try:
+        with open(os.path.join(task.subdir, "debug", name), "a" if append else "w",
+                  encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+    except OSError as e:
+        LOG.write(f"task {task.name}: could not write its {name}: {e}")
 
 
 def _pump(sel, wait):
@@ -5038,6 +5207,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
             if task.process.exitcode is not None:
                 _drain_task(task, sel)
                 task.finish()
+                task.stop_reason = reason or ""
                 if reason:
                     task.error = (None, f"task {task.name} {reason}" + (
                         f"\n{task.error[1]}" if task.error else ""))
@@ -5051,6 +5221,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
         task.process.join()
         _drain_task(task, sel)
         task.finish()
+        task.stop_reason = f"{reason or 'stopped'} (killed)"
         task.error = (None, f"task {task.name} {reason or 'was stopped'} (killed)")
         running.pop(pid)
         _stopped(task)
@@ -6640,8 +6811,8 @@ class KVMGuest(Guest):
         if self.qemu_pid is None:
             return False
         try:
-            out = self.kvm.host.run(f"cat /proc/{self.qemu_pid}/stat 2>/dev/null",
-                                    timeout=30, ignore_status=True).stdout
+            out = _probe(self.kvm.host, f"cat /proc/{self.qemu_pid}/stat 2>/dev/null",
+                         timeout=30).stdout
         except AutoservTimeoutError as e:
             # A probe, not the wait: a hypervisor too busy to answer in 30 s
             # has not shown qemu dead; the caller's own bound decides.
@@ -8616,7 +8787,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
             reason = _reason(e, control_path)
             LOG.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
             for host_name in _hosts_in(e):
-                job.host_status(host_name, "FAIL", _last_line(str(e)))
+                job.host_status(host_name, "FAIL", _cause(e), output=_output_tail(e))
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -8630,6 +8801,9 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         why = _reboot_this_machine(job, local_reboot, status, outcome, error)
         if why:
             status, outcome, error = 1, "FAIL", why
+    if status in (130, 143):
+        job.hosts_cut_short(error)
+    job.status.close_open(outcome, keep=1)
     if error:
         job.record("ABORT" if status in (130, 143) else "FAIL", None, "autoserv",
                    reason or _last_line(error))
@@ -8642,6 +8816,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     LOG.close()
     if error:
         _say(f"error: {error}" if status == 1 else error)
+    _say(job.closing_line(outcome), opts.quiet and status == 0)
     return status
 
 

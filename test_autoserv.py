@@ -1042,7 +1042,7 @@ class TestPublicAPI(unittest.TestCase):
             f.write("h = hosts.SSHHost('lab1', password='s3cret-4431')\n")
         out = run_cli("-r", os.path.join(self.tmp, "res"), ctl)
         self.assertEqual(out.returncode, 1, out.stderr)
-        self.assertEqual(out.stderr.splitlines()[1:], [
+        self.assertEqual(out.stderr.splitlines()[1:-1], [
             f"autoserv: error: {ctl}:1: AutoservArgumentError: SSHHost(password=...): "
             + autoserv._PASSWORD_HINT])
 
@@ -2107,11 +2107,159 @@ class TestSSHJobs(SshdTestCase):
         out = self.cli("-r", res, ctl)
         self.assertEqual(out.returncode, 1)
         self.assertIn("AutoservSSHConnectionRefused", out.stderr)
-        self.assertEqual(len(out.stderr.strip().splitlines()), 2, out.stderr)  # results line + error
+        # the results line, the error, the closing line
+        self.assertEqual(len(out.stderr.strip().splitlines()), 3, out.stderr)
+        self.assertIn("0 of 1 host GOOD; 127.0.0.1 FAIL AutoservSSHConnectionRefused: 127.0.0.1: "
+                      "connection refused", out.stderr.strip().splitlines()[-1])
         summary = json.load(open(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["127.0.0.1"]["outcome"], "FAIL")
         entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
         self.assertIn("AutoservSSHConnectionRefused", entries[-2]["message"])
+
+    def lab_config(self):
+        """The sshd's config with lab1, lab2 and lab3 as more names for it."""
+        path = os.path.join(self.tmp, "lab_ssh_config")
+        with open(self.sshd.ssh_config) as f:
+            text = f.read().replace("Host testhost\n", "Host testhost lab1 lab2 lab3\n", 1)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def assert_groups_closed(self, status_log):
+        """Every START in the log has its END at the same depth."""
+        open_groups = []
+        for e in autoserv.parse_status_log(open(status_log).read()):
+            if e["code"] == "START":
+                open_groups.append(e)
+            elif e["code"].startswith("END "):
+                self.assertTrue(open_groups, f"{status_log}: END without START: {e}")
+                self.assertEqual(open_groups.pop()["indent"], e["indent"], e)
+        self.assertEqual(open_groups, [], f"{status_log}: groups left open")
+
+    def test_an_interrupted_job_aborts_each_unfinished_host_and_closes_every_group(self):
+        import xml.etree.ElementTree as ET
+        config = self.lab_config()
+        shapes = {
+            # parallel tasks: lab1 ends before the signal, lab2 and lab3 are inside a group
+            "parallel": (signal.SIGINT, 130, "interrupted (SIGINT)", """\
+                def work(n):
+                    h = hosts.SSHHost(n)
+                    if n == "lab1":
+                        h.run("echo done")
+                        return
+                    job.record("START", None, "kernel-check")
+                    h.run("sleep 4251.%d" % {"lab2": 1, "lab3": 2}[n])
+                parallel_simple(work, machines)
+                """, ["sleep 4251.1", "sleep 4251.2"]),
+            # one host after the other in the control file itself
+            "serial": (signal.SIGTERM, 143, "terminated (SIGTERM)", """\
+                hs = [hosts.SSHHost(n) for n in machines]
+                job.record("START", None, "kernel-check")
+                for h in hs:
+                    h.run("sleep 4251.3")
+                """, ["sleep 4251.3"]),
+        }
+        for shape, (sig, code, reason, text, sleeps) in shapes.items():
+            with self.subTest(shape=shape):
+                res = os.path.join(self.tmp, "res-" + shape)
+                junit = os.path.join(self.tmp, shape + ".xml")
+                ctl = self.control(text, shape + ".control")
+                p = subprocess.Popen([sys.executable, AUTOSERV, "--ssh-config", config,
+                                      "-r", res, "--junit", junit, "-m", "lab1,lab2,lab3",
+                                      ctl], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+                try:
+                    wait_for(lambda: all(remote_sleeps(s) for s in sleeps), 30,
+                             what="the remote sleeps")
+                    p.send_signal(sig)
+                    _, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.communicate()
+                self.assertEqual(p.returncode, code, err)
+                hosts = json.load(open(os.path.join(res, "summary.json")))["hosts"]
+                aborted = ["lab2", "lab3"] if shape == "parallel" else ["lab1", "lab2", "lab3"]
+                for name in aborted:
+                    self.assertEqual(hosts[name]["outcome"], "ABORT", hosts)
+                    self.assertEqual(hosts[name]["error"], reason)
+                    self.assertGreater(hosts[name]["duration"], 0.0)
+                if shape == "parallel":
+                    self.assertEqual(hosts["lab1"]["outcome"], "GOOD")
+                self.assert_groups_closed(os.path.join(res, "status.log"))
+                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                self.assertIn("END ABORT", [e["code"] for e in entries
+                                            if e["operation"] == "kernel-check"])
+                if shape == "parallel":     # each host's own status.log too
+                    for name in ("lab1", "lab2", "lab3"):
+                        self.assert_groups_closed(os.path.join(res, name, "status.log"))
+                    own = open(os.path.join(res, "lab2", "status.log")).read()
+                    self.assertIn("END ABORT\t----\tkernel-check", own)
+                cases = {c.get("name"): c for c in ET.parse(junit).getroot()}
+                for name in aborted:
+                    failure = cases[name].find("failure")
+                    self.assertEqual(failure.get("message"), "ABORT")
+                    self.assertIn(reason, failure.text)
+                last = err.strip().splitlines()[-1]
+                good = 1 if shape == "parallel" else 0
+                self.assertTrue(last.startswith(f"autoserv: {good} of 3 hosts GOOD; "), last)
+                self.assertIn(f"lab2 ABORT {reason}", last)
+                self.assertTrue(last.endswith(f"results in {res}"), last)
+
+    def test_a_failed_hosts_error_names_its_cause_and_its_subdir_tells_its_story(self):
+        ctl = self.control("""\
+            def work(n):
+                h = hosts.SSHHost(n)
+                h.run("echo hello from " + n)
+                h.get_file("/etc/hostname", os.path.join(job.resultdir, n + ".hostname"))
+                if n == "lab2":
+                    h.run("echo partial; sleep 10", timeout=1)
+                if n == "lab3":
+                    h.run("echo out; echo err >&2; false")
+            parallel_simple(work, machines, return_results=True)
+            """)
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("--ssh-config", self.lab_config(), "-r", res, "-m", "lab1,lab2,lab3", ctl)
+        self.assertEqual(out.returncode, 3, out.stderr)
+        hosts = json.load(open(os.path.join(res, "summary.json")))["hosts"]
+        self.assertEqual(hosts["lab2"]["error"],
+                         "AutoservTimeoutError: 'echo partial; sleep 10' timed out after 1.0 s")
+        self.assertIn("partial", hosts["lab2"]["output"])
+        self.assertEqual(hosts["lab3"]["error"], "AutoservRunError: 'echo out; echo err >&2; "
+                                                 "false' failed with exit status 1")
+        self.assertEqual(hosts["lab3"]["output"], "err\nout")
+        self.assertEqual((hosts["lab1"]["outcome"], hosts["lab1"]["error"]), ("GOOD", ""))
+        for name in ("lab1", "lab2", "lab3"):
+            own = os.path.join(res, name)
+            autoserv.parse_status_log(open(os.path.join(own, "status.log")).read())
+            log = open(os.path.join(own, "debug", "host.log")).read()
+            self.assertIn(f"run: echo hello from {name}\nstdout| hello from {name}\n"
+                          "exit status 0 in", log)
+            for other in {"lab1", "lab2", "lab3"} - {name}:
+                self.assertNotIn(f"hello from {other}", log)
+            # autoserv's own probe (is the source a dir?) is no failed command
+            self.assertNotIn("test -d", log)
+        self.assertNotIn("test -d", open(os.path.join(res, "debug", "autoserv.log")).read())
+        self.assertIn("run: echo partial; sleep 10\nstdout| partial",
+                      open(os.path.join(res, "lab2", "debug", "host.log")).read())
+        self.assertIn("timed out after 1.0 s", open(os.path.join(res, "lab2", "status.log")).read())
+        for name, cls in (("lab2", "AutoservTimeoutError"), ("lab3", "AutoservRunError")):
+            tb = open(os.path.join(res, name, "debug", "traceback")).read()
+            self.assertIn("Traceback (most recent call last)", tb)
+            self.assertIn(cls, tb)
+        self.assertFalse(os.path.exists(os.path.join(res, "lab1", "debug", "traceback")))
+        last = out.stderr.strip().splitlines()[-1]
+        self.assertEqual(last, f"autoserv: 1 of 3 hosts GOOD; lab2 FAIL "
+                               f"{hosts['lab2']['error']}; lab3 FAIL {hosts['lab3']['error']}; "
+                               f"results in {res}")
+
+    def test_verbose_output_names_a_tasks_host_once_per_line(self):
+        ctl = self.control("parallel_simple(lambda n: hosts.SSHHost(n).run('echo hi'), machines)\n")
+        out = run_cli("--ssh-config", self.lab_config(), "-v", "-r", os.path.join(self.tmp, "r"),
+                      "-m", "lab1,lab2", ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("lab1: run: echo hi", out.stderr)
+        self.assertFalse(re.findall(r"(?m)^(lab\d) : .*\] \1[:| ]", out.stderr), out.stderr)
 
     @scenario(30)
     def test_no_remote_temp_dir_or_socket_outlives_any_ending(self):
@@ -4557,6 +4705,17 @@ class TestJobOutcome(unittest.TestCase):
         self.assertEqual(end["code"], "END FAIL")
         self.assertIn("carriage\\rreturn", [e["message"] for e in body][0])
         self.assertEqual(self.summary()["job"]["outcome"], "FAIL")
+
+    def test_a_hard_reset_is_recorded_in_the_status_log(self):
+        # The power command is a local `true`: nothing is reset.
+        out = self.job("""\
+            h = hosts.LocalHost(power=power.CommandPower(cycle="true"))
+            h.hardreset(wait=False)
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        resets = [e for e in self.entries() if e["operation"] == "hardreset"]
+        self.assertEqual([e["code"] for e in resets], ["INFO"], self.entries())
+        self.assertIn("localhost: hard reset through CommandPower", resets[0]["message"])
 
     def test_host_durations_are_the_wall_time_of_their_work(self):
         out = self.job("""\
