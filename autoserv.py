@@ -208,7 +208,17 @@ class AutoservSSHConnectionRefused(AutoservSSHError):
 
 
 class AutoservSSHUnknownHost(AutoservSSHError):
-    """The host name does not resolve."""
+    """The host name does not resolve.  In a run given an ssh config
+    (set_ssh_defaults, --ssh-config) that has no Host line for it, the
+    message says so: most often a name left out of that config."""
+
+    def __init__(self, hostname, message, detail=""):
+        config = _SSH_DEFAULTS["ssh_config"]
+        if config and hostname and "not in the ssh config" not in detail \
+                and not _in_ssh_config(config, hostname):
+            detail = f"{hostname} is not in the ssh config {config}" + (
+                f"; {detail}" if detail else "")
+        super().__init__(hostname, message, detail)
 
 
 class AutoservSSHPermissionDenied(AutoservSSHError):
@@ -290,6 +300,24 @@ def sh_escape(command):
 def sh_quote(word):
     """Quote one word for a POSIX shell (shlex.quote)."""
     return shlex.quote(word)
+
+
+def _in_ssh_config(path, name):
+    """True when a Host line of the ssh config at path (not its Includes)
+    has a pattern matching name; True too when it cannot be read."""
+    import fnmatch
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return True
+    for line in lines:
+        words = line.replace("=", " ", 1).split()
+        if len(words) > 1 and words[0].lower() == "host":
+            patterns = [w for w in words[1:] if not w.startswith("!")]
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                return True
+    return False
 
 
 def _last_lines(text, count):
@@ -1190,16 +1218,21 @@ def _write_atomic(path, data):
     os.replace(tmp, path)
 
 
-def _claim_results_dir(path, overwrite):
+def _claim_results_dir(path, overwrite, parent=None):
     """Claims a results dir with an atomic mkdir.  With no path, the default
-    name with a suffix when two runs start in the same second."""
+    name (in parent, default here) with a suffix when two runs start in the
+    same second, and the `latest` link beside it names it."""
     if path is None:
-        base = "results." + time.strftime("%Y-%m-%d-%H.%M.%S")
+        parent = os.path.abspath(parent or ".")
+        if not os.path.isdir(parent):
+            raise AutoservUsageError(f"--results-base {parent}: no such directory; "
+                                     "create it or pick another")
+        base = os.path.join(parent, "results." + time.strftime("%Y-%m-%d-%H.%M.%S"))
         for n in range(1000):
             candidate = base if n == 0 else f"{base}.{n}"
             try:
                 os.mkdir(candidate)
-                return os.path.abspath(candidate)
+                return candidate
             except FileExistsError:
                 continue
         raise AutoservUsageError(f"could not claim a results dir named {base}*")
@@ -1225,6 +1258,31 @@ def _claim_results_dir(path, overwrite):
             pass
     shutil.rmtree(os.path.join(path, "debug"), ignore_errors=True)
     return path
+
+
+def _point_latest(resultdir, target=None):
+    """Makes `latest` beside resultdir a link to it (or to target); returns
+    what it named before ("" if nothing).  A `latest` that is not a link is
+    left alone."""
+    link = os.path.join(os.path.dirname(resultdir), "latest")
+    try:
+        old = os.readlink(link)
+    except FileNotFoundError:
+        old = ""
+    except OSError:
+        LOG.write(f"{link} is not a symbolic link; left alone")
+        return None
+    tmp = f"{link}.{os.getpid()}.tmp"
+    try:
+        if target == "":
+            os.unlink(link)
+        else:
+            os.symlink(target or os.path.basename(resultdir), tmp)
+            os.replace(tmp, link)
+    except OSError as e:
+        _remove_quietly(tmp)
+        LOG.write(f"could not point {link} at {resultdir}: {e}")
+    return old
 
 
 def _user_name():
@@ -8483,6 +8541,8 @@ def _parser():
       help="machines, comma or space separated, each [user@]host[:port]")
     a("-M", "--machines-file", metavar="F", help="machines, one a line")
     a("-r", "--results", metavar="DIR", help="results dir (default results.<date>)")
+    a("--results-base", metavar="DIR", help="where the default results.<date> dirs go "
+      "(default: here); a 'latest' link beside them names the newest")
     a("--overwrite", action="store_true", help="reuse a non-empty results dir")
     a("-a", "--args", dest="extra_args", action="append", default=[], metavar="STR",
       help="split like a shell and appended to args")
@@ -8497,7 +8557,8 @@ def _parser():
       help="extra ssh -o option (repeatable)")
     a("--ssh-config", metavar="F", help="ssh config file (ssh -F)")
     a("-i", "--identity", metavar="F", help="ssh identity file")
-    a("--host-key-policy", choices=HOST_KEY_POLICIES, default="accept-new")
+    a("--host-key-policy", choices=HOST_KEY_POLICIES,
+      help="default accept-new")
     a("--known-hosts", metavar="F", help="known_hosts file for accept-new/strict")
     a("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S")
     a("--persistent", action="store_true",
@@ -8626,6 +8687,77 @@ def _report(exc, control_path):
     return "".join(l if l.endswith("\n") else l + "\n" for l in lines).rstrip("\n")
 
 
+# Settings given once: the command line wins over the environment, which
+# wins over ./autoserv.conf, which wins over ~/.config/autoserv/autoserv.conf.
+# Each is (option's dest, environment variable, autoserv.conf key in [ssh],
+# a path?).
+_SETTINGS = (("ssh_config", "AUTOSERV_SSH_CONFIG", "config", True),
+             ("identity", "AUTOSERV_SSH_IDENTITY", "identity", True),
+             ("ssh_user", "AUTOSERV_SSH_USER", "user", False),
+             ("known_hosts", "AUTOSERV_SSH_KNOWN_HOSTS", "known_hosts", True),
+             ("host_key_policy", "AUTOSERV_SSH_HOST_KEY_POLICY", "host_key_policy", False))
+
+
+def _conf_files():
+    return [os.path.abspath("autoserv.conf"),
+            os.path.join(os.path.expanduser("~"), ".config", "autoserv", "autoserv.conf")]
+
+
+def _read_conf(path):
+    """autoserv.conf's [ssh] settings as {key: value}, paths made absolute
+    (relative to the file's dir); {} when there is no such file."""
+    import configparser
+    import difflib
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, configparser.Error) as e:
+        why = " ".join(str(e).split())
+        raise AutoservUsageError(f"{path}: cannot read it ({why})")
+    known = {key: is_path for _, _, key, is_path in _SETTINGS}
+    for section in parser.sections():
+        if section != "ssh":
+            raise AutoservUsageError(f"{path}: unknown section [{section}]; the one "
+                                     "section is [ssh]")
+    values = {}
+    for key, value in (parser.items("ssh") if parser.has_section("ssh") else []):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, 1)
+            raise AutoservUsageError(f"{path}: [ssh] {key}: unknown setting" + (
+                f"; did you mean {close[0]}?" if close else "; known: " + ", ".join(known)))
+        if known[key] and value:
+            value = os.path.join(os.path.dirname(path), os.path.expanduser(value))
+        values[key] = value
+    return values
+
+
+def _apply_settings(opts):
+    """Fills in the options the command line left unset from the
+    environment and autoserv.conf; says where each came from in the log."""
+    confs = [(path, _read_conf(path)) for path in _conf_files()]
+    for dest, var, key, is_path in _SETTINGS:
+        if getattr(opts, dest) is not None:
+            continue
+        value = os.environ.get(var) or None
+        where = var
+        if value and is_path:
+            value = os.path.abspath(os.path.expanduser(value))
+        for path, conf in confs:
+            if value is None and conf.get(key):
+                value, where = conf[key], path
+        if value is not None:
+            if dest == "host_key_policy" and value not in HOST_KEY_POLICIES:
+                raise AutoservUsageError(f"{where}: host key policy {value!r}: use one of "
+                                         + ", ".join(HOST_KEY_POLICIES))
+            setattr(opts, dest, value)
+            opts.settings_from.append(f"{dest} from {where}")
+    if opts.host_key_policy is None:
+        opts.host_key_policy = "accept-new"
+
+
 def _say(message, quiet=False):
     if not quiet:
         print(f"autoserv: {_neutralise(message)}", file=sys.stderr, flush=True)
@@ -8688,9 +8820,15 @@ def _main(argv):
                 raise AutoservUsageError(f"-a {extra!r}: {e}")
         if opts.max_parallel is not None and opts.max_parallel < 1:
             raise AutoservUsageError("-j/--max-parallel must be 1 or more")
-        for flag, value in (("--ssh-config", opts.ssh_config), ("-i", opts.identity)):
+        opts.settings_from = []
+        _apply_settings(opts)
+        for flag, dest in (("--ssh-config", "ssh_config"), ("-i", "identity")):
+            value = getattr(opts, dest)
             if value and not os.path.isfile(value):
-                raise AutoservUsageError(f"{flag} {value}: no such file")
+                where = next((w.split(" from ", 1)[1] for w in opts.settings_from
+                              if w.startswith(dest + " from ")), None)
+                raise AutoservUsageError(f"{flag} {value}: no such file"
+                                         + (f" (set in {where})" if where else ""))
         if opts.check:
             if not opts.quiet:
                 print(f"{opts.control}: ok")
@@ -8713,7 +8851,13 @@ def _main(argv):
             extra = {"_client_text": source, "_client_autodir": opts.autodir}
             code = compile(_CLIENT_ON_MACHINES, "<-c: the client control file on every "
                            "machine>", "exec")
-        resultdir = _claim_results_dir(opts.results, opts.overwrite)
+        if opts.results and opts.results_base:
+            raise AutoservUsageError("-r and --results-base: -r names the dir itself; "
+                                     "give one of them")
+        # A run that was a usage mistake after all removes a dir it made.
+        opts.fresh_results = not (opts.results and os.path.lexists(opts.results))
+        resultdir = _claim_results_dir(opts.results, opts.overwrite, opts.results_base)
+        opts.latest_before = None if opts.results else _point_latest(resultdir)
     except AutoservUsageError as e:
         _say(f"error: {e}")
         return 2
@@ -8785,6 +8929,8 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
             status, outcome = 1, "FAIL"
             error = _report(e, control_path)
             reason = _reason(e, control_path)
+            if _usage_mistake(e, control_path, code, job, machines):
+                status = 2
             LOG.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
             for host_name in _hosts_in(e):
                 job.host_status(host_name, "FAIL", _cause(e), output=_output_tail(e))
@@ -8801,6 +8947,8 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         why = _reboot_this_machine(job, local_reboot, status, outcome, error)
         if why:
             status, outcome, error = 1, "FAIL", why
+    if status == 2:
+        return _drop_results(opts, job, error)
     if status in (130, 143):
         job.hosts_cut_short(error)
     job.status.close_open(outcome, keep=1)
@@ -8818,6 +8966,47 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         _say(f"error: {error}" if status == 1 else error)
     _say(job.closing_line(outcome), opts.quiet and status == 0)
     return status
+
+
+def _usage_mistake(exc, control_path, code, job, machines):
+    """True for a control file that failed before touching any host on a
+    mistake in how it was called or written: a name it never defined, at
+    its top level, or any failure of one that uses `machines` when none
+    were given."""
+    if job.host_outcomes or job.status.worst:
+        return False
+    mine, _ = _where(exc, control_path)
+    if isinstance(exc, NameError) and mine and exc.__traceback__ is not None:
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb.tb_frame.f_code.co_filename == control_path and \
+                tb.tb_frame.f_code.co_name == "<module>":
+            return True
+    return not machines and "machines" in _names_used(code)
+
+
+def _names_used(code):
+    """Every name a code object (and the code nested in it) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names_used(const)
+    return names
+
+
+def _drop_results(opts, job, error):
+    """A usage mistake found by running: says so, exit status 2, and leaves
+    no results dir (one this run made) and `latest` as it was."""
+    job.write_summary("FAIL", error)
+    LOG.close()
+    if opts.fresh_results:
+        shutil.rmtree(job.resultdir, ignore_errors=True)
+        if opts.latest_before is not None:
+            _point_latest(job.resultdir, opts.latest_before)
+    hint = "" if opts.machines or opts.machines_file else " (no machines given: -m or -M?)"
+    _say(f"error: {error}{hint}")
+    return 2
 
 
 def _reboot_this_machine(job, pending, status, outcome, error):

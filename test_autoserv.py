@@ -1360,6 +1360,38 @@ class TestCLI(unittest.TestCase):
     def results(self, name="res"):
         return os.path.join(self.tmp, name)
 
+    def test_results_base_holds_the_runs_and_latest_names_the_newest(self):
+        base = os.path.join(self.tmp, "base")
+        os.mkdir(base)
+        ctl = self.control("pass\n")
+        made = []
+        for _ in range(2):
+            out = run_cli("--results-base", base, ctl, cwd=self.tmp)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            made.append(out.stderr.splitlines()[0].split("results in ", 1)[1])
+            self.assertEqual(os.path.dirname(made[-1]), base)
+            self.assertEqual(os.readlink(os.path.join(base, "latest")),
+                             os.path.basename(made[-1]))
+            self.assertTrue(out.stderr.strip().splitlines()[-1].endswith(
+                f"results in {os.path.relpath(made[-1], self.tmp)}"), out.stderr)
+        self.assertNotEqual(made[0], made[1])
+        out = run_cli("--results-base", base, "-r", self.results(), ctl, cwd=self.tmp)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("-r and --results-base", out.stderr)
+        # Usage mistakes found by running: exit 2, no results dir, latest as it was.
+        mistakes = {"needs -m": ("h = hosts.SSHHost(machines[0])\n", "no machines given"),
+                    "name at line 1": ("pritn('hello')\n", "NameError")}
+        for name, (text, said) in mistakes.items():
+            with self.subTest(mistake=name):
+                out = run_cli("--results-base", base, self.control(text, "bad.control"),
+                              cwd=self.tmp)
+                self.assertEqual(out.returncode, 2, out.stderr)
+                self.assertIn(said, out.stderr)
+                self.assertEqual(sorted(os.listdir(base)),
+                                 sorted([os.path.basename(m) for m in made] + ["latest"]))
+                self.assertEqual(os.readlink(os.path.join(base, "latest")),
+                                 os.path.basename(made[-1]))
+
     def test_local_example_runs_with_no_set_up(self):
         out = run_cli(os.path.join(HERE, "examples", "local-uname.control"), cwd=self.tmp)
         self.assertEqual(out.returncode, 0, out.stderr)
@@ -2252,6 +2284,53 @@ class TestSSHJobs(SshdTestCase):
         self.assertEqual(last, f"autoserv: 1 of 3 hosts GOOD; lab2 FAIL "
                                f"{hosts['lab2']['error']}; lab3 FAIL {hosts['lab3']['error']}; "
                                f"results in {res}")
+
+    def test_ssh_settings_given_once_in_autoserv_conf_or_the_environment_the_command_line_wins(self):
+        ctl = self.control("print(hosts.SSHHost('testhost').run('echo reached').stdout)\n")
+        home = os.path.join(self.tmp, "home")
+        conf_dir = os.path.join(home, ".config", "autoserv")
+        os.makedirs(conf_dir)
+        work = os.path.join(self.tmp, "work")
+        os.mkdir(work)
+        shutil.copy(self.sshd.ssh_config, os.path.join(conf_dir, "lab_ssh"))
+        missing = os.path.join(self.tmp, "missing_config")
+        env = dict(os.environ, HOME=home)
+        env.pop("AUTOSERV_SSH_CONFIG", None)
+
+        def run(*args, **extra):
+            return run_cli(*args, ctl, cwd=work, env=dict(env, **extra))
+        # ~/.config/autoserv/autoserv.conf, its path relative to the file
+        with open(os.path.join(conf_dir, "autoserv.conf"), "w") as f:
+            f.write("[ssh]\nconfig = lab_ssh\n")
+        out = run("-r", os.path.join(self.tmp, "r1"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("reached", out.stdout)
+        # ./autoserv.conf comes before it
+        with open(os.path.join(work, "autoserv.conf"), "w") as f:
+            f.write(f"[ssh]\nconfig = {missing}\n")
+        out = run("-r", os.path.join(self.tmp, "r2"))
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertIn(f"{missing}: no such file (set in {work}/autoserv.conf)", out.stderr)
+        # the environment before both, the command line before all
+        out = run("-r", os.path.join(self.tmp, "r3"), AUTOSERV_SSH_CONFIG=self.sshd.ssh_config)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = run("-r", os.path.join(self.tmp, "r4"), "--ssh-config", self.sshd.ssh_config,
+                  AUTOSERV_SSH_CONFIG=missing)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        # a misspelt setting is a usage error naming the right one
+        with open(os.path.join(work, "autoserv.conf"), "w") as f:
+            f.write("[ssh]\nidentiy = key\n")
+        out = run("-r", os.path.join(self.tmp, "r5"))
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertIn("[ssh] identiy: unknown setting; did you mean identity?", out.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "r5")))
+        # a host the given config does not name says so
+        os.unlink(os.path.join(work, "autoserv.conf"))
+        bad = self.control("hosts.SSHHost('lab9.invalid').run('true')\n", "unknown.control")
+        out = run_cli("-r", os.path.join(self.tmp, "r6"), bad, cwd=work, env=env)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("AutoservSSHUnknownHost", out.stderr)
+        self.assertIn(f"lab9.invalid is not in the ssh config {conf_dir}/lab_ssh", out.stderr)
 
     def test_verbose_output_names_a_tasks_host_once_per_line(self):
         ctl = self.control("parallel_simple(lambda n: hosts.SSHHost(n).run('echo hi'), machines)\n")
