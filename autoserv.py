@@ -5217,7 +5217,15 @@ def _task_ended(task):
             + "".join("\t" + line + "\n" for line in body.split("\n") if line)
             + _status_line(f"END {worst}", sub, task.label, task.title))
     _JOB.status.relay(text)
-    _JOB.merge_host_records(task.host_records)
+    records = dict(task.host_records)
+    if sub and sub not in records:   # a task on user@host:port: its host is the machine
+        try:
+            name = parse_machine(sub)[1]
+        except AutoservUsageError:
+            name = None
+        if name in records:
+            records[sub] = records.pop(name)
+    _JOB.merge_host_records(records)
     span = [task.wall_started or time.time(), time.time()]
     for name in ([sub] if sub else []) + task.host_names():
         _JOB.host_status(name, worst, error, span, output)
@@ -8546,6 +8554,8 @@ def _parser():
     a("--overwrite", action="store_true", help="reuse a non-empty results dir")
     a("-a", "--args", dest="extra_args", action="append", default=[], metavar="STR",
       help="split like a shell and appended to args")
+    a("-e", "--execute", metavar="CMD", help="ad-hoc: run CMD on every machine at once "
+      "and print a table of the outcomes (no CONTROL_FILE)")
     a("-c", "--client", action="store_true",
       help="CONTROL_FILE is a client-side (autotest) control file")
     a("-b", "--reboot", action="store_true", help="reboot every machine after the job")
@@ -8785,12 +8795,21 @@ def _main(argv):
         return _merge_main(argv[1:])
     try:
         opts = _parser().parse_args(argv)
-        if opts.control is None:
-            raise AutoservUsageError("no CONTROL_FILE given (see --help)")
-        control_path = os.path.abspath(opts.control)
-        if opts.client_harness:
-            return _client_main(control_path, opts.cont)
-        source = _read_control(control_path)
+        if opts.execute is not None:
+            if opts.control is not None or opts.client:
+                raise AutoservUsageError("-e runs one command on the machines: give it "
+                                         "no CONTROL_FILE and no -c")
+            if not opts.machines and not opts.machines_file:
+                raise AutoservUsageError("-e: give the machines to run it on (-m or -M)")
+            control_path = "<-e>"
+            source = _ADHOC.format(command=opts.execute)
+        else:
+            if opts.control is None:
+                raise AutoservUsageError("no CONTROL_FILE given (see --help)")
+            control_path = os.path.abspath(opts.control)
+            if opts.client_harness:
+                return _client_main(control_path, opts.cont)
+            source = _read_control(control_path)
         code = _compile_or_usage(source, control_path)
         groups = _machine_groups(opts)
         shard = None
@@ -8843,7 +8862,7 @@ def _main(argv):
                          connect_timeout=opts.connect_timeout,
                          persistent=opts.persistent)
         junit = absolute(opts.junit)
-        extra = None
+        extra = {"_adhoc_table": _adhoc_table} if opts.execute is not None else None
         if opts.client:
             if not machines:
                 raise AutoservUsageError("-c/--client: give the machines to run the client "
@@ -8867,6 +8886,37 @@ def _main(argv):
         return _slurm_run(opts, argv, resultdir, groups, source)
     return _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
                     extra, shard)
+
+
+# -e: the control file of an ad-hoc command, written to control.srv as it
+# is; the table comes from _adhoc_table (in its namespace).
+_ADHOC = textwrap.dedent("""\
+    # autoserv -e: one command on every machine at once
+    command = {command!r}
+    def run_command(machine):
+        return hosts.create_host(machine).run(command)
+    _adhoc_table(machines, parallel_simple(run_command, machines, return_results=True))
+    """)
+
+
+def _adhoc_table(machines, results):
+    """-e's table on stdout: each machine's exit status (or the error that
+    kept the command from running), time and first line of output."""
+    rows = [("HOST", "STATUS", "TIME", "OUTPUT")]
+    for name, outcome in zip(machines, results):
+        r = outcome if isinstance(outcome, CmdResult) else getattr(outcome, "result", None)
+        if isinstance(r, CmdResult):
+            status = "timeout" if r.timed_out else str(r.exit_status)
+            text = next((l for l in (r.stdout + "\n" + r.stderr).splitlines() if l.strip()),
+                        "")
+            rows.append((name, status, f"{r.duration:.2f}s", text))
+        else:
+            why = str(outcome).splitlines()[0] if str(outcome).strip() else ""
+            rows.append((name, type(outcome).__name__, "-", why))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]
+        print(_neutralise(line.rstrip()), flush=True)
 
 
 # -c: the server-side control that runs a client control file on every

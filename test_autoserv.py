@@ -5008,6 +5008,38 @@ class TestFanOut(unittest.TestCase):
         import xml.etree.ElementTree as ET
         self.assertEqual(len(ET.parse(junit).getroot()), 16)
 
+    def test_ad_hoc_command_runs_on_every_host_and_prints_a_table(self):
+        names = self.hosts.names[:4]
+        command = "test $(hostname) != nshost02 || { echo broken >&2; exit 4; }; hostname"
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r", res, "-j", "2",
+                      "-m", ",".join(names), "-e", command)
+        self.assertEqual(out.returncode, 3, out.stderr)
+        rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()}
+        self.assertEqual(rows.pop("HOST"), ["HOST", "STATUS", "TIME", "OUTPUT"])
+        self.assertEqual(sorted(rows), sorted(names))
+        for name, row in rows.items():
+            status, output = ("4", "broken") if name == "nshost02" else ("0", name)
+            self.assertEqual((row[1], row[3]), (status, output), row)
+            self.assertRegex(row[2], r"^\d+\.\d\ds$")
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual({n: v["outcome"] for n, v in summary["hosts"].items()},
+                         {n: "FAIL" if n == "nshost02" else "GOOD" for n in names})
+        self.assertIn(command, open(os.path.join(res, "control.srv")).read())
+        self.assertIn("nshost02 FAIL AutoservRunError:", out.stderr.strip().splitlines()[-1])
+        # --shard takes its share of the machines file, as any job does
+        mf = os.path.join(self.tmp, "machines")
+        with open(mf, "w") as f:
+            f.write("\n".join(names) + "\n")
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r", os.path.join(self.tmp, "s"),
+                      "-M", mf, "--shard", "1/2", "-e", "hostname")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual([line.split()[:2] for line in out.stdout.splitlines()[1:]],
+                         [[names[1], "0"], [names[3], "0"]])
+        out = run_cli("-m", names[0], "-e", "true", os.path.join(self.tmp, "x.control"))
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("-e runs one command on the machines", out.stderr)
+
     def test_one_host_partitioned_mid_run_the_others_complete(self):
         res = os.path.join(self.tmp, "res")
         victim = 5
