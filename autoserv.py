@@ -1491,6 +1491,37 @@ def _junit_xml(host_outcomes, outcome, error, seconds):
             f'time="{seconds:.3f}">\n' + "\n".join(cases) + "\n</testsuite>\n")
 
 
+# Under sudo, a root shell that passes a stop on: the login user may signal
+# sudo (which relays to this shell) but not the root processes under it, so
+# on TERM it ends its whole process group itself (KILL 2 s later).  Its own
+# stdin kept for the command (a background job would get /dev/null).
+_ROOT_SH = ('exec 3<&0; trap "trap - TERM HUP INT; kill -TERM 0; (sleep 2; kill -KILL 0) &" '
+            'TERM HUP INT; sh -c "$1" <&3 3<&- & wait $!')
+
+
+def _as_root(command):
+    """command as root through `sudo -n` (never a password prompt), the
+    run id passed on so that the run's clean-up still finds it."""
+    return ('sudo -n -- env ${AUTOSERV_RUN_ID:+AUTOSERV_RUN_ID="$AUTOSERV_RUN_ID"} sh -c '
+            + shlex.quote(_ROOT_SH) + " sh " + shlex.quote(command))
+
+
+_SUDO_REFUSED = re.compile(r"^sudo: (a password is required|a terminal is required)"
+                           r"|is not in the sudoers file|may not run sudo"
+                           r"|\bsudo: (command )?not found")
+
+
+def _check_sudo(hostname, result):
+    """Raises AutoservHostError, with what sudo said, when sudo itself
+    refused to run the command (rather than the command failing)."""
+    said = next((l.strip() for l in result.stderr.splitlines()[:5]
+                 if _SUDO_REFUSED.search(l)), None)
+    if result.exit_status in (1, 127) and said:
+        raise AutoservHostError(hostname, "sudo -n would not run the command as root",
+                                f"{said}; give the login user NOPASSWD sudo "
+                                "(sudoers) or log in as root")
+
+
 def _probe(host, command, timeout=60):
     """A question autoserv asks a host for itself (is this a dir? is qemu
     alive?): host.run(command, ignore_status=True), kept out of the debug
@@ -1607,9 +1638,10 @@ class Host:
     are seconds; None means no limit.
 
     Constructor keywords every host takes: power= (a power controller, or a
-    registered power type by name: see _by_name) and console= (likewise for
-    console types).  An unknown keyword is an AutoservArgumentError naming
-    it; password= says how to log in with a key instead.
+    registered power type by name: see _by_name), console= (likewise for
+    console types) and sudo= (True: every run() as root through sudo -n).
+    An unknown keyword is an AutoservArgumentError naming it; password=
+    says how to log in with a key instead.
 
     Collaborators: power (on/off/cycle/reset/status, a PowerController) and
     console (any object; one with hardreset() is a reset path, one with
@@ -1625,8 +1657,9 @@ class Host:
     power = None
     console = None
 
-    def __init__(self, power=None, console=None, **kwargs):
+    def __init__(self, power=None, console=None, sudo=False, **kwargs):
         _refuse_host_keywords(type(self).__name__, kwargs)
+        self.sudo = bool(sudo)
         where = f"{type(self).__name__}({self.hostname!r})"
         self.power = _by_name("power", power, where)
         self.console = _by_name("console", console, where)
@@ -1646,27 +1679,33 @@ class Host:
     def __reduce__(self):
         # Hosts cross process boundaries (parallel) by being rebuilt from
         # their constructor arguments, never with live connections.
-        return (_rebuild_host, (type(self), self._init_args, self._init_kwargs))
+        kwargs = dict(self._init_kwargs, **({"sudo": True} if self.sudo else {}))
+        return (_rebuild_host, (type(self), self._init_args, kwargs))
 
     def run(self, command, timeout=None, ignore_status=False, stdin=None,
             stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
-            max_output=DEFAULT_MAX_OUTPUT):
+            max_output=DEFAULT_MAX_OUTPUT, sudo=None):
         """Runs command (a shell string; args are appended as quoted words)
         under the target's login shell, stdin from /dev/null unless given
         (str or bytes); output teed live to stdout_tee/stderr_tee.  timeout
         bounds the whole command (it and what it started are killed);
-        connect_timeout bounds reaching the host.  Returns a CmdResult.
+        connect_timeout bounds reaching the host.  sudo=True (default: the
+        host's sudo=) runs it as root through `sudo -n`.  Returns a CmdResult.
         Raises AutoservRunError for a non-zero exit unless ignore_status,
         AutoservTimeoutError on timeout, AutoservSSHError (a subclass) when
-        the transport fails.
+        the transport fails, AutoservHostError when sudo wants a password.
 
         The one run body for every kind of host: a subclass supplies the
         transport's primitive, _execute()."""
         command = _with_args(command, args)
+        as_root = self.sudo if sudo is None else sudo
         _log_command(self.hostname, command)
-        result = self._execute(command, _stdin_bytes(stdin), timeout, stdout_tee,
+        result = self._execute(_as_root(command) if as_root else command,
+                               _stdin_bytes(stdin), timeout, stdout_tee,
                                stderr_tee, max_output, connect_timeout)
-        result.timeout = timeout
+        result.command, result.timeout = command, timeout
+        if as_root:
+            _check_sudo(self.hostname, result)
         LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
         _log_command(self.hostname, result=result)
         return _judge(result, ignore_status)
@@ -4327,7 +4366,13 @@ class _SSHTransfer:
             if backend not in TRANSFER_BACKENDS:
                 raise AutoservUsageError(f"transfer backend {backend!r}: use one of "
                                          + ", ".join(TRANSFER_BACKENDS))
+            if self.host.sudo and backend != "tar":
+                raise AutoservUsageError(f"{self.hostname}: transfer backend {backend!r} "
+                                         "cannot place files as root; with sudo=True "
+                                         "transfers go through tar")
             return backend
+        if self.host.sudo:        # tar is the backend that runs under sudo -n
+            return "tar"
         tools = self._remote_tools()
         if delete_dest and "rsync" in tools and shutil.which("rsync"):
             return "rsync"
@@ -4482,8 +4527,9 @@ class _TarTransfer(_TransferBackend):
     def _raw_ssh(self, script, *args):
         """ssh argv running an sh script directly (no wrapper): for streams
         whose size is not known up front.  The script never exits 255."""
-        return self.t.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
-                                                       (script, "autoserv") + args)]
+        root = "sudo -n -- " if self.t.host.sudo else ""
+        return self.t.ssh_argv() + [root + "sh -c " + " ".join(shlex.quote(w) for w in
+                                                              (script, "autoserv") + args)]
 
     def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
         hostname = self.t.hostname

@@ -4853,15 +4853,26 @@ class TestJobOutcome(unittest.TestCase):
 class NamespaceHosts:
     """count hosts, each a network namespace on a private bridge with its own
     hostname (UTS namespace) and its own sshd, logging in as an unprivileged
-    user.  Only these addresses are ever contacted."""
+    user.  Only these addresses are ever contacted.  USER may sudo to root
+    without a password, PASSWORD_USER only with a password it does not have
+    (a sudoers file of this fixture's, removed by close())."""
     USER = "astest"
+    PASSWORD_USER = "astest2"
 
     def __init__(self, count):
         need_root()
         need("ip", "sshd", "unshare", "useradd")
-        if subprocess.run(["id", self.USER], capture_output=True).returncode:
-            sh("useradd", "-m", "-s", "/bin/sh", self.USER)
-            sh("usermod", "-p", "*", self.USER)
+        for user in (self.USER, self.PASSWORD_USER):
+            if subprocess.run(["id", user], capture_output=True).returncode:
+                sh("useradd", "-m", "-s", "/bin/sh", user)
+                sh("usermod", "-p", "*", user)
+        self.sudoers = None
+        if os.path.isdir("/etc/sudoers.d"):
+            self.sudoers = f"/etc/sudoers.d/autoserv-test-{os.getpid()}"
+            with open(self.sudoers, "w") as f:
+                f.write(f"{self.USER} ALL=(root) NOPASSWD: ALL\n"
+                        f"{self.PASSWORD_USER} ALL=(root) ALL\n")
+            os.chmod(self.sudoers, 0o440)
         self.dir = tempfile.mkdtemp(prefix="as-ns-")
         os.chmod(self.dir, 0o755)
         keys = Sshd.__new__(Sshd)
@@ -4963,6 +4974,15 @@ class NamespaceHosts:
             sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.sudoers:
+            _remove_file(self.sudoers)
+
+
+def _remove_file(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class TestFanOut(unittest.TestCase):
@@ -5039,6 +5059,50 @@ class TestFanOut(unittest.TestCase):
         out = run_cli("-m", names[0], "-e", "true", os.path.join(self.tmp, "x.control"))
         self.assertEqual(out.returncode, 2)
         self.assertIn("-e runs one command on the machines", out.stderr)
+
+    def test_sudo_runs_as_root_and_a_password_prompt_is_one_clear_error(self):
+        need("sudo")
+        self.addCleanup(Invariants().check, self)
+        config = self.hosts.ssh_config
+        plain = autoserv.SSHHost("nshost01", ssh_config=config)
+        self.assertNotEqual(plain.run("id -u").stdout, "0\n")
+        self.assertEqual(plain.run("id -u", sudo=True).stdout, "0\n")
+        root = autoserv.SSHHost("nshost02", ssh_config=config, sudo=True)
+        self.assertEqual(root.run("id -u; cat; echo", args=["x y"], stdin="in\n").stdout,
+                         "0\nin\nx y\n")
+        self.assertEqual(root.run("exit 7", ignore_status=True).exit_status, 7)
+        self.assertNotEqual(root.run("id -u", sudo=False).stdout, "0\n")
+        # a host sent to a parallel task stays a sudo host
+        self.assertEqual(autoserv.parallel_simple(lambda h: h.run("id -u").stdout, [root],
+                                                  log=False, return_results=True), ["0\n"])
+        # a timeout ends the command run as root, too
+        with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
+            root.run("sleep 4252.1", timeout=1)
+        self.assertEqual(cm.exception.result.command, "sleep 4252.1")
+        wait_for(lambda: not remote_sleeps("4252.1"), 10, what="the root sleep gone")
+        # transfers place and fetch as root: a dir only root may enter
+        private = tempfile.mkdtemp(prefix="as-root-only-")
+        self.addCleanup(shutil.rmtree, private, True)
+        os.chmod(private, 0o700)
+        with self.assertRaises(autoserv.AutoservFileTransferError):
+            plain.send_file(__file__, os.path.join(private, "plain"))
+        root.send_file(__file__, os.path.join(private, "copy"))
+        self.assertEqual(os.stat(os.path.join(private, "copy")).st_uid, 0)
+        back = os.path.join(self.tmp, "back")
+        root.get_file(os.path.join(private, "copy"), back)
+        with open(back, "rb") as a, open(__file__, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        with self.assertRaises(autoserv.AutoservUsageError):
+            root.send_file(__file__, os.path.join(private, "x"), backend="scp")
+        # a sudo that wants a password: one error, at once
+        asks = autoserv.SSHHost("nshost03", user=NamespaceHosts.PASSWORD_USER,
+                                ssh_config=config)
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            asks.run("id -u", sudo=True, ignore_status=True)
+        self.assertLess(time.monotonic() - t0, 30)
+        self.assertIn("nshost03: sudo -n would not run the command as root "
+                      "(sudo: a password is required;", str(cm.exception))
 
     def test_one_host_partitioned_mid_run_the_others_complete(self):
         res = os.path.join(self.tmp, "res")
