@@ -8104,6 +8104,93 @@ def compile_control(src, filename):
     return compile(tree, filename, "exec", dont_inherit=True)
 
 
+def _check_names(src, filename):
+    """--check's look at names: (line, text) for each name the control file
+    uses that nothing defines, and each attribute that a group (hosts.X) or
+    a host it makes (h = hosts.SSHHost(...); h.rn) does not have, with the
+    closest known name; and whether the file makes names as it runs (exec,
+    globals()), when these may be names it makes."""
+    import ast
+    import builtins
+    tree = ast.parse(translate_legacy(src), filename)
+    groups = _groups()
+    defined, stores, made = set(), collections.Counter(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] += 1
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.alias):
+            defined.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            defined.update(node.names)
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            cls = (getattr(groups["hosts"], func.attr, None) if isinstance(func, ast.Attribute)
+                   and isinstance(func.value, ast.Name) and func.value.id == "hosts"
+                   else Host if isinstance(func, ast.Name) and func.id == "create_host"
+                   else None)
+            if isinstance(cls, type) and issubclass(cls, Host):
+                made[node.targets[0].id] = cls
+    defined |= set(stores)
+    known = defined | set(control_namespace()) | set(dir(builtins))
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) \
+                and node.id not in known:
+            problems.append((node.lineno, f"name {node.id!r} is not defined"
+                             + _closest(node.id, known)))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            owner = node.value.id
+            if owner in groups and owner not in defined:
+                members = dir(groups[owner])
+            elif owner in made and stores[owner] == 1:
+                members = dir(made[owner])
+            else:
+                continue
+            if node.attr not in members and isinstance(node.ctx, ast.Load):
+                problems.append((node.lineno, f"{owner}.{node.attr}: no such attribute"
+                                 + _closest(node.attr, members)))
+    dynamic = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                  and n.func.id in ("exec", "eval", "globals", "vars") for n in ast.walk(tree))
+    return sorted(set(problems)), dynamic
+
+
+def _closest(name, candidates, form="; did you mean {!r}?", hidden="__"):
+    """form filled with the candidate closest to name (none starting with
+    hidden), or "" when none is close."""
+    import difflib
+    close = difflib.get_close_matches(name, [c for c in candidates
+                                             if not c.startswith(hidden)], 1, 0.7)
+    return form.format(close[0]) if close else ""
+
+
+def _did_you_mean(exc):
+    """Python's own hint for a NameError or AttributeError ("Did you mean:
+    'x'?"), which str() of the exception leaves out; "" for any other."""
+    import builtins
+    name = getattr(exc, "name", None)
+    if not isinstance(name, str) or "Did you mean" in str(exc):
+        return ""
+    if isinstance(exc, NameError):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None:
+            return ""
+        candidates = set(tb.tb_frame.f_locals) | set(tb.tb_frame.f_globals) | set(dir(builtins))
+    elif isinstance(exc, AttributeError) and getattr(exc, "obj", None) is not None:
+        candidates = set(dir(exc.obj))
+    else:
+        return ""
+    return _closest(name, candidates, ". Did you mean: {!r}?", "_")
+
+
 def _group(name, **members):
     import types
     module = types.ModuleType(name)
@@ -8726,7 +8813,7 @@ def _reason(exc, control_path):
     """One line for status.log: where, the exception's class, what."""
     _, where = _where(exc, control_path)
     text = next((line for line in str(exc).splitlines() if line.strip()), "")
-    return f"{where}{type(exc).__name__}: {text}".rstrip(": ")
+    return f"{where}{type(exc).__name__}: {text}{_did_you_mean(exc)}".rstrip(": ")
 
 
 def _report(exc, control_path):
@@ -8739,7 +8826,7 @@ def _report(exc, control_path):
         return f"{where}{name}: {exc}"
     lines = ["Traceback (control file frames):"]
     lines += traceback.format_list(mine)
-    lines.append(f"{where}{name}: {exc}")
+    lines.append(f"{where}{name}: {exc}{_did_you_mean(exc)}")
     return "".join(l if l.endswith("\n") else l + "\n" for l in lines).rstrip("\n")
 
 
@@ -8895,8 +8982,13 @@ def _main(argv):
                 raise AutoservUsageError(f"{flag} {value}: no such file"
                                          + (f" (set in {where})" if where else ""))
         if opts.check:
+            problems, dynamic = _check_names(source, control_path)
+            for line, text in problems:
+                _say(f"{control_path}:{line}: {'warning: ' if dynamic else ''}{text}")
+            if problems and not dynamic:
+                return 2
             if not opts.quiet:
-                print(f"{opts.control}: ok")
+                print(f"{opts.control or control_path}: ok")
             return 0
         absolute = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         set_ssh_defaults(user=opts.ssh_user, port=opts.ssh_port,

@@ -1462,6 +1462,42 @@ class TestCLI(unittest.TestCase):
         self.assertEqual(os.listdir(full), ["keep"])
         self.assertFalse([d for d in os.listdir(self.tmp) if d.startswith("results.")])
 
+    def test_check_names_undefined_names_with_the_closest_known_one(self):
+        path = self.control("""\
+            h = hosts.SSHHost("lab1")
+            h.rn("uname -r")
+            paralel_simple(lambda m: None, machines)
+            hosts.SSHHst("lab2")
+            for m in machines:
+                print(m, job.resultdir)
+            """, "typos.control")
+        out = run_cli("--check", path)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertEqual(out.stderr.splitlines(), [
+            f"autoserv: {path}:2: h.rn: no such attribute; did you mean 'run'?",
+            f"autoserv: {path}:3: name 'paralel_simple' is not defined; "
+            "did you mean 'parallel_simple'?",
+            f"autoserv: {path}:4: hosts.SSHHst: no such attribute; did you mean 'SSHHost'?"])
+        # every example passes; names made at run time (exec) are only warnings
+        for example in glob.glob(os.path.join(HERE, "examples", "*.control")):
+            self.assertEqual(run_cli("--check", example).returncode, 0, example)
+        dynamic = self.control("exec('made = 1')\nprint(made)\n", "dynamic.control")
+        out = run_cli("--check", dynamic)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("warning: name 'made' is not defined", out.stderr)
+
+    def test_name_and_attribute_errors_keep_the_did_you_mean_hint(self):
+        cases = {"def f():\n    paralel_simple(print, [1])\nf()\n":
+                 "NameError: name 'paralel_simple' is not defined. Did you mean: "
+                 "'parallel_simple'?",
+                 "h = hosts.LocalHost()\nh.rn('true')\n":
+                 "AttributeError: 'LocalHost' object has no attribute 'rn'. Did you mean: 'run'?"}
+        for text, said in cases.items():
+            with self.subTest(said=said):
+                out = run_cli("-r", self.results(said[:4]), self.control(text, "typo.control"))
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn(said, out.stderr)
+
     def test_syntax_error_names_file_and_original_line(self):
         path = self.control('print "legacy is fine"\nx = 1\ny = = 2\n', "bad.control")
         out = run_cli("--check", path)
