@@ -6826,7 +6826,24 @@ class KVM(InstallableObject):
 
 class Guest(SSHHost):
     """A virtual machine reached over ssh; its power controller is the
-    hypervisor's (hardreset() asks the hypervisor)."""
+    hypervisor's (hardreset() asks the hypervisor).  name= (default: its
+    address) is what logs, summary.json and results subdirs call it: its
+    hostname, while ssh goes on reaching the address."""
+
+    def __init__(self, hostname, *args, name=None, **kwargs):
+        self.name = name
+        super().__init__(hostname, *args, **kwargs)
+        if name:
+            self._init_kwargs["name"] = name
+
+    @property
+    def hostname(self):
+        link = self.__dict__.get("_link")
+        return self.name or (link.hostname if link else None)
+
+    @hostname.setter
+    def hostname(self, value):
+        self._link.hostname = value
 
 
 class KVMGuest(Guest):
@@ -6842,7 +6859,7 @@ class KVMGuest(Guest):
     that runs).  Destroyed on close() and at job end."""
 
     def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
-                 boot_timeout=300, **ssh_kwargs):
+                 boot_timeout=300, name=None, **ssh_kwargs):
         # Keywords are checked before qemu starts (SSHHost's own check
         # comes after it).
         own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
@@ -6862,14 +6879,16 @@ class KVMGuest(Guest):
         addr = self.address
         ssh_kwargs["power"] = ssh_kwargs.get("power") or self._qmp_power
         super().__init__(addr["ip"], user=user, port=addr.get("port"),
-                         host_key_policy=host_key_policy, **ssh_kwargs)
+                         host_key_policy=host_key_policy, name=name, **ssh_kwargs)
         self._init_args = (addr["ip"],)
         self._init_kwargs = dict(user=user, port=addr.get("port"),
-                                 host_key_policy=host_key_policy)
+                                 host_key_policy=host_key_policy,
+                                 **({"name": name} if name else {}))
 
     def __reduce__(self):
-        # In another process a guest is a plain ssh host for the same address.
-        return (_rebuild_host, (Guest, self._init_args, self._init_kwargs))
+        # In another process a guest is a plain ssh host for the same
+        # address, with the same name.
+        return (_rebuild_host, (Guest,) + super().__reduce__()[1][1:])
 
     def _start_qemu(self):
         kvm, h, a = self.kvm, self.kvm.host, self.address

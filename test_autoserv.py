@@ -2368,6 +2368,25 @@ class TestSSHJobs(SshdTestCase):
         self.assertIn("AutoservSSHUnknownHost", out.stderr)
         self.assertIn(f"lab9.invalid is not in the ssh config {conf_dir}/lab_ssh", out.stderr)
 
+    def test_a_guests_name_is_what_logs_summary_and_subdirs_call_it(self):
+        # A Guest is an SSHHost: the loopback sshd stands in for one here.
+        ctl = self.control("""\
+            g = hosts.Guest("testhost", name="g1")
+            parallel_simple(lambda h: h.run("echo hi from " + h.hostname), [g])
+            g.run("true")
+            """)
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("-r", res, ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(list(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+                         ["g1"])
+        self.assertIn("stdout| hi from g1", open(os.path.join(res, "g1", "debug",
+                                                               "host.log")).read())
+        self.assertTrue(os.path.exists(os.path.join(res, "g1", "status.log")))
+        # (the ssh link's own lines name the address it reaches)
+        self.assertIn("] g1: exit status 0", open(os.path.join(res, "debug",
+                                                               "autoserv.log")).read())
+
     def test_verbose_output_names_a_tasks_host_once_per_line(self):
         ctl = self.control("parallel_simple(lambda n: hosts.SSHHost(n).run('echo hi'), machines)\n")
         out = run_cli("--ssh-config", self.lab_config(), "-v", "-r", os.path.join(self.tmp, "r"),
@@ -6666,6 +6685,29 @@ class TestKVM(unittest.TestCase):
         with self.assertRaises(autoserv.AutoservVirtError) as cm:
             kvm.install([{"mac": "02:00:00:00:00:09", "ip": "127.0.0.1", "port": 1}], build=False)
         self.assertIn("no qemu-system-x86_64", str(cm.exception))
+
+    def test_a_named_guest_is_called_by_its_name_in_the_results(self):
+        ctl = os.path.join(self.tmp, "named.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                k = kvm.KVM(hosts.LocalHost())
+                k.install([{{"mac": "02:00:00:00:01:01", "ip": "127.0.0.1",
+                             "port": {self.base + 1}}}])
+                g = hosts.KVMGuest(k, {self.kernel_opts!r}, identity={self.img["key"]!r},
+                                   connect_timeout=5, name="g1")
+                assert g.wait_up(120)
+                parallel_simple(lambda h: h.run("uname -n"), [g])
+                """))
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("-r", res, ctl, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(sorted(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+                         ["g1", "localhost"])       # the guest and its hypervisor
+        self.assertIn("run: uname -n", open(os.path.join(res, "g1", "debug", "host.log")).read())
+        log = open(os.path.join(res, "debug", "autoserv.log")).read()
+        self.assertIn("] g1: ", log)
+        # waiting for the boot asks the hypervisor about qemu every 2 s: not logged
+        self.assertNotIn("/stat", log)
 
     def test_seed_05_with_user_mode_addresses_builds_kvm_and_runs_a_guest(self):
         log = os.path.join(self.tmp, "wrapper.log")
