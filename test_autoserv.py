@@ -5127,9 +5127,11 @@ class TestFanOut(unittest.TestCase):
                          "0\nin\nx y\n")
         self.assertEqual(root.run("exit 7", ignore_status=True).exit_status, 7)
         self.assertNotEqual(root.run("id -u", sudo=False).stdout, "0\n")
-        # a host sent to a parallel task stays a sudo host
+        # a host in a parallel task, and one a task hands back, stays a sudo host
         self.assertEqual(autoserv.parallel_simple(lambda h: h.run("id -u").stdout, [root],
                                                   log=False, return_results=True), ["0\n"])
+        back = autoserv.parallel_simple(lambda h: h, [root], log=False, return_results=True)[0]
+        self.assertEqual(back.run("id -u").stdout, "0\n")
         # a timeout ends the command run as root, too
         with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
             root.run("sleep 4252.1", timeout=1)
