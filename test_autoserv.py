@@ -2237,8 +2237,10 @@ class TestSSHJobs(SshdTestCase):
                                       ctl], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
                 try:
-                    wait_for(lambda: all(remote_sleeps(s) for s in sleeps), 30,
-                             what="the remote sleeps")
+                    log = os.path.join(res, "status.log")
+                    wait_for(lambda: all(remote_sleeps(s) for s in sleeps) and (
+                        shape != "parallel" or "END GOOD\tlab1" in open(log).read()), 30,
+                        what="the remote sleeps, lab1's task ended")
                     p.send_signal(sig)
                     _, err = p.communicate(timeout=60)
                 finally:
