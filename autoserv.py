@@ -9105,6 +9105,8 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         f.write(source)
     LOG.write(f"autoserv {__version__} (python {sys.version.split()[0]}): "
               f"{control_path} machines={machines} args={args}")
+    if getattr(opts, "settings_from", None):
+        LOG.write("settings: " + ", ".join(opts.settings_from))
     if not opts.quiet:
         _say(f"results in {resultdir}")
     cwd = os.getcwd()
