@@ -1493,10 +1493,11 @@ def _junit_xml(host_outcomes, outcome, error, seconds):
 
 # Under sudo, a root shell that passes a stop on: the login user may signal
 # sudo (which relays to this shell) but not the root processes under it, so
-# on TERM it ends its whole process group itself (KILL 2 s later).  Its own
-# stdin kept for the command (a background job would get /dev/null).
-_ROOT_SH = ('exec 3<&0; trap "trap - TERM HUP INT; kill -TERM 0; (sleep 2; kill -KILL 0) &" '
-            'TERM HUP INT; sh -c "$1" <&3 3<&- & wait $!')
+# on TERM it ends its whole process group itself, and KILLs it 2 s later
+# from a child that ignores TERM from its start (set before the fork).  Its
+# own stdin kept for the command (a background job would get /dev/null).
+_ROOT_SH = ("exec 3<&0; trap \"trap '' TERM HUP INT; (sleep 2; kill -KILL 0) & "
+            "trap - TERM HUP INT; kill -TERM 0\" TERM HUP INT; sh -c \"$1\" <&3 3<&- & wait $!")
 
 
 def _as_root(command):

@@ -5139,6 +5139,9 @@ class TestFanOut(unittest.TestCase):
             root.run("sleep 4252.1", timeout=1)
         self.assertEqual(cm.exception.result.command, "sleep 4252.1")
         wait_for(lambda: not remote_sleeps("4252.1"), 10, what="the root sleep gone")
+        with self.assertRaises(autoserv.AutoservTimeoutError):      # one deaf to TERM
+            root.run("trap '' TERM; sleep 4252.2", timeout=1)
+        wait_for(lambda: not remote_sleeps("4252.2"), 10, what="the root sleep gone")
         # transfers place and fetch as root: a dir only root may enter
         private = tempfile.mkdtemp(prefix="as-root-only-")
         self.addCleanup(shutil.rmtree, private, True)
