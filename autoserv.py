@@ -1535,10 +1535,10 @@ def _log_command(hostname, command=None, result=None, cap=64 * 1024):
     """In the host's own debug log: a command as it starts, then its result
     with its output (each stream's last `cap` bytes); nothing outside a
     job, nothing for a probe."""
-    if _JOB is None or not hostname or LOG.muted:
-        return
     if result is None:
-        _JOB.host_log(hostname, time.strftime("%Y-%m-%d %H:%M:%S ") + f"run: {command}\n")
+        _host_note(hostname, f"run: {command}")
+        return
+    if _JOB is None or not hostname or LOG.muted:
         return
     lines = []
     for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
@@ -1549,6 +1549,13 @@ def _log_command(hostname, command=None, result=None, cap=64 * 1024):
         lines += [f"{name}| {line}" for line in text.splitlines()]
     lines.append(f"{result.status_text()} in {result.duration:.3f} s")
     _JOB.host_log(hostname, "\n".join(lines) + "\n")
+
+
+def _host_note(hostname, text):
+    """A timestamped line in the host's own debug log (in a job; not for
+    a probe)."""
+    if _JOB is not None and hostname and not LOG.muted:
+        _JOB.host_log(hostname, time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
 
 
 def _record(*args, **kwargs):
@@ -4398,6 +4405,7 @@ class _SSHTransfer:
         mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
+        _host_note(self.host.hostname, f"send_file ({backend}): {sources} -> {dest}")
         t0 = time.monotonic()
         self._backend(backend).send(sources, contents, dest, mode, delete_dest,
                                     preserve_symlinks, timeout)
@@ -4414,6 +4422,7 @@ class _SSHTransfer:
         mode = _mode_for(sources, contents, dirs)
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
+        _host_note(self.host.hostname, f"get_file ({backend}): {sources} -> {dest}")
         t0 = time.monotonic()
         _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
         existed = os.path.lexists(dest.rstrip("/") or "/")

@@ -2307,6 +2307,7 @@ class TestSSHJobs(SshdTestCase):
                           "exit status 0 in", log)
             for other in {"lab1", "lab2", "lab3"} - {name}:
                 self.assertNotIn(f"hello from {other}", log)
+            self.assertIn("get_file (tar): ['/etc/hostname'] -> ", log)
             # autoserv's own probe (is the source a dir?) is no failed command
             self.assertNotIn("test -d", log)
         self.assertNotIn("test -d", open(os.path.join(res, "debug", "autoserv.log")).read())
