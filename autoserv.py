@@ -12,14 +12,15 @@ See README.md for the whole API.  One file, standard library only.
 Sections, in this order (``grep -n '^# .*####' autoserv.py`` prints them;
 a test holds this list to the banners):
     Constants and module state; Exceptions; Helpers; Local execution;
-    Results and status log; Hosts: the contract, local and remote; Remote
+    Results and status log; Watching the job: progress, stalls, the live
+    view; Hosts: the contract, local and remote; Remote
     programs (they run on the target); SSH transport: options, the master,
     errors, the agent's client; File transfer: placement, local copies,
     shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
     Parallel; Power controllers and consoles; Installables, kernels and the
     boot loader; KVM and guests; Autotest, server side; Autotest client
     harness (it runs on the target); Control files; Shards, merge and
-    Slurm; CLI.
+    Slurm; The HTML report; CLI.
 """
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ import collections
 import fcntl
 import io
 import json
+import logging
 import os
 import posixpath
 import re
@@ -42,13 +44,14 @@ import tempfile
 import textwrap
 import threading
 import time
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Union
 
 # The control-file API, one table: each group is a module-like object in
 # a control file's namespace and an attribute of this module (autoserv.hosts,
 # autoserv.power...); the names beside the groups are there as themselves,
 # and so is every exception class (the errors group: every AutoservError
 # subclass).  control_namespace() and __all__ (at the end of this file) are
-# both built from it.
+# both built from it (and __all__ adds _LIBRARY_NAMES).
 _API = {
     "hosts": ("Host", "SiteHost", "RemoteHost", "SSHHost", "ConmuxSSHHost", "Guest",
               "KVMGuest", "LocalHost", "create_host", "CmdResult"),
@@ -62,9 +65,18 @@ _API = {
 }
 _API_NAMES = ("run", "get_tmp_dir", "sh_escape", "sh_quote", "subcommand", "parallel",
               "parallel_simple")
+# What a Python program importing autoserv uses beyond that (README: "Using
+# autoserv from Python"); not in a control file's namespace (it has its job).
+_LIBRARY_NAMES = ("Job", "close_all", "set_ssh_defaults", "register_host_class",
+                  "register_power", "register_console", "parse_status_log")
 
 
 # Constants and module state ###################################################
+
+# The public API's type hints (standard typing, valid on Python 3.9).
+_Paths = Union[str, Sequence[str]]         # one path, or several
+_Stdin = Union[str, bytes, None]
+_Tee = Optional[IO[str]]                   # a file object output is copied to live
 
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_ALIVE_INTERVAL = 5
@@ -101,6 +113,7 @@ def worst_status(*codes):
 _JOB = None             # the ServerJob running (None outside a job)
 _HOSTS = []             # every host made in this process tree, for cleanup
 _LOCAL_TMP = []         # (pid, path) of local temp dirs
+_CLEANUPS = []          # (pid, function): close_all() runs this process's, newest first
 _REGISTRY = {"host": {}, "power": {}, "console": {}}     # register_host_class() and co.
 # Every SSHHost's defaults (set_ssh_defaults(); the CLI's options).
 _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
@@ -288,7 +301,7 @@ class _LocalReboot(SystemExit):
 
 # Helpers ######################################################################
 
-def sh_escape(command):
+def sh_escape(command: str) -> str:
     """Escape a string for use inside double quotes in a POSIX shell."""
     command = command.replace("\\", "\\\\")
     command = command.replace("$", r"\$")
@@ -297,7 +310,7 @@ def sh_escape(command):
     return command
 
 
-def sh_quote(word):
+def sh_quote(word: str) -> str:
     """Quote one word for a POSIX shell (shlex.quote)."""
     return shlex.quote(word)
 
@@ -347,19 +360,115 @@ def _remaining(deadline):
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+# autoserv logs on the standard logging tree: every line is a record of the
+# logger "autoserv" or a child of it: "autoserv.host.<name>" for a host's
+# commands, exits and output, "autoserv.status" for status entries.  Its
+# message is text any handler can write (bytes that are not UTF-8 as \xNN);
+# the bytes as they came are in record.raw, and record.tag holds the line's
+# label.  Importing autoserv adds only a NullHandler: the program decides
+# where records go.  The CLI (and a Job) add _DebugFile, the results'
+# debug/autoserv.log with the raw bytes, and the CLI adds _Console (-v, -q).
+# Nearly everything is DEBUG; what a person waiting should see (a guest
+# still booting) is INFO.
+
+_LOGGER = logging.getLogger("autoserv")
+_LOGGER.addHandler(logging.NullHandler())
+
+
+class _LogText:
+    """A record's message: its bytes, made text (undecodable bytes as \\xNN)
+    only when a handler asks (the debug file writes the bytes as they are)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def __str__(self):
+        return self.raw.decode("utf-8", "backslashreplace")
+
+
+def _record_bytes(record):
+    """A record as debug-log lines: "date time.ms [pid] tag: line" for each
+    line of its raw bytes (its message's, for a record not autoserv's)."""
+    raw = getattr(record, "raw", None)
+    if raw is None:
+        raw = record.getMessage().encode("utf-8", "surrogateescape")
+    tag = getattr(record, "tag", None)
+    if tag is None and record.name.startswith("autoserv.host."):
+        tag = record.name[len("autoserv.host."):]
+    elif tag is None and record.name != "autoserv":
+        tag = record.name         # another program's record: its logger's name
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+    head = f"{stamp}.{int(record.msecs):03d} [{record.process}]"
+    if tag:
+        head += f" {tag}" if tag.endswith("|") else f" {tag}:"
+    head = head.encode("utf-8", "surrogateescape") + b" "
+    return b"".join(head + line + b"\n" for line in raw.split(b"\n"))
+
+
+class _DebugFile(logging.Handler):
+    """A debug log file: every record's raw bytes, timestamped, one write()
+    each on an O_APPEND file, so forked children may share it."""
+
+    def __init__(self, path, level=logging.DEBUG):
+        super().__init__(level)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+    def emit(self, record):
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, _record_bytes(record))
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        super().close()
+
+
+class _Console(logging.Handler):
+    """The CLI's stderr: with -v every record as its debug-log line, else
+    INFO and worse as "autoserv: message"; control bytes made visible.
+    sys.stderr is looked up per record (a parallel task's is its pipe)."""
+
+    def __init__(self, verbose=False, quiet=False):
+        super().__init__(logging.DEBUG if verbose else
+                         logging.WARNING if quiet else logging.INFO)
+        self.verbose = verbose
+        self.stream = None        # where it writes, when not sys.stderr (-v in a task)
+
+    def emit(self, record):
+        try:
+            if self.verbose:
+                text = _neutralise(_decode(_record_bytes(record))).replace("^J", "\n")
+            else:
+                text = f"autoserv: {_neutralise(record.getMessage())}\n"
+            out = self.stream or sys.stderr
+            out.write(text)
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+
 class _Log:
-    """The debug log: timestamped lines, raw bytes kept, one write() each on
-    an O_APPEND file, so forked children may share it."""
+    """The debug log's writer, as every call site knows it: LOG.write(message,
+    host) makes a record on the logging tree; LOG.open(path)/close() add
+    and remove the debug file's handler, LOG.console() the CLI's stderr."""
 
     def __init__(self):
-        self.fd = None
-        self.echo = False       # -v: also to stderr
-        self.echo_to = None     # where -v writes, when not sys.stderr (a parallel task)
-        self.muted = 0          # inside quiet(): lines about a host are left out
+        self.file = None          # the _DebugFile of open(), else None
+        self.stderr = None        # the _Console of console(), else None
+        self.loggers = {}         # tag -> logger
+        self.muted = 0            # inside quiet(): lines about a host are left out
 
     def quiet(self):
-        """A with-block in which lines about a host are not written (the
-        host's probes: Host._probe)."""
+        """A with-block in which lines about a host are not written (its
+        probes: _probe)."""
         import contextlib
 
         @contextlib.contextmanager
@@ -371,35 +480,74 @@ class _Log:
                 self.muted -= 1
         return muted()
 
+    def _set_handler(self, attr, handler):
+        old = getattr(self, attr)
+        if old is not None:
+            _LOGGER.removeHandler(old)
+            old.close()
+        setattr(self, attr, handler)
+        if handler is not None:
+            _LOGGER.addHandler(handler)
+
     def open(self, path):
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        """Records go (also) to the file at path, raw bytes kept."""
+        self._set_handler("file", _DebugFile(path))
 
     def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self._set_handler("file", None)
 
-    def write(self, message, host=None):
+    def console(self, verbose=False, quiet=False):
+        """The CLI's stderr handler: -v every record, -q only warnings and
+        errors, else INFO and worse.  The CLI is the program: it also lets
+        records of every level be made, so a control file's own (under
+        "autoserv.") reach the debug log."""
+        self._set_handler("stderr", _Console(verbose, quiet))
+        _LOGGER.setLevel(logging.DEBUG)
+
+    @property
+    def echo(self):
+        return self.stderr is not None and self.stderr.verbose
+
+    @echo.setter
+    def echo(self, on):
+        self.console(verbose=on) if on else self._set_handler("stderr", None)
+
+    def logger(self, tag=None):
+        """The logger for a line's tag: a host's name, "<host> stdout|"
+        (its output), "status"; none: "autoserv"."""
+        found = self.loggers.get(tag)
+        if found is None:
+            if not tag:
+                found = _LOGGER
+            elif tag == "status":
+                found = logging.getLogger("autoserv.status")
+            else:
+                name = tag[:-1].rsplit(" ", 1)[0] if tag.endswith("|") else tag
+                found = logging.getLogger("autoserv.host." + name)
+            self.loggers[tag] = found
+        return found
+
+    def write(self, message, host=None, level=logging.DEBUG):
+        """One record (str or bytes, several lines allowed) from host.  It
+        goes through the tree when the program's levels let it (its handlers
+        and ours get it), else to our own handlers only: a job's debug log
+        holds everything without raising the program's levels."""
         if self.muted and host:
+            return
+        logger = self.logger(host)
+        wanted = logger.isEnabledFor(level)
+        ours = [h for h in (self.file, self.stderr) if h is not None and level >= h.level]
+        if not wanted and not ours:
             return
         if isinstance(message, str):
             message = message.encode("utf-8", "surrogateescape")
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        head = f"{stamp}.{int(now * 1000) % 1000:03d} [{os.getpid()}]"
-        if host:
-            head += f" {host}" if host.endswith("|") else f" {host}:"
-        lines = message.split(b"\n")
-        data = b"".join(head.encode() + b" " + line + b"\n" for line in lines)
-        if self.fd is not None:
-            try:
-                os.write(self.fd, data)
-            except OSError:
-                pass
-        if self.echo:
-            out = self.echo_to or sys.stderr
-            out.write(_neutralise(_decode(data)).replace("^J", "\n"))
-            out.flush()
+        record = logger.makeRecord(logger.name, level, __file__, 0, _LogText(message), (),
+                                   None, extra={"raw": message, "tag": host})
+        if wanted:
+            logger.handle(record)
+        else:
+            for handler in ours:
+                handler.handle(record)
 
 
 LOG = _Log()
@@ -509,9 +657,11 @@ def _sha256_file(path):
 class CmdResult:
     """What a command did.  Inert data: judging it is run()'s job."""
 
-    def __init__(self, command="", stdout="", stderr="", exit_status=None,
-                 duration=0.0, aborted=0, timed_out=False, hostname=None,
-                 truncated=False, output_files=None, timeout=None):
+    def __init__(self, command: str = "", stdout: str = "", stderr: str = "",
+                 exit_status: Optional[int] = None, duration: float = 0.0, aborted: int = 0,
+                 timed_out: bool = False, hostname: Optional[str] = None,
+                 truncated: bool = False, output_files: Optional[Dict[str, str]] = None,
+                 timeout: Optional[float] = None):
         self.command = command
         self.timeout = timeout      # the limit it ran under (None: none)
         self.stdout = stdout
@@ -528,7 +678,7 @@ class CmdResult:
     def ok(self):
         return self.exit_status == 0 and not self.aborted and not self.timed_out
 
-    def status_text(self):
+    def status_text(self) -> str:
         if self.timed_out:
             return f"timed out after {self.duration:.1f} s"
         if self.aborted:
@@ -751,6 +901,7 @@ class _Execution:
         self.returncode = None
         self.duration = 0.0
         self._buf = None
+        self.watch = _stall_watch()
 
     def start(self):
         need_stdin = self.remote or self.stdin_data is not None
@@ -786,7 +937,9 @@ class _Execution:
                 if wait_for == 0.0:
                     self.timed_out = True
                     break
-                events = sel.select(wait_for)
+                events = sel.select(self.watch.wait(wait_for) if self.watch else wait_for)
+                if not events and self.watch:
+                    self.watch.check()
                 for key, _ in events:
                     fd = key.fd
                     if fd == stdin_fd:
@@ -842,6 +995,8 @@ class _Execution:
             if not data:
                 return
         self.captures[stream].add(data)
+        if self.watch:
+            self.watch.heard()
         tee = self.tees[stream]
         if tee is not None:
             tee.feed(data)
@@ -1029,12 +1184,14 @@ def _judge(result, ignore_status, what="command"):
     return result
 
 
-def run(command, timeout=None, ignore_status=False, stdin=None, stdout_tee=None,
-        stderr_tee=None, args=(), max_output=DEFAULT_MAX_OUTPUT, **_ignored):
+def run(command: str, timeout: Optional[float] = None, ignore_status: bool = False,
+        stdin: _Stdin = None, stdout_tee: _Tee = None, stderr_tee: _Tee = None,
+        args: Sequence[str] = (), max_output: int = DEFAULT_MAX_OUTPUT,
+        stall_warn: Optional[float] = None, **_ignored: Any) -> "CmdResult":
     """Runs a command on the machine autoserv runs on (the login shell's -c)."""
     return LocalHost().run(command, timeout=timeout, ignore_status=ignore_status,
                            stdin=stdin, stdout_tee=stdout_tee, stderr_tee=stderr_tee,
-                           args=args, max_output=max_output)
+                           args=args, max_output=max_output, stall_warn=stall_warn)
 
 
 def _with_args(command, args):
@@ -1067,7 +1224,7 @@ def _status_line(code, subdir, operation, message, indent=0, when=None):
     return text
 
 
-def parse_status_log(text):
+def parse_status_log(text: str) -> List[Dict[str, Any]]:
     """Parses an autotest status log into dicts (code, subdir, operation,
     fields, message, indent).  Raises ValueError on a malformed line."""
     entries = []
@@ -1300,10 +1457,17 @@ def _user_name():
 
 class ServerJob:
     """The running job: results dir, status log, cleanups.  A control file
-    sees it as ``job``."""
+    sees it as ``job``; a script may make one (``Job``, the same class) to
+    get a results dir: ``with Job("results/run1") as job: ...`` makes
+    resultdir (and debug/), is the current job (status entries, parallel
+    tasks' subdirs and records land in it) until end(), which the with
+    block calls, writes status.log's end, summary.json and keyval.  One
+    job at a time in a process."""
 
-    def __init__(self, resultdir, control=None, machines=(), args=(), user=None,
-                 label=None, options=None, shard=None):
+    def __init__(self, resultdir: str, control: Optional[str] = None,
+                 machines: Sequence[str] = (), args: Sequence[str] = (),
+                 user: Optional[str] = None, label: Optional[str] = None, options: Any = None,
+                 shard: Optional[Dict[str, Any]] = None):
         global _JOB
         self.resultdir = resultdir
         self.debugdir = os.path.join(resultdir, "debug")
@@ -1321,7 +1485,6 @@ class ServerJob:
         self.host_outcomes = {}
         self._spans = {}          # host name -> [first seen, last work ended or None]
         self.hosts = []
-        self._cleanups = []
         self._pid = os.getpid()
         LOG.open(os.path.join(self.debugdir, "autoserv.log"))
         _JOB = self
@@ -1329,7 +1492,8 @@ class ServerJob:
         self.write_summary("RUNNING")
 
     # the original's API
-    def record(self, status_code, subdir=None, operation=None, status=""):
+    def record(self, status_code: str, subdir: Optional[str] = None,
+               operation: Optional[str] = None, status: str = "") -> None:
         self.status.record(status_code, subdir, operation, status)
 
     def write_keyval(self, extra=None):
@@ -1431,7 +1595,7 @@ class ServerJob:
         data = {"job": {"outcome": outcome, "started": self.started,
                         "duration": round(now - self.started, 3), "error": error,
                         "control": self.control, "machines": self.machines,
-                        "user": self.user, "label": self.label,
+                        "args": self.args, "user": self.user, "label": self.label,
                         "run_id": self.run_id, "version": __version__},
                 "hosts": self.host_outcomes}
         if self.shard:
@@ -1447,22 +1611,52 @@ class ServerJob:
         """True in the process that made the job; False in a parallel task."""
         return os.getpid() == self._pid
 
-    def add_cleanup(self, func):
-        self._cleanups.append(func)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.end(exc)
+
+    def end(self, error: Optional[BaseException] = None) -> str:
+        """Ends a job a script made (the CLI ends its own): FAIL when error
+        (an exception; ABORT for Ctrl-C or SIGTERM) is given or a test
+        recorded FAIL, ERROR or ABORT, else GOOD; status.log says why, summary.json and keyval hold the
+        outcome, the debug log closes and the job stops being the current
+        one.  Hosts stay open (close them, or close_all()).  Returns the
+        outcome."""
+        global _JOB
+        outcome, why = "GOOD", ""
+        if error is not None:
+            stopped = isinstance(error, (KeyboardInterrupt, _Terminated))
+            outcome = "ABORT" if stopped else "FAIL"
+            why = f"{type(error).__name__}: {_last_line(error)}"
+            self.record(outcome, None, "job", why)
+            for name in _hosts_in(error):
+                self.host_status(name, "FAIL", _last_line(str(error)))
+        elif self.status.worst in FAILING_CODES:
+            outcome, why = "FAIL", f"a test recorded {self.status.worst}"
+        self.write_summary(outcome, why)
+        self.write_keyval({"job_finished": int(time.time()),
+                           "exit_status": 0 if outcome == "GOOD" else 1})
+        if self.is_job_process():
+            LOG.close()
+        if _JOB is self:
+            _JOB = None
+        return outcome
+
+    def add_cleanup(self, func: Callable[[], Any]) -> None:
+        """func() runs when the job ends (close_all(): newest first, before
+        the hosts close), in the process that added it."""
+        _add_cleanup(func)
 
     def cleanup(self):
-        """Closes every host (remote temp dirs, ssh masters) and runs the other
-        cleanups, newest first.  Only the process that made the job does it."""
-        if not self.is_job_process():
-            return
-        for func in reversed(self._cleanups):
-            try:
-                func()
-            except Exception as e:   # keep cleaning up
-                LOG.write(f"cleanup {func!r} failed: {e}")
-        self._cleanups = []
-        _close_all_hosts()
-        _cleanup_local_tmp()
+        """Ends what the job's process opened: close_all().  Only the process
+        that made the job does it."""
+        if self.is_job_process():
+            close_all()
+
+
+Job = ServerJob
 
 
 def _junit_xml(host_outcomes, outcome, error, seconds):
@@ -1564,9 +1758,351 @@ def _record(*args, **kwargs):
         _JOB.record(*args, **kwargs)
 
 
+# Watching the job: progress, stalls, the live view #############################
+
+# What a person at the terminal sees while the job waits.  A long wait (a
+# reboot's phases, wait_up/wait_down, a hard reset, a kernel install, a
+# transfer, a download) is a _Progress: on a terminal one line redrawn in
+# place, off one a plain line every AUTOSERV_PROGRESS_EVERY (default
+# WAIT_PROGRESS_EVERY) seconds, inside a parallel task under the live view
+# a row of that view.  All of it goes to stderr or the view, never to a
+# command's output or its CmdResult; -q silences it.  A run() that prints
+# nothing for stall_warn seconds gets a warning line (_StallWatch).
+
+STALL_WARN = 300.0          # s of silence before run() warns (--stall-warn)
+LIVE_REDRAW = 0.5           # s between redraws of a live line or the live view
+_WATCH = {"quiet": False, "stall_warn": STALL_WARN, "stack": [], "pipe": None,
+          "run": None, "live": False}
+
+
+def _progress_every():
+    """Seconds between plain progress lines (AUTOSERV_PROGRESS_EVERY)."""
+    try:
+        return max(0.05, float(os.environ.get("AUTOSERV_PROGRESS_EVERY", "")))
+    except ValueError:
+        return WAIT_PROGRESS_EVERY
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty() and os.environ.get("TERM", "") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+def _human_bytes(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024.0
+
+
+def _proc_bytes(pid, kind):
+    """Linux's count for process pid, or None: "wchar", the bytes it has
+    written (/proc/PID/io); "stdin", how far it has read its stdin file
+    (/proc/PID/fdinfo/0)."""
+    path, key = ((f"/proc/{pid}/io", b"wchar:") if kind == "wchar" else
+                 (f"/proc/{pid}/fdinfo/0", b"pos:"))
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class _Progress:
+    """One long wait, as a context manager.  Nested waits on one host show
+    as one line ("reboot > coming up"); a wait inside the same wait (a
+    subclass's wait_up calling its parent's) adds nothing.  Bytes come from
+    add() or from the processes given to watch_pid() (what they wrote)."""
+
+    def __init__(self, what, host, limit=None):
+        self.what, self.host, self.limit = what, host or "server", limit
+        self.active = False
+        self.counted, self.total, self.pids = 0, 0, {}
+
+    def __enter__(self):
+        same = [p for p in _WATCH["stack"] if p.host == self.host and p.what == self.what]
+        if same or _WATCH["quiet"]:
+            return same[-1] if same else self
+        self.active = True
+        self.t0 = time.monotonic()
+        self.stop = threading.Event()
+        _WATCH["stack"].append(self)
+        self.drawn = False
+        self.thread = threading.Thread(target=self._loop, name="autoserv-progress",
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.active:
+            return
+        self.stop.set()
+        self.thread.join(5)
+        if self in _WATCH["stack"]:
+            _WATCH["stack"].remove(self)
+        if self.drawn and _WATCH["pipe"] is None:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+    def add(self, count, total=0):
+        self.counted += count
+        self.total = total or self.total
+
+    def watch_pid(self, pid, kind="wchar", total=0):
+        self.pids[pid, kind] = 0
+        self.total = total or self.total
+
+    def done(self):
+        for key in self.pids:
+            self.pids[key] = _proc_bytes(*key) or self.pids[key]
+        return self.counted + sum(self.pids.values())
+
+    def line(self):
+        elapsed = time.monotonic() - self.t0
+        whats = [p.what for p in _WATCH["stack"] if p.host == self.host and p is not self]
+        text = f"{self.host}: {' > '.join(whats + [self.what])} {elapsed:.0f} s"
+        if self.limit:
+            text += f" / {float(self.limit):.0f} s"
+        done = self.done()
+        if done:
+            text += f", {_human_bytes(done)}"
+            if self.total:
+                text += f" of {_human_bytes(self.total)}"
+            text += f" at {_human_bytes(done / max(elapsed, 0.001))}/s"
+        return _neutralise(text)
+
+    def _loop(self):
+        pipe = _WATCH["pipe"]
+        live = pipe is not None or _is_terminal(sys.stderr)
+        every = LIVE_REDRAW if live else _progress_every()
+        while not self.stop.wait(every):
+            if not _WATCH["stack"] or _WATCH["stack"][-1] is not self:
+                continue
+            try:
+                if pipe is not None:
+                    os.write(pipe, (self.line()[:300] + "\n").encode())
+                elif live:
+                    width = shutil.get_terminal_size().columns
+                    sys.stderr.write("\r\x1b[K" + ("autoserv: " + self.line())[:width - 1])
+                    sys.stderr.flush()
+                    self.drawn = True
+                else:
+                    sys.stderr.write(f"autoserv: {self.line()}\n")
+                    sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _progress_add(count, total=0):
+    """Bytes moved by the innermost wait running (a transfer, a download)."""
+    if _WATCH["stack"]:
+        _WATCH["stack"][-1].add(count, total)
+
+
+def _progress_pid(pid, kind="wchar", total=0):
+    """A process whose count (_proc_bytes) is the innermost wait's progress."""
+    if _WATCH["stack"]:
+        _WATCH["stack"][-1].watch_pid(pid, kind, total)
+
+
+def _watched(what, limit="timeout", default=None, host=None):
+    """Decorator: the method runs as a _Progress named what, on the host of
+    the argument named host (else self), limited by its argument named
+    limit (default when not given)."""
+    def wrap(func):
+        names = func.__code__.co_varnames[:func.__code__.co_argcount]
+
+        def argument(name, args, kwargs, fallback):
+            if name in kwargs:
+                return kwargs[name]
+            index = names.index(name) if name in names else len(args) + 1
+            return args[index] if index < len(args) else fallback
+
+        def watched(*args, **kwargs):
+            target = argument(host, args, kwargs, None) if host else args[0]
+            name = getattr(target, "hostname", None)
+            wait = argument(limit, args, kwargs, default) if limit else None
+            with _Progress(what, name, wait if isinstance(wait, (int, float)) else None):
+                return func(*args, **kwargs)
+        import functools
+        return functools.wraps(func)(watched)
+    return wrap
+
+
+class _StallWatch:
+    """run()'s watchdog: a command silent for threshold seconds gets a line
+    in the debug log and on stderr, again at twice the silence, four times...
+    Output starts the count again.  It never stops the command."""
+
+    def __init__(self, threshold, host, command):
+        self.threshold, self.host = float(threshold), host
+        self.command = _neutralise(command if len(command) <= 80 else command[:77] + "...")
+        self.heard()
+
+    def heard(self):
+        self.last = time.monotonic()
+        self.next = self.threshold
+
+    def wait(self, other):
+        """The select timeout: other's (None: none), or sooner for a warning."""
+        until = max(0.0, self.last + self.next - time.monotonic())
+        return until if other is None else min(other, until)
+
+    def check(self):
+        silent = time.monotonic() - self.last
+        if silent < self.next:
+            return
+        self.next *= 2
+        message = (f"{self.host}: {self.command!r} has printed nothing for {silent:.0f} s; "
+                   f"still running (stall warning after {self.threshold:g} s)")
+        LOG.write("stall: " + message, self.host)
+        if not _WATCH["quiet"]:
+            _say(f"stall: {message}")
+
+
+def _stall_watch():
+    """The watchdog for the command run() is running now, or None."""
+    current = _WATCH["run"]
+    if current is None:
+        return None
+    threshold, host, command = current
+    threshold = _WATCH["stall_warn"] if threshold is None else threshold
+    return _StallWatch(threshold, host, command) if threshold and threshold > 0 else None
+
+
+class _Running:
+    """run()'s context: the command and stall threshold its execution's
+    watchdog takes (_stall_watch)."""
+
+    def __init__(self, stall_warn, host, command):
+        self.entry = (stall_warn, host, command)
+
+    def __enter__(self):
+        self.saved, _WATCH["run"] = _WATCH["run"], self.entry
+
+    def __exit__(self, *exc):
+        _WATCH["run"] = self.saved
+
+
+class _RowSink:
+    """A task's output under the live view: keeps its last line."""
+
+    def __init__(self, row):
+        self.row = row
+        self.partial = ""
+
+    def write(self, text):
+        lines = (self.partial + text).split("\n")
+        self.partial = lines[-1][-500:]
+        done = [l for l in lines[:-1] if l.strip()]
+        if done or self.partial.strip():
+            self.row["last"] = (self.partial if self.partial.strip() else done[-1])[-300:]
+
+    def flush(self):
+        pass
+
+
+class _LiveView:
+    """parallel()'s view on a terminal: a row per task (name, state, elapsed,
+    current step from its status entries, last line of output or its wait's
+    progress), redrawn in place with ANSI cursor moves; the final state stays
+    on the screen.  Only for tasks that each have a results subdir (their
+    output is in its debug/ files), and not with -v (the debug log's lines
+    would scroll it away)."""
+
+    @classmethod
+    def wanted(cls, tasks):
+        return (not _WATCH["quiet"] and not LOG.echo and bool(tasks)
+                and all(t.subdir for t in tasks)
+                and _is_terminal(sys.stdout) and _JOB is not None
+                and _JOB.is_job_process())
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.rows = {id(t): {"last": "", "step": "", "stack": [], "offset": None}
+                     for t in tasks}
+        self.lines = 0
+        self.drawn_at = 0.0
+        _WATCH["live"] = True
+
+    def sink(self, task):
+        return _RowSink(self.rows[id(task)])
+
+    def progress(self, task, data):
+        text = _decode(data).rstrip("\n").rsplit("\n", 1)[-1]
+        if text:
+            self.rows[id(task)]["last"] = text
+
+    def _step(self, task, row):
+        """The task's current step: its innermost open status group, else
+        its last entry, from what it wrote to its status log so far."""
+        path = task.status_path
+        if not path:
+            return row["step"]
+        if row["offset"] is None:
+            row["offset"] = task.status_offset
+        try:
+            with open(path, "rb") as f:
+                f.seek(row["offset"])
+                data = f.read(1 << 20)
+        except OSError:
+            return row["step"]
+        complete = data[:data.rfind(b"\n") + 1]
+        row["offset"] += len(complete)
+        for line in _decode(complete).split("\n"):
+            fields = line.lstrip("\t").split("\t")
+            if len(fields) < 5 or line.lstrip("\t").startswith("  "):
+                continue
+            code, operation = fields[0], fields[2]
+            if code == "START":
+                row["stack"].append(operation)
+            elif code.startswith("END ") and row["stack"]:
+                row["stack"].pop()
+            row["step"] = row["stack"][-1] if row["stack"] else f"{code} {operation}"
+        return row["step"]
+
+    def _text(self, task, width):
+        row = self.rows[id(task)]
+        if task.started is None:
+            state, elapsed = "waiting", ""
+        elif task.duration is not None:
+            state = getattr(task, "status", None) or ("FAIL" if task.error else "done")
+            elapsed = _report_seconds(task.duration)
+        else:
+            state, elapsed = "running", _report_seconds(time.monotonic() - task.started)
+        name = os.path.basename(task.subdir)[:20]
+        text = (f"{name:<20} {state:<7} {elapsed:>9}  {self._step(task, row)[:24]:<24} "
+                f"{row['last']}")
+        return _neutralise(text)[:max(20, width - 1)]
+
+    def draw(self, force=False):
+        now = time.monotonic()
+        if not force and now - self.drawn_at < LIVE_REDRAW:
+            return
+        self.drawn_at = now
+        width = shutil.get_terminal_size().columns
+        out = [f"\x1b[{self.lines}A"] if self.lines else []
+        out += ["\r\x1b[K" + self._text(t, width) + "\n" for t in self.tasks]
+        self.lines = len(self.tasks)
+        try:
+            sys.stdout.write("".join(out))
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        _WATCH["live"] = False
+        self.draw(force=True)
+
+
 # Hosts: the contract, local and remote ########################################
 
-def get_tmp_dir():
+def get_tmp_dir() -> str:
     """A local temp dir (0700), removed when the job ends."""
     path = tempfile.mkdtemp(prefix="autoserv-")
     _LOCAL_TMP.append((os.getpid(), path))
@@ -1581,6 +2117,12 @@ def _cleanup_local_tmp():
             _LOCAL_TMP.remove((pid, path))
 
 
+def _add_cleanup(func):
+    """func() runs at close_all() in this process (KVM.uninstall, a job's
+    add_cleanup); a parallel task's copy of the list is not its to run."""
+    _CLEANUPS.append((os.getpid(), func))
+
+
 def _close_all_hosts():
     for host in reversed(list(_HOSTS)):
         try:
@@ -1590,18 +2132,31 @@ def _close_all_hosts():
     _remove_ctrl_dir()
 
 
-def _at_exit():
-    """A script that imported autoserv and ends, normally or by an uncaught
-    exception, ends what this process opened (masters, agents, guests, temp
-    dirs) the way a job's end does.  Forked tasks leave by os._exit and
-    clean up for themselves."""
+def close_all() -> None:
+    """Ends everything this process opened: the cleanups registered with it
+    (a KVM's uninstall: its guests, the modules it loaded), then every host
+    (its agent, remote temp dirs, ssh master), the ssh control dir and the
+    local temp dirs.  The one cleanup path: a job's end, a parallel task's
+    end and the interpreter's exit (normal or by an uncaught exception) all
+    come here.  Hosts made in another process (a task's copies of its
+    parent's) are left to their maker.  Safe to call more than once."""
+    me = os.getpid()
     try:
+        while True:
+            mine = [entry for entry in _CLEANUPS if entry[0] == me]
+            if not mine:
+                break
+            _CLEANUPS.remove(mine[-1])
+            try:
+                mine[-1][1]()
+            except Exception as e:   # keep cleaning up
+                LOG.write(f"cleanup {mine[-1][1]!r} failed: {e}")
         _close_all_hosts()
     finally:
         _cleanup_local_tmp()
 
 
-atexit.register(_at_exit)
+atexit.register(close_all)
 
 
 _PASSWORD_HINT = ("autoserv logs in with ssh keys only (BatchMode: never a password "
@@ -1665,7 +2220,8 @@ class Host:
     power = None
     console = None
 
-    def __init__(self, power=None, console=None, sudo=False, **kwargs):
+    def __init__(self, power: Any = None, console: Any = None, sudo: bool = False,
+                 **kwargs: Any):
         _refuse_host_keywords(type(self).__name__, kwargs)
         self.sudo = bool(sudo)
         where = f"{type(self).__name__}({self.hostname!r})"
@@ -1684,15 +2240,24 @@ class Host:
     def __str__(self):
         return str(self.hostname)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        """``with SSHHost(name) as h:`` closes h however the block ends."""
+        self.close()
+
     def __reduce__(self):
         # Hosts cross process boundaries (parallel) by being rebuilt from
         # their constructor arguments, never with live connections.
         kwargs = dict(self._init_kwargs, **({"sudo": True} if self.sudo else {}))
         return (_rebuild_host, (type(self), self._init_args, kwargs))
 
-    def run(self, command, timeout=None, ignore_status=False, stdin=None,
-            stdout_tee=None, stderr_tee=None, args=(), connect_timeout=None,
-            max_output=DEFAULT_MAX_OUTPUT, sudo=None):
+    def run(self, command: str, timeout: Optional[float] = None, ignore_status: bool = False,
+            stdin: _Stdin = None, stdout_tee: _Tee = None, stderr_tee: _Tee = None,
+            args: Sequence[str] = (), connect_timeout: Optional[float] = None,
+            max_output: int = DEFAULT_MAX_OUTPUT,
+            stall_warn: Optional[float] = None, sudo: Optional[bool] = None) -> "CmdResult":
         """Runs command (a shell string; args are appended as quoted words)
         under the target's login shell, stdin from /dev/null unless given
         (str or bytes); output teed live to stdout_tee/stderr_tee.  timeout
@@ -1702,15 +2267,19 @@ class Host:
         Raises AutoservRunError for a non-zero exit unless ignore_status,
         AutoservTimeoutError on timeout, AutoservSSHError (a subclass) when
         the transport fails, AutoservHostError when sudo wants a password.
+        A command silent for stall_warn seconds (None: --stall-warn's,
+        default STALL_WARN; 0: never) gets a warning line in the debug log
+        and on stderr, again with back-off; never killed.
 
         The one run body for every kind of host: a subclass supplies the
         transport's primitive, _execute()."""
         command = _with_args(command, args)
         as_root = self.sudo if sudo is None else sudo
         _log_command(self.hostname, command)
-        result = self._execute(_as_root(command) if as_root else command,
-                               _stdin_bytes(stdin), timeout, stdout_tee,
-                               stderr_tee, max_output, connect_timeout)
+        with _Running(stall_warn, self.hostname, command):
+            result = self._execute(_as_root(command) if as_root else command,
+                                   _stdin_bytes(stdin), timeout, stdout_tee,
+                                   stderr_tee, max_output, connect_timeout)
         result.command, result.timeout = command, timeout
         if as_root:
             _check_sudo(self.hostname, result)
@@ -1725,8 +2294,9 @@ class Host:
         and output set.  Raises only for a transport that failed."""
         raise NotImplementedError
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         """Copies source (a path or a list; "dir/" means its contents) from
         here to dest on the host, through a temp name (an interrupted copy
         never replaces the old dest).  delete_dest: remove what source does
@@ -1736,19 +2306,20 @@ class Host:
         AutoservTimeoutError on timeout."""
         raise NotImplementedError
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         """Copies source on the host to dest here, as send_file() does the
         other way; preserve_perm keeps the modes.  Returns None; raises as
         send_file()."""
         raise NotImplementedError
 
-    def get_tmp_dir(self):
+    def get_tmp_dir(self) -> str:
         """A new 0700 directory on the host, removed when the job ends.
         Returns its path."""
         raise NotImplementedError
 
-    def is_owned_here(self):
+    def is_owned_here(self) -> bool:
         """True in the process that made this host; False in a parallel
         task's copy of it (what the host started is its maker's to end)."""
         return self._owner == os.getpid()
@@ -1758,7 +2329,7 @@ class Host:
         remove."""
         self._tmp_dirs.append((os.getpid(), path))
 
-    def forget_tmp_dir(self, path):
+    def forget_tmp_dir(self, path: str) -> None:
         """Unregisters a get_tmp_dir() dir that its user removed itself, so
         close() does not remove it again.  Returns None."""
         self._tmp_dirs = [(pid, p) for pid, p in self._tmp_dirs if p != path]
@@ -1766,44 +2337,48 @@ class Host:
     def _value(self, command):
         return self.run(command, timeout=60).stdout.strip()
 
-    def get_num_cpu(self):
+    def get_num_cpu(self) -> int:
         """The number of online CPUs (int)."""
         out = self._value("getconf _NPROCESSORS_ONLN 2>/dev/null || "
                           "grep -c ^processor /proc/cpuinfo")
         return int(out)
 
-    def get_boot_id(self, timeout=60, connect_timeout=None):
+    def get_boot_id(self, timeout: Optional[float] = 60,
+                    connect_timeout: Optional[float] = None) -> str:
         """The kernel's boot id (str): it changes with every boot."""
         return self.run("cat /proc/sys/kernel/random/boot_id", timeout=timeout,
                         connect_timeout=connect_timeout).stdout.strip()
 
-    def get_kernel_ver(self):
+    def get_kernel_ver(self) -> str:
         """uname -r (str)."""
         return self._value("uname -r")
 
-    def get_arch(self):
+    def get_arch(self) -> str:
         """uname -m (str)."""
         return self._value("uname -m")
 
-    def is_up(self, timeout=None):
+    def is_up(self, timeout: Optional[float] = None) -> bool:
         """True when the host answers a command within timeout (None: the
         host's connect timeout), else False.  Never raises for a host that
         is down."""
         raise NotImplementedError
 
-    def wait_up(self, timeout=None):
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         """Waits until the host answers; True when it does, False when
         timeout passes first (None waits as long as it takes)."""
         raise NotImplementedError
 
-    def wait_down(self, timeout=None, old_boot_id=None):
+    def wait_down(self, timeout: Optional[float] = None,
+                  old_boot_id: Optional[str] = None) -> bool:
         """Waits until the host stops answering, or its boot id differs
         from old_boot_id; True when it does, False when timeout passes
         first (None waits as long as it takes)."""
         raise NotImplementedError
 
-    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+    def reboot(self, timeout: Optional[float] = 1800, label: Optional[str] = None,
+               kernel_args: Optional[str] = None, wait: bool = True, fastsync: bool = False,
+               reboot_cmd: Optional[str] = None, down_timeout: Optional[float] = None,
+               stable_for: float = 3.0) -> None:
         """Reboots the host and, with wait, checks that it did: down (within
         down_timeout), then up with a new boot id that holds for stable_for
         seconds, all within timeout; one hard reset if it stays down and a
@@ -1828,7 +2403,7 @@ class Host:
             self.bootloader.boot_once(label)
         return None
 
-    def expect_kernel_at_next_boot(self, version, title):
+    def expect_kernel_at_next_boot(self, version: str, title: str) -> None:
         """The hook a kernel arms when it is installed to boot next: the next
         reboot() (with wait) checks that the host came up running release
         version, boot entry title, and fails with AutoservKernelBootError
@@ -1836,7 +2411,7 @@ class Host:
         arguments to that entry.  One reboot consumes it.  Returns None."""
         self._expect_kernel = {"version": version, "title": title}
 
-    def can_hardreset(self):
+    def can_hardreset(self) -> bool:
         """True when a hard reset path exists (a power controller, or a
         console with a hardreset())."""
         return self.power is not None or callable(getattr(self.console, "hardreset", None))
@@ -1847,7 +2422,8 @@ class Host:
                                     "pass power= or set host.power")
         return self.power
 
-    def hardreset(self, timeout=None, wait=True):
+    @_watched("hard reset", default=POST_RESET_WAIT)
+    def hardreset(self, timeout: Optional[float] = None, wait: bool = True) -> None:
         """A hard reset through the power controller (its reset(), else a
         power cycle), else through the console's hardreset(); with wait,
         until the host is back with a new boot id (within timeout; None: 300
@@ -1900,7 +2476,7 @@ class Host:
         """The power controller's cycle(); raises as power_on()."""
         return self._power().cycle()
 
-    def install(self, installable, **kwargs):
+    def install(self, installable: Any, **kwargs: Any) -> Any:
         """installable.install(self, **kwargs): what it returns."""
         return installable.install(self, **kwargs)
 
@@ -1911,7 +2487,7 @@ class Host:
             self._bootloader = Bootloader(self)
         return self._bootloader
 
-    def close(self):
+    def close(self) -> None:
         """Ends what this host holds open (connections, its temp dirs, a
         guest's qemu); the host may not be used after it."""
 
@@ -1934,15 +2510,15 @@ class SiteHost(Host):
     define a SiteHost mixin; load_site() splices it in here."""
 
 
-def register_host_class(name, cls):
+def register_host_class(name: str, cls: type) -> None:
     _REGISTRY["host"][name] = cls
 
 
-def register_power(name, cls):
+def register_power(name: str, cls: type) -> None:
     _REGISTRY["power"][name] = cls
 
 
-def register_console(name, cls):
+def register_console(name: str, cls: type) -> None:
     _REGISTRY["console"][name] = cls
 
 
@@ -2019,7 +2595,8 @@ class LocalHost(SiteHost):
     """The machine autoserv runs on.  No wait_down; reboot only with
     allow_local_reboot=True, and autoserv goes down with it (reboot())."""
 
-    def __init__(self, hostname=None, allow_local_reboot=False, **kwargs):
+    def __init__(self, hostname: Optional[str] = None, allow_local_reboot: bool = False,
+                 **kwargs: Any):
         self._init_args, self._init_kwargs = (), {"allow_local_reboot": allow_local_reboot}
         self.hostname = hostname or "localhost"
         self.allow_local_reboot = allow_local_reboot
@@ -2035,24 +2612,27 @@ class LocalHost(SiteHost):
         ex.wait()
         return _set_exit_status(ex.result(command, self.hostname), ex.returncode)
 
-    def get_tmp_dir(self):
+    def get_tmp_dir(self) -> str:
         return get_tmp_dir()
 
-    def forget_tmp_dir(self, path):
+    def forget_tmp_dir(self, path: str) -> None:
         # Local temp dirs are the module's (get_tmp_dir()), not the host's.
         _LOCAL_TMP[:] = [(pid, p) for pid, p in _LOCAL_TMP if p != path]
 
-    def is_up(self, timeout=None):
+    def is_up(self, timeout: Optional[float] = None) -> bool:
         return True
 
-    def wait_up(self, timeout=None):
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         return True
 
-    def wait_down(self, timeout=None, old_boot_id=None):
+    def wait_down(self, timeout: Optional[float] = None,
+                  old_boot_id: Optional[str] = None) -> bool:
         raise AutoservUsageError("LocalHost has no wait_down(): autoserv runs on it")
 
-    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+    def reboot(self, timeout: Optional[float] = 1800, label: Optional[str] = None,
+               kernel_args: Optional[str] = None, wait: bool = True, fastsync: bool = False,
+               reboot_cmd: Optional[str] = None, down_timeout: Optional[float] = None,
+               stable_for: float = 3.0) -> None:
         """Reboots the machine autoserv runs on (only with
         allow_local_reboot=True).  autoserv goes down with it, so nothing
         here waits for it to come back or checks a kernel.  label and
@@ -2088,14 +2668,16 @@ class LocalHost(SiteHost):
             raise AutoservRebootError(self.hostname, "did not go down",
                                       f"still running {timeout} s after {command}")
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         """A local copy (backend is ignored: there is no transport)."""
         _local_copy(source, dest, delete_dest, True, preserve_symlinks, self.hostname,
                     timeout)
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         """A local copy (backend is ignored: there is no transport)."""
         _local_copy(source, dest, delete_dest, preserve_perm, preserve_symlinks,
                     self.hostname, timeout)
@@ -2107,7 +2689,9 @@ class RemoteHost(SiteHost):
     hard reset when it does not come back, the kernel meant to boot checked)
     for every remote kind; a subclass supplies run, is_up and wait_up."""
 
-    def wait_down(self, timeout=None, old_boot_id=None):
+    @_watched("going down")
+    def wait_down(self, timeout: Optional[float] = None,
+                  old_boot_id: Optional[str] = None) -> bool:
         """True once the host stops answering or its boot id changes (a
         reboot that completed between two probes).  The debug log says which."""
         deadline = _monotonic_deadline(timeout)
@@ -2140,8 +2724,11 @@ class RemoteHost(SiteHost):
             time.sleep(min(self.poll_interval, _remaining(deadline) or self.poll_interval))
 
     # rebooting
-    def reboot(self, timeout=1800, label=None, kernel_args=None, wait=True,
-               fastsync=False, reboot_cmd=None, down_timeout=None, stable_for=3.0):
+    @_watched("reboot", default=1800)
+    def reboot(self, timeout: Optional[float] = 1800, label: Optional[str] = None,
+               kernel_args: Optional[str] = None, wait: bool = True, fastsync: bool = False,
+               reboot_cmd: Optional[str] = None, down_timeout: Optional[float] = None,
+               stable_for: float = 3.0) -> None:
         """Reboots and verifies it: the boot id is read first, the reboot is
         issued detached (its own connection dying is success), then the host
         must go down (unreachable, or a new boot id) and come up with a new
@@ -2279,7 +2866,7 @@ class RemoteHost(SiteHost):
         return first
 
 
-def create_host(spec, **kwargs):
+def create_host(spec: str, **kwargs: Any) -> "Host":
     """Builds a host from ``[user@]host[:port]``; ``localhost`` with no user or
     port is the LocalHost; a site file may register other classes by name
     (``kind=``)."""
@@ -3002,7 +3589,7 @@ _QMP_PY = textwrap.dedent(r'''
 # programs they start on the target are under "Remote programs"; the third
 # collaborator, _SSHTransfer, under "File transfer over SSH".
 
-def set_ssh_defaults(**kwargs):
+def set_ssh_defaults(**kwargs: Any) -> None:
     """Defaults for every SSHHost made after this (the CLI sets them)."""
     for key, value in kwargs.items():
         if key not in _SSH_DEFAULTS:
@@ -3098,7 +3685,10 @@ class _AgentExecution(_Execution):
                 if left == 0.0:
                     self.timed_out = True
                     break
-                for _, events in sel.select(left):
+                ready = sel.select(self.watch.wait(left) if self.watch else left)
+                if self.watch and not ready:
+                    self.watch.check()
+                for _, events in ready:
                     if events & selectors.EVENT_WRITE:
                         self._write(sel)
                     if events & selectors.EVENT_READ and not self._read():
@@ -4119,6 +4709,7 @@ def _pipeline(first, second, timeout, label, tar_end=None):
     try:
         deadline = _monotonic_deadline(timeout)
         p1 = _popen(first, stdin=DEVNULL, stdout=PIPE, stderr=errs[0])
+        _progress_pid(p1.pid)
         try:
             p2 = _popen(second, stdin=p1.stdout if tar_end is None else PIPE,
                         stdout=DEVNULL, stderr=errs[1])
@@ -4324,6 +4915,7 @@ def _stream_file(path, argv, timeout, label):
     its group killed on timeout or interrupt.  Returns (rc, stderr text)."""
     with open(path, "rb") as src, tempfile.TemporaryFile() as err:
         proc = _popen(argv, stdin=src, stdout=DEVNULL, stderr=err)
+        _progress_pid(proc.pid, "stdin", os.fstat(src.fileno()).st_size)
         _wait_all([proc], timeout, label)
         return proc.returncode, _err_tail(err)
 
@@ -4396,8 +4988,10 @@ class _SSHTransfer:
             raise TypeError(f"transfer backend {name!r} is not a _TransferBackend")
         return backend
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    @_watched("send_file")
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         sources = _sources(source)
         dest = os.fsdecode(dest)
         _check_local_sources(sources, self.hostname)
@@ -4411,8 +5005,10 @@ class _SSHTransfer:
                                     preserve_symlinks, timeout)
         LOG.write(f"send_file done in {time.monotonic() - t0:.3f}s", self.hostname)
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    @_watched("get_file")
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         sources = _sources(source)
         dest = os.fsdecode(dest)
         contents = [s.endswith("/") and len(s) > 1 for s in sources]
@@ -4489,6 +5085,7 @@ class _SSHTransfer:
         LOG.write(" ".join(shlex.quote(a) for a in argv), self.hostname)
         ex = _Execution(argv, self.hostname, timeout=timeout, log_output=True)
         ex.start()
+        _progress_pid(ex.proc.pid)
         ex.wait()
         if ex.timed_out:
             raise AutoservTimeoutError(f"{what} timed out",
@@ -4795,10 +5392,13 @@ class SSHHost(RemoteHost):
     _ctrl_path = _Via("_link", "ctrl_path")
     _agent = _Via("_agent_client", "state")
 
-    def __init__(self, hostname, user=None, port=None, *,
-                 identity=None, ssh_config=None, ssh_options=None,
-                 host_key_policy=None, known_hosts=None, connect_timeout=None,
-                 alive_interval=None, alive_count=None, persistent=None, **kwargs):
+    def __init__(self, hostname: str, user: Optional[str] = None,
+                 port: Union[int, str, None] = None, *, identity: Optional[str] = None,
+                 ssh_config: Optional[str] = None, ssh_options: Optional[Sequence[str]] = None,
+                 host_key_policy: Optional[str] = None, known_hosts: Optional[str] = None,
+                 connect_timeout: Optional[float] = None,
+                 alive_interval: Optional[float] = None, alive_count: Optional[int] = None,
+                 persistent: Optional[bool] = None, **kwargs: Any):
         self._init_args = (hostname,)
         self._init_kwargs = dict(user=user, port=port, identity=identity,
                                  ssh_config=ssh_config, ssh_options=ssh_options,
@@ -4859,17 +5459,19 @@ class SSHHost(RemoteHost):
                                         max_output, connect_timeout, self._remote_command)
         return result
 
-    def send_file(self, source, dest, delete_dest=False, preserve_symlinks=False,
-                  backend=None, timeout=None):
+    def send_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                  preserve_symlinks: bool = False, backend: Optional[str] = None,
+                  timeout: Optional[float] = None) -> None:
         return self._transfer.send_file(source, dest, delete_dest, preserve_symlinks,
                                         backend, timeout)
 
-    def get_file(self, source, dest, delete_dest=False, preserve_perm=True,
-                 preserve_symlinks=False, backend=None, timeout=None):
+    def get_file(self, source: _Paths, dest: str, delete_dest: bool = False,
+                 preserve_perm: bool = True, preserve_symlinks: bool = False,
+                 backend: Optional[str] = None, timeout: Optional[float] = None) -> None:
         return self._transfer.get_file(source, dest, delete_dest, preserve_perm,
                                        preserve_symlinks, backend, timeout)
 
-    def is_up(self, timeout=None):
+    def is_up(self, timeout: Optional[float] = None) -> bool:
         t = timeout or self.connect_timeout
         try:
             self.run("true", timeout=t + 1, connect_timeout=t)
@@ -4877,7 +5479,8 @@ class SSHHost(RemoteHost):
         except AutoservError:
             return False
 
-    def wait_up(self, timeout=None):
+    @_watched("coming up")
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         """True once the host answers ssh (within timeout; None waits on)."""
         deadline = _monotonic_deadline(timeout)
         while True:
@@ -4891,7 +5494,7 @@ class SSHHost(RemoteHost):
                 return False
             time.sleep(0.05 if banner is False else 0.5)
 
-    def get_tmp_dir(self):
+    def get_tmp_dir(self) -> str:
         """A new 0700 dir on the host, removed when the job ends."""
         path = self.run("umask 077; mktemp -d /tmp/autoserv-XXXXXX", timeout=60).stdout.strip()
         if not re.fullmatch(r"/tmp/autoserv-[A-Za-z0-9]{6}", path):
@@ -4911,7 +5514,7 @@ class SSHHost(RemoteHost):
                      timeout=60, ignore_status=True, connect_timeout=5)
 
 
-    def close(self):
+    def close(self) -> None:
         """Ends its agent, removes this host's remote temp dirs (each its own
         ssh session: no new agent) and ends its ssh master."""
         self._agent_client.stop()
@@ -4942,7 +5545,8 @@ class subcommand:
     status.log: START, the task's entries one level deeper, END with the
     worst status of them all."""
 
-    def __init__(self, func, args=(), subdir=None):
+    def __init__(self, func: Callable[..., Any], args: Sequence[Any] = (),
+                 subdir: Optional[str] = None):
         self.func = func
         self.args = list(args)
         self.subdir = subdir
@@ -4960,6 +5564,7 @@ class subcommand:
         self.status_path = None      # where the child writes its status entries
         self.status_offset = 0
         self.host_records = {}       # what the child recorded about hosts
+        self.view = None             # parallel()'s _LiveView, when it has one
 
     def host_names(self):
         """The hosts this task works on: hosts among its arguments."""
@@ -4974,9 +5579,10 @@ class subcommand:
     def __repr__(self):
         return f"<subcommand {self.name} pid={self.pid}>"
 
-    def _forked(self, readers, result_w, out_w, err_w):
+    def _forked(self, readers, result_w, out_w, err_w, watch_w=None):
         for fd in readers:
             os.close(fd)
+        _WATCH.update(pipe=watch_w, stack=[], live=False)
         self._child(result_w, out_w, err_w)
 
     def _child(self, result_w, out_w, err_w):
@@ -4989,7 +5595,7 @@ class subcommand:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked by fork_start
             if out_w is not None:
                 if LOG.echo:      # -v lines name their host already: not prefixed again
-                    LOG.echo_to = os.fdopen(os.dup(2), "w", closefd=True)
+                    LOG.stderr.stream = os.fdopen(os.dup(2), "w", closefd=True)
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
             if self.subdir:
@@ -5015,8 +5621,7 @@ class subcommand:
                     text = payload[2]
                 data = pickle.dumps((("err", None, text), hosts))
                 code = 1
-            _close_all_hosts()
-            _cleanup_local_tmp()
+            close_all()
             view = memoryview(data)
             while view:
                 view = view[os.write(result_w, view[:READ_SIZE]):]
@@ -5054,19 +5659,22 @@ class subcommand:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         self.started = time.monotonic()
-        readers = [fd for fd in (result_r, out[0], err[0]) if fd is not None]
+        watch = os.pipe() if self.view else (None, None)
+        readers = [fd for fd in (result_r, out[0], err[0], watch[0]) if fd is not None]
         proc = multiprocessing.get_context("fork").Process(
-            target=self._forked, args=(readers, result_w, out[1], err[1]),
+            target=self._forked, args=(readers, result_w, out[1], err[1], watch[1]),
             name=f"autoserv-{self.name}")
         proc.start()
         self.process = proc
         pid = proc.pid
         self.pid = pid
         os.close(result_w)
-        for w in (out[1], err[1]):
+        for w in (out[1], err[1], watch[1]):
             if w is not None:
                 os.close(w)
         self.fds = {result_r: "result"}
+        if self.view:
+            self.fds[watch[0]] = "progress"
         if prefix_output:
             self.fds[out[0]] = "stdout"
             self.fds[err[0]] = "stderr"
@@ -5077,7 +5685,8 @@ class subcommand:
             if self.subdir and prefix_output:
                 self.files[stream] = open(os.path.join(self.subdir, "debug", stream), "ab")
             if prefix_output:
-                self.tees[stream] = _Tee(target, prefix=f"{self.name} : ")
+                self.tees[stream] = (_Tee(self.view.sink(self)) if self.view else
+                                     _Tee(target, prefix=f"{self.name} : "))
         return pid
 
     def collect(self, fd, data):
@@ -5085,6 +5694,9 @@ class subcommand:
         kind = self.fds[fd]
         if kind == "result":
             self.chunks.append(data)
+            return
+        if kind == "progress":
+            self.view.progress(self, data)
             return
         f = self.files.get(kind)
         if f is not None:
@@ -5147,8 +5759,9 @@ def _tasks_outcome(tasks):
             else t.result for t in tasks]
 
 
-def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
-             prefix_output=None):
+def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
+             return_results: bool = False, max_parallel: Optional[int] = None,
+             prefix_output: Optional[bool] = None) -> Optional[List[Any]]:
     """Runs every subcommand at once (at most max_parallel, -j, at a time), each
     to its end or the timeout; then raises AutoservSubcommandError naming every
     failed task, or with return_results gives a list of results/exceptions.
@@ -5170,6 +5783,9 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
     running = {}
     timed_out = False
     log = _JOB.status if _JOB is not None else None
+    view = _LiveView(tasks) if prefix_output and _LiveView.wanted(tasks) else None
+    for task in tasks:
+        task.view = view
     if log:
         log.record("START", None, "parallel",
                    f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
@@ -5194,6 +5810,8 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
                 timed_out = True
                 break
             _pump(sel, 0.2 if left is None else min(0.2, left))
+            if view:
+                view.draw()
             for pid, task in list(running.items()):
                 if task.fds:
                     continue
@@ -5212,6 +5830,8 @@ def parallel(tasklist, timeout=None, return_results=False, max_parallel=None,
         raise
     finally:
         sel.close()
+        if view:
+            view.close()
         if log:
             log.record("END " + worst_status(*(t.status for t in tasks
                                                 if getattr(t, "status", None))),
@@ -5375,24 +5995,47 @@ def _drain_task(task, sel):
         del task.fds[fd]
 
 
-def parallel_simple(function, arglist, log=True, timeout=None, return_results=False):
-    """function(arg) for every arg at once; with log, each in its own results
-    subdir named after the argument (a host: its host name)."""
+def _results_here():
+    """Where parallel_simple(log=True) puts its tasks' subdirs: the working
+    directory when it is inside the job's results dir (a control file runs
+    there, a task in its own subdir), else the results dir of the job a
+    script made ("." for the working directory: a task's name stays its
+    subdir's); None outside a job (no subdirs: a script's working directory
+    is not a results dir)."""
+    if _JOB is None:
+        return None
+    here, top = os.getcwd(), os.path.realpath(_JOB.resultdir)
+    inside = os.path.realpath(here) == top or \
+        os.path.realpath(here).startswith(top + os.sep)
+    return "." if inside else _JOB.resultdir
+
+
+def parallel_simple(function: Callable[[Any], Any], arglist: Sequence[Any], log: bool = True,
+                    timeout: Optional[float] = None,
+                    return_results: bool = False) -> Optional[List[Any]]:
+    """function(arg) for every arg at once; with log, each named after the
+    argument (a host: its host name) in its output's prefix and, in a job,
+    its results subdir."""
     arglist = list(arglist)
     if not arglist:
         return [] if return_results else None
     tasks = []
     seen = set()
+    where = _results_here() if log else None
     for arg in arglist:
-        subdir = None
+        name = subdir = None
         if log:
-            subdir = _safe_name(getattr(arg, "hostname", None) or arg)
-            base, n = subdir, 1
-            while subdir in seen:
+            name = _safe_name(getattr(arg, "hostname", None) or arg)
+            base, n = name, 1
+            while name in seen:
                 n += 1
-                subdir = f"{base}.{n}"
-            seen.add(subdir)
+                name = f"{base}.{n}"
+            seen.add(name)
+        if where:
+            subdir = name if where == "." else os.path.join(where, name)
         tasks.append(subcommand(function, [arg], subdir))
+        if name and not subdir:
+            tasks[-1].name = name        # no results dir: its output is still named so
     return parallel(tasks, timeout=timeout, return_results=return_results,
                     prefix_output=True)
 
@@ -5412,25 +6055,25 @@ class PowerController:
         raise AutoservNotImplementedError(f"{type(self).__name__} cannot {what}: "
                                           f"{why or self.lacks}")
 
-    def on(self):
+    def on(self) -> Any:
         """Powers the machine on.  Raises AutoservHostError when the
         controller fails, AutoservNotImplementedError when it cannot."""
         self._cannot("power on")
 
-    def off(self):
+    def off(self) -> Any:
         """Powers the machine off (hard: no shutdown).  Raises as on()."""
         self._cannot("power off")
 
-    def cycle(self):
+    def cycle(self) -> Any:
         """Off, then on again.  Raises as on()."""
         self._cannot("power cycle")
 
-    def reset(self):
+    def reset(self) -> Any:
         """A hard reset (what host.hardreset() uses); a power cycle unless
         the controller has a reset of its own.  Raises as on()."""
         return self.cycle()
 
-    def status(self):
+    def status(self) -> str:
         """The power state, "on" or "off".  Raises as on()."""
         self._cannot("report power status")
 
@@ -5589,7 +6232,7 @@ class ConmuxSSHHost(SSHHost):
                 label=self.hostname)
         self.console_log = logfilename
 
-    def close(self):
+    def close(self) -> None:
         super().close()
         if self._own_console is not None:       # a console= given is its owner's
             self._own_console.close()
@@ -5921,6 +6564,7 @@ class InstallableObject:
             f.write(data)
         return path
 
+    @_watched("downloading", limit=None)
     def _download(self, url):
         import urllib.error
         shown = _redact_url(url)
@@ -5931,12 +6575,15 @@ class InstallableObject:
             with _urlopen(url, timeout=60) as response, open(path, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0)
                 done, last = 0, time.monotonic()
+                # read1: what has come so far (read() would wait for the whole MiB)
+                read = getattr(response, "read1", response.read)
                 while True:
-                    block = response.read(1 << 20)
+                    block = read(1 << 20)
                     if not block:
                         break
                     out.write(block)
                     done += len(block)
+                    _progress_add(len(block), total)
                     if time.monotonic() - last > 2:
                         last = time.monotonic()
                         LOG.write(f"fetching {shown}: {done}" + (f"/{total}" if total else "")
@@ -6288,6 +6935,7 @@ class DEBKernel(InstallableObject):
                f"{host.hostname}: {version} as {title!r}"
                + (" (boot once)" if boot_once else " (default)" if default else ""))
 
+    @_watched("installing the kernel", limit=None, host="host")
     def install(self, host, **bootloader_args):
         """Installs the package on host (dpkg -i), makes sure an initrd
         exists when a tool can make one, and adds a boot entry: the default
@@ -6484,6 +7132,7 @@ class RPMKernel(DEBKernel):
                  f"cpio -idm --quiet --no-absolute-filenames && rm -f {q}", timeout=600)
         return f"{remote}.root"
 
+    @_watched("installing the kernel", limit=None, host="host")
     def install(self, host, **bootloader_args):
         """Installs the package with rpm, makes sure an initrd exists (the
         package's scripts, else dracut or the Debian tools), adds a boot entry
@@ -6678,7 +7327,7 @@ class KVM(InstallableObject):
     QEMU source tarball or tree); install(addresses) picks the binary, the
     accelerator and, where the CPU can, the kvm modules."""
 
-    def __init__(self, host):
+    def __init__(self, host: "Host"):
         super().__init__()
         self.host = host
         self.tree = None
@@ -6688,10 +7337,10 @@ class KVM(InstallableObject):
         self.in_use = {}
         self.modules_loaded = []
         self.installed = False
-        if _JOB is not None:
-            _JOB.add_cleanup(self.uninstall)
+        _add_cleanup(self.uninstall)
 
-    def install(self, addresses, build=True, insert_modules=True):
+    def install(self, addresses: Sequence[Dict[str, Any]], build: bool = True,
+                insert_modules: bool = True) -> None:
         """addresses: [{"mac": .., "ip": ..}] (bridged/tap) or with "port"
         (user-mode networking, the guest's ssh forwarded to ip:port)."""
         checked = [self._checked_address(a) for a in addresses]
@@ -6802,7 +7451,15 @@ class KVM(InstallableObject):
             h.run(f"modprobe kvm && modprobe {vendor}", timeout=120)
         self.modules_loaded = [vendor, "kvm"]
 
-    def uninstall(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        """``with KVM(host) as kvm:`` uninstalls (its guests end) however
+        the block ends."""
+        self.uninstall()
+
+    def uninstall(self) -> None:
         """Destroys every guest; unloads the modules if autoserv loaded them."""
         for guest in list(self.in_use.values()):
             guest.close()
@@ -6868,8 +7525,9 @@ class KVMGuest(Guest):
     timeout starts saying it is still waiting (it never gives up on a qemu
     that runs).  Destroyed on close() and at job end."""
 
-    def __init__(self, kvm, qemu_options="", user="root", host_key_policy="ephemeral",
-                 boot_timeout=300, name=None, **ssh_kwargs):
+    def __init__(self, kvm: KVM, qemu_options: str = "", user: str = "root",
+                 host_key_policy: str = "ephemeral", boot_timeout: float = 300,
+                 name: Optional[str] = None, **ssh_kwargs: Any):
         # Keywords are checked before qemu starts (SSHHost's own check
         # comes after it).
         own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
@@ -6970,7 +7628,8 @@ class KVMGuest(Guest):
         return AutoservVirtError(f"guest {self.hostname}:{self.port}: qemu (pid {self.qemu_pid})"
                                  " has exited; serial log ends:\n" + self.serial_tail())
 
-    def wait_up(self, timeout=None):
+    @_watched("coming up")
+    def wait_up(self, timeout: Optional[float] = None) -> bool:
         """True once the guest answers ssh; False when timeout passes first.
         timeout=None waits as long as it takes (the seed's g.wait_up()),
         saying so on stderr once the guest is later than boot_timeout and
@@ -6993,15 +7652,14 @@ class KVMGuest(Guest):
                 tail = _last_line(self.serial_tail(5)) or "empty"
                 message = (f"guest {self.hostname}:{self.port}: no ssh answer after "
                            f"{now - t0:.0f} s; waiting on (serial log: {tail})")
-                LOG.write(message, self.hostname)
-                _say(message)
+                LOG.write(message, self.hostname, logging.INFO)
 
     def monitor(self, command):
         """A human monitor command through QMP (e.g. "info status", "commit")."""
         return self.kvm.qmp(self.qmp_socket, {"execute": "human-monitor-command",
                                               "arguments": {"command-line": command}})[-1]
 
-    def close(self):
+    def close(self) -> None:
         """Stops qemu (QMP quit, then the PID), removes its run dir."""
         super().close()
         if self.qemu_pid is None or not self.is_owned_here():
@@ -7082,7 +7740,7 @@ class Autotest(InstallableObject):
     """The autotest client on a host: get(client tree or nothing),
     install(host, autodir=None), run(control_file, results_dir, host)."""
 
-    def __init__(self, host=None):
+    def __init__(self, host: Optional["Host"] = None):
         super().__init__()
         self.host = host
         self.installed = {}
@@ -7135,8 +7793,9 @@ class Autotest(InstallableObject):
                                        "does not exist")
         return str(control_file)
 
-    def run(self, control_file, results_dir=".", host=None, timeout=None, tag=None,
-            reboot_timeout=1800):
+    def run(self, control_file: str, results_dir: str = ".", host: Optional["Host"] = None,
+            timeout: Optional[float] = None, tag: Optional[str] = None,
+            reboot_timeout: float = 1800) -> None:
         """Runs a client control file on the host: its status lines stream
         into the server's status.log, a reboot it asks for is done here (then
         the client resumes with --continue), and its results/default/ is
@@ -8514,6 +9173,7 @@ def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
               "job_finished": int(time.time()), "exit_status": status}
     _write_atomic(os.path.join(out, "keyval"),
                   "".join(f"{k}={v}\n" for k, v in keyval.items()))
+    _report_quietly(out)
     for line in errors:
         _say(line, quiet and status == 0)
     _say(f"merged {len(shards)} of {count} shards into {out}: {outcome}, "
@@ -8690,6 +9350,313 @@ def _slurm_wait_gone(job_id):
         time.sleep(SLURM_POLL)
 
 
+# The HTML report ##############################################################
+
+# index.html in a results dir: one self-contained page (inline CSS and SVG; a
+# Content-Security-Policy that allows no script, no fetch) made only from the
+# files there (summary.json, status.log, keyval, the host dirs), so it serves
+# a finished job, a merged one and one that died alike.  Everything shown is
+# escaped: host output is hostile input.
+
+_REPORT_COLOURS = {"GOOD": "#2e7d32", "WARN": "#f9a825", "FAIL": "#c62828",
+                   "ERROR": "#8e24aa", "ABORT": "#455a64", "RUNNING": "#1565c0"}
+_REPORT_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
+ color:#1c2126;background:#f6f7f9}
+main{max-width:1200px;margin:0 auto;padding:12px 16px 40px}
+h1{font-size:1.35em;margin:.4em 0}h2{font-size:1.1em;margin:1.4em 0 .5em}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;
+ font-size:.85em}
+.wrap{overflow-x:auto;background:#fff;border:1px solid #d8dde3;border-radius:6px}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e6e9ed;vertical-align:top}
+th{background:#eef1f4;font-weight:600}
+dl.args{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
+dl.args dt{color:#57606a}dl.args dd{margin:0;overflow-wrap:anywhere}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:.3em 0;font-size:.85em;
+ background:#f3f4f6;padding:6px;border-radius:4px}
+details summary{cursor:pointer;overflow-wrap:anywhere}
+.links a{margin-right:10px;white-space:nowrap}
+svg text{font:12px system-ui,sans-serif}svg.timeline{min-width:760px}
+.err{overflow-wrap:anywhere;max-width:46em}
+@media (max-width:640px){body{font-size:14px}main{padding:8px}
+ th,td{padding:4px 6px}}
+"""
+
+
+def _report_text(value):
+    """Text for the page: control characters made visible, then escaped."""
+    import html
+    return html.escape(_neutralise(str(value)), quote=True)
+
+
+def _report_href(path):
+    """A link to a file inside the results dir (relative, %-quoted, escaped)."""
+    import html
+    from urllib.parse import quote
+    return html.escape("./" + quote(path.replace(os.sep, "/")), quote=True)
+
+
+def _report_badge(code):
+    colour = _REPORT_COLOURS.get(code, "#757575")
+    return f'<span class="badge" style="background:{colour}">{_report_text(code)}</span>'
+
+
+def _report_seconds(seconds):
+    seconds = max(0.0, float(seconds or 0))
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _report_read(path, limit=4 << 20):
+    try:
+        with open(path, "rb") as f:
+            return _decode(f.read(limit))
+    except OSError:
+        return ""
+
+
+def _status_groups(entries, hosts):
+    """The status log's groups as dicts (operation, host, depth under the
+    host's outermost group, start, end, code, message), and its failing
+    entries (host, operation, code, message).  A group's host is its subdir
+    when that is a host, else its enclosing group's, else the host its START
+    message begins with ("HOST: reboot")."""
+
+    def named(text):
+        head = text.split(": ", 1)[0] if ": " in text else None
+        return head if head in hosts else None
+
+    groups, problems, stack = [], [], []
+    last = 0
+    for e in entries:
+        when = int(e["fields"].get("timestamp", "0") or 0) or last
+        last = when
+        code = e["code"]
+        parent = stack[-1] if stack else None
+        if code == "START":
+            host = (e["subdir"] if e["subdir"] in hosts else parent and parent["host"]
+                    or named(e["message"]))
+            depth = (parent["depth"] + 1 if parent and parent["host"] == host
+                     and host is not None else 0)
+            stack.append({"operation": e["operation"], "host": host, "depth": depth,
+                          "start": when, "end": None, "code": "RUNNING",
+                          "message": e["message"]})
+        elif code.startswith("END "):
+            if stack:
+                group = stack.pop()
+                group["end"], group["code"] = when, code[4:]
+                groups.append(group)
+        elif code in FAILING_CODES or code == "WARN":
+            host = parent and parent["host"] or named(e["message"])
+            problems.append({"host": host, "operation": e["operation"], "code": code,
+                             "message": e["message"]})
+    for group in stack:         # never ended: the job died or still runs
+        group["end"] = last
+        groups.append(group)
+    return groups, problems
+
+
+def _report_timeline(groups, lanes):
+    """The SVG timeline: a lane per host, a bar per status group."""
+    label_w, width, lane_h = 170, 1100, 34
+    mine = [g for g in groups if g["host"] in lanes]
+    if not mine:
+        return "<p>No status groups were recorded for a host.</p>"
+    t0 = min(g["start"] for g in mine)
+    span = max(1, max(g["end"] for g in mine) - t0)
+    scale = (width - label_w - 10) / span
+    height = lane_h * len(lanes) + 24
+    out = [f'<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" '
+           f'role="img" aria-label="timeline" xmlns="http://www.w3.org/2000/svg">']
+    for n in range(6):
+        x = label_w + (width - label_w - 10) * n / 5
+        out.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" '
+                   'stroke="#dfe3e8"/>')
+        anchor = ("start", "middle", "middle", "middle", "middle", "end")[n]
+        out.append(f'<text x="{x:.1f}" y="{height - 5}" text-anchor="{anchor}" '
+                   f'fill="#57606a">+{_report_text(_report_seconds(span * n / 5))}</text>')
+    for row, lane in enumerate(lanes):
+        y = row * lane_h
+        out.append(f'<g class="lane" data-host="{_report_text(lane)}">')
+        out.append(f'<text x="4" y="{y + 21}" fill="#1c2126">'
+                   f'{_report_text(lane[:24])}</text>')
+        for g in sorted((g for g in mine if g["host"] == lane),
+                        key=lambda g: (g["depth"], g["start"])):
+            inset = min(g["depth"], 3) * 4
+            x = label_w + (g["start"] - t0) * scale
+            w = max(3.0, (g["end"] - g["start"]) * scale)
+            colour = _REPORT_COLOURS.get(g["code"], "#757575")
+            took = _report_seconds(g["end"] - g["start"])
+            tip = f"{g['operation']}: {g['code']}, {took}" + (
+                f" ({_last_line(g['message'])})" if g["message"] else "")
+            out.append(f'<rect class="bar" x="{x:.1f}" y="{y + 4 + inset}" width="{w:.1f}" '
+                       f'height="{lane_h - 8 - 2 * inset}" rx="3" fill="{colour}" '
+                       f'fill-opacity="{0.35 + 0.2 * min(g["depth"], 3):.2f}" '
+                       f'stroke="{colour}"><title>{_report_text(tip)}</title></rect>')
+            label = f"{g['operation']} {took}"
+            if g["depth"] > 0 and w > 7 * len(label):
+                out.append(f'<text x="{x + 4:.1f}" y="{y + 21}" fill="#fff">'
+                           f'{_report_text(label)}</text>')
+        out.append("</g>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _report_files(resultdir, sub, limit=40):
+    """Links to the files under resultdir/sub (following a merge's links)."""
+    found = []
+    base = os.path.join(resultdir, sub)
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = os.path.relpath(os.path.join(dirpath, name), resultdir)
+            if not rel.endswith(".tmp") and len(found) < limit:
+                found.append(rel)
+    return " ".join(f'<a href="{_report_href(rel)}">'
+                    f'{_report_text(os.path.relpath(rel, sub))}</a>' for rel in found)
+
+
+def _report_folded(text):
+    """Error text: its last line shown, the whole of it folded."""
+    text = str(text or "")
+    if "\n" not in text.strip():
+        return _report_text(text)
+    return (f"<details><summary>{_report_text(_last_line(text))}</summary>"
+            f"<pre>{_report_text(text)}</pre></details>")
+
+
+def report_html(resultdir):
+    """The report page for a results dir, as text (see write_report)."""
+    try:
+        summary = json.loads(_report_read(os.path.join(resultdir, "summary.json")) or "{}")
+    except ValueError:
+        summary = {}
+    job = summary.get("job") or {}
+    hosts = summary.get("hosts") or {}
+    keyval = dict(line.split("=", 1) for line in
+                  _report_read(os.path.join(resultdir, "keyval")).splitlines() if "=" in line)
+    text = _report_read(os.path.join(resultdir, "status.log"), 64 << 20)
+    try:
+        entries = parse_status_log(text[:text.rfind("\n") + 1])
+    except ValueError as e:
+        entries = []
+        job.setdefault("error", f"status.log does not parse: {e}")
+    lanes = sorted(hosts)
+    groups, problems = _status_groups(entries, set(lanes))
+    outcome = job.get("outcome") or ("RUNNING" if "exit_status" not in keyval else "FAIL")
+    started = job.get("started") or float(keyval.get("job_started") or 0)
+    title = f"autoserv: {outcome}: {os.path.basename(os.path.normpath(resultdir))}"
+    facts = [("outcome", _report_badge(outcome)),
+             ("started", _report_text(time.strftime("%Y-%m-%d %H:%M:%S %Z",
+                                                    time.localtime(started)))
+              if started else ""),
+             ("duration", _report_text(_report_seconds(job.get("duration", 0)))),
+             ("exit status", _report_text(keyval.get("exit_status", job.get("exit_status", "")))),
+             ("control file", _report_text(job.get("control") or "")),
+             ("arguments", _report_text(" ".join(shlex.quote(str(a))
+                                                 for a in job.get("args") or []))),
+             ("machines", _report_text(", ".join(job.get("machines") or []))),
+             ("user", _report_text(job.get("user") or keyval.get("user", ""))),
+             ("label", _report_text(job.get("label") or keyval.get("label", ""))),
+             ("run id", _report_text(job.get("run_id") or keyval.get("run_id", "")))]
+    if job.get("shard"):
+        facts.append(("shard", _report_text(job["shard"].get("shard", ""))))
+    if job.get("shards"):
+        facts.append(("shards", _report_text(
+            f"{len(job['shards'].get('merged', []))} of {job['shards'].get('count')} merged")))
+    if job.get("error"):
+        facts.append(("error", _report_folded(job["error"])))
+    rows = []
+    for name in lanes:
+        info = hosts[name]
+        rows.append(f'<tr class="host" data-host="{_report_text(name)}">'
+                    f"<td>{_report_text(name)}</td>"
+                    f"<td>{_report_badge(info.get('outcome', ''))}</td>"
+                    f"<td>{_report_text(_report_seconds(info.get('duration', 0)))}</td>"
+                    f'<td class="err">{_report_folded(info.get("error", ""))}</td>'
+                    f'<td class="links">{_report_files(resultdir, name)}</td></tr>')
+    job_links = [p for p in ("status.log", "summary.json", "keyval", "control.srv",
+                             "junit.xml", "console.log")
+                 if os.path.isfile(os.path.join(resultdir, p))]
+    debug = _report_files(resultdir, "debug")
+    failing = [p for p in problems if p["code"] != "WARN"] + [
+        p for p in problems if p["code"] == "WARN"]
+    problem_rows = "".join(
+        f"<tr><td>{_report_badge(p['code'])}</td><td>{_report_text(p['host'] or '')}</td>"
+        f"<td>{_report_text(p['operation'])}</td>"
+        f'<td class="err">{_report_folded(p["message"])}</td></tr>' for p in failing[:200])
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:\">",
+        f"<title>{_report_text(title)}</title><style>{_REPORT_CSS}</style></head><body><main>",
+        f"<h1>autoserv job {_report_badge(outcome)} "
+        f"<small>{_report_text(os.path.basename(os.path.normpath(resultdir)))}</small></h1>",
+        '<div class="wrap" style="padding:10px"><dl class="args">',
+        "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts if v), "</dl></div>",
+        "<h2>Hosts</h2>",
+        '<div class="wrap"><table class="hosts"><thead><tr><th>host</th><th>outcome</th>'
+        "<th>duration</th><th>error</th><th>logs</th></tr></thead><tbody>",
+        "".join(rows) or '<tr><td colspan="5">no hosts recorded</td></tr>',
+        "</tbody></table></div>",
+        "<h2>Timeline</h2>", '<div class="wrap" style="padding:6px">',
+        _report_timeline(groups, lanes), "</div>",
+        '<p class="legend">' + " ".join(_report_badge(c) for c in _REPORT_COLOURS) + "</p>"]
+    if problem_rows:
+        parts += ["<h2>Failures and warnings</h2>",
+                  '<div class="wrap"><table class="problems"><thead><tr><th>status</th>'
+                  "<th>host</th><th>operation</th><th>message</th></tr></thead><tbody>",
+                  problem_rows, "</tbody></table></div>"]
+    parts += ["<h2>Job files</h2>", '<p class="links">',
+              " ".join(f'<a href="{_report_href(p)}">{_report_text(p)}</a>' for p in job_links),
+              "</p>", f'<p class="links">debug: {debug}</p>' if debug else "",
+              f"<p><small>autoserv {_report_text(__version__)}, report written "
+              f"{_report_text(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}</small></p>",
+              "</main></body></html>", ""]
+    return "\n".join(parts)
+
+
+def write_report(resultdir):
+    """Writes resultdir/index.html (see report_html); returns its path.
+    Raises AutoservUsageError when resultdir is not a results dir."""
+    if not any(os.path.isfile(os.path.join(resultdir, n)) for n in ("summary.json",
+                                                                    "status.log")):
+        raise AutoservUsageError(f"report: {resultdir}: not a results dir (no summary.json "
+                                 "or status.log); give the dir a job wrote (-r)")
+    path = os.path.join(resultdir, "index.html")
+    _write_atomic(path, report_html(resultdir))
+    return path
+
+
+def _report_quietly(resultdir):
+    """write_report at a job's end: a report that cannot be written is a
+    line in the debug log, never a change to the job's outcome."""
+    try:
+        write_report(resultdir)
+    except Exception as e:
+        LOG.write(f"report: could not write {resultdir}/index.html: {e}")
+
+
+def _report_main(argv):
+    """`autoserv.py report RESULTS_DIR...`: (re)writes each one's index.html."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: autoserv report RESULTS_DIR...\n\nWrites RESULTS_DIR/index.html, "
+              "the job's report page, from the files in it.")
+        return 0 if argv else 2
+    try:
+        for resultdir in argv:
+            _say(f"wrote {write_report(os.path.abspath(resultdir))}")
+    except AutoservUsageError as e:
+        _say(f"error: {e}")
+        return 2
+    return 0
+
+
 # CLI ##########################################################################
 
 def _parser():
@@ -8753,7 +9720,11 @@ def _parser():
     a("--slurm-timeout", type=float, default=7 * 86400.0, metavar="S",
       help="--slurm: cancel the array if it has not ended after S seconds (default 7 days)")
     a("-v", "--verbose", action="store_true", help="echo the debug log")
-    a("-q", "--quiet", action="store_true", help="say nothing but errors")
+    a("-q", "--quiet", action="store_true", help="say nothing but errors (no progress "
+      "lines, no live view)")
+    a("--stall-warn", type=float, default=STALL_WARN, metavar="S",
+      help="warn when a command has printed nothing for S seconds (again with back-off; "
+      "0: never; default %(default)g)")
     a("--version", action="version", version=f"autoserv {__version__}")
     return p
 
@@ -8955,6 +9926,8 @@ def main(argv=None):
 def _main(argv):
     if argv[:1] == ["merge"]:       # a control file named merge: ./merge
         return _merge_main(argv[1:])
+    if argv[:1] == ["report"]:      # likewise: ./report
+        return _report_main(argv[1:])
     try:
         opts = _parser().parse_args(argv)
         if opts.execute is not None:
@@ -9001,6 +9974,8 @@ def _main(argv):
                 raise AutoservUsageError(f"-a {extra!r}: {e}")
         if opts.max_parallel is not None and opts.max_parallel < 1:
             raise AutoservUsageError("-j/--max-parallel must be 1 or more")
+        if opts.stall_warn < 0:
+            raise AutoservUsageError("--stall-warn S: S must be 0 (never) or more seconds")
         opts.settings_from = []
         _apply_settings(opts)
         for flag, dest in (("--ssh-config", "ssh_config"), ("-i", "identity")):
@@ -9048,7 +10023,8 @@ def _main(argv):
         _say(f"error: {e}")
         return 2
     _PARALLEL["max"] = opts.max_parallel
-    LOG.echo = opts.verbose
+    _WATCH.update(quiet=opts.quiet, stall_warn=opts.stall_warn)
+    LOG.console(verbose=opts.verbose, quiet=opts.quiet)
     if opts.slurm is not None:
         return _slurm_run(opts, argv, resultdir, groups, source)
     return _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
@@ -9179,6 +10155,7 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     if junit:
         job.write_junit(junit, outcome, error)
     job.write_keyval({"job_finished": int(time.time()), "exit_status": status})
+    _report_quietly(resultdir)
     LOG.write(f"job ended: {outcome}, exit status {status}")
     LOG.close()
     if error:
@@ -9267,8 +10244,9 @@ def _hosts_in(exc):
 
 globals().update(_groups())
 # The library's public names are the control-file API (_API, at the top):
-# the groups, the names in them and beside them, every exception class.
-__all__ = sorted({*_API, *_API_NAMES, *_exceptions(),
+# the groups, the names in them and beside them, every exception class; and
+# the library's own (_LIBRARY_NAMES).
+__all__ = sorted({*_API, *_API_NAMES, *_exceptions(), *_LIBRARY_NAMES,
                   *(n for names in _API.values() for n in names)})
 
 

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import difflib
 import glob
+import html
 import inspect
 import io
 import json
@@ -400,6 +401,60 @@ def run_cli(*args, cwd=None, timeout=120, env=None, input=None):
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL if input is None else None,
                           input=input)
+
+
+def run_in_pty(*args, timeout=120, env=None, cwd=None, columns=140, term="xterm",
+               interrupt_when=None):
+    """autoserv with stdin, stdout and stderr on a new pseudo-terminal:
+    (exit status, everything it wrote there, as text).  interrupt_when(text
+    so far): once it says True, SIGINT to autoserv's process group, as a
+    terminal's Ctrl-C."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = dict(env or os.environ, TERM=term)
+    env.pop("COLUMNS", None)
+    p = subprocess.Popen([sys.executable, AUTOSERV, *args], stdin=slave, stdout=slave,
+                         stderr=slave, env=env, cwd=cwd, start_new_session=True)
+    os.close(slave)
+    data, end = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:         # EIO: every writer has closed it
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            elif p.poll() is not None:
+                break
+            if interrupt_when and interrupt_when(data.decode("utf-8", "replace")):
+                interrupt_when = None
+                os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.kill()
+            raise AssertionError(f"autoserv on a pty still running after {timeout} s")
+        return p.wait(10), data.decode("utf-8", "replace")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+
+
+def live_view_frames(text):
+    """The live view's frames: the rows drawn between two cursor-up moves."""
+    frames = []
+    for part in re.split(r"\x1b\[\d+A", text):
+        rows = [r for r in part.split("\r\x1b[K")[1:]]
+        if rows:
+            frames.append([r.rstrip("\r\n") for r in rows])
+    return frames
 
 
 class CmdlineSampler:
@@ -986,12 +1041,104 @@ class TestPublicAPI(unittest.TestCase):
                 with self.subTest(name=name):
                     self.assertIs(getattr(autoserv, name), value)
                     listed.add(name)
-        self.assertEqual(sorted(autoserv.__all__), sorted(listed))
+        self.assertEqual(sorted(set(autoserv.__all__) - set(autoserv._LIBRARY_NAMES)),
+                         sorted(listed))
         self.assertEqual(set(vars(autoserv.errors)) - {"__name__", "__doc__", "__package__",
                                                        "__loader__", "__spec__"},
                          {n for n, v in ns.items() if isinstance(v, type)
                           and issubclass(v, autoserv.AutoservError)})
         self.assertIs(autoserv.power.ConmuxPower, autoserv.ConmuxPower)
+
+    # What a script uses most: every parameter and the return annotated.
+    FULLY_HINTED = ("run", "get_tmp_dir", "sh_escape", "sh_quote", "parallel", "parallel_simple",
+                    "close_all", "create_host", "set_ssh_defaults", "parse_status_log",
+                    "register_host_class", "register_power", "register_console",
+                    "Host.run", "Host.send_file", "Host.get_file", "Host.get_tmp_dir",
+                    "Host.is_up", "Host.wait_up", "Host.wait_down", "Host.reboot",
+                    "Host.hardreset", "Host.get_boot_id", "Host.get_kernel_ver", "Host.get_arch",
+                    "Host.get_num_cpu", "Host.close", "SSHHost.__init__", "SSHHost.send_file",
+                    "SSHHost.get_file", "LocalHost.__init__", "KVM.__init__", "KVM.install",
+                    "KVM.uninstall", "KVMGuest.__init__", "Job.__init__", "Job.end",
+                    "Job.record", "subcommand.__init__", "CmdResult.__init__",
+                    "CmdResult.status_text", "PowerController.status")
+
+    @staticmethod
+    def public_callables():
+        """(name, callable) for every public function, class, constructor
+        and public method autoserv exports."""
+        found = []
+        for name in autoserv.__all__:
+            obj = getattr(autoserv, name)
+            if isinstance(obj, types.ModuleType):
+                continue
+            found.append((name, obj))
+            if isinstance(obj, type) and obj.__module__ == autoserv.__name__:
+                seen = set()
+                for cls in obj.__mro__:        # the one an instance gets: the first
+                    for attr, value in vars(cls).items():
+                        if attr.startswith("_") and attr != "__init__" or attr in seen:
+                            continue
+                        seen.add(attr)
+                        value = value.fget if isinstance(value, property) else value
+                        if callable(value) and getattr(value, "__module__", None) == \
+                                autoserv.__name__:
+                            found.append((f"{name}.{attr}", value))
+        return found
+
+    def test_type_hints_resolve_on_every_public_callable_and_the_main_ones_are_complete(self):
+        import ast
+        import typing
+        callables = dict(self.public_callables())
+        self.assertGreater(len(callables), 150)
+        for name, obj in callables.items():
+            with self.subTest(name=name):
+                typing.get_type_hints(obj)
+        for name in self.FULLY_HINTED:
+            with self.subTest(fully=name):
+                fn = callables[name]
+                hints = typing.get_type_hints(fn)
+                params = [p for p in inspect.signature(fn).parameters if p != "self"]
+                self.assertEqual([p for p in params if p not in hints], [], name)
+                if not name.endswith("__init__"):
+                    self.assertIn("return", hints, name)
+        self.assertIs(typing.get_type_hints(autoserv.Host.run)["return"], autoserv.CmdResult)
+        # Valid on Python 3.9: no "X | Y" in an annotation, no postponed
+        # evaluation (a control file compiled here would inherit it).
+        for path in (autoserv.__file__, os.path.join(HERE, "examples", "library_fanout.py")):
+            tree = ast.parse(open(path, encoding="utf-8").read())
+            annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, ast.arg)
+                           and n.annotation] + [n.returns for n in ast.walk(tree)
+                                                if isinstance(n, ast.FunctionDef) and n.returns]
+
+            def nodes(a):          # a string annotation ("Host") is parsed too
+                for b in ast.walk(a):
+                    yield b
+                    if isinstance(b, ast.Constant) and isinstance(b.value, str):
+                        yield from nodes(ast.parse(b.value, mode="eval"))
+            bad = [ast.unparse(a) for a in annotations
+                   if any(isinstance(b, ast.BinOp) for b in nodes(a))]
+            self.assertEqual(bad, [], path)
+            self.assertFalse([n for n in tree.body if isinstance(n, ast.ImportFrom)
+                              and n.module == "__future__"], path)
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(
+            "library_fanout", os.path.join(HERE, "examples", "library_fanout.py"))
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        for fn in (example.fan_out, example.main):
+            self.assertIn("return", typing.get_type_hints(fn))
+
+    def test_all_is_what_readme_documents(self):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+            readme = f.read()
+        self.assertEqual([n for n in autoserv.__all__
+                          if not re.search(rf"`(autoserv\.)?{n}\b", readme)], [])
+        section = readme.split("## Using autoserv from Python", 1)[1].split("\n## ", 1)[0]
+        table = section.split("| name beyond a control file's |", 1)[1].split("\n\n", 1)[0]
+        listed = [name for row in table.splitlines()[2:]
+                  for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+        self.assertEqual(sorted(listed), sorted(autoserv._LIBRARY_NAMES))
+        self.assertEqual(autoserv.__all__, sorted(set(autoserv.__all__)))
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="as-api-")
@@ -1407,6 +1554,30 @@ class TestCLI(unittest.TestCase):
         log = open(os.path.join(rd, "debug", "autoserv.log"), "rb").read()
         self.assertIn(b"run: uname -a", log)
         self.assertRegex(log, rb"exit status 0 in \d+\.\d+s")
+
+    def test_the_debug_log_and_v_and_q_are_handlers_on_the_autoserv_logger_tree(self):
+        ctl = self.control("""\
+            import logging
+            mine = logging.getLogger("autoserv.mycheck")
+            mine.debug("a detail")
+            mine.info("a progress line")
+            mine.warning("a warning")
+            hosts.LocalHost().run("echo out")
+            """)
+        said = {}
+        for flag in ("", "-v", "-q"):
+            out = run_cli(*([flag] if flag else []), "-r", self.results(f"r{flag}"), ctl)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            said[flag] = [line for line in out.stderr.splitlines() if "results in" not in line]
+            log = open(os.path.join(self.results(f"r{flag}"), "debug", "autoserv.log")).read()
+            for text in ("a detail", "a progress line", "a warning", "localhost: run: echo out"):
+                self.assertIn(text, log)
+        self.assertEqual(said[""], ["autoserv: a progress line", "autoserv: a warning"])
+        self.assertEqual(said["-q"], ["autoserv: a warning"])
+        self.assertTrue(any(line.endswith("localhost stdout| out") for line in said["-v"]),
+                        said["-v"])
+        self.assertTrue(any(line.endswith("autoserv.mycheck: a detail") for line in said["-v"]),
+                        said["-v"])
 
     def test_exit_codes(self):
         cases = {
@@ -5167,6 +5338,175 @@ class TestFanOut(unittest.TestCase):
         self.assertIn("nshost03: sudo -n would not run the command as root "
                       "(sudo: a password is required;", str(cm.exception))
 
+    def watch_control(self, text):
+        ctl = os.path.join(self.tmp, "watch.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(text))
+        return ctl
+
+    def test_on_a_terminal_the_live_view_redraws_a_row_per_host_to_its_final_state(self):
+        names = self.hosts.names[:4]
+        ctl = self.watch_control("""\
+            def work(name):
+                h = hosts.SSHHost(name)
+                job.record("START", None, "warmup")
+                h.run("sleep 1.2")
+                job.record("END GOOD", None, "warmup")
+                job.record("START", None, "soak")
+                h.run("sleep 1.2; echo soaked on $(uname -n)", stdout_tee=sys.stdout)
+                if name.endswith("2"):
+                    job.record("FAIL", None, "soak", "it broke")
+                job.record("END GOOD", None, "soak")
+            import sys
+            parallel_simple(work, machines)
+            """)
+        res = os.path.join(self.tmp, "res")
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r", res,
+                                  "-m", ",".join(names), ctl)
+        self.assertEqual(status, 3, text)
+        frames = live_view_frames(text)
+        self.assertGreater(len(frames), 3, text)
+        self.assertTrue(all(len(f) == len(names) for f in frames), frames)
+        for row, name in enumerate(names):
+            mine = [f[row] for f in frames]
+            self.assertTrue(all(r.startswith(name + " ") for r in mine), mine)
+            self.assertTrue(any(" running " in r and "warmup" in r for r in mine), mine)
+            self.assertTrue(any(" running " in r and "soak" in r for r in mine), mine)
+            final = "FAIL" if name.endswith("2") else "GOOD"
+            self.assertIn(f" {final} ", frames[-1][row])
+            self.assertIn(f"soaked on {name}", frames[-1][row])
+        # The output went to the hosts' files, not as prefixed lines.
+        self.assertNotIn(f"{names[0]} : soaked", text)
+        self.assertIn(f"soaked on {names[0]}",
+                      open(os.path.join(res, names[0], "debug", "stdout")).read())
+
+    def test_ctrl_c_under_the_live_view_stops_every_task_and_leaves_the_final_rows(self):
+        names = self.hosts.names[:3]
+        ctl = self.watch_control("""\
+            def work(name):
+                hosts.SSHHost(name).run("sleep 41.25")
+            parallel_simple(work, machines)
+            """)
+        t0 = time.monotonic()
+        status, text = run_in_pty(
+            "--ssh-config", self.hosts.ssh_config, "-r", os.path.join(self.tmp, "res"),
+            "-m", ",".join(names), ctl, timeout=60,
+            interrupt_when=lambda text: len([p for p in comm_pids("sleep")
+                                             if p in processes_with("41.25")]) >= 3)
+        self.assertEqual(status, 130, text)
+        self.assertLess(time.monotonic() - t0, 35)
+        last = live_view_frames(text)[-1]
+        self.assertEqual([row.split()[:2] for row in last], [[n, "ABORT"] for n in names])
+        wait_for(lambda: not processes_with("41.25"), 15, what="the remote sleeps ending")
+
+    def test_off_a_terminal_parallel_output_stays_prefixed_lines(self):
+        names = self.hosts.names[:2]
+        ctl = self.watch_control("""\
+            def work(name):
+                print(hosts.SSHHost(name).run("uname -n").stdout.strip())
+            parallel_simple(work, machines)
+            """)
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
+                      os.path.join(self.tmp, "res"), "-m", ",".join(names), ctl,
+                      env=dict(os.environ, TERM="xterm"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for name in names:
+            self.assertIn(f"{name} : {name}\n", out.stdout)
+        self.assertNotIn("\x1b[", out.stdout + out.stderr)
+        # TERM=dumb on a terminal: the same prefixed lines, no redraw.
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res2"), "-m", ",".join(names), ctl,
+                                  term="dumb")
+        self.assertEqual(status, 0, text)
+        self.assertNotIn("\x1b[", text)
+        for name in names:
+            self.assertIn(f"{name} : {name}", text)
+
+    def test_off_a_terminal_a_wait_prints_a_plain_progress_line_each_interval(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            print("went down:", h.wait_down(timeout=4.5))
+            """)
+        env = dict(os.environ, AUTOSERV_PROGRESS_EVERY="1")
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r",
+                      os.path.join(self.tmp, "res"), "-m", name, ctl, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "went down: False\n")
+        lines = [l for l in out.stderr.splitlines() if "going down" in l]
+        self.assertTrue(3 <= len(lines) <= 5, out.stderr)
+        seconds = [int(re.fullmatch(rf"autoserv: {name}: going down (\d+) s / 4 s", l).group(1))
+                   for l in lines]
+        self.assertEqual(seconds, sorted(seconds))
+        self.assertEqual(len(set(seconds)), len(seconds))
+        self.assertNotIn("\r", out.stderr)
+        # -q: none of it.
+        quiet = run_cli("-q", "--ssh-config", self.hosts.ssh_config, "-r",
+                        os.path.join(self.tmp, "res2"), "-m", name, ctl, env=env)
+        self.assertEqual(quiet.returncode, 0, quiet.stderr)
+        self.assertNotIn("going down", quiet.stderr)
+
+    def test_on_a_terminal_a_wait_is_one_line_redrawn_then_cleared(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            print("went down:", h.wait_down(timeout=2.5))
+            """)
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res"), "-m", name, ctl)
+        self.assertEqual(status, 0, text)
+        draws = re.findall(rf"\r\x1b\[Kautoserv: {name}: going down (\d+) s / 2 s", text)
+        self.assertGreaterEqual(len(draws), 3, repr(text))
+        # Cleared at the end: the next output starts on a blank line.
+        self.assertIn("\r\x1b[Kwent down: False", text)
+
+    def test_on_a_terminal_a_big_send_file_shows_its_bytes_and_rate(self):
+        name = self.hosts.names[0]
+        big = os.path.join(self.tmp, "big")
+        with open(big, "wb") as f:          # sparse here; 2 GiB on the wire
+            f.truncate(2 << 30)
+        os.chmod(self.tmp, 0o755)
+        ctl = self.watch_control(f"""\
+            h = hosts.SSHHost(machines[0])
+            d = h.get_tmp_dir()
+            h.send_file({big!r}, d + "/big")
+            print("size", h.run("stat -c %s " + d + "/big").stdout.strip())
+            """)
+        status, text = run_in_pty("--ssh-config", self.hosts.ssh_config, "-r",
+                                  os.path.join(self.tmp, "res"), "-m", name, ctl, timeout=300)
+        self.assertEqual(status, 0, text)
+        self.assertIn(f"size {2 << 30}", text)
+        rates = re.findall(rf"\r\x1b\[Kautoserv: {name}: send_file \d+ s, ([\d.]+) (MiB|GiB) "
+                           r"of 2\.0 GiB at ([\d.]+) [MG]iB/s", text)
+        self.assertTrue(rates, repr(text[-2000:]))
+        sizes = [float(n) * (1024 if unit == "GiB" else 1) for n, unit, _ in rates]
+        self.assertEqual(sizes, sorted(sizes))
+        self.assertLessEqual(sizes[-1], 2048 * 1.01)
+        self.assertTrue(all(float(rate) > 0 for _, _, rate in rates))
+
+    def test_a_silent_command_gets_exactly_the_expected_stall_warnings(self):
+        name = self.hosts.names[0]
+        ctl = self.watch_control("""\
+            h = hosts.SSHHost(machines[0])
+            r = h.run("sleep 5.5")
+            print(repr(r.stdout), repr(r.stderr))
+            h.run("sleep 3", stall_warn=0)
+            h.run("for i in 1 2 3 4 5; do echo $i; sleep 1; done")
+            """)
+        for how in ([], ["--persistent"]):     # its own ssh session; the agent
+            with self.subTest(how=how):
+                res = os.path.join(self.tmp, "res" + "".join(how))
+                out = run_cli("--stall-warn", "2", *how, "--ssh-config", self.hosts.ssh_config,
+                              "-r", res, "-m", name, ctl)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout, "'' ''\n")
+                warnings = [l for l in out.stderr.splitlines() if "stall" in l]
+                self.assertEqual(warnings, [
+                    f"autoserv: stall: {name}: 'sleep 5.5' has printed nothing for {n} s; "
+                    "still running (stall warning after 2 s)" for n in (2, 4)], out.stderr)
+                log = open(os.path.join(res, "debug", "autoserv.log")).read()
+                self.assertEqual(log.count("stall: "), 2, log)
+
     def test_one_host_partitioned_mid_run_the_others_complete(self):
         res = os.path.join(self.tmp, "res")
         victim = 5
@@ -5281,6 +5621,251 @@ class TestFanOut(unittest.TestCase):
                 job = [e["code"] for e in entries if e["operation"] == "autoserv"]
                 self.assertEqual(job[-2:], ["ABORT", "END ABORT"], job)
                 Invariants.check_status(self, os.path.join(res, "status.log"))
+
+
+class TestLibrary(unittest.TestCase):
+    """autoserv imported by a plain Python program, no job and no CLI, against
+    namespace hosts: the example script, what a script leaves when it dies,
+    the logging tree."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hosts = NamespaceHosts(3)
+        # A host whose address answers but whose port refuses: unreachable.
+        with open(cls.hosts.ssh_config, "a") as f:
+            f.write(f"Host deadhost\n    HostName {cls.hosts.addrs[0]}\n    Port 1\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.hosts.close()
+        reap()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-lib-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.before = _autoserv_paths()
+        self.fixtures = {proc.pid for proc in self.hosts.procs}
+
+    def write_script(self, text):
+        """text as a program importing autoserv (as a vendored copy is)."""
+        path = os.path.join(self.tmp, "script.py")
+        with open(path, "w") as f:
+            f.write(f"import signal, sys\nsys.path.insert(0, {HERE!r})\nimport autoserv\n"
+                    f"autoserv.set_ssh_defaults(ssh_config={self.hosts.ssh_config!r})\n"
+                    + textwrap.dedent(text))
+        return path
+
+    def script(self, text, *args, timeout=120):
+        """Runs text as a program importing autoserv."""
+        return subprocess.run([sys.executable, self.write_script(text), *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
+
+    def sleeping_script(self, text, tag):
+        """Starts text, a script ending in a remote sleep that has tag in its
+        command line; returns its Popen once the sleep runs on the host."""
+        p = subprocess.Popen([sys.executable, self.write_script(text)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.tmp)
+        self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
+        wait_for(lambda: [x for x in comm_pids("sleep") if x in processes_with(tag)],
+                 30, what="the remote sleep")
+        return p
+
+    def assert_nothing_left(self):
+        """From outside the script: no process of it (reparented to us, the
+        subreaper), no remote process of its commands, no temp dir, control
+        dir or socket of autoserv's."""
+        def clean():
+            reap()
+            return not [k for k in our_children() if k[0] not in self.fixtures]
+        wait_for(clean, 10, what="no process of the script left")
+        wait_for(lambda: not processes_with("AUTOSERV_RUN_ID="), 10,
+                 what="no remote process of the script left")
+        self.assertEqual(_autoserv_paths() - self.before, set())
+        self.assertEqual([n for n in os.listdir(tempfile.gettempdir()) if n.startswith("autoserv-")],
+                         [])
+
+    def test_the_fanout_example_prints_every_hosts_answer_and_writes_a_results_dir(self):
+        example = os.path.join(HERE, "examples", "library_fanout.py")
+        res = os.path.join(self.tmp, "res")
+        out = subprocess.run([sys.executable, example, "--ssh-config", self.hosts.ssh_config,
+                              "--results", res, *self.hosts.names], capture_output=True,
+                             text=True, timeout=120, cwd=self.tmp)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stderr, "")
+        release = os.uname().release
+        self.assertEqual(out.stdout.splitlines(), [f"{n:20} {n} {release}"
+                                                   for n in self.hosts.names])
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(summary["job"]["outcome"], "GOOD")
+        self.assertEqual({n: v["outcome"] for n, v in summary["hosts"].items()},
+                         {n: "GOOD" for n in self.hosts.names})
+        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        self.assertEqual([e["code"] for e in entries if e["operation"] == "parallel"],
+                         ["START", "END GOOD"])
+        for name in self.hosts.names:
+            self.assertTrue(os.path.isdir(os.path.join(res, name)), name)
+        self.assertIn(b"run: uname -n -r", open(os.path.join(res, "debug", "autoserv.log"),
+                                                 "rb").read())
+        # A host that cannot be reached is told apart by its class; exit 1.
+        out = subprocess.run([sys.executable, example, "--ssh-config", self.hosts.ssh_config,
+                              "--command", "exit 3", self.hosts.names[0], "deadhost"],
+                             capture_output=True, text=True, timeout=120, cwd=self.tmp)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        lines = out.stdout.splitlines()
+        self.assertEqual(lines[0], f"{self.hosts.names[0]:20} failed: exit status 3")
+        self.assertRegex(lines[1], r"^deadhost +unreachable: deadhost: connection refused")
+        self.assertEqual(os.listdir(self.tmp), ["res"])     # no job: no task subdirs
+        self.assert_nothing_left()
+
+    def test_a_script_that_raises_midway_leaves_no_process_socket_or_temp_dir(self):
+        for persistent in (False, True):
+            with self.subTest(persistent=persistent):
+                out = self.script(f"""\
+                    h = autoserv.SSHHost("nshost01", persistent={persistent})
+                    g = autoserv.SSHHost("nshost02")
+                    d = h.get_tmp_dir()
+                    h.run("touch " + d + "/file")
+                    g.run("true")
+                    local = autoserv.get_tmp_dir()
+                    print(d, local, flush=True)
+                    raise RuntimeError("mid-way")
+                    """)
+                self.assertEqual(out.returncode, 1)
+                self.assertIn("RuntimeError: mid-way", out.stderr)
+                remote, local = out.stdout.split()
+                self.assertFalse(os.path.exists(remote))
+                self.assertFalse(os.path.exists(local))
+                self.assert_nothing_left()
+
+    def test_with_blocks_close_hosts_and_close_all_ends_the_rest(self):
+        out = self.script("""\
+            import os, stat
+            ctrl = autoserv._ctrl_dir()
+            def masters():
+                return [n for n in os.listdir(ctrl)
+                        if stat.S_ISSOCK(os.lstat(os.path.join(ctrl, n)).st_mode)]
+            with autoserv.SSHHost("nshost01") as h:
+                h.run("true")
+                print("in", len(masters()))
+            try:
+                with autoserv.SSHHost("nshost02") as g:
+                    g.run("true")
+                    raise KeyError("inside")
+            except KeyError:
+                pass
+            print("after", len(masters()))
+            k = autoserv.SSHHost("nshost03")
+            k.run("true")
+            print("open", len(masters()))
+            autoserv.close_all()
+            print("closed", os.path.exists(ctrl))
+            sys.stdout.flush()
+            os._exit(0)             # no atexit: close_all() alone must have done it
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.split(), ["in", "1", "after", "0", "open", "1",
+                                              "closed", "False"])
+        self.assert_nothing_left()
+
+    def test_a_hosts_commands_reach_a_handler_the_program_installs_bytes_and_all(self):
+        import logging
+        records = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record)
+        mine = logging.getLogger("autoserv.host.nshost01")
+        handler = Keep()
+        mine.addHandler(handler)
+        mine.setLevel(logging.DEBUG)
+        self.addCleanup(mine.setLevel, logging.NOTSET)
+        self.addCleanup(mine.removeHandler, handler)
+        debug_log = os.path.join(self.tmp, "debug.log")
+        autoserv.LOG.open(debug_log)
+        self.addCleanup(autoserv.LOG.close)
+        autoserv.set_ssh_defaults(ssh_config=self.hosts.ssh_config)
+        self.addCleanup(autoserv.set_ssh_defaults, ssh_config=None)
+        with autoserv.SSHHost("nshost01") as h, autoserv.SSHHost("nshost02") as other:
+            h.run(r"printf 'raw\377\033[31m\n'")
+            other.run("echo not-this-host")
+        self.assertEqual({r.name for r in records}, {"autoserv.host.nshost01"})
+        self.assertEqual({r.levelno for r in records}, {logging.DEBUG})
+        texts = [r.getMessage() for r in records]
+        self.assertIn(r"run: printf 'raw\377\033[31m\n'", texts)
+        self.assertIn("raw\\xff\x1b[31m", texts)          # text a handler can write
+        self.assertIn(b"raw\xff\x1b[31m", [r.raw for r in records])
+        self.assertTrue(any(t.startswith("exit status 0 in ") for t in texts), texts)
+        with open(debug_log, "rb") as f:
+            log = f.read()
+        self.assertIn(b"nshost01 stdout| raw\xff\x1b[31m\n", log)   # unaltered
+        self.assertIn(b"nshost02 stdout| not-this-host\n", log)
+
+    def test_nothing_is_printed_when_the_program_configured_no_logging(self):
+        for setup in ("", "import logging; logging.basicConfig()"):
+            with self.subTest(setup=setup):
+                out = self.script(setup + "\n" + textwrap.dedent("""\
+                    h = autoserv.SSHHost("nshost01")
+                    h.run("echo to-the-log; echo err >&2")
+                    try:
+                        h.run("exit 4")
+                    except autoserv.AutoservRunError:
+                        pass
+                    autoserv.LocalHost().run("echo local")
+                    d = h.get_tmp_dir()
+                    h.send_file("script.py", d + "/copy")
+                    h.get_file(d + "/copy", "back.py")
+                    assert open("back.py").read() == open("script.py").read()
+                    autoserv.CommandPower(on="echo powered").on()
+                    autoserv.parallel_simple(lambda n: autoserv.SSHHost(n).run("true"),
+                                             ["nshost02", "nshost03"])
+                    with autoserv.Job("res") as job:
+                        h.run("true")
+                    """))
+                self.assertEqual((out.returncode, out.stdout, out.stderr), (0, "", ""))
+                log = open(os.path.join(self.tmp, "res", "debug", "autoserv.log")).read()
+                self.assertIn("nshost01: run: true", log)
+                shutil.rmtree(os.path.join(self.tmp, "res"))
+        self.assert_nothing_left()
+
+    def test_a_script_that_turns_sigterm_into_an_exit_leaves_nothing_when_terminated(self):
+        # SIGTERM's default action skips atexit; README's one line makes it
+        # an exit, and then close_all() runs as for any other exception.
+        p = self.sleeping_script("""\
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            h = autoserv.SSHHost("nshost01", persistent=True)
+            h.get_tmp_dir()
+            autoserv.get_tmp_dir()
+            h.run("sleep 4248.5")
+            """, "4248.5")
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 143, err)
+        self.assert_nothing_left()
+
+    def test_after_sigkill_of_the_script_its_remote_command_ends(self):
+        # A SIGKILLed script runs no cleanup: what is guaranteed is that its
+        # command on the host ends (the session's stdin closes with the
+        # script; the wrapper kills the command's group).  The ssh master
+        # (its own session) is ended here by the test; see README.
+        p = self.sleeping_script('autoserv.SSHHost("nshost01").run("sleep 4249.5")\n',
+                                 "4249.5")
+        try:
+            p.kill()
+            p.communicate(timeout=10)
+            wait_for(lambda: not [x for x in comm_pids("sleep")
+                                  if x in processes_with("4249.5")], 10,
+                     what="the remote command gone after SIGKILL")
+            wait_for(lambda: not processes_with("AUTOSERV_RUN_ID="), 10,
+                     what="no remote process of the killed script")
+        finally:
+            # What the killed script left (its master, its control dir): ours to end.
+            for pid in processes_with(self.hosts.ssh_config):
+                if pid in {k[0] for k in our_children()}:
+                    os.kill(pid, signal.SIGTERM)
+            reap()
+            for name in _autoserv_paths() - self.before:
+                shutil.rmtree(name, ignore_errors=True)
+        self.assert_nothing_left()
 
 
 # Boot loader and installables (no guest) ######################################
@@ -5767,6 +6352,41 @@ class TestInstallables(unittest.TestCase):
                 unavailable("python3-pyftpdlib is missing: no FTP server on loopback")
             got = obj.get(f"{self.served.ftp_url}/{os.path.basename(self.rpm)}")
             self.assertEqual(open(got, "rb").read(), open(self.rpm, "rb").read())
+
+    def test_a_slow_download_prints_its_bytes_and_rate_off_a_terminal(self):
+        import http.server
+
+        class Slow(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(8 * 65536))
+                self.end_headers()
+                for _ in range(8):              # 512 KiB in about 2.4 s
+                    self.wfile.write(b"x" * 65536)
+                    self.wfile.flush()
+                    time.sleep(0.3)
+
+            def log_message(self, *args):
+                pass
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        err = io.StringIO()
+        os.environ["AUTOSERV_PROGRESS_EVERY"] = "0.5"
+        try:
+            with contextlib.redirect_stderr(err):
+                got = autoserv.InstallableObject().get(
+                    f"http://127.0.0.1:{server.server_address[1]}/pkg.deb")
+        finally:
+            del os.environ["AUTOSERV_PROGRESS_EVERY"]
+        self.assertEqual(os.path.getsize(got), 8 * 65536)
+        lines = err.getvalue().splitlines()
+        sizes = [float(m.group(1)) for m in (re.fullmatch(
+            r"autoserv: server: downloading \d+ s, ([\d.]+) KiB of 512\.0 KiB at [\d.]+ KiB/s",
+            line) for line in lines) if m]
+        self.assertGreaterEqual(len(sizes), 2, lines)
+        self.assertEqual(sizes, sorted(sizes))
 
     def test_get_errors_name_the_location_and_the_reason(self):
         obj = autoserv.InstallableObject()
@@ -6640,6 +7260,41 @@ class TestKVM(unittest.TestCase):
         self.assertFalse(os.path.exists(run_dir))
         self.assertTrue(self.guest.qemu_alive())
 
+    def test_with_blocks_end_a_kvms_guests_and_a_script_that_raises_ends_its_qemu(self):
+        def qemu_gone(pid):
+            return lambda: pid not in comm_pids("qemu-system-x86")
+        address = {"mac": "02:00:00:00:02:01", "ip": "127.0.0.1", "port": guest_ports(1)}
+        with autoserv.KVM(autoserv.LocalHost()) as kvm:
+            kvm.install([address])
+            with autoserv.KVMGuest(kvm, self.kernel_opts, identity=self.img["key"]) as g:
+                pid, run_dir = g.qemu_pid, g.run_dir
+                self.assertIn(pid, comm_pids("qemu-system-x86"))
+            wait_for(qemu_gone(pid), 10, what="the guest's qemu gone at its block's end")
+            self.assertFalse(os.path.exists(run_dir))
+            g = autoserv.KVMGuest(kvm, self.kernel_opts, identity=self.img["key"])
+            pid = g.qemu_pid
+        wait_for(qemu_gone(pid), 10, what="the guest's qemu gone at the KVM's block's end")
+        self.assertEqual(kvm.in_use, {})
+        # A script that starts a guest and dies of an exception.
+        script = os.path.join(self.tmp, "guest.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                import sys
+                sys.path.insert(0, {HERE!r})
+                import autoserv
+                kvm = autoserv.KVM(autoserv.LocalHost())
+                kvm.install([{address!r}])
+                g = autoserv.KVMGuest(kvm, {self.kernel_opts!r})
+                print(g.qemu_pid, g.run_dir, flush=True)
+                raise RuntimeError("mid-way")
+                """))
+        out = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                             timeout=120)
+        self.assertIn("RuntimeError: mid-way", out.stderr)
+        pid, run_dir = out.stdout.split()
+        wait_for(qemu_gone(int(pid)), 10, what="the script's qemu gone")
+        self.assertFalse(os.path.exists(run_dir))
+
     def test_wait_up_without_timeout_waits_past_boot_timeout_saying_so_and_returns_true(self):
         # boot_timeout=1: this guest takes longer than that to boot (TCG), so
         # a wait capped by it would give up; without a timeout it waits on.
@@ -6648,14 +7303,15 @@ class TestKVM(unittest.TestCase):
         g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"],
                               boot_timeout=1)
         try:
-            err = io.StringIO()
+            # Said at INFO on the host's logger (the CLI prints INFO on stderr).
             t0 = time.monotonic()
-            with contextlib.redirect_stderr(err):
+            with self.assertLogs("autoserv", "INFO") as said:
                 self.assertIs(g.wait_up(), True)
             took = time.monotonic() - t0
             self.assertGreater(took, 1.0)
-            progress = [l for l in err.getvalue().splitlines() if "waiting on" in l]
-            self.assertTrue(progress, err.getvalue())
+            progress = [r.getMessage() for r in said.records if "waiting on" in r.getMessage()]
+            self.assertTrue(progress, said.output)
+            self.assertEqual({r.name for r in said.records}, {f"autoserv.host.{g.hostname}"})
             self.assertIn(f"guest {g.hostname}:{g.port}: no ssh answer after", progress[0])
             self.assertLessEqual(len(progress), took + 1)         # about one a second
             self.assertIn("guest", g.run("uname -n").stdout)
@@ -6944,6 +7600,86 @@ class TestReboot(unittest.TestCase):
             self.assertIn("QMP", str(cm.exception))
         finally:
             self.guest.qmp_socket = sock
+
+    def test_the_report_of_a_job_with_a_reboot_a_failure_and_hostile_output_renders_inert(self):
+        """index.html of a job over several hosts (this guest rebooted, a
+        failed test, output and errors holding markup and escapes), opened
+        in headless chromium: no console message (a blocked script or load
+        would say so), the host table and a timeline lane per host in the
+        DOM, nothing of the hosts' text turned into markup.  The screenshot
+        is copied to $AUTOSERV_REPORT_PNG when that is set (README's)."""
+        need("chromium")
+        hostile = "<script>document.title='pwned'</script>\\033[31mred\\033]0;t\\a<img src=x>"
+        ctl = os.path.join(self.tmp, "report.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                def work(name):
+                    if name == "guest":
+                        g = hosts.SSHHost("127.0.0.1", port={self.guest.port},
+                                          identity={self.img["key"]!r},
+                                          host_key_policy="ephemeral")
+                        g.run("echo booted once")
+                        g.reboot(reboot_cmd="sleep 1; reboot -f", timeout=180)
+                    elif name == "failing":
+                        job.record("START", None, "unit")
+                        job.record("FAIL", None, "unit", "Traceback (most recent call "
+                                   "last):\\n  File 't.py', line 3\\nAssertionError: 2 != 3")
+                        job.record("END FAIL", None, "unit")
+                    else:
+                        out = hosts.create_host("localhost").run("printf '{hostile}'").stdout
+                        job.record("INFO", None, "echo", out)
+                        raise ValueError(out)
+                parallel_simple(work, ["guest", "failing", "hostile<i>x"])
+                """))
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("-r", res, ctl, timeout=300)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        page = os.path.join(res, "index.html")
+        html_text = open(page, encoding="utf-8").read()
+        self.assertNotIn("<script", html_text.lower())
+        self.assertNotIn("\x1b", html_text)
+        self.assertIn("&lt;script&gt;document.title=", html_text)
+        # `report` writes the same page again from the files alone.
+        os.unlink(page)
+        again = run_cli("report", res)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        hosts = sorted(summary["hosts"])
+        self.assertTrue({"guest", "failing", "hostile<i>x"} <= set(hosts), hosts)
+        chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--enable-logging=stderr", "--v=0", "--window-size=1280,900"]
+        dump = subprocess.run(chromium + ["--dump-dom", "file://" + page],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(dump.returncode, 0, dump.stderr)
+        dom = dump.stdout
+        console = [l for l in dump.stderr.splitlines() if ":CONSOLE" in l]
+        self.assertEqual(console, [])
+        self.assertIn("<title>autoserv: FAIL: res</title>", dom)
+        self.assertNotIn("<script", dom.lower())
+        self.assertNotIn("<img", dom.lower())
+        self.assertEqual(sorted(html.unescape(h) for h in re.findall(
+            r'<tr class="host" data-host="([^"]*)"', dom)), hosts)
+        self.assertEqual(sorted(html.unescape(h) for h in re.findall(
+            r'<g class="lane" data-host="([^"]*)"', dom)), hosts)
+        guest_lane = dom[dom.index('<g class="lane" data-host="guest"'):]
+        guest_lane = guest_lane[:guest_lane.index("</g>")]
+        self.assertIn("reboot: GOOD", guest_lane)
+        self.assertRegex(dom, r'(?s)<details><summary>AssertionError: 2 != 3</summary>'
+                              r'<pre>Traceback')
+        for link in ("control.srv", "debug/autoserv.log", "guest/debug/stdout",
+                     "hostile%3Ci%3Ex/debug/stderr"):
+            self.assertIn(f'href="./{link}"', dom)
+        shot = os.path.join(self.tmp, "report.png")
+        for width, path in ((1280, shot), (390, os.path.join(self.tmp, "phone.png"))):
+            taken = subprocess.run(chromium[:-1] + [f"--window-size={width},900",
+                                                    f"--screenshot={path}", "file://" + page],
+                                   capture_output=True, text=True, timeout=120)
+            self.assertEqual(taken.returncode, 0, taken.stderr)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        if os.environ.get("AUTOSERV_REPORT_PNG"):
+            shutil.copy(shot, os.environ["AUTOSERV_REPORT_PNG"])
+
 
 
 _CHASSIS_PY = """#!%(python)s
@@ -8482,6 +9218,31 @@ class TestShards(unittest.TestCase):
             self.assertTrue(os.path.islink(os.path.join(out, host)), host)
             self.assertTrue(os.path.isdir(os.path.join(out, host)), host)
         self.assertTrue(os.path.isdir(os.path.join(out, "debug", "shard.1")))
+
+    def test_a_merged_dir_has_a_report_with_a_lane_per_host_through_the_shards(self):
+        dirs = [self.shard(f"{i}/2") for i in range(2)]
+        out = os.path.join(self.tmp, "merged")
+        r = run_cli("merge", "-r", out, *dirs)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+        everyone = "a1 b1 b2 c1 c2 d1 e1 f1 g1".split()
+        self.assertEqual(sorted(re.findall(r'<tr class="host" data-host="([^"]*)"', page)),
+                         everyone)
+        lanes = re.findall(r'(?s)<g class="lane" data-host="([^"]*)">(.*?)</g>', page)
+        self.assertEqual(sorted(name for name, _ in lanes), everyone)
+        for name, body in lanes:        # each host's task group, found under its shard's
+            self.assertIn('class="bar"', body, name)
+        self.assertIn('href="./a1/debug/stdout"', page)
+        self.assertIn("2 of 2 merged", page)
+        # `report` again on it, on a shard, and on a dir that is no results dir.
+        again = run_cli("report", out, dirs[0])
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertTrue(os.path.isfile(os.path.join(dirs[0], "index.html")))
+        bad = run_cli("report", self.tmp)
+        self.assertEqual(bad.returncode, 2)
+        self.assertEqual(bad.stderr.strip().splitlines(), [
+            f"autoserv: error: report: {self.tmp}: not a results dir (no summary.json or "
+            "status.log); give the dir a job wrote (-r)"])
 
     def test_merge_refuses_shards_that_are_not_one_job(self):
         dirs = [self.shard(f"{i}/3") for i in range(3)]
