@@ -222,7 +222,17 @@ class AutoservSSHConnectionRefused(AutoservSSHError):
 
 
 class AutoservSSHUnknownHost(AutoservSSHError):
-    """The host name does not resolve."""
+    """The host name does not resolve.  In a run given an ssh config
+    (set_ssh_defaults, --ssh-config) that has no Host line for it, the
+    message says so: most often a name left out of that config."""
+
+    def __init__(self, hostname, message, detail=""):
+        config = _SSH_DEFAULTS["ssh_config"]
+        if config and hostname and "not in the ssh config" not in detail \
+                and not _in_ssh_config(config, hostname):
+            detail = f"{hostname} is not in the ssh config {config}" + (
+                f"; {detail}" if detail else "")
+        super().__init__(hostname, message, detail)
 
 
 class AutoservSSHPermissionDenied(AutoservSSHError):
@@ -304,6 +314,24 @@ def sh_escape(command: str) -> str:
 def sh_quote(word: str) -> str:
     """Quote one word for a POSIX shell (shlex.quote)."""
     return shlex.quote(word)
+
+
+def _in_ssh_config(path, name):
+    """True when a Host line of the ssh config at path (not its Includes)
+    has a pattern matching name; True too when it cannot be read."""
+    import fnmatch
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return True
+    for line in lines:
+        words = line.replace("=", " ", 1).split()
+        if len(words) > 1 and words[0].lower() == "host":
+            patterns = [w for w in words[1:] if not w.startswith("!")]
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                return True
+    return False
 
 
 def _last_lines(text, count):
@@ -413,6 +441,7 @@ class _Console(logging.Handler):
         super().__init__(logging.DEBUG if verbose else
                          logging.WARNING if quiet else logging.INFO)
         self.verbose = verbose
+        self.stream = None        # where it writes, when not sys.stderr (-v in a task)
 
     def emit(self, record):
         try:
@@ -420,8 +449,9 @@ class _Console(logging.Handler):
                 text = _neutralise(_decode(_record_bytes(record))).replace("^J", "\n")
             else:
                 text = f"autoserv: {_neutralise(record.getMessage())}\n"
-            sys.stderr.write(text)
-            sys.stderr.flush()
+            out = self.stream or sys.stderr
+            out.write(text)
+            out.flush()
         except (OSError, ValueError):
             pass
 
@@ -435,6 +465,21 @@ class _Log:
         self.file = None          # the _DebugFile of open(), else None
         self.stderr = None        # the _Console of console(), else None
         self.loggers = {}         # tag -> logger
+        self.muted = 0            # inside quiet(): lines about a host are left out
+
+    def quiet(self):
+        """A with-block in which lines about a host are not written (its
+        probes: _probe)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def muted():
+            self.muted += 1
+            try:
+                yield
+            finally:
+                self.muted -= 1
+        return muted()
 
     def _set_handler(self, attr, handler):
         old = getattr(self, attr)
@@ -488,6 +533,8 @@ class _Log:
         goes through the tree when the program's levels let it (its handlers
         and ours get it), else to our own handlers only: a job's debug log
         holds everything without raising the program's levels."""
+        if self.muted and host:
+            return
         logger = self.logger(host)
         wanted = logger.isEnabledFor(level)
         ours = [h for h in (self.file, self.stderr) if h is not None and level >= h.level]
@@ -614,8 +661,10 @@ class CmdResult:
     def __init__(self, command: str = "", stdout: str = "", stderr: str = "",
                  exit_status: Optional[int] = None, duration: float = 0.0, aborted: int = 0,
                  timed_out: bool = False, hostname: Optional[str] = None,
-                 truncated: bool = False, output_files: Optional[Dict[str, str]] = None):
+                 truncated: bool = False, output_files: Optional[Dict[str, str]] = None,
+                 timeout: Optional[float] = None):
         self.command = command
+        self.timeout = timeout      # the limit it ran under (None: none)
         self.stdout = stdout
         self.stderr = stderr
         self.exit_status = exit_status
@@ -1227,6 +1276,7 @@ class StatusLog:
         self.indent = 0
         self.worst = None
         self.echo = echo          # called with each entry's text (the client harness)
+        self.open = []            # (subdir, operation) of each START not ended yet
 
     def record(self, code, subdir=None, operation=None, message="", indent=None):
         """Writes one entry.  START nests what follows one level deeper and
@@ -1239,6 +1289,7 @@ class StatusLog:
         nesting = indent is None
         if code.startswith("END ") and nesting:
             self.indent = max(0, self.indent - 1)
+            self.open = self.open[:-1]
         level = self.indent if indent is None else indent
         if base in FAILING_CODES and not code.startswith("END "):
             self._note(base)
@@ -1247,9 +1298,16 @@ class StatusLog:
         self._append(data)
         if code == "START" and nesting:
             self.indent += 1
+            self.open.append((subdir, operation))
         LOG.write(data.rstrip(b"\n"), "status")
         if self.echo:
             self.echo(data.decode("utf-8", "surrogateescape"))
+
+    def close_open(self, code, keep=0):
+        """Ends every group still open but the `keep` outermost with END code
+        (a run cut short: no group is left without its END)."""
+        while len(self.open) > keep:
+            self.record(f"END {code}", *self.open[-1])
 
     def _note(self, code):
         """Keeps the worst failing code recorded so far (the job's exit status)."""
@@ -1279,6 +1337,51 @@ class StatusLog:
             os.close(fd)
 
 
+def _end_open_groups(entries, code):
+    """END lines (code) for the groups a task's entries opened and never
+    ended (it was stopped or killed inside one), innermost first."""
+    stack = []
+    for e in entries:
+        if e["code"] == "START":
+            stack.append(e)
+        elif e["code"].startswith("END ") and stack:
+            stack.pop()
+    return "".join(_status_line(f"END {code}", e["subdir"], e["operation"], "", e["indent"])
+                   for e in reversed(stack))
+
+
+def _cause(exc):
+    """One line naming what went wrong: the exception's class, and for a
+    command its command and how it ended (the output is kept apart:
+    _output_tail)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, _Terminated):
+        return "terminated (SIGTERM)"
+    name = type(exc).__name__
+    r = getattr(exc, "result", None)
+    if isinstance(exc, AutoservRunError) and r is not None:
+        how = (f"timed out after {float(r.timeout)} s" if r.timed_out and r.timeout
+               else r.status_text() if r.timed_out else f"failed with {r.status_text()}")
+        return _neutralise(f"{name}: {_shorten(r.command)!r} {how}")
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{name}: {text}" if text else name
+
+
+def _shorten(text, size=200):
+    text = " ".join(str(text).split("\n"))
+    return text if len(text) <= size else text[:size - 3] + "..."
+
+
+def _output_tail(exc, count=10):
+    """The last lines of a failed command's output (stderr, then stdout),
+    or ""."""
+    r = getattr(exc, "result", None)
+    if not isinstance(exc, AutoservRunError) or r is None:
+        return ""
+    return _neutralise("\n".join(_last_lines(r.stderr, count) + _last_lines(r.stdout, count)))
+
+
 def _write_atomic(path, data):
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -1286,16 +1389,21 @@ def _write_atomic(path, data):
     os.replace(tmp, path)
 
 
-def _claim_results_dir(path, overwrite):
+def _claim_results_dir(path, overwrite, parent=None):
     """Claims a results dir with an atomic mkdir.  With no path, the default
-    name with a suffix when two runs start in the same second."""
+    name (in parent, default here) with a suffix when two runs start in the
+    same second, and the `latest` link beside it names it."""
     if path is None:
-        base = "results." + time.strftime("%Y-%m-%d-%H.%M.%S")
+        parent = os.path.abspath(parent or ".")
+        if not os.path.isdir(parent):
+            raise AutoservUsageError(f"--results-base {parent}: no such directory; "
+                                     "create it or pick another")
+        base = os.path.join(parent, "results." + time.strftime("%Y-%m-%d-%H.%M.%S"))
         for n in range(1000):
             candidate = base if n == 0 else f"{base}.{n}"
             try:
                 os.mkdir(candidate)
-                return os.path.abspath(candidate)
+                return candidate
             except FileExistsError:
                 continue
         raise AutoservUsageError(f"could not claim a results dir named {base}*")
@@ -1321,6 +1429,31 @@ def _claim_results_dir(path, overwrite):
             pass
     shutil.rmtree(os.path.join(path, "debug"), ignore_errors=True)
     return path
+
+
+def _point_latest(resultdir, target=None):
+    """Makes `latest` beside resultdir a link to it (or to target); returns
+    what it named before ("" if nothing).  A `latest` that is not a link is
+    left alone."""
+    link = os.path.join(os.path.dirname(resultdir), "latest")
+    try:
+        old = os.readlink(link)
+    except FileNotFoundError:
+        old = ""
+    except OSError:
+        LOG.write(f"{link} is not a symbolic link; left alone")
+        return None
+    tmp = f"{link}.{os.getpid()}.tmp"
+    try:
+        if target == "":
+            os.unlink(link)
+        else:
+            os.symlink(target or os.path.basename(resultdir), tmp)
+            os.replace(tmp, link)
+    except OSError as e:
+        _remove_quietly(tmp)
+        LOG.write(f"could not point {link} at {resultdir}: {e}")
+    return old
 
 
 def _user_name():
@@ -1398,21 +1531,22 @@ class ServerJob:
 
     def note_host(self, host):
         self.hosts.append(host)
-        self.host_outcomes.setdefault(host.hostname, {"outcome": "GOOD",
-                                                      "duration": 0.0, "error": ""})
+        self.host_outcomes.setdefault(host.hostname, {"outcome": "GOOD", "duration": 0.0,
+                                                      "error": "", "output": ""})
         self._spans.setdefault(host.hostname, [time.time(), None])
 
-    def host_status(self, name, code, error="", span=None):
+    def host_status(self, name, code, error="", span=None, output=""):
         """A status for a host's work: its outcome becomes the worse of the
-        two (the first error text of the worst status stays), and its work
-        span (wall clock start, end) grows to cover `span`."""
-        entry = self.host_outcomes.setdefault(name, {"outcome": "GOOD",
-                                                     "duration": 0.0, "error": ""})
+        two (the first error text of the worst status stays, and the output
+        tail that goes with it), and its work span (wall clock start, end)
+        grows to cover `span`; a span that ends marks the host's work done."""
+        entry = self.host_outcomes.setdefault(name, {"outcome": "GOOD", "duration": 0.0,
+                                                     "error": "", "output": ""})
         code = worst_status(code)
         if _SEVERITY[code] > _SEVERITY.get(entry["outcome"], 0):
-            entry["outcome"], entry["error"] = code, error
+            entry["outcome"], entry["error"], entry["output"] = code, error, output
         elif code == entry["outcome"] and error and not entry["error"]:
-            entry["error"] = error
+            entry["error"], entry["output"] = error, output
         if span:
             old = self._spans.get(name)
             self._spans[name] = [min(span[0], old[0]) if old else span[0],
@@ -1429,7 +1563,43 @@ class ServerJob:
     def merge_host_records(self, data):
         for name, (entry, span) in data.items():
             self.host_status(name, entry["outcome"], entry["error"],
-                             span and [span[0], span[1] or time.time()])
+                             span and [span[0], span[1] or time.time()],
+                             entry.get("output", ""))
+
+    def hosts_cut_short(self, reason):
+        """The job was stopped: every host whose work had not ended (no task
+        of its ended before the stop) is ABORT with the reason."""
+        for name, span in self._spans.items():
+            if span[1] is None:
+                self.host_status(name, "ABORT", reason)
+
+    def host_log(self, name, text):
+        """Appends text to the host's own debug log, <results>/<host>/debug/
+        host.log: the commands run on it and their output."""
+        path = os.path.join(self.resultdir, _safe_name(name), "debug")
+        try:
+            os.makedirs(path, exist_ok=True)
+            fd = os.open(os.path.join(path, "host.log"),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, text.encode("utf-8", "surrogateescape"))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            LOG.write(f"host log {path}: {e}", name)
+
+    def closing_line(self, outcome):
+        """The run in one line: hosts GOOD of all, each other one named with
+        its outcome and cause, and where the results are."""
+        hosts = self.host_outcomes
+        good = [n for n, v in hosts.items() if v["outcome"] == "GOOD"]
+        parts = [f"{len(good)} of {len(hosts)} host{'s' if len(hosts) != 1 else ''} GOOD"
+                 if hosts else f"job {outcome}"]
+        parts += [f"{n} {v['outcome']} {v['error']}".rstrip()
+                  for n, v in sorted(hosts.items()) if v["outcome"] != "GOOD"]
+        where = os.path.relpath(self.resultdir)
+        parts.append("results in " + (where if not where.startswith("..") else self.resultdir))
+        return "; ".join(parts)
 
     def write_summary(self, outcome, error=""):
         now = time.time()
@@ -1513,8 +1683,9 @@ def _junit_xml(host_outcomes, outcome, error, seconds):
         body = ""
         if info["outcome"] != "GOOD":
             failures += 1
+            text = "\n".join(t for t in (info["error"], info.get("output")) if t)
             body = (f"<failure message={quoteattr(info['outcome'])}>"
-                    f"{escape(info['error'])}</failure>")
+                    f"{escape(text)}</failure>")
         cases.append(f'  <testcase classname="autoserv" name={quoteattr(name)} '
                      f'time="{info["duration"]}">{body}</testcase>')
     if not cases:
@@ -1526,6 +1697,73 @@ def _junit_xml(host_outcomes, outcome, error, seconds):
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             f'<testsuite name="autoserv" tests="{len(cases)}" failures="{failures}" '
             f'time="{seconds:.3f}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+# Under sudo, a root shell that passes a stop on: the login user may signal
+# sudo (which relays to this shell) but not the root processes under it, so
+# on TERM it ends its whole process group itself, and KILLs it 2 s later
+# from a child that ignores TERM from its start (set before the fork).  Its
+# own stdin kept for the command (a background job would get /dev/null).
+_ROOT_SH = ("exec 3<&0; trap \"trap '' TERM HUP INT; (sleep 2; kill -KILL 0) & "
+            "trap - TERM HUP INT; kill -TERM 0\" TERM HUP INT; sh -c \"$1\" <&3 3<&- & wait $!")
+
+
+def _as_root(command):
+    """command as root through `sudo -n` (never a password prompt), the
+    run id passed on so that the run's clean-up still finds it."""
+    return ('sudo -n -- env ${AUTOSERV_RUN_ID:+AUTOSERV_RUN_ID="$AUTOSERV_RUN_ID"} sh -c '
+            + shlex.quote(_ROOT_SH) + " sh " + shlex.quote(command))
+
+
+_SUDO_REFUSED = re.compile(r"^sudo: (a password is required|a terminal is required)"
+                           r"|is not in the sudoers file|may not run sudo"
+                           r"|\bsudo: (command )?not found")
+
+
+def _check_sudo(hostname, result):
+    """Raises AutoservHostError, with what sudo said, when sudo itself
+    refused to run the command (rather than the command failing)."""
+    said = next((l.strip() for l in result.stderr.splitlines()[:5]
+                 if _SUDO_REFUSED.search(l)), None)
+    if result.exit_status in (1, 127) and said:
+        raise AutoservHostError(hostname, "sudo -n would not run the command as root",
+                                f"{said}; give the login user NOPASSWD sudo "
+                                "(sudoers) or log in as root")
+
+
+def _probe(host, command, timeout=60):
+    """A question autoserv asks a host for itself (is this a dir? is qemu
+    alive?): host.run(command, ignore_status=True), kept out of the debug
+    logs, where its failing answer would read as a failed command."""
+    with LOG.quiet():
+        return host.run(command, timeout=timeout, ignore_status=True)
+
+
+def _log_command(hostname, command=None, result=None, cap=64 * 1024):
+    """In the host's own debug log: a command as it starts, then its result
+    with its output (each stream's last `cap` bytes); nothing outside a
+    job, nothing for a probe."""
+    if result is None:
+        _host_note(hostname, f"run: {command}")
+        return
+    if _JOB is None or not hostname or LOG.muted:
+        return
+    lines = []
+    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if len(text) > cap:
+            lines.append(f"{name}| [... {len(text) - cap} characters left out; whole "
+                         "stream in debug/autoserv.log ...]")
+            text = text[-cap:]
+        lines += [f"{name}| {line}" for line in text.splitlines()]
+    lines.append(f"{result.status_text()} in {result.duration:.3f} s")
+    _JOB.host_log(hostname, "\n".join(lines) + "\n")
+
+
+def _host_note(hostname, text):
+    """A timestamped line in the host's own debug log (in a job; not for
+    a probe)."""
+    if _JOB is not None and hostname and not LOG.muted:
+        _JOB.host_log(hostname, time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
 
 
 def _record(*args, **kwargs):
@@ -1977,9 +2215,10 @@ class Host:
     are seconds; None means no limit.
 
     Constructor keywords every host takes: power= (a power controller, or a
-    registered power type by name: see _by_name) and console= (likewise for
-    console types).  An unknown keyword is an AutoservArgumentError naming
-    it; password= says how to log in with a key instead.
+    registered power type by name: see _by_name), console= (likewise for
+    console types) and sudo= (True: every run() as root through sudo -n).
+    An unknown keyword is an AutoservArgumentError naming it; password=
+    says how to log in with a key instead.
 
     Collaborators: power (on/off/cycle/reset/status, a PowerController) and
     console (any object; one with hardreset() is a reset path, one with
@@ -1995,8 +2234,10 @@ class Host:
     power = None
     console = None
 
-    def __init__(self, power: Any = None, console: Any = None, **kwargs: Any):
+    def __init__(self, power: Any = None, console: Any = None, sudo: bool = False,
+                 **kwargs: Any):
         _refuse_host_keywords(type(self).__name__, kwargs)
+        self.sudo = bool(sudo)
         where = f"{type(self).__name__}({self.hostname!r})"
         self.power = _by_name("power", power, where)
         self.console = _by_name("console", console, where)
@@ -2023,31 +2264,41 @@ class Host:
     def __reduce__(self):
         # Hosts cross process boundaries (parallel) by being rebuilt from
         # their constructor arguments, never with live connections.
-        return (_rebuild_host, (type(self), self._init_args, self._init_kwargs))
+        kwargs = dict(self._init_kwargs, **({"sudo": True} if self.sudo else {}))
+        return (_rebuild_host, (type(self), self._init_args, kwargs))
 
     def run(self, command: str, timeout: Optional[float] = None, ignore_status: bool = False,
             stdin: _Stdin = None, stdout_tee: _Tee = None, stderr_tee: _Tee = None,
             args: Sequence[str] = (), connect_timeout: Optional[float] = None,
             max_output: int = DEFAULT_MAX_OUTPUT,
-            stall_warn: Optional[float] = None) -> "CmdResult":
+            stall_warn: Optional[float] = None, sudo: Optional[bool] = None) -> "CmdResult":
         """Runs command (a shell string; args are appended as quoted words)
         under the target's login shell, stdin from /dev/null unless given
         (str or bytes); output teed live to stdout_tee/stderr_tee.  timeout
         bounds the whole command (it and what it started are killed);
-        connect_timeout bounds reaching the host.  Returns a CmdResult.
+        connect_timeout bounds reaching the host.  sudo=True (default: the
+        host's sudo=) runs it as root through `sudo -n`.  Returns a CmdResult.
         Raises AutoservRunError for a non-zero exit unless ignore_status,
         AutoservTimeoutError on timeout, AutoservSSHError (a subclass) when
-        the transport fails.  A command silent for stall_warn seconds (None:
-        --stall-warn's, default STALL_WARN; 0: never) gets a warning line
-        in the debug log and on stderr, again with back-off; never killed.
+        the transport fails, AutoservHostError when sudo wants a password.
+        A command silent for stall_warn seconds (None: --stall-warn's,
+        default STALL_WARN; 0: never) gets a warning line in the debug log
+        and on stderr, again with back-off; never killed.
 
         The one run body for every kind of host: a subclass supplies the
         transport's primitive, _execute()."""
         command = _with_args(command, args)
+        as_root = self.sudo if sudo is None else sudo
+        _log_command(self.hostname, command)
         with _Running(stall_warn, self.hostname, command):
-            result = self._execute(command, _stdin_bytes(stdin), timeout, stdout_tee,
+            result = self._execute(_as_root(command) if as_root else command,
+                                   _stdin_bytes(stdin), timeout, stdout_tee,
                                    stderr_tee, max_output, connect_timeout)
+        result.command, result.timeout = command, timeout
+        if as_root:
+            _check_sudo(self.hostname, result)
         LOG.write(f"{result.status_text()} in {result.duration:.3f}s", self.hostname)
+        _log_command(self.hostname, result=result)
         return _judge(result, ignore_status)
 
     def _execute(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
@@ -2193,11 +2444,12 @@ class Host:
         s).  Returns None.  Raises AutoservHostError without a reset path,
         AutoservRebootError when the host does not come back."""
         if self.power is None and callable(getattr(self.console, "hardreset", None)):
-            self._reset_and_wait(self.console.hardreset, repr(self.console), timeout, wait)
+            self._reset_and_wait(self.console.hardreset, type(self.console).__name__, timeout,
+                                 wait)
             return
         power = self._power()
-        self._reset_and_wait(getattr(power, "reset", None) or power.cycle, repr(power),
-                             timeout, wait)
+        self._reset_and_wait(getattr(power, "reset", None) or power.cycle,
+                             type(power).__name__, timeout, wait)
 
     def _reset_and_wait(self, action, how, timeout=None, wait=True):
         """Runs a reset action; with wait, until the host is back with a new
@@ -2209,6 +2461,7 @@ class Host:
             pass
         action()
         LOG.write(f"hard reset through {how}", self.hostname)
+        _record("INFO", None, "hardreset", f"{self.hostname}: hard reset through {how}")
         self._drop_connection()
         if not wait:
             return
@@ -5103,7 +5356,13 @@ class _SSHTransfer:
             if backend not in TRANSFER_BACKENDS:
                 raise AutoservUsageError(f"transfer backend {backend!r}: use one of "
                                          + ", ".join(TRANSFER_BACKENDS))
+            if self.host.sudo and backend != "tar":
+                raise AutoservUsageError(f"{self.hostname}: transfer backend {backend!r} "
+                                         "cannot place files as root; with sudo=True "
+                                         "transfers go through tar")
             return backend
+        if self.host.sudo:        # tar is the backend that runs under sudo -n
+            return "tar"
         tools = self._remote_tools()
         if delete_dest and "rsync" in tools and shutil.which("rsync"):
             return "rsync"
@@ -5130,6 +5389,7 @@ class _SSHTransfer:
         mode = _mode_for(sources, contents, [os.path.isdir(s) for s in sources])
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"send_file ({backend}): {sources} -> {dest}", self.hostname)
+        _host_note(self.host.hostname, f"send_file ({backend}): {sources} -> {dest}")
         t0 = time.monotonic()
         self._backend(backend).send(sources, contents, dest, mode, delete_dest,
                                     preserve_symlinks, timeout)
@@ -5144,11 +5404,11 @@ class _SSHTransfer:
         contents = [s.endswith("/") and len(s) > 1 for s in sources]
         dirs = [False] * len(sources)
         if len(sources) == 1 and not contents[0]:
-            dirs = [self.host.run("test -d " + shlex.quote(sources[0]), ignore_status=True,
-                                  timeout=60).exit_status == 0]
+            dirs = [_probe(self.host, "test -d " + shlex.quote(sources[0])).exit_status == 0]
         mode = _mode_for(sources, contents, dirs)
         backend = self._pick_backend(backend, delete_dest)
         LOG.write(f"get_file ({backend}): {sources} -> {dest}", self.hostname)
+        _host_note(self.host.hostname, f"get_file ({backend}): {sources} -> {dest}")
         t0 = time.monotonic()
         _refuse_dir_link(dest, mode, f"{self.hostname}: get_file")
         existed = os.path.lexists(dest.rstrip("/") or "/")
@@ -5264,8 +5524,9 @@ class _TarTransfer(_TransferBackend):
     def _raw_ssh(self, script, *args):
         """ssh argv running an sh script directly (no wrapper): for streams
         whose size is not known up front.  The script never exits 255."""
-        return self.t.ssh_argv() + ["sh -c " + " ".join(shlex.quote(w) for w in
-                                                       (script, "autoserv") + args)]
+        root = "sudo -n -- " if self.t.host.sudo else ""
+        return self.t.ssh_argv() + [root + "sh -c " + " ".join(shlex.quote(w) for w in
+                                                              (script, "autoserv") + args)]
 
     def send(self, sources, contents, dest, mode, delete_dest, preserve_symlinks, timeout):
         hostname = self.t.hostname
@@ -5689,6 +5950,7 @@ class subcommand:
         self.result = None
         self.error = None            # (exception or None, traceback text)
         self.stopped = False         # ended by parallel() (timeout or signal)
+        self.stop_reason = ""        # why parallel() ended it, for its hosts' error
         self.started = self.duration = None
         self.wall_started = None
         self.status_path = None      # where the child writes its status entries
@@ -5724,6 +5986,8 @@ class subcommand:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked by fork_start
             if out_w is not None:
+                if LOG.echo:      # -v lines name their host already: not prefixed again
+                    LOG.stderr.stream = os.fdopen(os.dup(2), "w", closefd=True)
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
             if self.subdir:
@@ -5955,8 +6219,9 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
                 task.stopped = True
                 task.error = (None, f"task {task.name} never started: parallel() timed out")
                 _task_ended(task)
-    except BaseException:
-        _stop_tasks(running, sel)
+    except BaseException as e:
+        _stop_tasks(running, sel, _cause(e) if isinstance(e, (KeyboardInterrupt, _Terminated))
+                    else None)
         raise
     finally:
         sel.close()
@@ -5995,12 +6260,22 @@ def _task_ended(task):
         body = _status_line("WARN", None, task.label, f"unparsable status entries: {e}")
         entries = parse_status_log(body)
     codes = [e["code"] for e in entries]
-    error = ""
+    error = output = added = ""
     if task.error:
-        error = _last_line(task.error[1])
-        code = "ABORT" if task.stopped else "FAIL"
-        body += _status_line(code, None, task.label, task.error[1])
+        exc = task.error[0]
+        stop = isinstance(exc, (KeyboardInterrupt, _Terminated))
+        error = task.stop_reason or (_cause(exc) if exc is not None
+                                     else _last_line(task.error[1]))
+        output = _output_tail(exc)
+        code = "ABORT" if task.stopped or stop else "FAIL"
+        added = _end_open_groups(entries, code) + _status_line(code, None, task.label,
+                                                               error)
         codes.append(code)
+        if task.subdir:
+            _task_file(task, "traceback", task.error[1])
+    if task.subdir:       # the subdir's own status.log ends as the job's copy does
+        _task_file(task, "../status.log", added, append=True)
+    body += added
     worst = task.status = worst_status(*codes)
     if not error and worst != "GOOD":
         error = next((f"{e['operation']}: {_last_line(e['message'])}"
@@ -6013,10 +6288,29 @@ def _task_ended(task):
             + "".join("\t" + line + "\n" for line in body.split("\n") if line)
             + _status_line(f"END {worst}", sub, task.label, task.title))
     _JOB.status.relay(text)
-    _JOB.merge_host_records(task.host_records)
+    records = dict(task.host_records)
+    if sub and sub not in records:   # a task on user@host:port: its host is the machine
+        try:
+            name = parse_machine(sub)[1]
+        except AutoservUsageError:
+            name = None
+        if name in records:
+            records[sub] = records.pop(name)
+    _JOB.merge_host_records(records)
     span = [task.wall_started or time.time(), time.time()]
     for name in ([sub] if sub else []) + task.host_names():
-        _JOB.host_status(name, worst, error, span)
+        _JOB.host_status(name, worst, error, span, output)
+
+
+def _task_file(task, name, text, append=False):
+    """Writes text to a file in the task's subdir's debug/ (a name with ../
+    reaches the subdir itself)."""
+    try:
+        with open(os.path.join(task.subdir, "debug", name), "a" if append else "w",
+                  encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+    except OSError as e:
+        LOG.write(f"task {task.name}: could not write its {name}: {e}")
 
 
 def _pump(sel, wait):
@@ -6050,6 +6344,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
             if task.process.exitcode is not None:
                 _drain_task(task, sel)
                 task.finish()
+                task.stop_reason = reason or ""
                 if reason:
                     task.error = (None, f"task {task.name} {reason}" + (
                         f"\n{task.error[1]}" if task.error else ""))
@@ -6063,6 +6358,7 @@ def _stop_tasks(running, sel, reason=None, grace=8.0):
         task.process.join()
         _drain_task(task, sel)
         task.finish()
+        task.stop_reason = f"{reason or 'stopped'} (killed)"
         task.error = (None, f"task {task.name} {reason or 'was stopped'} (killed)")
         running.pop(pid)
         _stopped(task)
@@ -7592,7 +7888,24 @@ class KVM(InstallableObject):
 
 class Guest(SSHHost):
     """A virtual machine reached over ssh; its power controller is the
-    hypervisor's (hardreset() asks the hypervisor)."""
+    hypervisor's (hardreset() asks the hypervisor).  name= (default: its
+    address) is what logs, summary.json and results subdirs call it: its
+    hostname, while ssh goes on reaching the address."""
+
+    def __init__(self, hostname, *args, name=None, **kwargs):
+        self.name = name
+        super().__init__(hostname, *args, **kwargs)
+        if name:
+            self._init_kwargs["name"] = name
+
+    @property
+    def hostname(self):
+        link = self.__dict__.get("_link")
+        return self.name or (link.hostname if link else None)
+
+    @hostname.setter
+    def hostname(self, value):
+        self._link.hostname = value
 
 
 class KVMGuest(Guest):
@@ -7609,7 +7922,7 @@ class KVMGuest(Guest):
 
     def __init__(self, kvm: KVM, qemu_options: str = "", user: str = "root",
                  host_key_policy: str = "ephemeral", boot_timeout: float = 300,
-                 **ssh_kwargs: Any):
+                 name: Optional[str] = None, **ssh_kwargs: Any):
         # Keywords are checked before qemu starts (SSHHost's own check
         # comes after it).
         own = set(_keywords_of(SSHHost)) - {"hostname", "port"}
@@ -7629,14 +7942,16 @@ class KVMGuest(Guest):
         addr = self.address
         ssh_kwargs["power"] = ssh_kwargs.get("power") or self._qmp_power
         super().__init__(addr["ip"], user=user, port=addr.get("port"),
-                         host_key_policy=host_key_policy, **ssh_kwargs)
+                         host_key_policy=host_key_policy, name=name, **ssh_kwargs)
         self._init_args = (addr["ip"],)
         self._init_kwargs = dict(user=user, port=addr.get("port"),
-                                 host_key_policy=host_key_policy)
+                                 host_key_policy=host_key_policy,
+                                 **({"name": name} if name else {}))
 
     def __reduce__(self):
-        # In another process a guest is a plain ssh host for the same address.
-        return (_rebuild_host, (Guest, self._init_args, self._init_kwargs))
+        # In another process a guest is a plain ssh host for the same
+        # address, with the same name.
+        return (_rebuild_host, (Guest,) + super().__reduce__()[1][1:])
 
     def _start_qemu(self):
         kvm, h, a = self.kvm, self.kvm.host, self.address
@@ -7690,8 +8005,8 @@ class KVMGuest(Guest):
         if self.qemu_pid is None:
             return False
         try:
-            out = self.kvm.host.run(f"cat /proc/{self.qemu_pid}/stat 2>/dev/null",
-                                    timeout=30, ignore_status=True).stdout
+            out = _probe(self.kvm.host, f"cat /proc/{self.qemu_pid}/stat 2>/dev/null",
+                         timeout=30).stdout
         except AutoservTimeoutError as e:
             # A probe, not the wait: a hypervisor too busy to answer in 30 s
             # has not shown qemu dead; the caller's own bound decides.
@@ -8872,6 +9187,93 @@ def compile_control(src, filename):
     return compile(tree, filename, "exec", dont_inherit=True)
 
 
+def _check_names(src, filename):
+    """--check's look at names: (line, text) for each name the control file
+    uses that nothing defines, and each attribute that a group (hosts.X) or
+    a host it makes (h = hosts.SSHHost(...); h.rn) does not have, with the
+    closest known name; and whether the file makes names as it runs (exec,
+    globals()), when these may be names it makes."""
+    import ast
+    import builtins
+    tree = ast.parse(translate_legacy(src), filename)
+    groups = _groups()
+    defined, stores, made = set(), collections.Counter(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] += 1
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.alias):
+            defined.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            defined.update(node.names)
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            cls = (getattr(groups["hosts"], func.attr, None) if isinstance(func, ast.Attribute)
+                   and isinstance(func.value, ast.Name) and func.value.id == "hosts"
+                   else Host if isinstance(func, ast.Name) and func.id == "create_host"
+                   else None)
+            if isinstance(cls, type) and issubclass(cls, Host):
+                made[node.targets[0].id] = cls
+    defined |= set(stores)
+    known = defined | set(control_namespace()) | set(dir(builtins))
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) \
+                and node.id not in known:
+            problems.append((node.lineno, f"name {node.id!r} is not defined"
+                             + _closest(node.id, known)))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            owner = node.value.id
+            if owner in groups and owner not in defined:
+                members = dir(groups[owner])
+            elif owner in made and stores[owner] == 1:
+                members = dir(made[owner])
+            else:
+                continue
+            if node.attr not in members and isinstance(node.ctx, ast.Load):
+                problems.append((node.lineno, f"{owner}.{node.attr}: no such attribute"
+                                 + _closest(node.attr, members)))
+    dynamic = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                  and n.func.id in ("exec", "eval", "globals", "vars") for n in ast.walk(tree))
+    return sorted(set(problems)), dynamic
+
+
+def _closest(name, candidates, form="; did you mean {!r}?", hidden="__"):
+    """form filled with the candidate closest to name (none starting with
+    hidden), or "" when none is close."""
+    import difflib
+    close = difflib.get_close_matches(name, [c for c in candidates
+                                             if not c.startswith(hidden)], 1, 0.7)
+    return form.format(close[0]) if close else ""
+
+
+def _did_you_mean(exc):
+    """Python's own hint for a NameError or AttributeError ("Did you mean:
+    'x'?"), which str() of the exception leaves out; "" for any other."""
+    import builtins
+    name = getattr(exc, "name", None)
+    if not isinstance(name, str) or "Did you mean" in str(exc):
+        return ""
+    if isinstance(exc, NameError):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None:
+            return ""
+        candidates = set(tb.tb_frame.f_locals) | set(tb.tb_frame.f_globals) | set(dir(builtins))
+    elif isinstance(exc, AttributeError) and getattr(exc, "obj", None) is not None:
+        candidates = set(dir(exc.obj))
+    else:
+        return ""
+    return _closest(name, candidates, ". Did you mean: {!r}?", "_")
+
+
 def _group(name, **members):
     import types
     module = types.ModuleType(name)
@@ -9671,9 +10073,13 @@ def _parser():
       help="machines, comma or space separated, each [user@]host[:port]")
     a("-M", "--machines-file", metavar="F", help="machines, one a line")
     a("-r", "--results", metavar="DIR", help="results dir (default results.<date>)")
+    a("--results-base", metavar="DIR", help="where the default results.<date> dirs go "
+      "(default: here); a 'latest' link beside them names the newest")
     a("--overwrite", action="store_true", help="reuse a non-empty results dir")
     a("-a", "--args", dest="extra_args", action="append", default=[], metavar="STR",
       help="split like a shell and appended to args")
+    a("-e", "--execute", metavar="CMD", help="ad-hoc: run CMD on every machine at once "
+      "and print a table of the outcomes (no CONTROL_FILE)")
     a("-c", "--client", action="store_true",
       help="CONTROL_FILE is a client-side (autotest) control file")
     a("-b", "--reboot", action="store_true", help="reboot every machine after the job")
@@ -9685,7 +10091,8 @@ def _parser():
       help="extra ssh -o option (repeatable)")
     a("--ssh-config", metavar="F", help="ssh config file (ssh -F)")
     a("-i", "--identity", metavar="F", help="ssh identity file")
-    a("--host-key-policy", choices=HOST_KEY_POLICIES, default="accept-new")
+    a("--host-key-policy", choices=HOST_KEY_POLICIES,
+      help="default accept-new")
     a("--known-hosts", metavar="F", help="known_hosts file for accept-new/strict")
     a("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S")
     a("--persistent", action="store_const", const=True, default=False,
@@ -9807,7 +10214,7 @@ def _reason(exc, control_path):
     """One line for status.log: where, the exception's class, what."""
     _, where = _where(exc, control_path)
     text = next((line for line in str(exc).splitlines() if line.strip()), "")
-    return f"{where}{type(exc).__name__}: {text}".rstrip(": ")
+    return f"{where}{type(exc).__name__}: {text}{_did_you_mean(exc)}".rstrip(": ")
 
 
 def _report(exc, control_path):
@@ -9820,8 +10227,79 @@ def _report(exc, control_path):
         return f"{where}{name}: {exc}"
     lines = ["Traceback (control file frames):"]
     lines += traceback.format_list(mine)
-    lines.append(f"{where}{name}: {exc}")
+    lines.append(f"{where}{name}: {exc}{_did_you_mean(exc)}")
     return "".join(l if l.endswith("\n") else l + "\n" for l in lines).rstrip("\n")
+
+
+# Settings given once: the command line wins over the environment, which
+# wins over ./autoserv.conf, which wins over ~/.config/autoserv/autoserv.conf.
+# Each is (option's dest, environment variable, autoserv.conf key in [ssh],
+# a path?).
+_SETTINGS = (("ssh_config", "AUTOSERV_SSH_CONFIG", "config", True),
+             ("identity", "AUTOSERV_SSH_IDENTITY", "identity", True),
+             ("ssh_user", "AUTOSERV_SSH_USER", "user", False),
+             ("known_hosts", "AUTOSERV_SSH_KNOWN_HOSTS", "known_hosts", True),
+             ("host_key_policy", "AUTOSERV_SSH_HOST_KEY_POLICY", "host_key_policy", False))
+
+
+def _conf_files():
+    return [os.path.abspath("autoserv.conf"),
+            os.path.join(os.path.expanduser("~"), ".config", "autoserv", "autoserv.conf")]
+
+
+def _read_conf(path):
+    """autoserv.conf's [ssh] settings as {key: value}, paths made absolute
+    (relative to the file's dir); {} when there is no such file."""
+    import configparser
+    import difflib
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, configparser.Error) as e:
+        why = " ".join(str(e).split())
+        raise AutoservUsageError(f"{path}: cannot read it ({why})")
+    known = {key: is_path for _, _, key, is_path in _SETTINGS}
+    for section in parser.sections():
+        if section != "ssh":
+            raise AutoservUsageError(f"{path}: unknown section [{section}]; the one "
+                                     "section is [ssh]")
+    values = {}
+    for key, value in (parser.items("ssh") if parser.has_section("ssh") else []):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, 1)
+            raise AutoservUsageError(f"{path}: [ssh] {key}: unknown setting" + (
+                f"; did you mean {close[0]}?" if close else "; known: " + ", ".join(known)))
+        if known[key] and value:
+            value = os.path.join(os.path.dirname(path), os.path.expanduser(value))
+        values[key] = value
+    return values
+
+
+def _apply_settings(opts):
+    """Fills in the options the command line left unset from the
+    environment and autoserv.conf; says where each came from in the log."""
+    confs = [(path, _read_conf(path)) for path in _conf_files()]
+    for dest, var, key, is_path in _SETTINGS:
+        if getattr(opts, dest) is not None:
+            continue
+        value = os.environ.get(var) or None
+        where = var
+        if value and is_path:
+            value = os.path.abspath(os.path.expanduser(value))
+        for path, conf in confs:
+            if value is None and conf.get(key):
+                value, where = conf[key], path
+        if value is not None:
+            if dest == "host_key_policy" and value not in HOST_KEY_POLICIES:
+                raise AutoservUsageError(f"{where}: host key policy {value!r}: use one of "
+                                         + ", ".join(HOST_KEY_POLICIES))
+            setattr(opts, dest, value)
+            opts.settings_from.append(f"{dest} from {where}")
+    if opts.host_key_policy is None:
+        opts.host_key_policy = "accept-new"
 
 
 def _say(message, quiet=False):
@@ -9853,12 +10331,21 @@ def _main(argv):
         return _report_main(argv[1:])
     try:
         opts = _parser().parse_args(argv)
-        if opts.control is None:
-            raise AutoservUsageError("no CONTROL_FILE given (see --help)")
-        control_path = os.path.abspath(opts.control)
-        if opts.client_harness:
-            return _client_main(control_path, opts.cont)
-        source = _read_control(control_path)
+        if opts.execute is not None:
+            if opts.control is not None or opts.client:
+                raise AutoservUsageError("-e runs one command on the machines: give it "
+                                         "no CONTROL_FILE and no -c")
+            if not opts.machines and not opts.machines_file:
+                raise AutoservUsageError("-e: give the machines to run it on (-m or -M)")
+            control_path = "<-e>"
+            source = _ADHOC.format(command=opts.execute)
+        else:
+            if opts.control is None:
+                raise AutoservUsageError("no CONTROL_FILE given (see --help)")
+            control_path = os.path.abspath(opts.control)
+            if opts.client_harness:
+                return _client_main(control_path, opts.cont)
+            source = _read_control(control_path)
         code = _compile_or_usage(source, control_path)
         groups = _machine_groups(opts)
         shard = None
@@ -9890,12 +10377,23 @@ def _main(argv):
             raise AutoservUsageError("-j/--max-parallel must be 1 or more")
         if opts.stall_warn < 0:
             raise AutoservUsageError("--stall-warn S: S must be 0 (never) or more seconds")
-        for flag, value in (("--ssh-config", opts.ssh_config), ("-i", opts.identity)):
+        opts.settings_from = []
+        _apply_settings(opts)
+        for flag, dest in (("--ssh-config", "ssh_config"), ("-i", "identity")):
+            value = getattr(opts, dest)
             if value and not os.path.isfile(value):
-                raise AutoservUsageError(f"{flag} {value}: no such file")
+                where = next((w.split(" from ", 1)[1] for w in opts.settings_from
+                              if w.startswith(dest + " from ")), None)
+                raise AutoservUsageError(f"{flag} {value}: no such file"
+                                         + (f" (set in {where})" if where else ""))
         if opts.check:
+            problems, dynamic = _check_names(source, control_path)
+            for line, text in problems:
+                _say(f"{control_path}:{line}: {'warning: ' if dynamic else ''}{text}")
+            if problems and not dynamic:
+                return 2
             if not opts.quiet:
-                print(f"{opts.control}: ok")
+                print(f"{opts.control or control_path}: ok")
             return 0
         absolute = lambda p: os.path.abspath(p) if p else None  # noqa: E731
         set_ssh_defaults(user=opts.ssh_user, port=opts.ssh_port,
@@ -9907,7 +10405,7 @@ def _main(argv):
                          connect_timeout=opts.connect_timeout,
                          persistent=opts.persistent)
         junit = absolute(opts.junit)
-        extra = None
+        extra = {"_adhoc_table": _adhoc_table} if opts.execute is not None else None
         if opts.client:
             if not machines:
                 raise AutoservUsageError("-c/--client: give the machines to run the client "
@@ -9915,7 +10413,13 @@ def _main(argv):
             extra = {"_client_text": source, "_client_autodir": opts.autodir}
             code = compile(_CLIENT_ON_MACHINES, "<-c: the client control file on every "
                            "machine>", "exec")
-        resultdir = _claim_results_dir(opts.results, opts.overwrite)
+        if opts.results and opts.results_base:
+            raise AutoservUsageError("-r and --results-base: -r names the dir itself; "
+                                     "give one of them")
+        # A run that was a usage mistake after all removes a dir it made.
+        opts.fresh_results = not (opts.results and os.path.lexists(opts.results))
+        resultdir = _claim_results_dir(opts.results, opts.overwrite, opts.results_base)
+        opts.latest_before = None if opts.results else _point_latest(resultdir)
     except AutoservUsageError as e:
         _say(f"error: {e}")
         return 2
@@ -9926,6 +10430,37 @@ def _main(argv):
         return _slurm_run(opts, argv, resultdir, groups, source)
     return _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
                     extra, shard)
+
+
+# -e: the control file of an ad-hoc command, written to control.srv as it
+# is; the table comes from _adhoc_table (in its namespace).
+_ADHOC = textwrap.dedent("""\
+    # autoserv -e: one command on every machine at once
+    command = {command!r}
+    def run_command(machine):
+        return hosts.create_host(machine).run(command)
+    _adhoc_table(machines, parallel_simple(run_command, machines, return_results=True))
+    """)
+
+
+def _adhoc_table(machines, results):
+    """-e's table on stdout: each machine's exit status (or the error that
+    kept the command from running), time and first line of output."""
+    rows = [("HOST", "STATUS", "TIME", "OUTPUT")]
+    for name, outcome in zip(machines, results):
+        r = outcome if isinstance(outcome, CmdResult) else getattr(outcome, "result", None)
+        if isinstance(r, CmdResult):
+            status = "timeout" if r.timed_out else str(r.exit_status)
+            text = next((l for l in (r.stdout + "\n" + r.stderr).splitlines() if l.strip()),
+                        "")
+            rows.append((name, status, f"{r.duration:.2f}s", text))
+        else:
+            why = str(outcome).splitlines()[0] if str(outcome).strip() else ""
+            rows.append((name, type(outcome).__name__, "-", why))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]
+        print(_neutralise(line.rstrip()), flush=True)
 
 
 # -c: the server-side control that runs a client control file on every
@@ -9957,6 +10492,8 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         f.write(source)
     LOG.write(f"autoserv {__version__} (python {sys.version.split()[0]}): "
               f"{control_path} machines={machines} args={args}")
+    if getattr(opts, "settings_from", None):
+        LOG.write("settings: " + ", ".join(opts.settings_from))
     if not opts.quiet:
         _say(f"results in {resultdir}")
     cwd = os.getcwd()
@@ -9988,9 +10525,11 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
             status, outcome = 1, "FAIL"
             error = _report(e, control_path)
             reason = _reason(e, control_path)
+            if _usage_mistake(e, control_path, code, job, machines):
+                status = 2
             LOG.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
             for host_name in _hosts_in(e):
-                job.host_status(host_name, "FAIL", _last_line(str(e)))
+                job.host_status(host_name, "FAIL", _cause(e), output=_output_tail(e))
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -10004,6 +10543,11 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
         why = _reboot_this_machine(job, local_reboot, status, outcome, error)
         if why:
             status, outcome, error = 1, "FAIL", why
+    if status == 2:
+        return _drop_results(opts, job, error)
+    if status in (130, 143):
+        job.hosts_cut_short(error)
+    job.status.close_open(outcome, keep=1)
     if error:
         job.record("ABORT" if status in (130, 143) else "FAIL", None, "autoserv",
                    reason or _last_line(error))
@@ -10017,7 +10561,49 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     LOG.close()
     if error:
         _say(f"error: {error}" if status == 1 else error)
+    _say(job.closing_line(outcome), opts.quiet and status == 0)
     return status
+
+
+def _usage_mistake(exc, control_path, code, job, machines):
+    """True for a control file that failed before touching any host on a
+    mistake in how it was called or written: a name it never defined, at
+    its top level, or any failure of one that uses `machines` when none
+    were given."""
+    if job.host_outcomes or job.status.worst:
+        return False
+    mine, _ = _where(exc, control_path)
+    if isinstance(exc, NameError) and mine and exc.__traceback__ is not None:
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb.tb_frame.f_code.co_filename == control_path and \
+                tb.tb_frame.f_code.co_name == "<module>":
+            return True
+    return not machines and "machines" in _names_used(code)
+
+
+def _names_used(code):
+    """Every name a code object (and the code nested in it) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names_used(const)
+    return names
+
+
+def _drop_results(opts, job, error):
+    """A usage mistake found by running: says so, exit status 2, and leaves
+    no results dir (one this run made) and `latest` as it was."""
+    job.write_summary("FAIL", error)
+    LOG.close()
+    if opts.fresh_results:
+        shutil.rmtree(job.resultdir, ignore_errors=True)
+        if opts.latest_before is not None:
+            _point_latest(job.resultdir, opts.latest_before)
+    hint = "" if opts.machines or opts.machines_file else " (no machines given: -m or -M?)"
+    _say(f"error: {error}{hint}")
+    return 2
 
 
 def _reboot_this_machine(job, pending, status, outcome, error):

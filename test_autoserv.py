@@ -1230,7 +1230,7 @@ class TestPublicAPI(unittest.TestCase):
             f.write("h = hosts.SSHHost('lab1', password='s3cret-4431')\n")
         out = run_cli("-r", os.path.join(self.tmp, "res"), ctl)
         self.assertEqual(out.returncode, 1, out.stderr)
-        self.assertEqual(out.stderr.splitlines()[1:], [
+        self.assertEqual(out.stderr.splitlines()[1:-1], [
             f"autoserv: error: {ctl}:1: AutoservArgumentError: SSHHost(password=...): "
             + autoserv._PASSWORD_HINT])
 
@@ -1548,6 +1548,38 @@ class TestCLI(unittest.TestCase):
     def results(self, name="res"):
         return os.path.join(self.tmp, name)
 
+    def test_results_base_holds_the_runs_and_latest_names_the_newest(self):
+        base = os.path.join(self.tmp, "base")
+        os.mkdir(base)
+        ctl = self.control("pass\n")
+        made = []
+        for _ in range(2):
+            out = run_cli("--results-base", base, ctl, cwd=self.tmp)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            made.append(out.stderr.splitlines()[0].split("results in ", 1)[1])
+            self.assertEqual(os.path.dirname(made[-1]), base)
+            self.assertEqual(os.readlink(os.path.join(base, "latest")),
+                             os.path.basename(made[-1]))
+            self.assertTrue(out.stderr.strip().splitlines()[-1].endswith(
+                f"results in {os.path.relpath(made[-1], self.tmp)}"), out.stderr)
+        self.assertNotEqual(made[0], made[1])
+        out = run_cli("--results-base", base, "-r", self.results(), ctl, cwd=self.tmp)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("-r and --results-base", out.stderr)
+        # Usage mistakes found by running: exit 2, no results dir, latest as it was.
+        mistakes = {"needs -m": ("h = hosts.SSHHost(machines[0])\n", "no machines given"),
+                    "name at line 1": ("pritn('hello')\n", "NameError")}
+        for name, (text, said) in mistakes.items():
+            with self.subTest(mistake=name):
+                out = run_cli("--results-base", base, self.control(text, "bad.control"),
+                              cwd=self.tmp)
+                self.assertEqual(out.returncode, 2, out.stderr)
+                self.assertIn(said, out.stderr)
+                self.assertEqual(sorted(os.listdir(base)),
+                                 sorted([os.path.basename(m) for m in made] + ["latest"]))
+                self.assertEqual(os.readlink(os.path.join(base, "latest")),
+                                 os.path.basename(made[-1]))
+
     def test_local_example_runs_with_no_set_up(self):
         out = run_cli(os.path.join(HERE, "examples", "local-uname.control"), cwd=self.tmp)
         self.assertEqual(out.returncode, 0, out.stderr)
@@ -1641,6 +1673,42 @@ class TestCLI(unittest.TestCase):
                 self.assertNotIn("Traceback", out.stderr)
         self.assertEqual(os.listdir(full), ["keep"])
         self.assertFalse([d for d in os.listdir(self.tmp) if d.startswith("results.")])
+
+    def test_check_names_undefined_names_with_the_closest_known_one(self):
+        path = self.control("""\
+            h = hosts.SSHHost("lab1")
+            h.rn("uname -r")
+            paralel_simple(lambda m: None, machines)
+            hosts.SSHHst("lab2")
+            for m in machines:
+                print(m, job.resultdir)
+            """, "typos.control")
+        out = run_cli("--check", path)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertEqual(out.stderr.splitlines(), [
+            f"autoserv: {path}:2: h.rn: no such attribute; did you mean 'run'?",
+            f"autoserv: {path}:3: name 'paralel_simple' is not defined; "
+            "did you mean 'parallel_simple'?",
+            f"autoserv: {path}:4: hosts.SSHHst: no such attribute; did you mean 'SSHHost'?"])
+        # every example passes; names made at run time (exec) are only warnings
+        for example in glob.glob(os.path.join(HERE, "examples", "*.control")):
+            self.assertEqual(run_cli("--check", example).returncode, 0, example)
+        dynamic = self.control("exec('made = 1')\nprint(made)\n", "dynamic.control")
+        out = run_cli("--check", dynamic)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("warning: name 'made' is not defined", out.stderr)
+
+    def test_name_and_attribute_errors_keep_the_did_you_mean_hint(self):
+        cases = {"def f():\n    paralel_simple(print, [1])\nf()\n":
+                 "NameError: name 'paralel_simple' is not defined. Did you mean: "
+                 "'parallel_simple'?",
+                 "h = hosts.LocalHost()\nh.rn('true')\n":
+                 "AttributeError: 'LocalHost' object has no attribute 'rn'. Did you mean: 'run'?"}
+        for text, said in cases.items():
+            with self.subTest(said=said):
+                out = run_cli("-r", self.results(said[:4]), self.control(text, "typo.control"))
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn(said, out.stderr)
 
     def test_syntax_error_names_file_and_original_line(self):
         path = self.control('print "legacy is fine"\nx = 1\ny = = 2\n', "bad.control")
@@ -2597,11 +2665,228 @@ class TestSSHJobs(SshdTestCase):
         out = self.cli("-r", res, ctl)
         self.assertEqual(out.returncode, 1)
         self.assertIn("AutoservSSHConnectionRefused", out.stderr)
-        self.assertEqual(len(out.stderr.strip().splitlines()), 2, out.stderr)  # results line + error
+        # the results line, the error, the closing line
+        self.assertEqual(len(out.stderr.strip().splitlines()), 3, out.stderr)
+        self.assertIn("0 of 1 host GOOD; 127.0.0.1 FAIL AutoservSSHConnectionRefused: 127.0.0.1: "
+                      "connection refused", out.stderr.strip().splitlines()[-1])
         summary = json.load(open(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["127.0.0.1"]["outcome"], "FAIL")
         entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
         self.assertIn("AutoservSSHConnectionRefused", entries[-2]["message"])
+
+    def lab_config(self):
+        """The sshd's config with lab1, lab2 and lab3 as more names for it."""
+        path = os.path.join(self.tmp, "lab_ssh_config")
+        with open(self.sshd.ssh_config) as f:
+            text = f.read().replace("Host testhost\n", "Host testhost lab1 lab2 lab3\n", 1)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def assert_groups_closed(self, status_log):
+        """Every START in the log has its END at the same depth."""
+        open_groups = []
+        for e in autoserv.parse_status_log(open(status_log).read()):
+            if e["code"] == "START":
+                open_groups.append(e)
+            elif e["code"].startswith("END "):
+                self.assertTrue(open_groups, f"{status_log}: END without START: {e}")
+                self.assertEqual(open_groups.pop()["indent"], e["indent"], e)
+        self.assertEqual(open_groups, [], f"{status_log}: groups left open")
+
+    def test_an_interrupted_job_aborts_each_unfinished_host_and_closes_every_group(self):
+        import xml.etree.ElementTree as ET
+        config = self.lab_config()
+        shapes = {
+            # parallel tasks: lab1 ends before the signal, lab2 and lab3 are inside a group
+            "parallel": (signal.SIGINT, 130, "interrupted (SIGINT)", """\
+                def work(n):
+                    h = hosts.SSHHost(n)
+                    if n == "lab1":
+                        h.run("echo done")
+                        return
+                    job.record("START", None, "kernel-check")
+                    h.run("sleep 4251.%d" % {"lab2": 1, "lab3": 2}[n])
+                parallel_simple(work, machines)
+                """, ["sleep 4251.1", "sleep 4251.2"]),
+            # one host after the other in the control file itself
+            "serial": (signal.SIGTERM, 143, "terminated (SIGTERM)", """\
+                hs = [hosts.SSHHost(n) for n in machines]
+                job.record("START", None, "kernel-check")
+                for h in hs:
+                    h.run("sleep 4251.3")
+                """, ["sleep 4251.3"]),
+        }
+        for shape, (sig, code, reason, text, sleeps) in shapes.items():
+            with self.subTest(shape=shape):
+                res = os.path.join(self.tmp, "res-" + shape)
+                junit = os.path.join(self.tmp, shape + ".xml")
+                ctl = self.control(text, shape + ".control")
+                p = subprocess.Popen([sys.executable, AUTOSERV, "--ssh-config", config,
+                                      "-r", res, "--junit", junit, "-m", "lab1,lab2,lab3",
+                                      ctl], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+                try:
+                    log = os.path.join(res, "status.log")
+                    wait_for(lambda: all(remote_sleeps(s) for s in sleeps) and (
+                        shape != "parallel" or "END GOOD\tlab1" in open(log).read()), 30,
+                        what="the remote sleeps, lab1's task ended")
+                    p.send_signal(sig)
+                    _, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.communicate()
+                self.assertEqual(p.returncode, code, err)
+                hosts = json.load(open(os.path.join(res, "summary.json")))["hosts"]
+                aborted = ["lab2", "lab3"] if shape == "parallel" else ["lab1", "lab2", "lab3"]
+                for name in aborted:
+                    self.assertEqual(hosts[name]["outcome"], "ABORT", hosts)
+                    self.assertEqual(hosts[name]["error"], reason)
+                    self.assertGreater(hosts[name]["duration"], 0.0)
+                if shape == "parallel":
+                    self.assertEqual(hosts["lab1"]["outcome"], "GOOD")
+                self.assert_groups_closed(os.path.join(res, "status.log"))
+                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                self.assertIn("END ABORT", [e["code"] for e in entries
+                                            if e["operation"] == "kernel-check"])
+                if shape == "parallel":     # each host's own status.log too
+                    for name in ("lab1", "lab2", "lab3"):
+                        self.assert_groups_closed(os.path.join(res, name, "status.log"))
+                    own = open(os.path.join(res, "lab2", "status.log")).read()
+                    self.assertIn("END ABORT\t----\tkernel-check", own)
+                cases = {c.get("name"): c for c in ET.parse(junit).getroot()}
+                for name in aborted:
+                    failure = cases[name].find("failure")
+                    self.assertEqual(failure.get("message"), "ABORT")
+                    self.assertIn(reason, failure.text)
+                last = err.strip().splitlines()[-1]
+                good = 1 if shape == "parallel" else 0
+                self.assertTrue(last.startswith(f"autoserv: {good} of 3 hosts GOOD; "), last)
+                self.assertIn(f"lab2 ABORT {reason}", last)
+                self.assertTrue(last.endswith(f"results in {res}"), last)
+
+    def test_a_failed_hosts_error_names_its_cause_and_its_subdir_tells_its_story(self):
+        ctl = self.control("""\
+            def work(n):
+                h = hosts.SSHHost(n)
+                h.run("echo hello from " + n)
+                h.get_file("/etc/hostname", os.path.join(job.resultdir, n + ".hostname"))
+                if n == "lab2":
+                    h.run("echo partial; sleep 10", timeout=1)
+                if n == "lab3":
+                    h.run("echo out; echo err >&2; false")
+            parallel_simple(work, machines, return_results=True)
+            """)
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("--ssh-config", self.lab_config(), "-r", res, "-m", "lab1,lab2,lab3", ctl)
+        self.assertEqual(out.returncode, 3, out.stderr)
+        hosts = json.load(open(os.path.join(res, "summary.json")))["hosts"]
+        self.assertEqual(hosts["lab2"]["error"],
+                         "AutoservTimeoutError: 'echo partial; sleep 10' timed out after 1.0 s")
+        self.assertIn("partial", hosts["lab2"]["output"])
+        self.assertEqual(hosts["lab3"]["error"], "AutoservRunError: 'echo out; echo err >&2; "
+                                                 "false' failed with exit status 1")
+        self.assertEqual(hosts["lab3"]["output"], "err\nout")
+        self.assertEqual((hosts["lab1"]["outcome"], hosts["lab1"]["error"]), ("GOOD", ""))
+        for name in ("lab1", "lab2", "lab3"):
+            own = os.path.join(res, name)
+            autoserv.parse_status_log(open(os.path.join(own, "status.log")).read())
+            log = open(os.path.join(own, "debug", "host.log")).read()
+            self.assertIn(f"run: echo hello from {name}\nstdout| hello from {name}\n"
+                          "exit status 0 in", log)
+            for other in {"lab1", "lab2", "lab3"} - {name}:
+                self.assertNotIn(f"hello from {other}", log)
+            self.assertIn("get_file (tar): ['/etc/hostname'] -> ", log)
+            # autoserv's own probe (is the source a dir?) is no failed command
+            self.assertNotIn("test -d", log)
+        self.assertNotIn("test -d", open(os.path.join(res, "debug", "autoserv.log")).read())
+        self.assertIn("run: echo partial; sleep 10\nstdout| partial",
+                      open(os.path.join(res, "lab2", "debug", "host.log")).read())
+        self.assertIn("timed out after 1.0 s", open(os.path.join(res, "lab2", "status.log")).read())
+        for name, cls in (("lab2", "AutoservTimeoutError"), ("lab3", "AutoservRunError")):
+            tb = open(os.path.join(res, name, "debug", "traceback")).read()
+            self.assertIn("Traceback (most recent call last)", tb)
+            self.assertIn(cls, tb)
+        self.assertFalse(os.path.exists(os.path.join(res, "lab1", "debug", "traceback")))
+        last = out.stderr.strip().splitlines()[-1]
+        self.assertEqual(last, f"autoserv: 1 of 3 hosts GOOD; lab2 FAIL "
+                               f"{hosts['lab2']['error']}; lab3 FAIL {hosts['lab3']['error']}; "
+                               f"results in {res}")
+
+    def test_ssh_settings_given_once_in_autoserv_conf_or_the_environment_the_command_line_wins(self):
+        ctl = self.control("print(hosts.SSHHost('testhost').run('echo reached').stdout)\n")
+        home = os.path.join(self.tmp, "home")
+        conf_dir = os.path.join(home, ".config", "autoserv")
+        os.makedirs(conf_dir)
+        work = os.path.join(self.tmp, "work")
+        os.mkdir(work)
+        shutil.copy(self.sshd.ssh_config, os.path.join(conf_dir, "lab_ssh"))
+        missing = os.path.join(self.tmp, "missing_config")
+        env = dict(os.environ, HOME=home)
+        env.pop("AUTOSERV_SSH_CONFIG", None)
+
+        def run(*args, **extra):
+            return run_cli(*args, ctl, cwd=work, env=dict(env, **extra))
+        # ~/.config/autoserv/autoserv.conf, its path relative to the file
+        with open(os.path.join(conf_dir, "autoserv.conf"), "w") as f:
+            f.write("[ssh]\nconfig = lab_ssh\n")
+        out = run("-r", os.path.join(self.tmp, "r1"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("reached", out.stdout)
+        # ./autoserv.conf comes before it
+        with open(os.path.join(work, "autoserv.conf"), "w") as f:
+            f.write(f"[ssh]\nconfig = {missing}\n")
+        out = run("-r", os.path.join(self.tmp, "r2"))
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertIn(f"{missing}: no such file (set in {work}/autoserv.conf)", out.stderr)
+        # the environment before both, the command line before all
+        out = run("-r", os.path.join(self.tmp, "r3"), AUTOSERV_SSH_CONFIG=self.sshd.ssh_config)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = run("-r", os.path.join(self.tmp, "r4"), "--ssh-config", self.sshd.ssh_config,
+                  AUTOSERV_SSH_CONFIG=missing)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        # a misspelt setting is a usage error naming the right one
+        with open(os.path.join(work, "autoserv.conf"), "w") as f:
+            f.write("[ssh]\nidentiy = key\n")
+        out = run("-r", os.path.join(self.tmp, "r5"))
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertIn("[ssh] identiy: unknown setting; did you mean identity?", out.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "r5")))
+        # a host the given config does not name says so
+        os.unlink(os.path.join(work, "autoserv.conf"))
+        bad = self.control("hosts.SSHHost('lab9.invalid').run('true')\n", "unknown.control")
+        out = run_cli("-r", os.path.join(self.tmp, "r6"), bad, cwd=work, env=env)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("AutoservSSHUnknownHost", out.stderr)
+        self.assertIn(f"lab9.invalid is not in the ssh config {conf_dir}/lab_ssh", out.stderr)
+
+    def test_a_guests_name_is_what_logs_summary_and_subdirs_call_it(self):
+        # A Guest is an SSHHost: the loopback sshd stands in for one here.
+        ctl = self.control("""\
+            g = hosts.Guest("testhost", name="g1")
+            parallel_simple(lambda h: h.run("echo hi from " + h.hostname), [g])
+            g.run("true")
+            """)
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("-r", res, ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(list(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+                         ["g1"])
+        self.assertIn("stdout| hi from g1", open(os.path.join(res, "g1", "debug",
+                                                               "host.log")).read())
+        self.assertTrue(os.path.exists(os.path.join(res, "g1", "status.log")))
+        # (the ssh link's own lines name the address it reaches)
+        self.assertIn("] g1: exit status 0", open(os.path.join(res, "debug",
+                                                               "autoserv.log")).read())
+
+    def test_verbose_output_names_a_tasks_host_once_per_line(self):
+        ctl = self.control("parallel_simple(lambda n: hosts.SSHHost(n).run('echo hi'), machines)\n")
+        out = run_cli("--ssh-config", self.lab_config(), "-v", "-r", os.path.join(self.tmp, "r"),
+                      "-m", "lab1,lab2", ctl)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("lab1: run: echo hi", out.stderr)
+        self.assertFalse(re.findall(r"(?m)^(lab\d) : .*\] \1[:| ]", out.stderr), out.stderr)
 
     @scenario(30)
     def test_no_remote_temp_dir_or_socket_outlives_any_ending(self):
@@ -5048,6 +5333,17 @@ class TestJobOutcome(unittest.TestCase):
         self.assertIn("carriage\\rreturn", [e["message"] for e in body][0])
         self.assertEqual(self.summary()["job"]["outcome"], "FAIL")
 
+    def test_a_hard_reset_is_recorded_in_the_status_log(self):
+        # The power command is a local `true`: nothing is reset.
+        out = self.job("""\
+            h = hosts.LocalHost(power=power.CommandPower(cycle="true"))
+            h.hardreset(wait=False)
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        resets = [e for e in self.entries() if e["operation"] == "hardreset"]
+        self.assertEqual([e["code"] for e in resets], ["INFO"], self.entries())
+        self.assertIn("localhost: hard reset through CommandPower", resets[0]["message"])
+
     def test_host_durations_are_the_wall_time_of_their_work(self):
         out = self.job("""\
             import time
@@ -5105,15 +5401,26 @@ class TestJobOutcome(unittest.TestCase):
 class NamespaceHosts:
     """count hosts, each a network namespace on a private bridge with its own
     hostname (UTS namespace) and its own sshd, logging in as an unprivileged
-    user.  Only these addresses are ever contacted."""
+    user.  Only these addresses are ever contacted.  USER may sudo to root
+    without a password, PASSWORD_USER only with a password it does not have
+    (a sudoers file of this fixture's, removed by close())."""
     USER = "astest"
+    PASSWORD_USER = "astest2"
 
     def __init__(self, count):
         need_root()
         need("ip", "sshd", "unshare", "useradd")
-        if subprocess.run(["id", self.USER], capture_output=True).returncode:
-            sh("useradd", "-m", "-s", "/bin/sh", self.USER)
-            sh("usermod", "-p", "*", self.USER)
+        for user in (self.USER, self.PASSWORD_USER):
+            if subprocess.run(["id", user], capture_output=True).returncode:
+                sh("useradd", "-m", "-s", "/bin/sh", user)
+                sh("usermod", "-p", "*", user)
+        self.sudoers = None
+        if os.path.isdir("/etc/sudoers.d"):
+            self.sudoers = f"/etc/sudoers.d/autoserv-test-{os.getpid()}"
+            with open(self.sudoers, "w") as f:
+                f.write(f"{self.USER} ALL=(root) NOPASSWD: ALL\n"
+                        f"{self.PASSWORD_USER} ALL=(root) ALL\n")
+            os.chmod(self.sudoers, 0o440)
         self.dir = tempfile.mkdtemp(prefix="as-ns-")
         os.chmod(self.dir, 0o755)
         keys = Sshd.__new__(Sshd)
@@ -5215,6 +5522,15 @@ class NamespaceHosts:
             sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.sudoers:
+            _remove_file(self.sudoers)
+
+
+def _remove_file(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class TestFanOut(unittest.TestCase):
@@ -5259,6 +5575,87 @@ class TestFanOut(unittest.TestCase):
         self.assertTrue(all(v["outcome"] == "GOOD" for v in summary["hosts"].values()))
         import xml.etree.ElementTree as ET
         self.assertEqual(len(ET.parse(junit).getroot()), 16)
+
+    def test_ad_hoc_command_runs_on_every_host_and_prints_a_table(self):
+        names = self.hosts.names[:4]
+        command = "test $(hostname) != nshost02 || { echo broken >&2; exit 4; }; hostname"
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r", res, "-j", "2",
+                      "-m", ",".join(names), "-e", command)
+        self.assertEqual(out.returncode, 3, out.stderr)
+        rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()}
+        self.assertEqual(rows.pop("HOST"), ["HOST", "STATUS", "TIME", "OUTPUT"])
+        self.assertEqual(sorted(rows), sorted(names))
+        for name, row in rows.items():
+            status, output = ("4", "broken") if name == "nshost02" else ("0", name)
+            self.assertEqual((row[1], row[3]), (status, output), row)
+            self.assertRegex(row[2], r"^\d+\.\d\ds$")
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual({n: v["outcome"] for n, v in summary["hosts"].items()},
+                         {n: "FAIL" if n == "nshost02" else "GOOD" for n in names})
+        self.assertIn(command, open(os.path.join(res, "control.srv")).read())
+        self.assertIn("nshost02 FAIL AutoservRunError:", out.stderr.strip().splitlines()[-1])
+        # --shard takes its share of the machines file, as any job does
+        mf = os.path.join(self.tmp, "machines")
+        with open(mf, "w") as f:
+            f.write("\n".join(names) + "\n")
+        out = run_cli("--ssh-config", self.hosts.ssh_config, "-r", os.path.join(self.tmp, "s"),
+                      "-M", mf, "--shard", "1/2", "-e", "hostname")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual([line.split()[:2] for line in out.stdout.splitlines()[1:]],
+                         [[names[1], "0"], [names[3], "0"]])
+        out = run_cli("-m", names[0], "-e", "true", os.path.join(self.tmp, "x.control"))
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("-e runs one command on the machines", out.stderr)
+
+    def test_sudo_runs_as_root_and_a_password_prompt_is_one_clear_error(self):
+        need("sudo")
+        self.addCleanup(Invariants().check, self)
+        config = self.hosts.ssh_config
+        plain = autoserv.SSHHost("nshost01", ssh_config=config)
+        self.assertNotEqual(plain.run("id -u").stdout, "0\n")
+        self.assertEqual(plain.run("id -u", sudo=True).stdout, "0\n")
+        root = autoserv.SSHHost("nshost02", ssh_config=config, sudo=True)
+        self.assertEqual(root.run("id -u; cat; echo", args=["x y"], stdin="in\n").stdout,
+                         "0\nin\nx y\n")
+        self.assertEqual(root.run("exit 7", ignore_status=True).exit_status, 7)
+        self.assertNotEqual(root.run("id -u", sudo=False).stdout, "0\n")
+        # a host in a parallel task, and one a task hands back, stays a sudo host
+        self.assertEqual(autoserv.parallel_simple(lambda h: h.run("id -u").stdout, [root],
+                                                  log=False, return_results=True), ["0\n"])
+        back = autoserv.parallel_simple(lambda h: h, [root], log=False, return_results=True)[0]
+        self.assertEqual(back.run("id -u").stdout, "0\n")
+        # a timeout ends the command run as root, too
+        with self.assertRaises(autoserv.AutoservTimeoutError) as cm:
+            root.run("sleep 4252.1", timeout=1)
+        self.assertEqual(cm.exception.result.command, "sleep 4252.1")
+        wait_for(lambda: not remote_sleeps("4252.1"), 10, what="the root sleep gone")
+        with self.assertRaises(autoserv.AutoservTimeoutError):      # one deaf to TERM
+            root.run("trap '' TERM; sleep 4252.2", timeout=1)
+        wait_for(lambda: not remote_sleeps("4252.2"), 10, what="the root sleep gone")
+        # transfers place and fetch as root: a dir only root may enter
+        private = tempfile.mkdtemp(prefix="as-root-only-")
+        self.addCleanup(shutil.rmtree, private, True)
+        os.chmod(private, 0o700)
+        with self.assertRaises(autoserv.AutoservFileTransferError):
+            plain.send_file(__file__, os.path.join(private, "plain"))
+        root.send_file(__file__, os.path.join(private, "copy"))
+        self.assertEqual(os.stat(os.path.join(private, "copy")).st_uid, 0)
+        back = os.path.join(self.tmp, "back")
+        root.get_file(os.path.join(private, "copy"), back)
+        with open(back, "rb") as a, open(__file__, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        with self.assertRaises(autoserv.AutoservUsageError):
+            root.send_file(__file__, os.path.join(private, "x"), backend="scp")
+        # a sudo that wants a password: one error, at once
+        asks = autoserv.SSHHost("nshost03", user=NamespaceHosts.PASSWORD_USER,
+                                ssh_config=config)
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            asks.run("id -u", sudo=True, ignore_status=True)
+        self.assertLess(time.monotonic() - t0, 30)
+        self.assertIn("nshost03: sudo -n would not run the command as root "
+                      "(sudo: a password is required;", str(cm.exception))
 
     def watch_control(self, text):
         ctl = os.path.join(self.tmp, "watch.control")
@@ -7277,6 +7674,29 @@ class TestKVM(unittest.TestCase):
         with self.assertRaises(autoserv.AutoservVirtError) as cm:
             kvm.install([{"mac": "02:00:00:00:00:09", "ip": "127.0.0.1", "port": 1}], build=False)
         self.assertIn("no qemu-system-x86_64", str(cm.exception))
+
+    def test_a_named_guest_is_called_by_its_name_in_the_results(self):
+        ctl = os.path.join(self.tmp, "named.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                k = kvm.KVM(hosts.LocalHost())
+                k.install([{{"mac": "02:00:00:00:01:01", "ip": "127.0.0.1",
+                             "port": {self.base + 1}}}])
+                g = hosts.KVMGuest(k, {self.kernel_opts!r}, identity={self.img["key"]!r},
+                                   connect_timeout=5, name="g1")
+                assert g.wait_up(120)
+                parallel_simple(lambda h: h.run("uname -n"), [g])
+                """))
+        res = os.path.join(self.tmp, "res")
+        out = run_cli("-r", res, ctl, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(sorted(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+                         ["g1", "localhost"])       # the guest and its hypervisor
+        self.assertIn("run: uname -n", open(os.path.join(res, "g1", "debug", "host.log")).read())
+        log = open(os.path.join(res, "debug", "autoserv.log")).read()
+        self.assertIn("] g1: ", log)
+        # waiting for the boot asks the hypervisor about qemu every 2 s: not logged
+        self.assertNotIn("/stat", log)
 
     def test_seed_05_with_user_mode_addresses_builds_kvm_and_runs_a_guest(self):
         log = os.path.join(self.tmp, "wrapper.log")
