@@ -6172,6 +6172,8 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
     deadline = _monotonic_deadline(timeout)
     # The job's control dir exists before any fork, so that every task (and
     # every later round) shares it: a master one task starts serves them all.
+    # One made here that no task used (local work only) goes at the end.
+    made = _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"])
     _ctrl_dir()
     sel = selectors.DefaultSelector()
     waiting = list(tasks)
@@ -6227,6 +6229,8 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
         sel.close()
         if view:
             view.close()
+        if made and _CTRL["dir"] and not os.listdir(_CTRL["dir"]):
+            _remove_ctrl_dir()
         if log:
             log.record("END " + worst_status(*(t.status for t in tasks
                                                 if getattr(t, "status", None))),

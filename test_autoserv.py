@@ -5096,6 +5096,22 @@ class TestParallel(unittest.TestCase):
         self.assertIn("Traceback", str(cm.exception))
 
     @scenario(20)
+    def test_a_parallel_of_local_work_leaves_no_control_dir_behind(self):
+        # parallel() makes the job's ssh control dir before it forks (tasks
+        # share the masters they start); one no task used goes at its end.
+        code = textwrap.dedent(f"""\
+            import os, sys
+            sys.path.insert(0, {HERE!r})
+            import autoserv
+            autoserv.parallel_simple(lambda n: n * 2, [1, 2, 3], log=False)
+            print(autoserv._CTRL["dir"], flush=True)
+            os._exit(0)             # no exit hook: only what parallel() did counts
+            """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "None")
+
     def test_a_ten_megabyte_result_comes_back_intact(self):
         blob = os.urandom(10 << 20)
         results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])],
