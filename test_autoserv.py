@@ -5432,8 +5432,12 @@ class NamespaceHosts:
                 sh("usermod", "-p", "*", user)
         self.sudoers = None
         if os.path.isdir("/etc/sudoers.d"):
-            self.sudoers = f"/etc/sudoers.d/autoserv-test-{os.getpid()}"
-            with open(self.sudoers, "w") as f:
+            # A name of its own: the test lanes run in pid namespaces of
+            # their own, so a PID in the name is no more unique than one
+            # fixture per lane, and one lane's close() removed another's
+            # file (sudo ignores names holding a dot; mkstemp's have none).
+            fd, self.sudoers = tempfile.mkstemp(prefix="autoserv-test-", dir="/etc/sudoers.d")
+            with os.fdopen(fd, "w") as f:
                 f.write(f"{self.USER} ALL=(root) NOPASSWD: ALL\n"
                         f"{self.PASSWORD_USER} ALL=(root) ALL\n")
             os.chmod(self.sudoers, 0o440)
