@@ -18,9 +18,9 @@ a test holds this list to the banners):
     errors, the agent's client; File transfer: placement, local copies,
     shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
     Parallel; Power controllers and consoles; Installables, kernels and the
-    boot loader; KVM and guests; Autotest, server side; Autotest client
-    harness (it runs on the target); Control files; Shards, merge and
-    Slurm; The HTML report; CLI.
+    boot loader; KVM and guests; Autotest, server side; Host health:
+    verify and repair; Autotest client harness (it runs on the target);
+    Control files; Shards, merge and Slurm; The HTML report; CLI.
 """
 
 __version__ = "0.1.0"
@@ -86,6 +86,12 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 KILL_GRACE = 2.0            # seconds between TERM and KILL, locally and remotely
 POST_RESET_WAIT = 300.0     # how long reboot() waits for a host after its one hard reset
 WAIT_PROGRESS_EVERY = 30.0  # s between progress lines of a wait without a timeout
+# host.verify()'s thresholds (--min-free PATH=MB, --max-clock-skew S change
+# them): small enough for a minimal VM; "autodir" is the autotest dir.
+DEFAULT_MIN_FREE_MB = {"/": 50.0, "/tmp": 50.0, "autodir": 100.0}
+DEFAULT_MAX_CLOCK_SKEW = 120.0
+REPAIR_REBOOT_TIMEOUT = 600.0   # repair()'s soft reboot
+EXIT_HOSTS_DROPPED = 4      # --verify/--repair found sick hosts; --verify-first dropped some
 READ_SIZE = 1 << 20
 HOST_KEY_POLICIES = ("strict", "accept-new", "ephemeral")
 TRANSFER_BACKENDS = ("tar", "rsync", "scp")
@@ -115,6 +121,8 @@ _HOSTS = []             # every host made in this process tree, for cleanup
 _LOCAL_TMP = []         # (pid, path) of local temp dirs
 _CLEANUPS = []          # (pid, function): close_all() runs this process's, newest first
 _REGISTRY = {"host": {}, "power": {}, "console": {}}     # register_host_class() and co.
+_HEALTH = {"min_free": dict(DEFAULT_MIN_FREE_MB),       # verify()'s defaults (the CLI's)
+           "max_clock_skew": DEFAULT_MAX_CLOCK_SKEW}
 # Every SSHHost's defaults (set_ssh_defaults(); the CLI's options).
 _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": None,
                  "ssh_options": (), "host_key_policy": "accept-new",
@@ -1483,6 +1491,7 @@ class ServerJob:
         self.status = StatusLog(os.path.join(resultdir, "status.log"))
         self.started = time.time()
         self.host_outcomes = {}
+        self.dropped = {}         # host name -> why it was left out (--verify-first)
         self._spans = {}          # host name -> [first seen, last work ended or None]
         self.hosts = []
         self._pid = os.getpid()
@@ -1552,6 +1561,22 @@ class ServerJob:
                              span and [span[0], span[1] or time.time()],
                              entry.get("output", ""))
 
+    def name_host(self, name, machine):
+        """Files what was recorded for host `name` under `machine` (the
+        user@host:port it was given as), as a task on that machine does."""
+        if name != machine and name in self.host_outcomes:
+            entry, span = self.host_outcomes.pop(name), self._spans.pop(name, None)
+            self.host_status(machine, entry["outcome"], entry["error"],
+                             span and [span[0], span[1] or time.time()], entry["output"])
+
+    def drop_host(self, name, reason, verb="dropped"):
+        """A host left out of the job as sick (--verify-first; --verify and
+        --repair: found sick): summary.json's job.dropped, status.log (WARN:
+        the exit status says it) and the closing line name it and why."""
+        self.dropped[name] = reason
+        self.record("WARN", None, "verify", f"{name}: {verb}: {reason}")
+        self.host_status(name, "FAIL", f"{verb}: {reason}")
+
     def hosts_cut_short(self, reason):
         """The job was stopped: every host whose work had not ended (no task
         of its ended before the stop) is ABORT with the reason."""
@@ -1600,6 +1625,8 @@ class ServerJob:
                 "hosts": self.host_outcomes}
         if self.shard:
             data["job"]["shard"] = self.shard
+        if self.dropped:
+            data["job"]["dropped"] = self.dropped
         _write_atomic(os.path.join(self.resultdir, "summary.json"),
                       json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -2476,6 +2503,73 @@ class Host:
         """The power controller's cycle(); raises as power_on()."""
         return self._power().cycle()
 
+    def verify(self, min_free: Optional[Dict[str, float]] = None,
+               max_clock_skew: Optional[float] = None) -> str:
+        """Checks that the host is fit for a job, in this order: it answers
+        within its connect timeout; its boot id is readable; free space on
+        /, /tmp and the autotest dir (when one is installed) is at least
+        min_free's MB (a dict path -> MB, "autodir" for the autotest dir,
+        over --min-free's and DEFAULT_MIN_FREE_MB); its clock is within
+        max_clock_skew s of this machine's (default --max-clock-skew's,
+        DEFAULT_MAX_CLOCK_SKEW); an autotest install is complete (its
+        autoserv.py or bin/autotest there, no stale mount on its tmp); then
+        the site file's SiteHost.verify(), if it defines one.  status.log:
+        GOOD verify with the figures, or FAIL verify with the failing
+        check's.  Returns the figures (one line).  Raises AutoservHostError
+        naming the first check that failed and its figures (.check is its
+        name)."""
+        return _record_verify(self, lambda: _verify_checks(
+            self, min_free, max_clock_skew, self._site_step("verify")))
+
+    def repair(self, min_free: Optional[Dict[str, float]] = None,
+               max_clock_skew: Optional[float] = None,
+               reboot_timeout: float = REPAIR_REBOOT_TIMEOUT) -> None:
+        """Heals a host that fails verify() (with these thresholds), by
+        escalation, each step followed by verify()'s checks and the first
+        that heals ending it: drop and re-open the connection; a soft
+        reboot (boot id verified, within reboot_timeout); a hard reset
+        through the host's reset path (hardreset(): power controller or
+        console); the site file's SiteHost.repair(), if it defines one.  A
+        healthy host is left alone.  status.log: a repair group, each step
+        an INFO line saying why it ran and what it found, END GOOD or FAIL
+        (a step that failed inside a repair that healed does not fail the
+        job).  Returns None.  Raises AutoservHostError when no step healed
+        it, naming the last failing check (and "no reset path" when there
+        was none to try)."""
+        _repair_ladder(self, (
+            ("reconnect", "drop and re-open the connection", self._drop_connection),
+            ("reboot", "soft reboot", lambda: self._repair_reboot(reboot_timeout)),
+            ("hardreset", "hard reset through the reset path", self._repair_reset),
+            ("site", "the site file's SiteHost.repair()", self._site_step("repair"))),
+            lambda: _verify_checks(self, min_free, max_clock_skew, self._site_step("verify")))
+
+    def _repair_reboot(self, timeout):
+        """repair()'s soft reboot: only a remote host (never the machine
+        autoserv runs on); the reboot's own checks (boot id) decide."""
+        if not isinstance(self, RemoteHost):
+            raise AutoservNotImplementedError(f"{self.hostname}: not rebooted by a repair "
+                                              f"({type(self).__name__})")
+        self.reboot(timeout=timeout, down_timeout=min(120.0, timeout))
+
+    def _repair_reset(self):
+        """repair()'s hard reset; without a reset path, why the ladder stops."""
+        if not self.can_hardreset():
+            return ("no reset path (no power controller, no console with a hardreset()): "
+                    "repair stops here")
+        self.hardreset(timeout=POST_RESET_WAIT)
+        return None
+
+    def _site_step(self, name):
+        """The site file's SiteHost.<name> (verify or repair) bound to this
+        host, or None: its mixin sits between SiteHost and Host in the MRO."""
+        mro = type(self).__mro__
+        if SiteHost not in mro:
+            return None
+        for klass in mro[mro.index(SiteHost) + 1:mro.index(Host)]:
+            if name in vars(klass):
+                return vars(klass)[name].__get__(self, type(self))
+        return None
+
     def install(self, installable: Any, **kwargs: Any) -> Any:
         """installable.install(self, **kwargs): what it returns."""
         return installable.install(self, **kwargs)
@@ -2507,7 +2601,12 @@ def _rebuild_host(cls, args, kwargs):
 
 class SiteHost(Host):
     """Site-specific methods for every host class.  ``site_autoserv.py`` may
-    define a SiteHost mixin; load_site() splices it in here."""
+    define a SiteHost mixin; load_site() splices it in here.  A verify() or
+    repair() it defines is the last step of Host's (found by _site_step()),
+    not a replacement: these two names shadow the mixin's."""
+
+    verify = Host.verify
+    repair = Host.repair
 
 
 def register_host_class(name: str, cls: type) -> None:
@@ -7858,6 +7957,239 @@ class Autotest(InstallableObject):
         return outcome == "GOOD"
 
 
+# Host health: verify and repair ###############################################
+
+# host.verify() and host.repair() (Host holds the API; the work is here),
+# and what the CLI's --verify, --repair and --verify-first do with them.
+
+def _sick(host, check, figures):
+    """verify()'s error: AutoservHostError naming the check (.check) and its
+    figures."""
+    error = AutoservHostError(host.hostname, f"verify failed: {check}", figures)
+    error.check = check
+    return error
+
+
+def _mb(size):
+    return f"{size / 2**20:.0f} MB"
+
+
+def _installed_autodir(host):
+    """The host's autotest dir (autoserv's default, or autodir= in its
+    /etc/autotest.conf) when it exists there, else None."""
+    autodir = _remote_autodir(host)
+    found = host.run(f"test -d {shlex.quote(autodir)}", ignore_status=True, timeout=30)
+    return autodir if found.exit_status == 0 else None
+
+
+def _free_space(host, limits, autodir):
+    """verify()'s free-space check: one figure per path, or _sick()."""
+    paths = [(path, mb) for path, mb in limits.items() if path != "autodir"]
+    if autodir and "autodir" in limits:
+        paths.append((autodir, limits["autodir"]))
+    figures = []
+    for path, need in paths:
+        out = host.run(f"stat -f -c '%a %S' {shlex.quote(path)}", timeout=30,
+                       ignore_status=True)
+        words = out.stdout.split()
+        if out.exit_status or len(words) != 2 or not all(w.isdigit() for w in words):
+            raise _sick(host, "free space", f"{path}: cannot read its free space: {_why(out)}")
+        have = int(words[0]) * int(words[1])
+        if have < need * 2**20:
+            raise _sick(host, "free space", f"{path}: {_mb(have)} free, needs "
+                        f"{_mb(need * 2**20)}")
+        figures.append(f"{path} {_mb(have)} free")
+    return ", ".join(figures)
+
+
+def _clock_skew(host, bound):
+    """verify()'s clock check: the host's clock against this machine's,
+    allowing for the round trip and date's whole seconds."""
+    before = time.time()
+    out = host.run("date +%s", timeout=30)
+    after = time.time()
+    if not out.stdout.strip().isdigit():
+        raise _sick(host, "clock", f"date +%s said {out.stdout.strip()!r}")
+    skew = int(out.stdout) - (before + after) / 2
+    if abs(skew) > bound + (after - before) / 2 + 1:
+        raise _sick(host, "clock", f"{round(skew):+d} s from this machine's clock "
+                    f"(bound {bound:g} s)")
+    return f"clock {round(skew):+d} s"
+
+
+def _autotest_install(host, autodir):
+    """verify()'s check of an autotest install: its harness there, no
+    stale (or hung) mount on its tmp."""
+    q = shlex.quote(autodir)
+    script = (f"test -f {q}/autoserv.py || test -x {q}/bin/autotest || echo incomplete; "
+              f"t={q}/tmp; if grep -qs \" $t \" /proc/mounts; then "
+              "stat -f \"$t\" >/dev/null 2>&1 || echo stale; fi")
+    try:
+        out = host.run(script, timeout=30, ignore_status=True)
+    except AutoservTimeoutError:
+        raise _sick(host, "autotest install", f"{autodir}/tmp: a hung mount (stat -f did "
+                    "not answer in 30 s)")
+    if "incomplete" in out.stdout.split():
+        raise _sick(host, "autotest install", f"{autodir}: incomplete (neither autoserv.py "
+                    "nor bin/autotest there)")
+    if "stale" in out.stdout.split():
+        raise _sick(host, "autotest install", f"{autodir}/tmp: a stale mount (stat -f fails)")
+    return f"autotest in {autodir}"
+
+
+def _verify_checks(host, min_free=None, max_clock_skew=None, site=None):
+    """verify()'s checks in order, recording nothing: their figures (a
+    list of str), or AutoservHostError (_sick) for the first that fails."""
+    limits = dict(_HEALTH["min_free"], **(min_free or {}))
+    bound = _HEALTH["max_clock_skew"] if max_clock_skew is None else max_clock_skew
+    wait = float(getattr(host, "connect_timeout", None) or DEFAULT_CONNECT_TIMEOUT)
+    t0 = time.monotonic()
+    try:
+        host.run("true", timeout=wait + 30, connect_timeout=wait)
+    except AutoservError as e:
+        raise _sick(host, "reachable", f"no answer within {wait:g} s: {_cause(e)}")
+    figures = [f"reachable in {time.monotonic() - t0:.1f} s"]
+    try:
+        boot_id = host.get_boot_id(timeout=30, connect_timeout=wait)
+    except AutoservError as e:
+        raise _sick(host, "boot id", f"unreadable: {_cause(e)}")
+    if not boot_id:
+        raise _sick(host, "boot id", "unreadable: /proc/sys/kernel/random/boot_id is empty")
+    figures.append(f"boot id {boot_id}")
+    autodir = None
+    steps = (("free space", lambda: _free_space(host, limits, autodir)),
+             ("clock", lambda: _clock_skew(host, bound)),
+             ("autotest install", lambda: autodir and _autotest_install(host, autodir)),
+             ("site verify", lambda: site and (site(), "site verify passed")[1]))
+    try:
+        autodir = _installed_autodir(host)
+    except AutoservError as e:
+        raise _sick(host, "autotest install", f"cannot look for it: {_cause(e)}")
+    for check, step in steps:
+        try:
+            figures.append(step())
+        except AutoservHostError as e:
+            if getattr(e, "check", None):
+                raise
+            raise _sick(host, check, _cause(e))
+        except Exception as e:   # a site verify may raise anything
+            raise _sick(host, check, _cause(e))
+    return [f for f in figures if f]
+
+
+def _record_verify(host, checks):
+    """Runs checks() (verify's): GOOD verify with their figures in
+    status.log, or FAIL verify with the failing check's (and the error
+    raised again).  Returns the figures, one line."""
+    try:
+        figures = "; ".join(checks())
+    except AutoservHostError as e:
+        _record("FAIL", None, "verify", f"{host.hostname}: {getattr(e, 'check', '')}: "
+                f"{e.detail or e.message}")
+        raise
+    _record("GOOD", None, "verify", f"{host.hostname}: {figures}")
+    return figures
+
+
+def _repair_ladder(host, steps, check):
+    """repair()'s escalation: steps are (key, what, action or None), check
+    is verify()'s checks.  Each action (None: skipped) is followed by
+    check(); the first that passes ends it.  An action that returns a
+    text stops the ladder there, saying why."""
+    name = host.hostname
+    try:
+        check()
+        LOG.write("repair: healthy, nothing to do", name)
+        return
+    except AutoservHostError as e:
+        why = e
+    worst = _JOB.status.worst if _JOB is not None else None
+    _record("START", None, "repair", f"{name}: {why.check}: {why.detail}")
+    stop = None
+    for key, what, action in steps:
+        if action is None:
+            continue
+        reason = f"{name}: {what}, because {why.check} failed ({why.detail})"
+        try:
+            said = action()
+            stop = said if key == "hardreset" else None
+            done = "done"
+        except Exception as e:
+            done = f"it failed ({_cause(e)})"
+        if stop:
+            _record("INFO", None, f"repair.{key}", f"{reason}: {stop}")
+            break
+        try:
+            figures = check()
+        except AutoservHostError as e:
+            _record("INFO", None, f"repair.{key}", f"{reason}: {done}; still sick: "
+                    f"{e.check}: {e.detail}")
+            why = e
+            continue
+        _record("INFO", None, f"repair.{key}", f"{reason}: {done}; healthy: "
+                + "; ".join(figures))
+        _record("END GOOD", None, "repair", f"{name}: healed by {what}")
+        if _JOB is not None:
+            # What failed on the way (a reboot that did not come back) is
+            # in the log; the repair healed the host, so it fails nothing.
+            _JOB.status.worst = worst
+        return
+    because = f"{why.check}: {why.detail}"
+    _record("FAIL", None, "repair", f"{name}: not healed"
+            + ("; no reset path" if stop else "") + f"; {because}")
+    _record("END FAIL", None, "repair")
+    raise AutoservHostError(name, "repair failed" + ("; no reset path" if stop else ""),
+                            because)
+
+
+# The CLI's health modes: --verify and --repair check (and repair) every
+# machine and exit; --verify-first does it before a control file runs.
+
+def _health_phase(job, machines, repair, verb, quiet=False):
+    """Verifies every machine at once (repair, when asked, first); the
+    sick ones are the job's dropped hosts (job.drop_host, with verb) and
+    status.log says why.  Returns the healthy machines, in order.  verb
+    "sick" (--verify, --repair): a line per machine on stdout; "dropped"
+    (--verify-first): a line on stderr per dropped machine."""
+    def check(name):
+        host = create_host(name)
+        try:
+            if repair:
+                host.repair()
+            return host.hostname, "GOOD", host.verify()
+        except AutoservHostError as e:
+            return host.hostname, "SICK", (f"{e.message} ({e.detail})" if e.detail
+                                           else e.message)
+        except AutoservError as e:
+            return host.hostname, "SICK", _cause(e)
+
+    check.__qualname__ = "health.repair" if repair else "health"
+    worst = job.status.worst
+    results = parallel_simple(check, machines, log=False, return_results=True)
+    outcomes = [r if isinstance(r, tuple) else (parse_machine(m)[1], "SICK", _cause(r))
+                for m, r in zip(machines, results)]
+    # The sick hosts' FAIL verify lines stay in the log; what they mean for
+    # the job is the exit status of dropped hosts, not a failed test.
+    job.status.worst = worst
+    healthy = []
+    for machine, (name, health, text) in zip(machines, outcomes):
+        job.name_host(name, machine)
+        if health == "GOOD":
+            healthy.append(machine)
+        else:
+            job.drop_host(machine, text, verb)
+            if verb == "dropped":
+                _say(f"dropped {machine}: {text}", quiet)
+    if verb == "sick":
+        rows = [("HOST", "HEALTH", "")] + [(m, h, t) for m, (_, h, t) in zip(machines,
+                                                                            outcomes)]
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        for row in rows:
+            print(_neutralise(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  "
+                              f"{row[2]}".rstrip()), flush=True)
+    return healthy
+
+
 # Autotest client harness (it runs on the target) ##############################
 
 # The real Autotest client is Python 2 only, so autoserv carries a client
@@ -9089,7 +9421,9 @@ def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
     junit.xml, keyval, per-host dirs linked.  `expect` (a shard record) is
     the job as submitted, `notes` {index: text} what the engine said of a
     shard.  Returns the exit status: 1 when a shard is missing or did not
-    finish, or one exited 1; else 3 when one recorded a failed test; else 0."""
+    finish, or one exited 1; else 3 when one recorded a failed test; else 4
+    when one dropped sick hosts (--verify-first) or found them (--verify,
+    --repair); else 0."""
     shards = [_load_shard(d) for d in dirs]
     if not shards and not expect:
         raise AutoservUsageError("merge: no shard results dirs given")
@@ -9139,14 +9473,17 @@ def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
         log.record(f"END {worst_status(worst)}", None, f"shard.{index}")
         if s:
             _link_host_dirs(out, s)
-    status = (1 if missing or any(c not in (0, 3) for c in codes)
-              else 3 if 3 in codes else 0)
+    status = (1 if missing or any(c not in (0, 3, EXIT_HOSTS_DROPPED) for c in codes)
+              else 3 if 3 in codes else EXIT_HOSTS_DROPPED if EXIT_HOSTS_DROPPED in codes
+              else 0)
+    dropped = {name: why for s in shards
+               for name, why in s["summary"]["job"].get("dropped", {}).items()}
     errors = [f"shard {m['shard']} missing ({m['why']}): its hosts "
               f"{', '.join(m['hosts']) or '(none)'}" for m in missing]
     errors += [f"{name}: {e['outcome']}: {_last_line(e['error'])}"
                for name, e in sorted(hosts.items())
                if e["outcome"] != "GOOD" and not e["error"].startswith("not run:")]
-    outcome = "GOOD" if status == 0 else "FAIL"
+    outcome = {0: "GOOD", EXIT_HOSTS_DROPPED: "WARN"}.get(status, "FAIL")
     jobs = [s["summary"]["job"] for s in shards]
     started = min((j.get("started", time.time()) for j in jobs), default=time.time())
     ended = max((j.get("started", 0) + j.get("duration", 0) for j in jobs), default=started)
@@ -9160,6 +9497,8 @@ def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
            "machines_digest": info["machines_digest"],
            "shards": {"count": count, "merged": sorted(s["shard"]["shard"] for s in shards),
                       "missing": missing, "dirs": [s["dir"] for s in shards]}}
+    if dropped:
+        job["dropped"] = dropped
     _write_atomic(os.path.join(out, "summary.json"),
                   json.dumps({"job": job, "hosts": hosts}, indent=2, sort_keys=True) + "\n")
     _write_atomic(os.path.join(out, "junit.xml"),
@@ -9208,7 +9547,7 @@ def _merge_main(argv):
 def _argv_for_shards(argv, opts):
     """The command line each array task runs: this one without the options
     that make it the submitter (--slurm..., -r, --overwrite, --junit)."""
-    cut = len(argv) - len(opts.args) - 1      # where CONTROL_FILE is
+    cut = len(argv) - len(opts.args) - (opts.control is not None)   # where CONTROL_FILE is
     head, tail = argv[:cut], argv[cut:]
     kept, skip = [], False
     for word in head:
@@ -9607,6 +9946,15 @@ def report_html(resultdir):
         "<h2>Timeline</h2>", '<div class="wrap" style="padding:6px">',
         _report_timeline(groups, lanes), "</div>",
         '<p class="legend">' + " ".join(_report_badge(c) for c in _REPORT_COLOURS) + "</p>"]
+    dropped = job.get("dropped") or {}
+    if dropped:
+        parts += ["<h2>Sick hosts, left out</h2>",
+                  '<div class="wrap"><table class="dropped"><thead><tr><th>host</th>'
+                  "<th>why</th></tr></thead><tbody>", "".join(
+                      f'<tr class="dropped" data-host="{_report_text(name)}"><td>'
+                      f'{_report_text(name)}</td><td class="err">{_report_folded(why)}</td>'
+                      "</tr>" for name, why in sorted(dropped.items())),
+                  "</tbody></table></div>"]
     if problem_rows:
         parts += ["<h2>Failures and warnings</h2>",
                   '<div class="wrap"><table class="problems"><thead><tr><th>status</th>'
@@ -9670,6 +10018,7 @@ def _parser():
                "test labs: runs CONTROL_FILE (Python) against the machines.",
                epilog="Exit status: 0 ok, 1 an exception escaped the control file, "
                "2 usage or syntax error, 3 a test recorded FAIL/ERROR/ABORT, "
+               "4 sick hosts (--verify, --repair) or hosts dropped (--verify-first), "
                "130/143 interrupted.")
     a = p.add_argument
     a("control", nargs="?", metavar="CONTROL_FILE")
@@ -9706,6 +10055,18 @@ def _parser():
       help="cap on concurrent subcommands in parallel*()")
     a("--junit", metavar="F", help="also write a JUnit XML summary")
     a("--check", action="store_true", help="compile the control file and exit")
+    a("--verify", action="store_true", help="verify every machine at once and exit "
+      "(no CONTROL_FILE): 0 all healthy, 4 some sick, each named with its failing check")
+    a("--repair", action="store_true", help="repair (by escalation) then verify every "
+      "machine and exit; with --verify-first: repair the sick ones once before the job")
+    a("--verify-first", action="store_true", help="verify every machine before the "
+      "control file runs; sick ones (not healed by --repair) are dropped from machines")
+    a("--min-free", action="append", default=[], metavar="PATH=MB",
+      help="verify: free space PATH needs (repeatable; PATH 'autodir' is the autotest "
+      "dir; defaults: " + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_MIN_FREE_MB.items())
+      + "; MB 0 drops the check)")
+    a("--max-clock-skew", type=float, default=DEFAULT_MAX_CLOCK_SKEW, metavar="S",
+      help="verify: how far a host's clock may be from this machine's (default %(default)g)")
     a("--autodir", metavar="DIR", help="-c: the client's install dir on each machine "
       "({host} becomes the machine's name; default: autodir= in /etc/autotest.conf there, "
       "else /usr/local/autotest)")
@@ -9930,7 +10291,11 @@ def _main(argv):
         return _report_main(argv[1:])
     try:
         opts = _parser().parse_args(argv)
-        if opts.execute is not None:
+        health = _health_options(opts)
+        if health:
+            control_path = f"<{health}>"
+            source = _HEALTH_CONTROL.format(mode=health)
+        elif opts.execute is not None:
             if opts.control is not None or opts.client:
                 raise AutoservUsageError("-e runs one command on the machines: give it "
                                          "no CONTROL_FILE and no -c")
@@ -10025,10 +10390,50 @@ def _main(argv):
     _PARALLEL["max"] = opts.max_parallel
     _WATCH.update(quiet=opts.quiet, stall_warn=opts.stall_warn)
     LOG.console(verbose=opts.verbose, quiet=opts.quiet)
+    _HEALTH["min_free"] = opts.min_free
+    _HEALTH["max_clock_skew"] = opts.max_clock_skew
     if opts.slurm is not None:
         return _slurm_run(opts, argv, resultdir, groups, source)
     return _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
                     extra, shard)
+
+
+# --verify and --repair: the control file is this note (written to
+# control.srv); the work is _health_phase's, before it runs.
+_HEALTH_CONTROL = "# autoserv {mode}: every machine checked at once; nothing else runs\n"
+
+
+def _health_options(opts):
+    """Checks --verify, --repair, --verify-first, --min-free and
+    --max-clock-skew (opts.min_free becomes verify()'s dict); returns the
+    mode that replaces a control file ("--verify", "--repair") or None."""
+    limits = dict(DEFAULT_MIN_FREE_MB)
+    for text in opts.min_free:
+        path, _, mb = text.partition("=")
+        try:
+            value = float(mb)
+        except ValueError:
+            value = -1.0
+        if not (path == "autodir" or path.startswith("/")) or value < 0:
+            raise AutoservUsageError(f"--min-free {text!r}: give PATH=MB, PATH absolute or "
+                                     "'autodir', MB a number (0 drops the check)")
+        limits[path] = value
+    opts.min_free = {path: mb for path, mb in limits.items() if mb > 0}
+    if opts.max_clock_skew < 0:
+        raise AutoservUsageError("--max-clock-skew S: S must be 0 or more seconds")
+    mode = "--verify" if opts.verify else "--repair" if opts.repair and not \
+        opts.verify_first else None
+    if opts.verify and (opts.repair or opts.verify_first):
+        raise AutoservUsageError("--verify checks the machines and exits; --repair repairs "
+                                 "then verifies them, --verify-first checks them before a "
+                                 "job: give one")
+    if mode and (opts.control is not None or opts.execute is not None or opts.client):
+        raise AutoservUsageError(f"{mode} checks the machines and exits: give it no "
+                                 "CONTROL_FILE, -e or -c (--verify-first runs a job "
+                                 "after checking them)")
+    if mode and not opts.machines and not opts.machines_file:
+        raise AutoservUsageError(f"{mode}: give the machines to check (-m or -M)")
+    return mode
 
 
 # -e: the control file of an ad-hoc command, written to control.srv as it
@@ -10105,12 +10510,21 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
             load_site([os.path.join(cwd, "site_autoserv.py"),
                        os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "site_autoserv.py")])
-            namespace = control_namespace(job, machines, args, control_path)
+            checked = machines
+            if opts.verify or opts.repair or opts.verify_first:
+                checked = _health_phase(job, machines, opts.repair,
+                                        "dropped" if opts.verify_first else "sick",
+                                        opts.quiet)
+            namespace = control_namespace(job, checked, args, control_path)
             namespace.update(extra or {})
-            exec(code, namespace)
-            if opts.reboot and machines:
+            if checked or not machines or not opts.verify_first:
+                exec(code, namespace)
+            else:
+                job.record("INFO", None, "autoserv", "every machine was dropped: the "
+                           "control file did not run")
+            if opts.reboot and checked:
                 job.record("INFO", None, "autoserv", "-b: rebooting every machine")
-                parallel_simple(lambda name: create_host(name).reboot(), machines, log=False)
+                parallel_simple(lambda name: create_host(name).reboot(), checked, log=False)
         except _LocalReboot as e:
             local_reboot = e
         except SystemExit as e:
@@ -10138,6 +10552,8 @@ def _run_job(opts, control_path, source, code, machines, args, resultdir, junit,
     if status == 0 and job.status.worst in FAILING_CODES:
         status, outcome = 3, "FAIL"
         error = f"a test recorded {job.status.worst}"
+    if status == 0 and job.dropped:
+        status, outcome = EXIT_HOSTS_DROPPED, "WARN"
     if local_reboot is not None:
         why = _reboot_this_machine(job, local_reboot, status, outcome, error)
         if why:

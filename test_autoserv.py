@@ -1507,6 +1507,61 @@ class TestCLI(unittest.TestCase):
     def results(self, name="res"):
         return os.path.join(self.tmp, name)
 
+    def test_health_flags_misused_are_one_line_and_exit_2(self):
+        ctl = self.control("pass\n")
+        cases = [(("--verify", "-m", "localhost", ctl), "--verify checks the machines and exits"),
+                 (("--repair", "-m", "localhost", ctl), "--repair checks the machines and exits"),
+                 (("--verify", "--repair", "-m", "localhost"), "give one"),
+                 (("--verify",), "--verify: give the machines to check"),
+                 (("--verify", "-m", "localhost", "--min-free", "tmp=5"), "--min-free 'tmp=5'"),
+                 (("--verify", "-m", "localhost", "--min-free", "/tmp=lots"), "PATH=MB"),
+                 (("--verify", "-m", "localhost", "--max-clock-skew", "-1"), "--max-clock-skew")]
+        for argv, said in cases:
+            with self.subTest(argv=argv):
+                out = run_cli(*argv, "-r", self.results(), cwd=self.tmp)
+                self.assertEqual(out.returncode, 2, out.stderr)
+                self.assertIn(said, out.stderr)
+                self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+                self.assertFalse(os.path.exists(self.results()))
+
+    def test_a_site_verify_is_the_last_check_and_its_failure_names_the_host_sick(self):
+        # localhost: verify only reads (no repair here: it is this machine).
+        site = os.path.join(self.tmp, "site_autoserv.py")
+        for verdict, code, row in (("pass", 0, r"localhost +GOOD +reachable in .*; clock "
+                                                r"[-+]\d+ s; site verify passed"),
+                                   ("raise RuntimeError('licence server down')", 4,
+                                    r"localhost +SICK +verify failed: site verify "
+                                    r"\(RuntimeError: licence server down\)")):
+            with self.subTest(verdict=verdict):
+                with open(site, "w") as f:
+                    f.write("class SiteHost:\n    def verify(self):\n"
+                            f"        {verdict}\n")
+                os.chmod(site, 0o644)
+                res = self.results(f"res{code}")
+                out = run_cli("--verify", "-m", "localhost", "-r", res, cwd=self.tmp,
+                              env=dict(os.environ, AUTOSERV_SITE=site))
+                self.assertEqual(out.returncode, code, out.stderr)
+                self.assertRegex(out.stdout, row)
+                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                verdicts = [(e["code"], e["message"]) for e in entries
+                            if e["operation"] == "verify"]
+                self.assertEqual(verdicts[0][0], "GOOD" if code == 0 else "FAIL")
+                self.assertEqual(json.load(open(os.path.join(res, "summary.json")))["job"]
+                                 .get("dropped", {}), {} if code == 0 else {
+                                     "localhost": "verify failed: site verify (RuntimeError: "
+                                                  "licence server down)"})
+
+    def test_a_free_space_threshold_over_what_a_path_has_is_a_sick_host_naming_it(self):
+        out = run_cli("--verify", "-m", "localhost", "--min-free", "/=100000000",
+                      "-r", self.results(), cwd=self.tmp)
+        self.assertEqual(out.returncode, 4, out.stderr)
+        self.assertRegex(out.stdout, r"localhost +SICK +verify failed: free space "
+                                     r"\(/: \d+ MB free, needs 100000000 MB\)")
+        self.assertIn("0 of 1 host GOOD; localhost FAIL sick: verify failed: free space",
+                      out.stderr)
+        page = open(os.path.join(self.results(), "index.html")).read()
+        self.assertIn('<tr class="dropped" data-host="localhost">', page)
+
     def test_results_base_holds_the_runs_and_latest_names_the_newest(self):
         base = os.path.join(self.tmp, "base")
         os.mkdir(base)
@@ -8029,6 +8084,210 @@ class TestPower(unittest.TestCase):
         codes = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
             open(os.path.join(res, "status.log")).read())]
         self.assertIn(("GOOD", "reboot.verify"), codes)
+
+
+class TestHealth(unittest.TestCase):
+    """host.verify(), host.repair(), --verify, --verify-first: one QEMU
+    guest (every destructive test heals it again: a reboot or a QMP reset)
+    and three namespace hosts, the third with its link down when a test
+    wants a sick host without a reset path.  Repair never reaches the
+    namespace hosts' kernel: they are unreachable, or healthy (untouched)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.addClassCleanup(reap)           # cleanups run last first: reap at the end
+        cls.addClassCleanup(autoserv._close_all_hosts)
+        cls.img, cls.kvm, cls.guest = start_guest("02:00:00:00:0a:01")
+        cls.addClassCleanup(cls.guest.close)
+        cls.hosts = NamespaceHosts(3)
+        cls.addClassCleanup(cls.hosts.close)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="as-health-")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def job(self):
+        autoserv.ServerJob(os.path.join(self.tmp, "job"))
+        self.addCleanup(self._end_job)
+
+    def _end_job(self):
+        autoserv._JOB = None
+        autoserv.LOG.close()
+
+    def status(self):
+        with open(os.path.join(self.tmp, "job", "status.log")) as f:
+            return autoserv.parse_status_log(f.read())
+
+    def fresh_guest(self):
+        """A new connection to the shared guest, its reset path QMP."""
+        h = autoserv.SSHHost("127.0.0.1", port=self.guest.port, identity=self.img["key"],
+                             host_key_policy="ephemeral", connect_timeout=3,
+                             power=autoserv.QMPPower(self.guest.qmp_socket))
+        self.addCleanup(h.close)
+        return h
+
+    def link_down(self, i):
+        self.hosts.link(i, "down")
+        self.addCleanup(self.hosts.link, i, "up")
+
+    def fill_tmp(self, h):
+        h.run("dd if=/dev/zero of=/tmp/as-fill bs=1M count=80 2>/dev/null", timeout=120)
+        self.addCleanup(lambda: self.fresh_guest().run("rm -f /tmp/as-fill", timeout=60,
+                                                       ignore_status=True))
+
+    def cli(self, *args, timeout=240):
+        return run_cli("--ssh-config", self.hosts.ssh_config, "-i", self.img["key"],
+                       "--host-key-policy", "ephemeral", "--connect-timeout", "3", *args,
+                       timeout=timeout)
+
+    def test_a_healthy_guest_verifies_with_its_figures_and_repair_leaves_it_alone(self):
+        self.job()
+        h = self.fresh_guest()
+        before, readies = h.get_boot_id(), open(self.guest.serial_log).read().count("READY")
+        figures = h.verify()
+        for text in ("reachable in ", f"boot id {before}", "/ ", "/tmp ", " MB free",
+                     "clock "):
+            self.assertIn(text, figures)
+        h.repair()
+        self.assertEqual(h.get_boot_id(), before)
+        self.assertEqual(open(self.guest.serial_log).read().count("READY"), readies)
+        ops = [(e["code"], e["operation"]) for e in self.status()]
+        self.assertIn(("GOOD", "verify"), ops)
+        self.assertFalse([op for _, op in ops if op and op.startswith(("repair", "reboot"))],
+                         ops)
+
+    def test_b_a_full_tmp_fails_verify_naming_it_and_a_reboot_heals_it(self):
+        self.job()
+        h = self.fresh_guest()
+        before = h.get_boot_id()
+        self.fill_tmp(h)
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            h.verify()
+        self.assertEqual(cm.exception.check, "free space")
+        self.assertRegex(str(cm.exception), r"/tmp: \d+ MB free, needs 50 MB")
+        failed = [e for e in self.status() if e["operation"] == "verify"]
+        self.assertEqual(failed[-1]["code"], "FAIL")
+        self.assertRegex(failed[-1]["message"], r"free space: /tmp: \d+ MB free")
+        worst = autoserv._JOB.status.worst       # verify()'s FAIL just now
+        h.repair()
+        self.assertNotEqual(h.get_boot_id(), before)
+        self.assertIn("0", h.run("ls /tmp | grep -c as-fill", ignore_status=True).stdout)
+        steps = {e["operation"]: e for e in self.status()
+                 if (e["operation"] or "").startswith("repair")}
+        self.assertIn("still sick: free space: /tmp", steps["repair.reconnect"]["message"])
+        self.assertIn("because free space failed", steps["repair.reboot"]["message"])
+        self.assertIn("healthy:", steps["repair.reboot"]["message"])
+        self.assertNotIn("repair.hardreset", steps)
+        self.assertEqual(steps["repair"]["code"], "END GOOD")
+        self.assertEqual(autoserv._JOB.status.worst, worst)
+
+    def test_c_a_guest_whose_sshd_died_is_healed_by_a_qmp_reset_after_the_rest_fail(self):
+        self.job()
+        h = self.fresh_guest()
+        before = h.get_boot_id()
+        h.run("for p in $(pidof dropbear); do "
+              "[ \"$(awk '{print $4}' /proc/$p/stat)\" = 1 ] && kill $p; done; true",
+              timeout=30)
+        h.close()                      # its master was the last way in
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            h.verify()
+        self.assertEqual(cm.exception.check, "reachable")
+        t0 = time.monotonic()
+        worst = autoserv._JOB.status.worst
+        h.repair()
+        self.assertLess(time.monotonic() - t0, 240)
+        # The soft reboot's ABORT is on record, but a healed host fails nothing.
+        self.assertIn(("ABORT", "reboot.verify"),
+                      [(e["code"], e["operation"]) for e in self.status()])
+        self.assertEqual(autoserv._JOB.status.worst, worst)
+        self.assertNotEqual(h.get_boot_id(), before)
+        steps = {e["operation"]: e["message"] for e in self.status()
+                 if (e["operation"] or "").startswith("repair.")}
+        self.assertEqual(list(steps), ["repair.reconnect", "repair.reboot", "repair.hardreset"])
+        self.assertIn("still sick: reachable", steps["repair.reconnect"])
+        self.assertIn("it failed", steps["repair.reboot"])
+        self.assertIn("healthy:", steps["repair.hardreset"])
+        self.assertIn(("INFO", "hardreset"), [(e["code"], e["operation"]) for e in self.status()])
+
+    def test_d_a_host_whose_link_is_down_has_no_reset_path_and_repair_says_so(self):
+        self.job()
+        self.link_down(2)
+        h = autoserv.SSHHost(self.hosts.names[2], ssh_config=self.hosts.ssh_config,
+                             connect_timeout=3)
+        self.addCleanup(h.close)
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            h.repair()
+        self.assertIn("no reset path", str(cm.exception))
+        self.assertIn("reachable", str(cm.exception))
+        steps = [(e["code"], e["operation"], e["message"]) for e in self.status()
+                 if (e["operation"] or "").startswith("repair")]
+        self.assertEqual([s[1] for s in steps], ["repair", "repair.reconnect", "repair.reboot",
+                                                 "repair.hardreset", "repair", "repair"])
+        self.assertIn("no reset path", steps[3][2])
+        self.assertEqual(steps[-1][0], "END FAIL")
+
+    def test_e_verify_names_each_sick_host_and_its_check_and_exits_4(self):
+        h = self.fresh_guest()
+        self.fill_tmp(h)
+        self.link_down(2)
+        guest = f"root@127.0.0.1:{self.guest.port}"
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("--verify", "-r", res, "-m", ",".join(self.hosts.names + [guest]))
+        self.assertEqual(out.returncode, 4, out.stderr)
+        rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+        self.assertEqual(sorted(rows), sorted(self.hosts.names + [guest]))
+        for name in self.hosts.names[:2]:
+            self.assertRegex(rows[name], r"GOOD +reachable in ")
+        self.assertRegex(rows["nshost03"], r"SICK +verify failed: reachable \(no answer "
+                                           r"within 3 s")
+        self.assertRegex(rows[guest], r"SICK +verify failed: free space \(/tmp: \d+ MB")
+        self.assertIn("2 of 4 hosts GOOD", out.stderr)
+        self.assertIn("nshost03 FAIL sick: verify failed: reachable", out.stderr)
+        dropped = json.load(open(os.path.join(res, "summary.json")))["job"]["dropped"]
+        self.assertEqual(sorted(dropped), sorted([guest, "nshost03"]))
+        self.assertEqual(sorted(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+                         sorted(self.hosts.names + [guest]))
+
+    def test_f_verify_first_drops_the_sick_runs_the_rest_and_exits_4(self):
+        # The guest's full /tmp is healed by --repair's reboot; nshost03
+        # (link down, no reset path) is dropped; the control file runs on
+        # the other three, and sees only them.
+        h = self.fresh_guest()
+        before = h.get_boot_id()
+        self.fill_tmp(h)
+        self.link_down(2)
+        guest = f"root@127.0.0.1:{self.guest.port}"
+        ctl = os.path.join(self.tmp, "job.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent("""\
+                def uname(name):
+                    return hosts.create_host(name).run("uname -n").stdout.strip()
+                print("machines:", " ".join(machines))
+                print("names:", " ".join(parallel_simple(uname, machines,
+                                                         return_results=True)))
+                """))
+        res = os.path.join(self.tmp, "res")
+        out = self.cli("--verify-first", "--repair", "-r", res, "-m",
+                       ",".join(self.hosts.names + [guest]), ctl)
+        self.assertEqual(out.returncode, 4, out.stderr)
+        self.assertIn(f"machines: nshost01 nshost02 {guest}\n", out.stdout)
+        self.assertIn("names: nshost01 nshost02 guest\n", out.stdout)
+        self.assertNotEqual(h.get_boot_id(), before)
+        self.assertRegex(out.stderr, r"dropped nshost03: repair failed; no reset path "
+                                     r"\(reachable: no answer within 3 s")
+        self.assertIn("3 of 4 hosts GOOD; nshost03 FAIL dropped: repair failed", out.stderr)
+        summary = json.load(open(os.path.join(res, "summary.json")))
+        self.assertEqual(list(summary["job"]["dropped"]), ["nshost03"])
+        self.assertEqual(summary["job"]["outcome"], "WARN")
+        self.assertEqual(summary["hosts"]["nshost01"]["outcome"], "GOOD")
+        self.assertEqual(sorted(summary["hosts"]), sorted(self.hosts.names + [guest]))
+        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        self.assertIn(("WARN", "verify"), [(e["code"], e["operation"]) for e in entries
+                                            if "nshost03: dropped" in e["message"]])
+        self.assertIn(("END GOOD", "repair"), [(e["code"], e["operation"]) for e in entries])
+        page = open(os.path.join(res, "index.html")).read()
+        self.assertIn('<tr class="dropped" data-host="nshost03">', page)
+        self.assertIn("repair failed; no reset path", page)
 
 
 class TestConmux(unittest.TestCase):
