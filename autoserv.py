@@ -2545,10 +2545,19 @@ class Host:
 
     def _repair_reboot(self, timeout):
         """repair()'s soft reboot: only a remote host (never the machine
-        autoserv runs on); the reboot's own checks (boot id) decide."""
+        autoserv runs on), not one that answers as an unprivileged user
+        without sudo= (a reboot it would refuse); the reboot's own checks
+        (boot id) decide, and record why it failed."""
         if not isinstance(self, RemoteHost):
             raise AutoservNotImplementedError(f"{self.hostname}: not rebooted by a repair "
                                               f"({type(self).__name__})")
+        try:
+            uid = self.run("id -u", timeout=30).stdout.strip()
+        except AutoservError:       # unreachable: reboot() says so in status.log
+            uid = "0"
+        if uid != "0":
+            raise AutoservHostError(self.hostname, "not rebooted", f"logged in as uid {uid}, "
+                                    "not root, and no sudo=: the reboot would be refused")
         self.reboot(timeout=timeout, down_timeout=min(120.0, timeout))
 
     def _repair_reset(self):

@@ -8226,6 +8226,27 @@ class TestHealth(unittest.TestCase):
         self.assertIn("no reset path", steps[3][2])
         self.assertEqual(steps[-1][0], "END FAIL")
 
+    def test_d_a_reachable_host_that_is_not_root_is_not_rebooted_and_has_no_reset_path(self):
+        # A sick figure (a threshold over what / has) on a namespace host:
+        # the reboot is refused before it is sent (an unprivileged login),
+        # and with no reset path the repair stops, quickly.
+        self.job()
+        h = autoserv.SSHHost(self.hosts.names[0], ssh_config=self.hosts.ssh_config,
+                             connect_timeout=3)
+        self.addCleanup(h.close)
+        before = h.get_boot_id()
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            h.repair(min_free={"/": 10 ** 9})
+        self.assertLess(time.monotonic() - t0, 60)
+        self.assertIn("repair failed; no reset path (free space: /: ", str(cm.exception))
+        self.assertEqual(h.get_boot_id(), before)
+        steps = {e["operation"]: e["message"] for e in self.status()
+                 if (e["operation"] or "").startswith("repair.")}
+        self.assertIn("it failed (AutoservHostError: nshost01: not rebooted (logged in as "
+                      "uid", steps["repair.reboot"])
+        self.assertNotIn("reboot", [e["operation"] for e in self.status()])
+
     def test_e_verify_names_each_sick_host_and_its_check_and_exits_4(self):
         h = self.fresh_guest()
         self.fill_tmp(h)
@@ -9438,6 +9459,37 @@ class TestShards(unittest.TestCase):
         self.assertEqual(keyval["shard_source"], "CI_NODE_INDEX=3, CI_NODE_TOTAL=3")
         with open(os.path.join(out, "debug", "autoserv.log")) as f:
             self.assertIn("shard 2/3 (CI_NODE_INDEX=3, CI_NODE_TOTAL=3)", f.read())
+
+    def test_each_shard_verifies_its_own_machines_and_the_merge_names_the_dropped(self):
+        # localhost (only read, never repaired) is healthy; a name that does
+        # not resolve is sick.  Shard 1 has only the sick one: dropped, its
+        # control file does not run, exit 4; the merge says 4 and names it.
+        mf, ctl = shard_files(self.tmp, ["localhost", "nosuch.invalid"])
+        with open(ctl, "w") as f:
+            f.write("print('ran on', ' '.join(machines))\n")
+        outs = []
+        for i, code in ((0, 0), (1, 4)):
+            out = os.path.join(self.tmp, f"v{i}")
+            r = run_cli("-M", mf, "--shard", f"{i}/2", "--verify-first", "--connect-timeout",
+                        "3", "-r", out, ctl)
+            self.assertEqual(r.returncode, code, r.stderr)
+            self.assertEqual(r.stdout, "ran on localhost\n" if i == 0 else "")
+            outs.append(out)
+        self.assertIn("dropped nosuch.invalid: verify failed: reachable", r.stderr)
+        merged = os.path.join(self.tmp, "merged")
+        r = run_cli("merge", "-r", merged, *outs)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        summary, _, keyval = read_results(merged)
+        self.assertEqual(list(summary["job"]["dropped"]), ["nosuch.invalid"])
+        self.assertEqual((summary["job"]["outcome"], keyval["exit_status"]), ("WARN", "4"))
+        self.assertIn('<tr class="dropped" data-host="nosuch.invalid">',
+                      open(os.path.join(merged, "index.html")).read())
+        # --slurm hands each task the same health options (no CONTROL_FILE
+        # with --verify: nothing is taken for one).
+        argv = ["--slurm", "2", "-M", mf, "--verify", "--connect-timeout", "3", "-r", "R"]
+        opts = autoserv._parser().parse_args(argv)
+        self.assertEqual(autoserv._argv_for_shards(argv, opts),
+                         ["-M", mf, "--verify", "--connect-timeout", "3"])
 
     def test_bad_shard_input_is_one_line_and_exit_status_2(self):
         env = {k: v for k, v in os.environ.items()
