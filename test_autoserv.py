@@ -8118,12 +8118,15 @@ class TestHealth(unittest.TestCase):
         with open(os.path.join(self.tmp, "job", "status.log")) as f:
             return autoserv.parse_status_log(f.read())
 
-    def fresh_guest(self):
-        """A new connection to the shared guest, its reset path QMP."""
+    def fresh_guest(self, check=True):
+        """A new connection to the shared guest, its reset path QMP; with
+        check, the guest's R and L checks after the test."""
         h = autoserv.SSHHost("127.0.0.1", port=self.guest.port, identity=self.img["key"],
                              host_key_policy="ephemeral", connect_timeout=3,
                              power=autoserv.QMPPower(self.guest.qmp_socket))
         self.addCleanup(h.close)
+        if check:
+            self.addCleanup(check_guest, self, h)
         return h
 
     def link_down(self, i):
@@ -8132,8 +8135,8 @@ class TestHealth(unittest.TestCase):
 
     def fill_tmp(self, h):
         h.run("dd if=/dev/zero of=/tmp/as-fill bs=1M count=80 2>/dev/null", timeout=120)
-        self.addCleanup(lambda: self.fresh_guest().run("rm -f /tmp/as-fill", timeout=60,
-                                                       ignore_status=True))
+        self.addCleanup(lambda: self.fresh_guest(check=False).run(
+            "rm -f /tmp/as-fill", timeout=60, ignore_status=True))
 
     def cli(self, *args, timeout=240):
         return run_cli("--ssh-config", self.hosts.ssh_config, "-i", self.img["key"],
