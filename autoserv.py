@@ -88,7 +88,7 @@ POST_RESET_WAIT = 300.0     # how long reboot() waits for a host after its one h
 WAIT_PROGRESS_EVERY = 30.0  # s between progress lines of a wait without a timeout
 # host.verify()'s thresholds (--min-free PATH=MB, --max-clock-skew S change
 # them): small enough for a minimal VM; "autodir" is the autotest dir.
-DEFAULT_MIN_FREE_MB = {"/": 50.0, "/tmp": 50.0, "autodir": 100.0}
+DEFAULT_MIN_FREE_MB = {"/": 50.0, "/tmp": 50.0, "autodir": 50.0}
 DEFAULT_MAX_CLOCK_SKEW = 120.0
 REPAIR_REBOOT_TIMEOUT = 600.0   # repair()'s soft reboot
 EXIT_HOSTS_DROPPED = 4      # --verify/--repair found sick hosts; --verify-first dropped some

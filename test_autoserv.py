@@ -8159,6 +8159,29 @@ class TestHealth(unittest.TestCase):
         self.assertFalse([op for _, op in ops if op and op.startswith(("repair", "reboot"))],
                          ops)
 
+    def test_a_b_a_skewed_clock_and_an_incomplete_autotest_install_are_named(self):
+        h = self.fresh_guest()
+        fix_clock = lambda: h.run(f"date -s @{int(time.time())} >/dev/null", timeout=30)  # noqa: E731
+        self.addCleanup(fix_clock)
+        self.addCleanup(h.run, "rm -rf /usr/local/autotest", timeout=30)
+        h.run(f"date -s @{int(time.time()) + 1000} >/dev/null", timeout=30)
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            h.verify()
+        self.assertEqual(cm.exception.check, "clock")
+        self.assertRegex(cm.exception.detail, r"^\+(99\d|100\d) s from this machine's clock "
+                                              r"\(bound 120 s\)$")
+        fix_clock()
+        h.run("mkdir -p /usr/local/autotest/tmp", timeout=30)
+        with self.assertRaises(autoserv.AutoservHostError) as cm:
+            h.verify()
+        self.assertEqual((cm.exception.check, cm.exception.detail),
+                         ("autotest install", "/usr/local/autotest: incomplete (neither "
+                                              "autoserv.py nor bin/autotest there)"))
+        h.run("touch /usr/local/autotest/autoserv.py", timeout=30)
+        figures = h.verify()
+        self.assertRegex(figures, r"/usr/local/autotest \d+ MB free; clock [-+]\d s; "
+                                  r"autotest in /usr/local/autotest$")
+
     def test_b_a_full_tmp_fails_verify_naming_it_and_a_reboot_heals_it(self):
         self.job()
         h = self.fresh_guest()
