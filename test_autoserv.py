@@ -9843,6 +9843,20 @@ class TestSlurm(unittest.TestCase):
         stdout, stderr = proc.communicate(timeout=timeout)
         return proc.returncode, stderr
 
+    def test_verify_first_runs_in_every_shard_and_the_merge_names_the_dropped_host(self):
+        # Verify only (no --repair: these aliases are this machine's sshd).
+        out, proc = self.run_slurm(["h01", "deadhost"], "--slurm", "2", "--verify-first",
+                                   pause=0)
+        status, stderr = self.finish(proc)
+        self.assertEqual(status, 4, stderr)
+        summary, log, keyval = read_results(out)
+        self.assertEqual(list(summary["job"]["dropped"]), ["deadhost"])
+        self.assertIn("verify failed: reachable", summary["job"]["dropped"]["deadhost"])
+        self.assertEqual((summary["hosts"]["h01"]["outcome"], keyval["exit_status"]),
+                         ("GOOD", "4"))
+        self.assertIn(("GOOD", "verify"), [(e["code"], e["operation"]) for e in log
+                                           if e["message"].startswith("h01: reachable")])
+
     def test_four_shards_over_twelve_hosts_run_every_host_once_and_merge_whole(self):
         t0 = time.monotonic()
         out, proc = self.run_slurm(self.lines, "--slurm", "4")
