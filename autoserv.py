@@ -3647,6 +3647,7 @@ def _remove_ctrl_dir():
     if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
         top = _CTRL["dir"]
         dog = _registered_pid(os.path.join(top, "watchdog"), top)
+        _close_gate(top)
         _end_registered_masters(top)
         if dog is not None:     # it ignores TERM (see _WATCHDOG_PY)
             try:
@@ -3655,6 +3656,59 @@ def _remove_ctrl_dir():
                 pass
         shutil.rmtree(top, ignore_errors=True)
         _CTRL["dir"] = None
+
+
+# A master is registered the moment it exists, and none starts once the
+# job's end has begun.  Starting one (ssh's exec included) and writing its
+# PID beside its socket happen under a shared flock on top/gate; whoever
+# ends the job's masters (the owner, or its watchdog) first takes that lock
+# exclusively and leaves top/closing, so every master is either registered
+# before the sweep reads the registry or never started.  (A task stopped in
+# its cleanup restarts a master to end its remote commands; registered only
+# once its socket showed, one KILLed while it waited for it -- Slurm's
+# KillWait, or parallel()'s grace -- left the master unknown to both.)
+_GATE_WAIT = 5.0
+
+
+def _open_gate(top):
+    """The gate's lock held shared (a bounded wait), or None when the job's
+    end has begun: then no master may start in top."""
+    fd = os.open(os.path.join(top, "gate"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if _flock_within(fd, fcntl.LOCK_SH, _GATE_WAIT) and \
+            not os.path.exists(os.path.join(top, "closing")):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _close_gate(top):
+    """Marks top closing once no master is being started there (or after
+    _GATE_WAIT: a starter that hangs holding the lock cannot stop the end)."""
+    try:
+        fd = os.open(os.path.join(top, "gate"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        _flock_within(fd, fcntl.LOCK_EX, _GATE_WAIT)
+        with open(os.path.join(top, "closing"), "w"):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _flock_within(fd, kind, limit):
+    """flock(fd, kind) within limit seconds; False if it was not had."""
+    end = time.monotonic() + limit
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.005)
 
 
 # The job's masters must end with the process that owns them however it ends,
@@ -3711,7 +3765,24 @@ _WATCHDOG_PY = textwrap.dedent(r'''
             time.sleep(0.5)
     if not os.path.isdir(top):
         sys.exit(0)
-    # End each registered master that still is one of this dir's.
+    # Close the gate (see _close_gate), then end each registered master
+    # that still is one of this dir's.
+    import fcntl
+    try:
+        gate = os.open(os.path.join(top, "gate"), os.O_WRONLY | os.O_CREAT, 0o600)
+        end = time.monotonic() + 5.0
+        while True:
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= end:
+                    break
+                time.sleep(0.005)
+        open(os.path.join(top, "closing"), "w").close()
+        os.close(gate)
+    except OSError:
+        pass
     left = []
     for name in os.listdir(top):
         if not (name.startswith("m-") and name.endswith(".pid")):
@@ -4388,9 +4459,19 @@ class _SSHLink:
                    "-o", "ControlPersist=no", "-N", self.hostname])
         LOG.write("starting ssh master: " + " ".join(shlex.quote(a) for a in argv),
                   self.hostname)
-        with open(errlog, "wb") as err:
-            proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err,
-                          preexec_fn=_default_stop_signals)
+        top = os.path.dirname(path)
+        gate = _open_gate(top)
+        if gate is None:
+            raise AutoservSSHConnectionLost(self.hostname, "connection lost",
+                                            "the job is ending: no new ssh connection")
+        try:                # registered with the job before anything can end us
+            _ensure_watchdog(top)
+            with open(errlog, "wb") as err:
+                proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err,
+                              preexec_fn=_default_stop_signals)
+            _write_atomic(path + ".pid", f"{proc.pid}\n")
+        finally:
+            os.close(gate)
         self.master, self.master_owner = proc, os.getpid()
         ct = connect_timeout or self.connect_timeout
         deadline = time.monotonic() + ct + 5
@@ -4399,9 +4480,6 @@ class _SSHLink:
             if proc.poll() is not None:
                 break
             if os.path.exists(path) and self.master_alive():
-                # Registered with the job: its owner (or its watchdog) ends it.
-                _write_atomic(path + ".pid", f"{proc.pid}\n")
-                _ensure_watchdog(os.path.dirname(path))
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 0.005)   # a stat and a connect: cheap

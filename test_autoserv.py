@@ -2514,6 +2514,52 @@ class TestSSHJobs(SshdTestCase):
         wait_for(lambda: not master_running(master), 15, what="the escaped master ended")
         wait_for(lambda: not os.path.exists(ctrl), 10, what="the control dir removed")
 
+    def test_a_task_killed_while_its_master_starts_leaves_no_master(self):
+        # A task's master whose handshake has not ended (its ProxyCommand
+        # never connects) when the task dies of SIGKILL (Slurm's KillWait,
+        # parallel()'s grace): the master is re-parented, no process of the
+        # job knows it but through the job's registry.  The job then ends
+        # on its own (its sweep ends it) or is SIGKILLed too (its watchdog).
+        cfg = os.path.join(self.tmp, "slow_config")
+        with open(cfg, "w") as f:
+            # (ssh ends its ProxyCommand by closing its stdin, as nc's or
+            # ssh -W's would end; this one never answers.)
+            f.write("Host slowhost\n    ProxyCommand sh -c 'cat >/dev/null; : proxy607'\n")
+        for end in ("job ends", "job killed"):
+            with self.subTest(end=end):
+                ctl = self.control(textwrap.dedent(f"""\
+                    def task(m):
+                        hosts.SSHHost(m, ssh_config={cfg!r}, connect_timeout=300).run("true")
+                    parallel_simple(task, ["slowhost"])
+                    """), name="slow.control")
+                p = subprocess.Popen([sys.executable, AUTOSERV, "-r",
+                                      os.path.join(self.tmp, f"res-{end[4:]}"), ctl],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+                try:
+                    found = []
+                    wait_for(lambda: found.extend(m for m in processes_with("slowhost")
+                                                  if master_running(m)) or found, 60,
+                             what="the task's master starting")
+                    master = found[0]
+                    with open(f"/proc/{master}/stat") as f:
+                        task = int(f.read().rsplit(")", 1)[1].split()[1])
+                    self.assertIn(task, descendants(p.pid))
+                    os.kill(task, signal.SIGKILL)
+                    if end == "job killed":
+                        os.kill(p.pid, signal.SIGKILL)
+                    out, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.communicate()
+                self.assertEqual(p.returncode, 1 if end == "job ends" else -9,
+                                 err.decode(errors="replace")[-2000:])
+                wait_for(lambda: not master_running(master), 15,
+                         what=f"the starting master ended ({end})")
+                wait_for(lambda: not processes_with("proxy607"), 10,
+                         what="its ProxyCommand ended")
+
     def test_a_library_script_leaves_no_master_however_it_dies(self):
         # No job: the script's own process owns the masters, its tasks'
         # included; an uncaught exception runs its exit, a SIGKILL does not
