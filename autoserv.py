@@ -4231,6 +4231,25 @@ def _read_line(pipe, timeout):
     return data
 
 
+# The agent's program goes over its session's stdin, not its command line:
+# dropbear ends the whole connection (the master with it) on an exec request
+# longer than its MAX_CMD_LEN, 9000 bytes, and the program is longer.  The
+# command line holds a loader that runs it only once every byte of it came
+# (a link that drops part-way runs nothing); the rest of stdin stays the
+# agent's, whose end tells it that autoserv has gone.
+_AGENT_CODE = _AGENT_PY.encode()
+_AGENT_BOOT = textwrap.dedent("""\
+    import os, sys
+    n, b = int(sys.argv.pop(1)), b""
+    while len(b) < n:
+        c = os.read(0, n - len(b))
+        if not c:
+            sys.exit(3)
+        b += c
+    exec(compile(b, "autoserv-agent", "exec"))
+    """)
+
+
 def _end_agent_process(proc):
     """Ends an agent's ssh session: its stdin closes, so the agent kills what
     it runs, removes its dir and exits; then the local ssh, if still there."""
@@ -4716,11 +4735,16 @@ class _SSHAgent:
         agent's socket path on the target when it listens."""
         run_id = _run_id()
         remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
-                  f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
+                  f"{shlex.quote(_AGENT_BOOT)} {len(_AGENT_CODE)} {KILL_GRACE}")
         errlog = f"{self.link.ctrl_path}.{os.getpid()}.agent"
         with open(errlog, "wb") as err:
             proc = _popen(self.link.argv(connect_timeout) + [remote], stdin=PIPE,
                           stdout=PIPE, stderr=err)
+        try:                    # the pipe holds it (64 KiB): this never blocks
+            proc.stdin.write(_AGENT_CODE)
+            proc.stdin.flush()
+        except OSError:         # ssh is gone: its empty answer says so
+            pass
         ct = connect_timeout or self.link.connect_timeout
         return {"proc": proc, "pending": True, "owner": os.getpid(), "errlog": errlog,
                 "until": time.monotonic() + ct + 10}

@@ -7883,6 +7883,23 @@ class TestReboot(unittest.TestCase):
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "reboot.verify"), codes)
 
+    def test_the_agent_on_a_dropbear_guest_without_python_leaves_its_connection_alone(self):
+        # The guest's sshd is dropbear (it ends the whole connection on an
+        # exec request over 9000 bytes: the agent's program is longer, so it
+        # goes over stdin) and it has no python3: the agent is given up once,
+        # said once, and every command runs on the same master.
+        self.guest.run("true")
+        master = self.guest._master.pid
+        self.guest.persistent = True
+        try:
+            for _ in range(3):
+                self.assertEqual(self.guest.run("echo $((6*7))").stdout, "42\n")
+        finally:
+            self.guest.persistent = False
+        self.assertEqual(self.guest._master.pid, master, "the master was restarted")
+        self.assertEqual(self.debug_log().count("no persistent agent"), 1)
+        self.assertIn("can't execute 'python3'", self.debug_log())
+
     @scenario(24)
     def test_a_slow_shutdown_with_sshd_still_up_is_not_rebooted_early(self):
         before = self.guest.get_boot_id()
