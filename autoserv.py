@@ -121,7 +121,7 @@ _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": Non
                  "ssh_options": (), "host_key_policy": "accept-new",
                  "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
                  "alive_interval": DEFAULT_ALIVE_INTERVAL,
-                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
+                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": "auto"}
 _CTRL = {"dir": None, "pid": None}      # the job's ssh control dir (_ctrl_dir)
 _PARALLEL = {"max": None}               # parallel()'s limit on tasks at once
 
@@ -3613,10 +3613,10 @@ def set_ssh_defaults(**kwargs: Any) -> None:
 
 
 def _persistent_mode(value):
-    """persistent=: False (the default: every command its own ssh session),
-    "auto" (commands go through the host's agent once it is up, started in
-    the background by its second command) or True (the first command starts
-    the agent and waits for it)."""
+    """persistent=: "auto" (the default: commands go through the host's
+    agent once it is up, started in the background by its second command),
+    True (the first command starts the agent and waits for it) or False
+    (every command its own ssh session)."""
     if value == "auto":
         return value
     if isinstance(value, (bool, int)) or value is None:
@@ -10201,14 +10201,14 @@ def _parser():
       help="default accept-new")
     a("--known-hosts", metavar="F", help="known_hosts file for accept-new/strict")
     a("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S")
-    a("--persistent", action="store_const", const=True, default=False,
-      help="run each host's commands through one persistent agent, started by its "
-           "first command (needs python3 there)")
-    a("--persistent-auto", dest="persistent", action="store_const", const="auto",
-      help="the same, but no command waits for the agent: a host's second command "
+    a("--persistent", action="store_const", const=True, default="auto",
+      help="each host's first command starts its persistent agent (needs python3 "
+           "there) and waits for it; by default none waits: a host's second command "
            "starts it in the background, later ones use it once it is up")
+    a("--persistent-auto", dest="persistent", action="store_const", const="auto",
+      help="the default: see --persistent")
     a("--no-persistent", dest="persistent", action="store_const", const=False,
-      help="no persistent agent: every command is its own ssh session (the default)")
+      help="no persistent agent: every command is its own ssh session")
     a("-j", "--max-parallel", type=int, metavar="N",
       help="cap on concurrent subcommands in parallel*()")
     a("--junit", metavar="F", help="also write a JUnit XML summary")

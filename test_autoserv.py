@@ -1898,6 +1898,16 @@ class TestCLI(unittest.TestCase):
 # SSH on loopback ##############################################################
 
 class TestSSHRun(SshdTestCase):
+    """The per-command path (persistent=False: every command its own ssh
+    session); TestSSHRunPersistent runs its behaviour tests through the agent."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        saved = dict(autoserv._SSH_DEFAULTS)
+        cls.addClassCleanup(autoserv._SSH_DEFAULTS.update, saved)
+        autoserv.set_ssh_defaults(persistent=False)
+
     def test_run_reports_output_status_duration_and_host(self):
         h = self.sshd.host()
         r = h.run("echo out; echo err >&2; exit 3", ignore_status=True)
@@ -2030,7 +2040,7 @@ class TestSSHRun(SshdTestCase):
         self.assertFalse(master_running(agent) or os.path.exists(f"/proc/{agent}/stat")
                          and open(f"/proc/{agent}/stat").read().split()[2] != "Z")
 
-    def test_persistent_false_and_no_persistent_never_start_an_agent(self):
+    def test_the_agent_is_on_by_default_and_off_with_persistent_false_or_no_persistent(self):
         h = self.sshd.host(persistent=False)
         for _ in range(8):
             self.assertFalse(h.run(self.PARENT).stdout.startswith("python3 -c "))
@@ -2041,11 +2051,11 @@ class TestSSHRun(SshdTestCase):
                     "h = hosts.create_host('testhost')\n"
                     f"print([(h.run({self.PARENT!r}).stdout[:10], time.sleep(0.1))[0] "
                     "for _ in range(20)])\n")
-        for opts, agent in ((["--persistent-auto"], True),
+        for opts, agent in (([], True), (["--persistent-auto"], True),
                             (["--persistent-auto", "--no-persistent"], False)):
             with self.subTest(opts=opts):
                 out = subprocess.run([sys.executable, AUTOSERV, *self.sshd.cli_opts(), *opts,
-                                      "-r", os.path.join(self.tmp, "res-" + opts[-1]), ctl],
+                                      "-r", os.path.join(self.tmp, "res-" + (opts[-1] if opts else "default")), ctl],
                                      capture_output=True, text=True, timeout=120)
                 self.assertEqual(out.returncode, 0, out.stderr)
                 self.assertEqual("python3 -c" in out.stdout, agent, out.stdout)
@@ -3213,8 +3223,6 @@ class TestSSHRunPersistent(TestSSHRun):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        saved = dict(autoserv._SSH_DEFAULTS)
-        cls.addClassCleanup(autoserv._SSH_DEFAULTS.update, saved)
         autoserv.set_ssh_defaults(persistent=True)
 
     def setUp(self):
@@ -7888,15 +7896,17 @@ class TestReboot(unittest.TestCase):
         # exec request over 9000 bytes: the agent's program is longer, so it
         # goes over stdin) and it has no python3: the agent is given up once,
         # said once, and every command runs on the same master.
-        self.guest.run("true")
-        master = self.guest._master.pid
-        self.guest.persistent = True
-        try:
-            for _ in range(3):
-                self.assertEqual(self.guest.run("echo $((6*7))").stdout, "42\n")
-        finally:
-            self.guest.persistent = False
-        self.assertEqual(self.guest._master.pid, master, "the master was restarted")
+        # A host object of its own: the guest's has given its agent up
+        # already when the agent is on by default.
+        h = autoserv.SSHHost(self.guest.hostname, port=self.guest.port,
+                             identity=self.img["key"], host_key_policy="ephemeral",
+                             connect_timeout=3, persistent=False)
+        self.assertEqual(h.run("echo $((6*7))").stdout, "42\n")
+        master = h._master.pid
+        h.persistent = True
+        for _ in range(3):
+            self.assertEqual(h.run("echo $((6*7))").stdout, "42\n")
+            self.assertEqual(h._master.pid, master, "the master was restarted")
         self.assertEqual(self.debug_log().count("no persistent agent"), 1)
         self.assertIn("can't execute 'python3'", self.debug_log())
 
