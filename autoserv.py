@@ -13,9 +13,10 @@ Sections, in this order (``grep -n '^# .*####' autoserv.py`` prints them;
 a test holds this list to the banners):
     Constants and module state; Exceptions; Helpers; Local execution;
     Results and status log; Watching the job: progress, stalls, the live
-    view; Hosts: the contract, local and remote; Remote
-    programs (they run on the target); SSH transport: options, the master,
-    errors, the agent's client; File transfer: placement, local copies,
+    view; Hosts: the contract, local and remote; Remote programs (they run
+    on the target); SSH connections: settings, the job's control dir, its
+    masters; SSH transport: options, the master, errors, the agent's
+    client; File transfer: placement, local copies,
     shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
     Parallel; Power controllers and consoles; Installables, kernels and the
     boot loader; KVM and guests; Autotest, server side; Host health:
@@ -128,8 +129,8 @@ _SSH_DEFAULTS = {"user": None, "port": None, "identity": None, "ssh_config": Non
                  "ssh_options": (), "host_key_policy": "accept-new",
                  "known_hosts": None, "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
                  "alive_interval": DEFAULT_ALIVE_INTERVAL,
-                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": False}
-_CTRL = {"dir": None, "pid": None}      # this process's ssh control dir (_ctrl_dir)
+                 "alive_count": DEFAULT_ALIVE_COUNT, "persistent": "auto"}
+_CTRL = {"dir": None, "pid": None}      # the job's ssh control dir (_ctrl_dir)
 _PARALLEL = {"max": None}               # parallel()'s limit on tasks at once
 
 
@@ -1116,6 +1117,19 @@ def _stdin_bytes(stdin):
         data = stdin.read()
         return data.encode() if isinstance(data, str) else data
     raise AutoservUsageError(f"stdin must be str, bytes or a file object, not {type(stdin).__name__}")
+
+
+def _default_stop_signals():
+    """A preexec_fn for children that must hear SIGTERM and SIGINT (an ssh
+    master, the masters' watchdog): an ignored signal stays ignored across
+    exec and a blocked one blocked, and OpenSSH keeps an ignored TERM
+    ignored.  The job's cleanup runs with both ignored (a master restarted
+    there to remove temp dirs) and parallel() blocks them around its forks;
+    a master started then sat out its TERM until the KILL after the 2 s
+    grace (measured: 2.00 s to stop one started with TERM ignored)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _killpg(pid, sig):
@@ -3547,7 +3561,10 @@ _AGENT_PY = textwrap.dedent(r'''
     sel.register(listener, selectors.EVENT_READ, "listen")
     sel.register(0, selectors.EVENT_READ, "stdin")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
-    os.write(1, (path + "\n").encode())
+    try:                        # autoserv may have left before it read this
+        os.write(1, (path + "\n").encode())
+    except OSError:
+        shutdown()
     while True:
         now = time.monotonic()
         waits = [c.kill_at - now for c in conns if c.kill_at is not None and c.proc is not None]
@@ -3688,26 +3705,39 @@ _QMP_PY = textwrap.dedent(r'''
     ''')
 
 
-# SSH transport: options, the master, errors, the agent's client ###############
+# SSH connections: settings, the job's control dir, its masters ###############
 
-# Settings (set_ssh_defaults) and the control dir, the agent's frames and
-# _AgentExecution, ssh's error lines; then the collaborators SSHHost
-# composes: _SSHLink (options, ControlMaster, error classification, a
-# command as its own session) and _SSHAgent (the agent's client).  The
-# programs they start on the target are under "Remote programs"; the third
-# collaborator, _SSHTransfer, under "File transfer over SSH".
+# Settings (set_ssh_defaults); the job's control dir, shared by all its
+# processes; who owns the masters (PIDs registered beside their sockets) and
+# how they end: with the job, or by the job's watchdog when the job process
+# dies without running its cleanup.
 
 def set_ssh_defaults(**kwargs: Any) -> None:
     """Defaults for every SSHHost made after this (the CLI sets them)."""
     for key, value in kwargs.items():
         if key not in _SSH_DEFAULTS:
             raise AutoservUsageError(f"unknown ssh default {key!r}")
-        _SSH_DEFAULTS[key] = value
+        _SSH_DEFAULTS[key] = _persistent_mode(value) if key == "persistent" else value
+
+
+def _persistent_mode(value):
+    """persistent=: "auto" (the default: commands go through the host's
+    agent once it is up, started in the background by its second command),
+    True (the first command starts the agent and waits for it) or False
+    (every command its own ssh session)."""
+    if value == "auto":
+        return value
+    if isinstance(value, (bool, int)) or value is None:
+        return bool(value)
+    raise AutoservUsageError(f"persistent={value!r}: use True, False or 'auto'")
 
 
 def _ctrl_dir():
-    """A private 0700 dir with a short path for control sockets and per-job
-    known_hosts files (a socket path has about 90 usable bytes)."""
+    """The job's private 0700 dir with a short path for control sockets,
+    their registry and per-job known_hosts files (a socket path has about
+    90 usable bytes).  Made once by the job process (or a library script's
+    main process), which owns it: parallel() makes it before forking, so
+    every task shares it and finds the masters the others started."""
     if _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"]):
         base = tempfile.gettempdir()
         if len(base) > 40 or not os.access(base, os.W_OK):
@@ -3718,10 +3748,335 @@ def _ctrl_dir():
 
 
 def _remove_ctrl_dir():
+    """In the process that owns the control dir: ends every master any
+    process of the job started (by the PIDs they registered) and the
+    watchdog, and removes the dir.  Elsewhere (a task) nothing: the
+    masters serve the rest of the job."""
     if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
-        shutil.rmtree(_CTRL["dir"], ignore_errors=True)
+        top = _CTRL["dir"]
+        dog = _registered_pid(os.path.join(top, "watchdog"), top)
+        _close_gate(top)
+        _end_registered_masters(top)
+        if dog is not None:     # it ignores TERM (see _WATCHDOG_PY)
+            try:
+                os.kill(dog, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(top, ignore_errors=True)
         _CTRL["dir"] = None
 
+
+# A master is registered the moment it exists, and none starts once the
+# job's end has begun.  Starting one (ssh's exec included) and writing its
+# PID beside its socket happen under a shared flock on top/gate; whoever
+# ends the job's masters (the owner, or its watchdog) first takes that lock
+# exclusively and leaves top/closing, so every master is either registered
+# before the sweep reads the registry or never started.  (A task stopped in
+# its cleanup restarts a master to end its remote commands; registered only
+# once its socket showed, one KILLed while it waited for it -- Slurm's
+# KillWait, or parallel()'s grace -- left the master unknown to both.)
+_GATE_WAIT = 5.0
+
+
+def _open_gate(top):
+    """The gate's lock held shared (a bounded wait), or None when the job's
+    end has begun: then no master may start in top."""
+    fd = os.open(os.path.join(top, "gate"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if _flock_within(fd, fcntl.LOCK_SH, _GATE_WAIT) and \
+            not os.path.exists(os.path.join(top, "closing")):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _close_gate(top):
+    """Marks top closing once no master is being started there (or after
+    _GATE_WAIT: a starter that hangs holding the lock cannot stop the end)."""
+    try:
+        fd = os.open(os.path.join(top, "gate"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        _flock_within(fd, fcntl.LOCK_EX, _GATE_WAIT)
+        with open(os.path.join(top, "closing"), "w"):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _flock_within(fd, kind, limit):
+    """flock(fd, kind) within limit seconds; False if it was not had."""
+    end = time.monotonic() + limit
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.005)
+
+
+# The job's masters must end with the process that owns them however it ends,
+# SIGKILL included, when none of its Python code runs.  Why a watchdog and not
+# prctl(PR_SET_PDEATHSIG) on each master: the death signal follows the
+# *thread* that forked the master, and a master must outlive the parallel()
+# task that started it (the point of job-wide connections), so it would need
+# re-parenting to the job process first.  Pipes held by the job are no good
+# either: every forked task inherits them.  So the job has one small process
+# (its own session: a Ctrl-C does not reach it) that waits for the owner's
+# death (a pidfd; without one, kill(pid, 0) every 0.5 s) and then does
+# what the owner's cleanup would have: TERM, then KILL, every registered
+# master, and removes the control dir.  It starts with the job's first master
+# (a job that never uses ssh has none), started by whichever process starts
+# that master, and registers itself as top/watchdog.  On a normal end the
+# owner does the sweep itself and then KILLs the watchdog; one whose control
+# dir is gone leaves on its own.
+#
+# A batch system ends a job by signalling its whole process tree: Slurm's
+# proctrack/linuxproc sends TERM to every descendant of the step, then KILL
+# after KillWait.  A master whose task has ended is no descendant any more
+# (re-parented), so it escapes both; if the owner is KILLed before its own
+# sweep ends, only the watchdog is left to end it.  So the watchdog leaves
+# the tree too (it forks, and the middle process exits at once) and ignores
+# TERM, INT and HUP; a kill of a whole cgroup (proctrack/cgroup) takes the
+# masters with it anyway.
+_WATCHDOG_PY = textwrap.dedent(r'''
+    import os, select, shutil, signal, sys, time
+    top, owner = sys.argv[1], int(sys.argv[2])
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    child = os.fork()
+    if child:                   # the middle process: say who watches, and go
+        os.write(1, b"%d\n" % child)
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)            # the starter reads our PID to EOF
+    # Wait for the owner to die (or its dir to go: it ended normally).
+    try:
+        fd = os.pidfd_open(owner)
+    except (AttributeError, OSError):
+        fd = None
+    while os.path.isdir(top):
+        if fd is not None:
+            if select.select([fd], [], [], 5.0)[0]:
+                break
+        else:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                break
+            except OSError:
+                pass
+            time.sleep(0.5)
+    if not os.path.isdir(top):
+        sys.exit(0)
+    # Close the gate (see _close_gate), then end each registered master
+    # that still is one of this dir's.
+    import fcntl
+    try:
+        gate = os.open(os.path.join(top, "gate"), os.O_WRONLY | os.O_CREAT, 0o600)
+        end = time.monotonic() + 5.0
+        while True:
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= end:
+                    break
+                time.sleep(0.005)
+        open(os.path.join(top, "closing"), "w").close()
+        os.close(gate)
+    except OSError:
+        pass
+    left = []
+    for name in os.listdir(top):
+        if not (name.startswith("m-") and name.endswith(".pid")):
+            continue
+        try:
+            with open(os.path.join(top, name)) as f:
+                pid = int(f.read())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                if ("ControlPath=" + top + "/").encode() not in f.read():
+                    continue
+            os.kill(pid, signal.SIGTERM)
+            left.append(pid)
+        except (OSError, ValueError):
+            pass
+    def running(pid):
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except (OSError, IndexError):
+            return False
+    end = time.monotonic() + 2.0
+    while left and time.monotonic() < end:
+        time.sleep(0.05)
+        left = [p for p in left if running(p)]
+        for pid in left:        # again: see _end_processes
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    shutil.rmtree(top, ignore_errors=True)
+''')
+
+
+def _ensure_watchdog(top):
+    """Starts the job's watchdog over control dir top (see _WATCHDOG_PY)
+    unless one runs; any process of the job may, once it has registered a
+    master.  Its owner is the dir's owner, wherever it is started."""
+    path = os.path.join(top, "watchdog")
+    lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _registered_pid(path, top) is not None:
+            return
+        try:
+            proc = _popen([sys.executable or "python3", "-I", "-S", "-c", _WATCHDOG_PY,
+                           top, str(_CTRL["pid"])], stdin=DEVNULL, stdout=PIPE,
+                          stderr=DEVNULL, preexec_fn=_default_stop_signals)
+        except OSError as e:
+            LOG.write(f"no watchdog for the job's ssh masters: {e}")
+            return
+        try:                    # its middle process prints the watcher's PID
+            dog = int(proc.communicate(timeout=30)[0])
+        except (ValueError, _subprocess().TimeoutExpired) as e:
+            LOG.write(f"no watchdog for the job's ssh masters: {e!r}")
+            _terminate(proc, 0, group=False, kill_wait=1.0)
+            return
+        _write_atomic(path + ".pid", f"{dog}\n")
+    finally:
+        os.close(lock)
+
+
+def _registered_pid(path, word):
+    """The PID registered in path.pid, if that process still runs and its
+    command line holds `word` (a master: its ControlPath=...; the watchdog:
+    its dir), so that a reused PID is never taken for it; else None."""
+    try:
+        with open(path + ".pid") as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return None
+    if not _pid_running(pid) or word.encode() + b"\0" not in cmdline:
+        return None
+    return pid
+
+
+def _registered_master(path):
+    """The PID of the master registered for control path `path`, or None."""
+    return _registered_pid(path, f"ControlPath={path}")
+
+
+def _end_processes(pids, grace=2.0):
+    """TERM every pid at once (ssh closes its connection and removes its
+    socket, as `-O exit` would), then KILL what is left after grace: one
+    grace for all of them, not one each.
+
+    The TERM is sent again every 50 ms, so that one a busy master missed
+    is heard as soon as it can be (cheap: a master that hears none is
+    KILLed after the grace, which is what a job used to wait 2 s for)."""
+    left = list(pids)
+    end = time.monotonic() + grace
+    next_term = 0.0
+    while True:
+        if time.monotonic() >= next_term:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+            next_term = time.monotonic() + 0.05
+        for pid in list(left):
+            try:                 # our child (we or a task started it): reap it
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    left.remove(pid)
+                    continue
+            except ChildProcessError:
+                pass
+            if not _pid_running(pid):
+                left.remove(pid)
+        if not left or time.monotonic() >= end:
+            break
+        time.sleep(0.01)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _pid_running(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+class _PidHandle:
+    """A process known by its PID only (a master another process of the job
+    started): pid, poll() (None while it runs) and wait(timeout), as a
+    Popen has them."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def __repr__(self):
+        return f"<_PidHandle {self.pid}>"
+
+    def poll(self):
+        try:                        # our child after all (a task's, re-parented)
+            if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                return 0
+        except ChildProcessError:
+            pass
+        return None if _pid_running(self.pid) else 0
+
+    def wait(self, timeout=None):
+        end = _monotonic_deadline(timeout)
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise _subprocess().TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.01)
+        return 0
+
+
+def _end_registered_masters(top):
+    """Ends every master registered in control dir top (see _SSHLink)."""
+    try:
+        names = [n for n in os.listdir(top) if n.startswith("m-") and n.endswith(".pid")]
+    except OSError:
+        return
+    pids = []
+    for name in names:
+        pid = _registered_master(os.path.join(top, name[:-4]))
+        if pid is not None:
+            pids.append(pid)
+    _end_processes(pids)
+    for name in names:
+        _remove_quietly(os.path.join(top, name))
+
+
+# SSH transport: options, the master, errors, the agent's client ###############
+
+# The agent's frames and _AgentExecution, ssh's error lines; then the
+# collaborators SSHHost composes: _SSHLink (options, ControlMaster, error
+# classification, a command as its own session) and _SSHAgent (the agent's
+# client).  The programs they start on the target are under "Remote
+# programs"; the third collaborator, _SSHTransfer, under "File transfer over
+# SSH".
 
 _FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
 # The longest body of each kind the agent may send (it sends output in 64 KiB
@@ -3959,6 +4314,12 @@ def _ssh_lines(text, started):
     return [_neutralise(l) for l in lines[-6:]]
 
 
+def _readable(pipe):
+    """True when a read of pipe would not block (data or EOF waits)."""
+    import select
+    return bool(select.select([pipe.fileno()], [], [], 0)[0])
+
+
 def _read_line(pipe, timeout):
     """One line from a pipe within timeout seconds (b"" on EOF or time-out)."""
     import selectors
@@ -3976,6 +4337,25 @@ def _read_line(pipe, timeout):
                 return b""
             data += chunk
     return data
+
+
+# The agent's program goes over its session's stdin, not its command line:
+# dropbear ends the whole connection (the master with it) on an exec request
+# longer than its MAX_CMD_LEN, 9000 bytes, and the program is longer.  The
+# command line holds a loader that runs it only once every byte of it came
+# (a link that drops part-way runs nothing); the rest of stdin stays the
+# agent's, whose end tells it that autoserv has gone.
+_AGENT_CODE = _AGENT_PY.encode()
+_AGENT_BOOT = textwrap.dedent("""\
+    import os, sys
+    n, b = int(sys.argv.pop(1)), b""
+    while len(b) < n:
+        c = os.read(0, n - len(b))
+        if not c:
+            sys.exit(3)
+        b += c
+    exec(compile(b, "autoserv-agent", "exec"))
+    """)
 
 
 def _end_agent_process(proc):
@@ -3996,16 +4376,25 @@ class _SSHLink:
     """One host's ssh transport, as the system ssh makes it (config,
     ProxyJump, aliases behave as in plain ssh): the command line (fixed
     options, the host key policy, the caller's -o values), one ControlMaster
-    per host and process, one command as its own session over it, and what
-    ssh's stderr says went wrong (an AutoservSSHError subclass).
+    per connection and job, one command as its own session over it, and
+    what ssh's stderr says went wrong (an AutoservSSHError subclass).
+
+    The master is the job's, not the process's: its socket is in the job's
+    control dir (_ctrl_dir) under a name made of the connection's identity
+    (host, user, port, config, options...), so any process of the job (a
+    parallel() task, a later round's task, the job process) that makes a
+    host for the same machine finds it warm.  Whoever starts it does so under
+    a flock of that name (two tasks never both start one) and registers its
+    PID beside the socket (name.pid); the process that owns the control dir
+    ends every registered master at its end, or its watchdog does if it dies
+    (see _WATCHDOG_PY).  A task's close() leaves the master to the job.
 
     Its settings (the constructor's keywords, defaults from
     set_ssh_defaults()) are plain attributes; SSHHost shows them as its
-    own.  Read-only for others: master (the ssh -M process), master_owner
-    (the pid that started it: a task forked by parallel() shares this
-    object and must never stop its parent's master), master_seen (the
-    master pid master_alive() last reached), ctrl_path (this process's
-    control socket, or None)."""
+    own.  Read-only for others: master (the ssh -M process this process
+    started, or None), master_owner (the pid that started it),
+    master_seen (the master pid master_alive() last reached), ctrl_path
+    (the control socket last used, or None)."""
 
     _counter = 0              # links made in this process: each one's file names are its own
 
@@ -4066,9 +4455,21 @@ class _SSHLink:
             opts += ["-p", str(self.port)]
         return opts
 
+    def identity_key(self):
+        """A short name for this connection's identity: what decides which
+        master may carry it (never the connect timeout: it only bounds the
+        start)."""
+        import hashlib
+        ident = repr((self.hostname, self.user, self.port, self.identity, self.ssh_config,
+                      tuple(self.ssh_options), self.host_key_policy, self.known_hosts,
+                      self.alive_interval, self.alive_count))
+        return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
     def known_hosts_file(self):
         if self.host_key_policy == "ephemeral":
-            path = os.path.join(_ctrl_dir(), f"kh-{os.getpid()}-{self.index}")
+            # The job's, per connection: every process of the job passes the
+            # same options to the master it shares.
+            path = os.path.join(_ctrl_dir(), f"kh-{self.identity_key()}")
         else:
             path = self.known_hosts
         if path and not os.path.exists(path):
@@ -4089,7 +4490,8 @@ class _SSHLink:
             return False
         if self.master is not None and self.master_owner == os.getpid() \
                 and self.master.poll() is not None:
-            return False
+            # Ours died; another process of the job may serve the path now.
+            self.master = None
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(path)
@@ -4124,18 +4526,33 @@ class _SSHLink:
             s.close()
 
     def ensure_master(self, connect_timeout=None):
-        if self.master_alive():
+        """A live master for this connection: the job's if one serves
+        (whoever started it), else one started here under the name's lock."""
+        path = os.path.join(_ctrl_dir(), "m-" + self.identity_key())
+        if path == self.ctrl_path and self.master_alive():
             return
-        path = os.path.join(_ctrl_dir(), f"{os.getpid()}-{self.index}")
+        self.ctrl_path = path
+        if self.master_alive():        # another process of the job started it
+            return
         lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.ctrl_path = path
-            if self.master_alive():
+            if self.master_alive():    # started while we waited for the lock
                 return
             self._start_master(path, connect_timeout)
         finally:
             os.close(lock)
+
+    @property
+    def master_process(self):
+        """The master this process reached last: its ssh Popen when this
+        process started it, else a handle on its PID (pid, poll(), wait())."""
+        if self.master is not None and self.master_owner == os.getpid() \
+                and (self.master_seen in (None, self.master.pid)):
+            return self.master
+        if self.master_seen is None:
+            return None
+        return _PidHandle(self.master_seen)
 
     def _start_master(self, path, connect_timeout, retried=False):
         """Starts the master, again while the connect timeout lasts when the
@@ -4169,8 +4586,19 @@ class _SSHLink:
                    "-o", "ControlPersist=no", "-N", self.hostname])
         LOG.write("starting ssh master: " + " ".join(shlex.quote(a) for a in argv),
                   self.hostname)
-        with open(errlog, "wb") as err:
-            proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err)
+        top = os.path.dirname(path)
+        gate = _open_gate(top)
+        if gate is None:
+            raise AutoservSSHConnectionLost(self.hostname, "connection lost",
+                                            "the job is ending: no new ssh connection")
+        try:                # registered with the job before anything can end us
+            _ensure_watchdog(top)
+            with open(errlog, "wb") as err:
+                proc = _popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=err,
+                              preexec_fn=_default_stop_signals)
+            _write_atomic(path + ".pid", f"{proc.pid}\n")
+        finally:
+            os.close(gate)
         self.master, self.master_owner = proc, os.getpid()
         ct = connect_timeout or self.connect_timeout
         deadline = time.monotonic() + ct + 5
@@ -4201,13 +4629,23 @@ class _SSHLink:
         raise error
 
     def stop_master(self):
-        proc = self.master
-        self.master = None
-        if proc is None or self.master_owner != os.getpid():
-            return
-        # Our own child: TERM makes ssh close the connection and remove its
-        # socket as `ssh -O exit` would, without spawning a process for it.
-        _terminate(proc, 2.0, group=False, kill_wait=5.0)
+        """Ends the master of this connection, whichever process of the job
+        started it (a reset or a reboot killed its link; a dead one is
+        restarted): TERM makes ssh close the connection and remove its
+        socket as `ssh -O exit` would, without a process for it."""
+        proc, self.master = self.master, None
+        pids = []
+        if proc is not None and self.master_owner == os.getpid() and proc.poll() is None:
+            pids.append(proc.pid)
+        registered = self.ctrl_path and _registered_master(self.ctrl_path)
+        if registered and registered not in pids:
+            pids.append(registered)
+        if pids:
+            _end_processes(pids)
+        if proc is not None and self.master_owner == os.getpid():
+            _terminate(proc, 0, group=False, kill_wait=5.0)     # reaped (KILLed if need be)
+        if self.ctrl_path:
+            _remove_quietly(self.ctrl_path + ".pid")
 
     def transport_error(self, stderr_text, started, rc=None):
         lines = _ssh_lines(stderr_text, started)
@@ -4322,14 +4760,16 @@ class _SSHLink:
         return result
 
     def close(self):
-        """Ends this process's master and removes its socket files."""
+        """In the process that owns the job's control dir: ends the master
+        and removes its socket files.  In any other (a parallel() task) it
+        leaves the master to serve the rest of the job, which ends it."""
+        if _CTRL["pid"] != os.getpid():
+            self.master = None
+            return
         self.stop_master()
-        if self.ctrl_path and self.master_owner == os.getpid():
-            for suffix in ("", ".lock"):
-                try:
-                    os.unlink(self.ctrl_path + suffix)
-                except OSError:
-                    pass
+        if self.ctrl_path:
+            for suffix in ("", ".lock", ".err"):
+                _remove_quietly(self.ctrl_path + suffix)
 
 
 class _SSHAgent:
@@ -4350,28 +4790,77 @@ class _SSHAgent:
         self.link = link
         self.add_tmp_dir = add_tmp_dir
         self.state = None
+        self.asked = 0          # commands asked for in "auto" mode before an agent
+
     def socket(self, connect_timeout=None):
         """The local socket of this host's agent, started on first use; None
         when no agent can run there (said once in the log)."""
         agent = self.state
         if agent is False:
             return None
-        if agent is not None and self.link.master_alive():
+        if agent is not None and "local" in agent and self.link.master_alive():
             return agent["local"]
         return self.start(connect_timeout)
 
     def start(self, connect_timeout=None):
+        """Starts the agent and waits for it (persistent=True)."""
         self.stop()
         self.link.ensure_master(connect_timeout)
+        pending = self._begin(connect_timeout)
+        ct = connect_timeout or self.link.connect_timeout
+        return self._finish(pending, _read_line(pending["proc"].stdout, ct + 10))
+
+    def ready_socket(self):
+        """persistent="auto": the agent's socket once it is up, else None
+        (the command runs as its own session).  Nothing here waits: the
+        second command of a host in this process starts the agent, and a
+        later one finds it ready (one that runs a single command never pays
+        for an agent)."""
+        agent = self.state
+        if agent is False:
+            return None
+        if agent is None:
+            self.asked += 1
+            if self.asked >= 2 and self.link.master_alive():
+                try:
+                    self.state = self._begin(None)
+                except OSError as e:
+                    self._give_up(None, f"it did not start: {e}", "")
+            return None
+        if "pending" not in agent:
+            return agent["local"] if self.link.master_alive() else self.stop()
+        if agent["owner"] != os.getpid():
+            return None         # a forked task: the parent's start is not ours to finish
+        proc = agent["proc"]
+        if _readable(proc.stdout):
+            return self._finish(agent, _read_line(proc.stdout, self.link.connect_timeout))
+        if proc.poll() is not None or time.monotonic() > agent["until"]:
+            return self._finish(agent, b"")
+        return None
+
+    def _begin(self, connect_timeout):
+        """Starts the agent's ssh session over the master; it prints the
+        agent's socket path on the target when it listens."""
         run_id = _run_id()
         remote = (f"exec env AUTOSERV_RUN_ID={shlex.quote(run_id)} python3 -c "
-                  f"{shlex.quote(_AGENT_PY)} {KILL_GRACE}")
-        errlog = self.link.ctrl_path + ".agent"
+                  f"{shlex.quote(_AGENT_BOOT)} {len(_AGENT_CODE)} {KILL_GRACE}")
+        errlog = f"{self.link.ctrl_path}.{os.getpid()}.agent"
         with open(errlog, "wb") as err:
             proc = _popen(self.link.argv(connect_timeout) + [remote], stdin=PIPE,
                           stdout=PIPE, stderr=err)
+        try:                    # the pipe holds it (64 KiB): this never blocks
+            proc.stdin.write(_AGENT_CODE)
+            proc.stdin.flush()
+        except OSError:         # ssh is gone: its empty answer says so
+            pass
         ct = connect_timeout or self.link.connect_timeout
-        line = _read_line(proc.stdout, ct + 10)
+        return {"proc": proc, "pending": True, "owner": os.getpid(), "errlog": errlog,
+                "until": time.monotonic() + ct + 10}
+
+    def _finish(self, pending, line):
+        """The agent's socket, forwarded by the master, from the line the
+        agent printed; None (said once) when no agent can run there."""
+        proc = pending["proc"]
         why = None
         if not re.fullmatch(rb"/tmp/autoserv-[A-Za-z0-9_]{6,12}/agent\n", line):
             why = "it did not start"
@@ -4388,36 +4877,39 @@ class _SSHAgent:
                 why = "the ssh master would not forward to it: " + _decode(out.stderr).strip()
         if why is not None:
             _end_agent_process(proc)
-            with open(errlog, "rb") as f:
+            with open(pending["errlog"], "rb") as f:
                 text = _decode(f.read()).strip()
-            os.unlink(errlog)
-            LOG.write(f"no persistent agent ({why}; {_last_lines(text, 3) or 'no message'}); "
-                      "every command runs as its own ssh session", self.link.hostname)
-            self.state = False
-            return None
+            return self._give_up(pending["errlog"], why, text)
         self.state = {"proc": proc, "local": local, "owner": os.getpid()}
         self.add_tmp_dir(os.path.dirname(remote_path))
         LOG.write(f"persistent agent at {remote_path}", self.link.hostname)
         return local
+
+    def _give_up(self, errlog, why, text):
+        if errlog:
+            _remove_quietly(errlog)
+        LOG.write(f"no persistent agent ({why}; {_last_lines(text, 3) or 'no message'}); "
+                  "every command runs as its own ssh session", self.link.hostname)
+        self.state = False
+        return None
 
     def stop(self):
         agent, self.state = self.state, None
         if not agent or agent["owner"] != os.getpid():
             return
         _end_agent_process(agent["proc"])
-        for path in (agent["local"], self.link.ctrl_path + ".agent"):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        for path in (agent.get("local"), f"{self.link.ctrl_path}.{os.getpid()}.agent"):
+            if path:
+                _remove_quietly(path)
 
     def run(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
-            connect_timeout):
+            connect_timeout, wait=True):
         """A CmdResult through the agent, or None to run it as its own ssh
-        session instead (no agent can run there)."""
+        session instead (no agent can run there; with wait=False, none is
+        up yet: see ready_socket)."""
         run_id = _run_id()
         for attempt in (1, 2):
-            path = self.socket(connect_timeout)
+            path = self.socket(connect_timeout) if wait else self.ready_socket()
             if path is None:
                 return None
             master = self.link.master_seen
@@ -5496,7 +5988,7 @@ class SSHHost(RemoteHost):
     alive_interval = _Via("_link")
     alive_count = _Via("_link")
     # Collaborators' state that tests and debugging sessions look at.
-    _master = _Via("_link", "master")
+    _master = _Via("_link", "master_process")
     _ctrl_path = _Via("_link", "ctrl_path")
     _agent = _Via("_agent_client", "state")
 
@@ -5518,7 +6010,7 @@ class SSHHost(RemoteHost):
                               host_key_policy, known_hosts, connect_timeout,
                               alive_interval, alive_count)
         d = _SSH_DEFAULTS
-        self.persistent = d["persistent"] if persistent is None else bool(persistent)
+        self.persistent = _persistent_mode(d["persistent"] if persistent is None else persistent)
         self._agent_client = _SSHAgent(self._link, self._add_tmp_dir)
         self._transfer = _SSHTransfer(self, self._link, self._add_tmp_dir,
                                       self._forget_tmp_dirs)
@@ -5557,9 +6049,10 @@ class SSHHost(RemoteHost):
     def _execute(self, command, data, timeout, stdout_tee, stderr_tee, max_output,
                  connect_timeout):
         result = None
-        if self.persistent:
+        if self.persistent:     # True: wait for the agent; "auto": only once it is up
             result = self._agent_client.run(command, data, timeout, stdout_tee, stderr_tee,
-                                            max_output, connect_timeout)
+                                            max_output, connect_timeout,
+                                            wait=self.persistent is True)
         if result is None:
             # Its own session; _remote_command is looked up here, on the host,
             # so a subclass (or a test's patch) that wraps it is the one used.
@@ -5624,16 +6117,17 @@ class SSHHost(RemoteHost):
 
     def close(self) -> None:
         """Ends its agent, removes this host's remote temp dirs (each its own
-        ssh session: no new agent) and ends its ssh master."""
-        self._agent_client.stop()
+        ssh session: no new agent) and ends its ssh master (in the process
+        that owns the job's connections; whatever went wrong before)."""
         persistent, self.persistent = self.persistent, False
         try:
+            self._agent_client.stop()
             self._remove_tmp_dirs()
         except AutoservError as e:
             LOG.write(f"could not remove temp dirs: {e}", self.hostname)
         finally:
             self.persistent = persistent
-        self._link.close()
+            self._link.close()
 
 
 # Parallel #####################################################################
@@ -5886,6 +6380,11 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
     if prefix_output is None:
         prefix_output = any(t.subdir for t in tasks)
     deadline = _monotonic_deadline(timeout)
+    # The job's control dir exists before any fork, so that every task (and
+    # every later round) shares it: a master one task starts serves them all.
+    # One made here that no task used (local work only) goes at the end.
+    made = _CTRL["dir"] is None or not os.path.isdir(_CTRL["dir"])
+    _ctrl_dir()
     sel = selectors.DefaultSelector()
     waiting = list(tasks)
     running = {}
@@ -5940,6 +6439,8 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
         sel.close()
         if view:
             view.close()
+        if made and _CTRL["dir"] and not os.listdir(_CTRL["dir"]):
+            _remove_ctrl_dir()
         if log:
             log.record("END " + worst_status(*(t.status for t in tasks
                                                 if getattr(t, "status", None))),
@@ -10058,8 +10559,14 @@ def _parser():
       help="default accept-new")
     a("--known-hosts", metavar="F", help="known_hosts file for accept-new/strict")
     a("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S")
-    a("--persistent", action="store_true",
-      help="run each host's commands through one persistent agent (needs python3 there)")
+    a("--persistent", action="store_const", const=True, default="auto",
+      help="each host's first command starts its persistent agent (needs python3 "
+           "there) and waits for it; by default none waits: a host's second command "
+           "starts it in the background, later ones use it once it is up")
+    a("--persistent-auto", dest="persistent", action="store_const", const="auto",
+      help="the default: see --persistent")
+    a("--no-persistent", dest="persistent", action="store_const", const=False,
+      help="no persistent agent: every command is its own ssh session")
     a("-j", "--max-parallel", type=int, metavar="N",
       help="cap on concurrent subcommands in parallel*()")
     a("--junit", metavar="F", help="also write a JUnit XML summary")

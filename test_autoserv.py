@@ -179,9 +179,36 @@ def processes_with(text):
     return found
 
 
+def descendants(root):
+    """PIDs of every process below root in the process tree, as it is now."""
+    parent = {}
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [root]
+    while todo:
+        kids = [pid for pid, ppid in parent.items() if ppid == todo[-1]]
+        todo.pop()
+        found += kids
+        todo += kids
+    return found
+
+
+def own_watchdog():
+    """The PID of this process's own ssh watchdog (its masters' keeper: a
+    child of ours, as the subreaper, once it left its starter), or None."""
+    top = autoserv._CTRL["dir"]
+    return top and autoserv._registered_pid(os.path.join(top, "watchdog"), top)
+
+
 def our_children():
-    """Live (non-zombie) child processes of this test process."""
+    """Live (non-zombie) child processes of this test process, but its own
+    ssh watchdog (kept for the connections its in-process hosts hold)."""
     kids = []
+    dog = own_watchdog()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -191,7 +218,7 @@ def our_children():
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == os.getpid():
+        if int(fields[1]) == os.getpid() and int(pid) != dog:
             kids.append((int(pid), fields[0], stat.split("(", 1)[1].rsplit(")", 1)[0]))
     return kids
 
@@ -244,6 +271,8 @@ class Invariants:
             master = getattr(h, "_master", None)
             agent = getattr(h, "_agent", None)
             shared |= {p.pid for p in (master, agent and agent["proc"]) if p}
+        # So is the watchdog of the connections that remain (one per job).
+        shared.add(own_watchdog())
         return [(pid, state, name) for pid, state, name in our_children()
                 if pid not in self.children and pid not in shared]
 
@@ -338,10 +367,18 @@ def check_guest(test, host):
         found[:] = [line for line in out if line.startswith("proc ")
                     or (line.startswith("dir ") and line[4:] not in owned)]
         return not found
+    # The host's own agent (the agent is on by default) is the open host's,
+    # and the check must not start one: it looks with the agent ended and off.
+    agent = getattr(host, "_agent_client", None)
+    if agent is not None:
+        agent.stop()
+    saved, host.persistent = host.persistent, False
     try:
         wait_for(clean, 30, interval=1, what="the guest clean")
     except AssertionError:
         test.fail(f"R/L inside the guest {host.hostname}: {found}")
+    finally:
+        host.persistent = saved
 
 
 def _cmdline(pid):
@@ -664,6 +701,18 @@ def comm_pids(name, env_text=None):
             continue
         found.append(int(pid))
     return found
+
+
+def master_running(pid):
+    """True while pid runs (not a zombie) as an ssh ControlMaster."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ControlMaster=yes" in f.read()
+    except OSError:
+        return False
 
 
 def remote_sleeps(text):
@@ -1912,6 +1961,16 @@ class TestCLI(unittest.TestCase):
 # SSH on loopback ##############################################################
 
 class TestSSHRun(SshdTestCase):
+    """The per-command path (persistent=False: every command its own ssh
+    session); TestSSHRunPersistent runs its behaviour tests through the agent."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        saved = dict(autoserv._SSH_DEFAULTS)
+        cls.addClassCleanup(autoserv._SSH_DEFAULTS.update, saved)
+        autoserv.set_ssh_defaults(persistent=False)
+
     def test_run_reports_output_status_duration_and_host(self):
         h = self.sshd.host()
         r = h.run("echo out; echo err >&2; exit 3", ignore_status=True)
@@ -2023,6 +2082,72 @@ class TestSSHRun(SshdTestCase):
             autoserv._close_all_hosts()
             """)
         assert_flat_memory(self, code, "N", lambda mb: str(mb << 20))
+
+    # persistent="auto" (issue 17): a host's second command starts the agent
+    # in the background; later ones use it once it is up.
+    PARENT = "tr '\\0' ' ' </proc/$PPID/cmdline"
+
+    def test_auto_mode_sends_warm_commands_through_the_agent_and_none_waits_for_it(self):
+        h = self.sshd.host(persistent="auto")
+        first = h.run(self.PARENT).stdout
+        self.assertIsNone(h._agent, "the first command started an agent")
+        second = h.run(self.PARENT).stdout
+        self.assertTrue(h._agent and "local" not in h._agent, h._agent)   # starting
+        for parent in (first, second):    # neither waited for it: their own sessions
+            self.assertFalse(parent.startswith("python3 -c "), parent)
+        wait_for(lambda: h.run(self.PARENT).stdout.startswith("python3 -c "), 20,
+                 what="a command through the agent")
+        self.assertEqual(h.run("echo warm; exit 3", ignore_status=True).exit_status, 3)
+        agent = h._agent["proc"].pid
+        h.close()
+        self.assertFalse(master_running(agent) or os.path.exists(f"/proc/{agent}/stat")
+                         and open(f"/proc/{agent}/stat").read().split()[2] != "Z")
+
+    def test_the_agent_is_on_by_default_and_off_with_persistent_false_or_no_persistent(self):
+        h = self.sshd.host(persistent=False)
+        for _ in range(8):
+            self.assertFalse(h.run(self.PARENT).stdout.startswith("python3 -c "))
+        self.assertIsNone(h._agent)
+        ctl = os.path.join(self.tmp, "agents.control")
+        with open(ctl, "w") as f:
+            f.write("import time\n"
+                    "h = hosts.create_host('testhost')\n"
+                    f"print([(h.run({self.PARENT!r}).stdout[:10], time.sleep(0.1))[0] "
+                    "for _ in range(20)])\n")
+        for opts, agent in (([], True), (["--persistent-auto"], True),
+                            (["--persistent-auto", "--no-persistent"], False)):
+            with self.subTest(opts=opts):
+                out = subprocess.run([sys.executable, AUTOSERV, *self.sshd.cli_opts(), *opts,
+                                      "-r", os.path.join(self.tmp, "res-" + (opts[-1] if opts else "default")), ctl],
+                                     capture_output=True, text=True, timeout=120)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual("python3 -c" in out.stdout, agent, out.stdout)
+                self.assertEqual(out.stdout.count("'"), 40, out.stdout)
+
+    def test_without_python3_there_every_command_is_its_own_session_said_once(self):
+        bindir = os.path.join(self.tmp, "no-python3")
+        os.mkdir(bindir)
+        fake = os.path.join(bindir, "python3")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho 'sh: 1: python3: not found' >&2\nexit 127\n")
+        os.chmod(fake, 0o755)
+        sshd = Sshd(extra=f'ForceCommand PATH={bindir}:$PATH; export PATH; '
+                          'eval "$SSH_ORIGINAL_COMMAND"\n')
+        self.addCleanup(sshd.stop)
+        log = os.path.join(self.tmp, "no-python3.log")
+        autoserv.LOG.open(log)
+        self.addCleanup(autoserv.LOG.close)
+        h = sshd.host(persistent="auto")
+        self.addCleanup(h.close)
+        for i in range(4):
+            self.assertEqual(h.run(f"echo {i}").stdout, f"{i}\n")
+        wait_for(lambda: h.run("true") and h._agent is False, 20, what="the agent given up")
+        for i in range(4):
+            self.assertEqual(h.run(f"echo {i}").stdout, f"{i}\n")
+        with open(log, errors="replace") as f:
+            text = f.read()
+        self.assertEqual(text.count("no persistent agent"), 1, text[-2000:])
+        self.assertIn("python3: not found", text)
 
     @scenario(10)
     def test_twenty_concurrent_commands_share_one_master_then_it_is_killed(self):
@@ -2249,9 +2374,16 @@ def _remote_autoserv_dirs():
     return {n for n in os.listdir("/tmp") if n.startswith("autoserv-")}
 
 
-def _ctrl_dirs():
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("as-")
+def _ctrl_dirs(tmp=None):
+    """The ssh control dirs (as-XXXXXXXX) in tmp, by default the temp dir."""
+    return {n for n in os.listdir(tmp or tempfile.gettempdir()) if n.startswith("as-")
             and len(n) == 11}
+
+
+def _autoserv_tmp(tmp):
+    """What autoserv makes in a /tmp: remote-style autoserv-* dirs and the
+    jobs' ssh control dirs."""
+    return sorted({n for n in os.listdir(tmp) if n.startswith("autoserv-")} | _ctrl_dirs(tmp))
 
 
 class TestSSHJobs(SshdTestCase):
@@ -2287,6 +2419,257 @@ class TestSSHJobs(SshdTestCase):
         self.assertFalse(os.path.exists(remote))        # loopback: the same /tmp
         self.assertFalse(os.path.exists(local))
         wait_for(lambda: not os.path.exists(f"/proc/{master}"), 10, what="master gone")
+
+    # Job-wide connections (issue 17): a master outlives the task that
+    # started it, serves every process of the job, and ends with the job.
+    def logins(self):
+        """How many connections the sshd has authenticated so far."""
+        with open(os.path.join(self.sshd.dir, "sshd.log"), errors="replace") as f:
+            return f.read().count("Accepted publickey")
+
+    def test_a_second_round_of_tasks_making_their_own_hosts_finds_the_masters_warm(self):
+        sshd = self.sshd
+
+        def task(i):            # a host made inside the task, as seed 09 does
+            h = sshd.host()
+            h.run("true")
+            return h._master.pid
+        before = self.logins()
+        first = autoserv.parallel_simple(task, [1, 2, 3, 4], log=False, return_results=True)
+        second = autoserv.parallel_simple(task, [1, 2, 3, 4], log=False,
+                                          return_results=True)
+        self.assertEqual(len(set(first + second)), 1, (first, second))
+        master = first[0]
+        self.assertTrue(master_running(master), "the master ended with its task")
+        h = sshd.host()         # the parent finds it warm too
+        self.assertEqual(h.run("echo warm").stdout, "warm\n")
+        self.assertEqual(h._master.pid, master)
+        self.assertEqual(self.logins() - before, 1, "one key exchange for the whole job")
+        autoserv._close_all_hosts()
+        wait_for(lambda: not master_running(master), 10, what="the master ended with the job")
+
+    def test_a_host_whose_close_fails_midway_still_ends_its_master(self):
+        # Anything that went wrong before the master's turn (here the temp
+        # dirs' removal: an OSError, as a fork under memory pressure gives)
+        # left the master running with nothing left to end it.
+        from unittest import mock
+        h = self.sshd.host()
+        h.run("true")
+        master = h._master.pid
+        with mock.patch.object(autoserv.SSHHost, "_remove_tmp_dirs",
+                               side_effect=OSError(12, "Cannot allocate memory")):
+            with self.assertRaises(OSError):
+                h.close()
+        wait_for(lambda: not master_running(master), 10, what="the master ended")
+
+    def test_a_master_started_while_term_is_ignored_still_ends_on_term(self):
+        # The job's cleanup runs with SIGTERM and SIGINT ignored, and an
+        # ignored signal stays so across exec: a master (re)started there sat
+        # out its TERM and was KILLed after 2 s, leaving its socket behind.
+        # Ended by TERM, ssh removes its socket itself.
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            h = self.sshd.host()
+            h.run("true")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        path, master = h._ctrl_path, h._master.pid
+        h._drop_connection()
+        self.assertFalse(master_running(master))
+        self.assertFalse(os.path.exists(path), "the master was KILLed, not ended by its TERM")
+
+    def start_job(self, ctl, results, ready, *args):
+        """Starts a CLI job on the sshd; returns its Popen once the job wrote
+        the file ready (or ended: the caller's read then fails)."""
+        p = subprocess.Popen([sys.executable, AUTOSERV, *self.sshd.cli_opts(),
+                              "-r", os.path.join(self.tmp, results), *args, ctl],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: os.path.exists(ready) or p.poll() is not None, 60,
+                     what="the job's masters started")
+        except BaseException:
+            p.kill()
+            p.communicate()
+            raise
+        return p
+
+    JOB_ENDS = {"success": "", "failure": "raise RuntimeError('the control file fails')\n",
+                "SIGINT": "import time; time.sleep(600)\n",
+                "SIGTERM": "import time; time.sleep(600)\n",
+                "SIGKILL": "import time; time.sleep(600)\n"}
+
+    def test_no_master_outlives_the_job_however_it_ends(self):
+        # Masters started by tasks (two hosts: two masters) and by the job
+        # process; the job then ends each way.  SIGKILL runs none of the job's
+        # code: its watchdog ends them.
+        for end, tail in self.JOB_ENDS.items():
+            with self.subTest(end=end):
+                pids = os.path.join(self.tmp, f"pids-{end}")
+                ctl = self.control(textwrap.dedent(f"""\
+                    import os
+
+                    def task(m):
+                        h = hosts.create_host(m)
+                        h.run("true")
+                        return h._master.pid
+                    found = parallel_simple(task, machines, return_results=True)
+                    h = hosts.create_host("testhost")
+                    h.run("true")
+                    found.append(h._master.pid)
+                    found.append(os.path.dirname(h._ctrl_path))
+                    open({pids + ".tmp"!r}, "w").write(" ".join(map(str, found)))
+                    os.rename({pids + ".tmp"!r}, {pids!r})
+                    """) + tail, name=f"{end}.control")
+                p = self.start_job(ctl, f"res-{end}", pids, "-m", "testhost,192.168.1.1")
+                try:
+                    with open(pids) as f:
+                        *masters, ctrl = f.read().split()
+                    masters = [int(x) for x in masters]
+                    self.assertEqual(len(set(masters)), 2, masters)   # one per machine
+                    if end.startswith("SIG"):
+                        p.send_signal(getattr(signal, end))
+                    out, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                expected = {"success": 0, "failure": 1, "SIGINT": 130, "SIGTERM": 143,
+                            "SIGKILL": -9}[end]
+                self.assertEqual(p.returncode, expected, err.decode(errors="replace")[-2000:])
+                wait_for(lambda: not [m for m in masters if master_running(m)], 10,
+                         what=f"no master left after the job's {end}")
+                wait_for(lambda: not os.path.exists(ctrl), 10, what="the control dir removed")
+
+    def test_a_batch_system_ending_the_jobs_process_tree_leaves_no_master(self):
+        # As Slurm's proctrack/linuxproc ends a job (scancel, or its time
+        # limit): TERM to every process descended from the job, then KILL,
+        # here with no time between them (a cleanup slower than KillWait:
+        # the job process is stopped while the tree is signalled).
+        # The task's master is no descendant once its task ended, so both
+        # signals miss it; the job process that owned it dies before its
+        # sweep, and so did a watchdog that was still the job's child.
+        pids = os.path.join(self.tmp, "pids-tree")
+        ctl = self.control(textwrap.dedent(f"""\
+            import os, time
+            h = hosts.create_host("testhost")      # the job's first master
+            h.run("true")
+
+            def task(m):
+                t = hosts.create_host(m)
+                t.run("true")
+                return t._master.pid
+            found = parallel_simple(task, ["192.168.1.1"], return_results=True)
+            found.append(os.path.dirname(h._ctrl_path))
+            open({pids + ".tmp"!r}, "w").write(" ".join(map(str, found)))
+            os.rename({pids + ".tmp"!r}, {pids!r})
+            time.sleep(600)
+            """), name="tree.control")
+        p = self.start_job(ctl, "res-tree", pids)
+        try:
+            with open(pids) as f:
+                master, ctrl = f.read().split()
+            master = int(master)
+            self.assertTrue(master_running(master))
+            self.assertNotIn(master, descendants(p.pid), "the task's master is still in the tree")
+            os.kill(p.pid, signal.SIGSTOP)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in [p.pid] + descendants(p.pid):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        wait_for(lambda: not master_running(master), 15, what="the escaped master ended")
+        wait_for(lambda: not os.path.exists(ctrl), 10, what="the control dir removed")
+
+    def test_a_task_killed_while_its_master_starts_leaves_no_master(self):
+        # A task's master whose handshake has not ended (its ProxyCommand
+        # never connects) when the task dies of SIGKILL (Slurm's KillWait,
+        # parallel()'s grace): the master is re-parented, no process of the
+        # job knows it but through the job's registry.  The job then ends
+        # on its own (its sweep ends it) or is SIGKILLed too (its watchdog).
+        cfg = os.path.join(self.tmp, "slow_config")
+        with open(cfg, "w") as f:
+            # (ssh ends its ProxyCommand by closing its stdin, as nc's or
+            # ssh -W's would end; this one never answers.)
+            f.write("Host slowhost\n    ProxyCommand sh -c 'cat >/dev/null; : proxy607'\n")
+        for end in ("job ends", "job killed"):
+            with self.subTest(end=end):
+                ctl = self.control(textwrap.dedent(f"""\
+                    def task(m):
+                        hosts.SSHHost(m, ssh_config={cfg!r}, connect_timeout=300).run("true")
+                    parallel_simple(task, ["slowhost"])
+                    """), name="slow.control")
+                p = subprocess.Popen([sys.executable, AUTOSERV, "-r",
+                                      os.path.join(self.tmp, f"res-{end[4:]}"), ctl],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+                try:
+                    found = []
+                    wait_for(lambda: found.extend(m for m in processes_with("slowhost")
+                                                  if master_running(m)) or found, 60,
+                             what="the task's master starting")
+                    master = found[0]
+                    with open(f"/proc/{master}/stat") as f:
+                        task = int(f.read().rsplit(")", 1)[1].split()[1])
+                    self.assertIn(task, descendants(p.pid))
+                    os.kill(task, signal.SIGKILL)
+                    if end == "job killed":
+                        os.kill(p.pid, signal.SIGKILL)
+                    out, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.communicate()
+                self.assertEqual(p.returncode, 1 if end == "job ends" else -9,
+                                 err.decode(errors="replace")[-2000:])
+                wait_for(lambda: not master_running(master), 15,
+                         what=f"the starting master ended ({end})")
+                wait_for(lambda: not processes_with("proxy607"), 10,
+                         what="its ProxyCommand ended")
+
+    def test_a_library_script_leaves_no_master_however_it_dies(self):
+        # No job: the script's own process owns the masters, its tasks'
+        # included; an uncaught exception runs its exit, a SIGKILL does not
+        # (the watchdog ends them).
+        for end, tail in (("exception", "raise RuntimeError('the script fails')\n"),
+                          ("SIGKILL", "import time; time.sleep(600)\n")):
+            with self.subTest(end=end):
+                code = textwrap.dedent(f"""\
+                    import sys
+                    sys.path.insert(0, {HERE!r})
+                    import autoserv
+
+                    def task(i):
+                        h = autoserv.SSHHost("testhost", ssh_config={self.sshd.ssh_config!r})
+                        h.run("true")
+                        return h._master.pid
+                    print(*autoserv.parallel_simple(task, [1, 2], log=False,
+                                                    return_results=True), flush=True)
+                    """) + tail
+                p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                try:
+                    line = p.stdout.readline()
+                    masters = [int(x) for x in line.split()]
+                    self.assertEqual(len(set(masters)), 1, (line, p.stderr.read() if
+                                                            not line else ""))
+                    if end == "SIGKILL":
+                        p.kill()
+                    out, err = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                if end == "exception":
+                    self.assertIn(b"the script fails", err)
+                wait_for(lambda: not master_running(masters[0]), 10,
+                         what=f"no master left after the script's {end}")
 
     def test_seed_lines_in_python2_syntax_run_unmodified(self):
         ctl = self.control("""\
@@ -2903,8 +3286,6 @@ class TestSSHRunPersistent(TestSSHRun):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        saved = dict(autoserv._SSH_DEFAULTS)
-        cls.addClassCleanup(autoserv._SSH_DEFAULTS.update, saved)
         autoserv.set_ssh_defaults(persistent=True)
 
     def setUp(self):
@@ -4832,6 +5213,22 @@ class TestParallel(unittest.TestCase):
         self.assertIn("Traceback", str(cm.exception))
 
     @scenario(20)
+    def test_a_parallel_of_local_work_leaves_no_control_dir_behind(self):
+        # parallel() makes the job's ssh control dir before it forks (tasks
+        # share the masters they start); one no task used goes at its end.
+        code = textwrap.dedent(f"""\
+            import os, sys
+            sys.path.insert(0, {HERE!r})
+            import autoserv
+            autoserv.parallel_simple(lambda n: n * 2, [1, 2, 3], log=False)
+            print(autoserv._CTRL["dir"], flush=True)
+            os._exit(0)             # no exit hook: only what parallel() did counts
+            """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "None")
+
     def test_a_ten_megabyte_result_comes_back_intact(self):
         blob = os.urandom(10 << 20)
         results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])],
@@ -5735,10 +6132,14 @@ class TestLibrary(unittest.TestCase):
         """From outside the script: no process of it (reparented to us, the
         subreaper), no remote process of its commands, no temp dir, control
         dir or socket of autoserv's."""
-        def clean():
+        def left():
             reap()
-            return not [k for k in our_children() if k[0] not in self.fixtures]
-        wait_for(clean, 10, what="no process of the script left")
+            return [k for k in our_children() if k[0] not in self.fixtures
+                    and k[0] != own_watchdog()]
+        try:
+            wait_for(lambda: not left(), 10, what="no process of the script left")
+        except AssertionError:
+            raise AssertionError(f"processes of the script left: {left()}") from None
         wait_for(lambda: not processes_with("AUTOSERV_RUN_ID="), 10,
                  what="no remote process of the script left")
         self.assertEqual(_autoserv_paths() - self.before, set())
@@ -7552,6 +7953,25 @@ class TestReboot(unittest.TestCase):
         self.assertNotIn("down: no answer", log)
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "reboot.verify"), codes)
+
+    def test_the_agent_on_a_dropbear_guest_without_python_leaves_its_connection_alone(self):
+        # The guest's sshd is dropbear (it ends the whole connection on an
+        # exec request over 9000 bytes: the agent's program is longer, so it
+        # goes over stdin) and it has no python3: the agent is given up once,
+        # said once, and every command runs on the same master.
+        # A host object of its own: the guest's has given its agent up
+        # already when the agent is on by default.
+        h = autoserv.SSHHost(self.guest.hostname, port=self.guest.port,
+                             identity=self.img["key"], host_key_policy="ephemeral",
+                             connect_timeout=3, persistent=False)
+        self.assertEqual(h.run("echo $((6*7))").stdout, "42\n")
+        master = h._master.pid
+        h.persistent = True
+        for _ in range(3):
+            self.assertEqual(h.run("echo $((6*7))").stdout, "42\n")
+            self.assertEqual(h._master.pid, master, "the master was restarted")
+        self.assertEqual(self.debug_log().count("no persistent agent"), 1)
+        self.assertIn("can't execute 'python3'", self.debug_log())
 
     @scenario(24)
     def test_a_slow_shutdown_with_sshd_still_up_is_not_rebooted_early(self):
@@ -10163,7 +10583,7 @@ def _lane_child(tmp, results, queue_dir):
                                      "tests": _TimedResult.by_test}) + "\n")
             report.flush()
             code = 0
-            held = sorted(n for n in os.listdir("/tmp") if n.startswith("autoserv-"))
+            held = _autoserv_tmp("/tmp")
             if held:
                 print("lane: held until the exit hook: " + ", ".join(
                     f"{n} ({' '.join(sorted(os.listdir('/tmp/' + n))[:6])})" for n in held))
@@ -10258,7 +10678,7 @@ def _lanes_run(order, count, queue, lanes, t0):
             got["outcomes"][f"lane{i}.no_process_left"] = "failed"
             got["reasons"][f"lane{i}.no_process_left"] = (
                 f"left running: {left}" if left else "the lane ended before it looked")
-        leaked = [n for n in os.listdir(tmp) if n.startswith("autoserv-")]
+        leaked = _autoserv_tmp(tmp)
         for name in leaked:
             inside = sorted(os.listdir(os.path.join(tmp, name)))
             print(f"lane {i}: left in its /tmp: {name}: {' '.join(inside[:8])}", flush=True)
