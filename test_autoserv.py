@@ -7851,6 +7851,14 @@ class TestPower(unittest.TestCase):
         self.assertIn(("WARN", "reboot.verify"), ops[reset + 1:])
         self.assertIn(("GOOD", "reboot.verify"), ops[reset:])
         self.assertEqual(autoserv.worst_status(*[c for c, _ in ops]), "WARN")
+        # The reset follows at once: the host, known down, is not probed for
+        # a boot id first (that probe only waited out its connect timeout).
+        with open(os.path.join(self.tmp, "debug", "autoserv.log"), errors="replace") as f:
+            log = f.read()
+        gap = log[log.index("did not return; trying one hard reset"):
+                  log.index("hard reset through IPMIPower")]
+        self.assertEqual([line for line in gap.splitlines() if "ssh master" in line
+                          or "random/boot_id" in line], [])
 
     def _end_job(self):
         autoserv._JOB = None
