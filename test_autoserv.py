@@ -6544,12 +6544,19 @@ def _apt_download(name, dest):
     return _apt_download(name, dest)
 
 
+_KERNEL_PACKAGES = {}        # metapackage -> the package it depends on, asked once a process
+
+
 def _kernel_package(meta):
-    """The versioned kernel package Debian's metapackage meta depends on."""
-    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", _apt("apt-cache", "depends", meta))
-    if not m:
-        unavailable(f"apt-cache: {meta} depends on no linux-image-*-cloud-amd64")
-    return m.group(1)
+    """The versioned kernel package Debian's metapackage meta depends on
+    (apt-cache took 1-3 s a call, and every guest a test starts asked)."""
+    if meta not in _KERNEL_PACKAGES:
+        m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)",
+                      _apt("apt-cache", "depends", meta))
+        if not m:
+            unavailable(f"apt-cache: {meta} depends on no linux-image-*-cloud-amd64")
+        _KERNEL_PACKAGES[meta] = m.group(1)
+    return _KERNEL_PACKAGES[meta]
 
 
 def cloud_kernel_package():
