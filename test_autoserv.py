@@ -9795,7 +9795,7 @@ def closing_lines(outcomes, reasons, seconds_by_class):
     return counts["failed"]
 
 
-# The whole suite runs as lanes side by side (two; AUTOSERV_TEST_LANES=N
+# The whole suite runs as lanes side by side (three; AUTOSERV_TEST_LANES=N
 # sets how many), each in namespaces of its own: PID (with its own /proc), mount (its own /tmp, a directory of the real
 # one, and its own /run/netns) and network (its own loopback and ports).  So
 # the invariants that scan /proc and /tmp see only their lane, names and
@@ -9818,13 +9818,13 @@ _CLASS_SECONDS = {
 
 def _lane_count():
     try:
-        # Two: with three, the guests of three lanes on two cores slowed
-        # timing-bound tests past their bounds (a flaky failure or two a run).
-        # Lanes past the second now take only classes that start no guest
-        # (see _claim), so three lanes run two guests at the most.
-        return max(1, int(os.environ.get("AUTOSERV_TEST_LANES", "2")))
+        # Three, the third taking only classes that start no guest (see
+        # _claim): two guests fill the two cores (three equal lanes ran three,
+        # and slowed timing-bound tests past their bounds), and the loopback
+        # and namespace classes run beside them instead of after them.
+        return max(1, int(os.environ.get("AUTOSERV_TEST_LANES", "3")))
     except ValueError:
-        return 2
+        return 3
 
 
 def _lanes_wanted():
