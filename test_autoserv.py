@@ -847,6 +847,28 @@ class TestStatusLog(unittest.TestCase):
             log.record("PASSED")
 
 
+class TestLanes(unittest.TestCase):
+    """The suite's own lanes: a light lane (the third) never takes a class
+    that boots guests, so two guests at the most share the two cores."""
+
+    def test_a_light_lane_passes_over_the_classes_that_boot_guests(self):
+        queue = tempfile.mkdtemp(prefix="as-lanes-")
+        self.addCleanup(shutil.rmtree, queue)
+        for n, name in enumerate(["TestKernelBoot", "TestPower", "TestQuoting", "TestKVM"]):
+            open(os.path.join(queue, f"{n:03d}-{name}"), "w").close()
+        fd = os.open(queue, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, fd)
+        self.assertEqual([_claim(fd, light=True), _claim(fd, light=True)], ["TestQuoting", None])
+        self.assertEqual([_claim(fd), _claim(fd), _claim(fd), _claim(fd)],
+                         ["TestKernelBoot", "TestPower", "TestKVM", None])
+        guests = {"TestKVM", "TestReboot", "TestPower", "TestConmux", "TestAutotestGuest",
+                  "TestKernelInstall", "TestKernelBoot", "TestKernelBootEdits"}
+        self.assertEqual([n for n in guests if not _starts_guests(n)], [])
+        # TestPublicAPI builds a KVMGuest that is refused before qemu starts.
+        self.assertEqual([n for n in ("TestPublicAPI", "TestFanOut", "TestSSHRun", "TestCLI")
+                          if _starts_guests(n)], [])
+
+
 class TestScenarioMap(unittest.TestCase):
     def test_every_reliability_scenario_has_tests_that_check_the_invariants(self):
         path = os.path.join(HERE, "..", "shared", "RELIABILITY.md")
@@ -9834,13 +9856,27 @@ def _lanes_wanted():
                                 "true"], capture_output=True).returncode == 0)
 
 
-_GUEST_MARKS = ("start_guest(", "KernelGuest(", "_image()")     # what a guest class calls
+# What a class that boots QEMU guests calls (TestPublicAPI's KVMGuest is
+# refused before qemu starts, and is not among them).
+_GUEST_CALLS = {"start_guest", "KernelGuest", "NetnsKernelGuest", "guest_image",
+                "disk_image", "kernel_disk_image"}
+
+
+def _code_names(code):
+    """The global and attribute names a code object (and those nested in
+    it) uses."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
 
 
 def _starts_guests(name):
     """True when the test class (or a base of it here) boots QEMU guests."""
-    return any(mark in inspect.getsource(c) for c in globals()[name].__mro__
-               if c.__module__ == __name__ for mark in _GUEST_MARKS)
+    funcs = [getattr(f, "__func__", f) for c in globals()[name].__mro__
+             if c.__module__ == __name__ for f in vars(c).values()]
+    return any(_GUEST_CALLS & _code_names(f.__code__) for f in funcs if hasattr(f, "__code__"))
 
 
 def _claim(queue, light=False):
