@@ -2480,10 +2480,12 @@ class Host:
 
     def _reset_and_wait(self, action, how, timeout=None, wait=True):
         """Runs a reset action; with wait, until the host is back with a new
-        boot id (or raises AutoservRebootError)."""
+        boot id (or raises AutoservRebootError).  Without wait the old boot
+        id is not read: nothing compares it, and a caller that resets a
+        host it found down (reboot()'s one reset) would wait out the probe."""
         old = None
         try:
-            old = self.get_boot_id(timeout=5, connect_timeout=5)
+            old = self.get_boot_id(timeout=5, connect_timeout=5) if wait else None
         except AutoservError:
             pass
         action()
