@@ -4793,6 +4793,7 @@ class _SSHAgent:
         self.add_tmp_dir = add_tmp_dir
         self.state = None
         self.asked = 0          # commands asked for in "auto" mode before an agent
+        self.asked_in = None    # ... in this process (a forked task counts its own)
 
     def socket(self, connect_timeout=None):
         """The local socket of this host's agent, started on first use; None
@@ -4817,11 +4818,15 @@ class _SSHAgent:
         (the command runs as its own session).  Nothing here waits: the
         second command of a host in this process starts the agent, and a
         later one finds it ready (one that runs a single command never pays
-        for an agent)."""
+        for an agent).  A forked task counts its own commands: a host the
+        parent used once and a task uses once starts nothing (an agent a
+        task starts ends with it)."""
         agent = self.state
         if agent is False:
             return None
         if agent is None:
+            if self.asked_in != os.getpid():
+                self.asked, self.asked_in = 0, os.getpid()
             self.asked += 1
             if self.asked >= 2 and self.link.master_alive():
                 try:

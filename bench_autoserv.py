@@ -280,6 +280,16 @@ def run_on_pipes(pipes, command):
     sel.close()
 
 
+def warm_up(h, limit=30.0):
+    """A few commands on h, then more until its agent is up (the default
+    starts it in the background on a host's second command)."""
+    h.run("true")
+    h.run("true")
+    end = time.monotonic() + limit
+    while time.monotonic() < end and not (isinstance(h._agent, dict) and "local" in h._agent):
+        h.run("true")
+
+
 class Bench:
     def __init__(self, quick, peers, venv=None, scale=None):
         self.quick = quick
@@ -531,9 +541,12 @@ class Bench:
     def run_true(self):
         sshd = self.hosts(1)[0]
         n = 30 if self.quick else 200
-        h = sshd.host()
-        h.run("true")
+        h = sshd.host()                 # the default: the agent once it is up
+        warm_up(h)
         ours = timed(lambda: h.run("true"), n)
+        hs = sshd.host(persistent=False)
+        hs.run("true")
+        own = timed(lambda: hs.run("true"), n)
         hp = sshd.host(persistent=True)
         hp.run("true")
         persistent = timed(lambda: hp.run("true"), n)
@@ -543,13 +556,15 @@ class Bench:
         pipe = ShPipe(self.raw_ssh(sshd))
         on_pipe = timed(lambda: pipe.run("true"), n)
         pipe.close()
-        entries = [("autoserv", ours), ("autoserv persistent", persistent, {"floor": 3, "vs": "the sh pipe"}),
+        entries = [("autoserv (default: the agent once up)", ours),
+                   ("autoserv --no-persistent (its own session)", own),
+                   ("autoserv persistent=True", persistent, {"floor": 4, "vs": "the sh pipe"}),
                    ("ssh, warm master", floor),
                    ("one long-lived `ssh host sh`, sh -c CMD and a marker", on_pipe)]
         entries += list(self.peer("run_true", [sshd], n).items())
         if self.venv:
             entries.append(("ansible ad-hoc", self.ansible([sshd], "true", 3 if self.quick else 10)))
-        self.record('run("true"), warm host', entries, 2)
+        self.record('run("true"), warm host', entries, 3)
 
     def fan_out(self, count=16):
         sshds = self.hosts(count)
@@ -562,10 +577,12 @@ class Bench:
                                       stdout=subprocess.DEVNULL) for s, p in zip(sshds, paths)]
             for p in procs:
                 p.wait()
-        entries = [("autoserv parallel_simple", self.in_job("warm", sshds, n)),
-                   ("autoserv parallel_simple, persistent",
+        entries = [("autoserv parallel_simple (default)", self.in_job("warm", sshds, n,
+                                                                    persistent="auto")),
+                   ("autoserv parallel_simple, --no-persistent", self.in_job("warm", sshds, n)),
+                   ("autoserv parallel_simple, persistent=True",
                     self.in_job("warm", sshds, n, persistent=True),
-                    {"floor": 3, "vs": "the sh pipes"}),
+                    {"floor": 4, "vs": "the sh pipes"}),
                    (f"{count} ssh at once, warm masters", timed(floor, n))]
         pipes = [ShPipe(self.raw_ssh(s)) for s in sshds]
         entries.append((f"{count} long-lived `ssh host sh`, sh -c 'uname -r' on all at once",
@@ -578,7 +595,7 @@ class Bench:
         if self.venv:
             entries.append((f"ansible ad-hoc -f {count}",
                             self.ansible(sshds, "uname -r", 3 if self.quick else 5)))
-        self.record(f"uname -r on {count} warm hosts", entries, 2)
+        self.record(f"uname -r on {count} warm hosts", entries, 3)
 
         def floor_cold():
             procs = [subprocess.Popen(self.raw_ssh(s) + ["uname -r"], stdout=subprocess.DEVNULL)
@@ -912,6 +929,12 @@ if cfg["kind"] == "warm":
     hosts = make()
     for h in hosts:
         h.run("true")
+        h.run("true")
+    end = time.monotonic() + 30         # with the agent on: until each one's is up
+    while cfg["persistent"] == "auto" and time.monotonic() < end and not all(
+            isinstance(h._agent, dict) and "local" in h._agent for h in hosts):
+        for h in hosts:
+            h.run("true")
     fan_out(hosts)
 for _ in range(cfg["n"]):
     t0 = time.perf_counter()

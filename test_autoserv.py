@@ -2125,6 +2125,26 @@ class TestSSHRun(SshdTestCase):
         self.assertFalse(master_running(agent) or os.path.exists(f"/proc/{agent}/stat")
                          and open(f"/proc/{agent}/stat").read().split()[2] != "Z")
 
+    def test_auto_mode_in_a_task_counts_the_tasks_own_commands(self):
+        # A host the parent ran one command on, then one command in each of
+        # a round of tasks: no task starts an agent (it would end with the
+        # task unused); a task that runs a second command starts one.
+        h = self.sshd.host(persistent="auto")
+        h.run("true")
+
+        def task(n):
+            first = h.run(self.PARENT).stdout
+            started = h._agent is not None
+            if n == 2:
+                h.run("true")
+                started = h._agent is not None
+            return first, started
+        results = autoserv.parallel_simple(task, [1, 2], return_results=True)
+        self.assertEqual([r[1] for r in results], [False, True], results)
+        self.assertFalse(any(r[0].startswith("python3 -c ") for r in results), results)
+        self.assertIsNone(h._agent)
+        h.close()
+
     def test_the_agent_is_on_by_default_and_off_with_persistent_false_or_no_persistent(self):
         h = self.sshd.host(persistent=False)
         for _ in range(8):
