@@ -3744,9 +3744,60 @@ def _ctrl_dir():
         base = tempfile.gettempdir()
         if len(base) > 40 or not os.access(base, os.W_OK):
             base = "/tmp"
-        _CTRL["dir"] = tempfile.mkdtemp(prefix="as-", dir=base)
-        _CTRL["pid"] = os.getpid()
+        top = tempfile.mkdtemp(prefix="as-", dir=base)
+        _write_atomic(os.path.join(top, "owner"), _owner_stamp())
+        _CTRL["dir"], _CTRL["pid"] = top, os.getpid()
+        _sweep_stale_ctrl_dirs(base, top)
     return _CTRL["dir"]
+
+
+# A job SIGKILLed before its first master (which starts its watchdog) leaves
+# its control dir behind, as does one whose watchdog could not start.  Each
+# dir names its owner (PID, start time, pid namespace) in top/owner, and the
+# next job of the same user removes the dirs of owners that are gone and
+# left no watchdog at work, ending any master still registered there first.
+# Only dirs with an owner file, of this user, whose owner is in this pid
+# namespace (a container sharing /tmp cannot see ours), are touched.
+def _owner_stamp(pid=None):
+    pid = pid or os.getpid()
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = "-"
+    return f"{pid} {_proc_start(pid)} {ns}\n"
+
+
+def _proc_start(pid):
+    """pid's start time (/proc/pid/stat field 22), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _sweep_stale_ctrl_dirs(base, keep):
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("as-")]
+    except OSError:
+        return
+    here = _owner_stamp().split()[2]
+    for name in names:
+        top = os.path.join(base, name)
+        try:
+            if top == keep or os.path.islink(top) or os.stat(top).st_uid != os.geteuid():
+                continue
+            with open(os.path.join(top, "owner")) as f:
+                pid, start, ns = f.read().split()
+            if ns != here or str(_proc_start(int(pid))) == start:
+                continue            # another namespace's, or its owner runs
+        except (OSError, ValueError):
+            continue
+        if _registered_pid(os.path.join(top, "watchdog"), top) is not None:
+            continue                # its watchdog is at it
+        _close_gate(top)
+        _end_registered_masters(top)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def _remove_ctrl_dir():
@@ -6446,7 +6497,7 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
         sel.close()
         if view:
             view.close()
-        if made and _CTRL["dir"] and not os.listdir(_CTRL["dir"]):
+        if made and _CTRL["dir"] and set(os.listdir(_CTRL["dir"])) <= {"owner"}:
             _remove_ctrl_dir()
         if log:
             log.record("END " + worst_status(*(t.status for t in tasks

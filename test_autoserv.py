@@ -5271,6 +5271,54 @@ class TestParallel(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.strip(), "None")
 
+    def test_a_control_dir_a_killed_job_left_goes_with_the_next_job(self):
+        # SIGKILLed in a parallel() of local work: no master, so no watchdog,
+        # and its control dir stays; the next job of this user removes it
+        # (its owner is gone), and leaves a live job's alone.
+        hold = textwrap.dedent(f"""\
+            import sys, time
+            sys.path.insert(0, {HERE!r})
+            import autoserv
+
+            def task(n):
+                print(autoserv._CTRL["dir"], flush=True)
+                time.sleep(600)
+            autoserv.parallel_simple(task, [1], log=False)
+            """)
+        killed = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE,
+                                  text=True, start_new_session=True)
+        live = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        stale = alive = None
+        try:
+            # (a task's lines come prefixed with its name)
+            stale, alive = (p.stdout.readline().split()[-1] for p in (killed, live))
+            self.assertTrue(os.path.isdir(stale) and os.path.isdir(alive), (stale, alive))
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait(10)
+            self.assertTrue(os.path.isdir(stale))
+            nxt = textwrap.dedent(f"""\
+                import sys
+                sys.path.insert(0, {HERE!r})
+                import autoserv
+                autoserv.parallel_simple(lambda n: n, [1], log=False)
+                """)
+            out = subprocess.run([sys.executable, "-c", nxt], capture_output=True, text=True,
+                                 timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertFalse(os.path.exists(stale), "the dead job's control dir is still there")
+            self.assertTrue(os.path.isdir(alive), "a live job's control dir was removed")
+        finally:
+            for p in (killed, live):
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(10)
+                p.stdout.close()
+            if alive and os.path.isdir(alive):
+                shutil.rmtree(alive, ignore_errors=True)
+
     def test_a_ten_megabyte_result_comes_back_intact(self):
         blob = os.urandom(10 << 20)
         results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])],
