@@ -3722,6 +3722,9 @@ def set_ssh_defaults(**kwargs: Any) -> None:
         _SSH_DEFAULTS[key] = _persistent_mode(value) if key == "persistent" else value
 
 
+_RESOLVE_TIMEOUT = 10.0     # ssh -G: it reads config files only
+
+
 def _persistent_mode(value):
     """persistent=: "auto" (the default: commands go through the host's
     agent once it is up, started in the background by its second command),
@@ -4742,7 +4745,16 @@ class _SSHLink:
         """(hostname, port, user, proxied) as ssh itself would use them."""
         if self._resolved is None:
             argv = ["ssh", "-G"] + self.options() + [self.hostname]
-            out = _subprocess().run(argv, stdin=DEVNULL, capture_output=True, timeout=10)
+            try:
+                out = _subprocess().run(argv, stdin=DEVNULL, capture_output=True,
+                                        timeout=_RESOLVE_TIMEOUT)
+            except (OSError, _subprocess().TimeoutExpired) as e:
+                # (A config's Match exec that hangs; a machine so loaded that
+                # ssh -G took over 10 s in a full test run.)  Probes then go
+                # through ssh itself, as for a proxied host.
+                LOG.write(f"ssh -G did not answer ({e}); probing through ssh", self.hostname)
+                self._resolved = (self.hostname, self.port or 22, self.user, True)
+                return self._resolved
             conf = {}
             for line in _decode(out.stdout).splitlines():
                 key, _, value = line.partition(" ")

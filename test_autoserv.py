@@ -2004,6 +2004,24 @@ class TestSSHRun(SshdTestCase):
         self.assertIn("boom", str(cm.exception))
         self.assertIn("testhost", str(cm.exception))
 
+    def test_an_ssh_config_that_ssh_g_cannot_read_in_time_probes_through_ssh(self):
+        # reboot()'s wait asks ssh -G where the host is, for a TCP banner
+        # probe; ssh -G once took over 10 s on a loaded machine and its
+        # TimeoutExpired ended a job.  (Here a Match exec that hangs.)
+        cfg = os.path.join(self.tmp, "slow_g_config")
+        with open(cfg, "w") as f:
+            f.write('Match exec "sleep 3"\n    User nobody\n')
+        saved = autoserv._RESOLVE_TIMEOUT
+        autoserv._RESOLVE_TIMEOUT = 1.0
+        try:
+            h = autoserv.SSHHost("slowg", ssh_config=cfg)
+            t0 = time.monotonic()
+            self.assertEqual(h._link.resolve(), ("slowg", 22, None, True))
+            self.assertLess(time.monotonic() - t0, 10)
+            self.assertIsNone(h._link.banner(1.0))      # no TCP probe: ssh probes instead
+        finally:
+            autoserv._RESOLVE_TIMEOUT = saved
+
     @scenario(16)
     def test_exit_status_signal_and_transport_failure_are_distinct(self):
         h = self.sshd.host()
