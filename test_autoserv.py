@@ -10705,9 +10705,9 @@ def _lane_count():
     try:
         # Two.  With AUTOSERV_TEST_LANES=3 the third takes only classes that
         # start no guest (see _claim), so two guests fill the two cores while
-        # the loopback and namespace classes run beside them; its runs here
-        # were 879 to 1181 s against about 970 s for two, and each of three
-        # full runs had a kernel-guest test fail on a bound at load ~6 (an
+        # the loopback and namespace classes run beside them; its full runs
+        # here took 879 and 1181 s against about 970 s for two, and each of
+        # three runs had a kernel-guest test fail on a bound at load ~6 (an
         # ssh -G past 10 s, a master's keepalive lost mid-install, a guest
         # unreachable for 30 s after a reset): so two stay the default.
         return max(1, int(os.environ.get("AUTOSERV_TEST_LANES", "2")))
