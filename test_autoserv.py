@@ -283,7 +283,10 @@ class Invariants:
                 host.close()      # what the job's end does for the hosts it made
             except Exception as e:
                 test.fail(f"closing {host!r} failed: {e}")
-        if not self.hosts:
+        # The job's control dir goes when no shared host holds it, or when
+        # this test made it (an earlier class's end removed the one before:
+        # anything in it was started here).
+        if not self.hosts or autoserv._CTRL["dir"] not in self.paths:
             autoserv._remove_ctrl_dir()
         # P: no process the scenario started, no zombie (reaped by us, the
         # subreaper, once it is gone; a live one fails).
