@@ -3613,6 +3613,25 @@ _AGENT_PY = textwrap.dedent(r'''
 ''')
 
 
+# The agent's program goes over its session's stdin, not its command line:
+# dropbear ends the whole connection (the master with it) on an exec request
+# longer than its MAX_CMD_LEN, 9000 bytes, and the program is longer.  The
+# command line holds a loader that runs it only once every byte of it came
+# (a link that drops part-way runs nothing); the rest of stdin stays the
+# agent's, whose end tells it that autoserv has gone.
+_AGENT_CODE = _AGENT_PY.encode()
+_AGENT_BOOT = textwrap.dedent("""\
+    import os, sys
+    n, b = int(sys.argv.pop(1)), b""
+    while len(b) < n:
+        c = os.read(0, n - len(b))
+        if not c:
+            sys.exit(3)
+        b += c
+    exec(compile(b, "autoserv-agent", "exec"))
+    """)
+
+
 # The remote wrapper: ssh runs `exec sh -c WRAPPER autoserv TOKEN N COMMAND
 # RUN_ID` under the login shell; POSIX sh (dash, bash, busybox ash).
 #  TOKEN    fresh random hex per command: marks its markers and ends its stdin.
@@ -4393,25 +4412,6 @@ def _read_line(pipe, timeout):
                 return b""
             data += chunk
     return data
-
-
-# The agent's program goes over its session's stdin, not its command line:
-# dropbear ends the whole connection (the master with it) on an exec request
-# longer than its MAX_CMD_LEN, 9000 bytes, and the program is longer.  The
-# command line holds a loader that runs it only once every byte of it came
-# (a link that drops part-way runs nothing); the rest of stdin stays the
-# agent's, whose end tells it that autoserv has gone.
-_AGENT_CODE = _AGENT_PY.encode()
-_AGENT_BOOT = textwrap.dedent("""\
-    import os, sys
-    n, b = int(sys.argv.pop(1)), b""
-    while len(b) < n:
-        c = os.read(0, n - len(b))
-        if not c:
-            sys.exit(3)
-        b += c
-    exec(compile(b, "autoserv-agent", "exec"))
-    """)
 
 
 def _end_agent_process(proc):
