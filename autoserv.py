@@ -3817,8 +3817,7 @@ def _sweep_stale_ctrl_dirs(base, keep):
             continue
         if _registered_pid(os.path.join(top, "watchdog"), top) is not None:
             continue                # its watchdog is at it
-        _close_gate(top)
-        _end_registered_masters(top)
+        _end_dir_masters(top)
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -3830,8 +3829,7 @@ def _remove_ctrl_dir():
     if _CTRL["dir"] and _CTRL["pid"] == os.getpid():
         top = _CTRL["dir"]
         dog = _registered_pid(os.path.join(top, "watchdog"), top)
-        _close_gate(top)
-        _end_registered_masters(top)
+        _end_dir_masters(top)
         if dog is not None:     # it ignores TERM (see _WATCHDOG_PY)
             try:
                 os.kill(dog, signal.SIGKILL)
@@ -3839,6 +3837,13 @@ def _remove_ctrl_dir():
                 pass
         shutil.rmtree(top, ignore_errors=True)
         _CTRL["dir"] = None
+
+
+def _end_dir_masters(top):
+    """Closes top's gate (no master starts there any more), then ends every
+    master registered there."""
+    _close_gate(top)
+    _end_registered_masters(top)
 
 
 # A master is registered the moment it exists, and none starts once the
