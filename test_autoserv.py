@@ -101,6 +101,23 @@ def free_port():
     return guest_ports(1)
 
 
+def refused_port(add_cleanup):
+    """A loopback port that refuses connections until add_cleanup's test or
+    class ends (self.addCleanup, cls.addClassCleanup): bound and
+    never listening, so no server the test starts later can take it (two
+    free_port() picks can meet: a refused case then met an sshd)."""
+    for _ in range(50):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", free_port()))
+        except OSError:
+            s.close()
+            continue
+        add_cleanup(s.close)
+        return s.getsockname()[1]
+    raise AssertionError("no free port to hold")
+
+
 def wait_for(predicate, timeout, interval=0.05, what="condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -2034,7 +2051,7 @@ class TestSSHRun(SshdTestCase):
                 self.assertEqual((r.exit_status, r.aborted), (code, 0))
         r = h.run("kill -9 $$", ignore_status=True)
         self.assertEqual(r.aborted, 9)
-        dead = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=3)
+        dead = autoserv.SSHHost("127.0.0.1", port=refused_port(self.addCleanup), connect_timeout=3)
         with self.assertRaises(autoserv.AutoservSSHConnectionRefused):
             dead.run("true")
 
@@ -2319,7 +2336,7 @@ class TestSSHRun(SshdTestCase):
         self.assertEqual(h.get_kernel_ver(), os.uname().release)
         self.assertEqual(h.get_arch(), os.uname().machine)
         self.assertEqual(h.get_num_cpu(), os.cpu_count())
-        dead = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=2)
+        dead = autoserv.SSHHost("127.0.0.1", port=refused_port(self.addCleanup), connect_timeout=2)
         t0 = time.monotonic()
         self.assertFalse(dead.is_up())
         self.assertFalse(dead.wait_up(timeout=1))
@@ -2327,7 +2344,7 @@ class TestSSHRun(SshdTestCase):
 
     @scenario(7, 8)
     def test_errors_refused_auth_and_changed_key_each_within_five_seconds(self):
-        refused = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=5)
+        refused = autoserv.SSHHost("127.0.0.1", port=refused_port(self.addCleanup), connect_timeout=5)
         wrong_key = self.sshd.keygen("wrong_key")
         auth = self.sshd.host(f"127.0.0.1:{self.sshd.port}", identity=wrong_key,
                               ssh_config=os.devnull, known_hosts=self.sshd.known_hosts)
@@ -5138,7 +5155,7 @@ class TestHostileInputs(unittest.TestCase):
     def test_an_unknown_install_keyword_is_refused_by_name_before_anything_is_sent(self):
         # Nothing listens on the host's port: anything sent before the
         # refusal would fail as a connection error instead.
-        host = autoserv.SSHHost("127.0.0.1", port=free_port(), connect_timeout=2)
+        host = autoserv.SSHHost("127.0.0.1", port=refused_port(self.addCleanup), connect_timeout=2)
         self.addCleanup(host.close)
         member = ("./boot/vmlinuz-1.0-hostile", b"\x7fELF")
         for cls, package in ((autoserv.DEBKernel, self._deb("k.deb")),
@@ -10428,7 +10445,7 @@ class TestSlurm(unittest.TestCase):
         cls.sshd.write_ssh_config(aliases=cls.ALIASES)
         # A dead host: an alias whose port nobody listens on.
         with open(cls.sshd.ssh_config, "a") as f:
-            f.write(f"\nHost deadhost\n    HostName 127.0.0.1\n    Port {free_port()}\n"
+            f.write(f"\nHost deadhost\n    HostName 127.0.0.1\n    Port {refused_port(cls.addClassCleanup)}\n"
                     "    User root\n")
 
     @classmethod
