@@ -2919,14 +2919,24 @@ class RemoteHost(SiteHost):
         raise AutoservKernelBootError(self.hostname, why)
 
     def _issue_reboot(self, command):
-        # Detached from the session (no nohup: busybox builds may lack it).
-        detached = ("sh -c " + shlex.quote("trap '' HUP; " + command)
+        # Detached from the session (no nohup: busybox builds may lack it),
+        # a second after it, so the session's exit status leaves first: a
+        # `halt -f` at once could stop the target before that went, and the
+        # session then ended only with the link, in no way ssh names.
+        detached = ("sh -c " + shlex.quote("trap '' HUP; sleep 1; " + command)
                     + " </dev/null >/dev/null 2>&1 &")
         try:
             self.run(detached, timeout=30, connect_timeout=10)
         except (AutoservSSHConnectionLost, AutoservTimeoutError) as e:
             LOG.write(f"the reboot command's connection ended ({e}); that is success",
                       self.hostname)
+        except AutoservSSHError as e:
+            if type(e) is not AutoservSSHError:       # refused, denied, host key: not sent
+                raise
+            # ssh ended with 255 and no word (a halt faster than the session's
+            # exit status): whether it went down is the boot id's to say.
+            LOG.write(f"the reboot command's session ended without a status ({e}); "
+                      "waiting for the host to go down", self.hostname)
         self._drop_connection()
 
     def _reboot_wait(self, old, deadline, down_for, record, reset_done=False, stable_for=3.0):
@@ -4814,8 +4824,11 @@ class _SSHLink:
                 break
             error = self.transport_error(result.stderr, marker.pgid is not None,
                                          ex.returncode)
-            if type(error) is AutoservSSHError and not self.master_alive():
-                # ssh said nothing, but the master it used is gone with it.
+            if type(error) is AutoservSSHError and not (
+                    self.master_alive() and self.master_serving(self.master_seen)):
+                # ssh said nothing, but the master it used is gone with it (or
+                # going: its socket still takes a connect while it tears down
+                # after its link died, but it says no hello).
                 error = AutoservSSHConnectionLost(self.hostname, "connection lost",
                                                   error.detail + "; the ssh master is gone")
             # A master gone before the session reached it: nothing was sent, so
@@ -8632,7 +8645,9 @@ def _verify_checks(host, min_free=None, max_clock_skew=None, site=None):
     try:
         host.run("true", timeout=wait + 30, connect_timeout=wait)
     except AutoservError as e:
-        raise _sick(host, "reachable", f"no answer within {wait:g} s: {_cause(e)}")
+        took = time.monotonic() - t0
+        raise _sick(host, "reachable", f"{_cause(e)} (after {took:.1f} s; connect timeout "
+                    f"{wait:g} s)")
     figures = [f"reachable in {time.monotonic() - t0:.1f} s"]
     try:
         boot_id = host.get_boot_id(timeout=30, connect_timeout=wait)
