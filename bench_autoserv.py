@@ -646,6 +646,7 @@ class Bench:
         entries = [("autoserv send_file", samples[0]), ("ssh host 'cat > f'", samples[1])]
         entries += list(self.peer("send_file", [sshd], n, src=src, remote=remote,
                                   size=size).items())
+        h.close()        # its temp dir (the peers' too) goes now, while its sshd runs
         os.unlink(src)
         self.record(f"send_file {size >> 20} MiB", entries, 1, unit="MB/s",
                     note="higher is better")
@@ -700,6 +701,7 @@ class Bench:
                    ("rsync -a, warm master", samples[2]), ("scp -r, warm master", samples[3])]
         self.end_master(sshd, path)
         h.run(f"rm -rf {remote}/*")
+        h.close()
         shutil.rmtree(src)
         self.record(f"send a tree of {count} x 4 KiB files", entries, 1)
 
@@ -711,9 +713,11 @@ class Bench:
         h = sshd.host()
 
         def restart():
+            # Hosts closed first: a host closed once its sshd is gone cannot
+            # remove its remote temp dirs (a run left one in /tmp so).
+            autoserv._close_all_hosts()
             sshd.proc.terminate()
             sshd.proc.wait(10)
-            autoserv._close_all_hosts()
             sshd.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", sshd.conf],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
