@@ -587,6 +587,8 @@ class Bench:
         pipes = [ShPipe(self.raw_ssh(s)) for s in sshds]
         entries.append((f"{count} long-lived `ssh host sh`, sh -c 'uname -r' on all at once",
                         timed(lambda: run_on_pipes(pipes, "uname -r"), n)))
+        entries.append((f"autoserv parallel_simple of {count} tasks that do nothing "
+                        "(its forks)", self.in_job("noop", sshds, n)))
         for p in pipes:
             p.close()
         for s, p in zip(sshds, paths):
@@ -929,6 +931,13 @@ def fan_out(hosts):
 
 
 times = []
+if cfg["kind"] == "noop":        # parallel_simple's own cost: a fork per task
+    for _ in range(cfg["n"] + 1):
+        t0 = time.perf_counter()
+        autoserv.parallel_simple(lambda x: None, range(len(cfg["configs"])), log=False)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps(times[1:]))
+    sys.exit(0)
 if cfg["kind"] == "warm":
     hosts = make()
     for h in hosts:
