@@ -10804,7 +10804,16 @@ def _lane_child(tmp, results, queue_dir, light=False):
     report = open(results, "w")
     queue = os.open(queue_dir, os.O_RDONLY | os.O_DIRECTORY)
     os.makedirs("/run/netns", exist_ok=True)
-    for argv in (["mount", "--make-rprivate", "/"], ["mount", "--bind", tmp, "/tmp"],
+    # A checkout under /tmp (a clone in /tmp/x) would vanish under the lane's
+    # own /tmp, and with it autoserv.py, boottool and examples/ for every
+    # test that runs them by path: it is bound in at its own path.
+    here = os.path.dirname(os.path.abspath(__file__))
+    keep = []
+    if os.path.dirname(here) != here and here.startswith("/tmp/"):
+        inner = os.path.join(tmp, os.path.relpath(here, "/tmp"))
+        os.makedirs(inner, exist_ok=True)
+        keep = [["mount", "--bind", here, inner]]
+    for argv in (["mount", "--make-rprivate", "/"], *keep, ["mount", "--rbind", tmp, "/tmp"],
                  ["mount", "-t", "tmpfs", "lane-netns", "/run/netns"],
                  ["mount", "-t", "sysfs", "lane-sysfs", "/sys"],
                  ["ip", "link", "set", "lo", "up"]):
