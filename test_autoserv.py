@@ -875,6 +875,8 @@ class TestLegacySyntax(unittest.TestCase):
         removable = re.compile(r"-hda |/dev/hda|opcontrol|opreport|oprofile|vmlinux|"
                                r"CPU_CLK_UNHALTED")
         addable = re.compile(r"nvme|perf")
+        if not os.path.isdir(SEED_ORIGINALS):      # a clone away from the project's shared/
+            self.skipTest(f"the seed's original examples are not at {SEED_ORIGINALS}")
         shipped = sorted(n for n in os.listdir(SEED_DIR) if n.endswith(".control"))
         self.assertEqual(shipped, sorted(n for n in os.listdir(SEED_ORIGINALS)
                                          if n.endswith(".control")))
