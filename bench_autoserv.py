@@ -702,8 +702,7 @@ class Bench:
                    ("tar piped to ssh tar, warm master", samples[1]),
                    ("rsync -a, warm master", samples[2]), ("scp -r, warm master", samples[3])]
         self.end_master(sshd, path)
-        h.run(f"rm -rf {remote}/*")
-        h.close()
+        h.close()                   # its temp dir, trees and all, goes now
         shutil.rmtree(src)
         self.record(f"send a tree of {count} x 4 KiB files", entries, 1)
 

@@ -10809,12 +10809,11 @@ def _lane_child(tmp, results, queue_dir, light=False):
     # A checkout under /tmp (a clone in /tmp/x) would vanish under the lane's
     # own /tmp, and with it autoserv.py, boottool and examples/ for every
     # test that runs them by path: it is bound in at its own path.
-    here = os.path.dirname(os.path.abspath(__file__))
     keep = []
-    if os.path.dirname(here) != here and here.startswith("/tmp/"):
-        inner = os.path.join(tmp, os.path.relpath(here, "/tmp"))
+    if HERE.startswith("/tmp/"):
+        inner = os.path.join(tmp, os.path.relpath(HERE, "/tmp"))
         os.makedirs(inner, exist_ok=True)
-        keep = [["mount", "--bind", here, inner]]
+        keep = [["mount", "--bind", HERE, inner]]
     for argv in (["mount", "--make-rprivate", "/"], *keep, ["mount", "--rbind", tmp, "/tmp"],
                  ["mount", "-t", "tmpfs", "lane-netns", "/run/netns"],
                  ["mount", "-t", "sysfs", "lane-sysfs", "/sys"],
