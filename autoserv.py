@@ -94,6 +94,7 @@ DEFAULT_MAX_CLOCK_SKEW = 120.0
 REPAIR_REBOOT_TIMEOUT = 600.0   # repair()'s soft reboot
 EXIT_HOSTS_DROPPED = 4      # --verify/--repair found sick hosts; --verify-first dropped some
 READ_SIZE = 1 << 20
+_PIPE_READ = 1 << 16         # a pipe's default capacity: the most one read of it gives
 HOST_KEY_POLICIES = ("strict", "accept-new", "ephemeral")
 TRANSFER_BACKENDS = ("tar", "rsync", "scp")
 STATUS_CODES = ("START", "INFO", "GOOD", "WARN", "FAIL", "ERROR", "ABORT",
@@ -911,12 +912,23 @@ class _Execution:
         self.duration = 0.0
         self._buf = None
         self.watch = _stall_watch()
+        # A first contact's bound on its login (see _SSHLink.session):
+        # by login_by, logged_in() must be true (on_login() is called once
+        # it is), or ssh is ended and login_timed_out set.
+        self.login_by = None
+        self.logged_in = None
+        self.login_timed_out = False
+        self.on_login = None
+        self.keeps_running = False      # it leaves a process behind (a first contact's master)
 
     def start(self):
         need_stdin = self.remote or self.stdin_data is not None
         self.t0 = time.monotonic()
+        extra = {}
+        if self.keeps_running and _stop_signals_held():
+            extra["preexec_fn"] = _default_stop_signals
         self.proc = _popen(self.argv, stdin=PIPE if need_stdin else DEVNULL,
-                           stdout=PIPE, stderr=PIPE, env=self.env, cwd=self.cwd)
+                           stdout=PIPE, stderr=PIPE, env=self.env, cwd=self.cwd, **extra)
         self.deadline = _monotonic_deadline(self.timeout)
 
     def wait(self):
@@ -946,6 +958,17 @@ class _Execution:
                 if wait_for == 0.0:
                     self.timed_out = True
                     break
+                if self.login_by is not None:
+                    # Looked at every 20 ms until it logged in: the lock
+                    # others wait on goes as soon as its master listens.
+                    if self.logged_in():
+                        self.login_by = None
+                        self.on_login()
+                    elif time.monotonic() >= self.login_by:
+                        self.login_timed_out = True
+                        break
+                    else:
+                        wait_for = 0.02 if wait_for is None else min(wait_for, 0.02)
                 events = sel.select(self.watch.wait(wait_for) if self.watch else wait_for)
                 if not events and self.watch:
                     self.watch.check()
@@ -971,12 +994,12 @@ class _Execution:
                     else:
                         sel.unregister(fd)
                         open_streams.discard(fd)
-            if not self.timed_out:
+            if not (self.timed_out or self.login_timed_out):
                 try:
                     self.returncode = proc.wait(_remaining(self.deadline))
                 except _subprocess().TimeoutExpired:
                     self.timed_out = True
-            if self.timed_out:
+            if self.timed_out or self.login_timed_out:
                 self._kill()
         except BaseException:
             self._kill(grace=0.5)
@@ -985,9 +1008,12 @@ class _Execution:
             self._finish()
 
     def _scratch(self):
-        """This execution's one read buffer, made on first use."""
+        """This execution's one read buffer, made on first use at a pipe's
+        capacity (64 KiB: all one read of a pipe gives; a zeroed 1 MiB cost
+        every short command its page faults), grown to READ_SIZE once a read
+        fills it (a socket can give more)."""
         if self._buf is None:
-            self._buf = bytearray(READ_SIZE)
+            self._buf = bytearray(_PIPE_READ)
         return self._buf
 
     def _read(self, fd):
@@ -996,7 +1022,10 @@ class _Execution:
         allocator fragmented (tens of MB of RSS on a long flood)."""
         buf = self._scratch()
         n = os.readv(fd, [buf])
-        return bytes(memoryview(buf)[:n])
+        data = bytes(memoryview(buf)[:n])
+        if n == len(buf) < READ_SIZE:
+            self._buf = bytearray(READ_SIZE)
+        return data
 
     def _take(self, stream, data):
         if stream == 2 and self.marker is not None:
@@ -1130,6 +1159,22 @@ def _default_stop_signals():
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _unlock(held):
+    """Closes the lock fd in the one-item list held (releasing its flock),
+    once: the list is emptied."""
+    while held:
+        os.close(held.pop())
+
+
+def _stop_signals_held():
+    """True when this process ignores or blocks SIGTERM or SIGINT (the job's
+    cleanup; parallel() around its forks): a child that must hear them then
+    needs _default_stop_signals."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return any(signal.getsignal(sig) == signal.SIG_IGN or sig in held
+               for sig in _STOP_SIGNALS)
 
 
 def _killpg(pid, sig):
@@ -2170,6 +2215,7 @@ def _close_all_hosts():
             host.close()
         except Exception as e:
             LOG.write(f"closing failed: {e}", getattr(host, "hostname", None))
+    _reap_watchdog_starts(wait=5.0)
     _remove_ctrl_dir()
 
 
@@ -2194,6 +2240,7 @@ def close_all() -> None:
                 LOG.write(f"cleanup {mine[-1][1]!r} failed: {e}")
         _close_all_hosts()
     finally:
+        _reap_watchdog_starts(wait=5.0)
         _cleanup_local_tmp()
 
 
@@ -3939,11 +3986,15 @@ _WATCHDOG_PY = textwrap.dedent(r'''
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     child = os.fork()
-    if child:                   # the middle process: say who watches, and go
-        os.write(1, b"%d\n" % child)
+    if child:                   # the middle process: register who watches, and go
+        try:
+            tmp = os.path.join(top, "watchdog.pid.%d" % os.getpid())
+            with open(tmp, "w") as f:
+                f.write("%d\n" % child)
+            os.rename(tmp, os.path.join(top, "watchdog.pid"))
+        except OSError:         # the dir is gone: the job ended, and so does the watcher
+            os._exit(1)
         os._exit(0)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 1)            # the starter reads our PID to EOF
     # Wait for the owner to die (or its dir to go: it ended normally).
     try:
         fd = os.pidfd_open(owner)
@@ -3989,12 +4040,34 @@ _WATCHDOG_PY = textwrap.dedent(r'''
             with open(os.path.join(top, name)) as f:
                 pid = int(f.read())
             with open("/proc/%d/cmdline" % pid, "rb") as f:
-                if ("ControlPath=" + top + "/").encode() not in f.read():
-                    continue
+                cmdline = f.read()
+            if not (("ControlPath=" + top + "/").encode() in cmdline
+                    or cmdline.startswith(("ssh: " + top + "/").encode())):
+                continue
             os.kill(pid, signal.SIGTERM)
             left.append(pid)
         except (OSError, ValueError):
             pass
+    # Then the dir's ssh processes nobody registered (a first contact's
+    # master before its first session ended; any session's ssh), twice:
+    # a first contact ended by the first pass may have just left its master.
+    for sweep in (1, 2):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    cmdline = f.read()
+                if cmdline.startswith(("ssh: " + top + "/").encode()) or any(
+                        a.startswith(("ControlPath=" + top + "/").encode())
+                        for a in cmdline.split(b"\0")):
+                    os.kill(int(name), signal.SIGTERM)
+                    if int(name) not in left:
+                        left.append(int(name))
+            except (OSError, ValueError):
+                pass
+        if sweep == 1:
+            time.sleep(0.1)
     def running(pid):
         try:
             with open("/proc/%d/stat" % pid, "rb") as f:
@@ -4021,30 +4094,48 @@ _WATCHDOG_PY = textwrap.dedent(r'''
 
 def _ensure_watchdog(top):
     """Starts the job's watchdog over control dir top (see _WATCHDOG_PY)
-    unless one runs; any process of the job may, once it has registered a
-    master.  Its owner is the dir's owner, wherever it is started."""
-    path = os.path.join(top, "watchdog")
-    lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    unless a process of the job already did (top/watchdog.started, made
+    with O_EXCL, says so); any process of the job may, once it is about to
+    start a master.  Nothing waits for it: it registers itself
+    (top/watchdog.pid), and the process that started it reaps its starter
+    later (_reap_watchdog_starts).  Its owner is the dir's owner, wherever
+    it is started."""
+    _reap_watchdog_starts()
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _registered_pid(path, top) is not None:
-            return
+        os.close(os.open(os.path.join(top, "watchdog.started"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        return
+    try:
+        proc = _popen([sys.executable or "python3", "-I", "-S", "-c", _WATCHDOG_PY,
+                       top, str(_CTRL["pid"])], stdin=DEVNULL, stdout=DEVNULL,
+                      stderr=DEVNULL, preexec_fn=_default_stop_signals)
+    except OSError as e:
+        LOG.write(f"no watchdog for the job's ssh masters: {e}")
+        return
+    _WATCHDOG_STARTS.append((os.getpid(), proc))
+
+
+def _reap_watchdog_starts(wait=0.0):
+    """Reaps the watchdog starters this process started (each exits as soon
+    as its watcher is registered); with wait, waits that long for each."""
+    for entry in list(_WATCHDOG_STARTS):
+        pid, proc = entry
+        if pid != os.getpid():          # the parent's, copied into a task
+            _WATCHDOG_STARTS.remove(entry)
+            continue
         try:
-            proc = _popen([sys.executable or "python3", "-I", "-S", "-c", _WATCHDOG_PY,
-                           top, str(_CTRL["pid"])], stdin=DEVNULL, stdout=PIPE,
-                          stderr=DEVNULL, preexec_fn=_default_stop_signals)
-        except OSError as e:
-            LOG.write(f"no watchdog for the job's ssh masters: {e}")
-            return
-        try:                    # its middle process prints the watcher's PID
-            dog = int(proc.communicate(timeout=30)[0])
-        except (ValueError, _subprocess().TimeoutExpired) as e:
-            LOG.write(f"no watchdog for the job's ssh masters: {e!r}")
-            _terminate(proc, 0, group=False, kill_wait=1.0)
-            return
-        _write_atomic(path + ".pid", f"{dog}\n")
-    finally:
-        os.close(lock)
+            rc = proc.wait(wait) if wait else proc.poll()
+        except _subprocess().TimeoutExpired:
+            continue
+        if rc is None:
+            continue
+        _WATCHDOG_STARTS.remove(entry)
+        if rc != 0:
+            LOG.write(f"no watchdog for the job's ssh masters: its start ended with status {rc}")
+
+
+_WATCHDOG_STARTS = []       # (starting pid, Popen) of watchdog starts not yet reaped
 
 
 def _registered_pid(path, word):
@@ -4064,8 +4155,70 @@ def _registered_pid(path, word):
 
 
 def _registered_master(path):
-    """The PID of the master registered for control path `path`, or None."""
-    return _registered_pid(path, f"ControlPath={path}")
+    """The PID of the master registered for control path `path`, or None:
+    one started on its own (its command line holds ControlPath=path) or
+    left by a first contact (titled "ssh: path [mux]")."""
+    return (_registered_pid(path, f"ControlPath={path}")
+            or _registered_pid(path, f"ssh: {path} [mux]"))
+
+
+def _dir_ssh_processes(top):
+    """PIDs of the running ssh processes of control dir top, registered or
+    not: masters started on their own and every session's ssh (their command
+    lines hold ControlPath=top/...), first contacts' masters ("ssh: top/...
+    [mux]").  A first contact's master is registered only after its first
+    session; a task ended in between leaves it to this."""
+    marks = (f"ControlPath={top}/".encode(), f"ssh: {top}/".encode())
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        cmdline = _cmdline(name)
+        if cmdline.startswith(marks[1]) or any(
+                arg.startswith(marks[0]) for arg in cmdline.split(b"\0")):
+            if _pid_running(int(name)):
+                found.append(int(name))
+    return found
+
+
+def _cmdline(pid):
+    """pid's command line as /proc has it (b"" when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _mux_master_pid(path, timeout=2.0):
+    """The PID the master at control path `path` gives for itself (the mux
+    protocol's alive check, as `ssh -O check` asks it), or None."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect(path)
+
+        def message():
+            data = b""
+            while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+                piece = s.recv(4096)
+                if not piece:
+                    raise OSError("the master hung up")
+                data += piece
+                if len(data) > 1 << 16:
+                    raise OSError("the master's answer is too long")
+            return data[4:]
+        if message()[:4] != b"\x00\x00\x00\x01":             # MUX_MSG_HELLO
+            return None
+        for body in (struct.pack(">II", 1, 4),                   # our hello, version 4
+                     struct.pack(">II", 0x10000004, 1)):          # MUX_C_ALIVE_CHECK, id 1
+            s.sendall(struct.pack(">I", len(body)) + body)
+        kind, _, pid = struct.unpack(">III", message()[:12])
+        return pid if kind == 0x80000005 else None               # MUX_S_ALIVE
+    except (OSError, struct.error):
+        return None
+    finally:
+        s.close()
 
 
 def _end_processes(pids, grace=2.0):
@@ -4144,7 +4297,10 @@ class _PidHandle:
 
 
 def _end_registered_masters(top):
-    """Ends every master registered in control dir top (see _SSHLink)."""
+    """Ends every master registered in control dir top (see _SSHLink), and
+    every ssh process of the dir that is not (_dir_ssh_processes), twice:
+    a first contact ended in the first sweep may have left its master a
+    moment before."""
     try:
         names = [n for n in os.listdir(top) if n.startswith("m-") and n.endswith(".pid")]
     except OSError:
@@ -4154,7 +4310,10 @@ def _end_registered_masters(top):
         pid = _registered_master(os.path.join(top, name[:-4]))
         if pid is not None:
             pids.append(pid)
-    _end_processes(pids)
+    for sweep in (1, 2):
+        pids += [pid for pid in _dir_ssh_processes(top) if pid not in pids]
+        _end_processes(pids)
+        pids = []
     for name in names:
         _remove_quietly(os.path.join(top, name))
 
@@ -4284,6 +4443,8 @@ class _AgentExecution(_Execution):
             return False
         buf = self.rbuf
         buf += memoryview(room)[:n]
+        if n == len(room) < READ_SIZE:
+            self._buf = bytearray(READ_SIZE)
         size, at = _FRAME.size, 0
         while len(buf) - at >= size and self.status is None:
             kind, n = _FRAME.unpack_from(buf, at)
@@ -4393,6 +4554,38 @@ def _never_reached_master(stderr_text):
     lines = stderr_text.splitlines()
     return (any(_NO_MASTER in line for line in lines)
             and not any(_MUX_REACHED.search(line) for line in lines if _NO_MASTER not in line))
+
+
+_BEFORE_LOGIN = re.compile(r"kex_exchange_identification|banner exchange"
+                           r"|Connection (closed|reset) by \S+ port \d+")
+
+
+def _before_login(error, stderr_text, host_key_policy):
+    """True when a first contact's ssh failed before it logged in, in a way
+    the classic master start retries (a connection closed or reset before
+    the handshake ended; an ephemeral host's new key).  Its session never
+    began: no word from a mux client, no socket race."""
+    if _MUX_REACHED.search(stderr_text) or "disabling multiplexing" in stderr_text:
+        return False
+    if isinstance(error, AutoservSSHHostKeyError):
+        return host_key_policy == "ephemeral"
+    return isinstance(error, AutoservSSHConnectionLost) and bool(
+        _BEFORE_LOGIN.search(stderr_text))
+
+
+def _mux_refused_line(path):
+    """What ssh says when a first contact finds another master has just
+    taken its control path (it then runs its session on its own)."""
+    return f"ControlSocket {path} already exists, disabling multiplexing"
+
+
+def _drop_line(text, line):
+    """text without the lines that are exactly line (a CR before the
+    newline allowed)."""
+    if line not in text:
+        return text
+    return "".join(l for l in text.splitlines(keepends=True)
+                   if l.rstrip("\r\n") != line)
 
 
 def _ssh_lines(text, started):
@@ -4534,7 +4727,8 @@ class _SSHLink:
         ident = repr((self.hostname, self.user, self.port, self.identity, self.ssh_config,
                       tuple(self.ssh_options), self.host_key_policy, self.known_hosts,
                       self.alive_interval, self.alive_count))
-        return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        return hashlib.blake2b(ident.encode("utf-8", "surrogateescape"),
+                               digest_size=8).hexdigest()
 
     def known_hosts_file(self):
         if self.host_key_policy == "ephemeral":
@@ -4623,7 +4817,10 @@ class _SSHLink:
             return self.master
         if self.master_seen is None:
             return None
-        return _PidHandle(self.master_seen)
+        # A first contact's master: the socket's peer is the ssh that made
+        # it and then left the master to its child; the master says its PID.
+        pid = self.ctrl_path and _mux_master_pid(self.ctrl_path)
+        return _PidHandle(pid or self.master_seen)
 
     def _start_master(self, path, connect_timeout, retried=False):
         """Starts the master, again while the connect timeout lasts when the
@@ -4711,6 +4908,11 @@ class _SSHLink:
         registered = self.ctrl_path and _registered_master(self.ctrl_path)
         if registered and registered not in pids:
             pids.append(registered)
+        if self.ctrl_path and not registered and os.path.exists(self.ctrl_path):
+            # A first contact's master, not registered yet: known by its title.
+            title = f"ssh: {self.ctrl_path} [mux]".encode()
+            pids += [pid for pid in _dir_ssh_processes(os.path.dirname(self.ctrl_path))
+                     if _cmdline(pid).split(b"\0")[0] == title and pid not in pids]
         if pids:
             _end_processes(pids)
         if proc is not None and self.master_owner == os.getpid():
@@ -4799,14 +5001,21 @@ class _SSHLink:
         command line (SSHHost._remote_command: the wrapper).  Returns the
         CmdResult, not judged; raises an AutoservSSHError carrying .result
         when the transport failed.  A session whose master went away before
-        reaching it (nothing was sent) goes once more, over a new master."""
+        reaching it (nothing was sent) goes once more, over a new master.
+
+        With no master for the connection yet, the session's own ssh
+        becomes it (first contact: one connection and one ssh process, not
+        a master and then a client of it; see _first_contact_argv)."""
         for attempt in (1, 2):
-            self.ensure_master(connect_timeout)
+            first, first_lock = self.first_contact() if attempt == 1 else (None, None)
+            if first is None:
+                self.ensure_master(connect_timeout)
             # A fresh token per command: a late marker from an earlier command
             # or from this one's background children does not match.
             token = os.urandom(8).hex()
-            argv = self.argv(connect_timeout) + [
-                wrap(command, len(data or b""), token)]
+            remote = wrap(command, len(data or b""), token)
+            argv = (self._first_contact_argv(first, connect_timeout) if first
+                    else self.argv(connect_timeout)) + [remote]
             LOG.write(f"run: {command}", self.hostname)
             marker = _MarkerFilter(token)
             # The trailer after stdin tells the wrapper all of it came.
@@ -4814,16 +5023,57 @@ class _SSHLink:
             ex = _Execution(argv, self.hostname, stdin=payload, timeout=timeout,
                             stdout_tee=stdout_tee, stderr_tee=stderr_tee,
                             max_output=max_output, remote=True, marker=marker)
-            ex.start()
-            ex.wait()
+            lock = None
+            if first:
+                # Logged in (the master listens) within the connect timeout
+                # and 5 s, as a master started on its own must be.  Under the
+                # connection's lock until then: another process of the job
+                # making the same connection waits for this master, as it
+                # waits for one started on its own (ensure_master).
+                lock = first_lock
+                ct = connect_timeout or self.connect_timeout
+                ex.login_by = time.monotonic() + ct + 5
+                ex.logged_in = lambda: marker.pgid is not None or self.master_alive()
+                ex.on_login = lambda: _unlock(lock)
+                ex.keeps_running = True
+                try:
+                    self._start_first_contact(ex)
+                except BaseException:
+                    _unlock(lock)
+                    raise
+            else:
+                ex.start()
+            try:
+                ex.wait()
+            finally:
+                if first:
+                    _unlock(lock)
+                    self._adopt_master(first)
             result = ex.result(command, self.hostname)
+            if first:
+                result.stderr = _drop_line(result.stderr, _mux_refused_line(first))
             if marker.status is not None:
                 _set_exit_status(result, marker.status, shell=True)
                 break
             if ex.timed_out:
                 break
+            if ex.login_timed_out:
+                error = AutoservSSHConnectTimeout(
+                    self.hostname, "connection timed out",
+                    f"no ssh session within {ct + 5:.0f} s")
+                LOG.write(f"transport failure: {error}", self.hostname)
+                error.result = result
+                raise error
             error = self.transport_error(result.stderr, marker.pgid is not None,
                                          ex.returncode)
+            if first and marker.pgid is None and _before_login(error, result.stderr,
+                                                               self.host_key_policy):
+                # Nothing ran (ssh never logged in): the classic start says
+                # why, with its retries (a target still starting, an
+                # ephemeral host's new key), and the command goes over it.
+                LOG.write(f"first contact failed before login ({error}); "
+                          "starting the master on its own", self.hostname)
+                continue
             if type(error) is AutoservSSHError and not (
                     self.master_alive() and self.master_serving(self.master_seen)):
                 # ssh said nothing, but the master it used is gone with it (or
@@ -4841,6 +5091,71 @@ class _SSHLink:
             error.result = result
             raise error
         return result
+
+    def first_contact(self):
+        """(control path, its lock held) when the next session is to start
+        the connection's master itself; (None, None) when a master serves
+        it already, or another process of the job is starting one (then
+        ensure_master waits for it)."""
+        path = os.path.join(_ctrl_dir(), "m-" + self.identity_key())
+        self.ctrl_path = path
+        if self.master_alive():
+            return None, None
+        lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            return None, None
+        if self.master_alive():         # started while we looked
+            _unlock([lock])
+            return None, None
+        return path, [lock]
+
+    def _first_contact_argv(self, path, connect_timeout):
+        """ssh as the connection's master and its first session at once: it
+        logs in, listens on path, puts the master in the background
+        (ControlPersist: its own session, titled "ssh: PATH [mux]") and runs
+        the command over it as a client, as every later session does.  A
+        master that another process of the job started meanwhile is used
+        instead (ControlMaster=auto); were two started at once, the second
+        to bind runs its session over its own connection and says so on
+        stderr (taken out again: _mux_refused_line)."""
+        return (["ssh"] + self.options(connect_timeout)
+                + ["-o", "ControlMaster=auto", "-o", f"ControlPath={path}",
+                   "-o", "ControlPersist=yes", self.hostname])
+
+    def _start_first_contact(self, ex):
+        """Starts a first-contact ssh under the job's gate, as every master is
+        started (the job's end sweeps it by its command line until it is
+        registered; see _end_registered_masters), with the watchdog."""
+        top = os.path.dirname(self.ctrl_path)
+        gate = _open_gate(top)
+        if gate is None:
+            raise AutoservSSHConnectionLost(self.hostname, "connection lost",
+                                            "the job is ending: no new ssh connection")
+        try:
+            _ensure_watchdog(top)
+            LOG.write("first contact starts the ssh master: "
+                      + " ".join(shlex.quote(a) for a in ex.argv), self.hostname)
+            ex.start()
+        finally:
+            os.close(gate)
+
+    def _adopt_master(self, path):
+        """Registers the master a first-contact session left at path (its
+        PID from the master itself: the socket's peer is the session's ssh,
+        which made the socket before the master left it)."""
+        _reap_watchdog_starts()
+        if not self.master_alive():
+            return
+        pid = _mux_master_pid(path)
+        if pid is None:
+            return
+        try:
+            _write_atomic(path + ".pid", f"{pid}\n")
+        except OSError as e:          # the job's end removed the dir: it sweeps the master
+            LOG.write(f"could not register the ssh master {pid}: {e}", self.hostname)
 
     def close(self):
         """In the process that owns the job's control dir: ends the master
@@ -6328,6 +6643,7 @@ class subcommand:
     def fork_start(self, prefix_output=True):
         # What the child needs, imported here once, not in every child.
         import multiprocessing
+        import hashlib  # noqa: F401
         import pickle  # noqa: F401
         import traceback  # noqa: F401
         if self.subdir:

@@ -730,9 +730,40 @@ def master_running(pid):
             if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
                 return False
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"ControlMaster=yes" in f.read()
+            cmdline = f.read()
+        # Started on its own; a first contact's ssh (before it logged in);
+        # the master it left (ssh retitles that one).
+        return (b"ControlMaster=yes" in cmdline or b"ControlMaster=auto" in cmdline
+                or (cmdline.startswith(b"ssh: ") and b" [mux]\0" in cmdline))
     except OSError:
         return False
+
+
+def ssh_shim(test):
+    """Logging `ssh` and `scp` first in PATH for the test: every ssh that
+    autoserv or rsync starts, and every scp (whose own ssh is /usr/bin/ssh,
+    past PATH, and gets scp's -o options), is recorded (its argv,
+    NUL-separated, a file a call) and then run.  Returns the log dir."""
+    shim = os.path.join(test.tmp, "shim")
+    log = os.path.join(test.tmp, "ssh-calls")
+    os.mkdir(shim)
+    os.mkdir(log)
+    for tool in ("ssh", "scp"):
+        with open(os.path.join(shim, tool), "w") as f:
+            f.write(f"#!/bin/sh\n{{ printf '%s\\0' {tool} \"$@\"; }} "
+                    f">\"$(mktemp {log}/call.XXXXXX)\"\n"
+                    f"exec {shutil.which(tool)} \"$@\"\n")
+        os.chmod(os.path.join(shim, tool), 0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = shim + os.pathsep + old
+    test.addCleanup(os.environ.__setitem__, "PATH", old)
+    return log
+
+
+def ssh_calls(log):
+    """The argv of each ssh or scp call ssh_shim recorded, oldest first."""
+    paths = sorted((os.path.join(log, n) for n in os.listdir(log)), key=os.path.getmtime)
+    return [open(p).read().split("\0")[:-1] for p in paths]
 
 
 def remote_sleeps(text):
@@ -2026,6 +2057,93 @@ class TestSSHRun(SshdTestCase):
         self.assertIn("boom", str(cm.exception))
         self.assertIn("testhost", str(cm.exception))
 
+    def test_the_first_command_is_one_ssh_that_becomes_the_connections_master(self):
+        # First contact: the first session's own ssh logs in, leaves the
+        # master in the background and runs the command over it; later
+        # sessions are clients of that master.  One ssh process and one
+        # login for the first command, not a master and then a client.
+        log = ssh_shim(self)
+        h = self.sshd.host()
+        self.assertEqual(h.run("echo one").stdout, "one\n")
+        calls = ssh_calls(log)
+        self.assertEqual(len(calls), 1, calls)
+        self.assertIn("ControlPersist=yes", calls[0])
+        master = h._master.pid
+        self.assertEqual(autoserv._cmdline(master).split(b"\0")[0],
+                         f"ssh: {h._ctrl_path} [mux]".encode())
+        with open(h._ctrl_path + ".pid") as f:
+            self.assertEqual(int(f.read()), master)       # registered with the job
+        self.assertEqual(h.run("echo two").stdout, "two\n")
+        self.assertEqual(h._master.pid, master)
+        later = ssh_calls(log)[1:]
+        self.assertEqual(len(later), 1)
+        self.assertIn("ControlMaster=no", later[0])
+        h.close()
+        wait_for(lambda: not autoserv._pid_running(master), 10, what="the master ended at close")
+
+    def test_a_login_that_hangs_at_first_contact_is_a_connect_timeout_within_its_bound(self):
+        # Past the banner and the key exchange (ssh's ConnectTimeout covers
+        # those), a login can hang: here the target's key lookup does not
+        # answer for 9 s.  The first contact is bounded as a master's start is: the
+        # connect timeout and 5 s.
+        other = os.path.join(self.tmp, "other_key")       # our key is not in the file:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other],
+                       check=True, stdin=subprocess.DEVNULL)   # sshd asks the command
+        hung = Sshd(authorized_key=other + ".pub",
+                    extra="AuthorizedKeysCommand /usr/bin/sleep 9\n"
+                          "AuthorizedKeysCommandUser nobody\n")
+        self.addCleanup(hung.stop)
+        self.addCleanup(wait_for, lambda: not processes_with("/usr/bin/sleep 9"), 20,
+                        what="the target's hung key lookup ended")
+        # (ssh's keepalives would end it too, silently, after 3 x 30 s.)
+        h = hung.host(connect_timeout=1, alive_interval=30)
+        t0 = time.monotonic()
+        with self.assertRaises(autoserv.AutoservSSHConnectTimeout) as cm:
+            h.run("echo never", timeout=60)
+        took = time.monotonic() - t0
+        self.assertIn("no ssh session within 6 s", str(cm.exception))
+        self.assertLess(took, 12)
+        self.assertFalse([p for p in processes_with(f"ControlPath={h._ctrl_path}")
+                          if autoserv._pid_running(p)], "an ssh of the hung login is left")
+
+    def test_a_task_killed_during_its_first_contact_leaves_no_master(self):
+        # SIGKILLed before its first session ended, a task never registers
+        # the master its first contact left in the background; the job's end
+        # finds it by its title.
+        script = os.path.join(self.tmp, "job.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                import sys
+                sys.path.insert(0, {HERE!r})
+                import autoserv
+                h = autoserv.SSHHost("testhost", ssh_config={self.sshd.ssh_config!r})
+                print(autoserv._ctrl_dir(), flush=True)
+                print(autoserv.parallel_simple(lambda h: h.run("sleep 4250.1"), [h],
+                                               log=False, return_results=True), flush=True)
+                """))
+        p = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(p.wait, 30)
+        self.addCleanup(lambda: p.poll() is None and p.terminate())
+        self.addCleanup(p.stdout.close)
+        top = p.stdout.readline().strip()
+        wait_for(lambda: remote_sleeps("sleep 4250.1"), 20, what="the task's command running")
+        title = f"ssh: {top}/".encode()
+        masters = [pid for pid in processes_with(f"ssh: {top}/")
+                   if autoserv._cmdline(pid).startswith(title)]
+        self.assertEqual(len(masters), 1, masters)
+        self.assertFalse(glob.glob(os.path.join(top, "m-*.pid")), "registered before its session ended")
+        tasks = [pid for pid in descendants(p.pid)
+                 if autoserv._cmdline(pid) == autoserv._cmdline(p.pid)]
+        self.assertEqual(len(tasks), 1)
+        os.kill(tasks[0], signal.SIGKILL)
+        out = p.stdout.read()
+        self.assertEqual(p.wait(30), 0)
+        self.assertIn("died without a result", out)
+        wait_for(lambda: not autoserv._pid_running(masters[0]), 10,
+                 what="the unregistered master ended with the job")
+        wait_for(lambda: not remote_sleeps("sleep 4250.1"), 10, what="the remote command ended")
+        self.assertFalse(os.path.exists(top))
+
     def test_an_ssh_config_that_ssh_g_cannot_read_in_time_probes_through_ssh(self):
         # reboot()'s wait asks ssh -G where the host is, for a TCP banner
         # probe; ssh -G once took over 10 s on a loaded machine and its
@@ -2514,7 +2632,9 @@ class TestSSHJobs(SshdTestCase):
         remote, local, master = out.stdout.split()
         self.assertFalse(os.path.exists(remote))        # loopback: the same /tmp
         self.assertFalse(os.path.exists(local))
-        wait_for(lambda: not os.path.exists(f"/proc/{master}"), 10, what="master gone")
+        # (A first contact's master is no child of the script: as our
+        # orphan, it stays a zombie until we reap it.)
+        wait_for(lambda: not master_running(master), 10, what="master gone")
 
     # Job-wide connections (issue 17): a master outlives the task that
     # started it, serves every process of the job, and ends with the job.
@@ -3904,28 +4024,8 @@ class TestFaults(SshdTestCase):
 class TestSecurity(SshdTestCase):
     """RELIABILITY.md's security checklist, on the real sshd."""
 
-    def ssh_shim(self):
-        """Logging `ssh` and `scp` first in PATH: every ssh that autoserv or
-        rsync starts, and every scp (whose own ssh is /usr/bin/ssh, past
-        PATH, and gets scp's -o options), is recorded (its argv,
-        NUL-separated, a file a call) and then run."""
-        shim = os.path.join(self.tmp, "shim")
-        log = os.path.join(self.tmp, "ssh-calls")
-        os.mkdir(shim)
-        os.mkdir(log)
-        for tool in ("ssh", "scp"):
-            with open(os.path.join(shim, tool), "w") as f:
-                f.write(f"#!/bin/sh\n{{ printf '%s\\0' {tool} \"$@\"; }} "
-                        f">\"$(mktemp {log}/call.XXXXXX)\"\n"
-                        f"exec {shutil.which(tool)} \"$@\"\n")
-            os.chmod(os.path.join(shim, tool), 0o755)
-        old = os.environ["PATH"]
-        os.environ["PATH"] = shim + os.pathsep + old
-        self.addCleanup(os.environ.__setitem__, "PATH", old)
-        return log
-
     def test_every_ssh_gets_batchmode_timeouts_keepalives_and_no_forwarding(self):
-        log = self.ssh_shim()
+        log = ssh_shim(self)
         h = self.sshd.host(identity=self.sshd.client_key)
         p = self.sshd.host(identity=self.sshd.client_key, persistent=True)
         src = os.path.join(self.tmp, "f")
@@ -3943,7 +4043,8 @@ class TestSecurity(SshdTestCase):
         calls = [open(os.path.join(log, n)).read().split("\0")[:-1] for n in os.listdir(log)]
         sessions = [argv for argv in calls if "-O" not in argv]    # -O: to the local master
         joined = [" ".join(argv) for argv in sessions]
-        self.assertTrue([j for j in joined if j.startswith("ssh ") and " -N " in j])  # masters
+        self.assertTrue([j for j in joined if j.startswith("ssh ") and (
+            " -N " in j or "ControlPersist=yes" in j)])                               # masters
         self.assertTrue([j for j in joined if j.startswith("scp ")])
         self.assertTrue([j for j in joined if "rsync --server" in j], joined)
         self.assertTrue([j for j in joined if "python3 -c" in j])                    # agent
