@@ -15,8 +15,8 @@ a test holds this list to the banners):
     Results and status log; Watching the job: progress, stalls, the live
     view; Hosts: the contract, local and remote; Remote programs (they run
     on the target); SSH connections: settings, the job's control dir, its
-    masters; SSH transport: options, the master, errors, the agent's
-    client; File transfer: placement, local copies,
+    masters; SSH transport: options, the master, errors; SSH transport:
+    the agent's client; File transfer: placement, local copies,
     shared pieces; File transfer over SSH: pipelines and backends; SSHHost;
     Parallel; Power controllers and consoles; Installables, kernels and the
     boot loader; KVM and guests; Autotest, server side; Host health:
@@ -4318,204 +4318,20 @@ def _end_registered_masters(top):
         _remove_quietly(os.path.join(top, name))
 
 
-# SSH transport: options, the master, errors, the agent's client ###############
+# SSH transport: options, the master, errors ###################################
 
-# The agent's frames and _AgentExecution, ssh's error lines; then the
-# collaborators SSHHost composes: _SSHLink (options, ControlMaster, error
-# classification, a command as its own session) and _SSHAgent (the agent's
-# client).  The programs they start on the target are under "Remote
+# ssh's error lines, then the collaborator SSHHost composes for its
+# connection: _SSHLink (options, ControlMaster, first contact, error
+# classification, a command as its own session).  The agent's client is the
+# next section; the programs they start on the target are under "Remote
 # programs"; the third collaborator, _SSHTransfer, under "File transfer over
 # SSH".
-
-_FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
-# The longest body of each kind the agent may send (it sends output in 64 KiB
-# pieces), and the longest request and stdin piece it takes (its MAX_BODY).
-_AGENT_FRAMES = {b"H": 0, b"S": 20, b"O": 1 << 20, b"E": 1 << 20, b"X": 20}
-_AGENT_REQUEST_MAX = 4 << 20
-_AGENT_STDIN_PIECE = 1 << 20
-
 
 def _peer_pid(sock):
     """The pid of the process at the other end of a connected unix socket."""
     return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                struct.calcsize("3i")))[0]
 
-
-def _frame(kind, data=b""):
-    return _FRAME.pack(kind, len(data)) + data
-
-
-class _AgentLost(Exception):
-    """The agent's socket could not be reached before the command started."""
-
-
-class _AgentExecution(_Execution):
-    """One command through a host's persistent agent: one channel of the warm
-    ControlMaster to the agent's socket.  Same fields as _Execution; closing
-    the channel is how the agent learns to kill the command's group."""
-
-    def __init__(self, path, command, run_id, label, **kw):
-        super().__init__([], label, remote=True, **kw)
-        self.path = path
-        self.request = json.dumps({"c": command, "r": run_id,
-                                   "i": self.stdin_data is not None,
-                                   "n": len(self.stdin_data or b"")}).encode()
-        self.hello = False       # the agent's H came: it had accepted the channel
-        self.pgid = None
-        self.status = None
-        self.sock = None
-        self.broken = None       # how the agent broke the protocol, if it did
-
-    def start(self):
-        self.t0 = time.monotonic()
-        self.deadline = _monotonic_deadline(self.timeout)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(self.path)
-        except OSError as e:
-            sock.close()
-            raise _AgentLost(str(e))
-        sock.setblocking(False)
-        self.sock = sock
-        out = bytearray(_frame(b"R", self.request))
-        if self.stdin_data is not None:
-            view = memoryview(self.stdin_data)
-            for at in range(0, len(view), _AGENT_STDIN_PIECE):
-                out += _frame(b"I", view[at:at + _AGENT_STDIN_PIECE])
-            out += _frame(b"i")
-        self.pending = out
-
-    def wait(self):
-        import selectors
-        sel = selectors.DefaultSelector()
-        self.sel = sel
-        self.rbuf = bytearray()
-        sel.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        try:
-            while self.status is None:
-                left = _remaining(self.deadline)
-                if left == 0.0:
-                    self.timed_out = True
-                    break
-                ready = sel.select(self.watch.wait(left) if self.watch else left)
-                if self.watch and not ready:
-                    self.watch.check()
-                for _, events in ready:
-                    if events & selectors.EVENT_WRITE:
-                        self._write(sel)
-                    if events & selectors.EVENT_READ and not self._read():
-                        break
-                else:
-                    continue
-                if self.sock is None:
-                    break
-            if self.timed_out:
-                self._kill()
-        except BaseException:
-            self._hang_up()
-            raise
-        finally:
-            self._finish()
-
-    def _write(self, sel):
-        import selectors
-        try:
-            n = self.sock.send(self.pending)
-            del self.pending[:n]
-        except BlockingIOError:
-            return
-        except OSError:
-            self.pending = bytearray()
-        if not self.pending:
-            sel.modify(self.sock, selectors.EVENT_READ)
-
-    def _read(self):
-        """False once the channel has ended."""
-        room = self._scratch()
-        try:
-            n = self.sock.recv_into(room)
-        except BlockingIOError:
-            return True
-        except OSError:
-            n = 0
-        if not n:
-            self._hang_up()
-            return False
-        buf = self.rbuf
-        buf += memoryview(room)[:n]
-        if n == len(room) < READ_SIZE:
-            self._buf = bytearray(READ_SIZE)
-        size, at = _FRAME.size, 0
-        while len(buf) - at >= size and self.status is None:
-            kind, n = _FRAME.unpack_from(buf, at)
-            # Judged on its header: a frame is never buffered past its bound.
-            if n > _AGENT_FRAMES.get(kind, -1):
-                return self._broke(f"a {kind!r} frame of {n} bytes")
-            if len(buf) - at < size + n:
-                break
-            body = bytes(memoryview(buf)[at + size:at + size + n])
-            at += size + n
-            if (kind == b"H") == self.hello:
-                return self._broke("a hello out of place" if self.hello
-                                   else f"a {kind!r} frame before its hello")
-            if kind == b"H":
-                self.hello = True
-            elif kind == b"O":
-                self._take(1, body)
-            elif kind == b"E":
-                self._take(2, body)
-            elif not re.fullmatch(rb"[0-9]{1,10}", body):
-                return self._broke(f"a {kind!r} frame holding {body[:20]!r}")
-            elif kind == b"S":
-                self.pgid = int(body)
-            else:
-                self.status = int(body)
-        del buf[:at]
-        return True
-
-    def _broke(self, what):
-        """The agent sent something it never sends: hang up (which kills the
-        command there) and say so; nothing more from it is read."""
-        self.broken = what
-        self.rbuf = bytearray()
-        self._hang_up()
-        return False
-
-    def _hang_up(self):
-        if self.sock is not None:
-            self.sel.unregister(self.sock)
-            self.sock.close()
-            self.sock = None
-
-    def _kill(self, grace=None):
-        """Asks the agent to kill the group (TERM, CONT, KILL after its grace)
-        and waits for it to say so, then hangs up (which kills it too)."""
-        if self.sock is None:
-            return
-        self.pending += _frame(b"K")
-        end = time.monotonic() + KILL_GRACE + 3.0
-        import selectors
-        self.sel.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        while self.status is None and self.sock is not None and time.monotonic() < end:
-            for _, events in self.sel.select(0.05):
-                if events & selectors.EVENT_WRITE:
-                    self._write(self.sel)
-                if events & selectors.EVENT_READ:
-                    self._read()
-                if self.sock is None:
-                    break
-        self._hang_up()
-
-    def _finish(self):
-        self.duration = time.monotonic() - self.t0
-        self._hang_up()
-        self.sel.close()
-        for tee in self.tees.values():
-            if tee is not None:
-                tee.feed(b"", final=True)
-        for c in self.captures.values():
-            c.close()
-        self.returncode = self.status
 
 # What a session's ssh says when its master is not there to carry it: with a
 # ControlPath, OpenSSH falls back to a direct connection of its own when the
@@ -5169,6 +4985,197 @@ class _SSHLink:
             for suffix in ("", ".lock", ".err"):
                 _remove_quietly(self.ctrl_path + suffix)
 
+
+# SSH transport: the agent's client ############################################
+
+# The agent's frames, _AgentExecution (one command through the agent: a
+# channel of the warm master to the agent's socket) and _SSHAgent (a host's
+# agent: started, reached, given up on).  The agent's own program is under
+# "Remote programs".
+
+_FRAME = struct.Struct(">cI")     # kind, length: the agent's frames
+# The longest body of each kind the agent may send (it sends output in 64 KiB
+# pieces), and the longest request and stdin piece it takes (its MAX_BODY).
+_AGENT_FRAMES = {b"H": 0, b"S": 20, b"O": 1 << 20, b"E": 1 << 20, b"X": 20}
+_AGENT_REQUEST_MAX = 4 << 20
+_AGENT_STDIN_PIECE = 1 << 20
+
+
+def _frame(kind, data=b""):
+    return _FRAME.pack(kind, len(data)) + data
+
+
+class _AgentLost(Exception):
+    """The agent's socket could not be reached before the command started."""
+
+
+class _AgentExecution(_Execution):
+    """One command through a host's persistent agent: one channel of the warm
+    ControlMaster to the agent's socket.  Same fields as _Execution; closing
+    the channel is how the agent learns to kill the command's group."""
+
+    def __init__(self, path, command, run_id, label, **kw):
+        super().__init__([], label, remote=True, **kw)
+        self.path = path
+        self.request = json.dumps({"c": command, "r": run_id,
+                                   "i": self.stdin_data is not None,
+                                   "n": len(self.stdin_data or b"")}).encode()
+        self.hello = False       # the agent's H came: it had accepted the channel
+        self.pgid = None
+        self.status = None
+        self.sock = None
+        self.broken = None       # how the agent broke the protocol, if it did
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.deadline = _monotonic_deadline(self.timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            raise _AgentLost(str(e))
+        sock.setblocking(False)
+        self.sock = sock
+        out = bytearray(_frame(b"R", self.request))
+        if self.stdin_data is not None:
+            view = memoryview(self.stdin_data)
+            for at in range(0, len(view), _AGENT_STDIN_PIECE):
+                out += _frame(b"I", view[at:at + _AGENT_STDIN_PIECE])
+            out += _frame(b"i")
+        self.pending = out
+
+    def wait(self):
+        import selectors
+        sel = selectors.DefaultSelector()
+        self.sel = sel
+        self.rbuf = bytearray()
+        sel.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        try:
+            while self.status is None:
+                left = _remaining(self.deadline)
+                if left == 0.0:
+                    self.timed_out = True
+                    break
+                ready = sel.select(self.watch.wait(left) if self.watch else left)
+                if self.watch and not ready:
+                    self.watch.check()
+                for _, events in ready:
+                    if events & selectors.EVENT_WRITE:
+                        self._write(sel)
+                    if events & selectors.EVENT_READ and not self._read():
+                        break
+                else:
+                    continue
+                if self.sock is None:
+                    break
+            if self.timed_out:
+                self._kill()
+        except BaseException:
+            self._hang_up()
+            raise
+        finally:
+            self._finish()
+
+    def _write(self, sel):
+        import selectors
+        try:
+            n = self.sock.send(self.pending)
+            del self.pending[:n]
+        except BlockingIOError:
+            return
+        except OSError:
+            self.pending = bytearray()
+        if not self.pending:
+            sel.modify(self.sock, selectors.EVENT_READ)
+
+    def _read(self):
+        """False once the channel has ended."""
+        room = self._scratch()
+        try:
+            n = self.sock.recv_into(room)
+        except BlockingIOError:
+            return True
+        except OSError:
+            n = 0
+        if not n:
+            self._hang_up()
+            return False
+        buf = self.rbuf
+        buf += memoryview(room)[:n]
+        if n == len(room) < READ_SIZE:
+            self._buf = bytearray(READ_SIZE)
+        size, at = _FRAME.size, 0
+        while len(buf) - at >= size and self.status is None:
+            kind, n = _FRAME.unpack_from(buf, at)
+            # Judged on its header: a frame is never buffered past its bound.
+            if n > _AGENT_FRAMES.get(kind, -1):
+                return self._broke(f"a {kind!r} frame of {n} bytes")
+            if len(buf) - at < size + n:
+                break
+            body = bytes(memoryview(buf)[at + size:at + size + n])
+            at += size + n
+            if (kind == b"H") == self.hello:
+                return self._broke("a hello out of place" if self.hello
+                                   else f"a {kind!r} frame before its hello")
+            if kind == b"H":
+                self.hello = True
+            elif kind == b"O":
+                self._take(1, body)
+            elif kind == b"E":
+                self._take(2, body)
+            elif not re.fullmatch(rb"[0-9]{1,10}", body):
+                return self._broke(f"a {kind!r} frame holding {body[:20]!r}")
+            elif kind == b"S":
+                self.pgid = int(body)
+            else:
+                self.status = int(body)
+        del buf[:at]
+        return True
+
+    def _broke(self, what):
+        """The agent sent something it never sends: hang up (which kills the
+        command there) and say so; nothing more from it is read."""
+        self.broken = what
+        self.rbuf = bytearray()
+        self._hang_up()
+        return False
+
+    def _hang_up(self):
+        if self.sock is not None:
+            self.sel.unregister(self.sock)
+            self.sock.close()
+            self.sock = None
+
+    def _kill(self, grace=None):
+        """Asks the agent to kill the group (TERM, CONT, KILL after its grace)
+        and waits for it to say so, then hangs up (which kills it too)."""
+        if self.sock is None:
+            return
+        self.pending += _frame(b"K")
+        end = time.monotonic() + KILL_GRACE + 3.0
+        import selectors
+        self.sel.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while self.status is None and self.sock is not None and time.monotonic() < end:
+            for _, events in self.sel.select(0.05):
+                if events & selectors.EVENT_WRITE:
+                    self._write(self.sel)
+                if events & selectors.EVENT_READ:
+                    self._read()
+                if self.sock is None:
+                    break
+        self._hang_up()
+
+    def _finish(self):
+        self.duration = time.monotonic() - self.t0
+        self._hang_up()
+        self.sel.close()
+        for tee in self.tees.values():
+            if tee is not None:
+                tee.feed(b"", final=True)
+        for c in self.captures.values():
+            c.close()
+        self.returncode = self.status
 
 class _SSHAgent:
     """A host's persistent agent (SSHHost(persistent=True)): one python3
