@@ -1181,6 +1181,14 @@ def main():
     def stop(signum, frame):            # SIGTERM ends the run as Ctrl-C does
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, stop)
+    # The job processes the rows start import autoserv as an installed module
+    # is imported: from its .pyc (Python writes it on first import, but not
+    # under PYTHONDONTWRITEBYTECODE, which some machines set).  From source,
+    # a process keeps the compiler's memory, and every fork pays for it.
+    import importlib.util
+    import py_compile
+    py_compile.compile(autoserv.__file__, doraise=True,
+                       cfile=importlib.util.cache_from_source(autoserv.__file__))
     b = Bench(opts.quick, opts.peers, opts.venv and os.path.abspath(opts.venv), sizes)
     try:
         b.setup_peers()
