@@ -4014,8 +4014,7 @@ _WATCHDOG_PY = textwrap.dedent(r'''
             time.sleep(0.5)
     if not os.path.isdir(top):
         sys.exit(0)
-    # Close the gate (see _close_gate), then end each registered master
-    # that still is one of this dir's.
+    # Close the gate (see _close_gate), then end the dir's masters.
     import fcntl
     try:
         gate = os.open(os.path.join(top, "gate"), os.O_WRONLY | os.O_CREAT, 0o600)
@@ -4033,24 +4032,10 @@ _WATCHDOG_PY = textwrap.dedent(r'''
     except OSError:
         pass
     left = []
-    for name in os.listdir(top):
-        if not (name.startswith("m-") and name.endswith(".pid")):
-            continue
-        try:
-            with open(os.path.join(top, name)) as f:
-                pid = int(f.read())
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                cmdline = f.read()
-            if not (("ControlPath=" + top + "/").encode() in cmdline
-                    or cmdline.startswith(("ssh: " + top + "/").encode())):
-                continue
-            os.kill(pid, signal.SIGTERM)
-            left.append(pid)
-        except (OSError, ValueError):
-            pass
-    # Then the dir's ssh processes nobody registered (a first contact's
-    # master before its first session ended; any session's ssh), twice:
-    # a first contact ended by the first pass may have just left its master.
+    # Then every ssh process of the dir, by its command line or its title
+    # (its registered masters among them, a first contact's master before
+    # its first session ended, any session's ssh), twice: a first contact
+    # ended by the first pass may have just left its master.
     for sweep in (1, 2):
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -4145,11 +4130,9 @@ def _registered_pid(path, word):
     try:
         with open(path + ".pid") as f:
             pid = int(f.read())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
     except (OSError, ValueError):
         return None
-    if not _pid_running(pid) or word.encode() + b"\0" not in cmdline:
+    if not _pid_running(pid) or word.encode() + b"\0" not in _cmdline(pid):
         return None
     return pid
 
@@ -4297,28 +4280,21 @@ class _PidHandle:
 
 
 def _end_registered_masters(top):
-    """Ends every master registered in control dir top (see _SSHLink), and
-    every ssh process of the dir that is not (_dir_ssh_processes), twice:
-    a first contact ended in the first sweep may have left its master a
-    moment before."""
+    """Ends every master of control dir top, registered or not, and every
+    session's ssh there (_dir_ssh_processes: a registered master is one of
+    them), twice: a first contact ended in the first sweep may have left its
+    master a moment before; then removes the registry."""
     try:
         entries = [n for n in os.listdir(top) if n.startswith("m-")]
     except OSError:
         return
-    names = [n for n in entries if n.endswith(".pid")]
-    pids = []
-    for name in names:
-        pid = _registered_master(os.path.join(top, name[:-4]))
-        if pid is not None:
-            pids.append(pid)
     # (No connection was ever made here, nor begun: no lock, socket or PID
     # file.  A parallel() of local work makes and removes a dir each call.)
     for sweep in ((1, 2) if entries else ()):
-        pids += [pid for pid in _dir_ssh_processes(top) if pid not in pids]
-        _end_processes(pids)
-        pids = []
-    for name in names:
-        _remove_quietly(os.path.join(top, name))
+        _end_processes(_dir_ssh_processes(top))
+    for name in entries:
+        if name.endswith(".pid"):
+            _remove_quietly(os.path.join(top, name))
 
 
 # SSH transport: options, the master, errors ###################################
