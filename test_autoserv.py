@@ -2303,6 +2303,40 @@ class TestSSHRun(SshdTestCase):
         self.assertIsNone(h._agent)
         h.close()
 
+    def test_tasks_use_the_parents_agent_and_end_without_touching_it_or_warning(self):
+        # Under -W error (warnings as errors, as a strict lab runs), the
+        # parent's agent serves a round of tasks; each task's end forgets its
+        # copy of the agent quietly (no finalizer of the parent's ssh session
+        # in the task: once, "ResourceWarning: subprocess N is still running"
+        # in every task's output) and the agent serves the parent after.
+        ctl = os.path.join(self.tmp, "task-agents.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                import time
+                h = hosts.create_host('testhost')
+                end = time.monotonic() + 30
+                while not h.run({self.PARENT!r}).stdout.startswith('python3 -c '):
+                    assert time.monotonic() < end, 'no agent in 30 s'
+                agent = h._agent['proc'].pid
+                def task(n):
+                    return h.run({self.PARENT!r}).stdout[:10], h._agent['proc'].pid
+                got = parallel_simple(task, [1, 2, 3], return_results=True)
+                after = h.run({self.PARENT!r}).stdout[:10], h._agent['proc'].pid
+                print('ROUND', got == [('python3 -c', agent)] * 3, after == ('python3 -c', agent))
+                """))
+        res = os.path.join(self.tmp, "res-task-agents")
+        out = subprocess.run([sys.executable, "-W", "error", AUTOSERV, *self.sshd.cli_opts(),
+                              "-r", res, ctl], capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("ROUND True True", out.stdout)
+        texts = [out.stdout, out.stderr]
+        for n in ("1", "2", "3"):
+            with open(os.path.join(res, n, "debug", "stderr")) as f:
+                texts.append(f.read())
+        for text in texts:
+            self.assertNotIn("Warning", text)
+            self.assertNotIn("Exception ignored", text)
+
     def test_the_agent_is_on_by_default_and_off_with_persistent_false_or_no_persistent(self):
         h = self.sshd.host(persistent=False)
         for _ in range(8):
@@ -5474,6 +5508,33 @@ class TestParallel(unittest.TestCase):
             if alive and os.path.isdir(alive):
                 shutil.rmtree(alive, ignore_errors=True)
 
+    def test_a_task_reads_no_stdin_and_one_killed_by_a_signal_is_named_so(self):
+        # The job's stdin stays open (a terminal, a pipe nobody closes): a
+        # task that reads it gets end of file at once, never the job's input.
+        code = textwrap.dedent(f"""\
+            import os, signal, sys
+            sys.path.insert(0, {HERE!r})
+            import autoserv
+            def task(n):
+                if n == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return sys.stdin.read(), os.read(0, 10)
+            print(autoserv.parallel_simple(task, [1, 2], log=False, return_results=True))
+            """)
+        held, w = os.pipe()
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=held,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.close(held)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            os.close(w)
+            proc.kill()
+            proc.communicate()
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("[('', b''), AutoservSubcommandError(", out)
+        self.assertIn("died without a result (signal 9, SIGKILL)", out)
+
     def test_a_ten_megabyte_result_comes_back_intact(self):
         blob = os.urandom(10 << 20)
         results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])],
@@ -7883,7 +7944,8 @@ def guest_ports(count):
     """count consecutive free loopback ports, below the kernel's ephemeral
     range (32768 and up here), where an outgoing connection could take one
     between this check and qemu's bind."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
     for _ in range(50):
         base = 20000 + int.from_bytes(os.urandom(2), "big") % max(1000, low - 20000 - 64)
         try:
