@@ -471,8 +471,12 @@ class Bench:
         that imports autoserv alone, as a job's process does (this process
         also holds the test suite's fixtures, which doubles a fork's cost)."""
         cfg = dict(kind=kind, n=n, persistent=persistent, configs=[s.ssh_config for s in sshds])
-        return json.loads(run_child([sys.executable, "-c", JOB_TIMER, HERE, json.dumps(cfg)],
-                                    600, f"the {kind} fan-out job"))
+        out = json.loads(run_child([sys.executable, "-c", JOB_TIMER, HERE, json.dumps(cfg)],
+                                   600, f"the {kind} fan-out job"))
+        if isinstance(out, dict):       # noop: also the CPU a round, parent and tasks
+            self.fork_cpu = out["cpu"]
+            return out["times"]
+        return out
 
     def hosts(self, count):
         """The first count sshds, started as needed, four at a time (each
@@ -587,8 +591,11 @@ class Bench:
         pipes = [ShPipe(self.raw_ssh(s)) for s in sshds]
         entries.append((f"{count} long-lived `ssh host sh`, sh -c 'uname -r' on all at once",
                         timed(lambda: run_on_pipes(pipes, "uname -r"), n)))
+        noop = self.in_job("noop", sshds, n)
         entries.append((f"autoserv parallel_simple of {count} tasks that do nothing "
-                        "(its forks)", self.in_job("noop", sshds, n)))
+                        "(its forks)", noop,
+                        {"note": "CPU a round: parent {:.1f} ms, tasks {:.1f} ms".format(
+                            *self.fork_cpu)}))
         for p in pipes:
             p.close()
         for s, p in zip(sshds, paths):
@@ -931,11 +938,20 @@ def fan_out(hosts):
 
 times = []
 if cfg["kind"] == "noop":        # parallel_simple's own cost: a fork per task
+    import resource
+
+    def used(who):
+        r = resource.getrusage(who)
+        return r.ru_utime + r.ru_stime
     for _ in range(cfg["n"] + 1):
+        if len(times) == 1:     # CPU from after the first round
+            cpu0 = [used(resource.RUSAGE_SELF), used(resource.RUSAGE_CHILDREN)]
         t0 = time.perf_counter()
         autoserv.parallel_simple(lambda x: None, range(len(cfg["configs"])), log=False)
         times.append(time.perf_counter() - t0)
-    print(json.dumps(times[1:]))
+    cpu = [(used(who) - c0) * 1000 / cfg["n"]
+           for who, c0 in zip((resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN), cpu0)]
+    print(json.dumps({"times": times[1:], "cpu": cpu}))
     sys.exit(0)
 if cfg["kind"] == "warm":
     hosts = make()
