@@ -611,9 +611,28 @@ class Bench:
                      for s in sshds]
             for p in procs:
                 p.wait()
+        def staying():
+            # The same fresh ssh, each staying as its connection's master
+            # (as autoserv's first contact does): what OpenSSH's own
+            # ControlPersist costs.  The masters end after the timing.
+            paths = [os.path.join(self.tmp, f"cold-{s.port}") for s in sshds]
+            t0 = time.perf_counter()
+            try:
+                procs = [subprocess.Popen(self.raw_ssh(s) + [
+                    "-o", "ControlMaster=auto", "-o", f"ControlPath={path}",
+                    "-o", "ControlPersist=yes", "uname -r"], stdout=subprocess.DEVNULL)
+                    for s, path in zip(sshds, paths)]
+                for p in procs:
+                    p.wait()
+                return time.perf_counter() - t0
+            finally:
+                for s, path in zip(sshds, paths):
+                    self.end_master(s, path)
         n = 3 if self.quick else 8
         entries = [("autoserv parallel_simple", self.in_job("cold", sshds, n)),
-                   (f"{count} fresh ssh at once", timed(floor_cold, n))]
+                   (f"{count} fresh ssh at once", timed(floor_cold, n)),
+                   (f"{count} fresh ssh at once, each staying as its master (ControlPersist)",
+                    [staying() for _ in range(n)])]
         entries += list(self.peer("fan_out_cold", sshds, n).items())
         self.record(f"uname -r on {count} cold hosts", entries, 1,
                     note="kex curve25519 in the test ssh config (see README)")

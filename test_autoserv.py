@@ -2303,6 +2303,27 @@ class TestSSHRun(SshdTestCase):
         self.assertIsNone(h._agent)
         h.close()
 
+    def test_a_tasks_first_command_on_a_cold_host_imports_no_module(self):
+        # What a task's first remote command needs is imported once, in the
+        # parent before it forks, not again in every task (in a process
+        # that imported autoserv alone, as a job's does).
+        code = textwrap.dedent(f"""\
+            import sys
+            sys.path.insert(0, {HERE!r})
+            import autoserv
+            hosts = [autoserv.SSHHost("testhost", ssh_config={self.sshd.ssh_config!r})
+                     for _ in range(2)]
+            def task(h):
+                before = set(sys.modules)
+                out = h.run("echo ran").stdout
+                return out, sorted(set(sys.modules) - before)
+            print(autoserv.parallel_simple(task, hosts, log=False, return_results=True))
+            """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "[('ran\\n', []), ('ran\\n', [])]")
+
     def test_tasks_use_the_parents_agent_and_end_without_touching_it_or_warning(self):
         # Under -W error (warnings as errors, as a strict lab runs), the
         # parent's agent serves a round of tasks; each task's end forgets its
