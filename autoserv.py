@@ -4966,8 +4966,8 @@ class _SSHLink:
         and removes its socket files.  In any other (a parallel() task) it
         leaves the master to serve the rest of the job, which ends it."""
         if _CTRL["pid"] != os.getpid():
-            if self.master is not None:     # the parent's Popen: not finalized here
-                _NOT_OURS.append(self.master)
+            if self.master is not None and self.master_owner != os.getpid():
+                _NOT_OURS.append(self.master)   # the parent's Popen: not finalized here
             self.master = None
             return
         self.stop_master()
@@ -6548,7 +6548,7 @@ class SSHHost(RemoteHost):
 # task by PID): multiprocessing's Process added pipes, finalizers and a
 # bootstrap of its own, and after a fork every page the parent or a child
 # writes is a copy.  With that, a task's end that no longer finalizes its
-# copies of the parent's ssh sessions (_AgentClient.stop) and one signal
+# copies of the parent's ssh sessions (_SSHAgent.stop) and one signal
 # block per batch of starts, 16 tasks that do nothing cost about 35% less
 # CPU (parent 19 -> 13 ms, tasks 48 -> 30 ms a round, getrusage).
 
@@ -6598,9 +6598,15 @@ class subcommand:
     def _forked(self, readers, result_w, out_w, err_w, watch_w=None):
         for fd in readers:
             os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)     # a task reads no terminal
-        os.dup2(null, 0)
-        os.close(null)
+        try:            # a task reads no terminal, nor the job's stdin
+            null = os.open(os.devnull, os.O_RDONLY)
+            if null != 0:
+                os.dup2(null, 0)
+                os.close(null)
+            if sys.stdin is not None:
+                sys.stdin = open(0, closefd=False)
+        except OSError:         # no /dev/null here: the task runs all the same
+            pass
         _WATCH.update(pipe=watch_w, stack=[], live=False)
         self._child(result_w, out_w, err_w)
 
@@ -6657,7 +6663,7 @@ class subcommand:
     def fork_start(self, prefix_output=True):
         # What the child needs, imported here once, not in every child.
         import pickle  # noqa: F401
-        import traceback  # noqa: F401
+        import traceback
         if self.subdir:
             self.subdir = os.path.abspath(self.subdir)
             os.makedirs(os.path.join(self.subdir, "debug"), exist_ok=True)
@@ -6683,6 +6689,11 @@ class subcommand:
         if pid == 0:
             try:
                 self._forked(readers, result_w, out[1], err[1], watch[1])
+            except BaseException:     # before _child could take it: said, at least
+                try:
+                    os.write(2, traceback.format_exc().encode("utf-8", "replace"))
+                except BaseException:
+                    pass
             finally:
                 os._exit(1)
         self.process = _Child(pid)
@@ -6754,7 +6765,9 @@ class subcommand:
         if not data:
             sig = -code if code is not None and code < 0 else 0
             self.error = (None, f"task {self.name} died without a result"
-                          + (f" (signal {sig}, {_signame(sig)})" if sig else
+                          + (" (its exit status went to another waitpid)"
+                             if self.process.unknown else
+                             f" (signal {sig}, {_signame(sig)})" if sig else
                              f" (exit status {code})"))
             return
         try:
@@ -6775,14 +6788,15 @@ class _Child:
     def __init__(self, pid):
         self.pid = pid
         self.code = None
+        self.unknown = False    # reaped by another waitpid: its status is not ours
 
     @property
     def exitcode(self):
         if self.code is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:       # reaped by someone else: not known
-                self.code = 255
+            except ChildProcessError:
+                self.code, self.unknown = 255, True
                 return self.code
             if pid:
                 self.code = os.waitstatus_to_exitcode(status)
@@ -6795,7 +6809,7 @@ class _Child:
                 try:
                     self.code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
                 except ChildProcessError:
-                    self.code = 255
+                    self.code, self.unknown = 255, True
             return
         end, pause = time.monotonic() + timeout, 0.001
         while self.exitcode is None and time.monotonic() < end:
@@ -6919,8 +6933,8 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
 
 def _preload_for_tasks():
     """Imports, in the parent before it forks, what a task's first remote
-    command imports (autoserv imports them lazily: a job that only works
-    locally never loads them): subprocess (with locale) and BLAKE2.  In a
+    command imports (autoserv imports them lazily, for a fast start of a
+    program that never runs a command): subprocess (with locale) and BLAKE2.  In a
     task each import is its own, every time: a cold 16-host round's tasks
     each spent about 4 ms importing them (python3 -X importtime)."""
     _subprocess()

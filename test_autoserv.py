@@ -5531,11 +5531,13 @@ class TestParallel(unittest.TestCase):
 
     def test_a_task_reads_no_stdin_and_one_killed_by_a_signal_is_named_so(self):
         # The job's stdin stays open (a terminal, a pipe nobody closes): a
-        # task that reads it gets end of file at once, never the job's input.
+        # task that reads it gets end of file at once, never the job's input
+        # (nor what the job's own sys.stdin had read ahead of it).
         code = textwrap.dedent(f"""\
             import os, signal, sys
             sys.path.insert(0, {HERE!r})
             import autoserv
+            assert sys.stdin.readline() == "first\\n"
             def task(n):
                 if n == 2:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -5543,6 +5545,7 @@ class TestParallel(unittest.TestCase):
             print(autoserv.parallel_simple(task, [1, 2], log=False, return_results=True))
             """)
         held, w = os.pipe()
+        os.write(w, b"first\nsecond\n")
         proc = subprocess.Popen([sys.executable, "-c", code], stdin=held,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         os.close(held)
