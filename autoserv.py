@@ -6595,8 +6595,8 @@ class subcommand:
     def __repr__(self):
         return f"<subcommand {self.name} pid={self.pid}>"
 
-    def _forked(self, readers, result_w, out_w, err_w, watch_w=None):
-        for fd in readers:
+    def _forked(self, others, result_w, out_w, err_w, watch_w=None):
+        for fd in others:           # the parent's ends and files: not the task's
             os.close(fd)
         try:            # a task reads no terminal, nor the job's stdin
             null = os.open(os.devnull, os.O_RDONLY)
@@ -6676,19 +6676,48 @@ class subcommand:
                 self.status_offset = os.path.getsize(self.status_path)
             except OSError:
                 self.status_offset = 0
-        self.wall_started = time.time()
-        result_r, result_w = os.pipe()
-        out = os.pipe() if prefix_output else (None, None)
-        err = os.pipe() if prefix_output else (None, None)
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        self.started = time.monotonic()
-        watch = os.pipe() if self.view else (None, None)
-        readers = [fd for fd in (result_r, out[0], err[0], watch[0]) if fd is not None]
-        pid = os.fork()
+        self.chunks = []
+        self.files = {}
+        self.tees = {}
+        made = []           # every fd made here, closed again if the fork never happens
+        try:
+            # The subdir's debug/stdout and debug/stderr open before the
+            # fork: one that cannot be opened stops the start, not a task
+            # already running outside parallel()'s reach.
+            for stream, target in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+                if self.subdir and prefix_output:
+                    f = self.files[stream] = open(
+                        os.path.join(self.subdir, "debug", stream), "ab")
+                    made.append(f.fileno())
+                if prefix_output:
+                    self.tees[stream] = (_Tee(self.view.sink(self)) if self.view else
+                                         _Tee(target, prefix=f"{self.name} : "))
+            pipes = []
+            for wanted in (True, prefix_output, prefix_output, bool(self.view)):
+                pipes.append(os.pipe() if wanted else (None, None))
+                made.extend(fd for fd in pipes[-1] if fd is not None)
+            (result_r, result_w), out, err, watch = pipes
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            self.wall_started = time.time()
+            self.started = time.monotonic()
+            pid = os.fork()
+        except BaseException:
+            for f in self.files.values():
+                f.close()
+            self.files = {}
+            for fd in made:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            raise
         if pid == 0:
             try:
-                self._forked(readers, result_w, out[1], err[1], watch[1])
+                # The child keeps only its write ends.
+                self._forked([fd for fd in made if fd not in (result_w, out[1], err[1],
+                                                               watch[1])],
+                             result_w, out[1], err[1], watch[1])
             except BaseException:     # before _child could take it: said, at least
                 try:
                     os.write(2, traceback.format_exc().encode("utf-8", "replace"))
@@ -6698,8 +6727,7 @@ class subcommand:
                 os._exit(1)
         self.process = _Child(pid)
         self.pid = pid
-        os.close(result_w)
-        for w in (out[1], err[1], watch[1]):
+        for w in (result_w, out[1], err[1], watch[1]):
             if w is not None:
                 os.close(w)
         self.fds = {result_r: "result"}
@@ -6708,15 +6736,6 @@ class subcommand:
         if prefix_output:
             self.fds[out[0]] = "stdout"
             self.fds[err[0]] = "stderr"
-        self.chunks = []
-        self.files = {}
-        self.tees = {}
-        for stream, target in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-            if self.subdir and prefix_output:
-                self.files[stream] = open(os.path.join(self.subdir, "debug", stream), "ab")
-            if prefix_output:
-                self.tees[stream] = (_Tee(self.view.sink(self)) if self.view else
-                                     _Tee(target, prefix=f"{self.name} : "))
         return pid
 
     def collect(self, fd, data):

@@ -5529,6 +5529,29 @@ class TestParallel(unittest.TestCase):
             if alive and os.path.isdir(alive):
                 shutil.rmtree(alive, ignore_errors=True)
 
+    def test_a_task_whose_output_file_cannot_be_opened_never_starts_nor_outlives_the_job(self):
+        # Task b's debug/stdout is a directory (a results dir reused by hand):
+        # the job stops with that error, and b never runs; it once ran on
+        # forked, outside the job's reach, after the job had exited.
+        ran = os.path.join(self.tmp, "ran")
+        os.mkdir(ran)
+        ctl = os.path.join(self.tmp, "c.control")
+        with open(ctl, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                import os, time
+                os.makedirs("b/debug/stdout")
+                def task(n):
+                    time.sleep(1.5)
+                    open(os.path.join({ran!r}, n), "w").close()
+                parallel_simple(task, ["a", "b", "c"])
+                """))
+        out = run_cli("-r", os.path.join(self.tmp, "res"), ctl, timeout=60)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("IsADirectoryError", out.stderr)
+        self.assertIn("res/b/debug/stdout", out.stderr)
+        time.sleep(3)           # b would have written its file by now
+        self.assertEqual(os.listdir(ran), [])
+
     def test_a_task_reads_no_stdin_and_one_killed_by_a_signal_is_named_so(self):
         # The job's stdin stays open (a terminal, a pipe nobody closes): a
         # task that reads it gets end of file at once, never the job's input
