@@ -2439,9 +2439,21 @@ class Host:
 
     def get_boot_id(self, timeout: Optional[float] = 60,
                     connect_timeout: Optional[float] = None) -> str:
-        """The kernel's boot id (str): it changes with every boot."""
-        return self.run("cat /proc/sys/kernel/random/boot_id", timeout=timeout,
-                        connect_timeout=connect_timeout).stdout.strip()
+        """The kernel's boot id (str): it changes with every boot.  A read,
+        so a session that ended with no word from the target (ssh's bare
+        status 255: the target's end of it killed before the command ran,
+        the master still up) is asked once more, over a new connection."""
+        command = "cat /proc/sys/kernel/random/boot_id"
+        try:
+            return self.run(command, timeout=timeout,
+                            connect_timeout=connect_timeout).stdout.strip()
+        except AutoservSSHError as e:
+            if type(e) is not AutoservSSHError:     # a known cause: the caller's to judge
+                raise
+            LOG.write(f"boot id: {e}; asking once more over a new connection", self.hostname)
+            self._drop_connection()
+            return self.run(command, timeout=timeout,
+                            connect_timeout=connect_timeout).stdout.strip()
 
     def get_kernel_ver(self) -> str:
         """uname -r (str)."""

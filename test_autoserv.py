@@ -2303,6 +2303,27 @@ class TestSSHRun(SshdTestCase):
         self.assertIsNone(h._agent)
         h.close()
 
+    def test_a_boot_id_read_whose_session_is_killed_unanswered_is_asked_once_more(self):
+        # The target kills the session before anything runs (as a freshly
+        # booted guest now and then did): ssh says only "status 255", the
+        # master still serves.  A user's command is never run twice (it may
+        # have started); the boot id, a read, is asked again.
+        flag = os.path.join(self.tmp, "kill-next")
+        sshd = Sshd(extra=f'ForceCommand if [ -e {flag} ]; then rm -f {flag}; kill -9 $$; fi; '
+                          'eval "$SSH_ORIGINAL_COMMAND"\n')
+        self.addCleanup(sshd.stop)
+        h = sshd.host(persistent=False)
+        self.addCleanup(h.close)
+        first = h.get_boot_id()
+        open(flag, "w").close()
+        with self.assertRaises(autoserv.AutoservSSHError) as cm:
+            h.run("echo once >> " + autoserv.sh_escape(os.path.join(self.tmp, "ran")))
+        self.assertIs(type(cm.exception), autoserv.AutoservSSHError)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ran")))
+        open(flag, "w").close()
+        self.assertEqual(h.get_boot_id(), first)
+        self.assertFalse(os.path.exists(flag))      # the killed session was the first ask
+
     def test_a_tasks_first_command_on_a_cold_host_imports_no_module(self):
         # What a task's first remote command needs is imported once, in the
         # parent before it forks, not again in every task (in a process
