@@ -1132,6 +1132,16 @@ def _subprocess():
     return subprocess
 
 
+def _blake2b():
+    """hashlib's blake2b, from its own module where there is one: hashlib
+    loads OpenSSL, several ms of a forked task's first contact."""
+    try:
+        from _blake2 import blake2b
+    except ImportError:
+        from hashlib import blake2b
+    return blake2b
+
+
 def _popen(argv, **kw):
     """Every child starts in its own session (a terminal's Ctrl-C reaches only
     autoserv, which then ends its children in order, and no child can read
@@ -4535,16 +4545,12 @@ class _SSHLink:
     def identity_key(self):
         """A short name for this connection's identity: what decides which
         master may carry it (never the connect timeout: it only bounds the
-        start).  BLAKE2 from its own module where it has one: hashlib loads
-        OpenSSL, several ms of a forked task's first contact."""
-        try:
-            from _blake2 import blake2b
-        except ImportError:
-            from hashlib import blake2b
+        start)."""
         ident = repr((self.hostname, self.user, self.port, self.identity, self.ssh_config,
                       tuple(self.ssh_options), self.host_key_policy, self.known_hosts,
                       self.alive_interval, self.alive_count))
-        return blake2b(ident.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+        return _blake2b()(ident.encode("utf-8", "surrogateescape"),
+                          digest_size=8).hexdigest()
 
     def known_hosts_file(self):
         if self.host_key_policy == "ephemeral":
@@ -6821,26 +6827,25 @@ class _Child:
         self.code = None
         self.unknown = False    # reaped by another waitpid: its status is not ours
 
-    @property
-    def exitcode(self):
+    def _reap(self, flags):
         if self.code is None:
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                pid, status = os.waitpid(self.pid, flags)
             except ChildProcessError:
                 self.code, self.unknown = 255, True
-                return self.code
+                return
             if pid:
                 self.code = os.waitstatus_to_exitcode(status)
+
+    @property
+    def exitcode(self):
+        self._reap(os.WNOHANG)
         return self.code
 
     def join(self, timeout=None):
         """Waits for its end (at most timeout seconds)."""
         if timeout is None:
-            while self.exitcode is None:
-                try:
-                    self.code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-                except ChildProcessError:
-                    self.code, self.unknown = 255, True
+            self._reap(0)
             return
         end, pause = time.monotonic() + timeout, 0.001
         while self.exitcode is None and time.monotonic() < end:
@@ -6884,12 +6889,6 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
     _ctrl_dir()
     _preload_for_tasks()
     _trim_heap()
-    # What the parent holds now goes to the collector's permanent generation
-    # until the tasks are done: a task's collections then walk only its own
-    # objects, not every object of the parent, whose pages each walk copied
-    # (copy-on-write) into the task: a cold 16-host round used about 7% less
-    # CPU and wall time (five paired runs).  Given back to the collector at
-    # the end.
     import gc
     sel = selectors.DefaultSelector()
     waiting = list(tasks)
@@ -6902,17 +6901,26 @@ def parallel(tasklist: Sequence[subcommand], timeout: Optional[float] = None,
     if log:
         log.record("START", None, "parallel",
                    f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
+    # What the parent holds now goes to the collector's permanent generation
+    # until the tasks are done: a task's collections then walk only its own
+    # objects, not every object of the parent, whose pages each walk copied
+    # (copy-on-write) into the task: a cold 16-host round used about 7% less
+    # CPU and wall time (five paired runs).  Given back to the collector at
+    # the end.
     gc.freeze()
+
+    def room():
+        return waiting and (not max_parallel or len(running) < max_parallel)
     try:
         while waiting or running:
             # A Ctrl-C or SIGTERM waits until the tasks started are in
             # running: a child can start its work (and be seen to) before
             # fork_start returns, and one not in running would outlive the
             # stop.  The child unblocks them itself (_child).
-            if waiting and (not max_parallel or len(running) < max_parallel):
+            if room():
                 blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
                 try:
-                    while waiting and (not max_parallel or len(running) < max_parallel):
+                    while room():
                         task = waiting.pop(0)
                         task.fork_start(prefix_output)
                         running[task.pid] = task
@@ -6969,10 +6977,7 @@ def _preload_for_tasks():
     task each import is its own, every time: a cold 16-host round's tasks
     each spent about 4 ms importing them (python3 -X importtime)."""
     _subprocess()
-    try:
-        import _blake2  # noqa: F401
-    except ImportError:
-        import hashlib  # noqa: F401
+    _blake2b()
 
 
 def _trim_heap():

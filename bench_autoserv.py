@@ -469,14 +469,11 @@ class Bench:
     def in_job(self, kind, sshds, n, persistent=False):
         """Samples of parallel_simple(uname -r) over sshds, timed in a child
         that imports autoserv alone, as a job's process does (this process
-        also holds the test suite's fixtures, which doubles a fork's cost)."""
+        also holds the test suite's fixtures, which doubles a fork's cost);
+        kind "noop": {"times": samples, "cpu": [parent, tasks] ms a round}."""
         cfg = dict(kind=kind, n=n, persistent=persistent, configs=[s.ssh_config for s in sshds])
-        out = json.loads(run_child([sys.executable, "-c", JOB_TIMER, HERE, json.dumps(cfg)],
-                                   600, f"the {kind} fan-out job"))
-        if isinstance(out, dict):       # noop: also the CPU a round, parent and tasks
-            self.fork_cpu = out["cpu"]
-            return out["times"]
-        return out
+        return json.loads(run_child([sys.executable, "-c", JOB_TIMER, HERE, json.dumps(cfg)],
+                                    600, f"the {kind} fan-out job"))
 
     def hosts(self, count):
         """The first count sshds, started as needed, four at a time (each
@@ -591,11 +588,11 @@ class Bench:
         pipes = [ShPipe(self.raw_ssh(s)) for s in sshds]
         entries.append((f"{count} long-lived `ssh host sh`, sh -c 'uname -r' on all at once",
                         timed(lambda: run_on_pipes(pipes, "uname -r"), n)))
-        noop = self.in_job("noop", sshds, n)
+        noop = self.in_job("noop", sshds, n)      # also the CPU a round, parent and tasks
         entries.append((f"autoserv parallel_simple of {count} tasks that do nothing "
-                        "(its forks)", noop,
+                        "(its forks)", noop["times"],
                         {"note": "CPU a round: parent {:.1f} ms, tasks {:.1f} ms".format(
-                            *self.fork_cpu)}))
+                            *noop["cpu"])}))
         for p in pipes:
             p.close()
         for s, p in zip(sshds, paths):
