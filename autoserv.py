@@ -7562,6 +7562,7 @@ class RedfishPower(PowerController):
                           timeout=self.timeout, context=context, same_origin=True) as resp:
                 text = resp.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as e:
+            e.close()               # the error's response holds the connection
             reason = "authentication failed" if e.code in (401, 403) else e.reason
             raise AutoservHostError(_redact_url(self.url), f"Redfish {method} {shown} failed",
                                     f"HTTP {e.code}: {reason}")
@@ -7660,6 +7661,7 @@ def _urlopen(url, data=None, method=None, headers=(), timeout=60, context=None,
     class Redirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, req, fp, code, msg, hdrs, newurl):
             if guarded and _origin(newurl) != _origin(req.full_url):
+                fp.close()          # the redirect's own response, not followed
                 raise urllib.error.URLError(
                     f"redirect to another origin refused ({_redact_url(req.full_url)} -> "
                     f"{_redact_url(newurl)}): credentials go only to the origin given")
@@ -7745,6 +7747,7 @@ class InstallableObject:
                         LOG.write(f"fetching {shown}: {done}" + (f"/{total}" if total else "")
                                   + " bytes")
         except urllib.error.HTTPError as e:
+            e.close()
             _remove_quietly(path)
             raise AutoservInstallError(f"fetching {shown} failed: HTTP {e.code} {e.reason}")
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -9674,8 +9677,9 @@ class _Profilers:
         with open(path, "w") as f:
             f.write("time,user,nice,system,idle,iowait,mem_total_kb,mem_available_kb\n")
             while True:
-                cpu = open("/proc/stat").readline().split()[1:6]
-                mem = dict(re.findall(r"^(\w+):\s+(\d+)", open("/proc/meminfo").read(), re.M))
+                with open("/proc/stat") as stat, open("/proc/meminfo") as meminfo:
+                    cpu = stat.readline().split()[1:6]
+                    mem = dict(re.findall(r"^(\w+):\s+(\d+)", meminfo.read(), re.M))
                 f.write(",".join([f"{time.time():.2f}"] + cpu + [mem.get("MemTotal", ""),
                                                                   mem.get("MemAvailable", "")])
                         + "\n")

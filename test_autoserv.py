@@ -118,6 +118,20 @@ def refused_port(add_cleanup):
     raise AssertionError("no free port to hold")
 
 
+def read_file(*args, **kwargs):
+    """A file's whole content (open()'s arguments), the file closed at
+    once: a bare open(...).read() leaves it to the collector, and
+    unittest's warnings name every such file."""
+    with open(*args, **kwargs) as f:
+        return f.read()
+
+
+def write_file(path, data, mode="w"):
+    """Writes data to path (mode "w", "wb", "a" or "ab") and closes it."""
+    with open(path, mode) as f:
+        f.write(data)
+
+
 def wait_for(predicate, timeout, interval=0.05, what="condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -454,10 +468,52 @@ def other_pythons():
 
 
 def run_cli(*args, cwd=None, timeout=120, env=None, input=None):
-    return subprocess.run([sys.executable, AUTOSERV, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL if input is None else None,
-                          input=input)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, AUTOSERV, *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=timeout,
+                         stdin=subprocess.DEVNULL if input is None else None,
+                         input=input)
+    note_slow_job(args, time.monotonic() - t0, cwd)
+    return out
+
+
+# A job a test runs that takes this long (s) has its quiet stretches shown in
+# the test's output, passed or not: a run here that took 328 s where others
+# take 41-88 s passed and left nothing to say where the time went.
+SLOW_JOB = 150
+
+
+def note_slow_job(args, seconds, cwd=None):
+    """Writes to stderr, for a job (autoserv's arguments args) that took
+    over SLOW_JOB seconds, each pause of 20 s or more in its debug log (the
+    line before it and the line after) and its status.log."""
+    if seconds < SLOW_JOB or "-r" not in args[:-1]:
+        return
+    results = os.path.join(cwd or "", args[args.index("-r") + 1])
+    try:
+        lines = read_file(os.path.join(results, "debug", "autoserv.log"),
+                          errors="replace").splitlines()
+    except OSError as e:
+        sys.stderr.write(f"\nslow job ({seconds:.0f} s): no debug log ({e})\n")
+        return
+    gaps, last = [], None
+    for i, line in enumerate(lines):
+        try:
+            when = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+        except ValueError:
+            continue                    # a continuation line
+        if last is not None and when - last[0] >= 20:
+            gaps.append(f"  {when - last[0]:.0f} s between\n    {last[1][:300]}\n"
+                        f"    {line[:300]}")
+        last = (when, line)
+    try:
+        status = read_file(os.path.join(results, "status.log"), errors="replace").splitlines()
+    except OSError:
+        status = []
+    sys.stderr.write(f"\nslow job ({seconds:.0f} s, {results}): pauses of 20 s or more "
+                     "in its debug log:\n" + ("\n".join(gaps[:20]) or "  none") + "\n"
+                     "its status.log:\n" + "\n".join("  " + line[:200] for line in status[:60])
+                     + "\n")
 
 
 def run_in_pty(*args, timeout=120, env=None, cwd=None, columns=140, term="xterm",
@@ -763,7 +819,7 @@ def ssh_shim(test):
 def ssh_calls(log):
     """The argv of each ssh or scp call ssh_shim recorded, oldest first."""
     paths = sorted((os.path.join(log, n) for n in os.listdir(log)), key=os.path.getmtime)
-    return [open(p).read().split("\0")[:-1] for p in paths]
+    return [read_file(p).split("\0")[:-1] for p in paths]
 
 
 def remote_sleeps(text):
@@ -913,8 +969,8 @@ class TestLegacySyntax(unittest.TestCase):
                                          if n.endswith(".control")))
         for name in shipped:
             with self.subTest(name=name):
-                seed = open(os.path.join(SEED_ORIGINALS, name)).read().splitlines()
-                ours = open(os.path.join(SEED_DIR, name)).read().splitlines()
+                seed = read_file(os.path.join(SEED_ORIGINALS, name)).splitlines()
+                ours = read_file(os.path.join(SEED_DIR, name)).splitlines()
                 autoserv.compile_control("\n".join(ours), name)      # Python 2 lines stay
                 for line in difflib.ndiff(seed, ours):
                     if line.startswith("- "):
@@ -931,7 +987,7 @@ class TestStatusLog(unittest.TestCase):
         log.record("START", None, "job")
         log.record("GOOD", "sub", "op", "tab\there\nsecond line")
         log.record("END GOOD", None, "job")
-        text = open(os.path.join(d, "status.log")).read()
+        text = read_file(os.path.join(d, "status.log"))
         lines = text.splitlines()
         self.assertTrue(lines[0].startswith("START\t----\tjob\ttimestamp="))
         self.assertTrue(lines[1].startswith("\tGOOD\tsub\top\ttimestamp="))
@@ -1036,7 +1092,7 @@ class TestExceptions(unittest.TestCase):
 def _imports(path):
     import ast
     names = set()
-    for node in ast.walk(ast.parse(open(path).read())):
+    for node in ast.walk(ast.parse(read_file(path))):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -1229,7 +1285,7 @@ class TestPublicAPI(unittest.TestCase):
         # Valid on Python 3.9: no "X | Y" in an annotation, no postponed
         # evaluation (a control file compiled here would inherit it).
         for path in (autoserv.__file__, os.path.join(HERE, "examples", "library_fanout.py")):
-            tree = ast.parse(open(path, encoding="utf-8").read())
+            tree = ast.parse(read_file(path, encoding="utf-8"))
             annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, ast.arg)
                            and n.annotation] + [n.returns for n in ast.walk(tree)
                                                 if isinstance(n, ast.FunctionDef) and n.returns]
@@ -1439,7 +1495,7 @@ class TestLocalRun(unittest.TestCase):
                     method(src, dest, timeout=0.001)
                 self.assertLess(time.monotonic() - t0, 5)
                 self.assertIn("timed out after 0.001 s", str(cm.exception))
-                self.assertEqual(open(dest).read(), "the old file")
+                self.assertEqual(read_file(dest), "the old file")
                 self.assertEqual(sorted(os.listdir(tmp)), ["big", "dest"])   # no staging left
                 method(src, dest, timeout=60)
                 self.assertEqual(os.path.getsize(dest), 64 << 20)
@@ -1461,7 +1517,7 @@ class TestLocalRun(unittest.TestCase):
         try:
             self.assertEqual(threading.active_count(), threads)
             csv = os.path.join(t.profdir, "sampler.csv")
-            wait_for(lambda: os.path.exists(csv) and len(open(csv).readlines()) > 2, 10,
+            wait_for(lambda: os.path.exists(csv) and len(read_file(csv).splitlines()) > 2, 10,
                      what="sampler rows")
         finally:
             prof.stop(t)
@@ -1605,14 +1661,14 @@ class TestLocalRun(unittest.TestCase):
         self.addCleanup(shutil.rmtree, d)
         src = os.path.join(d, "src")
         os.makedirs(os.path.join(src, "sub"))
-        open(os.path.join(src, "sub", "f"), "w").write("x")
-        open(os.path.join(src, ".hidden"), "w").write("h")
+        write_file(os.path.join(src, "sub", "f"), "x")
+        write_file(os.path.join(src, ".hidden"), "h")
         self.host.send_file(src, os.path.join(d, "a"))          # dir goes inside
         self.assertTrue(os.path.isfile(os.path.join(d, "a", "src", "sub", "f")))
         self.host.send_file(src + "/", os.path.join(d, "b"))    # contents
         self.assertTrue(os.path.isfile(os.path.join(d, "b", ".hidden")))
         self.host.send_file(os.path.join(src, ".hidden"), os.path.join(d, "c"))
-        self.assertEqual(open(os.path.join(d, "c")).read(), "h")
+        self.assertEqual(read_file(os.path.join(d, "c")), "h")
 
 
 # CLI ##########################################################################
@@ -1666,11 +1722,11 @@ class TestCLI(unittest.TestCase):
                               env=dict(os.environ, AUTOSERV_SITE=site))
                 self.assertEqual(out.returncode, code, out.stderr)
                 self.assertRegex(out.stdout, row)
-                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
                 verdicts = [(e["code"], e["message"]) for e in entries
                             if e["operation"] == "verify"]
                 self.assertEqual(verdicts[0][0], "GOOD" if code == 0 else "FAIL")
-                self.assertEqual(json.load(open(os.path.join(res, "summary.json")))["job"]
+                self.assertEqual(json.loads(read_file(os.path.join(res, "summary.json")))["job"]
                                  .get("dropped", {}), {} if code == 0 else {
                                      "localhost": "verify failed: site verify (RuntimeError: "
                                                   "licence server down)"})
@@ -1683,7 +1739,7 @@ class TestCLI(unittest.TestCase):
                                      r"\(/: \d+ MB free, needs 100000000 MB\)")
         self.assertIn("0 of 1 host GOOD; localhost FAIL sick: verify failed: free space",
                       out.stderr)
-        page = open(os.path.join(self.results(), "index.html")).read()
+        page = read_file(os.path.join(self.results(), "index.html"))
         self.assertIn('<tr class="dropped" data-host="localhost">', page)
 
     def test_results_base_holds_the_runs_and_latest_names_the_newest(self):
@@ -1728,9 +1784,9 @@ class TestCLI(unittest.TestCase):
         for name in ("control.srv", "keyval", "status.log", "summary.json",
                      "debug/autoserv.log", "greeting.txt"):
             self.assertTrue(os.path.exists(os.path.join(rd, name)), name)
-        summary = json.load(open(os.path.join(rd, "summary.json")))
+        summary = json.loads(read_file(os.path.join(rd, "summary.json")))
         self.assertEqual(summary["job"]["outcome"], "GOOD")
-        log = open(os.path.join(rd, "debug", "autoserv.log"), "rb").read()
+        log = read_file(os.path.join(rd, "debug", "autoserv.log"), "rb")
         self.assertIn(b"run: uname -a", log)
         self.assertRegex(log, rb"exit status 0 in \d+\.\d+s")
 
@@ -1748,7 +1804,7 @@ class TestCLI(unittest.TestCase):
             out = run_cli(*([flag] if flag else []), "-r", self.results(f"r{flag}"), ctl)
             self.assertEqual(out.returncode, 0, out.stderr)
             said[flag] = [line for line in out.stderr.splitlines() if "results in" not in line]
-            log = open(os.path.join(self.results(f"r{flag}"), "debug", "autoserv.log")).read()
+            log = read_file(os.path.join(self.results(f"r{flag}"), "debug", "autoserv.log"))
             for text in ("a detail", "a progress line", "a warning", "localhost: run: echo out"):
                 self.assertIn(text, log)
         self.assertEqual(said[""], ["autoserv: a progress line", "autoserv: a warning"])
@@ -1782,7 +1838,7 @@ class TestCLI(unittest.TestCase):
                 p.send_signal(sig)
                 p.communicate(timeout=20)
                 self.assertEqual(p.returncode, code)
-                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
                 self.assertIn("ABORT", [e["code"] for e in entries])
                 wait_for(lambda: not processes_with("sleep 4244.%d" % code), 5, what="sleep gone")
 
@@ -1791,7 +1847,7 @@ class TestCLI(unittest.TestCase):
         good = self.control("x = 1\n")
         full = self.results("full")
         os.mkdir(full)
-        open(os.path.join(full, "keep"), "w").write("precious")
+        write_file(os.path.join(full, "keep"), "precious")
         cases = [
             (["--bogus", good], "bogus"),
             ([os.path.join(self.tmp, "missing.control")], "no such file"),
@@ -1875,13 +1931,13 @@ class TestCLI(unittest.TestCase):
         ctl = self.control("x = 1\n")
         full = self.results("full")
         os.mkdir(full)
-        open(os.path.join(full, "status.log"), "w").write("old\n")
+        write_file(os.path.join(full, "status.log"), "old\n")
         refused = run_cli("-r", full, ctl)
         self.assertEqual(refused.returncode, 2, refused.stderr)
         self.assertIn("not empty", refused.stderr)
-        self.assertEqual(open(os.path.join(full, "status.log")).read(), "old\n")
+        self.assertEqual(read_file(os.path.join(full, "status.log")), "old\n")
         self.assertEqual(run_cli("--overwrite", "-r", full, ctl).returncode, 0)
-        self.assertNotIn("old", open(os.path.join(full, "status.log")).read())
+        self.assertNotIn("old", read_file(os.path.join(full, "status.log")))
         procs = [subprocess.Popen([sys.executable, AUTOSERV, ctl], cwd=self.tmp,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for _ in range(3)]
@@ -1915,7 +1971,7 @@ class TestCLI(unittest.TestCase):
         junit = os.path.join(self.tmp, "j.xml")
         out = run_cli("-r", res, "-u", "alice", "-l", "nightly", "--junit", junit, ctl)
         self.assertEqual(out.returncode, 0, out.stderr)
-        keyval = open(os.path.join(res, "keyval")).read()
+        keyval = read_file(os.path.join(res, "keyval"))
         self.assertIn("user=alice\n", keyval)
         self.assertIn("label=nightly\n", keyval)
         import xml.etree.ElementTree as ET
@@ -1939,9 +1995,9 @@ class TestCLI(unittest.TestCase):
                  what="status lines")
         p.kill()
         p.wait()
-        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         self.assertGreater(len(entries), 50)
-        json.load(open(os.path.join(res, "summary.json")))
+        json.loads(read_file(os.path.join(res, "summary.json")))
         self.status_log = os.path.join(res, "status.log")
 
     @scenario(31)
@@ -2026,7 +2082,7 @@ class TestCLI(unittest.TestCase):
                     except OSError:
                         break
             self.assertIn(b"EXIT=0", buf)
-            self.assertIn("DONE-OK", open(f"{self.tmp}/out").read())
+            self.assertIn("DONE-OK", read_file(f"{self.tmp}/out"))
         finally:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -2181,7 +2237,7 @@ class TestSSHRun(SshdTestCase):
         out = os.path.join(self.tmp, "args")
         words = AWKWARD + ["*", "-n", "x" * 100000, "\udcff\udcfe", "\\", "'"]
         h.run(f"cd {self.tmp} && printf '%s\\0' >{out}", args=words)
-        got = open(out, "rb").read().split(b"\0")[:-1]
+        got = read_file(out, "rb").split(b"\0")[:-1]
         self.assertEqual(got, [os.fsencode(w) for w in words])
         for name in ("P", "B"):
             self.assertFalse(os.path.exists(os.path.join(self.tmp, name)))
@@ -2192,7 +2248,7 @@ class TestSSHRun(SshdTestCase):
         # &> is bash's "both streams"; under dash it would background the echo.
         f = os.path.join(self.tmp, "both")
         h.run(f"(echo o; echo e >&2) &> {f}")
-        self.assertEqual(sorted(open(f).read().split()), ["e", "o"])
+        self.assertEqual(sorted(read_file(f).split()), ["e", "o"])
 
     def test_stdin_is_dev_null_unless_given_and_tees_are_live(self):
         h = self.sshd.host()
@@ -2281,7 +2337,7 @@ class TestSSHRun(SshdTestCase):
         agent = h._agent["proc"].pid
         h.close()
         self.assertFalse(master_running(agent) or os.path.exists(f"/proc/{agent}/stat")
-                         and open(f"/proc/{agent}/stat").read().split()[2] != "Z")
+                         and read_file(f"/proc/{agent}/stat").split()[2] != "Z")
 
     def test_auto_mode_in_a_task_counts_the_tasks_own_commands(self):
         # A host the parent ran one command on, then one command in each of
@@ -2535,7 +2591,7 @@ class TestSSHRun(SshdTestCase):
         returned = time.time()
         wait_for(lambda: os.path.exists(stamp) and os.path.getsize(stamp), 10,
                  what="the command's stamp")
-        self.assertGreater(float(open(stamp).read()), returned)
+        self.assertGreater(float(read_file(stamp)), returned)
 
     def test_host_state_queries(self):
         h = self.sshd.host()
@@ -2606,7 +2662,7 @@ class TestSSHRun(SshdTestCase):
                 prompting.run("true")
             self.assertLess(time.monotonic() - t0, 5)
         self.assertFalse(os.path.exists(asked), "ssh prompted (askpass ran): "
-                         + (open(asked).read() if os.path.exists(asked) else ""))
+                         + (read_file(asked) if os.path.exists(asked) else ""))
         fingerprints = re.findall(r"SHA256:[\w+/=]+", text)
         self.assertNotEqual(fingerprints[0], fingerprints[1])
 
@@ -2617,7 +2673,7 @@ class TestSSHRun(SshdTestCase):
                            ssh_config=os.devnull, known_hosts=kh)
         h.run("true")
         self.assertEqual(os.stat(kh).st_mode & 0o777, 0o600)
-        self.assertIn("ssh-ed25519", open(kh).read())
+        self.assertIn("ssh-ed25519", read_file(kh))
         strict = self.sshd.host(f"127.0.0.1:{self.sshd.port}", identity=self.sshd.client_key,
                                 ssh_config=os.devnull, known_hosts=os.path.join(self.tmp, "empty"),
                                 host_key_policy="strict")
@@ -2629,8 +2685,8 @@ class TestSSHRun(SshdTestCase):
         # The VM "regenerates" its key: file a different key for it.
         with open(eph._known_hosts_file(), "w") as f:
             f.write(f"[127.0.0.1]:{self.sshd.port} " +
-                    open(self.sshd.keygen("fake") + ".pub").read().split(" ", 1)[0] + " " +
-                    open(self.sshd.dir + "/fake.pub").read().split()[1] + "\n")
+                    read_file(self.sshd.keygen("fake") + ".pub").split(" ", 1)[0] + " " +
+                    read_file(self.sshd.dir + "/fake.pub").split()[1] + "\n")
         eph._drop_connection()
         log = os.path.join(self.tmp, "debug.log")
         autoserv.LOG.open(log)
@@ -2638,14 +2694,14 @@ class TestSSHRun(SshdTestCase):
         self.assertEqual(eph.run("echo accepted").stdout, "accepted\n")
         with open(log) as f:
             self.assertIn("host key changed on ephemeral host; accepting the new key", f.read())
-        self.assertIn("ssh-ed25519", open(kh).read())
+        self.assertIn("ssh-ed25519", read_file(kh))
         self.assertFalse(any("StrictHostKeyChecking=no" in a for a in eph.ssh_argv()))
         # The same change seen by a host that is not ephemeral, in the same
         # process after the ephemeral one accepted it: still refused.
         with open(kh, "w") as f:
             f.write(f"[127.0.0.1]:{self.sshd.port} "
-                    + open(self.sshd.dir + "/fake.pub").read().split(" ", 2)[0] + " "
-                    + open(self.sshd.dir + "/fake.pub").read().split()[1] + "\n")
+                    + read_file(self.sshd.dir + "/fake.pub").split(" ", 2)[0] + " "
+                    + read_file(self.sshd.dir + "/fake.pub").split()[1] + "\n")
         h._drop_connection()
         with self.assertRaises(autoserv.AutoservSSHHostKeyError):
             h.run("true")
@@ -2985,9 +3041,9 @@ class TestSSHJobs(SshdTestCase):
         self.assertEqual(out.returncode, 1)
         self.assertIn("Specify the machines to run on via the -m flag", out.stderr)
         self.assertIn("job.control:4:", out.stderr)
-        log = open(os.path.join(res, "debug", "autoserv.log"), "rb").read()
+        log = read_file(os.path.join(res, "debug", "autoserv.log"), "rb")
         self.assertIn(b"192.168.1.1: run: uname -a", log)
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["192.168.1.1"]["outcome"], "GOOD")
 
     def test_examples_run_against_an_ssh_host(self):
@@ -3062,7 +3118,8 @@ class TestSSHJobs(SshdTestCase):
         res = os.path.join(self.tmp, "res")
         out = self.cli("-r", res, ctl)
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertIn(b"stdout| raw\xff\x1b[31m", open(os.path.join(res, "debug", "autoserv.log"), "rb").read())
+        self.assertIn(b"stdout| raw\xff\x1b[31m",
+                      read_file(os.path.join(res, "debug", "autoserv.log"), "rb"))
         # -v echoes the same log to the console: escapes made visible there.
         out = self.cli("-v", "-r", os.path.join(self.tmp, "res-v"), ctl)
         self.assertEqual(out.returncode, 0, out.stderr)
@@ -3080,9 +3137,9 @@ class TestSSHJobs(SshdTestCase):
         self.assertEqual(len(out.stderr.strip().splitlines()), 3, out.stderr)
         self.assertIn("0 of 1 host GOOD; 127.0.0.1 FAIL AutoservSSHConnectionRefused: 127.0.0.1: "
                       "connection refused", out.stderr.strip().splitlines()[-1])
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["127.0.0.1"]["outcome"], "FAIL")
-        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         self.assertIn("AutoservSSHConnectionRefused", entries[-2]["message"])
 
     def lab_config(self):
@@ -3097,7 +3154,7 @@ class TestSSHJobs(SshdTestCase):
     def assert_groups_closed(self, status_log):
         """Every START in the log has its END at the same depth."""
         open_groups = []
-        for e in autoserv.parse_status_log(open(status_log).read()):
+        for e in autoserv.parse_status_log(read_file(status_log)):
             if e["code"] == "START":
                 open_groups.append(e)
             elif e["code"].startswith("END "):
@@ -3140,7 +3197,7 @@ class TestSSHJobs(SshdTestCase):
                 try:
                     log = os.path.join(res, "status.log")
                     wait_for(lambda: all(remote_sleeps(s) for s in sleeps) and (
-                        shape != "parallel" or "END GOOD\tlab1" in open(log).read()), 30,
+                        shape != "parallel" or "END GOOD\tlab1" in read_file(log)), 30,
                         what="the remote sleeps, lab1's task ended")
                     p.send_signal(sig)
                     _, err = p.communicate(timeout=60)
@@ -3149,7 +3206,7 @@ class TestSSHJobs(SshdTestCase):
                         p.kill()
                         p.communicate()
                 self.assertEqual(p.returncode, code, err)
-                hosts = json.load(open(os.path.join(res, "summary.json")))["hosts"]
+                hosts = json.loads(read_file(os.path.join(res, "summary.json")))["hosts"]
                 aborted = ["lab2", "lab3"] if shape == "parallel" else ["lab1", "lab2", "lab3"]
                 for name in aborted:
                     self.assertEqual(hosts[name]["outcome"], "ABORT", hosts)
@@ -3158,13 +3215,13 @@ class TestSSHJobs(SshdTestCase):
                 if shape == "parallel":
                     self.assertEqual(hosts["lab1"]["outcome"], "GOOD")
                 self.assert_groups_closed(os.path.join(res, "status.log"))
-                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
                 self.assertIn("END ABORT", [e["code"] for e in entries
                                             if e["operation"] == "kernel-check"])
                 if shape == "parallel":     # each host's own status.log too
                     for name in ("lab1", "lab2", "lab3"):
                         self.assert_groups_closed(os.path.join(res, name, "status.log"))
-                    own = open(os.path.join(res, "lab2", "status.log")).read()
+                    own = read_file(os.path.join(res, "lab2", "status.log"))
                     self.assertIn("END ABORT\t----\tkernel-check", own)
                 cases = {c.get("name"): c for c in ET.parse(junit).getroot()}
                 for name in aborted:
@@ -3192,7 +3249,7 @@ class TestSSHJobs(SshdTestCase):
         res = os.path.join(self.tmp, "res")
         out = run_cli("--ssh-config", self.lab_config(), "-r", res, "-m", "lab1,lab2,lab3", ctl)
         self.assertEqual(out.returncode, 3, out.stderr)
-        hosts = json.load(open(os.path.join(res, "summary.json")))["hosts"]
+        hosts = json.loads(read_file(os.path.join(res, "summary.json")))["hosts"]
         self.assertEqual(hosts["lab2"]["error"],
                          "AutoservTimeoutError: 'echo partial; sleep 10' timed out after 1.0 s")
         self.assertIn("partial", hosts["lab2"]["output"])
@@ -3202,8 +3259,8 @@ class TestSSHJobs(SshdTestCase):
         self.assertEqual((hosts["lab1"]["outcome"], hosts["lab1"]["error"]), ("GOOD", ""))
         for name in ("lab1", "lab2", "lab3"):
             own = os.path.join(res, name)
-            autoserv.parse_status_log(open(os.path.join(own, "status.log")).read())
-            log = open(os.path.join(own, "debug", "host.log")).read()
+            autoserv.parse_status_log(read_file(os.path.join(own, "status.log")))
+            log = read_file(os.path.join(own, "debug", "host.log"))
             self.assertIn(f"run: echo hello from {name}\nstdout| hello from {name}\n"
                           "exit status 0 in", log)
             for other in {"lab1", "lab2", "lab3"} - {name}:
@@ -3211,12 +3268,12 @@ class TestSSHJobs(SshdTestCase):
             self.assertIn("get_file (tar): ['/etc/hostname'] -> ", log)
             # autoserv's own probe (is the source a dir?) is no failed command
             self.assertNotIn("test -d", log)
-        self.assertNotIn("test -d", open(os.path.join(res, "debug", "autoserv.log")).read())
+        self.assertNotIn("test -d", read_file(os.path.join(res, "debug", "autoserv.log")))
         self.assertIn("run: echo partial; sleep 10\nstdout| partial",
-                      open(os.path.join(res, "lab2", "debug", "host.log")).read())
-        self.assertIn("timed out after 1.0 s", open(os.path.join(res, "lab2", "status.log")).read())
+                      read_file(os.path.join(res, "lab2", "debug", "host.log")))
+        self.assertIn("timed out after 1.0 s", read_file(os.path.join(res, "lab2", "status.log")))
         for name, cls in (("lab2", "AutoservTimeoutError"), ("lab3", "AutoservRunError")):
-            tb = open(os.path.join(res, name, "debug", "traceback")).read()
+            tb = read_file(os.path.join(res, name, "debug", "traceback"))
             self.assertIn("Traceback (most recent call last)", tb)
             self.assertIn(cls, tb)
         self.assertFalse(os.path.exists(os.path.join(res, "lab1", "debug", "traceback")))
@@ -3282,14 +3339,14 @@ class TestSSHJobs(SshdTestCase):
         res = os.path.join(self.tmp, "res")
         out = self.cli("-r", res, ctl)
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(list(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+        self.assertEqual(list(json.loads(read_file(os.path.join(res, "summary.json")))["hosts"]),
                          ["g1"])
-        self.assertIn("stdout| hi from g1", open(os.path.join(res, "g1", "debug",
-                                                               "host.log")).read())
+        self.assertIn("stdout| hi from g1", read_file(os.path.join(res, "g1", "debug",
+                                                               "host.log")))
         self.assertTrue(os.path.exists(os.path.join(res, "g1", "status.log")))
         # (the ssh link's own lines name the address it reaches)
-        self.assertIn("] g1: exit status 0", open(os.path.join(res, "debug",
-                                                               "autoserv.log")).read())
+        self.assertIn("] g1: exit status 0", read_file(os.path.join(res, "debug",
+                                                               "autoserv.log")))
 
     def test_verbose_output_names_a_tasks_host_once_per_line(self):
         ctl = self.control("parallel_simple(lambda n: hosts.SSHHost(n).run('echo hi'), machines)\n")
@@ -3338,8 +3395,9 @@ class TestSSHJobs(SshdTestCase):
                                          "timeout": "AutoservTimeoutError",
                                          "lost-connection": "AutoservSSHConnectionLost"}.get(name))
                 # On failure, what the job's debug log says of its cleanup.
-                said = "".join(line for path in glob.glob(os.path.join(
-                    self.tmp, "r-" + name, "debug", "*")) for line in open(path, errors="replace")
+                said = "".join(
+                    line for path in glob.glob(os.path.join(self.tmp, "r-" + name, "debug", "*"))
+                    for line in read_file(path, errors="replace").splitlines(keepends=True)
                     if re.search(r"temp dir|rm -rf|master|connection", line))
                 self.assertEqual(_remote_autoserv_dirs() - before, set(), said[-3000:])
                 self.assertEqual(_ctrl_dirs() - sockets_before, set())
@@ -3367,7 +3425,7 @@ class TestTransfer(SshdTestCase):
                 p = os.path.join(dirpath, name)
                 rel = os.path.relpath(p, broot)
                 out[rel] = ("L:" + os.fsdecode(os.readlink(p))) if os.path.islink(p) \
-                    else open(p, "rb").read()
+                    else read_file(p, "rb")
         return out
 
     NAMES = [n.encode() for n in AWKWARD if n and "\n" not in n] + [
@@ -3396,7 +3454,7 @@ class TestTransfer(SshdTestCase):
                     os.makedirs(one, exist_ok=True)
                     h.send_file(os.path.join(os.fsencode(src), name),
                                 os.path.join(one, b"copy-" + name[:200]), backend=backend)
-                    self.assertEqual(open(os.path.join(one, b"copy-" + name[:200]), "rb").read(),
+                    self.assertEqual(read_file(os.path.join(one, b"copy-" + name[:200]), "rb"),
                                      want[name])
                 # Relative names, as a control file gives them: "-rf" and
                 # "--help" must reach every backend as names, never as options.
@@ -3407,7 +3465,7 @@ class TestTransfer(SshdTestCase):
                     os.makedirs(rel, exist_ok=True)
                     for name in (b"-rf", b"--help", b"\xff\xfe-latin"):
                         h.send_file(name, os.path.join(rel, name), backend=backend)
-                        self.assertEqual(open(os.path.join(rel, name), "rb").read(), want[name])
+                        self.assertEqual(read_file(os.path.join(rel, name), "rb"), want[name])
                 finally:
                     os.chdir(cwd)
         self.assertFalse(os.path.exists(os.path.join(self.sshd.home, "P")))
@@ -3416,8 +3474,8 @@ class TestTransfer(SshdTestCase):
     def test_placement_follows_rsync_on_every_backend(self):
         src = os.path.join(self.tmp, "tree")
         os.makedirs(os.path.join(src, "a"))
-        open(os.path.join(src, "a", "x"), "w").write("x")
-        open(os.path.join(src, "f"), "w").write("f")
+        write_file(os.path.join(src, "a", "x"), "x")
+        write_file(os.path.join(src, "f"), "f")
         h = self.sshd.host()
         for backend in self.BACKENDS:
             with self.subTest(backend=backend):
@@ -3429,18 +3487,18 @@ class TestTransfer(SshdTestCase):
                 h.send_file(src + "/", os.path.join(base, "contents"), backend=backend)
                 self.assertTrue(os.path.isfile(os.path.join(base, "contents", "a", "x")))
                 h.send_file(os.path.join(src, "f"), os.path.join(base, "renamed"), backend=backend)
-                self.assertEqual(open(os.path.join(base, "renamed")).read(), "f")
+                self.assertEqual(read_file(os.path.join(base, "renamed")), "f")
                 h.send_file([os.path.join(src, "f"), os.path.join(src, "a")],
                             os.path.join(base, "many"), backend=backend)
                 self.assertTrue(os.path.isfile(os.path.join(base, "many", "f")))
                 self.assertTrue(os.path.isfile(os.path.join(base, "many", "a", "x")))
-                open(os.path.join(base, "contents", "extra"), "w").write("old")
+                write_file(os.path.join(base, "contents", "extra"), "old")
                 h.send_file(src + "/", os.path.join(base, "contents"), delete_dest=True,
                             backend=backend)
                 self.assertFalse(os.path.exists(os.path.join(base, "contents", "extra")))
                 got = os.path.join(base, "got")
                 h.get_file(os.path.join(src, "f"), got, backend=backend)
-                self.assertEqual(open(got).read(), "f")
+                self.assertEqual(read_file(got), "f")
                 h.get_file(src + "/", os.path.join(base, "gotdir"), backend=backend)
                 self.assertTrue(os.path.isfile(os.path.join(base, "gotdir", "a", "x")))
                 self.assertFalse([n for n in os.listdir(base) if n.startswith(".autoserv-")])
@@ -3448,7 +3506,7 @@ class TestTransfer(SshdTestCase):
     def test_symlinks_kept_when_asked_and_escaping_links_refused(self):
         src = os.path.join(self.tmp, "s")
         os.makedirs(src)
-        open(os.path.join(src, "target"), "w").write("t")
+        write_file(os.path.join(src, "target"), "t")
         os.symlink("target", os.path.join(src, "inside"))
         h = self.sshd.host()
         h.get_file(src, os.path.join(self.tmp, "kept"), preserve_symlinks=True)
@@ -3461,7 +3519,7 @@ class TestTransfer(SshdTestCase):
 
     def test_permissions_follow_preserve_perm(self):
         f = os.path.join(self.tmp, "script")
-        open(f, "w").write("#!/bin/sh\n")
+        write_file(f, "#!/bin/sh\n")
         os.chmod(f, 0o751)
         h = self.sshd.host()
         h.get_file(f, os.path.join(self.tmp, "kept"))
@@ -3526,7 +3584,7 @@ class TestTransfer(SshdTestCase):
         # Unmounted here, not in a cleanup: tearDown's rmtree of self.tmp runs
         # before cleanups and would leave the mount point (and the dir) behind.
         try:
-            open(os.path.join(mnt, "data.bin"), "w").write("old contents")
+            write_file(os.path.join(mnt, "data.bin"), "old contents")
             big = os.path.join(self.tmp, "data.bin")
             with open(big, "wb") as f:
                 f.write(os.urandom(3 << 20))
@@ -3538,7 +3596,7 @@ class TestTransfer(SshdTestCase):
                         h.send_file(big, os.path.join(mnt, "data.bin"), backend=backend)
                     self.assertIn("data.bin", str(cm.exception))
                     self.assertIn("no space", str(cm.exception).lower())
-                    self.assertEqual(open(os.path.join(mnt, "data.bin")).read(), "old contents")
+                    self.assertEqual(read_file(os.path.join(mnt, "data.bin")), "old contents")
                     self.assertEqual(sorted(os.listdir(mnt)), ["data.bin"])
         finally:
             subprocess.run(["umount", "-l", mnt])
@@ -4116,7 +4174,7 @@ class TestSecurity(SshdTestCase):
         self.assertTrue(p._agent)
         h.close()
         p.close()
-        calls = [open(os.path.join(log, n)).read().split("\0")[:-1] for n in os.listdir(log)]
+        calls = [read_file(os.path.join(log, n)).split("\0")[:-1] for n in os.listdir(log)]
         sessions = [argv for argv in calls if "-O" not in argv]    # -O: to the local master
         joined = [" ".join(argv) for argv in sessions]
         self.assertTrue([j for j in joined if j.startswith("ssh ") and (
@@ -4681,7 +4739,7 @@ class TestHostileRun(SshdTestCase):
                                                eof=not runs)
                     if runs:
                         self.assertEqual(status, 0, err)
-                        self.assertEqual(open(got, "rb").read(), b"1234567890")
+                        self.assertEqual(read_file(got, "rb"), b"1234567890")
                         self.assertIn(f"\x1e{token} e 0\n".encode(), err)
                         os.unlink(got)
                     else:
@@ -5039,7 +5097,7 @@ class TestHostileRun(SshdTestCase):
             with self.subTest(program=name):
                 ast.parse(src, feature_version=(3, 6))
         # The programs' own functions are not listed as autoserv's.
-        source = open(AUTOSERV).read()
+        source = read_file(AUTOSERV)
         for program, known in ((autoserv._AGENT_PY, "guardian"), (autoserv._QMP_PY, "answer"),
                                (autoserv._CLIENT_ON_MACHINES, "_client_on")):
             tree = ast.parse(program)
@@ -5643,7 +5701,7 @@ class TestParallel(unittest.TestCase):
             with open(marks, "a") as f:
                 f.write(f"-{time.monotonic()}\n")
         autoserv.parallel([autoserv.subcommand(task, [i]) for i in range(6)], max_parallel=2)
-        events = sorted((float(l[1:]), l[0]) for l in open(marks).read().split())
+        events = sorted((float(l[1:]), l[0]) for l in read_file(marks).split())
         level = peak = 0
         for _, kind in events:
             level += 1 if kind == "+" else -1
@@ -5690,11 +5748,11 @@ class TestParallel(unittest.TestCase):
         self.assertIn("RESULTS [6, 12, 18]", out.stdout)
         self.assertIn("alpha : hello from alpha", out.stdout)
         self.assertFalse(os.path.exists(threads), "autoserv forked with a thread alive")
-        self.assertEqual(open(os.path.join(res, "beta", "debug", "stdout")).read(),
+        self.assertEqual(read_file(os.path.join(res, "beta", "debug", "stdout")),
                          "hello from beta\n")
-        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         self.assertIn(("END GOOD", "alpha"), [(e["code"], e["subdir"]) for e in entries])
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual(summary["hosts"]["alpha"]["outcome"], "GOOD")
 
 
@@ -5714,10 +5772,10 @@ class TestJobOutcome(unittest.TestCase):
         return run_cli("-r", self.res, ctl, timeout=120, env=env)
 
     def entries(self):
-        return autoserv.parse_status_log(open(os.path.join(self.res, "status.log")).read())
+        return autoserv.parse_status_log(read_file(os.path.join(self.res, "status.log")))
 
     def summary(self):
-        return json.load(open(os.path.join(self.res, "summary.json")))
+        return json.loads(read_file(os.path.join(self.res, "summary.json")))
 
     def group(self, operation, subdir="----"):
         """The (START, body, END) entries of the one group named so."""
@@ -5889,7 +5947,7 @@ class TestJobOutcome(unittest.TestCase):
         try:
             def started(host):      # the entry written, not just its file made
                 path = os.path.join(self.res, host, "status.log")
-                return os.path.exists(path) and "\tstarted" in open(path).read()
+                return os.path.exists(path) and "\tstarted" in read_file(path)
             wait_for(lambda: started("lab1") and started("lab2"), 30, what="both tasks started")
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=60)
@@ -5998,19 +6056,19 @@ class NamespaceHosts:
                 MaxSessions 100
                 Subsystem sftp /usr/lib/openssh/sftp-server
                 """))
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
-             f"hostname {name} && exec /usr/sbin/sshd -D -e -f {conf}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(conf + ".log", "wb"))
+        with open(conf + ".log", "wb") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
+                 f"hostname {name} && exec /usr/sbin/sshd -D -e -f {conf}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         self.procs.append(proc)
         self.names.append(name)
         self.addrs.append(addr)
 
     def _listening(self, i, addr):
         if self.procs[i].poll() is not None:
-            raise AssertionError("namespace sshd died: " + open(
-                os.path.join(self.dir, f"sshd_{i}.log")).read())
+            raise AssertionError("namespace sshd died: " + read_file(
+                os.path.join(self.dir, f"sshd_{i}.log")))
         try:
             with socket.create_connection((addr, 22), timeout=1) as s:
                 return s.recv(4).startswith(b"SSH-")
@@ -6078,10 +6136,10 @@ class TestFanOut(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         for name in self.hosts.names:
             self.assertIn(f"{name} : {name}\n", out.stdout)
-            self.assertIn(os.uname().release, open(os.path.join(res, name, "debug", "stdout")).read())
-            autoserv.parse_status_log(open(os.path.join(res, name, "status.log")).read()
+            self.assertIn(os.uname().release, read_file(os.path.join(res, name, "debug", "stdout")))
+            autoserv.parse_status_log(read_file(os.path.join(res, name, "status.log"))
                                       if os.path.exists(os.path.join(res, name, "status.log")) else "")
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual(sorted(summary["hosts"]), sorted(self.hosts.names))
         self.assertTrue(all(v["outcome"] == "GOOD" for v in summary["hosts"].values()))
         import xml.etree.ElementTree as ET
@@ -6101,10 +6159,10 @@ class TestFanOut(unittest.TestCase):
             status, output = ("4", "broken") if name == "nshost02" else ("0", name)
             self.assertEqual((row[1], row[3]), (status, output), row)
             self.assertRegex(row[2], r"^\d+\.\d\ds$")
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual({n: v["outcome"] for n, v in summary["hosts"].items()},
                          {n: "FAIL" if n == "nshost02" else "GOOD" for n in names})
-        self.assertIn(command, open(os.path.join(res, "control.srv")).read())
+        self.assertIn(command, read_file(os.path.join(res, "control.srv")))
         self.assertIn("nshost02 FAIL AutoservRunError:", out.stderr.strip().splitlines()[-1])
         # --shard takes its share of the machines file, as any job does
         mf = os.path.join(self.tmp, "machines")
@@ -6208,7 +6266,7 @@ class TestFanOut(unittest.TestCase):
         # The output went to the hosts' files, not as prefixed lines.
         self.assertNotIn(f"{names[0]} : soaked", text)
         self.assertIn(f"soaked on {names[0]}",
-                      open(os.path.join(res, names[0], "debug", "stdout")).read())
+                      read_file(os.path.join(res, names[0], "debug", "stdout")))
 
     def test_ctrl_c_under_the_live_view_stops_every_task_and_leaves_the_final_rows(self):
         names = self.hosts.names[:3]
@@ -6334,7 +6392,7 @@ class TestFanOut(unittest.TestCase):
                 self.assertEqual(warnings, [
                     f"autoserv: stall: {name}: 'sleep 5.5' has printed nothing for {n} s; "
                     "still running (stall warning after 2 s)" for n in (2, 4)], out.stderr)
-                log = open(os.path.join(res, "debug", "autoserv.log")).read()
+                log = read_file(os.path.join(res, "debug", "autoserv.log"))
                 self.assertEqual(log.count("stall: "), 2, log)
 
     def test_one_host_partitioned_mid_run_the_others_complete(self):
@@ -6367,7 +6425,7 @@ class TestFanOut(unittest.TestCase):
         self.assertIn(f"{victim_name}", err)
         self.assertIn("AutoservSSHConnectionLost", err)
         self.assertLess(took, 4.25 + 1 * (3 + 1) + 10 + 5)
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         outcomes = {k: v["outcome"] for k, v in summary["hosts"].items()}
         self.assertEqual(outcomes.pop(victim_name), "FAIL")
         self.assertEqual(set(outcomes.values()), {"GOOD"})
@@ -6445,7 +6503,7 @@ class TestFanOut(unittest.TestCase):
                     reap()     # orphans of the remote side are reparented to us
                     return not [k for k in our_children() if k[0] not in fixtures]
                 wait_for(clean, 10, what="no process of the run left")
-                entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+                entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
                 self.assertIn("ABORT", [e["code"] for e in entries])
                 # The job itself, not only its tasks, ends as aborted.
                 job = [e["code"] for e in entries if e["operation"] == "autoserv"]
@@ -6531,17 +6589,17 @@ class TestLibrary(unittest.TestCase):
         release = os.uname().release
         self.assertEqual(out.stdout.splitlines(), [f"{n:20} {n} {release}"
                                                    for n in self.hosts.names])
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual(summary["job"]["outcome"], "GOOD")
         self.assertEqual({n: v["outcome"] for n, v in summary["hosts"].items()},
                          {n: "GOOD" for n in self.hosts.names})
-        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         self.assertEqual([e["code"] for e in entries if e["operation"] == "parallel"],
                          ["START", "END GOOD"])
         for name in self.hosts.names:
             self.assertTrue(os.path.isdir(os.path.join(res, name)), name)
-        self.assertIn(b"run: uname -n -r", open(os.path.join(res, "debug", "autoserv.log"),
-                                                 "rb").read())
+        self.assertIn(b"run: uname -n -r", read_file(os.path.join(res, "debug", "autoserv.log"),
+                                                 "rb"))
         # A host that cannot be reached is told apart by its class; exit 1.
         out = subprocess.run([sys.executable, example, "--ssh-config", self.hosts.ssh_config,
                               "--command", "exit 3", self.hosts.names[0], "deadhost"],
@@ -6658,7 +6716,7 @@ class TestLibrary(unittest.TestCase):
                         h.run("true")
                     """))
                 self.assertEqual((out.returncode, out.stdout, out.stderr), (0, "", ""))
-                log = open(os.path.join(self.tmp, "res", "debug", "autoserv.log")).read()
+                log = read_file(os.path.join(self.tmp, "res", "debug", "autoserv.log"))
                 self.assertIn("nshost01: run: true", log)
                 shutil.rmtree(os.path.join(self.tmp, "res"))
         self.assert_nothing_left()
@@ -6738,7 +6796,7 @@ def grub_mkconfig_fixture(root, kernels, initrds=()):
                          capture_output=True, text=True, timeout=120)
     if out.returncode:
         raise AssertionError("grub-mkconfig: " + out.stderr)
-    text = open(cfg + ".new").read().replace(boot + "/", "/boot/")
+    text = read_file(cfg + ".new").replace(boot + "/", "/boot/")
     os.unlink(cfg + ".new")
     with open(cfg, "w") as f:
         f.write(text)
@@ -6827,7 +6885,7 @@ class TestBoottool(unittest.TestCase):
         for d, _, files in os.walk(os.path.join(self.root, "boot")):
             for f in files:
                 if not f.endswith(".bak"):
-                    found[os.path.join(d, f)] = open(os.path.join(d, f), "rb").read()
+                    found[os.path.join(d, f)] = read_file(os.path.join(d, f), "rb")
         return found
 
     def round_trip(self, default_before):
@@ -6872,16 +6930,16 @@ class TestBoottool(unittest.TestCase):
         # Boot once goes through grubenv's next_entry, the default through
         # saved_entry, and our entries live in custom.cfg ...
         self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=kept", "--boot-once")
-        self.assertIn("next_entry=boottool-kept", open(env).read())
-        self.assertNotIn("boottool", open(cfg).read())
+        self.assertIn("next_entry=boottool-kept", read_file(env))
+        self.assertNotIn("boottool", read_file(cfg))
         self.bt("--set-default=Debian GNU/Linux, with Linux 6.1.0-56-cloud-amd64")
-        self.assertIn("saved_entry=gnulinux-advanced-", open(env).read())
+        self.assertIn("saved_entry=gnulinux-advanced-", read_file(env))
         self.assertEqual(self.info()[int(self.bt("--default").stdout)]["title"],
                          "Debian GNU/Linux, with Linux 6.1.0-56-cloud-amd64")
         # ... so they survive update-grub.
         grub_mkconfig_fixture(self.root, kernels, initrds=kernels[1:])
         self.assertIn("kept", [e["title"] for e in self.info()])
-        self.assertEqual(len(open(env, "rb").read()), 1024)
+        self.assertEqual(len(read_file(env, "rb")), 1024)
 
     def test_bls_round_trip_with_grubenv_and_with_loader_conf(self):
         env = bls_fixture(self.root)
@@ -6893,15 +6951,15 @@ class TestBoottool(unittest.TestCase):
         self.bt("--add-kernel=/boot/vmlinuz-9.9-test", "--title=once", "--boot-once")
         conf = os.path.join(self.root, "boot", "loader", "entries",
                             f"{_MACHINE_ID}-boottool-once.conf")
-        text = open(conf).read()
+        text = read_file(conf)
         self.assertIn("options root=UUID=5a1f3c2e-1111-2222-3333-444455556666 ro rhgb quiet",
                       text)
         self.assertIn("grub_class fedora", text)
-        self.assertIn(f"next_entry={_MACHINE_ID}-boottool-once", open(env).read())
+        self.assertIn(f"next_entry={_MACHINE_ID}-boottool-once", read_file(env))
         # systemd-boot: no grubenv, the default in loader.conf.
         os.unlink(env)
         self.bt(f"--set-default={_MACHINE_ID}-6.8.9-300.fc40.x86_64")
-        loader = open(os.path.join(self.root, "boot", "loader", "loader.conf")).read()
+        loader = read_file(os.path.join(self.root, "boot", "loader", "loader.conf"))
         self.assertIn(f"default {_MACHINE_ID}-6.8.9-300.fc40.x86_64.conf", loader)
         self.assertEqual(self.info()[int(self.bt("--default").stdout)]["title"],
                          "Fedora Linux (6.8.9-300.fc40.x86_64) 40 (Forty)")
@@ -6909,7 +6967,7 @@ class TestBoottool(unittest.TestCase):
     def test_grub_legacy_round_trip_and_boot_once_restores_the_default(self):
         menu = os.path.join(self.root, "boot", "grub", "menu.lst")
         os.makedirs(os.path.dirname(menu))
-        open(menu, "w").write(_MENU_LST)
+        write_file(menu, _MENU_LST)
         self.assertEqual(self.bt("--bootloader-probe").stdout.strip(), "grub")
         self.round_trip(0)
         self.bt("--set-default=1")
@@ -6917,16 +6975,16 @@ class TestBoottool(unittest.TestCase):
                 "--boot-once")
         # GRUB legacy boots the entry in /boot/grub/default; that entry's
         # "savedefault 2" puts the old default (now index 2) back.
-        self.assertTrue(open(os.path.join(self.root, "boot", "grub", "default")).read()
+        self.assertTrue(read_file(os.path.join(self.root, "boot", "grub", "default"))
                         .startswith("0\n"))
-        self.assertRegex(open(menu).read(), r"title once\n(.*\n)*?\s*savedefault 2\b")
-        self.assertRegex(open(menu).read(), r"(?m)^default\s+saved")
+        self.assertRegex(read_file(menu), r"title once\n(.*\n)*?\s*savedefault 2\b")
+        self.assertRegex(read_file(menu), r"(?m)^default\s+saved")
         self.assertEqual(int(self.bt("--default").stdout), 2)
 
     def test_info_output_has_the_original_layout(self):
         menu = os.path.join(self.root, "boot", "grub", "menu.lst")
         os.makedirs(os.path.dirname(menu))
-        open(menu, "w").write(_MENU_LST)
+        write_file(menu, _MENU_LST)
         out = self.bt("--info=0").stdout
         self.assertTrue(out.startswith("\nindex\t: 0\n"), out)
         for line in ("title\t: Debian GNU/Linux, kernel 2.6.18-6-amd64\n",
@@ -6963,7 +7021,7 @@ class TestBoottool(unittest.TestCase):
             self.assertIn(text, out.stderr)
         menu = os.path.join(self.root, "boot", "grub", "menu.lst")
         os.makedirs(os.path.dirname(menu))
-        open(menu, "w").write(_MENU_LST)
+        write_file(menu, _MENU_LST)
         for args, text in ((["--add-kernel=/boot/nope", "--title=x"], "kernel /boot/nope not found"),
                            (["--set-default=no such title"], "no boot entry 'no such title'"),
                            (["--remove-kernel=7"], "no boot entry '7'"),
@@ -6975,7 +7033,7 @@ class TestBoottool(unittest.TestCase):
                 self.assertEqual(out.returncode, 1, out.stderr)
                 self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
                 self.assertIn(text, out.stderr)
-        self.assertEqual(open(menu).read(), _MENU_LST)
+        self.assertEqual(read_file(menu), _MENU_LST)
 
     def test_runs_with_only_what_debians_python3_minimal_carries(self):
         # Debian's python3 in a debootstrap root, with the modules that
@@ -6996,7 +7054,7 @@ class TestBoottool(unittest.TestCase):
                                  capture_output=True, text=True, timeout=60)
             self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("next_entry=boottool-t",
-                      open(os.path.join(self.root, "boot", "grub", "grubenv")).read())
+                      read_file(os.path.join(self.root, "boot", "grub", "grubenv")))
 
 
     def fresh(self, kind):
@@ -7042,7 +7100,7 @@ class TestBoottool(unittest.TestCase):
                 self.fresh(kind)
                 if kind == "grub2":      # an existing entry quoted GRUB's way
                     cfg = os.path.join(self.root, "boot", "grub", "grub.cfg")
-                    text = open(cfg).read()
+                    text = read_file(cfg)
                     with open(cfg, "w") as f:
                         f.write(text.replace("console=ttyS0", "console=ttyS0 "
                                              "acpi_osi='!Windows 2012'"))
@@ -7050,7 +7108,7 @@ class TestBoottool(unittest.TestCase):
                     first = self.info()[0]
                     self.assertIn(windows, first["args"])
                     self.assertIn("debug", first["args"])
-                    self.assertIn("acpi_osi='!Windows 2012'", open(cfg).read())
+                    self.assertIn("acpi_osi='!Windows 2012'", read_file(cfg))
                 self.bt("--add-kernel=/boot/vmlinuz-9.9-test", f"--title={title}",
                         f"--args=quiet {windows}")
                 self.bt(f"--update-kernel={title}", "--args=debug", "--remove-args=quiet")
@@ -7175,11 +7233,11 @@ class TestInstallables(unittest.TestCase):
         self.assertEqual(obj.get(self.deb), self.deb)
         self.assertEqual(obj.get(self.dir), self.dir)
         got = obj.get(f"{self.served.http_url}/{os.path.basename(self.deb)}")
-        self.assertEqual(open(got, "rb").read(), open(self.deb, "rb").read())
+        self.assertEqual(read_file(got, "rb"), read_file(self.deb, "rb"))
         got = obj.get(io.BytesIO(b"from a file object"))
-        self.assertEqual(open(got, "rb").read(), b"from a file object")
+        self.assertEqual(read_file(got, "rb"), b"from a file object")
         got = obj.get("echo this string is the content\n")
-        self.assertEqual(open(got).read(), "echo this string is the content\n")
+        self.assertEqual(read_file(got), "echo this string is the content\n")
         k = autoserv.DEBKernel()
         k.get(f"{self.served.http_url}/{os.path.basename(self.deb)}")
         self.assertEqual(k.get_version(), self.kver)
@@ -7187,7 +7245,7 @@ class TestInstallables(unittest.TestCase):
             if not self.served.ftp:
                 unavailable("python3-pyftpdlib is missing: no FTP server on loopback")
             got = obj.get(f"{self.served.ftp_url}/{os.path.basename(self.rpm)}")
-            self.assertEqual(open(got, "rb").read(), open(self.rpm, "rb").read())
+            self.assertEqual(read_file(got, "rb"), read_file(self.rpm, "rb"))
 
     def test_a_slow_download_prints_its_bytes_and_rate_off_a_terminal(self):
         import http.server
@@ -7262,8 +7320,8 @@ class TestInstallables(unittest.TestCase):
         self.assertRegex(k.get_package_version(), r"^6\.12\.")
 
     def test_corrupt_truncated_and_kernelless_packages_are_refused(self):
-        data = open(self.deb, "rb").read()
-        rpm = open(self.rpm, "rb").read()
+        data = read_file(self.deb, "rb")
+        rpm = read_file(self.rpm, "rb")
         flipped = bytearray(rpm)
         flipped[len(rpm) - 5000] ^= 0xFF
         bad_deb = bytearray(data)
@@ -7271,23 +7329,23 @@ class TestInstallables(unittest.TestCase):
         notkernel = os.path.join(self.dir, "notkernel")
         os.makedirs(os.path.join(notkernel, "DEBIAN"), exist_ok=True)
         os.makedirs(os.path.join(notkernel, "usr", "share"), exist_ok=True)
-        open(os.path.join(notkernel, "usr", "share", "x"), "w").write("x")
-        open(os.path.join(notkernel, "DEBIAN", "control"), "w").write(
-            "Package: notkernel\nVersion: 1\nArchitecture: all\nMaintainer: t <t@localhost>\n"
-            "Description: no kernel here\n")
+        write_file(os.path.join(notkernel, "usr", "share", "x"), "x")
+        write_file(os.path.join(notkernel, "DEBIAN", "control"),
+                   "Package: notkernel\nVersion: 1\nArchitecture: all\n"
+                   "Maintainer: t <t@localhost>\nDescription: no kernel here\n")
         sh("dpkg-deb", "--root-owner-group", "--build", notkernel,
            os.path.join(self.dir, "notkernel.deb"))
         cases = ((autoserv.DEBKernel, data[:len(data) // 2], "truncated"),
                  (autoserv.DEBKernel, bytes(bad_deb), "corrupt"),
                  (autoserv.DEBKernel, b"not a package at all", "not a .deb"),
-                 (autoserv.DEBKernel, open(os.path.join(self.dir, "notkernel.deb"), "rb").read(),
+                 (autoserv.DEBKernel, read_file(os.path.join(self.dir, "notkernel.deb"), "rb"),
                   "not a kernel package"),
                  (autoserv.RPMKernel, rpm[:len(rpm) - 4096], "truncated"),
                  (autoserv.RPMKernel, bytes(flipped), "corrupt"),
                  (autoserv.RPMKernel, rpm[:200], "truncated"))
         for n, (cls, blob, text) in enumerate(cases):
             path = os.path.join(self.dir, f"bad-{n}")
-            open(path, "wb").write(blob)
+            write_file(path, blob, 'wb')
             with self.subTest(n=n, text=text), \
                     self.assertRaises(autoserv.AutoservInstallError) as cm:
                 k = cls()
@@ -7726,10 +7784,10 @@ def kernel_disk_image():
         os.unlink(os.path.join(root, "kernel.deb"))
         # Smaller, faster initrds when a test installs a kernel that wants one.
         conf = os.path.join(root, "etc", "initramfs-tools", "initramfs.conf")
-        text = open(conf).read()
+        text = read_file(conf)
         text = re.sub(r"^MODULES=.*$", "MODULES=dep", text, flags=re.M)
         text = re.sub(r"^COMPRESS=.*$", "COMPRESS=gzip", text, flags=re.M)
-        open(conf, "w").write(text)
+        write_file(conf, text)
         # No udev in them either (the site scripts below keep it from running
         # at boot): its hook, copying udevd, its rules and its helpers with
         # their libraries, was the biggest part of mkinitramfs under TCG (35 s
@@ -8110,11 +8168,11 @@ class TestKVM(unittest.TestCase):
             self.assertEqual(os.stat(private).st_mode & 0o777, 0o700, private)
         self.assertEqual(g.run("exit 7", ignore_status=True).exit_status, 7)
         f = os.path.join(self.tmp, "f")
-        open(f, "w").write("to the guest")
+        write_file(f, "to the guest")
         d = g.get_tmp_dir()
         g.send_file(f, d + "/f")
         g.get_file(d + "/f", os.path.join(self.tmp, "back"))
-        self.assertEqual(open(os.path.join(self.tmp, "back")).read(), "to the guest")
+        self.assertEqual(read_file(os.path.join(self.tmp, "back")), "to the guest")
         with self.assertRaises(autoserv.AutoservTimeoutError):
             g.run("sleep 60", timeout=2)
         self.assertEqual(g.run("pgrep -x sleep || echo none").stdout.strip(), "none")
@@ -8224,8 +8282,8 @@ class TestKVM(unittest.TestCase):
     def test_a_dead_qemu_fails_wait_up_at_once_with_the_serial_log(self):
         g = autoserv.KVMGuest(self.kvm, self.kernel_opts, identity=self.img["key"])
         try:
-            wait_for(lambda: "Linux version" in open(g.serial_log).read() or
-                     "READY" in open(g.serial_log).read(), 60, what="guest booting")
+            wait_for(lambda: "Linux version" in read_file(g.serial_log) or
+                     "READY" in read_file(g.serial_log), 60, what="guest booting")
             os.kill(g.qemu_pid, signal.SIGKILL)
             t0 = time.monotonic()
             with self.assertRaises(autoserv.AutoservVirtError) as cm:
@@ -8268,10 +8326,10 @@ class TestKVM(unittest.TestCase):
         res = os.path.join(self.tmp, "res")
         out = run_cli("-r", res, ctl, timeout=300)
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(sorted(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+        self.assertEqual(sorted(json.loads(read_file(os.path.join(res, "summary.json")))["hosts"]),
                          ["g1", "localhost"])       # the guest and its hypervisor
-        self.assertIn("run: uname -n", open(os.path.join(res, "g1", "debug", "host.log")).read())
-        log = open(os.path.join(res, "debug", "autoserv.log")).read()
+        self.assertIn("run: uname -n", read_file(os.path.join(res, "g1", "debug", "host.log")))
+        log = read_file(os.path.join(res, "debug", "autoserv.log"))
         self.assertIn("] g1: ", log)
         # waiting for the boot asks the hypervisor about qemu every 2 s: not logged
         self.assertNotIn("/stat", log)
@@ -8285,10 +8343,10 @@ class TestKVM(unittest.TestCase):
             SEED_DISK: self.disk})
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("Linux guest", out.stdout)
-        self.assertIn(self.disk, open(log).read())         # the built binary was used
+        self.assertIn(self.disk, read_file(log))         # the built binary was used
         self.assertFalse(os.path.exists(log + ".make-install"))
         self.assertFalse(self.qemu_pids(self.disk))
-        status = open(os.path.join(self.tmp, "res", "status.log")).read()
+        status = read_file(os.path.join(self.tmp, "res", "status.log"))
         self.assertIn("TCG", status)
 
     def test_seed_05_with_its_own_addresses_bridges_the_guest_in_a_namespace(self):
@@ -8311,8 +8369,8 @@ class TestKVM(unittest.TestCase):
                        netns=ns.name, timeout=400)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("Linux guest", out.stdout)
-        self.assertIn(self.disk, open(log).read())
-        hosts = json.load(open(os.path.join(res, "summary.json")))["hosts"]
+        self.assertIn(self.disk, read_file(log))
+        hosts = json.loads(read_file(os.path.join(res, "summary.json")))["hosts"]
         self.assertEqual(hosts["192.168.2.1"]["outcome"], "GOOD")    # the guest, by its address
         self.assertFalse(self.qemu_pids(self.disk))
         links = ns.exec("ip", "-o", "link").stdout
@@ -8338,7 +8396,7 @@ class TestKVM(unittest.TestCase):
             **user_mode_address("10.0.0.1", guest_ports(1))})
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("Linux guest " + self.img["kver"], out.stdout)
-        self.assertIn("-kernel", open(log).read())       # the compiled qemu, the extracted image
+        self.assertIn("-kernel", read_file(log))       # the compiled qemu, the extracted image
         self.assertFalse(self.qemu_pids(self.disk))
 
 
@@ -8368,10 +8426,10 @@ class TestReboot(unittest.TestCase):
         autoserv.LOG.close()
 
     def status(self):
-        return autoserv.parse_status_log(open(os.path.join(self.tmp, "status.log")).read())
+        return autoserv.parse_status_log(read_file(os.path.join(self.tmp, "status.log")))
 
     def serial_readies(self):
-        return open(self.guest.serial_log).read().count("READY boot_id=")
+        return read_file(self.guest.serial_log).count("READY boot_id=")
 
     def debug_log(self):
         with open(os.path.join(self.tmp, "debug", "autoserv.log"), errors="replace") as f:
@@ -8441,7 +8499,7 @@ class TestReboot(unittest.TestCase):
         def issue_unanswered(command):
             relay.hold()
             watcher = threading.Thread(target=lambda: (
-                wait_for(lambda: tag in open(self.guest.serial_log, errors="replace").read(),
+                wait_for(lambda: tag in read_file(self.guest.serial_log, errors="replace"),
                          60, what="the reboot command running"), relay.drop()))
             watcher.start()
             try:
@@ -8454,7 +8512,7 @@ class TestReboot(unittest.TestCase):
         self.assertIn("the reboot command's connection ended", self.debug_log())
         self.assertGreater(relay.dropped(), 0, "no reply was held back")
         # Sent once: the lost session is not taken for one that never left.
-        self.assertEqual(open(self.guest.serial_log, errors="replace").read().count(tag), 1)
+        self.assertEqual(read_file(self.guest.serial_log, errors="replace").count(tag), 1)
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "reboot.verify"), codes)
 
@@ -8464,7 +8522,7 @@ class TestReboot(unittest.TestCase):
         before = self.guest.get_boot_id()
         self.guest.reboot(reboot_cmd="echo c > /proc/sysrq-trigger", timeout=120)
         self.assertNotEqual(self.guest.get_boot_id(), before)
-        self.assertIn("sysrq", open(self.guest.serial_log).read().lower())
+        self.assertIn("sysrq", read_file(self.guest.serial_log).lower())
 
     @scenario(26)
     def test_a_machine_that_reboots_twice_is_done_only_when_stable(self):
@@ -8487,7 +8545,7 @@ class TestReboot(unittest.TestCase):
         finally:
             thread.join()
         self.assertEqual(self.serial_readies(), start + 2)
-        last = open(self.guest.serial_log).read().rsplit("READY boot_id=", 1)[1].split()[0]
+        last = read_file(self.guest.serial_log).rsplit("READY boot_id=", 1)[1].split()[0]
         final = self.guest.get_boot_id()
         self.assertEqual(final, last)
         self.assertNotEqual(seen[0], final)        # the intermediate boot was seen...
@@ -8559,7 +8617,7 @@ class TestReboot(unittest.TestCase):
         out = run_cli("-r", res, ctl, timeout=300)
         self.assertEqual(out.returncode, 1, out.stderr)
         page = os.path.join(res, "index.html")
-        html_text = open(page, encoding="utf-8").read()
+        html_text = read_file(page, encoding="utf-8")
         self.assertNotIn("<script", html_text.lower())
         self.assertNotIn("\x1b", html_text)
         self.assertIn("&lt;script&gt;document.title=", html_text)
@@ -8567,7 +8625,7 @@ class TestReboot(unittest.TestCase):
         os.unlink(page)
         again = run_cli("report", res)
         self.assertEqual(again.returncode, 0, again.stderr)
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         hosts = sorted(summary["hosts"])
         self.assertTrue({"guest", "failing", "hostile<i>x"} <= set(hosts), hosts)
         chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
@@ -8727,7 +8785,7 @@ class TestPower(unittest.TestCase):
         self.assertTrue(h.wait_down(timeout=60, old_boot_id=before))
         self.assertTrue(h.wait_up(timeout=120))
         self.assertNotEqual(h.get_boot_id(), before)
-        self.assertIn("set power 0", open(self.bmc.calls).read())
+        self.assertIn("set power 0", read_file(self.bmc.calls))
 
     def test_hardreset_uses_the_power_controllers_reset(self):
         h = self.plain_host(power=autoserv.IPMIPower("127.0.0.1", port=self.bmc.port,
@@ -8735,7 +8793,7 @@ class TestPower(unittest.TestCase):
         before = h.get_boot_id()
         h.hardreset(timeout=120)
         self.assertNotEqual(h.get_boot_id(), before)
-        self.assertIn("set reset 1", open(self.bmc.calls).read())
+        self.assertIn("set reset 1", read_file(self.bmc.calls))
 
     @scenario(25)
     def test_a_host_that_never_returns_is_brought_back_by_one_ipmi_reset(self):
@@ -8746,17 +8804,17 @@ class TestPower(unittest.TestCase):
         h = self.plain_host(power=autoserv.IPMIPower("127.0.0.1", port=self.bmc.port,
                                                      password=self.PASSWORD))
         before = h.get_boot_id()
-        calls = len(open(self.bmc.calls).read()) if os.path.exists(self.bmc.calls) else 0
+        calls = len(read_file(self.bmc.calls)) if os.path.exists(self.bmc.calls) else 0
         t0 = time.monotonic()
         with CmdlineSampler() as ps:
             h.reboot(reboot_cmd="halt -f", timeout=15, down_timeout=10)
         self.assertLess(time.monotonic() - t0, 10 + 15 + autoserv.POST_RESET_WAIT + 10)
         self.assertNotEqual(h.get_boot_id(), before)
-        self.assertIn("set reset 1", open(self.bmc.calls).read()[calls:])
+        self.assertIn("set reset 1", read_file(self.bmc.calls)[calls:])
         self.assertTrue(ps.seen("ipmitool"), "the sampler never saw ipmitool run")
         self.assertEqual(ps.seen(self.PASSWORD), [])
         ops = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
-            open(os.path.join(self.tmp, "status.log")).read())]
+            read_file(os.path.join(self.tmp, "status.log")))]
         # Recovered: WARNs tell the story (did not return; back after the
         # reset), nothing that fails the job.
         reset = ops.index(("WARN", "reboot.verify"))
@@ -8800,7 +8858,7 @@ class TestPower(unittest.TestCase):
         for pw in (wrong, self.PASSWORD):
             self.assertEqual(ps.seen(pw), [])
             self.assertNotIn(pw, out.stdout + out.stderr)
-        status = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        status = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         self.assertTrue([e for e in status if "AutoservHostError" in e["message"]
                          and "wrong user or password" in e["message"]], status)
         for top, _, names in os.walk(res):
@@ -8809,8 +8867,8 @@ class TestPower(unittest.TestCase):
                     data = f.read()
                 for pw in (wrong, self.PASSWORD):
                     self.assertNotIn(pw.encode(), data, os.path.join(top, name))
-        self.assertIn(b"ipmitool chassis power", open(
-            os.path.join(res, "debug", "autoserv.log"), "rb").read())
+        self.assertIn(b"ipmitool chassis power", read_file(
+            os.path.join(res, "debug", "autoserv.log"), "rb"))
         right = autoserv.IPMIPower("127.0.0.1", port=self.bmc.port, password=self.PASSWORD)
         self.assertEqual(right.status(), "on")
 
@@ -8927,7 +8985,7 @@ class TestPower(unittest.TestCase):
         before = out.stdout.strip()
         self.assertNotEqual(self.guest.get_boot_id(), before)
         codes = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
-            open(os.path.join(res, "status.log")).read())]
+            read_file(os.path.join(res, "status.log")))]
         self.assertIn(("GOOD", "reboot.verify"), codes)
 
     def test_reboot_and_uname_through_an_ssh_config_alias(self):
@@ -8953,7 +9011,7 @@ class TestPower(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.count("Linux guest"), 2)
         codes = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
-            open(os.path.join(res, "status.log")).read())]
+            read_file(os.path.join(res, "status.log")))]
         self.assertIn(("GOOD", "reboot.verify"), codes)
 
 
@@ -9023,14 +9081,14 @@ class TestHealth(unittest.TestCase):
     def test_a_healthy_guest_verifies_with_its_figures_and_repair_leaves_it_alone(self):
         self.job()
         h = self.fresh_guest()
-        before, readies = h.get_boot_id(), open(self.guest.serial_log).read().count("READY")
+        before, readies = h.get_boot_id(), read_file(self.guest.serial_log).count("READY")
         figures = h.verify()
         for text in ("reachable in ", f"boot id {before}", "/ ", "/tmp ", " MB free",
                      "clock "):
             self.assertIn(text, figures)
         h.repair()
         self.assertEqual(h.get_boot_id(), before)
-        self.assertEqual(open(self.guest.serial_log).read().count("READY"), readies)
+        self.assertEqual(read_file(self.guest.serial_log).count("READY"), readies)
         ops = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "verify"), ops)
         self.assertFalse([op for _, op in ops if op and op.startswith(("repair", "reboot"))],
@@ -9167,9 +9225,9 @@ class TestHealth(unittest.TestCase):
         self.assertRegex(rows[guest], r"SICK +verify failed: free space \(/tmp: \d+ MB")
         self.assertIn("2 of 4 hosts GOOD", out.stderr)
         self.assertIn("nshost03 FAIL sick: verify failed: reachable", out.stderr)
-        dropped = json.load(open(os.path.join(res, "summary.json")))["job"]["dropped"]
+        dropped = json.loads(read_file(os.path.join(res, "summary.json")))["job"]["dropped"]
         self.assertEqual(sorted(dropped), sorted([guest, "nshost03"]))
-        self.assertEqual(sorted(json.load(open(os.path.join(res, "summary.json")))["hosts"]),
+        self.assertEqual(sorted(json.loads(read_file(os.path.join(res, "summary.json")))["hosts"]),
                          sorted(self.hosts.names + [guest]))
 
     def test_f_verify_first_drops_the_sick_runs_the_rest_and_exits_4(self):
@@ -9200,16 +9258,16 @@ class TestHealth(unittest.TestCase):
         self.assertRegex(out.stderr, r"dropped nshost03: repair failed; no reset path "
                                      r"\(reachable: .*connect timeout 3 s\)")
         self.assertIn("3 of 4 hosts GOOD; nshost03 FAIL dropped: repair failed", out.stderr)
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual(list(summary["job"]["dropped"]), ["nshost03"])
         self.assertEqual(summary["job"]["outcome"], "WARN")
         self.assertEqual(summary["hosts"]["nshost01"]["outcome"], "GOOD")
         self.assertEqual(sorted(summary["hosts"]), sorted(self.hosts.names + [guest]))
-        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         self.assertIn(("WARN", "verify"), [(e["code"], e["operation"]) for e in entries
                                             if "nshost03: dropped" in e["message"]])
         self.assertIn(("END GOOD", "repair"), [(e["code"], e["operation"]) for e in entries])
-        page = open(os.path.join(res, "index.html")).read()
+        page = read_file(os.path.join(res, "index.html"))
         self.assertIn('<tr class="dropped" data-host="nshost03">', page)
         self.assertIn("repair failed; no reset path", page)
 
@@ -9287,7 +9345,7 @@ class TestConmux(unittest.TestCase):
                 h.close()      # not every host: the class's guest lives on
             autoserv._JOB = None
             autoserv.LOG.close()
-        log = open(os.path.join(self.tmp, "127.0.0.1", "console.log"), errors="replace").read()
+        log = read_file(os.path.join(self.tmp, "127.0.0.1", "console.log"), errors="replace")
         self.assertIn("Linux version", log)
         self.assertIn(f"READY boot_id={after}", log)
         self.assertNotIn(f"READY boot_id={before}", log)
@@ -9379,7 +9437,7 @@ class TestAutotest(unittest.TestCase):
                        "-r", os.path.join(self.tmp, "res"), *args, ctl, timeout=600)
 
     def status(self):
-        return autoserv.parse_status_log(open(os.path.join(self.tmp, "res", "status.log")).read())
+        return autoserv.parse_status_log(read_file(os.path.join(self.tmp, "res", "status.log")))
 
     def test_seed_02_streams_status_profiles_and_brings_results_home(self):
         need("perf")
@@ -9397,7 +9455,7 @@ class TestAutotest(unittest.TestCase):
         start = next(e for e in entries if e["code"] == "START" and e["subdir"] == "linus_stress")
         self.assertEqual(start["indent"], run["indent"] + 1)
         res = os.path.join(self.tmp, "res", "job_results")
-        keyval = open(os.path.join(res, "linus_stress", "results", "keyval")).read()
+        keyval = read_file(os.path.join(res, "linus_stress", "results", "keyval"))
         rates = {k: float(v) for k, v in re.findall(
             r"^(sha256_blocks_per_s|memory_mb_touched_per_s|io_mb_per_s)\{perf\}=(\S+)$",
             keyval, re.M)}
@@ -9409,10 +9467,10 @@ class TestAutotest(unittest.TestCase):
                                   2 * rates["memory_mb_touched_per_s"], delta=0.5)
         self.assertNotAlmostEqual(rates["io_mb_per_s"], rates["memory_mb_touched_per_s"],
                                   delta=0.5)
-        self.assertIn("START\tlinus_stress", open(os.path.join(res, "status")).read())
+        self.assertIn("START\tlinus_stress", read_file(os.path.join(res, "status")))
         self.assertTrue(os.path.isfile(os.path.join(res, "linus_stress", "status")))
         # oprofile's event, recorded by perf (SPEC 13) while the test ran.
-        report = open(os.path.join(res, "linus_stress", "profiling", "perf.report")).read()
+        report = read_file(os.path.join(res, "linus_stress", "profiling", "perf.report"))
         self.assertIn("Samples", report)
 
     def test_client_tests_record_good_fail_error_na_and_unknown_and_the_job_goes_on(self):
@@ -9445,16 +9503,16 @@ class TestAutotest(unittest.TestCase):
                          ("WARN", "----")):
             self.assertIn(expected, codes)
         res = os.path.join(self.tmp, "res", "client")
-        self.assertIn("size{perf}=5", open(os.path.join(res, "mytest.good", "results",
-                                                        "keyval")).read())
-        self.assertIn("version=2", open(os.path.join(res, "mytest.good", "keyval")).read())
-        self.assertGreater(len(open(os.path.join(res, "sleeptest", "profiling",
-                                                 "sampler.csv")).readlines()), 1)
-        self.assertIn("ZeroDivisionError", open(os.path.join(res, "mytest.crash", "debug",
-                                                             "harness.log")).read())
-        self.assertEqual(open(os.path.join(res, "oldstyle", "results", "out.txt")).read(),
+        self.assertIn("size{perf}=5", read_file(os.path.join(res, "mytest.good", "results",
+                                                        "keyval")))
+        self.assertIn("version=2", read_file(os.path.join(res, "mytest.good", "keyval")))
+        self.assertGreater(len(read_file(os.path.join(res, "sleeptest", "profiling",
+                                                 "sampler.csv")).splitlines(keepends=True)), 1)
+        self.assertIn("ZeroDivisionError", read_file(os.path.join(res, "mytest.crash", "debug",
+                                                             "harness.log")))
+        self.assertEqual(read_file(os.path.join(res, "oldstyle", "results", "out.txt")),
                          "written by an old-style test")
-        self.assertIn("FAIL\tmytest.fail", open(os.path.join(res, "mytest.fail", "status")).read())
+        self.assertIn("FAIL\tmytest.fail", read_file(os.path.join(res, "mytest.fail", "status")))
 
     def test_perf_profiler_records_the_seeds_events_and_warns_for_the_rest(self):
         need("perf")
@@ -9510,7 +9568,7 @@ class TestAutotest(unittest.TestCase):
             self.assertGreater(fail["indent"], tasks[0]["indent"])
         parallel_end = [e for e in entries if e["operation"] == "parallel"][-1]
         self.assertEqual(parallel_end["code"], "END FAIL")
-        summary = json.load(open(os.path.join(self.tmp, "res", "summary.json")))
+        summary = json.loads(read_file(os.path.join(self.tmp, "res", "summary.json")))
         self.assertEqual(summary["job"]["outcome"], "FAIL")
         self.assertEqual(summary["hosts"]["testhost"]["outcome"], "FAIL")
         self.assertIn("mytest", summary["hosts"]["testhost"]["error"])
@@ -9569,9 +9627,9 @@ class TestAutotestFanOut(unittest.TestCase):
             with self.subTest(host=name):
                 res = os.path.join(self.tmp, "res", name)
                 self.assertIn("slept_seconds{perf}=2.0",
-                              open(os.path.join(res, "sleeptest", "results", "keyval")).read())
+                              read_file(os.path.join(res, "sleeptest", "results", "keyval")))
                 entries = autoserv.parse_status_log(
-                    open(os.path.join(res, "status.log")).read())
+                    read_file(os.path.join(res, "status.log")))
                 s = next(e for e in entries if e["code"] == "START" and e["subdir"] == "sleeptest")
                 g = next(e for e in entries if e["code"] == "GOOD" and e["subdir"] == "sleeptest")
                 spans.append((int(s["fields"]["timestamp"]), int(g["fields"]["timestamp"])))
@@ -9602,8 +9660,8 @@ class TestAutotestFanOut(unittest.TestCase):
         addr_b = self.hosts.addrs[1]
         out, res = self.netperf_job("", ", test_time=2")
         self.assertEqual(out.returncode, 0, out.stderr)
-        server = open(os.path.join(res, "server", "netperf2.server", "results", "keyval")).read()
-        client = open(os.path.join(res, "client", "netperf2.client", "results", "keyval")).read()
+        server = read_file(os.path.join(res, "server", "netperf2.server", "results", "keyval"))
+        client = read_file(os.path.join(res, "client", "netperf2.client", "results", "keyval"))
         self.assertRegex(server, r"throughput_mbit_s\{perf\}=\d")
         sent = int(re.search(r"sent_bytes\{perf\}=(\d+)", client).group(1))
         got = int(re.search(r"received_bytes\{perf\}=(\d+)", server).group(1))
@@ -9616,7 +9674,7 @@ class TestAutotestFanOut(unittest.TestCase):
         a, b = self.hosts.names[:2]
         out, res = self.netperf_job(", port=12866, wait=3", ", port=12867, wait=3")
         self.assertEqual(out.returncode, 3, out.stderr)
-        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         for host, tag in ((a, "server"), (b, "client")):
             start = next(i for i, e in enumerate(entries) if e["code"] == "START"
                          and e["message"] == f"Autotest.run on {host}")
@@ -9629,7 +9687,7 @@ class TestAutotestFanOut(unittest.TestCase):
             self.assertGreater(fail[0]["indent"], entries[start]["indent"])
         self.assertEqual([e["code"] for e in entries if e["operation"] == "parallel"],
                          ["START", "END FAIL"])
-        summary = json.load(open(os.path.join(res, "summary.json")))
+        summary = json.loads(read_file(os.path.join(res, "summary.json")))
         self.assertEqual(summary["job"]["outcome"], "FAIL")
         self.assertIn("no client within 3 s", summary["hosts"][a]["error"])
         self.assertIn("no server at", summary["hosts"][b]["error"])
@@ -9669,7 +9727,7 @@ class TestAutotestGuest(unittest.TestCase):
         out = run_seed(ctl, "--ssh-config", self.kg.ssh_config, "-r",
                        os.path.join(self.tmp, "res"))
         self.assertEqual(out.returncode, 0, out.stderr)
-        status = open(os.path.join(self.tmp, "res", "status.log")).read()
+        status = read_file(os.path.join(self.tmp, "res", "status.log"))
         self.assertIn("GOOD\tlinus_stress\tlinus_stress", status)
         warns = [e["message"] for e in autoserv.parse_status_log(status) if e["code"] == "WARN"]
         self.assertEqual(len(warns), 1, warns)
@@ -9694,13 +9752,13 @@ class TestAutotestGuest(unittest.TestCase):
         res = os.path.join(self.tmp, "res")
         out = run_seed(ctl, "--ssh-config", sshd.ssh_config, "-i", img["key"], "-r", res)
         self.assertEqual(out.returncode, 0, out.stderr)
-        report = open(os.path.join(res, "g1_results", "host_oprofile")).read()
+        report = read_file(os.path.join(res, "g1_results", "host_oprofile"))
         self.assertIn("Samples", report)
         self.assertTrue(os.path.isfile(os.path.join(res, "g1_results", "linus_stress",
                                                     "results", "keyval")))
-        self.assertIn("GOOD\tlinus_stress", open(os.path.join(res, "status.log")).read())
+        self.assertIn("GOOD\tlinus_stress", read_file(os.path.join(res, "status.log")))
         self.assertFalse([p for p in comm_pids("perf") if p in processes_with("perf.data")])
-        self.assertIn(img["disk"], open(log).read())
+        self.assertIn(img["disk"], read_file(log))
 
     def test_seed_09_installs_a_kernel_in_parallel_then_runs_netperf_guest_to_host(self):
         # The seed's addresses as they are, in a namespace: br0 on
@@ -9721,7 +9779,7 @@ class TestAutotestGuest(unittest.TestCase):
         sshd.write_ssh_config(aliases=("192.168.1.1",))
         config = os.path.join(self.tmp, "ssh_config")
         with open(config, "w") as f:
-            f.write(host2.ssh_block("192.168.1.2") + open(sshd.ssh_config).read())
+            f.write(host2.ssh_block("192.168.1.2") + read_file(sshd.ssh_config))
         img = kernel_disk_image()
         deb, kver = small_kernel_package(self.tmp)
         ctl = seed_control(self.tmp, "09", {
@@ -9734,16 +9792,16 @@ class TestAutotestGuest(unittest.TestCase):
         res = os.path.join(self.tmp, "res")
         out = run_seed(ctl, "--ssh-config", config, "-i", img["key"], "-r", res, netns=ns.name)
         self.assertEqual(out.returncode, 0, out.stderr)
-        entries = autoserv.parse_status_log(open(os.path.join(res, "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(res, "status.log")))
         installs = [e for e in entries if e["operation"] == "kernel.install"]
         self.assertEqual([e["code"] for e in installs], ["GOOD"])     # on one host of two
         self.assertIn(("GOOD", "boot.kernel"), [(e["code"], e["operation"]) for e in entries])
         self.assertIn(kver, ns.exec("ssh", "-F", config, "-o", "BatchMode=yes", "192.168.1.2",
                                     "uname -r").stdout)
-        server = open(os.path.join(res, "results-netperf-guest-to-host-far-server",
-                                   "netperf2.server", "results", "keyval")).read()
-        client = open(os.path.join(res, "results-netperf-guest-to-host-far-client",
-                                   "netperf2.client", "results", "keyval")).read()
+        server = read_file(os.path.join(res, "results-netperf-guest-to-host-far-server",
+                                   "netperf2.server", "results", "keyval"))
+        client = read_file(os.path.join(res, "results-netperf-guest-to-host-far-client",
+                                   "netperf2.client", "results", "keyval"))
         self.assertIn("client{perf}=10.0.0.254", server)      # the far host, through br0
         self.assertIn("server{perf}=10.0.0.1", client)
         self.assertEqual(re.search(r"sent_bytes\{perf\}=(\d+)", client).group(1),
@@ -9768,8 +9826,8 @@ class TestAutotestGuest(unittest.TestCase):
             ''', "client", h)
             """))
         self.assertEqual(out.returncode, 0, out.stderr)
-        entries = autoserv.parse_status_log(open(os.path.join(self.tmp, "res",
-                                                              "status.log")).read())
+        entries = autoserv.parse_status_log(read_file(os.path.join(self.tmp, "res",
+                                                              "status.log")))
         ops = [(e["code"], e["subdir"], e["operation"]) for e in entries]
         self.assertEqual(ops.count(("START", "sleeptest.one", "sleeptest")), 1)
         self.assertEqual(ops.count(("GOOD", "sleeptest.one", "sleeptest")), 1)
@@ -9848,8 +9906,10 @@ def run_seed(ctl, *args, netns=None, timeout=900):
     argv = [sys.executable, AUTOSERV, *args, ctl]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
+    t0 = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                          stdin=subprocess.DEVNULL)
+    note_slow_job(args, time.monotonic() - t0)
     if os.environ.get("AUTOSERV_SEED_SHOW"):
         with open(ctl) as f:
             text = f.read()
@@ -9870,7 +9930,7 @@ def kdisk_ssh_block(aliases, port, img, directory):
     file written in directory)."""
     known = os.path.join(directory, "known_hosts")
     with open(known, "w") as f:
-        f.write(f"[127.0.0.1]:{port} {open(img['host_pub']).read().strip()}\n")
+        f.write(f"[127.0.0.1]:{port} {read_file(img['host_pub']).strip()}\n")
     return (f"Host {aliases}\n    HostName 127.0.0.1\n    Port {port}\n    User root\n"
             f"    IdentityFile {img['key']}\n    IdentitiesOnly yes\n"
             f"    UserKnownHostsFile {known}\n\n")
@@ -9898,9 +9958,9 @@ class NetnsKernelGuest:
                 "-device", f"virtio-net-pci,netdev=n0,mac={mac}", "-device", "virtio-rng-pci",
                 "-drive", f"file={overlay},if=none,id=d0", "-device", "nvme,drive=d0,serial=d0",
                 "-serial", f"file:{self.serial}", "-pidfile", pidfile, "-daemonize")
-        self.pid = int(open(pidfile).read())
+        self.pid = int(read_file(pidfile))
         try:
-            wait_for(lambda: "READY" in open(self.serial, errors="replace").read(), 240,
+            wait_for(lambda: "READY" in read_file(self.serial, errors="replace"), 240,
                      interval=0.5, what="the namespace's kernel-disk guest up")
         except AssertionError:
             self.close()
@@ -9917,7 +9977,7 @@ class NetnsKernelGuest:
             except ProcessLookupError:
                 pass
             wait_for(lambda: not os.path.exists(f"/proc/{self.pid}") or
-                     open(f"/proc/{self.pid}/stat").read().split()[2] == "Z", 10,
+                     read_file(f"/proc/{self.pid}/stat").split()[2] == "Z", 10,
                      what="the namespace guest's qemu gone")
             self.pid = None
 
@@ -9959,7 +10019,7 @@ class KernelGuestCase(unittest.TestCase):
         autoserv.LOG.close()
 
     def status(self):
-        return autoserv.parse_status_log(open(os.path.join(self.res, "status.log")).read())
+        return autoserv.parse_status_log(read_file(os.path.join(self.res, "status.log")))
 
     def grub_state(self, g):
         """The boot menu and what GRUB reads from its environment (without
@@ -9990,7 +10050,7 @@ class TestKernelInstall(KernelGuestCase):
         self.assertEqual(len(unames), 2, out.stdout)
         self.assertIn(self.default_kver, unames[0])
         self.assertIn(kver, unames[1])
-        status = open(os.path.join(self.tmp, "res", "status.log")).read()
+        status = read_file(os.path.join(self.tmp, "res", "status.log"))
         self.assertRegex(status, r"GOOD\t----\tboot\.kernel\t.*running " + re.escape(kver))
         # dpkg knows it, its initrd was made, and it is now the default.
         self.assertIn("ii", g.run(f"dpkg -l linux-image-{kver}").stdout)
@@ -10055,7 +10115,7 @@ class TestKernelInstall(KernelGuestCase):
         self.assertEqual(len(unames), 2, out.stdout)
         self.assertIn(self.default_kver, unames[0])
         self.assertIn(self.kver, unames[1])
-        self.assertIn(img["disk"], open(log).read())     # the unpacked, compiled qemu ran it
+        self.assertIn(img["disk"], read_file(log))     # the unpacked, compiled qemu ran it
         self.assertFalse([p for p in comm_pids("qemu-system-x86")
                           if p in processes_with(img["disk"])])
 
@@ -10215,10 +10275,10 @@ class TestKernelBootEdits(KernelGuestCase):
         g, kg = self.start(job=True)
         before = self.grub_state(g)
         # A damaged package: refused before anything is sent.
-        data = bytearray(open(self.deb, "rb").read())
+        data = bytearray(read_file(self.deb, "rb"))
         data[len(data) // 2] ^= 0xFF
         bad = os.path.join(self.tmp, "bad.deb")
-        open(bad, "wb").write(bytes(data))
+        write_file(bad, bytes(data), 'wb')
         k = autoserv.DEBKernel()
         k.get(bad)
         with self.assertRaises(autoserv.AutoservInstallError) as cm:
@@ -10242,9 +10302,9 @@ class TestKernelBootEdits(KernelGuestCase):
         copy = os.path.join(self.tmp, "copy")
         os.mkdir(copy)
         shutil.copy(AUTOSERV, copy)
-        open(os.path.join(copy, "boottool"), "w").write(open(BOOTTOOL).read()[:3000])
+        write_file(os.path.join(copy, "boottool"), read_file(BOOTTOOL)[:3000])
         ctl = os.path.join(self.tmp, "boot.control")
-        open(ctl, "w").write('h = hosts.SSHHost("192.168.1.1")\nh.bootloader.set_default(0)\n')
+        write_file(ctl, 'h = hosts.SSHHost("192.168.1.1")\nh.bootloader.set_default(0)\n')
         out = subprocess.run([sys.executable, os.path.join(copy, "autoserv.py"), "--ssh-config",
                               kg.ssh_config, "-r", os.path.join(self.tmp, "r2"), ctl],
                              capture_output=True, text=True, timeout=300)
@@ -10306,7 +10366,8 @@ def read_results(path):
         summary = json.load(f)
     with open(os.path.join(path, "status.log")) as f:
         status = autoserv.parse_status_log(f.read())
-    keyval = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(path, "keyval")))
+    keyval = dict(line.split("=", 1)
+                  for line in read_file(os.path.join(path, "keyval")).splitlines())
     return summary, status, keyval
 
 
@@ -10386,7 +10447,7 @@ class TestShards(unittest.TestCase):
         self.assertEqual(list(summary["job"]["dropped"]), ["nosuch.invalid"])
         self.assertEqual((summary["job"]["outcome"], keyval["exit_status"]), ("WARN", "4"))
         self.assertIn('<tr class="dropped" data-host="nosuch.invalid">',
-                      open(os.path.join(merged, "index.html")).read())
+                      read_file(os.path.join(merged, "index.html")))
         # --slurm hands each task the same health options (no CONTROL_FILE
         # with --verify: nothing is taken for one).
         argv = ["--slurm", "2", "-M", mf, "--verify", "--connect-timeout", "3", "-r", "R"]
@@ -10444,7 +10505,7 @@ class TestShards(unittest.TestCase):
         out = os.path.join(self.tmp, "merged")
         r = run_cli("merge", "-r", out, *dirs)
         self.assertEqual(r.returncode, 0, r.stderr)
-        page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+        page = read_file(os.path.join(out, "index.html"), encoding="utf-8")
         everyone = "a1 b1 b2 c1 c2 d1 e1 f1 g1".split()
         self.assertEqual(sorted(re.findall(r'<tr class="host" data-host="([^"]*)"', page)),
                          everyone)
@@ -10580,9 +10641,9 @@ class Slurm:
         sh("runuser", "-u", "munge", "--", "munged", "-S", self.socket, "--pid-file", pidfile,
            "--log-file", os.path.join(munge_dir, "munged.log"),
            "--seed-file", os.path.join(munge_dir, "munged.seed"))
-        wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), 10,
+        wait_for(lambda: os.path.exists(pidfile) and read_file(pidfile).strip(), 10,
                  what="munged's pid file")
-        self.munged = int(open(pidfile).read())
+        self.munged = int(read_file(pidfile))
         wait_for(lambda: subprocess.run(
             f"munge -n -S {self.socket} | unmunge -S {self.socket}", shell=True,
             capture_output=True).returncode == 0, 10, what="munge")
@@ -10631,10 +10692,10 @@ class Slurm:
         os.makedirs(os.path.join(d, "spool"))
         self.env = dict(os.environ, SLURM_CONF=self.conf)
         for daemon in ("slurmctld", "slurmd"):
-            self.procs.append(subprocess.Popen(
-                [daemon, "-D"], env=self.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(os.path.join(d, daemon + ".err"), "wb")))
+            with open(os.path.join(d, daemon + ".err"), "wb") as err:
+                self.procs.append(subprocess.Popen(
+                    [daemon, "-D"], env=self.env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=err))
         try:
             wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", self.node, "-o", "%T"],
                                             env=self.env, capture_output=True,
@@ -10664,7 +10725,7 @@ class Slurm:
             try:
                 os.kill(self.munged, signal.SIGTERM)
                 wait_for(lambda: not os.path.exists(f"/proc/{self.munged}") or
-                         open(f"/proc/{self.munged}/stat").read().split(") ")[1][0] == "Z",
+                         read_file(f"/proc/{self.munged}/stat").split(") ")[1][0] == "Z",
                          10, what="munged to end")
             except ProcessLookupError:
                 pass
@@ -10747,7 +10808,7 @@ class TestSlurm(unittest.TestCase):
         self.assertEqual(summary["job"]["shards"]["merged"], ["0/4", "1/4", "2/4", "3/4"])
         ran = {}
         for i in range(4):
-            shard = json.load(open(os.path.join(out, "shards", str(i), "summary.json")))
+            shard = json.loads(read_file(os.path.join(out, "shards", str(i), "summary.json")))
             for host in shard["job"]["machines"]:
                 ran.setdefault(host, []).append(i)
             self.assertEqual(shard["job"]["shard"]["source"],
@@ -10819,7 +10880,7 @@ class TestSlurm(unittest.TestCase):
         # Once shard 1's hosts are at work, cancel that one array task.
         wait_for(lambda: os.path.exists(os.path.join(shard1, "h03")), 60,
                  what="shard 1 at work")
-        script = open(os.path.join(out, "shards", "autoserv.sbatch")).read()
+        script = read_file(os.path.join(out, "shards", "autoserv.sbatch"))
         job_id = subprocess.run(["squeue", "-h", "-o", "%F", "-n", "autoserv"],
                                 env=self.slurm.env, capture_output=True,
                                 text=True).stdout.split()[0]
@@ -11109,7 +11170,7 @@ def _lane_processes():
         if not pid.isdigit() or int(pid) == 1:
             continue
         try:
-            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            argv = read_file(f"/proc/{pid}/cmdline", "rb").split(b"\0")
         except OSError:
             continue
         found.append((int(pid), [a.decode(errors="replace") for a in argv if a]))
