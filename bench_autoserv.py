@@ -280,6 +280,23 @@ def run_on_pipes(pipes, command):
     sel.close()
 
 
+def in_forked_tasks(fns):
+    """Each fn() in a forked process of its own, all at once, as
+    parallel_simple's tasks are: the least a task per host costs (no
+    autoserv in it), for the fan-out rows' fork-per-task floors."""
+    pids = []
+    for fn in fns:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fn()
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+
+
 def warm_up(h, limit=30.0):
     """A few commands on h, then more until its agent is up (the default
     starts it in the background on a host's second command)."""
@@ -588,6 +605,10 @@ class Bench:
         pipes = [ShPipe(self.raw_ssh(s)) for s in sshds]
         entries.append((f"{count} long-lived `ssh host sh`, sh -c 'uname -r' on all at once",
                         timed(lambda: run_on_pipes(pipes, "uname -r"), n)))
+        entries.append((f"{count} forked tasks, each sh -c 'uname -r' on its own long-lived "
+                        "`ssh host sh` (the least a task per host costs)",
+                        timed(lambda: in_forked_tasks(
+                            [lambda p=p: p.run("uname -r") for p in pipes]), n)))
         noop = self.in_job("noop", sshds, n)      # also the CPU a round, parent and tasks
         entries.append((f"autoserv parallel_simple of {count} tasks that do nothing "
                         "(its forks)", noop["times"],
@@ -608,6 +629,11 @@ class Bench:
                      for s in sshds]
             for p in procs:
                 p.wait()
+
+        def forked_cold():
+            in_forked_tasks([lambda s=s: subprocess.run(self.raw_ssh(s) + ["uname -r"],
+                                                        stdout=subprocess.DEVNULL)
+                             for s in sshds])
         def staying():
             # The same fresh ssh, each staying as its connection's master
             # (as autoserv's first contact does): what OpenSSH's own
@@ -629,7 +655,9 @@ class Bench:
         entries = [("autoserv parallel_simple", self.in_job("cold", sshds, n)),
                    (f"{count} fresh ssh at once", timed(floor_cold, n)),
                    (f"{count} fresh ssh at once, each staying as its master (ControlPersist)",
-                    [staying() for _ in range(n)])]
+                    [staying() for _ in range(n)]),
+                   (f"{count} forked tasks, each one fresh ssh (the least a task per host "
+                    "costs)", timed(forked_cold, n))]
         entries += list(self.peer("fan_out_cold", sshds, n).items())
         self.record(f"uname -r on {count} cold hosts", entries, 1,
                     note="kex curve25519 in the test ssh config (see README)")
