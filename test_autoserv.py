@@ -2810,6 +2810,27 @@ class TestSSHJobs(SshdTestCase):
                 h.close()
         wait_for(lambda: not master_running(master), 10, what="the master ended")
 
+    def test_the_jobs_end_waits_one_grace_for_all_hung_masters_not_one_each(self):
+        # Four hosts the job's own process used, each master stopped (a
+        # master that does not answer its TERM): ended one host at a time,
+        # each one's 2 s grace came after the last's (8 s and more); ended
+        # together, one grace for them all, then KILL.
+        sshds = [Sshd() for _ in range(4)]
+        for sshd in sshds:
+            self.addCleanup(sshd.stop)
+        hosts = [sshd.host() for sshd in sshds]
+        for h in hosts:
+            h.run("true")
+        masters = [h._master.pid for h in hosts]
+        for pid in masters:
+            os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        autoserv._close_all_hosts()
+        took = time.monotonic() - t0
+        wait_for(lambda: not any(master_running(pid) for pid in masters), 10,
+                 what="the KILLed masters gone")
+        self.assertLess(took, 6.0, "each hung master was waited for in turn")
+
     def test_a_master_started_while_term_is_ignored_still_ends_on_term(self):
         # The job's cleanup runs with SIGTERM and SIGINT ignored, and an
         # ignored signal stays so across exec: a master (re)started there sat
