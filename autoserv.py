@@ -10630,8 +10630,8 @@ def _merge_main(argv):
     p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
     try:
         opts = p.parse_args(argv)
-        for d in opts.dirs:
-            _load_shard(d)              # refuse before claiming OUT
+        # Refused (not shards, or not of one job) before OUT is claimed.
+        _check_shards([_load_shard(d) for d in opts.dirs])
         out = _claim_results_dir(opts.results, False)
         return merge_shards(out, opts.dirs, quiet=opts.quiet)
     except AutoservUsageError as e:

@@ -10536,10 +10536,18 @@ class TestShards(unittest.TestCase):
             self.assertIn('class="bar"', body, name)
         self.assertIn('href="./a1/debug/stdout"', page)
         self.assertIn("2 of 2 merged", page)
-        # `report` again on it, on a shard, and on a dir that is no results dir.
+        # `report` again on it and on a shard (their pages removed first: each
+        # job and the merge wrote one), and on a dir that is no results dir.
+        for d in (out, dirs[0]):
+            os.unlink(os.path.join(d, "index.html"))
         again = run_cli("report", out, dirs[0])
         self.assertEqual(again.returncode, 0, again.stderr)
-        self.assertTrue(os.path.isfile(os.path.join(dirs[0], "index.html")))
+        again_page = read_file(os.path.join(out, "index.html"), encoding="utf-8")
+        self.assertIn("2 of 2 merged", again_page)
+        self.assertEqual(sorted(re.findall(r'<tr class="host" data-host="([^"]*)"', again_page)),
+                         everyone)
+        self.assertIn('data-host="a1"', read_file(os.path.join(dirs[0], "index.html"),
+                                                  encoding="utf-8"))
         bad = run_cli("report", self.tmp)
         self.assertEqual(bad.returncode, 2)
         self.assertEqual(bad.stderr.strip().splitlines(), [
@@ -10566,7 +10574,7 @@ class TestShards(unittest.TestCase):
                 self.assertEqual(r.returncode, 2, r.stderr)
                 self.assertIn(words, r.stderr)
                 self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
-                self.assertFalse(os.path.exists(os.path.join(out, "summary.json")))
+                self.assertFalse(os.path.exists(out), "a refused merge claimed its OUT")
 
     def test_merge_names_a_missing_shard_and_its_hosts_as_not_run(self):
         dirs = [self.shard(f"{i}/3") for i in (0, 2)]
