@@ -10906,15 +10906,23 @@ class TestSlurm(unittest.TestCase):
     def test_a_shard_cancelled_mid_run_is_named_with_its_hosts(self):
         out, proc = self.run_slurm(self.lines, "--slurm", "4", pause=20)
         shard1 = os.path.join(out, "shards", "1")
-        # Once shard 1's hosts are at work, cancel that one array task.
-        wait_for(lambda: os.path.exists(os.path.join(shard1, "h03")), 60,
-                 what="shard 1 at work")
+        # Once shard 1's remote commands run (each command's text is in two
+        # command lines then: the local ssh's and the remote wrapper's), cancel
+        # that one array task.
+        remote = [f"echo {h}; sleep 20" for h in ("h03", "h07", "h11")]
+        wait_for(lambda: all(len(processes_with(x)) >= 2 for x in remote), 60,
+                 what="shard 1's remote commands running")
         script = read_file(os.path.join(out, "shards", "autoserv.sbatch"))
         job_id = subprocess.run(["squeue", "-h", "-o", "%F", "-n", "autoserv"],
                                 env=self.slurm.env, capture_output=True,
                                 text=True).stdout.split()[0]
         self.assertIn("--shard env", script)
         subprocess.run(["scancel", f"{job_id}_1"], env=self.slurm.env, check=True)
+        # Nothing of that shard is left, long before its commands' own end
+        # (20 s): not autoserv, not its remote commands.
+        leftovers = [shard1, "SLURM_ARRAY_TASK_ID=1 "] + remote
+        wait_for(lambda: not any(processes_with(x) for x in leftovers), 10,
+                 what="shard 1's processes to end")
         status, stderr = self.finish(proc)
         self.assertNotEqual(status, 0, stderr)
         self.assertIn("shard 1/4 missing", stderr)
@@ -10923,11 +10931,6 @@ class TestSlurm(unittest.TestCase):
         self.assertEqual([m["shard"] for m in missing], ["1/4"])
         self.assertEqual(missing[0]["hosts"], ["h03", "h07", "h11"])
         self.assertEqual(keyval["shards_missing"], "1")
-        # Nothing of that shard is left: not autoserv, not its remote commands.
-        leftovers = [shard1, "SLURM_ARRAY_TASK_ID=1 "] + [
-            f"echo {h}; sleep 20" for h in ("h03", "h07", "h11")]
-        wait_for(lambda: not any(processes_with(x) for x in leftovers), 20,
-                 what="shard 1's processes to end")
 
 
 # Closing lines and lanes ######################################################
