@@ -118,6 +118,27 @@ def refused_port(add_cleanup):
     raise AssertionError("no free port to hold")
 
 
+class StampedTee:
+    """A tee that notes when each of its writes and flushes came, so that
+    a test can tell output shown as it came from output shown at the end."""
+
+    def __init__(self):
+        self.text, self.writes, self.flushes = "", [], []
+
+    def write(self, text):
+        self.writes.append(time.monotonic())
+        self.text += text
+        return len(text)
+
+    def flush(self):
+        self.flushes.append(time.monotonic())
+
+    def shown_before(self, when):
+        """True when the first output was written and flushed by when."""
+        return bool(self.writes) and self.writes[0] <= when and any(
+            self.writes[0] <= f <= when for f in self.flushes)
+
+
 def read_file(*args, **kwargs):
     """A file's whole content (open()'s arguments), the file closed at
     once: a bare open(...).read() leaves it to the collector, and
@@ -1600,10 +1621,15 @@ class TestLocalRun(unittest.TestCase):
         self.assertEqual(self.host.run("cat", stdin=b"\x00\xffdata").stdout, "\x00\ufffddata")
 
     def test_undecodable_bytes_never_raise_and_tees_see_live_text(self):
-        tee = io.StringIO()
-        r = self.host.run(r"printf 'a\377\376\000b\342\202'; printf '\254z'", stdout_tee=tee)
+        # A character split between two reads (the sleep between its bytes)
+        # is one character in the tee; what came before is shown at once.
+        tee = StampedTee()
+        r = self.host.run(r"printf 'a\377\376\000b\342\202'; sleep 1; printf '\254z'",
+                          stdout_tee=tee)
         self.assertEqual(r.stdout, "a\ufffd\ufffd\x00b\u20acz")
-        self.assertEqual(tee.getvalue(), r.stdout)
+        self.assertEqual(tee.text, r.stdout)
+        self.assertTrue(tee.shown_before(time.monotonic() - 0.8),
+                        (tee.writes, tee.flushes, time.monotonic()))
 
     @scenario(15)
     def test_escapes_are_neutralised_on_a_terminal_tee(self):
@@ -2108,6 +2134,7 @@ class TestSSHRun(SshdTestCase):
         self.assertEqual((r.stdout, r.stderr, r.exit_status, r.aborted, r.hostname),
                          ("out\n", "err\n", 3, 0, "testhost"))
         self.assertGreater(r.duration, 0)
+        self.assertTrue(0.3 <= h.run("sleep 0.3").duration < 10)     # seconds
         with self.assertRaises(autoserv.AutoservRunError) as cm:
             h.run("echo boom >&2; exit 2")
         self.assertIn("boom", str(cm.exception))
@@ -2256,9 +2283,13 @@ class TestSSHRun(SshdTestCase):
         data = bytes(range(256)) * 1000
         r = h.run("od -An -tx1 | tr -d ' \\n' | head -c 64; echo", stdin=data)
         self.assertEqual(r.stdout.strip(), data[:32].hex())
-        tee = io.StringIO()
-        h.run("echo live", stdout_tee=tee)
-        self.assertEqual(tee.getvalue(), "live\n")
+        # Live: the first line is written (and flushed) while the command
+        # still runs, a second before it ends.
+        tee = StampedTee()
+        h.run("echo live; sleep 1; echo end", stdout_tee=tee)
+        self.assertEqual(tee.text, "live\nend\n")
+        self.assertTrue(tee.shown_before(time.monotonic() - 0.8),
+                        (tee.writes, tee.flushes, time.monotonic()))
 
     def test_markers_never_reach_the_result(self):
         h = self.sshd.host()
