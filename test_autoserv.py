@@ -6307,6 +6307,8 @@ class TestFanOut(unittest.TestCase):
         frames = live_view_frames(text)
         self.assertGreater(len(frames), 3, text)
         self.assertTrue(all(len(f) == len(names) for f in frames), frames)
+        # In place: each redraw first moves up over exactly the rows drawn.
+        self.assertEqual(set(re.findall(r"\x1b\[(\d+)A", text)), {str(len(names))}, text)
         for row, name in enumerate(names):
             mine = [f[row] for f in frames]
             self.assertTrue(all(r.startswith(name + " ") for r in mine), mine)
