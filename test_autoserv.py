@@ -8665,7 +8665,7 @@ class TestReboot(unittest.TestCase):
                         out = hosts.create_host("localhost").run("printf '{hostile}'").stdout
                         job.record("INFO", None, "echo", out)
                         raise ValueError(out)
-                parallel_simple(work, ["guest", "failing", "hostile<i>x"])
+                parallel_simple(work, ["guest", "failing", "hostile<i>\\"x'"])
                 """))
         res = os.path.join(self.tmp, "res")
         out = run_cli("-r", res, ctl, timeout=300)
@@ -8675,13 +8675,14 @@ class TestReboot(unittest.TestCase):
         self.assertNotIn("<script", html_text.lower())
         self.assertNotIn("\x1b", html_text)
         self.assertIn("&lt;script&gt;document.title=", html_text)
+        self.assertIn("default-src 'none'", html_text)         # no script could run anyway
         # `report` writes the same page again from the files alone.
         os.unlink(page)
         again = run_cli("report", res)
         self.assertEqual(again.returncode, 0, again.stderr)
         summary = json.loads(read_file(os.path.join(res, "summary.json")))
         hosts = sorted(summary["hosts"])
-        self.assertTrue({"guest", "failing", "hostile<i>x"} <= set(hosts), hosts)
+        self.assertTrue({"guest", "failing", "hostile<i>\"x'"} <= set(hosts), hosts)
         chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
                     "--enable-logging=stderr", "--v=0", "--window-size=1280,900"]
         dump = subprocess.run(chromium + ["--dump-dom", "file://" + page],
@@ -8703,7 +8704,7 @@ class TestReboot(unittest.TestCase):
         self.assertRegex(dom, r'(?s)<details><summary>AssertionError: 2 != 3</summary>'
                               r'<pre>Traceback')
         for link in ("control.srv", "debug/autoserv.log", "guest/debug/stdout",
-                     "hostile%3Ci%3Ex/debug/stderr"):
+                     "hostile%3Ci%3E%22x%27/debug/stderr"):
             self.assertIn(f'href="./{link}"', dom)
         shot = os.path.join(self.tmp, "report.png")
         for width, path in ((1280, shot), (390, os.path.join(self.tmp, "phone.png"))):
