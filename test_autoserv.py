@@ -3375,8 +3375,15 @@ class TestSSHJobs(SshdTestCase):
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "r5")))
         # a host the given config does not name says so
         os.unlink(os.path.join(work, "autoserv.conf"))
+        # (In a network namespace of its own: the name's lookup reaches no
+        # resolver off this machine.)
         bad = self.control("hosts.SSHHost('lab9.invalid').run('true')\n", "unknown.control")
-        out = run_cli("-r", os.path.join(self.tmp, "r6"), bad, cwd=work, env=env)
+        need("unshare")
+        offline = ["unshare", "--net"] + (["--map-root-user"] if os.geteuid() else [])
+        out = subprocess.run(offline + [sys.executable, AUTOSERV, "-r",
+                                        os.path.join(self.tmp, "r6"), bad],
+                             cwd=work, env=env, capture_output=True, text=True, timeout=120,
+                             stdin=subprocess.DEVNULL)
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertIn("AutoservSSHUnknownHost", out.stderr)
         self.assertIn(f"lab9.invalid is not in the ssh config {conf_dir}/lab_ssh", out.stderr)
@@ -10480,10 +10487,12 @@ class TestShards(unittest.TestCase):
             self.assertIn("shard 2/3 (CI_NODE_INDEX=3, CI_NODE_TOTAL=3)", f.read())
 
     def test_each_shard_verifies_its_own_machines_and_the_merge_names_the_dropped(self):
-        # localhost (only read, never repaired) is healthy; a name that does
-        # not resolve is sick.  Shard 1 has only the sick one: dropped, its
-        # control file does not run, exit 4; the merge says 4 and names it.
-        mf, ctl = shard_files(self.tmp, ["localhost", "nosuch.invalid"])
+        # localhost (only read, never repaired) is healthy; a loopback port
+        # that refuses (no name to look up: no DNS query leaves the machine)
+        # is sick.  Shard 1 has only the sick one: dropped, its control file
+        # does not run, exit 4; the merge says 4 and names it.
+        sick = f"127.0.0.1:{refused_port(self.addCleanup)}"
+        mf, ctl = shard_files(self.tmp, ["localhost", sick])
         with open(ctl, "w") as f:
             f.write("print('ran on', ' '.join(machines))\n")
         outs = []
@@ -10494,14 +10503,14 @@ class TestShards(unittest.TestCase):
             self.assertEqual(r.returncode, code, r.stderr)
             self.assertEqual(r.stdout, "ran on localhost\n" if i == 0 else "")
             outs.append(out)
-        self.assertIn("dropped nosuch.invalid: verify failed: reachable", r.stderr)
+        self.assertIn(f"dropped {sick}: verify failed: reachable", r.stderr)
         merged = os.path.join(self.tmp, "merged")
         r = run_cli("merge", "-r", merged, *outs)
         self.assertEqual(r.returncode, 4, r.stderr)
         summary, _, keyval = read_results(merged)
-        self.assertEqual(list(summary["job"]["dropped"]), ["nosuch.invalid"])
+        self.assertEqual(list(summary["job"]["dropped"]), [sick])
         self.assertEqual((summary["job"]["outcome"], keyval["exit_status"]), ("WARN", "4"))
-        self.assertIn('<tr class="dropped" data-host="nosuch.invalid">',
+        self.assertIn(f'<tr class="dropped" data-host="{sick}">',
                       read_file(os.path.join(merged, "index.html")))
         # --slurm hands each task the same health options (no CONTROL_FILE
         # with --verify: nothing is taken for one).
