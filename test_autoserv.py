@@ -2518,11 +2518,15 @@ class TestSSHRun(SshdTestCase):
         # timeout: twenty handshakes at once beside booting guests on two
         # cores took longer than the default five seconds once.
         h = self.sshd.host(connect_timeout=30)
+        sshd_log = os.path.join(self.sshd.dir, "sshd.log")
+        logins = read_file(sshd_log, errors="replace").count("Accepted publickey")
         results = autoserv.parallel(
             [autoserv.subcommand(h.run, [f"echo {i}; sleep 0.2"]) for i in range(20)],
             return_results=True)
         self.assertEqual([r.stdout for r in results], [f"{i}\n" for i in range(20)])
         self.assertFalse([r.stderr for r in results if r.stderr])
+        self.assertEqual(read_file(sshd_log, errors="replace").count("Accepted publickey")
+                         - logins, 1, "the twenty did not share one login")
         h.run("true")                 # now the parent's master serves the tasks
         master = h._master
         self.assertIsNotNone(master)
@@ -2927,7 +2931,8 @@ class TestSSHJobs(SshdTestCase):
                         *masters, ctrl = f.read().split()
                     masters = [int(x) for x in masters]
                     self.assertEqual(len(set(masters)), 2, masters)   # one per machine
-                    if end.startswith("SIG"):
+                    if end.startswith("SIG"):       # (the job sleeps: its masters serve)
+                        self.assertEqual([m for m in masters if not master_running(m)], [])
                         p.send_signal(getattr(signal, end))
                     out, err = p.communicate(timeout=60)
                 finally:
@@ -3060,6 +3065,7 @@ class TestSSHJobs(SshdTestCase):
                     self.assertEqual(len(set(masters)), 1, (line, p.stderr.read() if
                                                             not line else ""))
                     if end == "SIGKILL":
+                        self.assertTrue(master_running(masters[0]), masters)
                         p.kill()
                     out, err = p.communicate(timeout=60)
                 finally:
@@ -4878,10 +4884,13 @@ class TestHostileRun(SshdTestCase):
             return struct.pack(">cI", kind, len(body)) + body
         ran = os.path.join(self.tmp, "ran")
         results = []
+        slow = "8.%06d" % int.from_bytes(os.urandom(3), "big")
         other = threading.Thread(target=lambda: results.append(
-            h.run("sleep 2; echo survived", timeout=30)))
+            h.run(f"sleep {slow}; echo survived", timeout=60)))
         other.start()
         try:
+            # The bad peers come while the other command runs on the agent.
+            wait_for(lambda: processes_with(f"sleep {slow}"), 10, what="the other command running")
             for name, data in (
                     ("garbage", b"\x00\xff" * 50),
                     ("unknown kind", frame(b"Z", b"abc")),
@@ -4900,21 +4909,23 @@ class TestHostileRun(SshdTestCase):
                     self.assertEqual(peer.recv(5), frame(b"H"), "no hello first")
                     peer.sendall(data)
                     self.assertEqual(peer.recv(64), b"", "the agent kept a bad peer")
+            self.assertTrue(processes_with(f"sleep {slow}"), "the other command died with them")
         finally:
-            other.join(40)
+            other.join(60)
         self.assertEqual([r.stdout for r in results], ["survived\n"])
         self.assertEqual(int(h.run("echo $PPID").stdout), agent, "the agent was restarted")
         self.assertFalse(os.path.exists(ran), "a command ran on part of its stdin")
         # A peer that starts a command and hangs up: the command's group is
         # killed and the agent keeps no fd for it.
         fds = len(os.listdir(f"/proc/{agent}/fd"))
-        tag = "4254.%06d" % int.from_bytes(os.urandom(3), "big")
-        for _ in range(3):
+        tags = ["4254.%06d" % int.from_bytes(os.urandom(3), "big") for _ in range(3)]
+        for tag in tags:        # one each: a peer hangs up once its own command runs
             with socket.socket(socket.AF_UNIX) as peer:
                 peer.connect(path)
                 peer.sendall(frame(b"R", json.dumps({"c": f"sleep {tag}"}).encode()))
                 wait_for(lambda: processes_with(tag), 10, what="the peer's command started")
-        wait_for(lambda: not processes_with(tag), 10, what="the peer's command killed")
+        wait_for(lambda: not any(processes_with(tag) for tag in tags), 10,
+                 what="the peers' commands killed")
         wait_for(lambda: len(os.listdir(f"/proc/{agent}/fd")) <= fds, 5,
                  what=f"the agent back to {fds} fds")
 
@@ -5571,6 +5582,21 @@ class TestHostileInputs(unittest.TestCase):
 
 # Parallel and fan-out #########################################################
 
+def _refuse_to_load():
+    raise RuntimeError("this object refuses to load")
+
+
+class _NeverLoads:
+    """Pickles fine; loading it (in the job's process) raises."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def _result_of_kind(kind):
+    return {"lock": threading.Lock, "never loads": _NeverLoads}.get(kind, lambda: kind)()
+
+
 def _unpicklable_failure(i):
 
     class Bad(Exception):
@@ -5602,22 +5628,42 @@ class TestParallel(unittest.TestCase):
         self.assertIn("Bad: with a lock", str(cm.exception))
         self.assertIn("Traceback", str(cm.exception))
 
-    @scenario(20)
+    def test_a_result_that_cannot_be_pickled_or_read_back_fails_its_task_alone(self):
+        kinds = ["lock", "never loads", "fine"]
+        results = autoserv.parallel_simple(_result_of_kind, kinds, log=False,
+                                           return_results=True, timeout=60)
+        self.assertEqual(results[2], "fine")
+        self.assertIsInstance(results[0], autoserv.AutoservSubcommandError)
+        self.assertIn("the task's result cannot be pickled", str(results[0]))
+        self.assertIsInstance(results[1], autoserv.AutoservSubcommandError)
+        self.assertIn("its result could not be read back: this object refuses to load",
+                      str(results[1]))
+        with self.assertRaises(autoserv.AutoservSubcommandError) as cm:
+            autoserv.parallel_simple(_result_of_kind, kinds, log=False, timeout=60)
+        self.assertIn("2 task(s) failed", str(cm.exception))
+
     def test_a_parallel_of_local_work_leaves_no_control_dir_behind(self):
         # parallel() makes the job's ssh control dir before it forks (tasks
         # share the masters they start); one no task used goes at its end.
+        # (The script's TMPDIR, where the dir is made, is checked.)
+        tmp = tempfile.mkdtemp(prefix="as-par-")
+        self.addCleanup(shutil.rmtree, tmp)
         code = textwrap.dedent(f"""\
             import os, sys
             sys.path.insert(0, {HERE!r})
             import autoserv
-            autoserv.parallel_simple(lambda n: n * 2, [1, 2, 3], log=False)
-            print(autoserv._CTRL["dir"], flush=True)
+            made = autoserv.parallel_simple(lambda n: autoserv._CTRL["dir"], [1], log=False,
+                                            return_results=True)[0]
+            print(made, autoserv._CTRL["dir"], flush=True)
             os._exit(0)             # no exit hook: only what parallel() did counts
             """)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=60)
+                             timeout=60, env=dict(os.environ, TMPDIR=tmp))
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(out.stdout.strip(), "None")
+        made, after = out.stdout.split()
+        self.assertEqual(os.path.dirname(made), tmp)
+        self.assertEqual(after, "None")
+        self.assertEqual(os.listdir(tmp), [])
 
     def test_a_control_dir_a_killed_job_left_goes_with_the_next_job(self):
         # SIGKILLed in a parallel() of local work: no master, so no watchdog,
@@ -5720,9 +5766,12 @@ class TestParallel(unittest.TestCase):
         self.assertIn("[('', b''), AutoservSubcommandError(", out)
         self.assertIn("died without a result (signal 9, SIGKILL)", out)
 
+    @scenario(20)
     def test_a_ten_megabyte_result_comes_back_intact(self):
+        # (A bound: a result pipe that deadlocked would stop the task at 120 s
+        # and fail the test, not hang it.)
         blob = os.urandom(10 << 20)
-        results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])],
+        results = autoserv.parallel([autoserv.subcommand(lambda: blob, [])], timeout=120,
                                     return_results=True)
         self.assertEqual(results[0], blob)
 
@@ -5954,7 +6003,11 @@ class TestJobOutcome(unittest.TestCase):
         self.assertEqual(out.returncode, 3, out.stderr)
         start, body, end = self.group("odd")
         self.assertEqual(end["code"], "END FAIL")
-        self.assertIn("carriage\\rreturn", [e["message"] for e in body][0])
+        self.assertEqual([e["message"] for e in body][0],
+                         r"carriage\rreturn\x85next\u2028line")
+        # Not one line break of any reader (str.splitlines too) is left raw.
+        raw = read_file(os.path.join(self.res, "status.log"), encoding="utf-8", newline="")
+        self.assertEqual(len(raw.splitlines()), raw.count("\n"))
         self.assertEqual(self.summary()["job"]["outcome"], "FAIL")
 
     def test_a_hard_reset_is_recorded_in_the_status_log(self):
@@ -6460,12 +6513,20 @@ class TestFanOut(unittest.TestCase):
         res = os.path.join(self.tmp, "res")
         victim = 5
         ctl = os.path.join(self.tmp, "part.control")
+        victim_name = self.hosts.names[victim]
+        # The victim's command goes on long after its link is cut (a tail
+        # of its own), so that its end once the link is back is autoserv's
+        # doing, not the command's.
         with open(ctl, "w") as f:
-            f.write(textwrap.dedent("""\
+            f.write(textwrap.dedent(f"""\
                 def work(name):
-                    hosts.SSHHost(name).run("sleep 4.2495; uname -r")
+                    tail = "; sleep 424.95" if name == {victim_name!r} else ""
+                    hosts.SSHHost(name).run("sleep 4.2495; uname -r" + tail)
                 parallel_simple(work, machines)
                 """))
+
+        def tails():
+            return [x for x in comm_pids("sleep") if x in processes_with("424.95")]
         t0 = time.monotonic()
         p = subprocess.Popen([sys.executable, AUTOSERV, "--ssh-config", self.hosts.ssh_config,
                               "--ssh-option", "ServerAliveInterval=1",
@@ -6478,11 +6539,11 @@ class TestFanOut(unittest.TestCase):
                      what="sixteen remote sleeps")
             self.hosts.link(victim, "down")
             _, err = p.communicate(timeout=60)
+            wait_for(tails, 10, what="the victim's command going on behind the cut")
         finally:
             self.hosts.link(victim, "up")
         took = time.monotonic() - t0
         self.assertEqual(p.returncode, 1, err)
-        victim_name = self.hosts.names[victim]
         self.assertIn(f"{victim_name}", err)
         self.assertIn("AutoservSSHConnectionLost", err)
         self.assertLess(took, 4.25 + 1 * (3 + 1) + 10 + 5)
@@ -6491,8 +6552,7 @@ class TestFanOut(unittest.TestCase):
         self.assertEqual(outcomes.pop(victim_name), "FAIL")
         self.assertEqual(set(outcomes.values()), {"GOOD"})
         self.assertEqual(len(outcomes), 15)
-        wait_for(lambda: not [x for x in comm_pids("sleep") if x in processes_with("4.2495")],
-                 15, what="partitioned host's job gone once the link is back")
+        wait_for(lambda: not tails(), 30, what="partitioned host's job gone once the link is back")
 
     def test_seed_parallel_shapes_subcommand_and_exec_global(self):
         res = os.path.join(self.tmp, "res")
