@@ -1617,7 +1617,19 @@ class TestLocalRun(unittest.TestCase):
         self.assertEqual(cm.exception.result.stdout, "started\n")
 
     def test_stdin_is_dev_null_unless_given(self):
-        self.assertEqual(self.host.run("cat").stdout, "")
+        # (The test's own stdin holds bytes meanwhile: inherited, cat would
+        # print them.)
+        r, w = os.pipe()
+        os.write(w, b"the test's own stdin\n")
+        os.close(w)
+        saved = os.dup(0)
+        os.dup2(r, 0)
+        os.close(r)
+        try:
+            self.assertEqual(self.host.run("cat", timeout=30).stdout, "")
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
         self.assertEqual(self.host.run("cat", stdin=b"\x00\xffdata").stdout, "\x00\ufffddata")
 
     def test_undecodable_bytes_never_raise_and_tees_see_live_text(self):
@@ -1647,6 +1659,8 @@ class TestLocalRun(unittest.TestCase):
         self.assertTrue(r.truncated)
         self.assertTrue(r.stdout.startswith("a" * 1000))
         self.assertTrue(r.stdout.endswith("aEND\n"))
+        self.assertLess(len(r.stdout), 1100000)                 # the middle left out
+        self.assertIn("bytes left out here", r.stdout)
         path = r.output_files["stdout"]
         self.addCleanup(os.unlink, path)
         self.assertEqual(os.path.getsize(path), 3000004)
@@ -3671,6 +3685,7 @@ class TestTransfer(SshdTestCase):
         with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
             h.get_file("/no/such/file", os.path.join(self.tmp, "x"))
         self.assertIn("/no/such/file", str(cm.exception))
+        self.assertRegex(str(cm.exception), "(?i)no such file|can't cd|does not exist")  # why
         with self.assertRaises(autoserv.AutoservFileTransferError):
             h.send_file(os.path.join(self.tmp, "nope"), "/tmp/x")
 
@@ -4276,12 +4291,16 @@ class TestSecurity(SshdTestCase):
         self.addCleanup(shutil.rmtree, foreign, True)
         lookalike = os.path.join(foreign, "autoserv-abcdef")
         os.mkdir(lookalike)
+        # Another process's (a task's): a real dir, its maker's to remove.
+        theirs = tempfile.mkdtemp(prefix="autoserv-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, theirs, True)
         # Paths that reached the list by mistake are never removed.
         h._tmp_dirs += [(os.getpid(), foreign), (os.getpid(), "/"), (os.getpid(), lookalike),
-                        (os.getpid() + 1, "/tmp/autoserv-zzzzzz")]
+                        (os.getpid() + 1, theirs)]
         h.close()
         self.assertFalse(os.path.exists(mine))
         self.assertTrue(os.path.isdir(lookalike))
+        self.assertTrue(os.path.isdir(theirs))
 
     def test_the_agent_is_sent_inline_and_leaves_nothing_on_the_target(self):
         before = _remote_autoserv_dirs()
@@ -4554,6 +4573,8 @@ class TestHostileTransfer(SshdTestCase):
                     with self.assertRaises(autoserv.AutoservFileTransferError) as cm:
                         h.get_file(odd + "/", got, backend=backend, timeout=60)
                     self.assertIn("odd-node", str(cm.exception))
+                    if backend == "tar":    # refused in the stream (its name there), before tar
+                        self.assertIn("'./odd-node': it is a", str(cm.exception))
                     self.assertFalse(os.path.exists(got))
                     self.assertFalse([n for n in os.listdir(self.tmp)
                                       if n.startswith(".autoserv-")])
@@ -8567,9 +8588,10 @@ class TestReboot(unittest.TestCase):
             self.guest.reboot(reboot_cmd="sleep 2; reboot -f", timeout=120)
         finally:
             del self.guest.poll_interval
-        self.assertNotEqual(self.guest.get_boot_id(), before)
+        after = self.guest.get_boot_id()
+        self.assertNotEqual(after, before)
         log = self.debug_log()
-        self.assertIn(f"down: boot id changed from {before} to ", log)
+        self.assertIn(f"down: boot id changed from {before} to {after} ", log)
         self.assertNotIn("down: no answer", log)
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "reboot.verify"), codes)
@@ -8903,19 +8925,21 @@ class TestPower(unittest.TestCase):
                                                      password=self.PASSWORD))
         self.assertEqual(h.power.status(), "on")
         before = h.get_boot_id()
+        calls = len(read_file(self.bmc.calls)) if os.path.exists(self.bmc.calls) else 0
         h.power_cycle()
         self.assertTrue(h.wait_down(timeout=60, old_boot_id=before))
         self.assertTrue(h.wait_up(timeout=120))
         self.assertNotEqual(h.get_boot_id(), before)
-        self.assertIn("set power 0", read_file(self.bmc.calls))
+        self.assertIn("set power 0", read_file(self.bmc.calls)[calls:])     # this test's
 
     def test_hardreset_uses_the_power_controllers_reset(self):
         h = self.plain_host(power=autoserv.IPMIPower("127.0.0.1", port=self.bmc.port,
                                                      password=self.PASSWORD))
         before = h.get_boot_id()
+        calls = len(read_file(self.bmc.calls)) if os.path.exists(self.bmc.calls) else 0
         h.hardreset(timeout=120)
         self.assertNotEqual(h.get_boot_id(), before)
-        self.assertIn("set reset 1", read_file(self.bmc.calls))
+        self.assertEqual(read_file(self.bmc.calls)[calls:].count("set reset 1"), 1)
 
     @scenario(25)
     def test_a_host_that_never_returns_is_brought_back_by_one_ipmi_reset(self):
@@ -8932,7 +8956,7 @@ class TestPower(unittest.TestCase):
             h.reboot(reboot_cmd="halt -f", timeout=15, down_timeout=10)
         self.assertLess(time.monotonic() - t0, 10 + 15 + autoserv.POST_RESET_WAIT + 10)
         self.assertNotEqual(h.get_boot_id(), before)
-        self.assertIn("set reset 1", read_file(self.bmc.calls)[calls:])
+        self.assertEqual(read_file(self.bmc.calls)[calls:].count("set reset 1"), 1)   # one
         self.assertTrue(ps.seen("ipmitool"), "the sampler never saw ipmitool run")
         self.assertEqual(ps.seen(self.PASSWORD), [])
         ops = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
@@ -8999,7 +9023,15 @@ class TestPower(unittest.TestCase):
         h = self.plain_host(power=autoserv.QMPPower(self.guest.qmp_socket))
         before = h.get_boot_id()
         h.hardreset(timeout=120)
-        self.assertNotEqual(h.get_boot_id(), before)
+        after_reset = h.get_boot_id()
+        self.assertNotEqual(after_reset, before)
+        # Off is off (QEMU stopped); a power cycle from there boots it again.
+        h.power.off()
+        self.assertEqual(h.power.status(), "off")
+        h.power_cycle()
+        self.assertEqual(h.power.status(), "on")
+        self.assertTrue(h.wait_up(120))
+        self.assertNotEqual(h.get_boot_id(), after_reset)
         # QMP system_reset does not unfreeze a stopped QEMU: the reset path is broken.
         self.kvm.qmp(self.guest.qmp_socket, {"execute": "stop"})
         try:
@@ -9124,14 +9156,19 @@ class TestPower(unittest.TestCase):
                 """))
         ctl = os.path.join(self.tmp, "reboot.control")
         with open(ctl, "w") as f:
+            boot = '"boot " + remote_host.run("cat /proc/sys/kernel/random/boot_id").stdout'
             f.write('remote_host= hosts.SSHHost("192.168.1.1")\n'
                     'print remote_host.run("uname -a").stdout\n'
+                    f'print {boot}\n'
                     'remote_host.reboot()\n'
-                    'print remote_host.run("uname -a").stdout\n')
+                    'print remote_host.run("uname -a").stdout\n'
+                    f'print {boot}\n')
         res = os.path.join(self.tmp, "res")
         out = run_cli("--ssh-config", config, "-r", res, ctl, timeout=300)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.count("Linux guest"), 2)
+        boots = re.findall(r"^boot (\S+)$", out.stdout, re.M)
+        self.assertEqual(len(set(boots)), 2, out.stdout)      # it did reboot
         codes = [(e["code"], e["operation"]) for e in autoserv.parse_status_log(
             read_file(os.path.join(res, "status.log")))]
         self.assertIn(("GOOD", "reboot.verify"), codes)
@@ -10116,6 +10153,10 @@ class KernelGuestCase(unittest.TestCase):
         cls.addClassCleanup(shutil.rmtree, cls.pkgs)
         cls.deb, cls.kver = small_kernel_package(cls.pkgs)
         cls.default_kver = kernel_disk_image()["kver"]
+        # "Boots the new kernel" is told by uname -r: the two must differ.
+        if cls.kver == cls.default_kver:
+            raise AssertionError(f"the test kernel and the disk's default are both {cls.kver}: "
+                                 "no test here could tell which one booted")
 
     @classmethod
     def tearDownClass(cls):
@@ -10257,6 +10298,7 @@ class TestKernelBoot(KernelGuestCase):
         g.hardreset(timeout=300)
         self.assertIn("autoserv_cut=1", g.run("cat /proc/cmdline").stdout,
                       g.serial_tail(20))
+        self.assertEqual(g.bootloader.get_default_title(), "Debian GNU/Linux")    # once
 
     def test_boot_once_boots_the_new_kernel_once_and_kernel_args_last_one_boot(self):
         g, kg = self.start(job=True)
@@ -10273,16 +10315,23 @@ class TestKernelBoot(KernelGuestCase):
                       "the serial console (which entry GRUB booted):\n" + g.serial_tail(40))
         self.assertEqual(self.grub_state(g), menu)
         # Booted once, the new kernel takes the default's command line: no
-        # argument of that one boot is in it.
+        # argument of that earlier boot is in it; this reboot's arguments go
+        # to it, the kernel meant to boot next.
         k.install(g, boot_once=True)
         self.assertEqual(g.bootloader.get_default_title(), "Debian GNU/Linux")
-        g.reboot(timeout=300)
+        g.reboot(timeout=300, kernel_args="autoserv_once_arg=1")
         self.assertEqual(g.run("uname -r").stdout.strip(), self.kver)
-        self.assertNotIn("autoserv_test_arg", g.run("cat /proc/cmdline").stdout)
+        cmdline = g.run("cat /proc/cmdline").stdout
+        self.assertNotIn("autoserv_test_arg", cmdline)
+        self.assertIn("autoserv_once_arg=1", cmdline)
         # Then the default returns, as it was.
         g.reboot(timeout=300)
         self.assertEqual(g.run("uname -r").stdout.strip(), self.default_kver)
-        self.assertNotIn("autoserv_test_arg", g.run("cat /proc/cmdline").stdout)
+        self.assertNotIn("autoserv_", g.run("cat /proc/cmdline").stdout)
+        # A label boots that entry once; the default stays.
+        g.reboot(timeout=300, label="autoserv")
+        self.assertEqual(g.run("uname -r").stdout.strip(), self.kver)
+        self.assertEqual(g.bootloader.get_default_title(), "Debian GNU/Linux")
         codes = [(e["code"], e["operation"]) for e in self.status()]
         self.assertIn(("GOOD", "kernel.install"), codes)
         self.assertEqual(codes.count(("GOOD", "boot.kernel")), 1)
