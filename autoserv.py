@@ -2593,20 +2593,16 @@ class Host:
         return self._power().on()
 
     def power_off(self):
-        """The power controller's off(); raises as power_on().  The
-        connection held to the host is dropped: it died with the power."""
-        try:
-            return self._power().off()
-        finally:
-            self._drop_connection()
+        """The power controller's off() (raises as power_on()); drops the dead connection."""
+        result = self._power().off()
+        self._drop_connection()
+        return result
 
     def power_cycle(self):
-        """The power controller's cycle(); raises as power_on().  The
-        connection held to the host is dropped, as for power_off()."""
-        try:
-            return self._power().cycle()
-        finally:
-            self._drop_connection()
+        """The power controller's cycle() (raises as power_on()); as power_off()."""
+        result = self._power().cycle()
+        self._drop_connection()
+        return result
 
     def verify(self, min_free: Optional[Dict[str, float]] = None,
                max_clock_skew: Optional[float] = None) -> str:

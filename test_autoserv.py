@@ -4263,8 +4263,18 @@ class TestSecurity(SshdTestCase):
         self.assertTrue([j for j in joined if "rsync --server" in j], joined)
         self.assertTrue([j for j in joined if "python3 -c" in j])                    # agent
         for argv in sessions:
-            opts = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-o"}
-            keys = {o.split("=", 1)[0].lower(): o.split("=", 1)[-1].lower() for o in opts}
+            # As ssh reads them: "-o K=V" or "-oK=V" (or "K V"), in order, the
+            # first value of a key the one that counts.
+            keys = {}
+            for i, word in enumerate(argv):
+                if word == "-o" and i + 1 < len(argv):
+                    opt = argv[i + 1]
+                elif word.startswith("-o") and len(word) > 2:
+                    opt = word[2:]
+                else:
+                    continue
+                key, _, value = re.sub(r"\s*=\s*|\s+", "=", opt.strip(), count=1).partition("=")
+                keys.setdefault(key.lower(), value.lower())
             with self.subTest(argv=" ".join(argv)[:160]):
                 self.assertEqual(keys.get("batchmode"), "yes")
                 self.assertIn("connecttimeout", keys)
@@ -5247,6 +5257,9 @@ class TestHostileInputs(unittest.TestCase):
                                    tls=True)
         cases = (("redirect to http, another port", other_http, "redirect"),
                  ("redirect to https, another port", other_https, "redirect"),
+                 # Only the scheme differs: the same host and port, in clear.
+                 ("redirect to http, the BMC's own port", bmc.replace("https:", "http:", 1),
+                  "redirect"),
                  ("absolute @odata.id elsewhere", other_https, "odata"))
         for what, target, kind in cases:
             with self.subTest(what):
@@ -5264,6 +5277,8 @@ class TestHostileInputs(unittest.TestCase):
                 with self.assertRaises(autoserv.AutoservHostError) as cm:
                     power.status()
                 self.assertIn(bad, str(cm.exception))
+                if kind == "redirect":      # refused for where it leads, not failed there
+                    self.assertIn("another origin", str(cm.exception))
                 self.assertNotIn(self.PASSWORD, str(cm.exception))
                 self.assertEqual(elsewhere_seen, [])
         # The BMC itself got the credentials: the refusal is about the origin.
