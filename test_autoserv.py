@@ -3516,6 +3516,15 @@ class TestTransfer(SshdTestCase):
         self.make_tree(src, self.NAMES)
         want = self.snapshot(src)
         h = self.sshd.host()
+        # Where a name run as a command ($(touch P), `touch B`) would leave
+        # its file: the remote shell's dir (the login's home, whatever HOME
+        # says), the sshd's HOME, here.
+        import pwd
+        traps = [os.path.join(d, n) for d in (pwd.getpwuid(os.getuid()).pw_dir,
+                                              self.sshd.home, os.getcwd()) for n in "PB"]
+        for trap in traps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(trap)
         for backend in self.BACKENDS:
             with self.subTest(backend=backend):
                 need(backend)
@@ -3547,8 +3556,7 @@ class TestTransfer(SshdTestCase):
                         self.assertEqual(read_file(os.path.join(rel, name), "rb"), want[name])
                 finally:
                     os.chdir(cwd)
-        self.assertFalse(os.path.exists(os.path.join(self.sshd.home, "P")))
-        self.assertFalse(os.path.exists("P"))
+        self.assertEqual([t for t in traps if os.path.exists(t)], [])
 
     def test_placement_follows_rsync_on_every_backend(self):
         src = os.path.join(self.tmp, "tree")
@@ -3605,6 +3613,21 @@ class TestTransfer(SshdTestCase):
         self.assertEqual(os.stat(os.path.join(self.tmp, "kept")).st_mode & 0o777, 0o751)
         h.send_file(f, os.path.join(self.tmp, "sent"))
         self.assertEqual(os.stat(os.path.join(self.tmp, "sent")).st_mode & 0o777, 0o751)
+        # Not kept (get_file's preserve_perm=False): the source's mode under
+        # this side's umask, on every backend; 0o775 has bits umask 022 clears.
+        os.chmod(f, 0o775)
+        old = os.umask(0o022)
+        try:
+            for backend in ("tar", "rsync", "scp"):
+                with self.subTest(backend=backend):
+                    need(backend)
+                    got = os.path.join(self.tmp, "plain-" + backend)
+                    h.get_file(f, got, backend=backend, preserve_perm=False)
+                    self.assertEqual(os.stat(got).st_mode & 0o777, 0o755)
+                    h.get_file(f, got + "-kept", backend=backend)
+                    self.assertEqual(os.stat(got + "-kept").st_mode & 0o777, 0o775)
+        finally:
+            os.umask(old)
 
     @scenario(3)
     def test_big_file_and_many_small_files_keep_memory_flat(self):
@@ -7310,6 +7333,27 @@ class TestBoottool(unittest.TestCase):
                 shutil.rmtree(bak)
                 self.bt(*args)
                 self.assertNotEqual(self.snapshot(), before)
+        # A target's own rename fails (a mount point: EBUSY) after the files
+        # renamed before it went in: those are put back.  Each of the two
+        # files the command writes in turn (one of them is renamed second).
+        need_root()
+        need("unshare", "mount")
+        args = ["--add-kernel=/boot/vmlinuz-9.9-test", "--title=new", "--make-default"]
+        for blocked in ("custom.cfg", "grubenv"):
+            with self.subTest(blocked_target=blocked):
+                self.fresh("grub2")
+                target = os.path.join(self.root, "boot", "grub", blocked)
+                if not os.path.exists(target):
+                    write_file(target, "")
+                before = self.snapshot()
+                out = subprocess.run(
+                    ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     'mount --bind "$1" "$1" && shift && exec "$@"', "sh", target,
+                     sys.executable, BOOTTOOL, f"--root-dir={self.root}", *args],
+                    capture_output=True, text=True, timeout=60)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn("nothing changed", out.stderr)
+                self.assertEqual(self.snapshot(), before)
 
 
 def serve_on_loopback(test, handler, tmp, tls=False):
