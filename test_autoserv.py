@@ -7028,12 +7028,34 @@ savedefault
 """
 
 
-# Runs a script with modules Debian's python3-minimal does not ship made
-# unimportable.
-_MINIMAL_ONLY = """
-import sys, runpy
-for name in ("shutil", "shlex", "json"):          # seen missing from python3-minimal
-    sys.modules[name] = None
+# Runs a script (in a Debian root) able to import only what Debian's
+# python3-minimal packages ship: the built-in modules and the top-level
+# modules their dpkg file lists name.  (The root has the whole standard
+# library; a module outside those lists, shutil, json, gettext..., is
+# refused as if it were not there.)
+_MINIMAL_ONLY = r"""
+import glob, re, runpy, sys
+shipped = set(sys.builtin_module_names)
+for listed in glob.glob("/var/lib/dpkg/info/*python3*-minimal*.list"):
+    with open(listed) as f:
+        for line in f:
+            m = re.match(r"/usr/lib/python3\.\d+/(?:lib-dynload/)?([A-Za-z_]\w*)"
+                         r"(?:\.py|/__init__\.py|\.cpython[^/]*\.so)$", line.strip())
+            if m:
+                shipped.add(m.group(1))
+if len(shipped) < 100:
+    sys.exit("python3-minimal's file lists not found")
+
+
+class OnlyMinimal:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top not in shipped and top not in sys.modules:
+            raise ModuleNotFoundError(f"no module named {top!r} in python3-minimal", name=top)
+        return None
+
+
+sys.meta_path.insert(0, OnlyMinimal())
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -7216,8 +7238,8 @@ class TestBoottool(unittest.TestCase):
         self.assertEqual(read_file(menu), _MENU_LST)
 
     def test_runs_with_only_what_debians_python3_minimal_carries(self):
-        # Debian's python3 in a debootstrap root, with the modules that
-        # python3-minimal lacks (shutil, shlex, json, ...) made unimportable.
+        # Debian's python3 in a debootstrap root, able to import only what
+        # python3-minimal ships (_MINIMAL_ONLY).
         root = debootstrap_root()
         work = tempfile.mkdtemp(prefix="bt-", dir=os.path.join(root, "tmp"))
         self.addCleanup(shutil.rmtree, work)
