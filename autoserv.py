@@ -10514,7 +10514,7 @@ def _link_host_dirs(out, shard):
     return made
 
 
-def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
+def merge_shards(out, dirs, expect=None, notes=None, quiet=False, loaded=None):
     """Merges shard results dirs into the results dir `out` (made already):
     status.log (each shard's lines under a `shard.I` group), summary.json,
     junit.xml, keyval, per-host dirs linked.  `expect` (a shard record) is
@@ -10522,8 +10522,8 @@ def merge_shards(out, dirs, expect=None, notes=None, quiet=False):
     shard.  Returns the exit status: 1 when a shard is missing or did not
     finish, or one exited 1; else 3 when one recorded a failed test; else 4
     when one dropped sick hosts (--verify-first) or found them (--verify,
-    --repair); else 0."""
-    shards = [_load_shard(d) for d in dirs]
+    --repair); else 0.  loaded: the dirs' shard records, read already."""
+    shards = loaded if loaded is not None else [_load_shard(d) for d in dirs]
     if not shards and not expect:
         raise AutoservUsageError("merge: no shard results dirs given")
     _check_shards(shards, expect)
@@ -10635,9 +10635,10 @@ def _merge_main(argv):
     try:
         opts = p.parse_args(argv)
         # Refused (not shards, or not of one job) before OUT is claimed.
-        _check_shards([_load_shard(d) for d in opts.dirs])
+        shards = [_load_shard(d) for d in opts.dirs]
+        _check_shards(shards)
         out = _claim_results_dir(opts.results, False)
-        return merge_shards(out, opts.dirs, quiet=opts.quiet)
+        return merge_shards(out, opts.dirs, quiet=opts.quiet, loaded=shards)
     except AutoservUsageError as e:
         _say(f"error: {e}")
         return 2

@@ -9001,12 +9001,17 @@ class TestPower(unittest.TestCase):
         self.addCleanup(h.close)
         return h
 
+    def bmc_calls_so_far(self):
+        """Where this test's part of the BMC's call log (shared by the
+        class) begins."""
+        return len(read_file(self.bmc.calls)) if os.path.exists(self.bmc.calls) else 0
+
     def test_ipmi_power_cycle_brings_the_guest_back_with_a_new_boot_id(self):
         h = self.plain_host(power=autoserv.IPMIPower("127.0.0.1", port=self.bmc.port,
                                                      password=self.PASSWORD))
         self.assertEqual(h.power.status(), "on")
         before = h.get_boot_id()
-        calls = len(read_file(self.bmc.calls)) if os.path.exists(self.bmc.calls) else 0
+        calls = self.bmc_calls_so_far()
         h.power_cycle()
         self.assertTrue(h.wait_down(timeout=60, old_boot_id=before))
         self.assertTrue(h.wait_up(timeout=120))
@@ -9017,7 +9022,7 @@ class TestPower(unittest.TestCase):
         h = self.plain_host(power=autoserv.IPMIPower("127.0.0.1", port=self.bmc.port,
                                                      password=self.PASSWORD))
         before = h.get_boot_id()
-        calls = len(read_file(self.bmc.calls)) if os.path.exists(self.bmc.calls) else 0
+        calls = self.bmc_calls_so_far()
         h.hardreset(timeout=120)
         self.assertNotEqual(h.get_boot_id(), before)
         self.assertEqual(read_file(self.bmc.calls)[calls:].count("set reset 1"), 1)
@@ -9031,7 +9036,7 @@ class TestPower(unittest.TestCase):
         h = self.plain_host(power=autoserv.IPMIPower("127.0.0.1", port=self.bmc.port,
                                                      password=self.PASSWORD))
         before = h.get_boot_id()
-        calls = len(read_file(self.bmc.calls)) if os.path.exists(self.bmc.calls) else 0
+        calls = self.bmc_calls_so_far()
         t0 = time.monotonic()
         with CmdlineSampler() as ps:
             h.reboot(reboot_cmd="halt -f", timeout=15, down_timeout=10)
